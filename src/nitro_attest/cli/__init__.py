@@ -1,0 +1,59 @@
+"""The `nitro-attest` command line: parse flags, build objects, call the API, print.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds sets
+``func`` to a ``run(args) -> int`` callable. Exit codes everywhere: 0 success, 1 checked and
+rejected, 2 usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from nitro_attest.cli import inspect_cmd, verify_cmd
+from nitro_attest.cli.common import EXIT_USAGE, CliError
+
+_COMMAND_MODULES = (verify_cmd, inspect_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nitro-attest",
+        description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
+        "run an enclave attestation server (real /dev/nsm or a software NSM) and its client.",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show a traceback when a command fails unexpectedly"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in _COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        rc: int = args.func(args)
+        return rc
+    except CliError as exc:
+        print(f"nitro-attest: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nitro-attest: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_USAGE
+
+
+def entrypoint() -> None:
+    sys.exit(main())

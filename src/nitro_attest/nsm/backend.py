@@ -1,0 +1,68 @@
+"""The interface every NSM backend offers: the real /dev/nsm driver and the software simulator.
+
+The enclave server only talks to this protocol, so tests swap the simulator in for the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class NsmError(Exception):
+    """The NSM answered with an error, or could not be reached.
+
+    ``code`` is the NSM API ErrorCode name (``InvalidIndex``, ``ReadOnlyIndex``, ``InputTooLarge``,
+    ...) when the NSM itself reported the failure, else ``InternalError``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class NsmDescription:
+    version_major: int
+    version_minor: int
+    version_patch: int
+    module_id: str
+    max_pcrs: int
+    locked_pcrs: tuple[int, ...]
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class PcrDescription:
+    locked: bool
+    data: bytes
+
+
+class NsmBackend(Protocol):
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes:
+        """Return a signed attestation document (raw COSE_Sign1 bytes)."""
+        ...
+
+    def describe_nsm(self) -> NsmDescription: ...
+
+    def describe_pcr(self, index: int) -> PcrDescription: ...
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes:
+        """Extend PCR ``index`` with ``data``; return the new value."""
+        ...
+
+    def lock_pcr(self, index: int) -> None: ...
+
+    def lock_pcrs(self, range_: int) -> None:
+        """Lock PCRs ``[0, range_)``."""
+        ...
+
+    def get_random(self) -> bytes: ...
+
+    def close(self) -> None: ...
