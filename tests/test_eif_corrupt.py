@@ -3,6 +3,7 @@ allocation."""
 
 from __future__ import annotations
 
+import os
 import struct
 import tracemalloc
 from pathlib import Path
@@ -211,3 +212,15 @@ def test_large_valid_eif_is_streamed(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert info.pcrs_hex() == pcrs
     assert peak < 3 << 20, f"peak {peak} bytes for an 8 MiB EIF"
+
+
+def test_fifo_and_device_are_refused_without_blocking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "pipe.eif"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(EifError, match="not a regular file"):
+            inspect_eif(path)
+        assert main(["eif", "describe", str(path)]) == 1
+        assert "not a regular file" in capsys.readouterr().err

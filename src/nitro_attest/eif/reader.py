@@ -80,15 +80,21 @@ def read_exact(fh: BinaryIO, offset: int, size: int, what: str) -> bytes:
 
 
 def open_eif(path: str | os.PathLike[str]) -> tuple[io.BufferedReader, int]:
-    """Open a regular file for reading; returns the handle and its size."""
+    """Open a regular file for reading; returns the handle and its size.
+
+    The type is checked before opening, so a FIFO or device is refused instead of blocking.
+    """
+    name = os.fspath(path)
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+        if not stat.S_ISREG(os.stat(name).st_mode):
+            raise EifError(f"{name}: not a regular file")
+        fh = open(name, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     except FileNotFoundError:
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file") from None
+        raise FileNotFoundError(f"{name}: no such file") from None
     try:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise EifError(f"{os.fspath(path)}: not a regular file")
+            raise EifError(f"{name}: not a regular file")
     except BaseException:
         fh.close()
         raise
