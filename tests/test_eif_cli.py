@@ -149,3 +149,17 @@ def test_measure_of_a_signed_writer_output(
     assert main(["eif", "measure", str(path)]) == 0
     got = json.loads(capsys.readouterr().out)["Measurements"]
     assert got["PCR8"] == cert_pcr8(cert_pem) == pcrs["PCR8"]
+
+
+def test_written_expectation_is_accepted_by_the_verifier_policy(
+    eif_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nitro_attest.policy import load_expected_measurements
+
+    target = tmp_path / "expected.json"
+    path = eif_dir / "v4_signed_2rd.eif"
+    assert main(["eif", "measure", str(path), "--write-expected", str(target)]) == 0
+    capsys.readouterr()
+    (pcr_set,) = load_expected_measurements(target)
+    got = {f"PCR{i}": v.hex() for i, v in pcr_set.items()}
+    assert got == json.loads((eif_dir / "expected.json").read_text())["vectors"][3]["measurements"]
