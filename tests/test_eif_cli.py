@@ -21,7 +21,8 @@ V4_PCR8 = (
 def test_describe_json_matches_nitro_cli_shape(
     eif_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["eif", "describe", "--json", str(eif_dir / "v4_signed_2rd.eif")]) == 0
+    at = ["--at", "2030-01-01T00:00:00Z"]  # inside the vector certificate's validity, any clock
+    assert main(["eif", "describe", "--json", *at, str(eif_dir / "v4_signed_2rd.eif")]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)
     assert out.startswith('{\n  "EifVersion": 4,\n  "Measurements": {\n    "HashAlgorithm"')
@@ -65,7 +66,8 @@ def test_describe_unsigned_has_no_signature_keys(
 
 
 def test_describe_text(eif_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eif", "describe", str(eif_dir / "v7_signed_crlfpem_3rd.eif")]) == 0
+    path = str(eif_dir / "v7_signed_crlfpem_3rd.eif")
+    assert main(["eif", "describe", "--at", "2030-01-01T00:00:00Z", path]) == 0
     out = capsys.readouterr().out
     assert (
         f"PCR8  {V4_PCR8}" in out and "Signature check: ok" in out and "CRC32:           ok" in out

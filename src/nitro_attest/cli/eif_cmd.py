@@ -23,6 +23,11 @@ def register(sub: Any) -> None:
         description="Read an Enclave Image Format file and compute the PCRs the enclave will "
         "report, exactly as nitro-cli does. Exit 0: the file checks out; 1: malformed EIF, CRC "
         "mismatch, bad signature or signing certificate outside its validity; 2: usage or I/O.",
+        epilog="examples:\n"
+        "  nitro-attest eif describe enclave.eif --json\n"
+        "  nitro-attest eif measure enclave.eif --write-expected expected.json\n"
+        "  nitro-attest verify attestation.cbor --expected expected.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     eif_sub = p.add_subparsers(dest="eif_command", metavar="ACTION")
     eif_sub.required = True
