@@ -20,9 +20,10 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "eif",
         help="describe an EIF or compute its PCRs (no nitro-cli needed)",
-        description="Read an Enclave Image Format file and compute the PCRs the enclave will "
-        "report, exactly as nitro-cli does. Exit 0: the file checks out; 1: malformed EIF, CRC "
-        "mismatch, bad signature or signing certificate outside its validity; 2: usage or I/O.",
+        description="Read an Enclave Image Format file and compute the PCRs the enclave will\n"
+        "report, exactly as nitro-cli does, on any machine.\n\n"
+        "exit 0: the file checks out; 1: malformed EIF, CRC mismatch, bad signature,\n"
+        "or signing certificate outside its validity; 2: usage or I/O error.",
         epilog="examples:\n"
         "  nitro-attest eif describe enclave.eif --json\n"
         "  nitro-attest eif measure enclave.eif --write-expected expected.json\n"
