@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,12 @@ FILES = [
     "evervault_20221013_pcr8_nonce256.cbor",
 ]
 VERIFIER = Verifier()
+# CI runs 150 examples per property; NITRO_ATTEST_FUZZ_EXAMPLES=3000 for a longer local hunt.
+EXAMPLES = int(os.environ.get("NITRO_ATTEST_FUZZ_EXAMPLES", "150"))
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("NITRO_ATTEST_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
