@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from eif_helpers import cert_pcr8, formula_pcr, make_signer
 from nitro_attest.cli import main
 from nitro_attest.eif.writer import write_eif
+
+from .eif_helpers import cert_pcr8, formula_pcr, make_signer
 
 V4_PCR8 = (
     "ef692aa8e9d9f7c039f42b8ae78111c5747e43df"

@@ -11,7 +11,11 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from eif_helpers import (
+from nitro_attest.cli import main
+from nitro_attest.eif import EifError, inspect_eif
+from nitro_attest.eif.writer import write_eif
+
+from .eif_helpers import (
     FLAGS,
     NUM_SECTIONS,
     OFFSETS,
@@ -24,9 +28,6 @@ from eif_helpers import (
     with_fixed_crc,
     write,
 )
-from nitro_attest.cli import main
-from nitro_attest.eif import EifError, inspect_eif
-from nitro_attest.eif.writer import write_eif
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def _signed_with(good_signed: bytes, entries: object) -> bytes:
 def signed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from eif_helpers import make_signer
+    from .eif_helpers import make_signer
 
     key_pem, cert_pem = make_signer(ec.SECP384R1())
     path = tmp_path_factory.mktemp("eif") / "signed.eif"

@@ -10,7 +10,10 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from eif_helpers import (
+from nitro_attest.eif import EifError, inspect_eif, measurements_from_eif
+from nitro_attest.eif.writer import write_eif
+
+from .eif_helpers import (
     cert_pcr8,
     crc_of,
     formula_pcrs,
@@ -19,8 +22,6 @@ from eif_helpers import (
     replace_last_section,
     write,
 )
-from nitro_attest.eif import EifError, inspect_eif, measurements_from_eif
-from nitro_attest.eif.writer import write_eif
 
 KERNEL = os.urandom(3000)
 CMDLINE = b"console=ttyS0 reboot=k"

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from eif_helpers import crc_of, formula_pcr, formula_pcrs, parse
 from nitro_attest.eif import inspect_eif, measurements_from_eif
 from nitro_attest.eif.writer import write_eif
+
+from .eif_helpers import crc_of, formula_pcr, formula_pcrs, parse
 
 VECTOR_NAMES = [
     "v1_unsigned_2rd",
