@@ -76,3 +76,18 @@ class PolicyError(ValueError):
 
 class TrustRootError(ValueError):
     """The trust root given to the verifier is unusable."""
+
+
+class ChannelKeyError(VerificationError):
+    """The document's public_key does not name a usable attested-channel key."""
+
+    check = "channel_key"
+
+
+class ChannelError(Exception):
+    """The attested channel failed: refused by the enclave, a bad acknowledgement, or transport."""
+
+    def __init__(self, message: str, *, reason: str = "channel") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason

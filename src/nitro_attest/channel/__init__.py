@@ -1,0 +1,36 @@
+"""Attested channel: deliver a secret only to an enclave whose attestation verifies (HPKE)."""
+
+from nitro_attest.channel.client import Receipt, Sealed, deliver_secret, seal_for_document
+from nitro_attest.channel.enclave import (
+    REQUEST_CHANNEL_ATTEST,
+    REQUEST_SEALED_MESSAGE,
+    ChannelReceiver,
+    Delivery,
+    InMemorySecretStore,
+    handle_channel_attest,
+    handle_sealed_message,
+)
+from nitro_attest.channel.keys import (
+    SUITE_LABELS,
+    AdvertisedKey,
+    SuiteId,
+    parse_public_key_field,
+)
+
+__all__ = [
+    "REQUEST_CHANNEL_ATTEST",
+    "REQUEST_SEALED_MESSAGE",
+    "SUITE_LABELS",
+    "AdvertisedKey",
+    "ChannelReceiver",
+    "Delivery",
+    "InMemorySecretStore",
+    "Receipt",
+    "Sealed",
+    "SuiteId",
+    "deliver_secret",
+    "handle_channel_attest",
+    "handle_sealed_message",
+    "parse_public_key_field",
+    "seal_for_document",
+]

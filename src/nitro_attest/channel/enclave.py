@@ -1,0 +1,200 @@
+"""Enclave side of the attested channel: key pairs, channel documents, sealed-message receipt.
+
+Transport-agnostic: ``ChannelReceiver`` works on plain values and the two ``handle_*`` functions
+take and return the decoded request/response fields, so the enclave server only has to route
+its request types here.
+
+Flow: the client asks for a channel document with a fresh nonce and a suite; the enclave has the
+NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
+returns the document (plus the full key for the hybrid suite). The client verifies, seals and sends
+{nonce, sealed}; the enclave opens it against what it issued for that nonce, accepts it at most
+once, hands the plaintext to the handler and answers with the plaintext's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
+from nitro_attest.channel.replay import Issued, NonceLedger
+from nitro_attest.channel.seal import OpenError, channel_info, max_sealed_bytes, open_sealed
+from nitro_attest.errors import ChannelError
+
+log = logging.getLogger("nitro_attest.channel")
+
+REQUEST_CHANNEL_ATTEST = "channel_attest"
+REQUEST_SEALED_MESSAGE = "sealed_message"
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 512
+MAX_USER_DATA_BYTES = 512
+
+
+class Attester(Protocol):
+    """The part of an NSM backend the channel needs."""
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the plaintext handler learns besides the plaintext."""
+
+    suite: SuiteId
+    nonce: bytes
+    sha256: bytes
+
+
+SecretHandler = Callable[[bytes, Delivery], None]
+
+
+class InMemorySecretStore:
+    """Default handler: keep the delivered secrets in memory (most recent ``limit``)."""
+
+    def __init__(self, *, limit: int = 64) -> None:
+        self._limit = limit
+        self._items: list[tuple[Delivery, bytes]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, plaintext: bytes, delivery: Delivery) -> None:
+        with self._lock:
+            self._items.append((delivery, plaintext))
+            del self._items[: -self._limit]
+
+    @property
+    def secrets(self) -> list[bytes]:
+        with self._lock:
+            return [p for _, p in self._items]
+
+    def __repr__(self) -> str:  # never show the secrets
+        return f"InMemorySecretStore({len(self._items)} secret(s))"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOffer:
+    document: bytes
+    public_key: bytes  # the suite's full public key, needed by the client for the hybrid suite
+
+
+class ChannelReceiver:
+    """Holds one key pair per offered suite for the life of the server; memory only."""
+
+    def __init__(
+        self,
+        *,
+        suites: Iterable[SuiteId] = ALL_SUITES,
+        handler: SecretHandler | None = None,
+        ledger: NonceLedger | None = None,
+    ) -> None:
+        self._keys = {s: KeyPair.generate(s) for s in suites}
+        if not self._keys:
+            raise ValueError("a channel needs at least one suite")
+        self.handler: SecretHandler = handler if handler is not None else InMemorySecretStore()
+        self._ledger = ledger if ledger is not None else NonceLedger()
+
+    @property
+    def suites(self) -> tuple[SuiteId, ...]:
+        return tuple(self._keys)
+
+    def keys(self, suite: SuiteId) -> KeyPair:
+        try:
+            return self._keys[suite]
+        except KeyError:
+            offered = ", ".join(s.label for s in self._keys)
+            raise ChannelError(
+                f"suite {suite.label} is not offered by this enclave (offers: {offered})",
+                reason="suite",
+            ) from None
+
+    def public_key_field(self, suite: SuiteId) -> bytes:
+        """The bytes to put in an attestation document's public_key for ``suite``."""
+        return self.keys(suite).advertised.field
+
+    def attest(
+        self, nsm: Attester, *, nonce: bytes, suite: SuiteId, user_data: bytes | None = None
+    ) -> ChannelOffer:
+        keys = self.keys(suite)
+        _check_nonce(nonce)
+        document = nsm.attestation(
+            user_data=user_data, nonce=nonce, public_key=keys.advertised.field
+        )
+        self._ledger.issue(nonce, Issued(keys.advertised, document))
+        log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
+        return ChannelOffer(document, keys.public_bytes)
+
+    def receive(self, nonce: bytes, sealed: bytes) -> bytes:
+        """Open, accept once, hand over; return the plaintext's SHA-256. ChannelError if refused."""
+        issued = self._ledger.pending(nonce)
+        keys = self.keys(issued.advertised.suite)
+        if len(sealed) > max_sealed_bytes(keys.suite):
+            raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
+        try:
+            plaintext = open_sealed(keys, sealed, channel_info(issued.advertised, nonce,
+                                                               issued.document))
+        except OpenError as exc:
+            log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), exc)
+            raise ChannelError(str(exc), reason="open") from None
+        self._ledger.consume(nonce)  # raises if another delivery won the race
+        digest = hashlib.sha256(plaintext).digest()
+        self.handler(plaintext, Delivery(keys.suite, nonce, digest))
+        log.info(
+            "sealed message accepted: suite=%s nonce=%s... %d bytes",
+            keys.suite.label,
+            nonce[:4].hex(),
+            len(plaintext),
+        )
+        return digest
+
+
+def handle_channel_attest(
+    receiver: ChannelReceiver, nsm: Attester, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Request ``channel_attest`` {nonce, suite, user_data?} -> {document, public_key}."""
+    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
+    label = fields.get("suite")
+    if not isinstance(label, str):
+        raise ChannelError("suite must be a text string", reason="request")
+    try:
+        suite = SuiteId.from_label(label)
+    except ValueError as exc:
+        raise ChannelError(str(exc), reason="suite") from None
+    user_data = fields.get("user_data")
+    if user_data is not None:
+        user_data = _bytes_field(fields, "user_data", 0, MAX_USER_DATA_BYTES)
+    offer = receiver.attest(nsm, nonce=nonce, suite=suite, user_data=user_data)
+    return {"document": offer.document, "public_key": offer.public_key}
+
+
+def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Request ``sealed_message`` {nonce, sealed} -> {sha256}."""
+    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
+    sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
+    return {"sha256": receiver.receive(nonce, sealed)}
+
+
+def _check_nonce(nonce: Any) -> None:
+    if not isinstance(nonce, bytes) or not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+        raise ChannelError(
+            f"a channel nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes", reason="request"
+        )
+
+
+def _bytes_field(fields: Mapping[str, Any], name: str, low: int, high: int) -> bytes:
+    value = fields.get(name)
+    if not isinstance(value, bytes):
+        raise ChannelError(f"{name} must be a byte string", reason="request")
+    if not low <= len(value) <= high:
+        raise ChannelError(
+            f"{name} is {len(value)} bytes, expected {low}..{high}", reason="request"
+        )
+    return value

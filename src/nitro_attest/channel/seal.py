@@ -1,0 +1,72 @@
+"""HPKE seal/open for the attested channel, with the attestation bound into HPKE's info.
+
+info = b"nitro-attest channel v1" 0x00 || suite id || len16(nonce) || nonce
+       || SHA-384(attestation document) || len16(public_key field)
+
+so a sealed message opens only for the key, the nonce and the very document it was sealed against
+(RFC 9180 base mode; HPKE's key schedule already binds the recipient key, the field and document
+digest make the binding explicit and survive key reuse across documents).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from cryptography.exceptions import InvalidTag
+
+from nitro_attest.channel.keys import AdvertisedKey, KeyPair, PublicKey, SuiteId
+
+INFO_LABEL = b"nitro-attest channel v1\x00"
+MAX_SECRET_BYTES = 64 * 1024
+# enc length per suite (X25519: 32; ML-KEM-768 ciphertext 1088 + X25519 32) plus the AEAD tag.
+_ENC_BYTES = {SuiteId.X25519: 32, SuiteId.MLKEM768_X25519: 1088 + 32}
+TAG_BYTES = 16
+
+
+class OpenError(ValueError):
+    """The sealed message does not open: altered, or sealed for another key, nonce or document."""
+
+
+def max_sealed_bytes(suite: SuiteId) -> int:
+    return _ENC_BYTES[suite] + MAX_SECRET_BYTES + TAG_BYTES
+
+
+def channel_info(advertised: AdvertisedKey, nonce: bytes, document: bytes) -> bytes:
+    field = advertised.field
+    return b"".join(
+        (
+            INFO_LABEL,
+            bytes([advertised.suite.value]),
+            struct.pack(">H", len(nonce)),
+            nonce,
+            hashlib.sha384(document).digest(),
+            struct.pack(">H", len(field)),
+            field,
+        )
+    )
+
+
+def seal(suite: SuiteId, public_key: PublicKey, secret: bytes, info: bytes) -> bytes:
+    """Return enc || ciphertext (RFC 9180 single-shot base mode)."""
+    if not isinstance(secret, bytes):
+        raise TypeError(f"secret must be bytes, got {type(secret).__name__}")
+    if not secret:
+        raise ValueError("secret is empty")
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
+    return suite.hpke_suite.encrypt(secret, public_key, info=info)
+
+
+def open_sealed(keys: KeyPair, sealed: bytes, info: bytes) -> bytes:
+    """Open a sealed message or raise OpenError (no detail: the AEAD cannot say which binding)."""
+    if len(sealed) <= _ENC_BYTES[keys.suite] + TAG_BYTES:
+        raise OpenError(f"sealed message too short ({len(sealed)} bytes)")
+    if len(sealed) > max_sealed_bytes(keys.suite):
+        raise OpenError(f"sealed message too long ({len(sealed)} bytes)")
+    try:
+        return keys.suite.hpke_suite.decrypt(sealed, keys.private, info=info)
+    except (InvalidTag, ValueError):
+        raise OpenError(
+            "sealed message does not open: altered, or sealed for another key, nonce or document"
+        ) from None

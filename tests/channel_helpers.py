@@ -1,0 +1,69 @@
+"""An in-process NSM stand-in and exchange for channel tests (no sockets, no simulator)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nitro_attest.channel.enclave import (
+    REQUEST_CHANNEL_ATTEST,
+    REQUEST_SEALED_MESSAGE,
+    ChannelReceiver,
+    handle_channel_attest,
+    handle_sealed_message,
+)
+
+from . import chainfactory as cf
+
+GOOD_PCRS = {i: (bytes([i + 1]) * 48 if i < 3 else bytes(48)) for i in range(16)}
+DEBUG_PCRS = {i: bytes(48) for i in range(16)}
+EXPECTED = {0: GOOD_PCRS[0], 1: GOOD_PCRS[1], 2: GOOD_PCRS[2]}
+
+
+class FakeNsm:
+    """Signs documents with the chain factory's test chain; records what it was asked."""
+
+    def __init__(self, *, pcrs: Mapping[int, bytes] = GOOD_PCRS, drop_public_key: bool = False):
+        self.chain = cf.chain()
+        self.pcrs = dict(pcrs)
+        self.drop_public_key = drop_public_key
+        self.calls: list[dict[str, Any]] = []
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes:
+        self.calls.append({"user_data": user_data, "nonce": nonce, "public_key": public_key})
+        return self.chain.document(
+            pcrs=self.pcrs,
+            nonce=nonce,
+            user_data=user_data,
+            public_key=None if self.drop_public_key else public_key,
+        )
+
+
+class LocalExchange:
+    """Routes request types to the enclave-side handlers in-process and logs every request."""
+
+    def __init__(self, receiver: ChannelReceiver, nsm: FakeNsm) -> None:
+        self.receiver = receiver
+        self.nsm = nsm
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.tamper: Any = None  # optional callable(type, fields) -> fields
+
+    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        sent = dict(fields)
+        if self.tamper is not None:
+            sent = self.tamper(kind, sent)
+        self.requests.append((kind, sent))
+        if kind == REQUEST_CHANNEL_ATTEST:
+            return handle_channel_attest(self.receiver, self.nsm, sent)
+        if kind == REQUEST_SEALED_MESSAGE:
+            return handle_sealed_message(self.receiver, sent)
+        raise AssertionError(f"unexpected request type {kind}")
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.requests]
