@@ -167,3 +167,50 @@ def test_server_side_decode_errors(data: bytes, code: str) -> None:
         m.decode_request(data)
     assert e.value.code == code
     assert m.decode_request_or_error(data) == m.ErrorResponse(code)
+
+
+# ---------------------------------------------------------------- property: any request round-trips
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_u16 = st.integers(0, 0xFFFF)
+_field = st.none() | st.binary(max_size=1024)
+_requests = st.one_of(
+    st.builds(m.DescribePcr, _u16),
+    st.builds(m.ExtendPcr, _u16, st.binary(max_size=4000)),
+    st.builds(m.LockPcr, _u16),
+    st.builds(m.LockPcrs, _u16),
+    st.just(m.DescribeNsm()),
+    st.just(m.GetRandom()),
+    st.builds(m.Attestation, _field, _field, _field),
+)
+
+
+@given(_requests)
+def test_any_request_round_trips_or_is_refused_as_too_large(req: m.Request) -> None:
+    try:
+        data = m.encode_request(req)
+    except NsmError as exc:
+        assert exc.code == "InputTooLarge"
+        assert len(cbor2.dumps(m.request_to_cbor(req))) > 4096
+        return
+    assert len(data) <= 4096
+    assert m.decode_request(data) == req
+    assert cbor2.dumps(m.request_to_cbor(m.decode_request(data))) == data
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=64) | st.builds(lambda b: b"\xa1" + b, st.binary(max_size=64)))
+def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
+    try:
+        m.decode_response(data)
+    except NsmError as exc:
+        assert exc.code == "InternalError"
+    for tagged in (b"\xc1\x7f", b"\xc0\x01", b"\xd8\x1e\x82\x00\x00"):  # bad datetime, fraction
+        with pytest.raises(NsmError):
+            m.decode_response(tagged)
+    try:
+        m.decode_request(data)
+    except NsmError as exc:
+        assert exc.code in ("InvalidArgument", "InvalidOperation")

@@ -404,3 +404,47 @@ def test_key_files_not_world_readable_even_with_loose_umask(tmp_path: Path) -> N
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "state" / "root.key").stat().st_mode) == 0o600
+
+
+def test_concurrent_first_use_shares_one_hierarchy(tmp_path: Path) -> None:
+    """Several boots racing to create the same fresh state folder end up on one root."""
+    state_dir = tmp_path / "shared"
+    sims: list[SimulatedNsm] = []
+    errors: list[BaseException] = []
+
+    def boot() -> None:
+        try:
+            sims.append(SimulatedNsm.open(state_dir))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(sims) == 4
+    on_disk = (state_dir / "root.pem").read_bytes()
+    assert {s.root_pem for s in sims} == {on_disk}
+    bundles = {tuple(payload(s.attestation())["cabundle"]) for s in sims}  # type: ignore[arg-type]
+    assert len(bundles) == 1
+
+
+def test_key_not_matching_certificate_is_rejected(tmp_path: Path) -> None:
+    make_sim(tmp_path / "a")
+    make_sim(tmp_path / "b")
+    (tmp_path / "a" / "state" / "zonal.key").write_bytes(
+        (tmp_path / "b" / "state" / "zonal.key").read_bytes()
+    )
+    with pytest.raises(SimulatorStateError, match="does not belong"):
+        SimulatedNsm.open(tmp_path / "a" / "state")
+
+
+def test_oversize_fields_sent_raw_are_refused_by_the_nsm(sim: SimulatedNsm) -> None:
+    """A client that skips the limits still gets InputTooLarge from the NSM side."""
+    raw = cbor2.dumps(
+        {"Attestation": {"user_data": b"u" * 1025, "nonce": None, "public_key": None}}
+    )
+    assert cbor2.loads(sim.process(raw)) == {"Error": "InputTooLarge"}
+    raw = cbor2.dumps({"ExtendPCR": {"index": 16, "data": b"x" * 4090}})
+    assert cbor2.loads(sim.process(raw)) == {"Error": "InputTooLarge"}

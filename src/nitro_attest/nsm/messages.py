@@ -147,7 +147,12 @@ class _Malformed(ValueError):
 def _loads_exact(data: bytes) -> Any:
     """Decode exactly one CBOR item; trailing bytes are an error."""
     stream = io.BytesIO(data)
-    value = cbor2.CBORDecoder(stream).decode()
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except (cbor2.CBORDecodeError, RecursionError):
+        raise
+    except Exception as exc:  # cbor2's tag hooks can raise anything; keep it ours
+        raise _Malformed(f"undecodable CBOR: {exc}") from None
     if stream.tell() != len(data):
         raise _Malformed(f"{len(data) - stream.tell()} trailing bytes after the message")
     return value

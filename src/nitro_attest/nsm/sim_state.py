@@ -14,7 +14,9 @@ The per-boot 3-hour leaf key is never written to disk. Profiles copy real AWS ce
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import itertools
 import json
 import os
@@ -22,7 +24,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,26 @@ def _ensure_dir(path: Path) -> None:
         raise SimulatorStateError(
             f"{path}: cannot create state folder: {exc.strerror or exc}"
         ) from None
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """flock the state folder so processes sharing it never mix two hierarchies' files."""
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if not exclusive:  # a read-only state folder can still be read
+            yield
+            return
+        raise SimulatorStateError(f"{path}: cannot lock: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------- certificates
@@ -339,7 +361,8 @@ class SimulatorState:
                     level, self.chain[parent], t, self.config.region, self.config.instance_id
                 )
                 if persist:
-                    _store_level(self.path, self.chain[level])
+                    with _locked(self.path, exclusive=True):
+                        _store_level(self.path, self.chain[level])
                 renewed = True
         return renewed
 
@@ -364,6 +387,8 @@ def _load_level(path: Path, level: str) -> CaLevel:
         raise SimulatorStateError(f"{path}/{level}: unreadable certificate or key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp384r1":
         raise SimulatorStateError(f"{path}/{level}.key: not a P-384 key")
+    if key.public_key() != cert.public_key():
+        raise SimulatorStateError(f"{path}/{level}.key does not belong to {level}.pem")
     return CaLevel(level, cert, key)
 
 
@@ -380,10 +405,14 @@ def init_state(
 ) -> SimulatorState:
     """Create the state folder: config and a fresh CA hierarchy."""
     config.validate()
-    if state_exists(path) and not force:
-        raise SimulatorStateError(f"{path}: already initialised (use --force to replace it)")
     _ensure_dir(path)
-    t = _utc((clock or time.time)())
+    with _locked(path, exclusive=True):
+        if state_exists(path) and not force:
+            raise SimulatorStateError(f"{path}: already initialised (use --force to replace it)")
+        return _init_locked(path, config, _utc((clock or time.time)()))
+
+
+def _init_locked(path: Path, config: SimulatorConfig, t: dt.datetime) -> SimulatorState:
     chain: dict[str, CaLevel] = {}
     parent: CaLevel | None = None
     for level in CA_LEVELS:
@@ -395,6 +424,13 @@ def init_state(
 
 
 def load_state(path: Path) -> SimulatorState:
+    if not path.is_dir():
+        raise SimulatorStateError(f"{path}: no simulator state (run `nitro-attest sim init`)")
+    with _locked(path, exclusive=False):
+        return _load_locked(path)
+
+
+def _load_locked(path: Path) -> SimulatorState:
     try:
         config_data = json.loads(_read_capped(path / CONFIG_FILE))
     except ValueError as exc:
@@ -409,5 +445,9 @@ def load_state(path: Path) -> SimulatorState:
 def open_state(path: Path, *, clock: Clock | None = None) -> SimulatorState:
     """Load the state folder, creating a default one (random instance id) if there is none."""
     if not state_exists(path):
-        return init_state(path, SimulatorConfig(instance_id=random_instance_id()), clock=clock)
+        _ensure_dir(path)
+        with _locked(path, exclusive=True):
+            if not state_exists(path):  # nobody else created it meanwhile
+                config = SimulatorConfig(instance_id=random_instance_id())
+                return _init_locked(path, config, _utc((clock or time.time)()))
     return load_state(path)
