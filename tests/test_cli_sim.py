@@ -131,3 +131,10 @@ def test_errors_are_one_line_exit_2(
     assert rc == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_attest_refuses_terminal(state: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    rc, out, err = run(["sim", "attest", "--state", str(state)], capsys)
+    assert rc == 2 and "terminal" in err and out == ""

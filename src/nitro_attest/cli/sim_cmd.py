@@ -166,6 +166,8 @@ def _hex_arg(value: str | None, what: str) -> bytes | None:
 
 
 def run_attest(args: argparse.Namespace) -> int:
+    if not args.out and sys.stdout.isatty():
+        raise CliError("refusing to write a binary document to a terminal: use --out FILE or >")
     nonce = _hex_arg(args.nonce, "--nonce")
     user_data = _hex_arg(args.user_data, "--user-data")
     public_key = _hex_arg(args.public_key, "--public-key")
