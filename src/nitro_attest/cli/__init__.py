@@ -12,10 +12,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from nitro_attest.cli import inspect_cmd, sim_cmd, verify_cmd
+from nitro_attest.cli import eif_cmd, inspect_cmd, pcr_cmd, sim_cmd, verify_cmd
 from nitro_attest.cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (verify_cmd, inspect_cmd, sim_cmd)
+_COMMAND_MODULES = (verify_cmd, inspect_cmd, eif_cmd, pcr_cmd, sim_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
