@@ -48,7 +48,7 @@ class FakeNsm:
 class LocalExchange:
     """Routes request types to the enclave-side handlers in-process and logs every request."""
 
-    def __init__(self, receiver: ChannelReceiver, nsm: FakeNsm) -> None:
+    def __init__(self, receiver: ChannelReceiver, nsm: Any) -> None:
         self.receiver = receiver
         self.nsm = nsm
         self.requests: list[tuple[str, dict[str, Any]]] = []

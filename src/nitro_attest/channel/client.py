@@ -111,11 +111,7 @@ def deliver_secret(
     """
     want = suite_of(suite)
     _check_secret(secret)
-    if expected_pcrs is None and not unsafe_any_enclave:
-        raise PolicyError(
-            "refusing to send a secret to an enclave without a PCR expectation; give "
-            "expected_pcrs, or unsafe_any_enclave=True to trust any enclave the root signs for"
-        )
+    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
     nonce = os.urandom(NONCE_BYTES)
     request: dict[str, Any] = {"nonce": nonce, "suite": want.label}
     if user_data is not None:
@@ -146,6 +142,17 @@ def deliver_secret(
     return Receipt(verified, want, sealed.sha256, len(secret))
 
 
+def require_pcr_expectation(
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None, unsafe_any_enclave: bool
+) -> None:
+    """A secret goes to a known enclave image only, unless the caller says otherwise by name."""
+    if expected_pcrs is None and not unsafe_any_enclave:
+        raise PolicyError(
+            "refusing to send a secret to an enclave without a PCR expectation; give "
+            "expected_pcrs, or unsafe_any_enclave=True to trust any enclave the root signs for"
+        )
+
+
 def _check_secret(secret: Any) -> None:
     if not isinstance(secret, bytes):
         raise PolicyError(f"secret must be bytes, got {type(secret).__name__}")
@@ -164,3 +171,45 @@ def _response_bytes(fields: Mapping[str, Any], name: str, limit: int) -> bytes:
             f"the enclave's {name} is {len(value)} bytes, at most {limit}", reason="response"
         )
     return value
+
+
+def send_secret(
+    address: str,
+    secret: bytes,
+    *,
+    root_pem: bytes | None = None,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
+    allow_debug: bool = False,
+    suite: str | SuiteId = "x25519",
+    timeout: float = 10.0,
+    unsafe_any_enclave: bool = False,
+    max_age: float | None = None,
+    user_data: bytes | None = None,
+) -> Receipt:
+    """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
+
+    ``root_pem=None`` trusts the embedded AWS Nitro root; give the simulator's root.pem to talk to
+    a simulated enclave. See ``deliver_secret`` for what is raised.
+    """
+    verifier = Verifier(root_pem=root_pem)
+    want = suite_of(suite)
+    _check_secret(secret)
+    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
+    exchange = _open_exchange(address, timeout)
+    return deliver_secret(
+        exchange,
+        secret,
+        verifier=verifier,
+        expected_pcrs=expected_pcrs,
+        allow_debug=allow_debug,
+        suite=want,
+        unsafe_any_enclave=unsafe_any_enclave,
+        max_age=max_age,
+        user_data=user_data,
+    )
+
+
+def _open_exchange(address: str, timeout: float) -> Exchange:
+    raise ChannelError(
+        "the enclave client transport is not wired into the channel yet", reason="transport"
+    )
