@@ -9,6 +9,7 @@
 
 NA_ALLOCATOR="${NITRO_ATTEST_ALLOCATOR_YAML:-/etc/nitro_enclaves/allocator.yaml}"
 NA_DEMO_DIR="${NITRO_ATTEST_DEMO_DIR:-$NA_ROOT/.demo}"
+NA_NITRO_ENV="${NITRO_ATTEST_NITRO_ENV:-/etc/profile.d/nitro-cli-env.sh}"
 NA_PYTHON="${NITRO_ATTEST_PYTHON:-python3}"
 NA_PORT="${NITRO_ATTEST_PORT:-5005}"
 
@@ -36,9 +37,9 @@ na_nitro_attest() {
 
 na_need_nitro_cli() {
     command -v nitro-cli >/dev/null 2>&1 && return 0
-    if [ -f /etc/profile.d/nitro-cli-env.sh ]; then
+    if [ -f "$NA_NITRO_ENV" ]; then
         # shellcheck source=/dev/null
-        . /etc/profile.d/nitro-cli-env.sh >/dev/null 2>&1 || true
+        . "$NA_NITRO_ENV" >/dev/null 2>&1 || true
         command -v nitro-cli >/dev/null 2>&1 && return 0
     fi
     na_die "nitro-cli not found; run 'USERNAME=\$USER ./setup-pvm.sh', reboot, and log in again" 2

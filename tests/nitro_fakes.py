@@ -173,3 +173,43 @@ def running_enclave(cid: int = 16, flags: str = "NONE", state: str = "RUNNING") 
         "MemoryMiB": 512, "State": state, "Flags": flags,
         "Measurements": BUILD_JSON["Measurements"],
     }
+
+
+# A stand-in for `nitro-attest` (the real serve/attest/sim commands are tested on their own):
+# records its arguments; `sim init` creates the state dir's root.pem; `serve` binds the unix
+# socket and waits (at most 60 s) to be killed; `attest` exits with ``rc-nitro-attest`` (or 0).
+_FAKE_NITRO_ATTEST = r'''
+import json, os, signal, socket, sys, time
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+args = sys.argv[1:]
+with open(HERE / "calls.jsonl", "a") as fh:
+    fh.write(json.dumps(["nitro-attest", *args]) + "\n")
+def opt(name):
+    return args[args.index(name) + 1] if name in args else None
+if args[:2] == ["sim", "init"]:
+    state = Path(opt("--state"))
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "root.pem").write_text("SIMULATED ROOT\n")
+elif args[:1] == ["serve"]:
+    if (HERE / "serve-fails").exists():
+        sys.stderr.write("serve: cannot open the NSM\n")
+        sys.exit(2)
+    path = opt("--listen").removeprefix("unix://")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+elif args[:1] == ["attest"]:
+    rc_file = HERE / "rc-nitro-attest"
+    sys.exit(int(rc_file.read_text()) if rc_file.exists() else 0)
+else:
+    sys.exit(2)
+'''
+
+
+def add_fake_nitro_attest(fb: FakeBin) -> Path:
+    return write_exe(fb.dir / "nitro-attest", _FAKE_NITRO_ATTEST)
