@@ -92,10 +92,14 @@ na_allocator_cpus() {
     [ -n "$pool" ] || return 0
     "$NA_PYTHON" - "$pool" <<'EOF'
 import sys
-n = 0
-for part in sys.argv[1].split(","):
-    lo, _, hi = part.strip().partition("-")
-    n += (int(hi) - int(lo) + 1) if hi else 1
+try:
+    n = 0
+    for part in sys.argv[1].split(","):
+        lo, _, hi = part.strip().partition("-")
+        first = int(lo)
+        n += (int(hi) - first + 1) if hi else 1
+except ValueError:
+    sys.exit(f"error: cannot read cpu_pool {sys.argv[1]!r} in the allocator settings")
 print(n)
 EOF
 }
@@ -111,10 +115,13 @@ na_min_memory_mib() {
 na_running_enclave() {
     "$NA_PYTHON" -c '
 import json, sys
-for e in json.load(sys.stdin):
-    if e.get("State") == "RUNNING":
-        print(e["EnclaveCID"], e["EnclaveID"], e.get("Flags", "NONE"))
-        break
+try:
+    for e in json.load(sys.stdin):
+        if e.get("State") == "RUNNING":
+            print(int(e["EnclaveCID"]), e["EnclaveID"], e.get("Flags", "NONE"))
+            break
+except (ValueError, TypeError, KeyError, AttributeError):
+    sys.exit("error: unexpected output from nitro-cli describe-enclaves")
 '
 }
 

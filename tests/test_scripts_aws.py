@@ -265,3 +265,20 @@ def test_full_tutorial_sequence(se: ScriptEnv) -> None:
     assert se.bin.calls("nitro-attest")[-1][3] == "vsock://16:5005"
     assert se.run("cleanup.sh").returncode == 0
     assert se.bin.state() == []
+
+
+def test_garbled_describe_output_is_a_clear_error(se: ScriptEnv) -> None:
+    _ready_to_attest(se)
+    (se.bin.dir / "state.json").write_text('{"not": "a list"}')
+    r = se.run("attest.sh")
+    assert r.returncode != 0
+    assert "unexpected output from nitro-cli describe-enclaves" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_cpu_pool_is_reported(se: ScriptEnv) -> None:
+    _built(se)
+    se.allocator.write_text("memory_mib: 512\ncpu_pool: two\n")
+    r = se.run("run.sh")
+    assert r.returncode != 0 and "cannot read cpu_pool" in r.stderr
+    assert se.bin.calls("nitro-cli")[-1][1] == "build-enclave"
