@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from nitro_fakes import FakeBin, add_fake_nitro_attest
+from .nitro_fakes import FakeBin, add_fake_nitro_attest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ("setup-pvm.sh", "setup-client.sh", "build.sh", "run.sh", "get-ca.sh", "attest.sh",

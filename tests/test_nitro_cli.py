@@ -9,7 +9,8 @@ import pytest
 
 from nitro_attest import nitro_cli as nc
 from nitro_attest.cli import main
-from nitro_fakes import BUILD_JSON, PCR0, FakeBin, running_enclave
+
+from .nitro_fakes import BUILD_JSON, PCR0, FakeBin, running_enclave
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_fakes import BUILD_JSON, running_enclave
-from script_env import ScriptEnv, make_env
+from .nitro_fakes import BUILD_JSON, running_enclave
+from .script_env import ScriptEnv, make_env
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_fakes import FakeBin, write_exe
-from script_env import ScriptEnv, make_env
+from .nitro_fakes import FakeBin, write_exe
+from .script_env import ScriptEnv, make_env
 
 UBUNTU = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n'
 AL2023 = 'NAME="Amazon Linux"\nVERSION_ID="2023"\nID="amzn"\nID_LIKE="fedora"\n'

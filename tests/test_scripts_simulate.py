@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from script_env import ScriptEnv, make_env
+from .script_env import ScriptEnv, make_env
 
 
 @pytest.fixture
