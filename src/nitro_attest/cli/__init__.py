@@ -13,10 +13,26 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nitro_attest.cli import eif_cmd, inspect_cmd, pcr_cmd, send_secret_cmd, sim_cmd, verify_cmd
+from nitro_attest.cli import (
+    eif_cmd,
+    enclave_cmd,
+    inspect_cmd,
+    pcr_cmd,
+    send_secret_cmd,
+    sim_cmd,
+    verify_cmd,
+)
 from nitro_attest.cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (verify_cmd, inspect_cmd, eif_cmd, pcr_cmd, sim_cmd, send_secret_cmd)
+_COMMAND_MODULES = (
+    verify_cmd,
+    inspect_cmd,
+    eif_cmd,
+    pcr_cmd,
+    sim_cmd,
+    enclave_cmd,
+    send_secret_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):
