@@ -244,3 +244,23 @@ def test_secret_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         assert needle not in text
     for record in caplog.records:
         assert SECRET not in repr(record.args).encode()
+
+
+def test_standard_attestation_names_default_key_and_accepts_one_message() -> None:
+    receiver = ChannelReceiver()
+    nsm = FakeNsm()
+    verifier = Verifier(root_pem=nsm.chain.root_pem)
+    nonce = b"s" * 32
+    document = receiver.attest_default(nsm, nonce=nonce, user_data=b"u")
+    verified = verifier.verify(document, at="document", nonce=nonce, user_data=b"u")
+    assert verified.document.public_key == receiver.public_key_field(SuiteId.X25519)
+    sealed = seal_for_document(verified, SECRET, nonce=nonce)
+    ack = handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
+    assert ack == {"sha256": hashlib.sha256(SECRET).digest()}
+    # a second document for a known nonce is still served, but opens no second channel
+    receiver.attest_default(nsm, nonce=nonce)
+    with pytest.raises(ChannelError, match="replay"):
+        handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
+    # no nonce, or one too short to be a channel nonce: a document, no channel
+    assert receiver.attest_default(nsm, nonce=None)
+    assert receiver.attest_default(nsm, nonce=b"x")

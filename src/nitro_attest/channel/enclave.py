@@ -132,6 +132,25 @@ class ChannelReceiver:
         log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
         return ChannelOffer(document, keys.public_bytes)
 
+    def attest_default(
+        self, nsm: Attester, *, nonce: bytes | None, user_data: bytes | None = None
+    ) -> bytes:
+        """A standard attestation naming the default suite's key (the first offered).
+
+        The nonce is remembered when it could carry a channel message (16..512 bytes, not seen
+        before); otherwise the document is still returned, but no sealed message will open for it.
+        """
+        keys = self._keys[self.suites[0]]
+        document = nsm.attestation(
+            user_data=user_data, nonce=nonce, public_key=keys.advertised.field
+        )
+        if nonce is not None and MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            try:
+                self._ledger.issue(nonce, Issued(keys.advertised, document))
+            except ChannelError:
+                log.info("attest: nonce %s... already known; no channel for it", nonce[:4].hex())
+        return document
+
     def receive(self, nonce: bytes, sealed: bytes) -> bytes:
         """Open, accept once, hand over; return the plaintext's SHA-256. ChannelError if refused."""
         issued = self._ledger.pending(nonce)
