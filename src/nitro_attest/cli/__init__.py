@@ -12,10 +12,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from nitro_attest.cli import inspect_cmd, verify_cmd
+from nitro_attest.cli import attest_cmd, inspect_cmd, serve_cmd, verify_cmd
 from nitro_attest.cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (verify_cmd, inspect_cmd)
+_COMMAND_MODULES = (verify_cmd, inspect_cmd, serve_cmd, attest_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
