@@ -1,9 +1,9 @@
 """The enclave attestation server: answers protocol requests with the NSM, over any transport.
 
 One asyncio loop accepts connections; each connection reads frames with a read timeout and can
-send several requests. Handlers are blocking callables keyed by request type, run in a one-thread
-executor so NSM work (an ioctl, or the simulator's signing) never stalls the loop and the NSM is
-used by one caller at a time. A client that misbehaves only ever loses its own connection.
+send several requests. Handlers are blocking callables keyed by request type, run in a small
+thread pool so NSM work (an ioctl, or the simulator's signing) never stalls the loop. A client
+that misbehaves only ever loses its own connection.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ log = logging.getLogger("nitro_attest.enclave")
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_WRITE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 64
+# NSM calls run here. Both backends are thread-safe (the device serialises its ioctls, the
+# simulator signs outside its lock, and signing releases the GIL), so two threads let the
+# signing of one request overlap the loop's socket work and a second signature.
+DEFAULT_WORKERS = 2
 _MAX_DESCRIBED_PCRS = 32
 
 
@@ -95,9 +99,12 @@ class EnclaveServer:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_frame_size: int = protocol.MAX_FRAME_SIZE,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         if not handlers:
             raise ValueError("an enclave server needs at least one request handler")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._handlers = dict(handlers)
@@ -105,7 +112,7 @@ class EnclaveServer:
         self._write_timeout = write_timeout
         self._max_connections = max_connections
         self._max_frame = max_frame_size
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsm")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsm")
         self._server: asyncio.Server | None = None
         self._address: Address | None = None
         self._unix_inode: tuple[int, int] | None = None
@@ -185,9 +192,8 @@ class EnclaveServer:
     ) -> None:
         while True:
             try:
-                header = await asyncio.wait_for(
-                    reader.readexactly(protocol.HEADER_SIZE), self._read_timeout
-                )
+                async with asyncio.timeout(self._read_timeout):  # no task per read, unlike wait_for
+                    header = await reader.readexactly(protocol.HEADER_SIZE)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
                     log.warning("%s closed mid-header", peer)
@@ -201,7 +207,8 @@ class EnclaveServer:
                 await self._send(writer, protocol.error_for(exc))
                 return  # framing is lost; the connection cannot continue
             try:
-                body = await asyncio.wait_for(reader.readexactly(length), self._read_timeout)
+                async with asyncio.timeout(self._read_timeout):
+                    body = await reader.readexactly(length)
             except asyncio.IncompleteReadError:
                 log.warning("%s closed mid-frame", peer)
                 return
@@ -260,7 +267,8 @@ class EnclaveServer:
     async def _send(self, writer: asyncio.StreamWriter, response: Response) -> bool:
         try:
             writer.write(response.encode())
-            await asyncio.wait_for(writer.drain(), self._write_timeout)
+            async with asyncio.timeout(self._write_timeout):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             return False
         return True
