@@ -105,6 +105,11 @@ def running_server(
         started.set()
         loop.run_forever()
         loop.run_until_complete(server.close())
+        # As asyncio.run does: cancel whatever is left so no task is destroyed while pending.
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
         loop.close()
 
     thread = threading.Thread(target=run, daemon=True)

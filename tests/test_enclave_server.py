@@ -16,7 +16,7 @@ from nitro_attest import client, protocol
 from nitro_attest.enclave import EnclaveServer, nsm_handlers, serve
 from nitro_attest.protocol import AttestRequest, DescribeRequest
 from nitro_attest.transport import parse_address
-from serverkit import FakeNsm, running_server
+from tests.serverkit import FakeNsm, running_server
 
 
 @pytest.fixture(params=["tcp", "unix"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nitro_attest.cli import main
-from serverkit import running_server
+from tests.serverkit import running_server
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cbor2
 
 from nitro_attest import client, protocol
-from serverkit import LogCollector, running_server
+from tests.serverkit import LogCollector, running_server
 
 HOSTILE = 200
 REAL = 60

@@ -118,6 +118,7 @@ class EnclaveServer:
         self._unix_inode: tuple[int, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = 0
+        self._closing = False
         self.requests_served = 0
 
     @property
@@ -139,8 +140,11 @@ class EnclaveServer:
 
     async def close(self) -> None:
         """Stop accepting, drop open connections, remove our Unix socket file."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        for _ in range(8):  # let connections accepted just before close() see _closing
+            await asyncio.sleep(0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -164,6 +168,9 @@ class EnclaveServer:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._serial += 1
+        if self._closing:
+            writer.close()
+            return
         peer = _peer_name(writer, self._serial)
         if len(self._tasks) >= self._max_connections:
             log.warning("%s refused: %d connections open (limit)", peer, len(self._tasks))

@@ -12,14 +12,13 @@ Validity periods are still checked on every call, against the caller's time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from threading import Lock
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
@@ -40,6 +39,7 @@ def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+@functools.cache
 def aws_root_der() -> bytes:
     """The embedded AWS Nitro root G1 as DER, after checking its pinned fingerprint."""
     pem = resources.files("nitro_attest.roots").joinpath(_AWS_ROOT_RESOURCE).read_bytes()
@@ -72,93 +72,115 @@ def root_der_from_pem(pem: bytes) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-@dataclass(frozen=True, slots=True)
 class CertInfo:
-    """A parsed certificate and the facts the chain check needs, computed once per DER."""
+    """A parsed certificate and the facts the chain check needs, computed once per DER.
 
-    der: bytes
-    cert: x509.Certificate
-    subject: x509.Name
-    issuer: x509.Name
-    not_before: float
-    not_after: float
-    public_key: ec.EllipticCurvePublicKey | None
-    ca_problem: str | None
-    """Why this certificate cannot act as a CA (None when it can)."""
-    path_len: int | None
-    leaf_problem: str | None
-    """Why this certificate cannot sign attestation documents (None when it can)."""
+    Names and keys are decoded lazily: building Python Name objects costs more than the rest
+    of the parse, and the happy path needs neither (the link check compares names itself).
+    """
+
+    __slots__ = (
+        "_key",
+        "_label",
+        "ca_problem",
+        "cert",
+        "der",
+        "leaf_problem",
+        "not_after",
+        "not_before",
+        "path_len",
+    )
+
+    def __init__(self, der: bytes) -> None:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            not_before = cert.not_valid_before_utc.timestamp()
+            not_after = cert.not_valid_after_utc.timestamp()
+            extensions = cert.extensions
+            sig_oid = cert.signature_algorithm_oid
+        except Exception as exc:  # untrusted DER: cryptography raises several unrelated types
+            raise MalformedDocumentError(f"certificate is not valid DER X.509: {exc}") from None
+        self.der = der
+        self.cert = cert
+        self.not_before = not_before
+        self.not_after = not_after
+        self._key: ec.EllipticCurvePublicKey | bool | None = False  # False: not loaded yet
+        self._label: str | None = None
+
+        basic: x509.BasicConstraints | None = None
+        basic_critical = False
+        usage: x509.KeyUsage | None = None
+        unhandled: list[str] = []
+        for ext in extensions:
+            if isinstance(ext.value, x509.BasicConstraints):
+                basic, basic_critical = ext.value, ext.critical
+            elif isinstance(ext.value, x509.KeyUsage):
+                usage = ext.value
+            if ext.critical and ext.oid not in _HANDLED_CRITICAL:
+                unhandled.append(ext.oid.dotted_string)
+        self.path_len = basic.path_length if basic is not None else None
+
+        common: str | None = None
+        if unhandled:
+            common = f"unsupported critical extension(s) {', '.join(unhandled)}"
+        elif sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+            common = f"signature algorithm {sig_oid.dotted_string} is not ecdsa-with-SHA384"
+
+        ca_problem = common
+        if ca_problem is None:
+            if basic is None or not basic.ca:
+                ca_problem = "basicConstraints CA flag is not set"
+            elif not basic_critical:
+                ca_problem = "basicConstraints is not marked critical"
+            elif usage is None or not usage.key_cert_sign:
+                ca_problem = "keyUsage lacks keyCertSign"
+        self.ca_problem = ca_problem
+
+        leaf_problem = common
+        if leaf_problem is None:
+            if basic is not None and (basic.ca or basic.path_length is not None):
+                leaf_problem = "leaf must not be a CA nor carry a pathLen"
+            elif usage is None or not usage.digital_signature:
+                leaf_problem = "keyUsage lacks digitalSignature"
+        self.leaf_problem = leaf_problem
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey | None:
+        """The EC public key, or None for any other key type."""
+        if self._key is False:
+            try:
+                key = self.cert.public_key()
+            except Exception:  # an unsupported key type is simply not an EC key
+                key = None
+            self._key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+        return self._key if isinstance(self._key, ec.EllipticCurvePublicKey) else None
 
     @property
     def label(self) -> str:
-        return self.subject.rfc4514_string() or "(empty subject)"
-
-
-def _describe_cert(der: bytes) -> CertInfo:
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        subject, issuer = cert.subject, cert.issuer
-        not_before = cert.not_valid_before_utc.timestamp()
-        not_after = cert.not_valid_after_utc.timestamp()
-        key = cert.public_key()
-        extensions = cert.extensions
-        sig_oid = cert.signature_algorithm_oid
-    except ValueError as exc:
-        raise MalformedDocumentError(f"certificate is not valid DER X.509: {exc}") from None
-    ec_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
-
-    basic: x509.BasicConstraints | None = None
-    basic_critical = False
-    usage: x509.KeyUsage | None = None
-    unhandled: list[str] = []
-    for ext in extensions:
-        if isinstance(ext.value, x509.BasicConstraints):
-            basic, basic_critical = ext.value, ext.critical
-        elif isinstance(ext.value, x509.KeyUsage):
-            usage = ext.value
-        if ext.critical and ext.oid not in _HANDLED_CRITICAL:
-            unhandled.append(ext.oid.dotted_string)
-
-    common: str | None = None
-    if unhandled:
-        common = f"unsupported critical extension(s) {', '.join(unhandled)}"
-    elif sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
-        common = f"signature algorithm {sig_oid.dotted_string} is not ecdsa-with-SHA384"
-
-    ca_problem = common
-    if ca_problem is None:
-        if basic is None or not basic.ca:
-            ca_problem = "basicConstraints CA flag is not set"
-        elif not basic_critical:
-            ca_problem = "basicConstraints is not marked critical"
-        elif usage is None or not usage.key_cert_sign:
-            ca_problem = "keyUsage lacks keyCertSign"
-
-    leaf_problem = common
-    if leaf_problem is None:
-        if basic is not None and (basic.ca or basic.path_length is not None):
-            leaf_problem = "leaf must not be a CA nor carry a pathLen"
-        elif usage is None or not usage.digital_signature:
-            leaf_problem = "keyUsage lacks digitalSignature"
-        elif ec_key is None or not isinstance(ec_key.curve, ec.SECP384R1):
-            leaf_problem = "leaf key is not ECDSA P-384, as ES384 requires"
-
-    return CertInfo(
-        der=der,
-        cert=cert,
-        subject=subject,
-        issuer=issuer,
-        not_before=not_before,
-        not_after=not_after,
-        public_key=ec_key,
-        ca_problem=ca_problem,
-        path_len=basic.path_length if basic is not None else None,
-        leaf_problem=leaf_problem,
-    )
+        if self._label is None:
+            try:
+                self._label = self.cert.subject.rfc4514_string() or "(empty subject)"
+            except Exception:
+                self._label = "(undecodable subject)"
+        return self._label
 
 
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _names_differ(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        return bool(child.issuer != issuer.subject)
+    except Exception:
+        return True
+
+
+def _issuer_label(cert: x509.Certificate) -> str:
+    try:
+        return cert.issuer.rfc4514_string()
+    except Exception:
+        return "(undecodable issuer)"
 
 
 class ChainValidator:
@@ -175,7 +197,7 @@ class ChainValidator:
     def cert_info(self, der: bytes) -> CertInfo:
         info = self._certs.get(der)
         if info is None:
-            info = _describe_cert(der)
+            info = CertInfo(der)
             with self._lock:
                 if len(self._certs) >= _CACHE_LIMIT:
                     self._certs.clear()
@@ -185,9 +207,12 @@ class ChainValidator:
     def leaf_key(self, leaf_der: bytes) -> ec.EllipticCurvePublicKey:
         """The public key that must have signed the document; raises ChainError if unusable."""
         leaf = self.cert_info(leaf_der)
-        if leaf.leaf_problem is not None or leaf.public_key is None:
+        if leaf.leaf_problem is not None:
             raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
-        return leaf.public_key
+        key = leaf.public_key
+        if key is None or not isinstance(key.curve, ec.SECP384R1):
+            raise ChainError(f"leaf certificate {leaf.label}: key is not ECDSA P-384 (ES384)")
+        return key
 
     def validate(self, leaf_der: bytes, cabundle: tuple[bytes, ...], at: float) -> None:
         """Raise ChainError (ExpiredError for time) unless leaf chains to the root at ``at``."""
@@ -230,15 +255,16 @@ class ChainValidator:
         key = (issuer.der, child.der)
         if key in self._links:
             return
-        if child.issuer != issuer.subject:
-            raise ChainError(
-                f"{child_name} issuer is {child.issuer.rfc4514_string()}, but the next "
-                f"certificate up ({issuer_name}) is {issuer.label}"
-            )
         try:
+            # Checks issuer name == issuer's subject, then the signature.
             child.cert.verify_directly_issued_by(issuer.cert)
-        except (InvalidSignature, ValueError, TypeError) as exc:
-            detail = str(exc) or "bad signature"
+        except Exception as exc:  # InvalidSignature, ValueError, UnsupportedAlgorithm, ...
+            if _names_differ(child.cert, issuer.cert):
+                raise ChainError(
+                    f"{child_name} names issuer {_issuer_label(child.cert)}, but the "
+                    f"next certificate up ({issuer_name}) is {issuer.label}"
+                ) from None
+            detail = str(exc) or "signature does not verify"
             raise ChainError(
                 f"{child_name} ({child.label}) is not signed by {issuer_name}: {detail}"
             ) from None

@@ -59,6 +59,11 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
+        self._chain_detail = (
+            "leaf -> {n} intermediate(s) -> root "
+            f"{self._chain.root.label} (sha256 {self._chain.root_sha256[:16]}...), "
+            "each valid at the verification time"
+        )
         self._steps: tuple[tuple[str, _Step], ...] = (
             ("cose_signature", self._check_signature),
             ("certificate_chain", self._check_chain),
@@ -145,12 +150,7 @@ class Verifier:
 
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
         self._chain.validate(doc.certificate, doc.cabundle, at)
-        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return (
-            f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root "
-            f"{self._chain.root.label} (sha256 {self._chain.root_sha256[:16]}...), "
-            f"all valid at {when}"
-        )
+        return self._chain_detail.format(n=len(doc.cabundle) - 1)
 
 
 def verify(

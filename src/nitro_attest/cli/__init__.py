@@ -11,15 +11,31 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
-from nitro_attest.cli import attest_cmd, inspect_cmd, serve_cmd, verify_cmd
+from nitro_attest.cli import (
+    attest_cmd,
+    eif_cmd,
+    inspect_cmd,
+    pcr_cmd,
+    serve_cmd,
+    sim_cmd,
+    verify_cmd,
+)
 from nitro_attest.cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (verify_cmd, inspect_cmd, serve_cmd, attest_cmd)
+_COMMAND_MODULES = (verify_cmd, inspect_cmd, eif_cmd, pcr_cmd, sim_cmd, serve_cmd, attest_cmd)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, pointing at --help, instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nitro-attest",
         description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
         "run an enclave attestation server (real /dev/nsm or a software NSM) and its client.",
@@ -27,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", action="store_true", help="show a traceback when a command fails unexpectedly"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in _COMMAND_MODULES:
         module.register(sub)
@@ -52,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nitro-attest: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return EXIT_USAGE
+    except Exception as exc:  # a bug, not bad input: still one line unless --verbose
+        print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print("nitro-attest: run with --verbose for the traceback", file=sys.stderr)
         return EXIT_USAGE
 
 

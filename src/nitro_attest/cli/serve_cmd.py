@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from nitro_attest.cli.common import EXIT_OK, CliError
 from nitro_attest.enclave import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, nsm_handlers, serve
+from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
 from nitro_attest.transport import AddressError, parse_address
 
@@ -75,12 +75,8 @@ def open_nsm(kind: str, state: Path | None) -> NsmBackend:
             f"{DEVICE_PATH} not found: this is not a Nitro Enclave. To run with the software NSM "
             "use --nsm simulator --state DIR (after `nitro-attest sim init --state DIR`)"
         )
-    # Looked up at run time until nitro_attest.nsm.open_backend lands on main (branch nsm).
-    open_backend = getattr(importlib.import_module("nitro_attest.nsm"), "open_backend", None)
-    if open_backend is None:
-        raise CliError("this build has no NSM backends (nitro_attest.nsm.open_backend missing)")
     try:
-        backend: NsmBackend = open_backend(kind, state_dir=state)
+        backend = open_backend(kind, state_dir=state)
     except NsmError as exc:
         raise CliError(f"cannot open the NSM ({kind}): {exc}") from None
     except (OSError, ValueError) as exc:

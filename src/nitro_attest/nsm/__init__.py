@@ -1,5 +1,47 @@
 """Nitro Secure Module access: the NSM API codec, the /dev/nsm device and the software simulator."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 from nitro_attest.nsm.backend import NsmBackend, NsmDescription, NsmError, PcrDescription
 
-__all__ = ["NsmBackend", "NsmDescription", "NsmError", "PcrDescription"]
+__all__ = [
+    "BACKEND_KINDS",
+    "NsmBackend",
+    "NsmDescription",
+    "NsmError",
+    "PcrDescription",
+    "open_backend",
+]
+
+BACKEND_KINDS = ("auto", "device", "simulator")
+
+
+def open_backend(kind: str, *, state_dir: Path | None = None) -> NsmBackend:
+    """Open an NSM backend.
+
+    ``device``: the real /dev/nsm. ``simulator``: the software NSM whose state (CA hierarchy,
+    configuration) lives in ``state_dir`` (default: ``sim_state.default_state_dir()``), created on
+    first use. ``auto``: /dev/nsm when present; otherwise an NsmError pointing at
+    ``--nsm simulator``: falling back silently would hand out documents no verifier should trust.
+    """
+    from nitro_attest.nsm import device
+
+    if kind == "auto":
+        if not os.path.exists(device.DEVICE_PATH):
+            raise NsmError(
+                "InternalError",
+                f"no {device.DEVICE_PATH}: not running inside a Nitro Enclave; "
+                "pass --nsm simulator to use the software NSM",
+            )
+        kind = "device"
+    if kind == "device":
+        return device.open_device()
+    if kind == "simulator":
+        from nitro_attest.nsm.sim_state import default_state_dir
+        from nitro_attest.nsm.simulator import SimulatedNsm
+
+        return SimulatedNsm.open(state_dir if state_dir is not None else default_state_dir())
+    raise ValueError(f"unknown NSM backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")
