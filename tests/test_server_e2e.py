@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,7 +146,9 @@ def test_attest_cli_end_to_end(
     assert len(bytes.fromhex(decoded["nonce"])) == 32  # the random nonce the client sent
 
     # PCR mismatch through the CLI: exit 1 and the PCR line fails.
-    assert main([*argv, "--pcr", "1=" + "00" * 48, "--json"]) == 1
+    wrong = ["attest", "--connect", str(enclave), "--root", str(states["prod"] / "root.pem"),
+             "--out-dir", str(out_dir), "--pcr", "1=" + "00" * 48, "--json"]  # fmt: skip
+    assert main(wrong) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["verified"] is False and report["error"]["check"] == "pcrs"
 
@@ -162,3 +168,36 @@ def test_describe_over_the_wire(enclave: Address) -> None:
     desc = client.describe_enclave(str(enclave))
     assert desc.nsm.max_pcrs == 32 and desc.nsm.digest == "SHA384"
     assert desc.pcrs[0].data == PCRS[0] and desc.pcrs[0].locked
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_process_shuts_down_cleanly(
+    signum: signal.Signals, states: dict[str, Path], tmp_path: Path
+) -> None:
+    sock = tmp_path / "served.sock"
+    cmd = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()",
+           "serve", "--listen", f"unix://{sock}", "--nsm", "simulator",
+           "--state", str(states["prod"])]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert sock.exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
+        for _ in range(3):
+            client.request_attestation(f"unix://{sock}", nonce=NONCE, user_data=USER_DATA)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert not sock.exists()
+    text = err.decode()
+    assert "Traceback" not in text
+    request_lines = [line for line in text.splitlines() if " attest " in line]
+    assert len(request_lines) == 3
+    assert all("nonce=32B user_data=13B" in line for line in request_lines)
+    assert NONCE.hex() not in text and USER_DATA.decode() not in text
+    assert "shutting down after 3 request(s)" in text

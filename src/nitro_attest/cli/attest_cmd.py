@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nitro_attest.cli import expectations
 from nitro_attest.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -22,15 +23,11 @@ from nitro_attest.client import (
     request_attestation,
     save_attestation,
 )
-from nitro_attest.errors import PolicyError, TrustRootError
-from nitro_attest.policy import PcrSpec, load_expected_measurements, normalize_pcr_set
 from nitro_attest.protocol import MAX_FIELD_SIZE
 from nitro_attest.report import document_to_json, render_text
 from nitro_attest.transport import AddressError, parse_address
-from nitro_attest.verifier import Verifier
 
 DEFAULT_USER_DATA = b"nitro-attest client"
-_MAX_PEM = 64 * 1024
 
 _EPILOG = """\
 examples:
@@ -71,20 +68,8 @@ def register(sub: Any) -> None:
         help=f"user data to send (default: the text {DEFAULT_USER_DATA.decode()!r})",
     )
     p.add_argument("--public-key", metavar="HEX", help="public key to have the enclave embed")
-    p.add_argument(
-        "--expected", metavar="FILE", help="expected measurements (nitro-cli build-enclave JSON)"
-    )
-    p.add_argument(
-        "--pcr",
-        action="append",
-        default=[],
-        metavar="N=HEX",
-        help="expected value of PCR N (repeatable; added to --expected)",
-    )
-    p.add_argument("--root", metavar="PEM", help="trusted root (default: embedded AWS root G1)")
-    p.add_argument(
-        "--allow-debug", action="store_true", help="accept a debug-mode enclave (PCR0 all zero)"
-    )
+    expectations.add_pcr_flags(p)
+    expectations.add_trust_flags(p)
     p.add_argument("--out-dir", default="client", metavar="DIR", help="where to save the document")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -110,39 +95,6 @@ def _user_data(value: str | None) -> bytes | None:
     return parse_hex(value, "--user-data", max_bytes=MAX_FIELD_SIZE)
 
 
-def _pcr_flags(values: list[str]) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    for item in values:
-        index, eq, hexval = item.partition("=")
-        if not eq or not index.strip().isdigit():
-            raise CliError(f"--pcr {item!r}: expected N=HEX, e.g. --pcr 0=346f02...")
-        out[int(index)] = parse_hex(hexval, f"--pcr {index}", max_bytes=64)
-    return out
-
-
-def _expected(args: argparse.Namespace) -> list[PcrSpec] | None:
-    try:
-        sets = load_expected_measurements(args.expected) if args.expected else []
-        extra = _pcr_flags(args.pcr)
-        if extra:
-            sets = [normalize_pcr_set({**s, **extra}, "PCRs") for s in sets] or [
-                normalize_pcr_set(extra, "--pcr")
-            ]
-    except PolicyError as exc:
-        raise CliError(str(exc)) from None
-    # PcrSpec is a Mapping keyed by int | str; copy so the types line up (Mapping is invariant).
-    specs: list[PcrSpec] = [{k: v for k, v in s.items()} for s in sets]
-    return specs or None
-
-
-def _verifier(root: str | None) -> Verifier:
-    try:
-        pem = read_bytes(root, limit=_MAX_PEM, what="root certificate") if root else None
-        return Verifier(root_pem=pem)
-    except (TrustRootError, ValueError) as exc:
-        raise CliError(f"{root}: {exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         address = parse_address(args.connect, role="connect")
@@ -157,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
         if args.public_key
         else None
     )
-    expected = _expected(args)
-    verifier = _verifier(args.root)
+    policy = expectations.build_policy(
+        args, nonce=nonce, user_data=user_data, public_key=public_key
+    )
+    verifier = expectations.build_verifier(args)
 
     try:
         document = request_attestation(
@@ -171,17 +125,7 @@ def run(args: argparse.Namespace) -> int:
     except ClientError as exc:
         raise CliError(str(exc)) from None
 
-    try:
-        report = verifier.evaluate(
-            document,
-            expected_pcrs=expected,
-            nonce=nonce,
-            user_data=user_data,
-            public_key=public_key,
-            allow_debug=args.allow_debug,
-        )
-    except PolicyError as exc:
-        raise CliError(str(exc)) from None
+    report = verifier.evaluate(document, policy=policy)
 
     out_dir = Path(args.out_dir)
     try:
@@ -206,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for path in saved:
             print(f"Saved {path}")
-        if expected is None:
+        if not policy.pcr_sets:
             print(
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr
             )

@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
     init.add_argument(
         "--measurements",
         metavar="FILE",
-        help="nitro-cli build-enclave JSON ({\"Measurements\": {\"PCR0\": ...}}) giving PCR0/1/2 "
+        help='nitro-cli build-enclave JSON ({"Measurements": {"PCR0": ...}}) giving PCR0/1/2 '
         "(and PCR8); default: values derived from the installed nitro-attest package",
     )
     init.add_argument(
