@@ -178,3 +178,9 @@ def test_frame_of_random_bytes_never_escapes_as_other_error() -> None:
         body = rng.randbytes(rng.randrange(1, 64))
         with contextlib.suppress(ProtocolError):
             protocol.decode_request(body)
+
+
+def test_tags_are_refused() -> None:
+    tagged = cbor2.dumps({"v": 1, "type": "attest", "nonce": cbor2.CBORTag(2, b"\x01")})
+    with pytest.raises(MalformedFrameError):
+        protocol.decode_request(tagged)

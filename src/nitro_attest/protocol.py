@@ -9,7 +9,6 @@ in its own module, and one handler on the server side. See docs/protocol.md.
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import cbor2
 
+from nitro_attest.cbor_strict import CborError, strict_loads
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription
 
 PROTOCOL_VERSION = 1
@@ -99,13 +99,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Decode a frame body into a map with text keys; the version is checked, the type is not."""
     if len(body) > MAX_FRAME_SIZE:
         raise FrameTooLargeError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_SIZE} limit")
-    fp = io.BytesIO(body)
-    try:
-        obj = cbor2.CBORDecoder(fp, max_depth=_MAX_DEPTH, allow_duplicate_keys=False).decode()
-    except Exception as exc:  # cbor2 raises several types; only ours may escape
+    try:  # one item, no trailing bytes, no duplicate keys, no tags, bounded nesting
+        obj = strict_loads(body, max_depth=_MAX_DEPTH)
+    except CborError as exc:
         raise MalformedFrameError(f"frame is not valid CBOR: {exc}") from None
-    if fp.tell() != len(body):
-        raise MalformedFrameError(f"{len(body) - fp.tell()} trailing bytes after the CBOR map")
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise MalformedFrameError("frame is not a CBOR map with text keys")
     version = obj.get("v")
