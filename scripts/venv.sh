@@ -34,7 +34,7 @@ nitro_attest_ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
         "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
         local spec="$root"
-        [ -n "$extras" ] && spec="$root[$extras]"
+        [ -n "$extras" ] && spec="${root}[$extras]"
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
         touch "$stamp"
     fi

@@ -138,3 +138,42 @@ def test_attest_refuses_terminal(state: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     rc, out, err = run(["sim", "attest", "--state", str(state)], capsys)
     assert rc == 2 and "terminal" in err and out == ""
+
+
+def test_init_from_an_eif_sets_the_simulated_pcrs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nitro_attest.eif.writer import write_eif
+
+    eif = tmp_path / "enclave.eif"
+    pcrs = write_eif(
+        eif, kernel=b"kernel" * 100, cmdline="console=ttyS0", ramdisks=[b"init" * 50, b"app" * 70]
+    )
+    # The formula, written here independently of the EIF module.
+    zero = bytes(48)
+    app = hashlib.sha384(zero + hashlib.sha384(b"app" * 70).digest()).hexdigest()
+    assert pcrs["PCR2"] == app
+    state_dir = tmp_path / "sim"
+    rc, _, err = run(["sim", "init", "--state", str(state_dir), "--measurements", str(eif)], capsys)
+    assert rc == 0, err
+    rc, out, _ = run(["sim", "describe", "--state", str(state_dir)], capsys)
+    described = json.loads(out)
+    assert json.dumps(described).count(app) >= 1
+    doc_path = tmp_path / "doc.cbor"
+    rc, _, err = run(["sim", "attest", "--state", str(state_dir), "--out", str(doc_path)], capsys)
+    assert rc == 0, err
+    verified = Verifier(root_pem=(state_dir / "root.pem").read_bytes()).verify(
+        doc_path.read_bytes(), expected_pcrs={f"PCR{i}": pcrs[f"PCR{i}"] for i in range(3)}
+    )
+    assert verified.document.pcrs[2].hex() == app
+
+
+def test_init_from_a_corrupt_eif_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eif = tmp_path / "bad.eif"
+    eif.write_bytes(b".eif" + bytes(100))
+    rc, _out, err = run(
+        ["sim", "init", "--state", str(tmp_path / "s"), "--measurements", str(eif)], capsys
+    )
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -63,10 +63,8 @@ class Policy:
             if not value:
                 raise PolicyError(f"{name} expectation is empty; give the exact bytes or None")
             if len(value) > MAX_FIELD_BYTES:
-                raise PolicyError(
-                    f"{name} expectation is {len(value)} bytes; a document holds "
-                    f"at most {MAX_FIELD_BYTES}"
-                )
+                raise PolicyError(f"{name} expectation is {len(value)} bytes; a document holds "
+                                  f"at most {MAX_FIELD_BYTES}")
         if self.max_age is not None and not self.max_age > 0:
             raise PolicyError(f"max_age must be a positive number of seconds, got {self.max_age}")
         if not self.clock_skew >= 0:

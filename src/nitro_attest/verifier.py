@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from nitro_attest.cose import ES384, sig_structure, verify_ecdsa
 from nitro_attest.document import AttestationDocument, parse_document
@@ -30,6 +30,21 @@ from nitro_attest.report import CheckResult, Report
 from nitro_attest.trust import ChainValidator, aws_root_der, root_der_from_pem
 
 At = datetime | Literal["document", "now"] | None
+
+
+class Expectations(TypedDict, total=False):
+    """What ``verify`` and ``evaluate`` take besides the document and the time.
+
+    Either ``policy`` or the individual fields (which build a Policy); None means not checked.
+    """
+
+    policy: Policy | None
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None
+    nonce: bytes | None
+    user_data: bytes | None
+    public_key: bytes | None
+    max_age: float | None
+    allow_debug: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +95,10 @@ class Verifier:
         return self._chain.root_sha256
 
     def verify(
-        self,
-        document: bytes,
-        *,
-        at: At = None,
-        policy: Policy | None = None,
-        expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
-        nonce: bytes | None = None,
-        user_data: bytes | None = None,
-        public_key: bytes | None = None,
-        max_age: float | None = None,
-        allow_debug: bool = False,
+        self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
     ) -> VerifiedDocument:
         """Verify ``document`` (raw COSE_Sign1 bytes) or raise a VerificationError subclass."""
-        policy = _policy(policy, expected_pcrs, nonce, user_data, public_key, max_age, allow_debug)
+        policy = _policy(**expectations)
         doc = parse_document(document)
         when = _resolve_at(at, doc)
         ts = when.timestamp()
@@ -104,20 +109,10 @@ class Verifier:
         return VerifiedDocument(doc, when, self._chain.root_sha256, policy, tuple(results))
 
     def evaluate(
-        self,
-        document: bytes,
-        *,
-        at: At = None,
-        policy: Policy | None = None,
-        expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
-        nonce: bytes | None = None,
-        user_data: bytes | None = None,
-        public_key: bytes | None = None,
-        max_age: float | None = None,
-        allow_debug: bool = False,
+        self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
     ) -> Report:
         """Run every check that can run and report each; never raises VerificationError."""
-        policy = _policy(policy, expected_pcrs, nonce, user_data, public_key, max_age, allow_debug)
+        policy = _policy(**expectations)
         try:
             doc = parse_document(document)
         except VerificationError as exc:
@@ -158,6 +153,13 @@ def verify(
     *,
     root_pem: bytes | None = None,
     at: At = None,
+    **expectations: Unpack[Expectations],
+) -> VerifiedDocument:
+    """One-off verification; build a Verifier to reuse its certificate cache across documents."""
+    return Verifier(root_pem=root_pem).verify(document, at=at, **expectations)
+
+
+def _policy(
     policy: Policy | None = None,
     expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
     nonce: bytes | None = None,
@@ -165,29 +167,6 @@ def verify(
     public_key: bytes | None = None,
     max_age: float | None = None,
     allow_debug: bool = False,
-) -> VerifiedDocument:
-    """One-off verification; build a Verifier to reuse its certificate cache across documents."""
-    return Verifier(root_pem=root_pem).verify(
-        document,
-        at=at,
-        policy=policy,
-        expected_pcrs=expected_pcrs,
-        nonce=nonce,
-        user_data=user_data,
-        public_key=public_key,
-        max_age=max_age,
-        allow_debug=allow_debug,
-    )
-
-
-def _policy(
-    policy: Policy | None,
-    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None,
-    nonce: bytes | None,
-    user_data: bytes | None,
-    public_key: bytes | None,
-    max_age: float | None,
-    allow_debug: bool,
 ) -> Policy:
     if policy is not None:
         loose = (expected_pcrs, nonce, user_data, public_key, max_age)

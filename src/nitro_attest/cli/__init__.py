@@ -16,6 +16,7 @@ from typing import NoReturn
 from nitro_attest.cli import (
     attest_cmd,
     eif_cmd,
+    enclave_cmd,
     inspect_cmd,
     pcr_cmd,
     serve_cmd,
@@ -24,7 +25,16 @@ from nitro_attest.cli import (
 )
 from nitro_attest.cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (verify_cmd, inspect_cmd, eif_cmd, pcr_cmd, sim_cmd, serve_cmd, attest_cmd)
+_COMMAND_MODULES = (
+    verify_cmd,
+    inspect_cmd,
+    eif_cmd,
+    pcr_cmd,
+    sim_cmd,
+    enclave_cmd,
+    serve_cmd,
+    attest_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -33,21 +33,27 @@ def parse_hex(value: str, what: str, *, max_bytes: int | None = None) -> bytes:
 
 def read_bytes(path: str, *, limit: int, what: str = "file") -> bytes:
     """Read a file (or stdin for '-') refusing more than ``limit`` bytes."""
+    data = peek_bytes(path, limit + 1, what=what)
+    if len(data) > limit:
+        raise CliError(f"{path}: {what} larger than {limit} bytes")
+    return data
+
+
+def peek_bytes(path: str, count: int, *, what: str = "file") -> bytes:
+    """The first ``count`` bytes of a file (or stdin for '-'), with one-line errors."""
     try:
         if path == "-":
-            data = sys.stdin.buffer.read(limit + 1)
+            data = sys.stdin.buffer.read(count)
         else:
             p = Path(path)
             if p.is_dir():
                 raise CliError(f"{path}: is a directory")
             with p.open("rb") as fh:
-                data = fh.read(limit + 1)
+                data = fh.read(count)
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
     except PermissionError:
         raise CliError(f"{path}: permission denied") from None
     except OSError as exc:
         raise CliError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise CliError(f"{path}: {what} larger than {limit} bytes")
     return data

@@ -12,7 +12,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from nitro_attest.cli.common import EXIT_OK, CliError, parse_hex, read_bytes
+from nitro_attest.cli.common import EXIT_OK, CliError, parse_hex, peek_bytes, read_bytes
+from nitro_attest.eif import EifError, measurements_from_eif
+from nitro_attest.eif.format import MAGIC as EIF_MAGIC
 from nitro_attest.nsm.backend import NsmError
 from nitro_attest.nsm.measurements import (
     MAX_MEASUREMENTS_FILE,
@@ -67,8 +69,8 @@ def register(sub: Any) -> None:
     init.add_argument(
         "--measurements",
         metavar="FILE",
-        help='nitro-cli build-enclave JSON ({"Measurements": {"PCR0": ...}}) giving PCR0/1/2 '
-        "(and PCR8); default: values derived from the installed nitro-attest package",
+        help='nitro-cli build-enclave JSON ({"Measurements": {"PCR0": ...}}) or an EIF file '
+        "giving PCR0/1/2 (and PCR8); default: values derived from the installed package",
     )
     init.add_argument(
         "--debug",
@@ -124,14 +126,25 @@ def _fingerprint(pem: bytes) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
+def _load_measurements(path: str) -> dict[int, bytes]:
+    """A measurements JSON, or an EIF whose PCRs are computed here (no nitro-cli needed)."""
+    if peek_bytes(path, 4, what="measurements") == EIF_MAGIC:
+        try:
+            pcrs = measurements_from_eif(path)
+        except EifError as exc:
+            raise CliError(f"{path}: {exc}") from None
+        return {int(name.removeprefix("PCR")): bytes.fromhex(value) for name, value in pcrs.items()}
+    data = read_bytes(path, limit=MAX_MEASUREMENTS_FILE, what="measurements")
+    try:
+        return parse_measurements(data)
+    except MeasurementsError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
 def run_init(args: argparse.Namespace) -> int:
     measurements = None
     if args.measurements is not None:
-        data = read_bytes(args.measurements, limit=MAX_MEASUREMENTS_FILE, what="measurements")
-        try:
-            measurements = parse_measurements(data)
-        except MeasurementsError as exc:
-            raise CliError(f"{args.measurements}: {exc}") from None
+        measurements = _load_measurements(args.measurements)
     config = SimulatorConfig(
         region=args.region,
         instance_id=args.instance_id or random_instance_id(),

@@ -7,14 +7,13 @@ build-enclave prints ``{"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from typing import Any
+
+from nitro_attest.errors import PolicyError
+from nitro_attest.policy import parse_expected_measurements
 
 PCR_SIZE = 48
 ZERO_PCR = bytes(PCR_SIZE)
 MAX_MEASUREMENTS_FILE = 64 * 1024
-_PCR_KEY = re.compile(r"PCR(\d{1,2})")
 MEASURED_PCRS = frozenset({0, 1, 2, 8})  # what an EIF measures; the rest come from the platform
 
 
@@ -35,33 +34,26 @@ def platform_pcr(value: str) -> bytes:
 def parse_measurements(text: str | bytes) -> dict[int, bytes]:
     """PCR index -> 48-byte value from build-enclave / describe-eif JSON.
 
-    PCR0, PCR1 and PCR2 are required; PCR8 is optional. A measurements object carrying no PCR is an
-    error, never "no constraint".
+    The JSON rules are the verifier's (policy.parse_expected_measurements); the simulator adds
+    its own: one set, PCR0/1/2 required, PCR8 optional, nothing else (an EIF measures no more).
     """
     if len(text) > MAX_MEASUREMENTS_FILE:
         raise MeasurementsError(f"measurements larger than {MAX_MEASUREMENTS_FILE} bytes")
     try:
-        doc: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MeasurementsError(f"measurements are not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("Measurements"), dict):
-        raise MeasurementsError('expected an object {"Measurements": {"PCR0": ..., ...}}')
-    raw: dict[str, Any] = doc["Measurements"]
-    algo = raw.get("HashAlgorithm")
-    if algo is not None and not (isinstance(algo, str) and algo.startswith("Sha384")):
-        raise MeasurementsError(f"HashAlgorithm must be Sha384, got {algo!r:.40}")
-    pcrs: dict[int, bytes] = {}
-    for key, value in raw.items():
-        if key == "HashAlgorithm":
-            continue
-        match = _PCR_KEY.fullmatch(key)
-        if match is None or int(match.group(1)) not in MEASURED_PCRS:
-            raise MeasurementsError(f"unexpected key {key!r:.20} (allowed: PCR0, PCR1, PCR2, PCR8)")
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{96}", value):
-            raise MeasurementsError(f"{key} must be 96 hex digits (48 bytes)")
-        pcrs[int(match.group(1))] = bytes.fromhex(value)
-    if not pcrs:
-        raise MeasurementsError("measurements are empty: no PCR given")
+        sets = parse_expected_measurements(text, "measurements")
+    except PolicyError as exc:
+        raise MeasurementsError(str(exc)) from None
+    if len(sets) != 1:
+        raise MeasurementsError(f"expected one measurements object, got a list of {len(sets)}")
+    pcrs = dict(sets[0])
+    unexpected = [f"PCR{i}" for i in pcrs if i not in MEASURED_PCRS]
+    if unexpected:
+        raise MeasurementsError(
+            f"unexpected {', '.join(unexpected)} (allowed: PCR0, PCR1, PCR2, PCR8)"
+        )
+    short = [f"PCR{i}" for i, v in pcrs.items() if len(v) != PCR_SIZE]
+    if short:
+        raise MeasurementsError(f"{', '.join(short)} must be 96 hex digits (48 bytes)")
     missing = [f"PCR{i}" for i in (0, 1, 2) if i not in pcrs]
     if missing:
         raise MeasurementsError(f"measurements lack {', '.join(missing)}")

@@ -1,0 +1,183 @@
+"""setup-pvm.sh and setup-client.sh, driven by fake system commands and env-overridden paths."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from .nitro_fakes import FakeBin, write_exe
+from .script_env import ScriptEnv, make_env
+
+UBUNTU = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n'
+AL2023 = 'NAME="Amazon Linux"\nVERSION_ID="2023"\nID="amzn"\nID_LIKE="fedora"\n'
+DEBIAN = 'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'
+
+# `make ... install` "installs" nitro-cli: it creates the marker the env script looks for.
+_FAKE_MAKE = r'''
+import json, sys
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+with open(HERE / "calls.jsonl", "a") as fh:
+    fh.write(json.dumps(["make", *sys.argv[1:]]) + "\n")
+if "install" in sys.argv[1:]:
+    (HERE.parent / "installed").touch()
+'''
+
+
+@pytest.fixture
+def pvm(tmp_path: Path) -> ScriptEnv:
+    se = make_env(tmp_path)
+    nitro_bin = tmp_path / "nitro-bin"
+    nitro_bin.mkdir()
+    (se.bin.dir / "nitro-cli").rename(nitro_bin / "nitro-cli")  # not installed yet
+    se.bin.recorder("apt-get", "dnf", "yum", "amazon-linux-extras", "systemctl", "usermod",
+                    "groupadd", "git", "modprobe", "nitro-cli-config", "chown")
+    write_exe(se.bin.dir / "make", _FAKE_MAKE)
+    (se.bin.dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    (se.bin.dir / "sudo").chmod(0o755)
+    env_script = tmp_path / "nitro-cli-env.sh"
+    env_script.write_text(
+        f'[ -f "{tmp_path}/installed" ] && export PATH="{nitro_bin}:$PATH"\ntrue\n'
+    )
+    (tmp_path / "os-release").write_text(UBUNTU)
+    (tmp_path / "sys_vendor").write_text("Amazon EC2\n")
+    (tmp_path / "nitro_enclaves").touch()
+    se.env.update(
+        USERNAME=pwd.getpwuid(os.getuid()).pw_name,
+        NITRO_ATTEST_OS_RELEASE=str(tmp_path / "os-release"),
+        NITRO_ATTEST_SYS_VENDOR=str(tmp_path / "sys_vendor"),
+        NITRO_ATTEST_NE_DEVICE=str(tmp_path / "nitro_enclaves"),
+        NITRO_ATTEST_NITRO_ENV=str(env_script),
+        NITRO_ATTEST_USER_HOME=str(tmp_path / "home"),
+        NITRO_CLI_SRC=str(tmp_path / "src/aws-nitro-enclaves-cli"),
+    )
+    return se
+
+
+def _names(se: ScriptEnv) -> list[str]:
+    return [" ".join(c[:2]) for c in se.bin.calls()]
+
+
+def test_ubuntu_builds_from_source_and_is_idempotent(pvm: ScriptEnv) -> None:
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 0, r.stderr
+    calls = pvm.bin.calls()
+    install = next(c for c in calls if c[:2] == ["apt-get", "install"])
+    assert {"docker.io", "build-essential", "git", "linux-modules-extra-aws"} <= set(install)
+    src = str(pvm.tmp / "src/aws-nitro-enclaves-cli")
+    assert ["git", "clone", "--depth", "1", "--branch", "v1.4.3",
+            "https://github.com/aws/aws-nitro-enclaves-cli.git", src] in calls
+    makes = [c[3:] for c in calls if c[0] == "make"]
+    assert makes == [["nitro-cli"], ["vsock-proxy"], ["NITRO_CLI_INSTALL_DIR=/", "install"]]
+    assert ["nitro-cli-config", "-i"] in calls
+    user = pvm.env["USERNAME"]
+    assert ["usermod", "-aG", "ne,docker", user] in calls
+    assert ["systemctl", "enable", "nitro-enclaves-allocator.service"] in calls
+    order = _names(pvm)
+    assert order.index("apt-get install") < order.index("git clone") < order.index(
+        "nitro-cli-config -i") < order.index("usermod -aG")
+    bashrc = pvm.tmp / "home/.bashrc"
+    line = f"source {pvm.env['NITRO_ATTEST_NITRO_ENV']}"
+    assert bashrc.read_text().splitlines() == [line]
+
+    (pvm.tmp / "bin/calls.jsonl").unlink()
+    again = pvm.run("setup-pvm.sh")
+    assert again.returncode == 0, again.stderr
+    assert "already installed" in again.stderr
+    assert not any(c[0] in ("git", "make", "nitro-cli-config") for c in pvm.bin.calls())
+    assert bashrc.read_text().splitlines() == [line]
+
+
+def test_amazon_linux_uses_packages(pvm: ScriptEnv) -> None:
+    (pvm.tmp / "os-release").write_text(AL2023)
+    (pvm.tmp / "installed").touch()  # the RPM puts nitro-cli on PATH
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 0, r.stderr
+    calls = pvm.bin.calls()
+    dnf = next(c for c in calls if c[0] == "dnf")
+    assert {"aws-nitro-enclaves-cli", "aws-nitro-enclaves-cli-devel", "docker"} <= set(dnf)
+    assert not any(c[0] in ("apt-get", "git", "make") for c in calls)
+    assert ["usermod", "-aG", "ne,docker", pvm.env["USERNAME"]] in calls
+
+
+@pytest.mark.parametrize("os_release", [DEBIAN, UBUNTU.replace("24.04", "20.04"), ""])
+def test_unsupported_os_is_refused(pvm: ScriptEnv, os_release: str) -> None:
+    (pvm.tmp / "os-release").write_text(os_release)
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 1 and "unsupported OS" in r.stderr
+    assert pvm.bin.calls() == []
+
+
+def test_not_an_ec2_instance_is_refused(pvm: ScriptEnv) -> None:
+    (pvm.tmp / "sys_vendor").write_text("QEMU\n")
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 1 and "not an EC2 Nitro instance" in r.stderr
+    assert pvm.bin.calls() == []
+
+
+def test_enclaves_not_enabled_is_refused(pvm: ScriptEnv) -> None:
+    (pvm.tmp / "nitro_enclaves").unlink()
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 1
+    assert "Nitro Enclave: Enabled" in r.stderr
+    assert not any(c[0] == "usermod" for c in pvm.bin.calls())
+
+
+def test_username_is_required(pvm: ScriptEnv) -> None:
+    r = pvm.run("setup-pvm.sh", env={"USERNAME": ""})
+    assert r.returncode == 2 and "USERNAME" in r.stderr
+    r = pvm.run("setup-pvm.sh", env={"USERNAME": "no-such-user-xyz"})
+    assert r.returncode == 2 and "no such user" in r.stderr
+
+
+def test_allocator_settings(pvm: ScriptEnv) -> None:
+    pvm.allocator.write_text("---\nmemory_mib: 512\n# comment\ncpu_pool: 2,3\n")
+    r = pvm.run("setup-pvm.sh", "--memory-mib", "1024", "--cpu-count", "4")
+    assert r.returncode == 0, r.stderr
+    text = pvm.allocator.read_text()
+    assert "memory_mib: 1024\n" in text and "cpu_count: 4\n" in text
+    assert "\ncpu_pool:" not in text and "# cpu_pool: 2,3" in text
+    assert "memory_mib: 1024" in r.stderr  # the summary shows the settings
+    bad = pvm.run("setup-pvm.sh", "--memory-mib", "lots")
+    assert bad.returncode == 2
+
+
+# --- setup-client.sh --------------------------------------------------------------------------
+
+
+def test_setup_client_installs_project_into_venv(tmp_path: Path) -> None:
+    se = make_env(tmp_path)
+    # A stand-in venv interpreter that records the pip calls instead of installing.
+    venv_bin = se.repo / ".venv/bin"
+    venv_bin.mkdir(parents=True)
+    write_exe(venv_bin / "python", (se.bin.dir / "docker").read_text().split("\n", 1)[1])
+    r = se.run("setup-client.sh")
+    assert r.returncode == 0, r.stderr
+    recorded = FakeBin.__new__(FakeBin)
+    recorded.dir = venv_bin  # the recorder logs beside itself
+    pip_calls = [c[1:] for c in recorded.calls("python")]
+    assert ["-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", str(se.repo)] in (
+        pip_calls
+    )
+    assert (se.repo / "client").is_dir()
+    assert "client ready" in r.stdout
+    # Second run: nothing to do (stamp newer than pyproject.toml).
+    n = len(pip_calls)
+    assert se.run("setup-client.sh").returncode == 0
+    assert len(recorded.calls("python")) == n
+
+
+def test_setup_client_without_python3(tmp_path: Path) -> None:
+    se = make_env(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for tool in ("dirname", "bash", "mkdir"):
+        for d in os.environ["PATH"].split(os.pathsep):
+            if (Path(d) / tool).exists():
+                (bare / tool).symlink_to(Path(d) / tool)
+                break
+    r = se.run("setup-client.sh", env={"PATH": str(bare)})
+    assert r.returncode == 2 and "python3 not found" in r.stderr

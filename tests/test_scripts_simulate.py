@@ -1,0 +1,94 @@
+"""run.sh / attest.sh / cleanup.sh --simulate: the same steps on the software NSM (demo path).
+
+`nitro-attest` is a fake here (tests/nitro_fakes.py) that binds the unix socket like `serve` does;
+the real serve/attest/sim commands are tested with their own modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .script_env import ScriptEnv, make_env
+
+
+@pytest.fixture
+def se(tmp_path: Path) -> Iterator[ScriptEnv]:
+    env = make_env(tmp_path)
+    yield env
+    pidf = env.repo / ".demo/enclave.pid"
+    if pidf.exists():  # never leave a background server behind
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidf.read_text()), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); check its state.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def test_simulated_loop(se: ScriptEnv) -> None:
+    demo = se.repo / ".demo"
+    r = se.run("run.sh", "--simulate")
+    assert r.returncode == 0, r.stderr
+    calls = se.bin.calls("nitro-attest")
+    assert calls[0] == ["nitro-attest", "sim", "init", "--state", str(demo / "sim")]
+    assert calls[1] == ["nitro-attest", "serve", "--listen", f"unix://{demo}/enclave.sock",
+                        "--nsm", "simulator", "--state", str(demo / "sim")]
+    pid = int((demo / "enclave.pid").read_text())
+    assert _alive(pid) and (demo / "enclave.sock").is_socket()
+
+    again = se.run("run.sh", "--simulate")  # already running: says so, starts nothing
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert len(se.bin.calls("nitro-attest")) == 2
+
+    (se.repo / "client").mkdir()
+    (se.repo / "client/expected-measurements.json").write_text("{}")
+    r = se.run("attest.sh", "--simulate")
+    assert r.returncode == 0, r.stderr
+    assert se.bin.calls("nitro-attest")[-1] == [
+        "nitro-attest", "attest", "--connect", f"unix://{demo}/enclave.sock", "--nonce", "random",
+        "--expected", str(se.repo / "client/expected-measurements.json"),
+        "--root", str(demo / "sim/root.pem"), "--out-dir", str(se.repo / "client"),
+    ]
+    assert se.bin.calls("nitro-cli") == []  # no nitro-cli on the simulated path
+
+    r = se.run("cleanup.sh", "--simulate")
+    assert r.returncode == 0, r.stderr
+    assert not _alive(pid)
+    assert not (demo / "enclave.pid").exists() and not (demo / "enclave.sock").exists()
+    quiet = se.run("cleanup.sh", "--simulate")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_simulate_passes_measurements_to_sim_init(se: ScriptEnv) -> None:
+    m = se.tmp / "m.json"
+    m.write_text("{}")
+    assert se.run("run.sh", "--simulate", "--measurements", str(m)).returncode == 0
+    assert se.bin.calls("nitro-attest")[0][-2:] == ["--measurements", str(m)]
+
+
+def test_simulated_server_that_dies_is_reported(se: ScriptEnv) -> None:
+    (se.bin.dir / "serve-fails").touch()
+    r = se.run("run.sh", "--simulate")
+    assert r.returncode == 1
+    assert "did not start" in r.stderr and "cannot open the NSM" in r.stderr
+    assert not (se.repo / ".demo/enclave.pid").exists()
+
+
+def test_attest_simulate_without_server(se: ScriptEnv) -> None:
+    (se.repo / "client").mkdir()
+    (se.repo / "client/expected-measurements.json").write_text("{}")
+    r = se.run("attest.sh", "--simulate")
+    assert r.returncode == 2 and "./run.sh --simulate" in r.stderr
+    assert se.bin.calls("nitro-attest") == []
