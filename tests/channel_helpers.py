@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from nitro_attest.channel.enclave import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
     ChannelReceiver,
+    InMemorySecretStore,
     handle_channel_attest,
     handle_sealed_message,
 )
+from nitro_attest.channel.wire import channel_handlers
+from nitro_attest.enclave import nsm_handlers
+from nitro_attest.nsm import open_backend
 
 from . import chainfactory as cf
+from .serverkit import LogCollector, running_server
 
 GOOD_PCRS = {i: (bytes([i + 1]) * 48 if i < 3 else bytes(48)) for i in range(16)}
 DEBUG_PCRS = {i: bytes(48) for i in range(16)}
@@ -67,3 +74,32 @@ class LocalExchange:
 
     def kinds(self) -> list[str]:
         return [k for k, _ in self.requests]
+
+
+class Enclave:
+    """A channel-enabled enclave server running in a thread over the software NSM."""
+
+    def __init__(self, address: str, store: InMemorySecretStore, logs: LogCollector,
+                 root: bytes) -> None:
+        self.address = address
+        self.store = store
+        self.logs = logs
+        self.root = root
+
+    def requests(self, kind: str) -> int:
+        return sum(1 for line in self.logs.lines() if f" {kind} " in line)
+
+
+
+@contextmanager
+def serving(state: Path, listen: str, **channel: Any) -> Iterator[Enclave]:
+    backend = open_backend("simulator", state_dir=state)
+    store = InMemorySecretStore()
+    receiver = ChannelReceiver(handler=store)
+    handlers = {**nsm_handlers(backend), **channel_handlers(receiver, backend)}
+    handlers.update(channel.get("override", lambda b: {})(backend))
+    try:
+        with running_server(listen, handlers) as (addr, _server, logs):
+            yield Enclave(str(addr), store, logs, (state / "root.pem").read_bytes())
+    finally:
+        backend.close()

@@ -1,48 +1,37 @@
-"""`nitro-attest send-secret`: usage errors, refusals and delivery against the simulator.
+"""`nitro-attest send-secret`: usage errors, refusals and delivery against a simulated enclave.
 
-The transport is replaced by an in-process exchange to a ChannelReceiver over the software NSM;
-the socket path is covered by the end-to-end tests.
+The enclave server runs in a thread (Unix socket, software NSM); "nothing sent" is read from the
+server's own request log.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from nitro_attest.channel import client as channel_client
-from nitro_attest.channel.enclave import (
-    REQUEST_CHANNEL_ATTEST,
-    REQUEST_SEALED_MESSAGE,
-    ChannelReceiver,
-    InMemorySecretStore,
-)
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
 from nitro_attest.cli import main
 from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.nsm.simulator import SimulatedNsm
 
-from .channel_helpers import LocalExchange
+from .channel_helpers import Enclave, serving
 
 MEAS = {0: b"\x20" * 48, 1: b"\x21" * 48, 2: b"\x22" * 48}
 SECRET = b"database password: correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedNsm:
-    config = SimulatorConfig(instance_id="i-0aaaabbbbccccdddd", measurements=MEAS)
-    return SimulatedNsm(init_state(tmp_path_factory.mktemp("sim") / "state", config))
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sim") / "state"
+    init_state(path, SimulatorConfig(instance_id="i-0aaaabbbbccccdddd", measurements=MEAS))
+    return path
 
 
 @pytest.fixture()
-def wired(
-    sim: SimulatedNsm, monkeypatch: pytest.MonkeyPatch
-) -> tuple[LocalExchange, InMemorySecretStore]:
-    store = InMemorySecretStore()
-    ex = LocalExchange(ChannelReceiver(handler=store), sim)
-    monkeypatch.setattr(channel_client, "_open_exchange", lambda address, timeout: ex)
-    return ex, store
+def wired(state: Path, tmp_path: Path) -> Iterator[Enclave]:
+    with serving(state, f"unix://{tmp_path}/e.sock") as enclave:
+        yield enclave
 
 
 @pytest.fixture()
@@ -52,67 +41,64 @@ def secret_file(tmp_path: Path) -> Path:
     return path
 
 
-def _argv(sim: SimulatedNsm, secret_file: Path, *extra: str) -> list[str]:
-    root = str(sim.state.path / "root.pem")
-    return ["send-secret", "--connect", "tcp://127.0.0.1:1", "--file", str(secret_file),
-            "--root", root, *extra]
+def _argv(enclave: Enclave, secret_file: Path, *extra: str) -> list[str]:
+    root = secret_file.parent / "root.pem"
+    root.write_bytes(enclave.root)
+    return ["send-secret", "--connect", enclave.address, "--file", str(secret_file),
+            "--root", str(root), *extra]
 
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
 def test_delivers(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, suite: str,
-    capsys: pytest.CaptureFixture[str],
+    wired: Enclave, secret_file: Path, suite: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _ex, store = wired
-    rc = main(_argv(sim, secret_file, "--pcr", f"0={MEAS[0].hex()}", "--suite", suite))
+    rc = main(_argv(wired, secret_file, "--pcr", f"0={MEAS[0].hex()}", "--suite", suite))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.startswith("DELIVERED 47 bytes") and f"suite {suite}" in out
-    assert store.secrets == [SECRET]
+    assert wired.store.secrets == [SECRET]
     assert SECRET.decode() not in out
 
 
 def test_wrong_pcr0_refused_nothing_sent(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ex, store = wired
-    rc = main(_argv(sim, secret_file, "--pcr", "0=" + "ab" * 48))
+    rc = main(_argv(wired, secret_file, "--pcr", "0=" + "ab" * 48))
     assert rc == 1
     assert "REFUSED (nothing sent): pcrs" in capsys.readouterr().out
-    assert ex.kinds() == [REQUEST_CHANNEL_ATTEST]
-    assert store.secrets == []
+    assert wired.requests("channel_attest") == 1
+    assert wired.requests("sealed_message") == 0
+    assert wired.store.secrets == []
 
 
 def test_default_root_refuses_simulator(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ex, _ = wired
-    argv = ["send-secret", "--connect", "tcp://127.0.0.1:1", "--file", str(secret_file),
+    argv = ["send-secret", "--connect", wired.address, "--file", str(secret_file),
             "--pcr", f"0={MEAS[0].hex()}"]
     assert main(argv) == 1
     assert "certificate_chain" in capsys.readouterr().out
-    assert REQUEST_SEALED_MESSAGE not in ex.kinds()
+    assert wired.requests("sealed_message") == 0
 
 
 def test_unsafe_any_enclave(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_argv(sim, secret_file)) == 2
+    assert main(_argv(wired, secret_file)) == 2
     assert "no PCR expectation" in capsys.readouterr().err
-    assert wired[0].requests == []
-    assert main(_argv(sim, secret_file, "--unsafe-any-enclave")) == 0
-    assert wired[1].secrets == [SECRET]
+    assert wired.logs.lines() == []
+    assert main(_argv(wired, secret_file, "--unsafe-any-enclave")) == 0
+    assert wired.store.secrets == [SECRET]
 
 
-def test_expected_file(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, tmp_path: Path
-) -> None:
+def test_expected_file(wired: Enclave, secret_file: Path, tmp_path: Path) -> None:
     expected = tmp_path / "m.json"
     expected.write_text(
         '{"Measurements": {"HashAlgorithm": "Sha384 { ... }", '
         + ", ".join(f'"PCR{i}": "{v.hex()}"' for i, v in MEAS.items()) + "}}"
     )
-    assert main(_argv(sim, secret_file, "--expected", str(expected))) == 0
+    assert main(_argv(wired, secret_file, "--expected", str(expected))) == 0
+    assert wired.store.secrets == [SECRET]
 
 
 @pytest.mark.parametrize(
@@ -122,29 +108,52 @@ def test_expected_file(
         (["--pcr", "0"], "expected N=HEX"),
         (["--expected", "/nonexistent/m.json"], "--expected"),
         (["--pcr", "0=" + "ab" * 48, "--timeout", "0"], "--timeout"),
-        (["--pcr", "0=" + "ab" * 48, "--root", "/nonexistent.pem"], "no such file"),
     ],
 )
 def test_usage_errors(
-    sim: SimulatedNsm, wired: Any, secret_file: Path, extra: list[str], message: str,
+    wired: Enclave, secret_file: Path, extra: list[str], message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(_argv(sim, secret_file, *extra)) == 2
+    assert main(_argv(wired, secret_file, *extra)) == 2
     assert message in capsys.readouterr().err
-    assert wired[0].requests == []
+    assert wired.logs.lines() == []
+
+
+def test_missing_root_is_usage_error(
+    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["send-secret", "--connect", wired.address, "--file", str(secret_file),
+            "--root", "/nonexistent.pem", "--pcr", f"0={MEAS[0].hex()}"]
+    assert main(argv) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert wired.logs.lines() == []
 
 
 @pytest.mark.parametrize("content", [b"", bytes(MAX_SECRET_BYTES + 1)], ids=["empty", "oversize"])
 def test_secret_file_errors(
-    sim: SimulatedNsm, wired: Any, tmp_path: Path, content: bytes,
-    capsys: pytest.CaptureFixture[str],
+    wired: Enclave, tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "s"
     path.write_bytes(content)
-    assert main(_argv(sim, path, "--pcr", f"0={MEAS[0].hex()}")) == 2
+    assert main(_argv(wired, path, "--pcr", f"0={MEAS[0].hex()}")) == 2
     assert "secret" in capsys.readouterr().err
-    assert wired[0].requests == []
+    assert wired.logs.lines() == []
 
 
-def test_bad_suite_is_usage_error(sim: SimulatedNsm, secret_file: Path) -> None:
-    assert main(_argv(sim, secret_file, "--suite", "p256")) == 2
+def test_largest_secret_delivered(wired: Enclave, tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"\xa5" * MAX_SECRET_BYTES)
+    for suite in ("x25519", "mlkem768-x25519"):
+        argv = _argv(wired, path, "--pcr", f"0={MEAS[0].hex()}", "--suite", suite)
+        assert main(argv) == 0
+    assert wired.store.secrets == [b"\xa5" * MAX_SECRET_BYTES] * 2
+
+
+def test_bad_suite_and_address_are_usage_errors(
+    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_argv(wired, secret_file, "--suite", "p256")) == 2
+    argv = ["send-secret", "--connect", "vsock://x:1", "--file", str(secret_file),
+            "--pcr", f"0={MEAS[0].hex()}"]
+    assert main(argv) == 2
+    assert "vsock" in capsys.readouterr().err

@@ -195,21 +195,22 @@ def send_secret(
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
-    exchange = _open_exchange(address, timeout)
-    return deliver_secret(
-        exchange,
-        secret,
-        verifier=verifier,
-        expected_pcrs=expected_pcrs,
-        allow_debug=allow_debug,
-        suite=want,
-        unsafe_any_enclave=unsafe_any_enclave,
-        max_age=max_age,
-        user_data=user_data,
-    )
+    from nitro_attest.channel.wire import ConnectionExchange
+    from nitro_attest.client import ClientError, Connection
 
-
-def _open_exchange(address: str, timeout: float) -> Exchange:
-    raise ChannelError(
-        "the enclave client transport is not wired into the channel yet", reason="transport"
-    )
+    try:
+        connection = Connection(address, timeout=timeout)
+    except (ClientError, ValueError) as exc:  # unreachable, or a malformed address
+        raise ChannelError(str(exc), reason="transport") from None
+    with connection:
+        return deliver_secret(
+            ConnectionExchange(connection),
+            secret,
+            verifier=verifier,
+            expected_pcrs=expected_pcrs,
+            allow_debug=allow_debug,
+            suite=want,
+            unsafe_any_enclave=unsafe_any_enclave,
+            max_age=max_age,
+            user_data=user_data,
+        )

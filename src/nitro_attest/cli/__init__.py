@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nitro_attest.cli import (
+    attest_cmd,
     eif_cmd,
     enclave_cmd,
     inspect_cmd,
     pcr_cmd,
     send_secret_cmd,
+    serve_cmd,
     sim_cmd,
     verify_cmd,
 )
@@ -31,6 +33,8 @@ _COMMAND_MODULES = (
     pcr_cmd,
     sim_cmd,
     enclave_cmd,
+    serve_cmd,
+    attest_cmd,
     send_secret_cmd,
 )
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One-command local demo of the tutorial's attestation flow, with the software NSM in place of
+# a Nitro Enclave: needs only python3. Creates .venv if needed, initialises a simulated NSM in
+# .demo/sim/ (shared with ./run.sh --simulate), writes its expected measurements, starts the enclave server on a Unix socket, requests
+# and verifies an attestation document (COSE signature, chain, PCRs, user data, nonce), then
+# stops the server. Nothing is left running. Run ./demo.sh again at will.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")" && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+nitro_attest_ensure_venv "$ROOT"
+
+PY="$ROOT/.venv/bin/python"
+NA="$ROOT/.venv/bin/nitro-attest"
+DEMO=".demo"                        # relative: keeps the socket path short
+STATE="$DEMO/sim"                   # the same software NSM ./run.sh --simulate uses
+SOCK="$DEMO/demo.sock"              # its own socket: never touches a ./run.sh --simulate server
+EXPECTED="$DEMO/expected-measurements.json"
+OUT="${DEMO_OUT_DIR:-client}"
+SERVER_PID=""
+
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+trap stop_server EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$DEMO"
+if [ ! -f "$STATE/root.pem" ]; then
+    echo "== 1. Initialise the software NSM in $STATE/ (its own SIMULATED root CA)"
+    "$NA" sim init --state "$STATE" >/dev/null
+else
+    echo "== 1. Software NSM already initialised in $STATE/"
+fi
+
+echo "== 2. Expected measurements: the simulated enclave's PCR0/1/2 -> $EXPECTED"
+"$PY" - "$STATE" "$EXPECTED" <<'EOF'
+import json, sys
+from pathlib import Path
+from nitro_attest.nsm import open_backend
+
+state, out = Path(sys.argv[1]), Path(sys.argv[2])
+nsm = open_backend("simulator", state_dir=state)
+try:
+    pcrs = {f"PCR{i}": nsm.describe_pcr(i).data.hex() for i in range(3)}
+finally:
+    nsm.close()
+doc = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", **pcrs}}
+out.write_text(json.dumps(doc, indent=2) + "\n")
+for name, value in pcrs.items():
+    print(f"   {name}: {value[:32]}...")
+EOF
+
+echo "== 3. Start the enclave server on unix://$SOCK (software NSM)"
+"$NA" serve --listen "unix://$SOCK" --nsm simulator --state "$STATE" 2>"$DEMO/demo-server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    [ -S "$SOCK" ] && break
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "error: the server did not start:" >&2
+        cat "$DEMO/demo-server.log" >&2
+        exit 2
+    fi
+    sleep 0.1
+done
+[ -S "$SOCK" ] || { echo "error: the server did not open $SOCK" >&2; exit 2; }
+
+echo "== 4. Attest: random nonce + user data -> document -> verify against $STATE/root.pem"
+set +e
+"$NA" attest --connect "unix://$SOCK" --expected "$EXPECTED" --root "$STATE/root.pem" \
+    --out-dir "$OUT"
+rc=$?
+set -e
+
+stop_server
+echo "== 5. Server log (one line per request; sizes and hashes only)"
+sed 's/^/   /' "$DEMO/demo-server.log"
+if [ "$rc" -eq 0 ]; then
+    echo "Demo complete: the document verified. Files: $OUT/attestation-document.dat," \
+        "$OUT/attestation-document-json.json"
+else
+    echo "Demo finished with exit code $rc (see the checks above)" >&2
+fi
+exit "$rc"

@@ -1,0 +1,126 @@
+"""Test helpers for the enclave server: a fake NSM backend and a server running in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from nitro_attest.enclave import EnclaveServer, nsm_handlers
+from nitro_attest.nsm.backend import NsmDescription, NsmError, PcrDescription
+from nitro_attest.protocol import RequestHandler
+from nitro_attest.transport import Address, parse_address
+
+
+class FakeNsm:
+    """Returns fixed bytes that echo the request, so tests can tell which request was answered."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes:
+        self.calls += 1
+        if nonce == b"refuse":
+            raise NsmError("InputTooLarge", "fake refusal")
+        if nonce == b"crash":
+            raise RuntimeError("secret-internal-detail")
+        return b"FAKE|" + (nonce or b"") + b"|" + (user_data or b"") + b"|" + (public_key or b"")
+
+    def describe_nsm(self) -> NsmDescription:
+        return NsmDescription(
+            1, 0, 0, "i-0123456789abcdef0-enc0123456789abcdef", 32, (0, 1), "SHA384"
+        )
+
+    def describe_pcr(self, index: int) -> PcrDescription:
+        return PcrDescription(locked=index < 16, data=bytes([index]) * 48)
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes:
+        raise NsmError("ReadOnlyIndex", "fake")
+
+    def lock_pcr(self, index: int) -> None:
+        pass
+
+    def lock_pcrs(self, range_: int) -> None:
+        pass
+
+    def get_random(self) -> bytes:
+        return b"\x04" * 32
+
+    def close(self) -> None:
+        pass
+
+
+class LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.records.append(record)
+
+    def lines(self) -> list[str]:
+        with self._lock2:
+            return [r.getMessage() for r in self.records]
+
+
+@contextmanager
+def running_server(
+    address: str,
+    handlers: Mapping[str, RequestHandler] | None = None,
+    **options: float,
+) -> Iterator[tuple[Address, EnclaveServer, LogCollector]]:
+    """Run an EnclaveServer on its own loop in a thread; yield its bound address."""
+    handlers = handlers if handlers is not None else nsm_handlers(FakeNsm())
+    server = EnclaveServer(handlers, **options)  # type: ignore[arg-type]
+    collector = LogCollector()
+    logger = logging.getLogger("nitro_attest.enclave")
+    logger.addHandler(collector)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    bound: list[Address] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            bound.append(
+                loop.run_until_complete(server.start(parse_address(address, role="listen")))
+            )
+        except BaseException as exc:
+            errors.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+        # As asyncio.run does: cancel whatever is left so no task is destroyed while pending.
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    if errors:
+        raise errors[0]
+    try:
+        yield bound[0], server, collector
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        logger.removeHandler(collector)
+        logger.setLevel(old_level)

@@ -1,0 +1,281 @@
+"""End to end over real sockets: enclave server + software NSM + channel, client send_secret.
+
+Both suites, TCP and Unix. Refusals before sending are checked on the server's own request log:
+no ``sealed_message`` request may reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nitro_attest import client
+from nitro_attest.channel.client import deliver_secret
+from nitro_attest.channel.wire import (
+    ChannelOfferResponse,
+    ConnectionExchange,
+    SealedMessageRequest,
+)
+from nitro_attest.cli import main
+from nitro_attest.errors import (
+    ChainError,
+    ChannelError,
+    ChannelKeyError,
+    DebugModeError,
+    PcrMismatchError,
+    PolicyError,
+)
+from nitro_attest.nsm.backend import NsmBackend
+from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
+from nitro_attest.protocol import Request, Response
+from nitro_attest.verifier import Verifier
+from tests.serverkit import LogCollector
+
+from .channel_helpers import Enclave, serving
+
+PCRS = {0: bytes([0xC0]) * 48, 1: bytes([0xC1]) * 48, 2: bytes([0xC2]) * 48}
+EXPECTED = {0: PCRS[0]}
+SECRET = b"api-token: 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+SUITES = ["x25519", "mlkem768-x25519"]
+
+
+@pytest.fixture(scope="module")
+def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("chan")
+    out = {}
+    for name, debug in (("prod", False), ("debug", True)):
+        config = SimulatorConfig(instance_id="i-0c0ffee0c0ffee0c0", measurements=PCRS, debug=debug)
+        init_state(tmp / name, config)
+        out[name] = tmp / name
+    return out
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def enclave(
+    request: pytest.FixtureRequest, states: dict[str, Path], tmp_path: Path
+) -> Iterator[Enclave]:
+    listen = "tcp://127.0.0.1:0" if request.param == "tcp" else f"unix://{tmp_path}/e.sock"
+    with serving(states["prod"], listen) as e:
+        yield e
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_delivered(enclave: Enclave, suite: str) -> None:
+    receipt = client.send_secret(
+        enclave.address, SECRET, root_pem=enclave.root, expected_pcrs=EXPECTED, suite=suite
+    )
+    assert receipt.sha256 == hashlib.sha256(SECRET).digest()
+    assert receipt.suite.label == suite
+    assert enclave.store.secrets == [SECRET]
+    assert enclave.requests("sealed_message") == 1
+
+
+class Recording:
+    """A ConnectionExchange that can alter what it sends and keeps what it sent."""
+
+    def __init__(self, inner: ConnectionExchange, alter: Any = None) -> None:
+        self.inner, self.alter, self.sent = inner, alter, []
+
+    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        fields = dict(fields)
+        if self.alter is not None:
+            fields = self.alter(kind, fields)
+        self.sent.append((kind, fields))
+        return self.inner(kind, fields)
+
+
+def _deliver_recorded(enclave: Enclave, suite: str, alter: Any = None) -> Recording:
+    with client.Connection(enclave.address, timeout=10) as conn:
+        rec = Recording(ConnectionExchange(conn), alter)
+        deliver_secret(rec, SECRET, verifier=Verifier(root_pem=enclave.root),
+                       expected_pcrs=EXPECTED, suite=suite)
+    return rec
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_tampered_ciphertext_refused(enclave: Enclave, suite: str) -> None:
+    def flip(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if "sealed" in fields:
+            sealed = bytearray(fields["sealed"])
+            sealed[len(sealed) // 2] ^= 0x04
+            fields["sealed"] = bytes(sealed)
+        return fields
+
+    with pytest.raises(ChannelError, match="channel_refused: sealed message does not open") as e:
+        _deliver_recorded(enclave, suite, flip)
+    assert e.value.reason == "refused"
+    assert enclave.store.secrets == []
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_replay_refused(enclave: Enclave, suite: str) -> None:
+    rec = _deliver_recorded(enclave, suite)
+    assert enclave.store.secrets == [SECRET]
+    _, fields = rec.sent[-1]
+    with client.Connection(enclave.address, timeout=10) as conn, pytest.raises(
+        client.EnclaveError, match="replay"
+    ) as e:
+        conn.request(SealedMessageRequest(nonce=fields["nonce"], sealed=fields["sealed"]))
+    assert e.value.code == "channel_refused"
+    assert enclave.store.secrets == [SECRET]
+    assert enclave.requests("sealed_message") == 2
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_wrong_pcr0_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
+    with pytest.raises(PcrMismatchError):
+        client.send_secret(enclave.address, SECRET, root_pem=enclave.root,
+                           expected_pcrs={0: b"\x01" * 48}, suite=suite)
+    assert enclave.requests("channel_attest") == 1
+    assert enclave.requests("sealed_message") == 0
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_wrong_root_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
+    with pytest.raises(ChainError):  # the embedded AWS root never vouches for the simulator
+        client.send_secret(enclave.address, SECRET, expected_pcrs=EXPECTED, suite=suite)
+    assert enclave.requests("channel_attest") == 1
+    assert enclave.requests("sealed_message") == 0
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_debug_enclave_refused_nothing_sent(
+    states: dict[str, Path], tmp_path: Path, suite: str
+) -> None:
+    with serving(states["debug"], f"unix://{tmp_path}/d.sock") as debug:
+        with pytest.raises(DebugModeError):
+            client.send_secret(debug.address, SECRET, root_pem=debug.root,
+                               expected_pcrs={1: bytes(48)}, suite=suite)
+        assert debug.requests("channel_attest") == 1
+        assert debug.requests("sealed_message") == 0
+        assert debug.store.secrets == []
+
+
+def test_document_without_public_key_refused_nothing_sent(
+    states: dict[str, Path], tmp_path: Path
+) -> None:
+    def keyless(backend: NsmBackend) -> dict[str, Any]:
+        def channel_attest(request: Request) -> Response:  # an enclave that names no key
+            nonce = request.to_fields()["nonce"]
+            return ChannelOfferResponse(backend.attestation(nonce=nonce), b"k" * 32)
+
+        return {"channel_attest": channel_attest}
+
+    with serving(states["prod"], f"unix://{tmp_path}/k.sock", override=keyless) as e:
+        with pytest.raises(ChannelKeyError, match="no public_key"):
+            client.send_secret(e.address, SECRET, root_pem=e.root, expected_pcrs=EXPECTED)
+        assert e.requests("channel_attest") == 1
+        assert e.requests("sealed_message") == 0
+
+
+def test_no_expectation_refused_before_connecting(enclave: Enclave) -> None:
+    with pytest.raises(PolicyError, match="PCR expectation"):
+        client.send_secret(enclave.address, SECRET, root_pem=enclave.root)
+    assert enclave.logs.lines() == []
+    client.send_secret(enclave.address, SECRET, root_pem=enclave.root, unsafe_any_enclave=True)
+    assert enclave.store.secrets == [SECRET]
+
+
+def test_unreachable_is_transport_error(tmp_path: Path) -> None:
+    with pytest.raises(ChannelError) as e:
+        client.send_secret(f"unix://{tmp_path}/none.sock", SECRET, expected_pcrs=EXPECTED)
+    assert e.value.reason == "transport"
+
+
+def test_standard_attest_carries_channel_key(enclave: Enclave) -> None:
+    nonce = bytes(range(32))
+    doc = client.request_attestation(enclave.address, nonce=nonce)
+    verified = Verifier(root_pem=enclave.root).verify(doc, nonce=nonce, expected_pcrs=EXPECTED)
+    assert verified.document.public_key is not None
+    assert verified.document.public_key.startswith(b"NAHPKE1\x01")
+    own = b"client-chosen key (the KMS pattern)"
+    doc = client.request_attestation(enclave.address, nonce=nonce, public_key=own)
+    assert Verifier(root_pem=enclave.root).verify(doc, public_key=own)
+
+
+def test_secret_never_logged(enclave: Enclave) -> None:
+    channel_log = LogCollector()
+    logger = logging.getLogger("nitro_attest.channel")
+    logger.addHandler(channel_log)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        for suite in SUITES:
+            client.send_secret(enclave.address, SECRET, root_pem=enclave.root,
+                               expected_pcrs=EXPECTED, suite=suite)
+        with pytest.raises(ChannelError):
+            _deliver_recorded(enclave, "x25519",
+                              lambda k, f: {**f, "sealed": b"\x00" + f["sealed"][1:]}
+                              if "sealed" in f else f)
+    finally:
+        logger.removeHandler(channel_log)
+        logger.setLevel(old)
+    text = "\n".join(enclave.logs.lines() + channel_log.lines())
+    assert "sealed message accepted" in text and "sealed message refused" in text
+    for needle in (SECRET.decode(), SECRET.hex(), hashlib.sha256(SECRET).hexdigest()):
+        assert needle not in text
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_cli_send_secret(enclave: Enclave, tmp_path: Path, suite: str,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    secret_file = tmp_path / "s"
+    secret_file.write_bytes(SECRET)
+    root = tmp_path / "root.pem"
+    root.write_bytes(enclave.root)
+    base = ["send-secret", "--connect", enclave.address, "--file", str(secret_file),
+            "--root", str(root), "--suite", suite]
+    assert main([*base, "--pcr", f"0={PCRS[0].hex()}"]) == 0
+    assert "DELIVERED" in capsys.readouterr().out
+    assert main([*base, "--pcr", "0=" + "00" * 48]) == 1
+    assert "REFUSED (nothing sent): pcrs" in capsys.readouterr().out
+    assert enclave.requests("sealed_message") == 1
+    assert enclave.store.secrets == [SECRET]
+
+
+def test_cli_unreachable_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret_file = tmp_path / "s"
+    secret_file.write_bytes(SECRET)
+    rc = main(["send-secret", "--connect", f"unix://{tmp_path}/none.sock", "--file",
+               str(secret_file), "--pcr", f"0={PCRS[0].hex()}"])
+    assert rc == 2
+    assert "is the server running?" in capsys.readouterr().err
+
+
+def test_serve_process_and_send_secret_cli(states: dict[str, Path], tmp_path: Path) -> None:
+    sock = tmp_path / "served.sock"
+    entry = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()"]
+    serve = [*entry, "serve", "--listen", f"unix://{sock}", "--nsm", "simulator",
+             "--state", str(states["prod"])]
+    secret_file = tmp_path / "s"
+    secret_file.write_bytes(SECRET)
+    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert sock.exists()
+        send = [*entry, "send-secret", "--connect", f"unix://{sock}", "--file", str(secret_file),
+                "--root", str(states["prod"] / "root.pem"), "--pcr", f"0={PCRS[0].hex()}",
+                "--suite", "mlkem768-x25519"]
+        done = subprocess.run(send, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        assert hashlib.sha256(SECRET).hexdigest() in done.stdout.decode()
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == 0
+    assert "sealed message accepted: suite=mlkem768-x25519" in text
+    assert SECRET.decode() not in text and "Traceback" not in text
