@@ -25,6 +25,7 @@ from nitro_attest.channel.wire import (
     SealedMessageRequest,
 )
 from nitro_attest.cli import main
+from nitro_attest.enclave import nsm_handlers
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -33,11 +34,12 @@ from nitro_attest.errors import (
     PcrMismatchError,
     PolicyError,
 )
+from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend
 from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
 from nitro_attest.protocol import Request, Response
 from nitro_attest.verifier import Verifier
-from tests.serverkit import LogCollector
+from tests.serverkit import LogCollector, running_server
 
 from .channel_helpers import Enclave, serving
 
@@ -279,3 +281,16 @@ def test_serve_process_and_send_secret_cli(states: dict[str, Path], tmp_path: Pa
     assert proc.returncode == 0
     assert "sealed message accepted: suite=mlkem768-x25519" in text
     assert SECRET.decode() not in text and "Traceback" not in text
+
+
+def test_server_without_channel_refuses_cleanly(states: dict[str, Path], tmp_path: Path) -> None:
+    backend = open_backend("simulator", state_dir=states["prod"])
+    try:
+        with running_server(f"unix://{tmp_path}/n.sock", nsm_handlers(backend)) as (addr, _, logs):
+            with pytest.raises(ChannelError, match="unknown_type") as e:
+                client.send_secret(str(addr), SECRET, root_pem=(states["prod"] / "root.pem")
+                                   .read_bytes(), expected_pcrs=EXPECTED)
+            assert e.value.reason == "enclave"
+            assert not any(" sealed_message " in line for line in logs.lines())
+    finally:
+        backend.close()

@@ -104,3 +104,16 @@ def test_x25519_offered_key_must_equal_attested(pairs: dict[SuiteId, KeyPair]) -
     resolve_public_key(kp.advertised, kp.public_bytes)
     with pytest.raises(ChannelKeyError, match="not the attested key"):
         resolve_public_key(kp.advertised, bytes(32))
+
+
+def test_hybrid_unavailable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    def unsupported() -> None:
+        raise UnsupportedAlgorithm("ML-KEM is not supported by this backend")
+
+    monkeypatch.setattr(mlkem.MLKEM768PrivateKey, "generate", staticmethod(unsupported))
+    with pytest.raises(ChannelKeyError, match="ML-KEM-768 is not available"):
+        KeyPair.generate(SuiteId.MLKEM768_X25519)
+    assert KeyPair.generate(SuiteId.X25519).suite is SuiteId.X25519

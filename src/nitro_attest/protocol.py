@@ -61,6 +61,7 @@ ERROR_CODES = frozenset(
         "busy",  # too many connections
         "timeout",  # the client sent half a frame and went quiet
         "internal",
+        "channel_refused",  # attested channel: replay, unknown nonce, message does not open
     }
 )
 

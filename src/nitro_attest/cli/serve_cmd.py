@@ -13,6 +13,7 @@ from nitro_attest.channel.enclave import ChannelReceiver
 from nitro_attest.channel.wire import channel_handlers
 from nitro_attest.cli.common import EXIT_OK, CliError
 from nitro_attest.enclave import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, nsm_handlers, serve
+from nitro_attest.errors import ChannelKeyError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
 from nitro_attest.transport import AddressError, parse_address
@@ -120,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
     _configure_logging()
     handlers = nsm_handlers(backend)
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
-        handlers.update(channel_handlers(ChannelReceiver(), backend))
+        try:
+            receiver = ChannelReceiver()
+        except ChannelKeyError as exc:
+            backend.close()
+            raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
+        handlers.update(channel_handlers(receiver, backend))
     try:
         asyncio.run(
             serve(
