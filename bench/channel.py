@@ -27,7 +27,7 @@ from nitro_attest.channel.enclave import (
     handle_sealed_message,
 )
 from nitro_attest.channel.keys import KeyPair, SuiteId, resolve_public_key
-from nitro_attest.channel.seal import channel_info, open_sealed, seal
+from nitro_attest.channel.seal import channel_info, document_digest, open_sealed, seal
 from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
 from nitro_attest.nsm.simulator import SimulatedNsm, package_measurements
 from nitro_attest.verifier import Verifier
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50)
     rounds = ap.parse_args().rounds
     secret = os.urandom(4096)
-    nonce, doc = os.urandom(32), os.urandom(4500)
+    nonce, doc = os.urandom(32), document_digest(os.urandom(4500))
     with tempfile.TemporaryDirectory() as tmp:
         config = SimulatorConfig(instance_id="i-0123456789abcdef0")
         nsm = SimulatedNsm(init_state(Path(tmp) / "state", config))

@@ -8,7 +8,7 @@ from nitro_attest.channel.keys import AdvertisedKey, SuiteId
 from nitro_attest.channel.replay import Issued, NonceLedger
 from nitro_attest.errors import ChannelError
 
-ISSUED = Issued(AdvertisedKey(SuiteId.X25519, bytes(32)), b"doc")
+ISSUED = Issued(AdvertisedKey(SuiteId.X25519, bytes(32)), bytes(48))
 
 
 class Clock:

@@ -9,13 +9,14 @@ from nitro_attest.channel.seal import (
     MAX_SECRET_BYTES,
     OpenError,
     channel_info,
+    document_digest,
     max_sealed_bytes,
     open_sealed,
     seal,
 )
 
 NONCE = b"n" * 32
-DOC = b"document bytes"
+DOC = document_digest(b"document bytes")
 
 
 @pytest.fixture(scope="module", params=list(SuiteId), ids=lambda s: s.label)
@@ -46,7 +47,7 @@ def test_binding_mismatch_does_not_open(keys: KeyPair, what: str) -> None:
     if what == "nonce":
         nonce = b"m" * 32
     elif what == "document":
-        doc = DOC + b"!"
+        doc = document_digest(b"another document")
     else:
         opener = KeyPair.generate(keys.suite)
     with pytest.raises(OpenError, match="does not open"):
@@ -79,3 +80,8 @@ def test_size_limits(keys: KeyPair) -> None:
     largest = _seal(keys, bytes(MAX_SECRET_BYTES))
     assert len(largest) == max_sealed_bytes(keys.suite)
     assert open_sealed(keys, largest, info) == bytes(MAX_SECRET_BYTES)
+
+
+def test_info_needs_a_sha384_digest(keys: KeyPair) -> None:
+    with pytest.raises(ValueError, match="48-byte"):
+        channel_info(keys.advertised, NONCE, b"raw document, not its digest")

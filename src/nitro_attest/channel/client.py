@@ -22,7 +22,7 @@ from nitro_attest.channel.keys import (
     parse_public_key_field,
     resolve_public_key,
 )
-from nitro_attest.channel.seal import MAX_SECRET_BYTES, channel_info, seal
+from nitro_attest.channel.seal import MAX_SECRET_BYTES, channel_info, document_digest, seal
 from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
 from nitro_attest.policy import PcrSpec
 from nitro_attest.verifier import At, VerifiedDocument, Verifier
@@ -86,7 +86,7 @@ def seal_for_document(
             f"the document's key is for suite {advertised.suite.label}, expected {want.label}"
         )
     key = resolve_public_key(advertised, offered_key)
-    sealed = seal(want, key, secret, channel_info(advertised, nonce, doc.raw))
+    sealed = seal(want, key, secret, channel_info(advertised, nonce, document_digest(doc.raw)))
     return Sealed(want, nonce, sealed, hashlib.sha256(secret).digest())
 
 

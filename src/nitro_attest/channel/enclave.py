@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
 from nitro_attest.channel.replay import Issued, NonceLedger
-from nitro_attest.channel.seal import OpenError, channel_info, max_sealed_bytes, open_sealed
+from nitro_attest.channel.seal import (
+    OpenError,
+    channel_info,
+    document_digest,
+    max_sealed_bytes,
+    open_sealed,
+)
 from nitro_attest.errors import ChannelError
 
 log = logging.getLogger("nitro_attest.channel")
@@ -128,7 +134,7 @@ class ChannelReceiver:
         document = nsm.attestation(
             user_data=user_data, nonce=nonce, public_key=keys.advertised.field
         )
-        self._ledger.issue(nonce, Issued(keys.advertised, document))
+        self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
         log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
         return ChannelOffer(document, keys.public_bytes)
 
@@ -146,7 +152,7 @@ class ChannelReceiver:
         )
         if nonce is not None and MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
             try:
-                self._ledger.issue(nonce, Issued(keys.advertised, document))
+                self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
             except ChannelError:
                 log.info("attest: nonce %s... already known; no channel for it", nonce[:4].hex())
         return document
@@ -158,8 +164,8 @@ class ChannelReceiver:
         if len(sealed) > max_sealed_bytes(keys.suite):
             raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
         try:
-            plaintext = open_sealed(keys, sealed, channel_info(issued.advertised, nonce,
-                                                               issued.document))
+            info = channel_info(issued.advertised, nonce, issued.document_sha384)
+            plaintext = open_sealed(keys, sealed, info)
         except OpenError as exc:
             log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), exc)
             raise ChannelError(str(exc), reason="open") from None

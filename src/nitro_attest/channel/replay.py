@@ -26,7 +26,7 @@ class Issued:
     """A document the enclave issued for a nonce: what a sealed message must be bound to."""
 
     advertised: AdvertisedKey
-    document: bytes
+    document_sha384: bytes  # the digest, not the ~4.5 KiB document: memory stays small
 
 
 @dataclass(slots=True)

@@ -32,7 +32,14 @@ def max_sealed_bytes(suite: SuiteId) -> int:
     return _ENC_BYTES[suite] + MAX_SECRET_BYTES + TAG_BYTES
 
 
-def channel_info(advertised: AdvertisedKey, nonce: bytes, document: bytes) -> bytes:
+def document_digest(document: bytes) -> bytes:
+    """SHA-384 of the raw attestation document (COSE_Sign1 bytes), as bound into info."""
+    return hashlib.sha384(document).digest()
+
+
+def channel_info(advertised: AdvertisedKey, nonce: bytes, document_sha384: bytes) -> bytes:
+    if len(document_sha384) != 48:
+        raise ValueError("document_sha384 must be the 48-byte SHA-384 of the document")
     field = advertised.field
     return b"".join(
         (
@@ -40,7 +47,7 @@ def channel_info(advertised: AdvertisedKey, nonce: bytes, document: bytes) -> by
             bytes([advertised.suite.value]),
             struct.pack(">H", len(nonce)),
             nonce,
-            hashlib.sha384(document).digest(),
+            document_sha384,
             struct.pack(">H", len(field)),
             field,
         )
