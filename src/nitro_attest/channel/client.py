@@ -195,6 +195,7 @@ def send_secret(
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
+    # Imported here: nitro_attest.client re-exports this function (a cycle at import time).
     from nitro_attest.channel.wire import ConnectionExchange
     from nitro_attest.client import ClientError, Connection
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nitro_attest.channel.enclave import (
     MAX_NONCE_BYTES,
@@ -39,6 +39,9 @@ from nitro_attest.protocol import (
     register_request,
     register_response,
 )
+
+if TYPE_CHECKING:
+    from nitro_attest.client import Connection
 
 CHANNEL_REFUSED = "channel_refused"
 _MAX_SEALED = max(max_sealed_bytes(s) for s in SuiteId)
@@ -210,10 +213,11 @@ def channel_handlers(
 class ConnectionExchange:
     """The client's side: the channel's request types over one protocol connection."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._conn = connection
 
     def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        # Imported here so the enclave side (serve) does not load the client module.
         from nitro_attest.client import ClientError, EnclaveError
 
         request: Request
