@@ -1,6 +1,12 @@
 """Attested channel: deliver a secret only to an enclave whose attestation verifies (HPKE)."""
 
-from nitro_attest.channel.client import Receipt, Sealed, deliver_secret, seal_for_document
+from nitro_attest.channel.client import (
+    Receipt,
+    Sealed,
+    deliver_secret,
+    seal_for_document,
+    send_secret,
+)
 from nitro_attest.channel.enclave import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
@@ -33,4 +39,5 @@ __all__ = [
     "handle_sealed_message",
     "parse_public_key_field",
     "seal_for_document",
+    "send_secret",
 ]
