@@ -188,16 +188,6 @@ def save_attestation(out_dir: Path, document: bytes, document_json: dict[str, An
     return [dat, js]
 
 
-# The attested channel's client entry point lives with the channel; exported here for callers.
-from nitro_attest.channel.client import send_secret  # noqa: E402
 
-__all__ = [
-    "ClientError",
-    "Connection",
-    "EnclaveError",
-    "EnclaveUnreachableError",
-    "describe_enclave",
-    "request_attestation",
-    "save_attestation",
-    "send_secret",
-]
+# The attested channel's client entry point lives with the channel; exported here for callers.
+from nitro_attest.channel.client import send_secret as send_secret  # noqa: E402
