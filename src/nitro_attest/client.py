@@ -188,6 +188,5 @@ def save_attestation(out_dir: Path, document: bytes, document_json: dict[str, An
     return [dat, js]
 
 
-
 # The attested channel's client entry point lives with the channel; exported here for callers.
 from nitro_attest.channel.client import send_secret as send_secret  # noqa: E402
