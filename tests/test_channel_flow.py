@@ -191,7 +191,7 @@ def test_wrong_acknowledgement_refused(receiver: ChannelReceiver) -> None:
     def lying(kind: str, fields: Any) -> Any:
         response = dict(LocalExchange.__call__(ex, kind, fields))
         if kind == REQUEST_SEALED_MESSAGE:
-            response["sha256"] = bytes(32)
+            response["ack"] = bytes(32)
         return response
 
     with pytest.raises(ChannelError, match="acknowledgement") as info:
@@ -256,7 +256,11 @@ def test_standard_attestation_names_default_key_and_accepts_one_message() -> Non
     assert verified.document.public_key == receiver.public_key_field(SuiteId.X25519)
     sealed = seal_for_document(verified, SECRET, nonce=nonce)
     ack = handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
-    assert ack == {"sha256": hashlib.sha256(SECRET).digest()}
+    assert ack == {"ack": sealed.ack}
+    # Keyed by a random key sealed with the secret: the relaying parent cannot test guesses.
+    assert sealed.ack != hashlib.sha256(SECRET).digest()
+    again = seal_for_document(verified, SECRET, nonce=nonce)
+    assert again.ack != sealed.ack
     # a second document for a known nonce is still served, but opens no second channel
     receiver.attest_default(nsm, nonce=nonce)
     with pytest.raises(ChannelError, match="replay"):

@@ -6,7 +6,7 @@ import pytest
 
 from nitro_attest.channel.keys import KeyPair, SuiteId, resolve_public_key
 from nitro_attest.channel.seal import (
-    MAX_SECRET_BYTES,
+    MAX_PLAINTEXT_BYTES,
     OpenError,
     channel_info,
     document_digest,
@@ -76,12 +76,22 @@ def test_size_limits(keys: KeyPair) -> None:
     with pytest.raises(ValueError, match="empty"):
         _seal(keys, b"")
     with pytest.raises(ValueError, match="at most"):
-        _seal(keys, bytes(MAX_SECRET_BYTES + 1))
-    largest = _seal(keys, bytes(MAX_SECRET_BYTES))
+        _seal(keys, bytes(MAX_PLAINTEXT_BYTES + 1))
+    largest = _seal(keys, bytes(MAX_PLAINTEXT_BYTES))
     assert len(largest) == max_sealed_bytes(keys.suite)
-    assert open_sealed(keys, largest, info) == bytes(MAX_SECRET_BYTES)
+    assert open_sealed(keys, largest, info) == bytes(MAX_PLAINTEXT_BYTES)
 
 
 def test_info_needs_a_sha384_digest(keys: KeyPair) -> None:
     with pytest.raises(ValueError, match="48-byte"):
         channel_info(keys.advertised, NONCE, b"raw document, not its digest")
+
+
+def test_acknowledgement_is_keyed_and_plaintext_needs_a_secret() -> None:
+    from nitro_attest.channel.seal import ACK_KEY_BYTES, acknowledgement, split_plaintext
+
+    key_a, key_b = b"a" * ACK_KEY_BYTES, b"b" * ACK_KEY_BYTES
+    assert acknowledgement(key_a, b"pin 1234") != acknowledgement(key_b, b"pin 1234")
+    assert split_plaintext(key_a + b"s") == (key_a, b"s")
+    with pytest.raises(OpenError, match="no secret"):
+        split_plaintext(key_a)

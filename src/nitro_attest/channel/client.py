@@ -22,7 +22,14 @@ from nitro_attest.channel.keys import (
     parse_public_key_field,
     resolve_public_key,
 )
-from nitro_attest.channel.seal import MAX_SECRET_BYTES, channel_info, document_digest, seal
+from nitro_attest.channel.seal import (
+    ACK_KEY_BYTES,
+    MAX_SECRET_BYTES,
+    acknowledgement,
+    channel_info,
+    document_digest,
+    seal,
+)
 from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
 from nitro_attest.policy import PcrSpec
 from nitro_attest.verifier import At, VerifiedDocument, Verifier
@@ -39,7 +46,7 @@ class Sealed:
     suite: SuiteId
     nonce: bytes
     sealed: bytes
-    sha256: bytes  # the acknowledgement the enclave must return
+    ack: bytes  # the acknowledgement the enclave must return (keyed: see seal.acknowledgement)
 
     def __repr__(self) -> str:
         return f"Sealed({self.suite.label}, {len(self.sealed)} bytes)"
@@ -86,8 +93,12 @@ def seal_for_document(
             f"the document's key is for suite {advertised.suite.label}, expected {want.label}"
         )
     key = resolve_public_key(advertised, offered_key)
-    sealed = seal(want, key, secret, channel_info(advertised, nonce, document_digest(doc.raw)))
-    return Sealed(want, nonce, sealed, hashlib.sha256(secret).digest())
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
+    ack_key = os.urandom(ACK_KEY_BYTES)
+    info = channel_info(advertised, nonce, document_digest(doc.raw))
+    sealed = seal(want, key, ack_key + secret, info)
+    return Sealed(want, nonce, sealed, acknowledgement(ack_key, secret))
 
 
 def deliver_secret(
@@ -134,12 +145,12 @@ def deliver_secret(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
     )
     ack = exchange(REQUEST_SEALED_MESSAGE, {"nonce": nonce, "sealed": sealed.sealed})
-    got = ack.get("sha256")
-    if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.sha256):
+    got = ack.get("ack")
+    if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
         raise ChannelError(
-            "the enclave's acknowledgement is not the SHA-256 of the secret", reason="ack"
+            "the enclave's acknowledgement does not match the secret sent", reason="ack"
         )
-    return Receipt(verified, want, sealed.sha256, len(secret))
+    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret))
 
 
 def require_pcr_expectation(

@@ -24,10 +24,12 @@ from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
 from nitro_attest.channel.replay import Issued, NonceLedger
 from nitro_attest.channel.seal import (
     OpenError,
+    acknowledgement,
     channel_info,
     document_digest,
     max_sealed_bytes,
     open_sealed,
+    split_plaintext,
 )
 from nitro_attest.errors import ChannelError
 
@@ -158,14 +160,14 @@ class ChannelReceiver:
         return document
 
     def receive(self, nonce: bytes, sealed: bytes) -> bytes:
-        """Open, accept once, hand over; return the plaintext's SHA-256. ChannelError if refused."""
+        """Open, accept once, hand over; return the keyed acknowledgement, or raise ChannelError."""
         issued = self._ledger.pending(nonce)
         keys = self.keys(issued.advertised.suite)
         if len(sealed) > max_sealed_bytes(keys.suite):
             raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
         try:
             info = channel_info(issued.advertised, nonce, issued.document_sha384)
-            plaintext = open_sealed(keys, sealed, info)
+            ack_key, plaintext = split_plaintext(open_sealed(keys, sealed, info))
         except OpenError as exc:
             log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), exc)
             raise ChannelError(str(exc), reason="open") from None
@@ -178,7 +180,7 @@ class ChannelReceiver:
             nonce[:4].hex(),
             len(plaintext),
         )
-        return digest
+        return acknowledgement(ack_key, plaintext)
 
 
 def handle_channel_attest(
@@ -201,10 +203,10 @@ def handle_channel_attest(
 
 
 def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Request ``sealed_message`` {nonce, sealed} -> {sha256}."""
+    """Request ``sealed_message`` {nonce, sealed} -> {ack}."""
     nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
     sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
-    return {"sha256": receiver.receive(nonce, sealed)}
+    return {"ack": receiver.receive(nonce, sealed)}
 
 
 def _check_nonce(nonce: Any) -> None:

@@ -11,6 +11,7 @@ digest make the binding explicit and survive key reuse across documents).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -18,7 +19,12 @@ from cryptography.exceptions import InvalidTag
 from nitro_attest.channel.keys import AdvertisedKey, KeyPair, PublicKey, SuiteId
 
 INFO_LABEL = b"nitro-attest channel v1\x00"
-MAX_SECRET_BYTES = 60 * 1024  # sealed, it still fits the protocol's 64 KiB frame
+MAX_PLAINTEXT_BYTES = 60 * 1024  # sealed, it still fits the protocol's 64 KiB frame
+# The client seals a fresh random key in front of the secret; the enclave acknowledges with
+# HMAC-SHA256(ack_key, secret). The parent relays that acknowledgement but never sees the key, so
+# it learns nothing about the secret, even a low-entropy one (a bare SHA-256 would be brute-forced).
+ACK_KEY_BYTES = 32
+MAX_SECRET_BYTES = MAX_PLAINTEXT_BYTES - ACK_KEY_BYTES
 # enc length per suite (X25519: 32; ML-KEM-768 ciphertext 1088 + X25519 32) plus the AEAD tag.
 _ENC_BYTES = {SuiteId.X25519: 32, SuiteId.MLKEM768_X25519: 1088 + 32}
 TAG_BYTES = 16
@@ -29,7 +35,19 @@ class OpenError(ValueError):
 
 
 def max_sealed_bytes(suite: SuiteId) -> int:
-    return _ENC_BYTES[suite] + MAX_SECRET_BYTES + TAG_BYTES
+    return _ENC_BYTES[suite] + MAX_PLAINTEXT_BYTES + TAG_BYTES
+
+
+def acknowledgement(ack_key: bytes, secret: bytes) -> bytes:
+    """What the enclave returns for a delivered secret: HMAC-SHA256 keyed by the sealed ack key."""
+    return hmac.new(ack_key, secret, hashlib.sha256).digest()
+
+
+def split_plaintext(plaintext: bytes) -> tuple[bytes, bytes]:
+    """(ack_key, secret) from an opened message; OpenError when no secret follows the key."""
+    if len(plaintext) <= ACK_KEY_BYTES:
+        raise OpenError("sealed message carries no secret after its acknowledgement key")
+    return plaintext[:ACK_KEY_BYTES], plaintext[ACK_KEY_BYTES:]
 
 
 def document_digest(document: bytes) -> bytes:
@@ -60,8 +78,8 @@ def seal(suite: SuiteId, public_key: PublicKey, secret: bytes, info: bytes) -> b
         raise TypeError(f"secret must be bytes, got {type(secret).__name__}")
     if not secret:
         raise ValueError("secret is empty")
-    if len(secret) > MAX_SECRET_BYTES:
-        raise ValueError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
+    if len(secret) > MAX_PLAINTEXT_BYTES:
+        raise ValueError(f"plaintext is {len(secret)} bytes, at most {MAX_PLAINTEXT_BYTES}")
     return suite.hpke_suite.encrypt(secret, public_key, info=info)
 
 

@@ -3,7 +3,7 @@
 Importing this module registers two request types with ``nitro_attest.protocol``:
 
 - ``channel_attest`` {nonce, suite, user_data} -> ``channel_offer`` {document, public_key}
-- ``sealed_message`` {nonce, sealed} -> ``sealed_ack`` {sha256}
+- ``sealed_message`` {nonce, sealed} -> ``sealed_ack`` {ack}
 
 An enclave refusal (replay, unknown nonce, a message that does not open) is an ``error`` answer
 with code ``channel_refused``. See docs/channel.md.
@@ -145,15 +145,15 @@ class SealedMessageRequest(Request):
 @dataclass(frozen=True, slots=True)
 class SealedAckResponse(Response):
     TYPE: ClassVar[str] = "sealed_ack"
-    sha256: bytes
+    ack: bytes
 
     def to_fields(self) -> dict[str, Any]:
-        return {"sha256": self.sha256}
+        return {"ack": self.ack}
 
     @classmethod
     def from_fields(cls, obj: Mapping[str, Any]) -> SealedAckResponse:
-        _only(obj, {"sha256"}, cls.TYPE)
-        return cls(sha256=_need(obj, "sha256", cls.TYPE, 64))
+        _only(obj, {"ack"}, cls.TYPE)
+        return cls(ack=_need(obj, "ack", cls.TYPE, 64))
 
 
 def _refusal(exc: ChannelError) -> ProtocolError:
@@ -187,7 +187,7 @@ def channel_handlers(
             fields = handle_sealed_message(receiver, request.to_fields())
         except ChannelError as exc:
             raise _refusal(exc) from None
-        return SealedAckResponse(fields["sha256"])
+        return SealedAckResponse(fields["ack"])
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
