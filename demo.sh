@@ -14,7 +14,7 @@ nitro_attest_ensure_venv "$ROOT"
 
 PY="$ROOT/.venv/bin/python"
 NA="$ROOT/.venv/bin/nitro-attest"
-DEMO=".demo"                        # relative: keeps the socket path short
+DEMO="${DEMO_DIR:-.demo}"           # relative by default: keeps the socket path short
 STATE="$DEMO/sim"                   # the same software NSM ./run.sh --simulate uses
 SOCK="$DEMO/demo.sock"              # its own socket: never touches a ./run.sh --simulate server
 EXPECTED="$DEMO/expected-measurements.json"
@@ -83,12 +83,24 @@ set +e
 rc=$?
 set -e
 
+if [ "$rc" -eq 0 ]; then
+    echo "== 5. Attested channel: seal a secret to the key the verified enclave attests (HPKE)"
+    SECRET_FILE="$DEMO/demo-secret.txt"
+    printf 'demo secret %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$SECRET_FILE"
+    set +e
+    "$NA" send-secret --connect "unix://$SOCK" --file "$SECRET_FILE" --expected "$EXPECTED" \
+        --root "$STATE/root.pem" --suite mlkem768-x25519
+    rc=$?
+    set -e
+    rm -f "$SECRET_FILE"
+fi
+
 stop_server
-echo "== 5. Server log (one line per request; sizes and hashes only)"
+echo "== 6. Server log (one line per request; sizes and hashes only)"
 sed 's/^/   /' "$DEMO/demo-server.log"
 if [ "$rc" -eq 0 ]; then
-    echo "Demo complete: the document verified. Files: $OUT/attestation-document.dat," \
-        "$OUT/attestation-document-json.json"
+    echo "Demo complete: the document verified and the secret was delivered." \
+        "Files: $OUT/attestation-document.dat, $OUT/attestation-document-json.json"
 else
     echo "Demo finished with exit code $rc (see the checks above)" >&2
 fi

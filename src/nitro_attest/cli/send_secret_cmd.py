@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
         "send-secret",
         help="deliver a secret to an enclave whose attestation verifies (HPKE)",
         description="Seal a file's bytes with HPKE (RFC 9180) to the key an enclave attests in "
-        "its document, and send it. The enclave acknowledges with the SHA-256 of the secret.",
+        "its document, and send it. The enclave acknowledges with an HMAC of the secret under a "
+        "key sealed with it, so whoever relays the answer learns nothing about the secret.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"DELIVERED {receipt.size} bytes to enclave {doc.module_id} "
         f"(suite {receipt.suite.label}, PCR0 {doc.pcrs[0].hex()[:16]}...); "
-        f"acknowledged sha256 {receipt.sha256.hex()}"
+        f"acknowledged; secret sha256 {receipt.sha256.hex()}"
     )
     return EXIT_OK
