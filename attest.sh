@@ -20,7 +20,8 @@ Exit status: 0 verified, 1 rejected, 2 setup problem (no enclave, missing file).
 
 options:
   --cid N           connect to this CID instead of asking describe-enclaves
-  --expected FILE   expected PCRs (default client/expected-measurements.json)
+  --expected FILE   expected PCRs (default client/expected-measurements.json; --simulate:
+                    .demo/expected-measurements.json, the simulated image's PCRs run.sh wrote)
   --root PEM        trusted root (default client/root.pem; --simulate: .demo/sim/root.pem)
   --simulate        attest the simulated enclave started by ./run.sh --simulate
   -- ...            passed to 'nitro-attest attest' (e.g. -- --user-data @file --nonce HEX)
@@ -29,7 +30,7 @@ EOF
 }
 
 cid=""
-expected="$NA_ROOT/client/expected-measurements.json"
+expected=""
 root=""
 simulate=0
 extra=()
@@ -47,7 +48,16 @@ while [ $# -gt 0 ]; do
 done
 
 na="$(na_nitro_attest)"
-[ -f "$expected" ] || na_die "no expected measurements at ${expected#"$NA_ROOT"/}: run ./build.sh --write-expected, or put the PCRs ./build.sh printed into it" 2
+if [ -z "$expected" ]; then
+    if [ "$simulate" -eq 1 ]; then
+        expected="$NA_DEMO_DIR/expected-measurements.json"
+    else
+        expected="$NA_ROOT/client/expected-measurements.json"
+    fi
+fi
+if [ "$simulate" -eq 0 ] && [ ! -f "$expected" ]; then
+    na_die "no expected measurements at ${expected#"$NA_ROOT"/}: run ./build.sh --write-expected, or put the PCRs ./build.sh printed into it" 2
+fi
 
 if [ "$simulate" -eq 1 ]; then
     sock="$NA_DEMO_DIR/enclave.sock"
@@ -64,12 +74,15 @@ else
         [ -n "$running" ] || na_die "no enclave is running; start one with ./build.sh and ./run.sh (check: nitro-cli describe-enclaves)" 2
         read -r cid _id flags <<<"$running"
         if [ "$flags" = "DEBUG_MODE" ]; then
-            na_warn "the enclave runs in debug mode: its document has all-zero PCRs and will be rejected (restart it without --debug)"
+            na_warn "the enclave runs in debug mode: its document has PCR0/1/2 all zero and will be rejected (restart it without --debug)"
         fi
     fi
     addr="vsock://$cid:$NA_PORT"
 fi
 [ -f "$root" ] || na_die "no root certificate at ${root#"$NA_ROOT"/}; run ./get-ca.sh" 2
+if [ "$simulate" -eq 1 ] && [ ! -f "$expected" ]; then
+    na_die "no expected measurements at ${expected#"$NA_ROOT"/}: ./run.sh --simulate writes them" 2
+fi
 
 mkdir -p "$NA_ROOT/client"
 echo "attesting $addr" >&2

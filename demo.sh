@@ -12,7 +12,6 @@ cd "$ROOT"
 . scripts/venv.sh
 nitro_attest_ensure_venv "$ROOT"
 
-PY="$ROOT/.venv/bin/python"
 NA="$ROOT/.venv/bin/nitro-attest"
 DEMO="${DEMO_DIR:-.demo}"           # relative by default: keeps the socket path short
 STATE="$DEMO/sim"                   # the same software NSM ./run.sh --simulate uses
@@ -44,23 +43,8 @@ else
     echo "== 1. Software NSM already initialised in $STATE/"
 fi
 
-echo "== 2. Expected measurements: the simulated enclave's PCR0/1/2 -> $EXPECTED"
-"$PY" - "$STATE" "$EXPECTED" <<'EOF'
-import json, sys
-from pathlib import Path
-from nitro_attest.nsm import open_backend
-
-state, out = Path(sys.argv[1]), Path(sys.argv[2])
-nsm = open_backend("simulator", state_dir=state)
-try:
-    pcrs = {f"PCR{i}": nsm.describe_pcr(i).data.hex() for i in range(3)}
-finally:
-    nsm.close()
-doc = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", **pcrs}}
-out.write_text(json.dumps(doc, indent=2) + "\n")
-for name, value in pcrs.items():
-    print(f"   {name}: {value[:32]}...")
-EOF
+echo "== 2. Expected measurements: the simulated image's PCRs (as build.sh prints) -> $EXPECTED"
+"$NA" sim measurements --state "$STATE" --write-expected "$EXPECTED" | sed 's/^/   /'
 
 echo "== 3. Start the enclave server on unix://$SOCK (software NSM)"
 "$NA" serve --listen "unix://$SOCK" --nsm simulator --state "$STATE" 2>"$DEMO/demo-server.log" &

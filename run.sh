@@ -63,6 +63,10 @@ run_simulated() {
         "$na" sim init --state "$NA_DEMO_DIR/sim" ${measurements:+--measurements "$measurements"} ||
             na_die "nitro-attest sim init failed"
     fi
+    # The simulated image's PCRs, as build.sh keeps the real ones: what attest.sh --simulate expects.
+    "$na" sim measurements --state "$NA_DEMO_DIR/sim" \
+        --write-expected "$NA_DEMO_DIR/expected-measurements.json" >/dev/null ||
+        na_die "nitro-attest sim measurements failed"
     rm -f "$sock"
     nohup "$na" serve --listen "unix://$sock" --nsm simulator --state "$NA_DEMO_DIR/sim" \
         >"$NA_DEMO_DIR/enclave.log" 2>&1 &

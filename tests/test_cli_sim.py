@@ -177,3 +177,42 @@ def test_init_from_a_corrupt_eif_is_one_line(
         ["sim", "init", "--state", str(tmp_path / "s"), "--measurements", str(eif)], capsys
     )
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_measurements_prints_build_enclave_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measurements = tmp_path / "m.json"
+    values = {f"PCR{i}": bytes([i + 7]) * 48 for i in range(3)}
+    measurements.write_text(json.dumps({"Measurements": {k: v.hex() for k, v in values.items()}}))
+    state_dir = tmp_path / "sim"
+    assert (
+        run(
+            [
+                "sim",
+                "init",
+                "--state",
+                str(state_dir),
+                "--measurements",
+                str(measurements),
+                "--debug",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    expected = tmp_path / "out" / "expected.json"
+    rc, out, _ = run(
+        ["sim", "measurements", "--state", str(state_dir), "--write-expected", str(expected)],
+        capsys,
+    )
+    assert rc == 0
+    printed = json.loads(out)
+    assert json.loads(expected.read_text()) == printed
+    assert printed["Measurements"] == {
+        "HashAlgorithm": "Sha384 { ... }",
+        **{k: v.hex() for k, v in values.items()},
+    }
+    # Debug mode keeps the image's measurements; the documents carry zeros instead.
+    rc, out, _ = run(["sim", "describe", "--state", str(state_dir)], capsys)
+    assert json.loads(out)["pcrs"]["0"]["data"] == "00" * 48

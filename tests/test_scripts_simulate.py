@@ -43,23 +43,47 @@ def test_simulated_loop(se: ScriptEnv) -> None:
     assert r.returncode == 0, r.stderr
     calls = se.bin.calls("nitro-attest")
     assert calls[0] == ["nitro-attest", "sim", "init", "--state", str(demo / "sim")]
-    assert calls[1] == ["nitro-attest", "serve", "--listen", f"unix://{demo}/enclave.sock",
-                        "--nsm", "simulator", "--state", str(demo / "sim")]
+    assert calls[1] == [
+        "nitro-attest",
+        "sim",
+        "measurements",
+        "--state",
+        str(demo / "sim"),
+        "--write-expected",
+        str(demo / "expected-measurements.json"),
+    ]
+    assert calls[2] == [
+        "nitro-attest",
+        "serve",
+        "--listen",
+        f"unix://{demo}/enclave.sock",
+        "--nsm",
+        "simulator",
+        "--state",
+        str(demo / "sim"),
+    ]
     pid = int((demo / "enclave.pid").read_text())
     assert _alive(pid) and (demo / "enclave.sock").is_socket()
 
     again = se.run("run.sh", "--simulate")  # already running: says so, starts nothing
     assert again.returncode == 0 and "already running" in again.stdout
-    assert len(se.bin.calls("nitro-attest")) == 2
+    assert len(se.bin.calls("nitro-attest")) == 3
 
-    (se.repo / "client").mkdir()
-    (se.repo / "client/expected-measurements.json").write_text("{}")
     r = se.run("attest.sh", "--simulate")
     assert r.returncode == 0, r.stderr
     assert se.bin.calls("nitro-attest")[-1] == [
-        "nitro-attest", "attest", "--connect", f"unix://{demo}/enclave.sock", "--nonce", "random",
-        "--expected", str(se.repo / "client/expected-measurements.json"),
-        "--root", str(demo / "sim/root.pem"), "--out-dir", str(se.repo / "client"),
+        "nitro-attest",
+        "attest",
+        "--connect",
+        f"unix://{demo}/enclave.sock",
+        "--nonce",
+        "random",
+        "--expected",
+        str(demo / "expected-measurements.json"),
+        "--root",
+        str(demo / "sim/root.pem"),
+        "--out-dir",
+        str(se.repo / "client"),
     ]
     assert se.bin.calls("nitro-cli") == []  # no nitro-cli on the simulated path
 
@@ -92,3 +116,35 @@ def test_attest_simulate_without_server(se: ScriptEnv) -> None:
     r = se.run("attest.sh", "--simulate")
     assert r.returncode == 2 and "./run.sh --simulate" in r.stderr
     assert se.bin.calls("nitro-attest") == []
+
+
+def test_simulated_loop_with_the_real_nitro_attest(se: ScriptEnv) -> None:
+    """The scripts against the real CLI: run -> attest (verified) -> cleanup, nothing left."""
+    import shutil
+    import sys
+
+    real = Path(sys.executable).parent / "nitro-attest"
+    if not real.exists():
+        found = shutil.which("nitro-attest")
+        assert found, "the nitro-attest console script is not installed"
+        real = Path(found)
+    env = {"NITRO_ATTEST_BIN": str(real)}
+    demo = se.repo / ".demo"
+    r = se.run("run.sh", "--simulate", env=env)
+    assert r.returncode == 0, r.stderr
+    pid = int((demo / "enclave.pid").read_text())
+    try:
+        assert "PCR0" in (demo / "expected-measurements.json").read_text()
+        r = se.run("attest.sh", "--simulate", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Result: VERIFIED" in r.stdout and "✅ PCR Values" in r.stdout
+        assert (se.repo / "client/attestation-document.dat").exists()
+        # A wrong expectation is a rejection (exit 1), not a setup error.
+        bad = se.tmp / "bad.json"
+        bad.write_text('{"Measurements": {"PCR0": "' + "11" * 48 + '"}}')
+        r = se.run("attest.sh", "--simulate", "--expected", str(bad), env=env)
+        assert r.returncode == 1 and "❌ PCR Values" in r.stdout
+    finally:
+        r = se.run("cleanup.sh", "--simulate", env=env)
+    assert r.returncode == 0, r.stderr
+    assert not _alive(pid) and not (demo / "enclave.sock").exists()

@@ -29,7 +29,7 @@ from nitro_attest.nsm.sim_state import (
     init_state,
     random_instance_id,
 )
-from nitro_attest.nsm.simulator import MAX_PCRS, SimulatedNsm
+from nitro_attest.nsm.simulator import MAX_PCRS, SimulatedNsm, image_measurements
 
 _EPILOG = """\
 The simulator signs documents with its own CA hierarchy (root CN=aws.nitro-enclaves.SIMULATED),
@@ -108,10 +108,26 @@ def register(sub: Any) -> None:
     describe.add_argument("--state", metavar="DIR", help=state_help)
     describe.set_defaults(func=run_describe)
 
+    measurements = actions.add_parser(
+        "measurements",
+        help="print the simulated image's PCRs as nitro-cli build-enclave prints them",
+        description="Print the simulated enclave image's measurements in nitro-cli's build-enclave "
+        'JSON ({"Measurements": {"HashAlgorithm", "PCR0", "PCR1", "PCR2"[, "PCR8"]}}): the '
+        "expected measurements for attesting the simulator. Debug mode does not change them, as "
+        "nitro-cli's own output does not change (the documents then carry zeros and fail).",
+    )
+    measurements.add_argument("--state", metavar="DIR", help=state_help)
+    measurements.add_argument(
+        "--write-expected", metavar="PATH", help="also write the JSON to PATH"
+    )
+    measurements.set_defaults(func=run_measurements)
+
 
 def _needs_action(p: argparse.ArgumentParser) -> Any:
     def run(args: argparse.Namespace) -> int:
-        raise CliError("sim: choose an action: init, attest or describe (see `sim --help`)")
+        raise CliError(
+            "sim: choose an action: init, attest, describe or measurements (see `sim --help`)"
+        )
 
     return run
 
@@ -220,4 +236,28 @@ def run_describe(args: argparse.Namespace) -> int:
         "pcrs": pcrs,
     }
     print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def run_measurements(args: argparse.Namespace) -> int:
+    nsm = _open(args)
+    try:
+        pcrs = image_measurements(nsm.state.config)
+    finally:
+        nsm.close()
+    out = {
+        "Measurements": {
+            "HashAlgorithm": "Sha384 { ... }",
+            **{f"PCR{i}": value.hex() for i, value in sorted(pcrs.items())},
+        }
+    }
+    text = json.dumps(out, indent=2) + "\n"
+    if args.write_expected:
+        path = Path(args.write_expected)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as exc:
+            raise CliError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    sys.stdout.write(text)
     return EXIT_OK

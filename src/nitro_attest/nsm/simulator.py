@@ -31,6 +31,7 @@ from nitro_attest.nsm.measurements import ZERO_PCR, extend, platform_pcr
 from nitro_attest.nsm.sim_state import (
     LEAF_LIFETIME,
     Clock,
+    SimulatorConfig,
     SimulatorState,
     issue_leaf,
     open_state,
@@ -106,6 +107,11 @@ def package_measurements() -> dict[int, bytes]:
     }
 
 
+def image_measurements(config: SimulatorConfig) -> dict[int, bytes]:
+    """What nitro-cli build-enclave would print for the simulated image: PCR0/1/2 (and 8)."""
+    return dict(config.measurements) if config.measurements is not None else package_measurements()
+
+
 class SimulatedNsm:
     """NsmBackend in software. One instance is one enclave boot."""
 
@@ -120,9 +126,8 @@ class SimulatedNsm:
         self.module_id = f"{cfg.instance_id}-enc{self._enclave_id:016x}"
 
         self._pcrs = [ZERO_PCR] * MAX_PCRS
-        measured = cfg.measurements if cfg.measurements is not None else package_measurements()
         if not cfg.debug:  # debug enclaves get zero image PCRs; PCR3/4 are kept
-            for index, value in measured.items():
+            for index, value in image_measurements(cfg).items():
                 self._pcrs[index] = value
         if cfg.role_arn is not None:
             self._pcrs[3] = platform_pcr(cfg.role_arn)
