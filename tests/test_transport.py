@@ -162,7 +162,7 @@ def test_tcp_port_zero_resolves_to_bound_port() -> None:
 
 
 def test_connect_uses_the_address_family(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The vsock connect path builds an AF_VSOCK socket with (cid, port): checked on a fake."""
+    """A vsock address makes a socket of the vsock family with (cid, port): a fake, never real."""
     made: list[tuple[int, int]] = []
     connected: list[object] = []
 
