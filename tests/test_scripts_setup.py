@@ -16,7 +16,7 @@ AL2023 = 'NAME="Amazon Linux"\nVERSION_ID="2023"\nID="amzn"\nID_LIKE="fedora"\n'
 DEBIAN = 'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'
 
 # `make ... install` "installs" nitro-cli: it creates the marker the env script looks for.
-_FAKE_MAKE = r'''
+_FAKE_MAKE = r"""
 import json, sys
 from pathlib import Path
 HERE = Path(__file__).resolve().parent
@@ -24,7 +24,7 @@ with open(HERE / "calls.jsonl", "a") as fh:
     fh.write(json.dumps(["make", *sys.argv[1:]]) + "\n")
 if "install" in sys.argv[1:]:
     (HERE.parent / "installed").touch()
-'''
+"""
 
 
 @pytest.fixture
@@ -33,8 +33,19 @@ def pvm(tmp_path: Path) -> ScriptEnv:
     nitro_bin = tmp_path / "nitro-bin"
     nitro_bin.mkdir()
     (se.bin.dir / "nitro-cli").rename(nitro_bin / "nitro-cli")  # not installed yet
-    se.bin.recorder("apt-get", "dnf", "yum", "amazon-linux-extras", "systemctl", "usermod",
-                    "groupadd", "git", "modprobe", "nitro-cli-config", "chown")
+    se.bin.recorder(
+        "apt-get",
+        "dnf",
+        "yum",
+        "amazon-linux-extras",
+        "systemctl",
+        "usermod",
+        "groupadd",
+        "git",
+        "modprobe",
+        "nitro-cli-config",
+        "chown",
+    )
     write_exe(se.bin.dir / "make", _FAKE_MAKE)
     (se.bin.dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
     (se.bin.dir / "sudo").chmod(0o755)
@@ -68,8 +79,16 @@ def test_ubuntu_builds_from_source_and_is_idempotent(pvm: ScriptEnv) -> None:
     install = next(c for c in calls if c[:2] == ["apt-get", "install"])
     assert {"docker.io", "build-essential", "git", "linux-modules-extra-aws"} <= set(install)
     src = str(pvm.tmp / "src/aws-nitro-enclaves-cli")
-    assert ["git", "clone", "--depth", "1", "--branch", "v1.4.3",
-            "https://github.com/aws/aws-nitro-enclaves-cli.git", src] in calls
+    assert [
+        "git",
+        "clone",
+        "--depth",
+        "1",
+        "--branch",
+        "v1.4.3",
+        "https://github.com/aws/aws-nitro-enclaves-cli.git",
+        src,
+    ] in calls
     makes = [c[3:] for c in calls if c[0] == "make"]
     assert makes == [["nitro-cli"], ["vsock-proxy"], ["NITRO_CLI_INSTALL_DIR=/", "install"]]
     assert ["nitro-cli-config", "-i"] in calls
@@ -77,8 +96,12 @@ def test_ubuntu_builds_from_source_and_is_idempotent(pvm: ScriptEnv) -> None:
     assert ["usermod", "-aG", "ne,docker", user] in calls
     assert ["systemctl", "enable", "nitro-enclaves-allocator.service"] in calls
     order = _names(pvm)
-    assert order.index("apt-get install") < order.index("git clone") < order.index(
-        "nitro-cli-config -i") < order.index("usermod -aG")
+    assert (
+        order.index("apt-get install")
+        < order.index("git clone")
+        < order.index("nitro-cli-config -i")
+        < order.index("usermod -aG")
+    )
     bashrc = pvm.tmp / "home/.bashrc"
     line = f"source {pvm.env['NITRO_ATTEST_NITRO_ENV']}"
     assert bashrc.read_text().splitlines() == [line]
@@ -181,3 +204,58 @@ def test_setup_client_without_python3(tmp_path: Path) -> None:
                 break
     r = se.run("setup-client.sh", env={"PATH": str(bare)})
     assert r.returncode == 2 and "python3 not found" in r.stderr
+
+
+# A python3 whose venv module lacks ensurepip (fresh Ubuntu without python3-venv) until the fake
+# apt-get "installs" python3-venv; then `-m venv DIR` makes a DIR/bin/python that accepts pip.
+_PY_NO_VENV = r"""
+import os, sys
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+with open(HERE / "python3.log", "a") as fh:
+    fh.write(" ".join(sys.argv[1:]) + "\n")
+if sys.argv[1:2] == ["-c"]:
+    sys.exit(0)  # the version check passes
+if sys.argv[1:3] == ["-m", "venv"]:
+    if not (HERE / "venv-installed").exists():
+        sys.stderr.write("The virtual environment was not created successfully because ensurepip "
+                         "is not available.\n")
+        sys.exit(1)
+    target = Path(sys.argv[3]) / "bin"
+    target.mkdir(parents=True)
+    (target / "python").write_text("#!/bin/sh\nexit 0\n")
+    (target / "python").chmod(0o755)
+    sys.exit(0)
+sys.exit(3)
+"""
+_APT = r"""
+import sys
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+with open(HERE / "apt.log", "a") as fh:
+    fh.write(" ".join(sys.argv[1:]) + "\n")
+if "install" in sys.argv:
+    (HERE / "venv-installed").touch()
+"""
+
+
+@pytest.mark.parametrize("uid", ["0", "1000"])
+def test_setup_client_without_python3_venv(tmp_path: Path, uid: str) -> None:
+    se = make_env(tmp_path)
+    write_exe(se.bin.dir / "python3", _PY_NO_VENV)
+    write_exe(se.bin.dir / "apt-get", _APT)
+    (se.bin.dir / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    (se.bin.dir / "id").chmod(0o755)
+    r = se.run("setup-client.sh")
+    if uid == "0":
+        assert r.returncode == 0, r.stderr
+        assert "installing python3-venv" in r.stderr
+        apt = (se.bin.dir / "apt.log").read_text().splitlines()
+        assert apt[0] == "update -qq" and "install -y -qq python3-venv" in apt[1]
+        assert (se.repo / ".venv/bin/python").exists()
+    else:
+        assert r.returncode == 2
+        assert "sudo apt-get install -y python3-venv" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (se.bin.dir / "apt.log").exists()
+        assert not (se.repo / ".venv").exists()
