@@ -35,6 +35,7 @@ AWS_KEYS = [
 ]
 # A recent real document: its instance CA carries SKI/AKI, the profile the simulator copies.
 MODERN = "marlin_20241213_late_in_leaf_window.cbor"
+INDEFINITE = "worldcoin_20250829_indef_map.cbor"  # the payload map form since 2025-08
 REAL_FILES = [
     MODERN,
     "base_20241130_pcr3.cbor",
@@ -96,7 +97,10 @@ def test_envelope_bytes(sim: SimulatedNsm, real_dir: Path) -> None:
     assert doc[6] == 0xA0  # the unprotected map is the empty map, encoded as a0
     assert isinstance(envelope[2], bytes)
     assert isinstance(envelope[3], bytes) and len(envelope[3]) == 96
-    assert envelope[2][0] == 0xA9  # definite 9-entry payload map
+    # Indefinite-length payload map, like every real document since 2025-08.
+    real_indefinite, _ = split(real_doc(real_dir, INDEFINITE))
+    assert envelope[2][0] == real_indefinite[2][0] == 0xBF
+    assert envelope[2][-1] == 0xFF
     assert cbor2.dumps(envelope) == doc  # nothing trailing, canonical lengths
 
 
@@ -121,7 +125,7 @@ def test_absent_fields_are_null_bytes(sim: SimulatedNsm) -> None:
     _, p = split(sim.attestation())
     envelope = cbor2.loads(sim.attestation())
     raw = envelope[2]
-    tail = b"\x6apublic_key\xf6\x69user_data\xf6\x65nonce\xf6"
+    tail = b"\x6apublic_key\xf6\x69user_data\xf6\x65nonce\xf6\xff"  # then the map's break
     assert raw.endswith(tail)
     assert p["nonce"] is None
 

@@ -172,8 +172,9 @@ class SimulatedNsm:
         )
         self._leaf_key = key
         self._leaf_not_after = t.replace(microsecond=0) + LEAF_LIFETIME
+        # Indefinite-length payload map (bf .. ff), as the NSM has emitted since 2025-08.
         self._head = (
-            b"\xa9"
+            b"\xbf"
             + _text("module_id")
             + _text(self.module_id)
             + _text("digest")
@@ -229,6 +230,7 @@ class SimulatedNsm:
                 _opt(user_data),
                 _K_NONCE,
                 _opt(nonce),
+                b"\xff",
             )
         )
         payload_bstr = _bstr(payload)
