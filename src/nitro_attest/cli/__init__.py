@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in _COMMAND_MODULES:
         module.register(sub)
+    for command in set(sub.choices.values()):  # --verbose also after the command name
+        command.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
