@@ -45,6 +45,7 @@ def test_default_chain_verifies() -> None:
         (4, {"ca": True, "path_len": None}, "must not be a CA"),
         (4, {"digital_signature": False}, "digitalSignature"),
         (3, {"hash_alg": hashes.SHA256()}, "not ecdsa-with-SHA384"),
+        (4, {"hash_alg": hashes.SHA512()}, "not ecdsa-with-SHA384"),
         (4, {"issuer_name": "someone-else"}, "names issuer"),
         (2, {"signing_key": "attacker"}, "not signed by"),
         (4, {"signing_key": "attacker"}, "not signed by"),
@@ -142,3 +143,9 @@ def test_chain_validator_reports_undecodable_cabundle_root() -> None:
     validator = ChainValidator(cf.chain().ders[0])
     with pytest.raises(ChainError, match="undecodable"):
         validator.validate(cf.chain().ders[-1], (b"\x30\x03\x02\x01\x00",), cf.T0.timestamp())
+
+
+def test_pinned_root_may_be_self_signed_with_another_hash() -> None:
+    # The root is pinned by its bytes; its own self-signature is never relied upon.
+    chain = _mutated(0, hash_alg=hashes.SHA512())
+    _verify(chain)

@@ -89,6 +89,7 @@ class CertInfo:
         "not_after",
         "not_before",
         "path_len",
+        "sig_problem",
     )
 
     def __init__(self, der: bytes) -> None:
@@ -123,8 +124,10 @@ class CertInfo:
         common: str | None = None
         if unhandled:
             common = f"unsupported critical extension(s) {', '.join(unhandled)}"
-        elif sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
-            common = f"signature algorithm {sig_oid.dotted_string} is not ecdsa-with-SHA384"
+        # Checked for every certificate but the pinned root, whose own signature is never used.
+        self.sig_problem: str | None = None
+        if sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+            self.sig_problem = f"signed with {sig_oid.dotted_string}, not ecdsa-with-SHA384"
 
         ca_problem = common
         if ca_problem is None:
@@ -230,6 +233,9 @@ class ChainValidator:
         leaf = chain[0]
         if leaf.leaf_problem is not None:
             raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
+        for info, name in zip(chain[:-1], names, strict=False):
+            if info.sig_problem is not None:
+                raise ChainError(f"{name} ({info.label}) is {info.sig_problem}")
         for depth, (info, name) in enumerate(zip(chain, names, strict=True)):
             if not info.not_before <= at <= info.not_after:
                 raise ExpiredError(
