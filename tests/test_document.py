@@ -205,3 +205,8 @@ def test_document_is_immutable() -> None:
         doc.module_id = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
         doc.pcrs[0] = b""  # type: ignore[index]
+
+
+def test_pcrs_come_back_sorted_by_index() -> None:
+    pcrs = {2: bytes(48), 0: b"\x01" * 48, 1: b"\x02" * 48}
+    assert list(parse_document(doc_with(pcrs=pcrs)).pcrs) == [0, 1, 2]

@@ -163,18 +163,21 @@ def _check_pcrs(name: str, value: Any) -> Mapping[int, bytes]:
         raise MalformedDocumentError(f"{name} must be a map, got {_kind(value)}")
     if not 1 <= len(value) <= MAX_PCRS:
         raise MalformedDocumentError(f"{name} must hold 1..{MAX_PCRS} entries, got {len(value)}")
-    pcrs: dict[int, bytes] = {}
+    previous = -1
+    in_order = True
     for index, digest in value.items():
-        if not _is_int(index) or not 0 <= index < MAX_PCRS:
+        # type() rather than isinstance(): bool is an int subclass, and cbor2 yields exact types.
+        if type(index) is not int or not 0 <= index < MAX_PCRS:
             raise MalformedDocumentError(f"{name}: index {_show(index)} outside 0..{MAX_PCRS - 1}")
-        if not isinstance(digest, bytes):
+        if type(digest) is not bytes:
             raise MalformedDocumentError(f"{name}[{index}] must be bytes, got {_kind(digest)}")
         if len(digest) not in PCR_LENGTHS:
             raise MalformedDocumentError(
                 f"{name}[{index}] is {len(digest)} bytes, expected 32, 48 or 64"
             )
-        pcrs[index] = digest
-    return MappingProxyType(dict(sorted(pcrs.items())))
+        in_order = in_order and index > previous
+        previous = index
+    return MappingProxyType(value if in_order else dict(sorted(value.items())))
 
 
 def _check_cabundle(value: Any) -> tuple[bytes, ...]:

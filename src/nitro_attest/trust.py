@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from threading import Lock
@@ -186,16 +187,31 @@ def _issuer_label(cert: x509.Certificate) -> str:
         return "(undecodable issuer)"
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A pinned root, parsed once per process: its facts never change."""
+
+    info: CertInfo
+    sha256: str
+    label: str
+
+
+@functools.lru_cache(maxsize=16)
+def _anchor(der: bytes) -> Anchor:
+    info = CertInfo(der)
+    return Anchor(info, fingerprint(der), info.label)
+
+
 class ChainValidator:
     """Validates leaf + cabundle against one pinned root; caches parsed certs and verified links."""
 
     def __init__(self, root_der: bytes) -> None:
         self.root_der = root_der
-        self.root_sha256 = fingerprint(root_der)
-        self._certs: dict[bytes, CertInfo] = {}
+        self.root = _anchor(root_der)
+        self.root_sha256 = self.root.sha256
+        self._certs: dict[bytes, CertInfo] = {root_der: self.root.info}
         self._links: set[tuple[bytes, bytes]] = set()
         self._lock = Lock()
-        self.root = self.cert_info(root_der)
 
     def cert_info(self, der: bytes) -> CertInfo:
         info = self._certs.get(der)
@@ -228,7 +244,7 @@ class ChainValidator:
             )
         names = ["leaf certificate"] + [f"cabundle[{i}]" for i in range(len(cabundle) - 1, -1, -1)]
         chain = [self.cert_info(leaf_der)] + [self.cert_info(c) for c in reversed(cabundle[1:])]
-        chain.append(self.root)
+        chain.append(self.root.info)
 
         leaf = chain[0]
         if leaf.leaf_problem is not None:
