@@ -68,6 +68,19 @@ class BuildResult:
     raw: Mapping[str, Any] = field(repr=False)
 
 
+def _enclave_fields(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The fields run-enclave prints, which describe-enclaves repeats for every enclave."""
+    return {
+        "enclave_name": _str(obj, "EnclaveName", what),
+        "enclave_id": _str(obj, "EnclaveID", what),
+        "process_id": _int(obj, "ProcessID", what),
+        "enclave_cid": _int(obj, "EnclaveCID", what),
+        "cpu_count": _int(obj, "NumberOfCPUs", what),
+        "cpu_ids": _cpu_ids(obj, what),
+        "memory_mib": _int(obj, "MemoryMiB", what),
+    }
+
+
 @dataclass(frozen=True)
 class RunResult:
     enclave_name: str
@@ -81,18 +94,12 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class EnclaveInfo:
-    enclave_name: str
-    enclave_id: str
-    process_id: int
-    enclave_cid: int
-    cpu_count: int
-    cpu_ids: tuple[int, ...]
-    memory_mib: int
-    state: str
-    flags: str
-    measurements: Measurements | None
-    raw: Mapping[str, Any] = field(repr=False)
+class EnclaveInfo(RunResult):
+    """One describe-enclaves entry: run-enclave's fields plus state, flags and measurements."""
+
+    state: str = ""
+    flags: str = ""
+    measurements: Measurements | None = None
 
     @property
     def running(self) -> bool:
@@ -214,16 +221,7 @@ def parse_build(value: Any) -> BuildResult:
 def parse_run(value: Any) -> RunResult:
     what = "run-enclave"
     obj = _obj(value, what)
-    return RunResult(
-        enclave_name=_str(obj, "EnclaveName", what),
-        enclave_id=_str(obj, "EnclaveID", what),
-        process_id=_int(obj, "ProcessID", what),
-        enclave_cid=_int(obj, "EnclaveCID", what),
-        cpu_count=_int(obj, "NumberOfCPUs", what),
-        cpu_ids=_cpu_ids(obj, what),
-        memory_mib=_int(obj, "MemoryMiB", what),
-        raw=obj,
-    )
+    return RunResult(**_enclave_fields(obj, what), raw=obj)
 
 
 def parse_describe_enclaves(value: Any) -> tuple[EnclaveInfo, ...]:
@@ -236,13 +234,7 @@ def parse_describe_enclaves(value: Any) -> tuple[EnclaveInfo, ...]:
         meas = obj.get("Measurements")
         out.append(
             EnclaveInfo(
-                enclave_name=_str(obj, "EnclaveName", what),
-                enclave_id=_str(obj, "EnclaveID", what),
-                process_id=_int(obj, "ProcessID", what),
-                enclave_cid=_int(obj, "EnclaveCID", what),
-                cpu_count=_int(obj, "NumberOfCPUs", what),
-                cpu_ids=_cpu_ids(obj, what),
-                memory_mib=_int(obj, "MemoryMiB", what),
+                **_enclave_fields(obj, what),
                 state=_str(obj, "State", what),
                 flags=_str(obj, "Flags", what),
                 measurements=None if meas is None else parse_measurements(meas, what),
