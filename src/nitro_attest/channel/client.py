@@ -93,8 +93,7 @@ def seal_for_document(
             f"the document's key is for suite {advertised.suite.label}, expected {want.label}"
         )
     key = resolve_public_key(advertised, offered_key)
-    if len(secret) > MAX_SECRET_BYTES:
-        raise ValueError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
+    _check_secret(secret)
     ack_key = os.urandom(ACK_KEY_BYTES)
     info = channel_info(advertised, nonce, document_digest(doc.raw))
     sealed = seal(want, key, ack_key + secret, info)
