@@ -1,0 +1,398 @@
+"""The ASGI app: Veraison's challenge-response and discovery APIs over a session store.
+
+Nothing here is process-local state that a replica would need from another: sessions live in the
+store, the signing key and policies file are the same on every replica. The Verifier is per
+process (warm certificate cache) and verification runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nitro_attest import PolicyError, Verifier, __version__
+from nitro_attest.service.appraisal import appraise
+from nitro_attest.service.ear import EarSigner, ear_claims
+from nitro_attest.service.metrics import Metrics
+from nitro_attest.service.policies import PolicySet, load_policies
+from nitro_attest.service.sessions import Session, SessionStore, StoreError
+
+log = logging.getLogger("nitro_attest.service")
+
+EVIDENCE_MEDIA_TYPE = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
+"""The raw COSE_Sign1 attestation document, exactly as the NSM returns it (tagged or not)."""
+SESSION_MEDIA_TYPE = "application/vnd.veraison.challenge-response-session+json"
+DISCOVERY_MEDIA_TYPE = "application/vnd.veraison.discovery+json"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+API = "/challenge-response/v1"
+MAX_EVIDENCE = 64 * 1024
+NONCE_SIZES = (8, 64)
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T")
+
+
+class Evidence(BaseModel):
+    type: str
+    value: str = Field(description="the document, standard base64")
+
+
+class SessionBody(BaseModel):
+    nonce: str = Field(description="base64url without padding")
+    expiry: str
+    accept: list[str]
+    state: Literal["waiting", "processing", "complete", "failed"]
+    evidence: Evidence | None = None
+    result: str | None = Field(None, description="the EAR, a compact JWS")
+
+
+class Discovery(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    ear_verification_key: dict[str, Any] = Field(alias="ear-verification-key")
+    media_types: list[str] = Field(alias="media-types")
+    version: str
+    state: Literal["READY"]
+    service_state: Literal["READY"] = Field(alias="service-state")
+    api_endpoints: dict[str, str] = Field(alias="api-endpoints")
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ready", "unavailable"]
+
+
+class SessionResponse(JSONResponse):
+    media_type = SESSION_MEDIA_TYPE
+
+
+class DiscoveryResponse(JSONResponse):
+    media_type = DISCOVERY_MEDIA_TYPE
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for c in codes}
+
+
+@dataclass
+class ServiceConfig:
+    policies_path: Path
+    signer: EarSigner
+    store_factory: Callable[[], SessionStore]
+    root_pem: bytes | None = None
+    session_ttl: float = 300.0
+    nonce_reuse_window: float = 86400.0
+    handle_sighup: bool = False
+
+
+class ServiceState:
+    """What one worker holds: its Verifier, the signer, the store, the current policies."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.policies: PolicySet = load_policies(config.policies_path)
+        self.verifier = Verifier(root_pem=config.root_pem)
+        self.signer = config.signer
+        self.store: SessionStore = config.store_factory()
+        self.metrics = Metrics()
+
+    def reload(self) -> bool:
+        try:
+            policies = load_policies(self.config.policies_path)
+        except PolicyError as exc:
+            self.metrics.reloads.labels("failed").inc()
+            log.error("policies reload failed, keeping the previous policies: %s", exc)
+            return False
+        self.policies = policies
+        self.metrics.reloads.labels("ok").inc()
+        log.info("policies reloaded (sha256 %s, %d policies)", policies.sha256[:16],
+                 len(policies.policies))  # fmt: skip
+        return True
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    state = ServiceState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if config.handle_sighup:
+            loop.add_signal_handler(signal.SIGHUP, state.reload)
+        try:
+            yield
+        finally:
+            if config.handle_sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await state.store.close()
+
+    app = FastAPI(
+        title="nitro-attest verification service",
+        version=__version__,
+        description="Veraison challenge-response API for AWS Nitro attestation documents; "
+        "results are EAR (draft-ietf-rats-ear) signed JWTs.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+
+    async def store_call(awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except StoreError:
+            state.metrics.store_errors.inc()
+            raise
+
+    @app.exception_handler(StoreError)
+    async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
+        log.warning("session store error: %s", exc)
+        return problem(503, "Service Unavailable", "the session store did not answer")
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return problem(400, "Bad Request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "Error", str(exc.detail))
+
+    @app.get(
+        "/.well-known/veraison/verification",
+        response_model=Discovery,
+        response_class=DiscoveryResponse,
+    )
+    async def discovery() -> DiscoveryResponse:
+        return DiscoveryResponse({
+            "ear-verification-key": state.signer.public_jwk(),
+            "media-types": [EVIDENCE_MEDIA_TYPE],
+            "version": __version__,
+            "state": "READY",
+            "service-state": "READY",
+            "api-endpoints": {
+                "newChallengeResponseSession": f"{API}/newSession",
+            },
+        })
+
+    @app.post(
+        f"{API}/newSession",
+        status_code=201,
+        response_model=SessionBody,
+        response_class=SessionResponse,
+        responses=_problems(400, 409, 503),
+    )
+    async def new_session(
+        nonceSize: Annotated[int | None, Query(ge=NONCE_SIZES[0], le=NONCE_SIZES[1])] = None,
+        nonce: Annotated[str | None, Query(max_length=88)] = None,
+        policy: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Response:
+        started = time.perf_counter()
+        if nonce is not None and nonceSize is not None:
+            return problem(400, "Bad Request", "give nonce or nonceSize, not both")
+        chosen = state.policies.get(policy)
+        if chosen is None:
+            return problem(400, "Bad Request", f"no policy named {policy!r}")
+        if nonce is not None:
+            raw = _b64url_decode(nonce)
+            if raw is None or not NONCE_SIZES[0] <= len(raw) <= NONCE_SIZES[1]:
+                return problem(400, "Bad Request",
+                               "nonce must be 8..64 bytes, base64url without padding")  # fmt: skip
+            # A relying party's nonce must be fresh too: the same nonce twice would let an old
+            # document (made for the first session) be appraised again in the second.
+            digest = hashlib.sha256(raw).hexdigest()
+            if not await store_call(state.store.reserve_nonce(digest, config.nonce_reuse_window)):
+                return problem(409, "Conflict", "this nonce was already used; pick a fresh one")
+        else:
+            raw = secrets.token_bytes(nonceSize or 32)
+        session = Session(
+            id=str(uuid.uuid4()),
+            nonce=_b64url(raw),
+            expires_at=time.time() + config.session_ttl,
+            policy=chosen.name,
+            accept=(EVIDENCE_MEDIA_TYPE,),
+        )
+        await store_call(state.store.create(session))
+        state.metrics.sessions.inc()
+        state.metrics.latency.labels("newSession").observe(time.perf_counter() - started)
+        return SessionResponse(
+            session.to_api(), status_code=201, headers={"Location": f"{API}/session/{session.id}"}
+        )
+
+    @app.get(
+        f"{API}/session/{{session_id}}",
+        response_model=SessionBody,
+        response_class=SessionResponse,
+        responses=_problems(404, 503),
+    )
+    async def get_session(session_id: str) -> Response:
+        session = await _find(session_id)
+        if session is None:
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        return SessionResponse(session.to_api())
+
+    @app.delete(f"{API}/session/{{session_id}}", status_code=204,
+                responses=_problems(404, 503))  # fmt: skip
+    async def delete_session(session_id: str) -> Response:
+        if len(session_id) > 64 or not await store_call(state.store.delete(session_id)):
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        return Response(status_code=204)
+
+    @app.post(
+        f"{API}/session/{{session_id}}",
+        response_model=SessionBody,
+        response_class=SessionResponse,
+        responses=_problems(400, 404, 409, 413, 415, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {EVIDENCE_MEDIA_TYPE: {"schema": {"type": "string",
+                                                             "format": "binary"}}},
+            }
+        },
+    )  # fmt: skip
+    async def submit_evidence(session_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != EVIDENCE_MEDIA_TYPE:
+            return problem(415, "Unsupported Media Type", f"evidence must be {EVIDENCE_MEDIA_TYPE}")
+        body = await _read_capped(request)
+        if body is None:
+            return problem(413, "Content Too Large", f"evidence over {MAX_EVIDENCE} bytes")
+        if not body:
+            return problem(400, "Bad Request", "empty evidence")
+        if len(session_id) > 64:
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        outcome = await store_call(state.store.claim(session_id))
+        if outcome == "missing":
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        if outcome == "taken":
+            return problem(409, "Conflict", "this session already took its evidence")
+        session = await _find(session_id)
+        if session is None:  # expired between the claim and now
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        evidence = {"type": EVIDENCE_MEDIA_TYPE, "value": base64.b64encode(body).decode()}
+        try:
+            ear, status = await asyncio.to_thread(_appraise_and_sign, session, body)
+        except Exception:
+            log.exception("appraisal failed unexpectedly for session %s", session_id)
+            await store_call(state.store.finish(session.finished("failed", evidence, None)))
+            raise
+        done = session.finished("complete", evidence, ear)
+        if not await store_call(state.store.finish(done)):
+            return problem(404, "Not Found", "the session expired during the appraisal")
+        state.metrics.results.labels(status).inc()
+        state.metrics.latency.labels("evidence").observe(time.perf_counter() - started)
+        return SessionResponse(done.to_api())
+
+    def _appraise_and_sign(session: Session, body: bytes) -> tuple[str, str]:
+        started = time.perf_counter()
+        policy = state.policies.get(session.policy)
+        if policy is None:  # removed by a reload since the session began: fail closed
+            policy_missing = {"error": f"policy {session.policy!r} no longer exists"}
+            claims = ear_claims(nonce=session.nonce, status="contraindicated", vector={},
+                                policy_id=f"policy:{session.policy}",
+                                annotated=policy_missing)  # fmt: skip
+            return state.signer.sign(claims), "contraindicated"
+        nonce = _b64url_decode(session.nonce) or b""
+        result = appraise(state.verifier, policy, nonce, body)
+        claims = ear_claims(
+            nonce=session.nonce,
+            status=result.status,
+            vector=result.vector,
+            policy_id=f"policy:{policy.name}",
+            annotated=result.annotated,
+        )
+        ear = state.signer.sign(claims)
+        state.metrics.appraisal.observe(time.perf_counter() - started)
+        return ear, result.status
+
+    async def _find(session_id: str) -> Session | None:
+        if len(session_id) > 64:
+            return None
+        return await store_call(state.store.get(session_id))
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    async def healthz() -> JSONResponse:
+        if await state.store.ping():
+            return JSONResponse({"status": "ready"})
+        state.metrics.store_errors.inc()
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    text = {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+
+    @app.get("/metrics", response_class=Response, responses={200: text})
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)  # fmt: skip
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)  # we answer 400, never 422
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, or None past MAX_EVIDENCE (the declared length is not trusted)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_EVIDENCE:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_EVIDENCE:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes | None:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
