@@ -41,6 +41,7 @@ def serve(config: ServiceConfig, host: str, port: int, workers: int = 1) -> int:
     config.handle_sighup = True
     if workers <= 1:
         server = uvicorn.Server(_uvicorn_config(config, host, port))
+        _exit_zero_after_drain()
         server.run()
         return 0 if server.started else 2
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -57,6 +58,12 @@ def serve(config: ServiceConfig, host: str, port: int, workers: int = 1) -> int:
     return _Supervisor(config, sock, workers).run()
 
 
+def _exit_zero_after_drain() -> None:
+    """uvicorn drains on SIGTERM, then re-raises it to the handler it found: make that a no-op,
+    so a requested stop exits 0 instead of dying by the signal."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+
 class _Supervisor:
     def __init__(self, config: ServiceConfig, sock: socket.socket, workers: int) -> None:
         self.config = config
@@ -68,8 +75,9 @@ class _Supervisor:
     def _spawn(self) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            _exit_zero_after_drain()
             code = 1
             try:
                 host, port = self.sock.getsockname()[:2]
