@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from nitro_attest import PolicyError, Verifier, __version__
 from nitro_attest.service.appraisal import appraise
@@ -49,6 +50,8 @@ API = "/challenge-response/v1"
 MAX_EVIDENCE = 64 * 1024
 NONCE_SIZES = (8, 64)
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+# base64url without padding of 8..64 bytes: 11..86 characters, never 1 mod 4.
+NONCE_PATTERN = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$"
 T = TypeVar("T")
 
 
@@ -187,7 +190,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "Error", str(exc.detail))
+        response = problem(exc.status_code, "Error", str(exc.detail))
+        if exc.status_code == 405:  # each method is its own route: Allow names them all
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] is not Match.NONE:
+                    methods |= getattr(route, "methods", None) or set()
+            response.headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+        return response
 
     @app.get(
         "/.well-known/veraison/verification",
@@ -215,7 +225,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     )
     async def new_session(
         nonceSize: Annotated[int | None, Query(ge=NONCE_SIZES[0], le=NONCE_SIZES[1])] = None,
-        nonce: Annotated[str | None, Query(max_length=88)] = None,
+        nonce: Annotated[
+            str | None, Query(min_length=11, max_length=86, pattern=NONCE_PATTERN)
+        ] = None,
         policy: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:
         started = time.perf_counter()
@@ -277,8 +289,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {EVIDENCE_MEDIA_TYPE: {"schema": {"type": "string",
-                                                             "format": "binary"}}},
+                "content": {EVIDENCE_MEDIA_TYPE: {"schema": {
+                    "type": "string", "format": "binary", "minLength": 1}}},
             }
         },
     )  # fmt: skip
@@ -356,14 +368,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    documented: list[str] = []  # digest of the policies the cached schema lists
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        if app.openapi_schema is None or documented != [state.policies.sha256]:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)  # fmt: skip
             for path in schema.get("paths", {}).values():
                 for op in path.values():
                     op.get("responses", {}).pop("422", None)  # we answer 400, never 422
+                    for param in op.get("parameters", []):
+                        if param["name"] == "policy":  # the names loaded now
+                            param["schema"] = {"type": "string",
+                                               "enum": sorted(state.policies.policies)}  # fmt: skip
             app.openapi_schema = schema
+            documented[:] = [state.policies.sha256]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
