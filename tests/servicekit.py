@@ -98,7 +98,9 @@ def redis_server(tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def service(args: list[str], *, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def service(
+    args: list[str], *, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``nitro-attest service`` in a child process; yields its base URL once /healthz is ready."""
     port = port or free_port()
     proc = subprocess.Popen([*ENTRY, "service", "--listen", f"127.0.0.1:{port}", *args],

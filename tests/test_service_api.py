@@ -181,7 +181,8 @@ def test_max_age_policy_checks_freshness(
     client: TestClient, sims: dict[str, SimulatedNsm]
 ) -> None:
     claims, _ = _appraise(client, lambda n: sims["good"].attestation(nonce=n), "fresh")
-    checks = {c["name"]: c["ok"] for c in submod(claims)["ear.veraison.annotated-evidence"]["checks"]}
+    evidence = submod(claims)["ear.veraison.annotated-evidence"]
+    checks = {c["name"]: c["ok"] for c in evidence["checks"]}
     assert submod(claims)["ear.status"] == "affirming" and checks["freshness"] is True
 
 
@@ -250,7 +251,8 @@ def test_body_limits_and_media_types(client: TestClient) -> None:
         for _ in range(80):
             yield b"\x00" * 1024
 
-    assert client.post(location, content=chunks(), headers={"Content-Type": MEDIA}).status_code == 413
+    streamed = client.post(location, content=chunks(), headers={"Content-Type": MEDIA})
+    assert streamed.status_code == 413
     for media in ("application/cose", "application/octet-stream", "", MEDIA + "x"):
         r = client.post(location, content=b"\xd2", headers={"Content-Type": media})
         assert r.status_code == 415, media
