@@ -142,8 +142,15 @@ def test_redis_claim_is_atomic(setup: dict[str, Any]) -> None:
     async def run() -> list[str]:
         stores = [RedisStore(setup["url"]) for _ in range(4)]
         session = Session("race-1", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
-        await stores[0].create(session)
-        outcomes = await asyncio.gather(*(s.claim("race-1") for s in stores * 10))
+        assert await stores[0].create(session, nonce_digest="d1", nonce_ttl=30)
+        again = Session("race-2", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
+        assert not await stores[1].create(again, nonce_digest="d1", nonce_ttl=30)
+        assert await stores[1].get("race-2") is None  # a reused nonce stores nothing
+        claims = await asyncio.gather(*(s.claim("race-1") for s in stores * 10))
+        outcomes = [outcome for outcome, _ in claims]
+        claimed = [s for outcome, s in claims if outcome == "claimed"]
+        assert claimed[0] is not None and claimed[0].state == "processing"
+        assert (await stores[0].get("race-1")).state == "processing"  # type: ignore[union-attr]
         # A finish must not resurrect a deleted key (it would live without a TTL).
         await stores[1].delete("race-1")
         assert not await stores[2].finish(session.finished("complete", {}, "x"))

@@ -18,12 +18,23 @@ from nitro_attest.service.sessions import ClaimOutcome, Session, StoreError
 
 PREFIX = "nitro-attest:"
 
-_CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 0 end
-if state ~= 'waiting' then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'processing')
+# KEYS: the session, the nonce record ('' when the service chose the nonce).
+# ARGV: the session JSON, its expiry (ms since the epoch), the nonce record's lifetime (ms).
+_CREATE = """
+if KEYS[2] ~= '' then
+    if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'session', ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
+"""
+
+_CLAIM = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'session')
+if not v[1] then return 0 end
+if v[1] ~= 'waiting' then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'processing')
+return v[2]
 """
 
 _FINISH = """
@@ -53,6 +64,7 @@ class RedisStore:
         self._redis: Any = aioredis.from_url(
             check_redis_url(url), socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        self._create = self._redis.register_script(_CREATE)
         self._claim = self._redis.register_script(_CLAIM)
         self._finish = self._redis.register_script(_FINISH)
 
@@ -60,15 +72,19 @@ class RedisStore:
     def _key(session_id: str) -> str:
         return f"{PREFIX}session:{session_id}"
 
-    async def create(self, session: Session) -> None:
-        key = self._key(session.id)
+    async def create(
+        self, session: Session, *, nonce_digest: str | None = None, nonce_ttl: float = 0.0
+    ) -> bool:
+        nonce_key = f"{PREFIX}nonce:{nonce_digest}" if nonce_digest else ""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"state": session.state, "session": session.dumps()})
-                pipe.pexpireat(key, int(session.expires_at * 1000))
-                await pipe.execute()
+            done = await self._create(
+                keys=[self._key(session.id), nonce_key],
+                args=[session.dumps(), int(session.expires_at * 1000),
+                      max(1, int(nonce_ttl * 1000))],
+            )  # fmt: skip
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from None
+        return int(done) == 1
 
     async def get(self, session_id: str) -> Session | None:
         try:
@@ -83,12 +99,14 @@ class RedisStore:
             session = replace(session, state="processing")
         return session
 
-    async def claim(self, session_id: str) -> ClaimOutcome:
+    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
         try:
-            outcome = int(await self._claim(keys=[self._key(session_id)]))
+            outcome = await self._claim(keys=[self._key(session_id)])
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from None
-        return "claimed" if outcome == 1 else "missing" if outcome == 0 else "taken"
+        if isinstance(outcome, bytes):
+            return "claimed", replace(Session.loads(outcome), state="processing")
+        return ("missing", None) if int(outcome) == 0 else ("taken", None)
 
     async def finish(self, session: Session) -> bool:
         try:
@@ -104,15 +122,6 @@ class RedisStore:
             return int(await self._redis.delete(self._key(session_id))) == 1
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from None
-
-    async def reserve_nonce(self, digest: str, ttl: float) -> bool:
-        try:
-            done = await self._redis.set(
-                f"{PREFIX}nonce:{digest}", b"1", nx=True, px=max(1, int(ttl * 1000))
-            )
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
-        return bool(done)
 
     async def ping(self) -> bool:
         try:

@@ -65,21 +65,23 @@ class Session:
 
 
 class SessionStore(Protocol):
-    async def create(self, session: Session) -> None: ...
+    async def create(
+        self, session: Session, *, nonce_digest: str | None = None, nonce_ttl: float = 0.0
+    ) -> bool:
+        """Store a new session. With ``nonce_digest`` (a relying party's nonce), first record
+        the nonce for ``nonce_ttl`` seconds; False, and nothing stored, when it was already used.
+        """
 
     async def get(self, session_id: str) -> Session | None:
         """The session, or None when unknown or expired."""
 
-    async def claim(self, session_id: str) -> ClaimOutcome:
-        """Atomically move a waiting session to processing."""
+    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
+        """Atomically move a waiting session to processing; the session when claimed."""
 
     async def finish(self, session: Session) -> bool:
         """Store a processed session's outcome; False when it expired or was deleted meanwhile."""
 
     async def delete(self, session_id: str) -> bool: ...
-
-    async def reserve_nonce(self, digest: str, ttl: float) -> bool:
-        """Record a relying party's nonce; False when it was already used within ``ttl``."""
 
     async def ping(self) -> bool: ...
 
@@ -110,25 +112,34 @@ class MemoryStore:
         for key in [k for k, t in self._nonces.items() if t <= now]:
             del self._nonces[key]
 
-    async def create(self, session: Session) -> None:
-        if len(self._sessions) >= self.MAX_SESSIONS:
+    async def create(
+        self, session: Session, *, nonce_digest: str | None = None, nonce_ttl: float = 0.0
+    ) -> bool:
+        if len(self._sessions) >= self.MAX_SESSIONS or len(self._nonces) >= self.MAX_SESSIONS:
             self._sweep()
-            if len(self._sessions) >= self.MAX_SESSIONS:
-                raise StoreError(f"memory store full ({self.MAX_SESSIONS} live sessions)")
+            if len(self._sessions) >= self.MAX_SESSIONS or len(self._nonces) >= self.MAX_SESSIONS:
+                raise StoreError(f"memory store full ({self.MAX_SESSIONS} live entries)")
+        if nonce_digest is not None:
+            now = self._clock()
+            if self._nonces.get(nonce_digest, 0.0) > now:
+                return False
+            self._nonces[nonce_digest] = now + nonce_ttl
         self._sessions[session.id] = session
+        return True
 
     async def get(self, session_id: str) -> Session | None:
         return self._live(session_id)
 
-    async def claim(self, session_id: str) -> ClaimOutcome:
+    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
         # No await between the read and the write: atomic on the event loop.
         session = self._live(session_id)
         if session is None:
-            return "missing"
+            return "missing", None
         if session.state != "waiting":
-            return "taken"
-        self._sessions[session_id] = replace(session, state="processing")
-        return "claimed"
+            return "taken", None
+        claimed = replace(session, state="processing")
+        self._sessions[session_id] = claimed
+        return "claimed", claimed
 
     async def finish(self, session: Session) -> bool:
         current = self._live(session.id)
@@ -139,15 +150,6 @@ class MemoryStore:
 
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
-
-    async def reserve_nonce(self, digest: str, ttl: float) -> bool:
-        now = self._clock()
-        if self._nonces.get(digest, 0.0) > now:
-            return False
-        if len(self._nonces) >= self.MAX_SESSIONS:
-            self._sweep()
-        self._nonces[digest] = now + ttl
-        return True
 
     async def ping(self) -> bool:
         return True
