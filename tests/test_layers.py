@@ -20,6 +20,7 @@ LAYERS = {
 }
 MODULES = {
     "nitro_attest.errors": "formats",
+    "nitro_attest.untrusted_text": "formats",
     "nitro_attest.cbor_strict": "formats",
     "nitro_attest.cose": "formats",
     "nitro_attest.document": "formats",

@@ -1,9 +1,10 @@
 """nitro-attest: remote attestation for AWS Nitro Enclaves."""
 
-from nitro_attest.document import AttestationDocument, parse_document
+from nitro_attest.document import AttestationDocument, DocumentKind, parse_document
 from nitro_attest.errors import (
     ChainError,
     DebugModeError,
+    DocumentKindError,
     ExpiredError,
     MalformedDocumentError,
     NonceMismatchError,
@@ -27,6 +28,8 @@ __all__ = [
     "ChainError",
     "CheckResult",
     "DebugModeError",
+    "DocumentKind",
+    "DocumentKindError",
     "ExpiredError",
     "MalformedDocumentError",
     "NonceMismatchError",

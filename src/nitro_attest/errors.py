@@ -39,6 +39,12 @@ class ExpiredError(ChainError):
     """A certificate of the chain is not valid at the verification time."""
 
 
+class DocumentKindError(VerificationError):
+    """The document is of another kind (enclave or NitroTPM) than the policy accepts."""
+
+    check = "document_kind"
+
+
 class PcrMismatchError(VerificationError):
     check = "pcrs"
 

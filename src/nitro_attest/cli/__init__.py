@@ -25,6 +25,7 @@ from nitro_attest.cli import (
     verify_cmd,
 )
 from nitro_attest.cli.common import EXIT_USAGE, CliError
+from nitro_attest.untrusted_text import escape_untrusted
 
 _COMMAND_MODULES = (
     verify_cmd,
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
         return rc
     except CliError as exc:
-        print(f"nitro-attest: error: {exc}", file=sys.stderr)
+        # The message may quote a file name or an enclave's error text: escape it.
+        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
         return EXIT_USAGE
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
+        print(f"nitro-attest: internal error: {escape_untrusted(repr(exc))}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
         else:

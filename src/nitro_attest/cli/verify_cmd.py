@@ -20,6 +20,7 @@ from nitro_attest.cli.expectations import (
 from nitro_attest.encoding import decode_document_input
 from nitro_attest.errors import VerificationError
 from nitro_attest.report import CheckResult, Report, render_text
+from nitro_attest.untrusted_text import escape_untrusted
 
 EPILOG = """\
 exit status: 0 every document verified; 1 a document was checked and rejected (malformed
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                     "error": {"check": "input", "message": item.problem},
                 }
             )
-            texts.append(f"{item.name}: ERROR {item.problem}")
+            texts.append(escape_untrusted(f"{item.name}: ERROR {item.problem}"))
             continue
         try:
             raw = decode_document_input(item.data)
@@ -83,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         results.append({"file": item.name, **report.to_json()})
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
-        texts.append("\n".join([f"{item.name}: {verdict}", *("  " + line for line in body)]))
+        name = escape_untrusted(item.name)
+        texts.append("\n".join([f"{name}: {verdict}", *("  " + line for line in body)]))
         if not report.verified and report.error is not None:
-            texts[-1] += f"\n  reason: {report.error.message}"
+            texts[-1] += f"\n  reason: {escape_untrusted(report.error.message)}"
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
