@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import transport
-from nitro_attest.transport import Address, AddressError, parse_address
+from nitro_attest.wire import transport
+from nitro_attest.wire.transport import Address, AddressError, parse_address
 
 
 def test_vsock_constants() -> None:
