@@ -14,7 +14,8 @@ import sys
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, CliError
-from nitro_attest.aws.nitro_cli import NitroCli, NitroCliError, NitroCliNotFoundError
+from nitro_attest.aws.nitro_cli import NitroCli, NitroCliNotFoundError
+from nitro_attest.errors import NitroCliError
 
 _EPILOG = """\
 examples (on the parent instance, after ./setup-pvm.sh):

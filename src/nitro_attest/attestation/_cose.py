@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import FormatError
 
 COSE_SIGN1_TAG = 18
 HEADER_ALG = 1
@@ -43,7 +44,7 @@ ES512 = EcdsaAlgorithm("ES512", -36, ec.SECP521R1, hashes.SHA512, 66)
 ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
 
 
-class CoseError(ValueError):
+class CoseError(FormatError):
     """The bytes are not a COSE_Sign1 structure of the expected shape."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nitro_attest.errors import NitroCliError
+
 # nitro-cli's JSON is a few KiB (describe-eif with metadata is the largest); cap what we parse.
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 # Generous: build-enclave runs docker and linuxkit; the others return in seconds.
@@ -24,25 +26,6 @@ DEFAULT_TIMEOUT_S = 300.0
 
 _ERROR_RE = re.compile(r"\[\s*(E\d{2,3})\s*\]\s*(.*)")
 _PCR_KEY_RE = re.compile(r"PCR(\d{1,2})")
-
-
-class NitroCliError(Exception):
-    """nitro-cli failed. ``code`` is its error code ("E26") when it printed one."""
-
-    def __init__(
-        self, message: str, *, code: str | None = None, returncode: int | None = None,
-        stderr: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.returncode = returncode
-        self.stderr = stderr
-
-    def __str__(self) -> str:
-        prefix = f"[ {self.code} ] " if self.code else ""
-        status = f" (exit status {self.returncode})" if self.returncode is not None else ""
-        return f"{prefix}{self.message}{status}"
 
 
 class NitroCliNotFoundError(NitroCliError):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import cbor2
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import TransportError
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription
 
 PROTOCOL_VERSION = 1
@@ -27,7 +28,7 @@ _MAX_DEPTH = 8
 _HEADER = struct.Struct(">I")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TransportError):
     """Bytes or a message that break the protocol. ``code`` is the error code sent back."""
 
     code = "bad_request"

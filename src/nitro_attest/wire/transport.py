@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from nitro_attest.errors import ConfigurationError
+
 # vsock constants (linux/vm_sockets.h). CPython exports only some of them, so define them all.
 AF_VSOCK = 40
 VMADDR_CID_HYPERVISOR = 0
@@ -33,7 +35,7 @@ Scheme = Literal["vsock", "tcp", "unix"]
 Role = Literal["connect", "listen"]
 
 
-class AddressError(ValueError):
+class AddressError(ConfigurationError):
     """A malformed or unusable address; the message is one line and names the address."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from nitro_attest.attestation.policy import parse_expected_measurements
-from nitro_attest.errors import PolicyError
+from nitro_attest.errors import ConfigurationError, PolicyError
 
 PCR_SIZE = 48
 ZERO_PCR = bytes(PCR_SIZE)
@@ -17,7 +17,7 @@ MAX_MEASUREMENTS_FILE = 64 * 1024
 MEASURED_PCRS = frozenset({0, 1, 2, 8})  # what an EIF measures; the rest come from the platform
 
 
-class MeasurementsError(ValueError):
+class MeasurementsError(ConfigurationError):
     """The measurements file is unreadable, malformed or empty."""
 
 
