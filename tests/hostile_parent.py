@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from nitro_attest.channel.wire import (
+from nitro_attest.channel.protocol import (
     ChannelAttestRequest,
     ChannelOfferResponse,
     SealedMessageRequest,
 )
-from nitro_attest.protocol import (
+from nitro_attest.wire.protocol import (
     AttestationResponse,
     AttestRequest,
     ProtocolError,

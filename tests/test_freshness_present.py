@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nitro_attest import Policy, PolicyError, StaleDocumentError, Verifier
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 
 from . import chainfactory as cf
 

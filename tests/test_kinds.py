@@ -25,10 +25,10 @@ from nitro_attest import (
     PolicyError,
     Verifier,
 )
-from nitro_attest.channel.client import deliver_secret
-from nitro_attest.channel.enclave import REQUEST_CHANNEL_ATTEST, ChannelReceiver
-from nitro_attest.channel.wire import channel_handlers
-from nitro_attest.cli import main
+from nitro_attest._cli import main
+from nitro_attest.channel.protocol import channel_handlers
+from nitro_attest.channel.receiver import REQUEST_CHANNEL_ATTEST, ChannelReceiver
+from nitro_attest.channel.sender import deliver_secret
 
 from . import chainfactory as cf
 from .channel_helpers import FakeNsm, LocalExchange

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from nitro_attest import Verifier
-from nitro_attest.cli import main
-from nitro_attest.verifier import NOT_AUTHENTICATED
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import NOT_AUTHENTICATED
 
 from . import chainfactory as cf
 from .hostile_parent import parent_serving

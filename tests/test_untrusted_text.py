@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest.cli import main
-from nitro_attest.untrusted_text import escape_untrusted
+from nitro_attest._cli import main
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 
 from . import chainfactory as cf
 from .hostile_parent import parent_serving
