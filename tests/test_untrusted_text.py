@@ -15,6 +15,7 @@ import pytest
 
 from nitro_attest._cli import main
 from nitro_attest.attestation.untrusted_text import escape_untrusted
+from nitro_attest.eif.writer import default_metadata, write_eif
 
 from . import chainfactory as cf
 from .hostile_parent import parent_serving
@@ -160,3 +161,18 @@ def test_enclave_error_message_is_escaped(
     assert rc in (1, 2)
     assert_clean(out + err)
     assert "i-0123\\n" in out + err
+
+
+def test_eif_describe_escapes_image_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An EIF is a file from elsewhere: its metadata strings are untrusted text too."""
+    path = tmp_path / "evil.eif"
+    write_eif(path, kernel=b"K" * 64, cmdline="console=ttyS0", ramdisks=[b"R" * 64],
+              metadata=default_metadata(image_name=EVIL, image_version="1\x1b[0m"))
+    assert main(["eif", "describe", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert_clean(out + err)
+    assert "Image:           i-0123\\n" in out
+    assert main(["eif", "describe", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["ImageName"] == EVIL
