@@ -154,7 +154,8 @@ class Verifier:
         if errors:
             results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in self._payload_steps)
             format_ok = CheckResult("format", True, _format_detail(doc, authenticated=False))
-            return Report(False, (format_ok, *results), None, errors[0], when, claimed=doc)
+            reported_at = None if at == "document" else when  # not a time the payload sets
+            return Report(False, (format_ok, *results), None, errors[0], reported_at, claimed=doc)
         for name, step in self._payload_steps:
             if name in _KIND_BOUND and doc.kind is not policy.kind:
                 detail = f"not run: {doc.kind.value} document, policy for {policy.kind.value}"
