@@ -19,13 +19,13 @@ from nitro_attest._cli.common import (
     read_bytes,
 )
 from nitro_attest.attestation.report import document_to_json, render_text
+from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
     ClientError,
     request_attestation,
     save_attestation,
 )
-from nitro_attest.wire.protocol import MAX_FIELD_SIZE
 from nitro_attest.wire.transport import AddressError, parse_address
 
 DEFAULT_USER_DATA = b"nitro-attest client"
@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
 def _nonce(value: str) -> bytes:
     if value == "random":
         return os.urandom(32)
-    return parse_hex(value, "--nonce", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--nonce", max_bytes=NSM_FIELD_BYTES)
 
 
 def _user_data(value: str | None) -> bytes | None:
@@ -89,11 +89,11 @@ def _user_data(value: str | None) -> bytes | None:
     if value == "none":
         return None
     if value.startswith("@"):
-        data = read_bytes(value[1:], limit=MAX_FIELD_SIZE, what="user data")
+        data = read_bytes(value[1:], limit=NSM_FIELD_BYTES, what="user data")
         if not data:
             raise CliError(f"{value[1:]}: empty user data file (use --user-data none)")
         return data
-    return parse_hex(value, "--user-data", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--user-data", max_bytes=NSM_FIELD_BYTES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     nonce = _nonce(args.nonce)
     user_data = _user_data(args.user_data)
     public_key = (
-        parse_hex(args.public_key, "--public-key", max_bytes=MAX_FIELD_SIZE)
+        parse_hex(args.public_key, "--public-key", max_bytes=NSM_FIELD_BYTES)
         if args.public_key
         else None
     )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import CliError, parse_hex, read_bytes
-from nitro_attest.attestation.document import MAX_FIELD_BYTES, DocumentKind
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import (
     PcrSet,
     Policy,
@@ -17,6 +16,7 @@ from nitro_attest.attestation.policy import (
 )
 from nitro_attest.attestation.verifier import At, Verifier
 from nitro_attest.errors import PolicyError, TrustRootError
+from nitro_attest.limits import NSM_FIELD_BYTES
 
 MAX_PEM_BYTES = 64 * 1024
 
@@ -151,7 +151,7 @@ def build_policy(args: argparse.Namespace, **fixed: bytes | None) -> Policy:
             text = getattr(args, name, None)
             flag = "--" + name.replace("_", "-")
             fields[name] = (
-                None if text is None else parse_hex(text, flag, max_bytes=MAX_FIELD_BYTES)
+                None if text is None else parse_hex(text, flag, max_bytes=NSM_FIELD_BYTES)
             )
     try:
         return Policy(
@@ -180,9 +180,3 @@ def parse_at(text: str) -> At:
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
-
-def ensure_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"{path.parent}: cannot create directory: {exc.strerror or exc}") from None

@@ -16,16 +16,18 @@ from typing import Any
 from nitro_attest.attestation._cbor import CborError, strict_loads
 from nitro_attest.attestation._cose import CoseError, decode_sign1
 from nitro_attest.errors import MalformedDocumentError
+from nitro_attest.limits import (
+    MAX_CERT_BYTES,
+    MAX_DOCUMENT_BYTES,
+    MAX_PAYLOAD_BYTES,
+    MAX_PCRS,
+    NSM_FIELD_BYTES,
+)
 
 # The NSM hands documents back in a 12 KiB response buffer; the spec caps the payload at 16 KiB.
-MAX_PAYLOAD_BYTES = 16 * 1024
-MAX_DOCUMENT_BYTES = MAX_PAYLOAD_BYTES + 512
 ES384_PROTECTED = b"\xa1\x01\x38\x22"  # {1: -35}
 SIGNATURE_BYTES = 96
 PCR_LENGTHS = frozenset((32, 48, 64))
-MAX_PCRS = 32
-MAX_CERT_BYTES = 1024
-MAX_FIELD_BYTES = 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -219,7 +221,7 @@ def _optional_bytes(name: str, value: Any) -> bytes | None:
     # AWS's text says no field is null, but real documents carry null for absent optionals.
     if value is None:
         return None
-    return _check_bytes(name, value, 0, MAX_FIELD_BYTES)
+    return _check_bytes(name, value, 0, NSM_FIELD_BYTES)
 
 
 def _is_int(value: Any) -> bool:

@@ -17,8 +17,6 @@ from types import MappingProxyType
 from typing import Any
 
 from nitro_attest.attestation.document import (
-    MAX_FIELD_BYTES,
-    MAX_PCRS,
     PCR_LENGTHS,
     AttestationDocument,
     DocumentKind,
@@ -34,6 +32,7 @@ from nitro_attest.errors import (
     UserDataMismatchError,
     VerificationError,
 )
+from nitro_attest.limits import MAX_PCRS, NSM_FIELD_BYTES
 
 PcrSet = Mapping[int, bytes]
 PcrSpec = Mapping[int | str, bytes | str]
@@ -73,9 +72,9 @@ class Policy:
                 raise PolicyError(f"{name} expectation must be bytes, got {type(value).__name__}")
             if not value:
                 raise PolicyError(f"{name} expectation is empty; give the exact bytes or None")
-            if len(value) > MAX_FIELD_BYTES:
+            if len(value) > NSM_FIELD_BYTES:
                 raise PolicyError(f"{name} expectation is {len(value)} bytes; a document holds "
-                                  f"at most {MAX_FIELD_BYTES}")
+                                  f"at most {NSM_FIELD_BYTES}")
         if self.max_age is not None and not self.max_age > 0:
             raise PolicyError(f"max_age must be a positive number of seconds, got {self.max_age}")
         if not self.clock_skew >= 0:
@@ -184,20 +183,32 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
-        measurements = entry.get("Measurements", entry)
-        if not isinstance(measurements, dict):
-            raise PolicyError(f"{where}: 'Measurements' must be a JSON object")
-        pcrs: dict[str, Any] = {}
-        for key, value in measurements.items():
-            if key == "HashAlgorithm":
-                if not (isinstance(value, str) and value.lower().startswith("sha384")):
-                    raise PolicyError(f"{where}: HashAlgorithm {value!r} is not Sha384")
-                continue
-            if not isinstance(key, str) or not _PCR_NAME.match(key):
-                raise PolicyError(f"{where}: unexpected key {key!r} (expected PCR0..PCR31)")
-            pcrs[key] = value
-        sets.append(normalize_pcr_set(pcrs, where))
+        sets.append(parse_measurements_object(entry.get("Measurements", entry), where))
     return sets
+
+
+def parse_measurements_object(
+    measurements: Any, where: str, *, tolerant: bool = False
+) -> PcrSet:
+    """One ``Measurements`` object ({"HashAlgorithm": ..., "PCR0": hex, ...}) as a PCR set.
+
+    Strict (expectations a user wrote): any other key is an error, since a typo must not drop a
+    PCR. ``tolerant`` (nitro-cli's own output, which may grow fields): other keys are skipped.
+    """
+    if not isinstance(measurements, dict):
+        raise PolicyError(f"{where}: 'Measurements' must be a JSON object")
+    pcrs: dict[str, Any] = {}
+    for key, value in measurements.items():
+        if key == "HashAlgorithm":
+            if not (isinstance(value, str) and value.lower().startswith("sha384")):
+                raise PolicyError(f"{where}: HashAlgorithm {value!r} is not Sha384")
+            continue
+        if not isinstance(key, str) or not _PCR_NAME.match(key):
+            if tolerant:
+                continue
+            raise PolicyError(f"{where}: unexpected key {key!r} (expected PCR0..PCR31)")
+        pcrs[key] = value
+    return normalize_pcr_set(pcrs, where)
 
 
 def load_expected_measurements(path: str | Path) -> list[PcrSet]:

@@ -34,10 +34,10 @@ from nitro_attest.channel.seal import (
     seal,
 )
 from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
+from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 NONCE_BYTES = 32
-MAX_DOCUMENT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
