@@ -31,7 +31,6 @@ PCR_LENGTHS = frozenset((32, 48, 64))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-
 class DocumentKind(StrEnum):
     """What produced a document: a Nitro Enclave (``pcrs``) or EC2's NitroTPM (``nitrotpm_pcrs``).
 

@@ -124,7 +124,10 @@ def render_text(report: Report, *, title: str | None = None) -> str:
 def unauthenticated_claims(doc: AttestationDocument) -> str:
     """One line of what a document that failed its signature or chain says about itself."""
     timestamp = doc.timestamp.isoformat().replace("+00:00", "Z")
+    module_id = repr(doc.module_id)
+    if len(module_id) > 120:  # the payload may hold kilobytes of it
+        module_id = module_id[:117] + "..."
     return escape_untrusted(
         f"⚠ UNAUTHENTICATED claims (signature or chain failed, nothing here is verified): "
-        f"{doc.kind.value} document, module_id {doc.module_id!r}, timestamp {timestamp}"
+        f"{doc.kind.value} document, module_id {module_id}, timestamp {timestamp}"
     )
