@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nitro_attest import Verifier
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
 from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
-ENTRY = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()"]
+ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 MEAS = {0: b"\x30" * 48, 1: b"\x31" * 48, 2: b"\x32" * 48}
 MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
 CLIENTS = 16

@@ -124,7 +124,7 @@ def test_fresh_document_is_affirming(client: TestClient, sims: dict[str, Simulat
     assert evidence["error"] is None
     checks = {c["name"]: c["ok"] for c in evidence["checks"]}
     for name in ("format", "cose_signature", "certificate_chain", "debug_mode", "pcrs", "nonce",
-                 "kind"):  # fmt: skip
+                 "document_kind"):  # fmt: skip
         assert checks[name] is True, name
 
 
@@ -143,7 +143,7 @@ CASES: dict[str, tuple[str | None, str, Callable[[dict[str, SimulatedNsm], bytes
     ),
     "foreign root": (None, "certificate_chain", lambda s, n: s["foreign"].attestation(nonce=n)),
     "debug document": (None, "debug_mode", lambda s, n: s["debug"].attestation(nonce=n)),
-    "wrong kind": ("tpm", "kind", lambda s, n: s["good"].attestation(nonce=n)),
+    "wrong kind": ("tpm", "document_kind", lambda s, n: s["good"].attestation(nonce=n)),
     "garbage": (None, "format", lambda s, n: b"\xa1\x01\x02 not a document"),
 }
 

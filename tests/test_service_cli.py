@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nitro_attest.enclave import nsm_handlers
+from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import running_server
 
 from .servicekit import ENTRY, build_enclave_json, make_sim, service, write_policies

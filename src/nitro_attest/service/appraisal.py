@@ -2,9 +2,11 @@
 and the annotated evidence out. Synchronous and CPU-bound: the app runs it off the event loop.
 
 The status is ``affirming`` only when every required check passed: format, COSE signature,
-certificate chain, debug mode, PCRs (one allowed release), nonce (the session's), the document
-kind, and freshness when the policy sets max_age. A debug document that the policy allows is a
-``warning``. Anything else is ``contraindicated``, naming the first failed check.
+certificate chain, document kind, debug mode, PCRs (one allowed release), nonce (the session's),
+and freshness when the policy sets max_age. A debug document the policy allows is a ``warning``.
+Anything else is ``contraindicated``, naming the first failed check. The checks are the
+verifier's report as ``verify --json`` gives them (a check not run after a failed signature or
+chain is ``ok: null``); an unauthenticated payload is never repeated in the signed result.
 docs/service.md gives the trustworthiness-vector mapping.
 """
 
@@ -14,10 +16,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from nitro_attest import Report, Verifier
+from nitro_attest import Verifier
 from nitro_attest.service.policies import NamedPolicy
 
-REQUIRED = ("format", "cose_signature", "certificate_chain", "debug_mode", "pcrs", "nonce", "kind")
+REQUIRED = (
+    "format", "cose_signature", "certificate_chain", "document_kind", "debug_mode", "pcrs", "nonce",
+)  # fmt: skip
 
 # AR4SI values (draft-ietf-rats-ar4si) as Veraison's EAR library names them.
 UNEXPECTED_EVIDENCE = 1
@@ -48,8 +52,7 @@ def appraise(
 ) -> Appraisal:
     report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
     data = report.to_json()
-    checks: list[dict[str, Any]] = list(data["checks"])
-    checks.append(_kind_check(report, policy))
+    checks: list[dict[str, Any]] = data["checks"]
     required = (*REQUIRED, "freshness") if policy.max_age is not None else REQUIRED
     outcome = {c["name"]: c["ok"] for c in checks}
     failed = next((c["name"] for c in checks if c["ok"] is False), None)
@@ -80,16 +83,6 @@ def appraise(
     return Appraisal(status, trust_vector(outcome, debug, policy), annotated, failed)
 
 
-def _kind_check(report: Report, policy: NamedPolicy) -> dict[str, Any]:
-    if report.document is None:
-        return {"name": "kind", "ok": None, "detail": "not run: document unreadable"}
-    kind = report.document.kind
-    if kind == policy.kind:
-        return {"name": "kind", "ok": True, "detail": f"{kind} document, as the policy expects"}
-    return {"name": "kind", "ok": False,
-            "detail": f"{kind} document, the policy expects {policy.kind}"}  # fmt: skip
-
-
 def trust_vector(
     outcome: dict[str, bool | None], debug: bool, policy: NamedPolicy
 ) -> dict[str, int]:
@@ -113,6 +106,6 @@ def trust_vector(
         vector["executables"] = APPROVED_RUNTIME
     elif outcome.get("pcrs") is False or debug:
         vector["executables"] = UNRECOGNIZED_RUNTIME
-    if outcome.get("kind") is True and policy.kind == "enclave" and not debug:
+    if outcome.get("document_kind") is True and policy.kind == "enclave" and not debug:
         vector["runtime-opaque"] = ISOLATED_MEMORY
     return vector

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest import Policy, PolicyError
-from nitro_attest.policy import PcrSet, parse_expected_measurements
+from nitro_attest.attestation.policy import PcrSet, document_kind, parse_expected_measurements
 
 MAX_POLICIES_FILE = 1024 * 1024
 KINDS = ("enclave", "nitrotpm")
@@ -33,7 +33,7 @@ class NamedPolicy:
     def with_nonce(self, nonce: bytes) -> Policy:
         """The verifier's Policy for one session: this policy plus the session nonce."""
         return Policy(self.pcr_sets, nonce=nonce, max_age=self.max_age,
-                      allow_debug=self.allow_debug)  # fmt: skip
+                      allow_debug=self.allow_debug, kind=document_kind(self.kind))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
