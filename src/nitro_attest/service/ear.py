@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from nitro_attest import __version__
+from nitro_attest.errors import ConfigurationError
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 EAR_MEDIA_TYPE = 'application/eat+jwt; eat_profile="tag:github.com,2023:veraison/ear"'
@@ -27,7 +28,7 @@ _ALGS = {"secp256r1": "ES256", "secp384r1": "ES384"}
 MAX_KEY_FILE = 64 * 1024
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(ConfigurationError):
     """The signing key file is unreadable, not an EC private key, or on an unsupported curve."""
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import jwt
 from jwt.algorithms import ECAlgorithm
 
+from nitro_attest.errors import TransportError
 from nitro_attest.service.ear import EAR_PROFILE
 
 MAX_RESPONSE = 1024 * 1024
@@ -29,7 +30,7 @@ WELL_KNOWN = "/.well-known/veraison/verification"
 _RANK = {"affirming": 0, "none": 1, "warning": 2, "contraindicated": 3}
 
 
-class ServiceClientError(Exception):
+class ServiceClientError(TransportError):
     """The service could not be reached, answered with an error, or sent something unusable."""
 
 

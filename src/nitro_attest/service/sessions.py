@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from nitro_attest.errors import TransportError
+
 State = Literal["waiting", "processing", "complete", "failed"]
 ClaimOutcome = Literal["claimed", "missing", "taken"]
 
 
-class StoreError(Exception):
+class StoreError(TransportError):
     """The session store did not answer (network, timeout, server error)."""
 
 
