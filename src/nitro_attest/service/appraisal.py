@@ -51,34 +51,37 @@ def appraise(
     verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes
 ) -> Appraisal:
     report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
-    data = report.to_json()
-    checks: list[dict[str, Any]] = data["checks"]
+    checks = [c.to_json() for c in report.checks]
     required = (*REQUIRED, "freshness") if policy.max_age is not None else REQUIRED
     outcome = {c["name"]: c["ok"] for c in checks}
     failed = next((c["name"] for c in checks if c["ok"] is False), None)
     if failed is None:
         failed = next((name for name in required if outcome.get(name) is not True), None)
-    debug = report.document is not None and report.document.is_debug
+    doc = report.document  # None unless the signature and the chain verified
+    debug = doc is not None and doc.is_debug
     if failed is not None:
         status = "contraindicated"
     elif debug:
         status = "warning"
     else:
         status = "affirming"
-    error = data["error"]
-    if error is None and failed is not None:
+    if report.error is not None:
+        error: dict[str, str] | None = {"check": report.error.check,
+                                        "message": report.error.message}  # fmt: skip
+    elif failed is not None:
         detail = next((c["detail"] for c in checks if c["name"] == failed), "not checked")
         error = {"check": failed, "message": detail}
-    doc = data["document"]
+    else:
+        error = None
     annotated: dict[str, Any] = {
-        "module_id": doc["module_id"] if doc else None,
-        "kind": doc["kind"] if doc else None,
-        "timestamp": doc["timestamp_utc"] if doc else None,
-        "pcrs": (doc.get("pcrs") or doc.get("nitrotpm_pcrs")) if doc else None,
+        "module_id": doc.module_id if doc else None,
+        "kind": doc.kind.value if doc else None,
+        "timestamp": doc.timestamp.isoformat().replace("+00:00", "Z") if doc else None,
+        "pcrs": {str(i): v.hex() for i, v in doc.pcrs.items()} if doc else None,
         "document_sha256": hashlib.sha256(document).hexdigest(),
         "checks": checks,
         "error": error,
-        "verified_at": data["verified_at"],
+        "verified_at": report.at.isoformat() if report.at else None,
     }
     return Appraisal(status, trust_vector(outcome, debug, policy), annotated, failed)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -54,7 +54,11 @@ class Session:
         return body
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # By hand rather than dataclasses.asdict, which deep-copies the evidence and the EAR.
+        fields = {"id": self.id, "nonce": self.nonce, "expires_at": self.expires_at,
+                  "policy": self.policy, "accept": self.accept, "state": self.state,
+                  "evidence": self.evidence, "result": self.result}  # fmt: skip
+        return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
     def loads(cls, text: str | bytes) -> Session:
