@@ -122,6 +122,7 @@ class ServiceConfig:
     root_pem: bytes | None = None
     session_ttl: float = 300.0
     nonce_reuse_window: float = 86400.0
+    body_timeout: float = 10.0
     handle_sighup: bool = False
 
 
@@ -312,7 +313,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         f"{API}/session/{{session_id}}",
         response_model=SessionBody,
         response_class=SessionResponse,
-        responses=_problems(400, 404, 409, 413, 415, 503),
+        responses=_problems(400, 404, 408, 409, 413, 415, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -326,7 +327,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != EVIDENCE_MEDIA_TYPE:
             return problem(415, "Unsupported Media Type", f"evidence must be {EVIDENCE_MEDIA_TYPE}")
-        body = await _read_capped(request)
+        try:
+            async with asyncio.timeout(config.body_timeout):
+                body = await _read_capped(request)
+        except TimeoutError:  # a trickled upload must not hold a connection slot for ever
+            return problem(408, "Request Timeout",
+                           f"evidence not received within {config.body_timeout:g} s")  # fmt: skip
         if body is None:
             return problem(413, "Content Too Large", f"evidence over {MAX_EVIDENCE} bytes")
         if not body:
