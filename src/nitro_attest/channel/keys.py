@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from nitro_attest.errors import ChannelKeyError
+from nitro_attest.protocol import CHANNEL_KEY_PREFIX
 
-MAGIC = b"NAHPKE1"
+MAGIC = CHANNEL_KEY_PREFIX + b"1"
 MAX_FIELD_BYTES = 1024  # the NSM's limit on public_key
 X25519_KEY_BYTES = 32
 MLKEM768_KEY_BYTES = 1184

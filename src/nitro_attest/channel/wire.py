@@ -27,6 +27,7 @@ from nitro_attest.channel.enclave import (
 )
 from nitro_attest.channel.keys import HYBRID_KEY_BYTES, SuiteId
 from nitro_attest.channel.seal import max_sealed_bytes
+from nitro_attest.enclave import check_caller_public_key
 from nitro_attest.errors import ChannelError
 from nitro_attest.protocol import (
     MAX_FRAME_SIZE,
@@ -163,14 +164,19 @@ def _refusal(exc: ChannelError) -> ProtocolError:
 
 
 def channel_handlers(
-    receiver: ChannelReceiver, nsm: Attester, *, key_in_attest: bool = True
+    receiver: ChannelReceiver,
+    nsm: Attester,
+    *,
+    key_in_attest: bool = True,
+    allow_caller_public_key: bool = False,
 ) -> dict[str, RequestHandler]:
     """Server handlers for the channel's request types.
 
     With ``key_in_attest`` the standard ``attest`` handler is replaced too: a request that brings
     no public_key of its own gets a document naming the enclave's default channel key (and its
     nonce is remembered), so every document the enclave hands out carries its channel key. A
-    request with its own public_key (the AWS KMS pattern) is served unchanged.
+    request with its own public_key is refused unless ``allow_caller_public_key`` (and a
+    channel-shaped one always is): see ``enclave.check_caller_public_key``.
     """
 
     def channel_attest(request: Request) -> Response:
@@ -191,6 +197,7 @@ def channel_handlers(
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
+        check_caller_public_key(request.public_key, allow=allow_caller_public_key)
         if request.public_key is not None:
             document = nsm.attestation(
                 user_data=request.user_data, nonce=request.nonce, public_key=request.public_key

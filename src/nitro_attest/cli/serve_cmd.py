@@ -27,6 +27,11 @@ examples:
                        nitro-attest serve --listen unix://.sim/enclave.sock --nsm simulator \\
                            --state .sim
 
+An attest request naming its own public_key is refused (error public_key_refused) unless
+--allow-caller-public-key is given: with it, ANYONE WHO REACHES THE PORT gets any key of their
+choosing attested by this enclave's NSM, so such a document proves nothing about who holds the
+key (docs/threat-model.md). A key in the attested-channel format (NAHPKE...) is refused even then.
+
 One log line per request goes to stderr (sizes and hashes only, never the values).
 SIGTERM or Ctrl-C stops the server cleanly and removes its Unix socket file.
 """
@@ -74,6 +79,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="serve only attest/describe: no attested channel (no HPKE key, no sealed messages)",
     )
+    p.add_argument(
+        "--allow-caller-public-key",
+        action="store_true",
+        help="let attest requests name their own public_key: anyone who reaches the port then "
+        "gets any key attested by this enclave (never a channel-shaped key)",
+    )
     p.set_defaults(func=run)
 
 
@@ -119,14 +130,17 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--max-connections must be at least 1")
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
     _configure_logging()
-    handlers = nsm_handlers(backend)
+    allow_key = bool(args.allow_caller_public_key)
+    handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
         try:
             receiver = ChannelReceiver()
         except ChannelKeyError as exc:
             backend.close()
             raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
-        handlers.update(channel_handlers(receiver, backend))
+        handlers.update(
+            channel_handlers(receiver, backend, allow_caller_public_key=allow_key)
+        )
     try:
         asyncio.run(
             serve(
