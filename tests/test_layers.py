@@ -31,6 +31,7 @@ MODULES = {
     "nitro_attest.protocol": "formats",
     "nitro_attest.channel.keys": "formats",
     "nitro_attest.channel.seal": "formats",
+    "nitro_attest.channel.signing": "formats",
     "nitro_attest.trust": "trust",
     "nitro_attest.policy": "trust",
     "nitro_attest.report": "verifier",

@@ -109,6 +109,15 @@ class KeyPair:
         return f"KeyPair({self.suite.label})"
 
 
+def hybrid_unavailable() -> str | None:
+    """Why the ML-KEM-768 hybrid suite cannot be used with this OpenSSL, or None when it can."""
+    try:
+        mlkem.MLKEM768PrivateKey.generate()
+    except UnsupportedAlgorithm as exc:
+        return f"ML-KEM-768 is not available in this OpenSSL ({exc})"
+    return None
+
+
 def advertised_for(suite: SuiteId, public_bytes: bytes) -> AdvertisedKey:
     if suite is SuiteId.X25519:
         return AdvertisedKey(suite, public_bytes)
