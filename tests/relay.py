@@ -18,8 +18,8 @@ from typing import Any
 
 import cbor2
 
-from nitro_attest import protocol
-from nitro_attest.transport import connect, parse_address
+from nitro_attest.wire import protocol
+from nitro_attest.wire.transport import connect, parse_address
 
 Frame = dict[str, Any]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ENTRY = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()"]
+ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 
 
 @dataclass
@@ -27,6 +28,15 @@ class ServeProcess:
         return self.log.read_text(errors="replace")
 
 
+def _accepts(sock: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 @contextmanager
 def serve_process(state: Path, sock: Path, *flags: str) -> Iterator[ServeProcess]:
     """Start `serve` with ``flags``; yield once its socket exists; stop it with SIGTERM."""
@@ -39,9 +49,9 @@ def serve_process(state: Path, sock: Path, *flags: str) -> Iterator[ServeProcess
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sock.exists(), f"serve did not start: {log.read_text(errors='replace')}"
+        while not _accepts(sock) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # the socket file appears at bind(), before listen(): try a connect
+        assert _accepts(sock), f"serve did not start: {log.read_text(errors='replace')}"
         yield ServeProcess(sock, proc, log)
     finally:
         proc.terminate()

@@ -16,13 +16,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from nitro_attest import client
-from nitro_attest.channel.enclave import ChannelReceiver
-from nitro_attest.channel.wire import channel_handlers
-from nitro_attest.cli import main
-from nitro_attest.enclave import nsm_handlers
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.verifier import Verifier
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.channel.protocol import channel_handlers
+from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+from nitro_attest.wire import client
+from nitro_attest.wire.server import nsm_handlers
 from tests.channel_helpers import FakeNsm as SigningNsm
 from tests.serve_process import ServeProcess, serve_process
 from tests.serverkit import FakeNsm, running_server

@@ -14,16 +14,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from nitro_attest.channel.client import deliver_secret, seal_for_document
-from nitro_attest.channel.enclave import (
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.channel.keys import SuiteId
+from nitro_attest.channel.receiver import (
     ChannelReceiver,
     Delivery,
     InMemorySecretStore,
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.keys import SuiteId
 from nitro_attest.channel.replay import NonceLedger
+from nitro_attest.channel.sender import deliver_secret, seal_for_document
 from nitro_attest.channel.signing import (
     SenderPrivateKey,
     key_id,
@@ -32,7 +33,6 @@ from nitro_attest.channel.signing import (
     verify,
 )
 from nitro_attest.errors import ChannelError
-from nitro_attest.verifier import Verifier
 
 from .channel_helpers import EXPECTED, FakeNsm, LocalExchange
 

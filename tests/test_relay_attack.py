@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nitro_attest._cli import main
 from nitro_attest.channel.keys import KeyPair, SuiteId
 from nitro_attest.channel.seal import (
     OpenError,
@@ -24,10 +25,9 @@ from nitro_attest.channel.seal import (
     open_sealed,
     split_plaintext,
 )
-from nitro_attest.cli import main
 from nitro_attest.nsm import open_backend
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.protocol import AttestationResponse, AttestRequest, Request, Response
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+from nitro_attest.wire.protocol import AttestationResponse, AttestRequest, Request, Response
 from tests.relay import Frame, Relay, Upstream, relaying
 from tests.serve_process import ServeProcess, serve_process
 from tests.serverkit import running_server

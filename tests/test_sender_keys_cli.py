@@ -17,14 +17,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, rsa
 
-from nitro_attest.channel import client as channel_client
+from nitro_attest._cli import main
+from nitro_attest.attestation.document import parse_document
+from nitro_attest.attestation.policy import Policy
+from nitro_attest.attestation.verifier import VerifiedDocument
+from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SuiteId, parse_public_key_field, resolve_public_key
 from nitro_attest.channel.seal import channel_info, document_digest, seal
-from nitro_attest.cli import main
-from nitro_attest.document import parse_document
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.policy import Policy
-from nitro_attest.verifier import VerifiedDocument
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from tests import chainfactory as cf
 from tests.relay import Frame, Relay, Upstream, relaying
 from tests.serve_process import ServeProcess, serve_process

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from nitro_attest.errors import ChannelKeyError
-from nitro_attest.protocol import CHANNEL_KEY_PREFIX
+from nitro_attest.limits import NSM_FIELD_BYTES
+from nitro_attest.wire.protocol import CHANNEL_KEY_PREFIX
 
 MAGIC = CHANNEL_KEY_PREFIX + b"1"
-MAX_FIELD_BYTES = 1024  # the NSM's limit on public_key
 X25519_KEY_BYTES = 32
 MLKEM768_KEY_BYTES = 1184
 HYBRID_KEY_BYTES = MLKEM768_KEY_BYTES + X25519_KEY_BYTES
@@ -134,8 +134,8 @@ def parse_public_key_field(field: Any) -> AdvertisedKey:
         raise ChannelKeyError(f"public_key must be bytes, got {type(field).__name__}")
     if not field:
         raise ChannelKeyError("public_key is empty")
-    if len(field) > MAX_FIELD_BYTES:
-        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {MAX_FIELD_BYTES}")
+    if len(field) > NSM_FIELD_BYTES:
+        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {NSM_FIELD_BYTES}")
     if not field.startswith(MAGIC) or len(field) == len(MAGIC):
         raise ChannelKeyError(
             f"public_key does not start with {MAGIC.decode()} + suite id "

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from nitro_attest.channel.keys import SuiteId
+from nitro_attest.errors import ConfigurationError
 
 SIGNATURE_LABEL = b"nitro-attest sender v1\x00"
 KEY_ID_BYTES = 32
@@ -32,7 +33,7 @@ SenderPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 SenderPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
-class SenderKeyError(ValueError):
+class SenderKeyError(ConfigurationError):
     """A sender key file that is not an Ed25519 or P-256 key in PEM."""
 
 

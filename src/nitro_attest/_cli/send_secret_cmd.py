@@ -1,0 +1,129 @@
+"""`nitro-attest send-secret`: deliver a file's bytes to an enclave only if it attests correctly."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, cast
+
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
+from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.channel import sender as channel_client
+from nitro_attest.channel.keys import SUITE_LABELS
+from nitro_attest.channel.seal import MAX_SECRET_BYTES
+from nitro_attest.channel.signing import MAX_KEY_FILE_BYTES, SenderKeyError, load_private_key
+from nitro_attest.errors import ChannelError, PolicyError, TrustRootError, VerificationError
+
+EPILOG = f"""\
+The enclave answers with a fresh attestation document whose public_key names its HPKE key
+(made at its start, kept in memory). The secret is sealed to that key only after the document
+verifies: chain to the root, every PCR expectation, the nonce, the debug rule. Nothing is sent
+when any check fails. At most {MAX_SECRET_BYTES} bytes.
+
+exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or it refused
+the sealed message, or acknowledged the wrong digest); 2 usage or I/O error.
+
+examples:
+  nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
+      --expected client/expected-measurements.json
+  nitro-attest send-secret --connect tcp://127.0.0.1:5005 --file token.txt \\
+      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite x25519
+"""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "send-secret",
+        help="deliver a secret to an enclave whose attestation verifies (HPKE)",
+        description="Seal a file's bytes with HPKE (RFC 9180) to the key an enclave attests in "
+        "its document, and send it. The enclave acknowledges with an HMAC of the secret under a "
+        "key sealed with it, so whoever relays the answer learns nothing about the secret.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--connect", metavar="ADDR", required=True,
+        help="the enclave server: vsock://CID:PORT, tcp://HOST:PORT or unix://PATH",
+    )
+    p.add_argument("--file", metavar="F", required=True, help="the secret ('-' for stdin)")
+    add_trust_flags(p)
+    add_pcr_flags(p)
+    p.add_argument(
+        "--suite", choices=SUITE_LABELS, default="mlkem768-x25519",
+        help="HPKE suite: mlkem768-x25519 (default: post-quantum hybrid ML-KEM-768 + X25519) or "
+        "x25519 (DHKEM X25519 alone, only when asked); both HKDF-SHA256 and ChaCha20-Poly1305. "
+        "Where this OpenSSL lacks ML-KEM the default refuses, saying so, rather than fall back",
+    )
+    p.add_argument(
+        "--sign-with", metavar="KEY",
+        help="sign the message with this Ed25519 or P-256 private key (unencrypted PEM), for an "
+        "enclave that pins its public key (serve --sender-key)",
+    )
+    p.add_argument(
+        "--unsafe-any-enclave", action="store_true",
+        help="send without any PCR expectation: to ANY enclave the root vouches for",
+    )
+    p.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=10.0,
+        help="give up on the enclave after this long (default 10)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sets = pcr_sets(args)
+    if not sets and not args.unsafe_any_enclave:
+        raise CliError(
+            "no PCR expectation: give --expected FILE or --pcr N=HEX (or --unsafe-any-enclave "
+            "to send to any enclave the root vouches for)"
+        )
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be > 0, got {args.timeout}")
+    secret = read_bytes(args.file, limit=MAX_SECRET_BYTES, what="secret")
+    if not secret:
+        raise CliError(f"{args.file}: empty secret")
+    root = load_root(args.root)
+    signing_key = None
+    if args.sign_with:
+        raw = read_bytes(args.sign_with, limit=MAX_KEY_FILE_BYTES, what="signing key")
+        try:
+            signing_key = load_private_key(raw)
+        except SenderKeyError as exc:
+            raise CliError(f"--sign-with {args.sign_with}: {exc}") from None
+    try:
+        receipt = channel_client.send_secret(
+            args.connect,
+            secret,
+            root_pem=root,
+            expected_pcrs=cast("list[PcrSpec]", sets) or None,  # PcrSet is a PcrSpec
+            allow_debug=args.allow_debug,
+            suite=args.suite,
+            timeout=args.timeout,
+            unsafe_any_enclave=args.unsafe_any_enclave,
+            signing_key=signing_key,
+        )
+    except (TrustRootError, PolicyError) as exc:
+        raise CliError(str(exc)) from None
+    except VerificationError as exc:
+        print(f"REFUSED (nothing sent): {exc.check}: {exc.message}")
+        return EXIT_REJECTED
+    except ChannelError as exc:
+        if exc.reason == "transport":
+            raise CliError(f"{args.connect}: {exc.message}") from None
+        print(f"REFUSED: {exc.message}")
+        return EXIT_REJECTED
+    print(delivered_line(receipt))  # the delivery happened: nothing after it may fail it
+    return EXIT_OK
+
+
+def delivered_line(receipt: channel_client.Receipt) -> str:
+    """The success line; reads only what every document kind has (a NitroTPM one has no PCR0)."""
+    doc = receipt.verified.document
+    pcr0 = doc.pcrs.get(0)
+    measured = f"PCR0 {pcr0.hex()[:16]}..." if pcr0 is not None else f"{len(doc.pcrs)} PCRs"
+    signed = f"signed by {receipt.signer.hex()[:16]}" if receipt.signer else "unsigned"
+    return (
+        f"DELIVERED {receipt.size} bytes to {doc.kind} {doc.module_id} "
+        f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}; "
+        f"secret sha256 {receipt.sha256.hex()}"
+    )

@@ -1,0 +1,335 @@
+"""Enclave side of the attested channel: key pairs, channel documents, sealed-message receipt.
+
+Transport-agnostic: ``ChannelReceiver`` works on plain values and the two ``handle_*`` functions
+take and return the decoded request/response fields, so the enclave server only has to route
+its request types here.
+
+Flow: the client asks for a channel document with a fresh nonce and a suite; the enclave has the
+NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
+returns the document (plus the full key for the hybrid suite). The client verifies, seals and sends
+{nonce, sealed}; the enclave opens it against what it issued for that nonce, accepts it at most
+once (only if signed by a pinned sender key, when the server pins any), hands the plaintext to the
+handler and answers with a keyed acknowledgement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
+from nitro_attest.channel.replay import Issued, NonceLedger
+from nitro_attest.channel.seal import (
+    OpenError,
+    acknowledgement,
+    channel_info,
+    document_digest,
+    max_sealed_bytes,
+    open_sealed,
+    split_plaintext,
+)
+from nitro_attest.channel.signing import (
+    KEY_ID_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SenderPublicKey,
+    key_id,
+    signed_bytes,
+    verify,
+)
+from nitro_attest.errors import ChannelError, ChannelFailure
+
+log = logging.getLogger("nitro_attest.channel")
+
+REQUEST_CHANNEL_ATTEST = "channel_attest"
+REQUEST_SEALED_MESSAGE = "sealed_message"
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 512
+MAX_USER_DATA_BYTES = 512
+
+
+class Attester(Protocol):
+    """The part of an NSM backend the channel needs."""
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the plaintext handler learns besides the plaintext.
+
+    ``authenticated`` is true only when the server pins sender keys and the message carried a
+    valid signature by one of them; ``sender`` is then that key's id (SHA-256 of its
+    SubjectPublicKeyInfo, hex). Otherwise the secret may come from anyone who reaches the port,
+    the parent instance included (docs/threat-model.md).
+    """
+
+    suite: SuiteId
+    nonce: bytes
+    sha256: bytes
+    sender: str | None = None
+    authenticated: bool = False
+
+
+SecretHandler = Callable[[bytes, Delivery], None]
+
+DEFAULT_SECRETS_PER_SENDER = 16
+DEFAULT_BYTES_PER_SENDER = 256 * 1024
+
+
+class InMemorySecretStore:
+    """Default handler: keep delivered secrets in memory, with a quota per sender.
+
+    Each sender (a pinned key id; all unauthenticated deliveries share one quota) may store at most
+    ``per_sender`` secrets and ``bytes_per_sender`` bytes. A delivery over quota is refused with a
+    ``ChannelError`` that the sender is told about; nothing stored is ever evicted, so junk from
+    one sender cannot push out another's secret.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_sender: int = DEFAULT_SECRETS_PER_SENDER,
+        bytes_per_sender: int = DEFAULT_BYTES_PER_SENDER,
+    ) -> None:
+        if per_sender < 1 or bytes_per_sender < 1:
+            raise ValueError("a secret store needs room for at least one secret per sender")
+        self._per_sender = per_sender
+        self._bytes = bytes_per_sender
+        self._items: list[tuple[Delivery, bytes]] = []
+        self._used: dict[str | None, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, plaintext: bytes, delivery: Delivery) -> None:
+        with self._lock:
+            count, size = self._used.get(delivery.sender, (0, 0))
+            if count + 1 > self._per_sender or size + len(plaintext) > self._bytes:
+                who = delivery.sender[:16] if delivery.sender else "unauthenticated senders"
+                raise ChannelError(
+                    f"the enclave's secret store is full for {who} ({count} secret(s), "
+                    f"{size} bytes; limit {self._per_sender} and {self._bytes} bytes): "
+                    "not stored",
+                    reason=ChannelFailure.STORE_FULL,
+                )
+            self._used[delivery.sender] = (count + 1, size + len(plaintext))
+            self._items.append((delivery, plaintext))
+
+    @property
+    def secrets(self) -> list[bytes]:
+        with self._lock:
+            return [p for _, p in self._items]
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return [d for d, _ in self._items]
+
+    def __repr__(self) -> str:  # never show the secrets
+        return f"InMemorySecretStore({len(self._items)} secret(s))"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOffer:
+    document: bytes
+    public_key: bytes  # the suite's full public key, needed by the client for the hybrid suite
+
+
+class ChannelReceiver:
+    """Holds one key pair per offered suite for the life of the server; memory only."""
+
+    def __init__(
+        self,
+        *,
+        suites: Iterable[SuiteId] = ALL_SUITES,
+        handler: SecretHandler | None = None,
+        ledger: NonceLedger | None = None,
+        senders: Iterable[SenderPublicKey] = (),
+    ) -> None:
+        self._keys = {s: KeyPair.generate(s) for s in suites}
+        if not self._keys:
+            raise ValueError("a channel needs at least one suite")
+        # Pinned sender keys, by key id. Empty: every delivery is from an unauthenticated sender.
+        self._senders = {key_id(k): k for k in senders}
+        self.handler: SecretHandler = handler if handler is not None else InMemorySecretStore()
+        self._ledger = ledger if ledger is not None else NonceLedger()
+
+    @property
+    def pins_senders(self) -> bool:
+        return bool(self._senders)
+
+    @property
+    def suites(self) -> tuple[SuiteId, ...]:
+        return tuple(self._keys)
+
+    def keys(self, suite: SuiteId) -> KeyPair:
+        try:
+            return self._keys[suite]
+        except KeyError:
+            offered = ", ".join(s.label for s in self._keys)
+            raise ChannelError(
+                f"suite {suite.label} is not offered by this enclave (offers: {offered})",
+                reason="suite",
+            ) from None
+
+    def public_key_field(self, suite: SuiteId) -> bytes:
+        """The bytes to put in an attestation document's public_key for ``suite``."""
+        return self.keys(suite).advertised.field
+
+    def attest(
+        self, nsm: Attester, *, nonce: bytes, suite: SuiteId, user_data: bytes | None = None
+    ) -> ChannelOffer:
+        keys = self.keys(suite)
+        _check_nonce(nonce)
+        document = nsm.attestation(
+            user_data=user_data, nonce=nonce, public_key=keys.advertised.field
+        )
+        self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
+        log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
+        return ChannelOffer(document, keys.public_bytes)
+
+    def attest_default(
+        self, nsm: Attester, *, nonce: bytes | None, user_data: bytes | None = None
+    ) -> bytes:
+        """A standard attestation naming the default suite's key (the first offered).
+
+        The nonce is remembered when it could carry a channel message (16..512 bytes, not seen
+        before); otherwise the document is still returned, but no sealed message will open for it.
+        """
+        keys = self._keys[self.suites[0]]
+        document = nsm.attestation(
+            user_data=user_data, nonce=nonce, public_key=keys.advertised.field
+        )
+        if nonce is not None and MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            try:
+                self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
+            except ChannelError:
+                log.info("attest: nonce %s... already known; no channel for it", nonce[:4].hex())
+        return document
+
+    def receive(
+        self,
+        nonce: bytes,
+        sealed: bytes,
+        *,
+        signer: bytes | None = None,
+        signature: bytes | None = None,
+    ) -> bytes:
+        """Check the sender, open, accept once, hand over; return the keyed acknowledgement.
+
+        Raises ChannelError; a refused message never consumes its nonce.
+        """
+        issued = self._ledger.pending(nonce)
+        keys = self.keys(issued.advertised.suite)
+        if len(sealed) > max_sealed_bytes(keys.suite):
+            raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
+        sender = self._check_sender(
+            keys.suite, nonce, issued.document_sha384, sealed, signer, signature
+        )
+        try:
+            info = channel_info(issued.advertised, nonce, issued.document_sha384)
+            ack_key, plaintext = split_plaintext(open_sealed(keys, sealed, info))
+        except OpenError as exc:
+            log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), exc)
+            raise ChannelError(str(exc), reason="open") from None
+        self._ledger.consume(nonce)  # raises if another delivery won the race
+        digest = hashlib.sha256(plaintext).digest()
+        delivery = Delivery(
+            keys.suite, nonce, digest, sender=sender, authenticated=sender is not None
+        )
+        try:
+            self.handler(plaintext, delivery)
+        except ChannelError as exc:
+            log.warning(
+                "sealed message refused by the handler: nonce=%s...: %s", nonce[:4].hex(), exc
+            )
+            raise
+        log.info(
+            "sealed message accepted: suite=%s nonce=%s... %d bytes sender=%s",
+            keys.suite.label,
+            nonce[:4].hex(),
+            len(plaintext),
+            sender[:16] if sender else "unauthenticated",
+        )
+        return acknowledgement(ack_key, plaintext)
+
+    def _check_sender(
+        self,
+        suite: SuiteId,
+        nonce: bytes,
+        document_sha384: bytes,
+        sealed: bytes,
+        signer: bytes | None,
+        signature: bytes | None,
+    ) -> str | None:
+        """The pinned key id that signed this message; None when no keys are pinned."""
+        if not self._senders:
+            return None  # a signature, if any, proves nothing without a pinned key to check
+        if signer is None or signature is None:
+            reason = "unsigned, and this enclave accepts only messages signed by a pinned sender"
+        elif (key := self._senders.get(signer)) is None:
+            reason = "signed by a key this enclave does not pin"
+        elif not verify(
+            key, signature, signed_bytes(suite, nonce, document_sha384, signer, sealed)
+        ):
+            reason = "the sender signature does not verify for this message"
+        else:
+            return signer.hex()
+        log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), reason)
+        raise ChannelError(f"sealed message refused: {reason}", reason=ChannelFailure.SENDER)
+
+
+def handle_channel_attest(
+    receiver: ChannelReceiver, nsm: Attester, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Request ``channel_attest`` {nonce, suite, user_data?} -> {document, public_key}."""
+    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
+    label = fields.get("suite")
+    if not isinstance(label, str):
+        raise ChannelError("suite must be a text string", reason="request")
+    try:
+        suite = SuiteId.from_label(label)
+    except ValueError as exc:
+        raise ChannelError(str(exc), reason="suite") from None
+    user_data = fields.get("user_data")
+    if user_data is not None:
+        user_data = _bytes_field(fields, "user_data", 0, MAX_USER_DATA_BYTES)
+    offer = receiver.attest(nsm, nonce=nonce, suite=suite, user_data=user_data)
+    return {"document": offer.document, "public_key": offer.public_key}
+
+
+def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Request ``sealed_message`` {nonce, sealed, signer?, signature?} -> {ack}."""
+    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
+    sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
+    signer = signature = None
+    if fields.get("signer") is not None or fields.get("signature") is not None:
+        signer = _bytes_field(fields, "signer", KEY_ID_BYTES, KEY_ID_BYTES)
+        signature = _bytes_field(fields, "signature", 1, MAX_SIGNATURE_BYTES)
+    return {"ack": receiver.receive(nonce, sealed, signer=signer, signature=signature)}
+
+
+def _check_nonce(nonce: Any) -> None:
+    if not isinstance(nonce, bytes) or not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+        raise ChannelError(
+            f"a channel nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes", reason="request"
+        )
+
+
+def _bytes_field(fields: Mapping[str, Any], name: str, low: int, high: int) -> bytes:
+    value = fields.get(name)
+    if not isinstance(value, bytes):
+        raise ChannelError(f"{name} must be a byte string", reason="request")
+    if not low <= len(value) <= high:
+        raise ChannelError(
+            f"{name} is {len(value)} bytes, expected {low}..{high}", reason="request"
+        )
+    return value
