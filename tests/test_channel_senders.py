@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import SuiteId
+from nitro_attest.channel.protocol import SealedMessageRequest
 from nitro_attest.channel.receiver import (
     ChannelReceiver,
     Delivery,
@@ -33,6 +34,7 @@ from nitro_attest.channel.signing import (
     verify,
 )
 from nitro_attest.errors import ChannelError
+from nitro_attest.wire.protocol import ProtocolError
 
 from .channel_helpers import EXPECTED, FakeNsm, LocalExchange
 
@@ -218,3 +220,42 @@ def test_store_full_is_told_to_the_sender() -> None:
         _deliver(ex, verifier)
     assert info.value.reason == "store_full"
     assert store.secrets == [SECRET]
+
+
+@pytest.mark.parametrize("where", ["restarted enclave", "another enclave, same nonce issued"])
+def test_signed_message_replayed_elsewhere_refused(where: str) -> None:
+    """Threat: the parent replays a signed delivery to a restarted enclave, or to another enclave
+    pinning the same sender, after having that enclave issue the client's nonce itself."""
+    ex, verifier, store = _enclave()
+    _deliver(ex, verifier, signing_key=PINNED["ed25519"])
+    attest_fields, sealed_fields = ex.requests[0][1], ex.requests[1][1]
+    other, _, other_store = _enclave()  # same pinned senders, fresh keys and ledger
+    if where == "restarted enclave":
+        with pytest.raises(ChannelError) as info:
+            handle_sealed_message(other.receiver, sealed_fields)
+        assert info.value.reason == "unknown_nonce"
+    else:
+        handle_channel_attest(other.receiver, other.nsm, attest_fields)
+        with pytest.raises(ChannelError) as info:
+            handle_sealed_message(other.receiver, sealed_fields)
+        assert info.value.reason == "sender"
+    assert other_store.secrets == [] and store.secrets == [SECRET]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"signer": bytes(32)}, "go together"),
+        ({"signature": bytes(64)}, "go together"),
+        ({"signer": bytes(31), "signature": bytes(64)}, "must be 32 bytes"),
+        ({"signer": bytes(32), "signature": bytes(81)}, "at most 80"),
+        ({"signer": "text", "signature": bytes(64)}, "byte string"),
+    ],
+)
+def test_sealed_message_signature_fields_checked_on_the_wire(
+    change: dict[str, Any], needle: str
+) -> None:
+    """Untrusted fields are size-capped and typed before anything looks at them."""
+    fields = {"v": 1, "type": "sealed_message", "nonce": b"n" * 32, "sealed": b"s" * 64, **change}
+    with pytest.raises(ProtocolError, match=needle):
+        SealedMessageRequest.from_fields(fields)

@@ -23,11 +23,17 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SuiteId, parse_public_key_field, resolve_public_key
+from nitro_attest.channel.protocol import channel_handlers
+from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore
 from nitro_attest.channel.seal import channel_info, document_digest, seal
+from nitro_attest.channel.sender import send_secret
+from nitro_attest.errors import ChannelError
+from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from tests import chainfactory as cf
 from tests.relay import Frame, Relay, Upstream, relaying
 from tests.serve_process import ServeProcess, serve_process
+from tests.serverkit import running_server
 
 PCRS = {0: bytes([0xF0]) * 48, 1: bytes([0xF1]) * 48, 2: bytes([0xF2]) * 48}
 SECRET = b"tls private key of the enclave's service"
@@ -232,3 +238,20 @@ def test_delivery_to_a_nitrotpm_document_is_reported_delivered(
                "--unsafe-any-enclave"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and out.startswith("DELIVERED 5 bytes to nitrotpm") and "2 PCRs" in out
+
+
+def test_store_full_refusal_reaches_the_sender(state: Path, tmp_path: Path) -> None:
+    """Over the wire: a full store refuses with channel_refused and says why; nothing evicted."""
+    backend = open_backend("simulator", state_dir=state)
+    store = InMemorySecretStore(per_sender=1)
+    handlers = channel_handlers(ChannelReceiver(handler=store), backend)
+    root = (state / "root.pem").read_bytes()
+    try:
+        with running_server(f"unix://{tmp_path}/full.sock", handlers) as (addr, _, _logs):
+            send_secret(str(addr), SECRET, root_pem=root, expected_pcrs={0: PCRS[0]})
+            with pytest.raises(ChannelError, match="secret store is full") as info:
+                send_secret(str(addr), JUNK, root_pem=root, expected_pcrs={0: PCRS[0]})
+    finally:
+        backend.close()
+    assert info.value.reason == "refused"
+    assert store.secrets == [SECRET]
