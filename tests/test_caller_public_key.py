@@ -173,3 +173,7 @@ def test_serve_help_warns_about_the_opt_in(capsys: pytest.CaptureFixture[str]) -
     out = " ".join(capsys.readouterr().out.split()).lower()
     assert "--allow-caller-public-key" in out
     assert "anyone who reaches" in out and "channel" in out
+
+
+def test_serve_opted_in_warns_at_start(opted_in_server: ServeProcess) -> None:
+    assert "anyone who reaches this port gets any public key attested" in opted_in_server.stderr()

@@ -1,7 +1,8 @@
 """End to end over real sockets: enclave server + software NSM + channel, client send_secret.
 
 Both suites, TCP and Unix. Refusals before sending are checked on the server's own request log:
-no ``sealed_message`` request may reach it.
+no ``sealed_message`` request may reach it. Threat model (docs/threat-model.md): a document that
+does not verify (wrong PCRs, root, debug, no key) gets nothing sealed; replays are refused.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs."""
+"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs.
+
+Threat model (docs/threat-model.md): the parent tampers with, downgrades, re-binds and replays
+what it relays (``LocalExchange.tamper``); each attempt fails closed.
+"""
 
 from __future__ import annotations
 

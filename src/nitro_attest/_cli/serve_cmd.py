@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
             channel_handlers(receiver, backend, allow_caller_public_key=allow_key)
         )
         _log_senders(senders)
+    if allow_key:
+        logging.getLogger("nitro_attest.enclave").warning(
+            "--allow-caller-public-key: anyone who reaches this port gets any public key attested"
+        )
     try:
         asyncio.run(
             serve(
