@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _log_senders(senders)
     if allow_key:
-        logging.getLogger("nitro_attest.enclave").warning(
+        logging.getLogger("nitro_attest.wire.server").warning(
             "--allow-caller-public-key: anyone who reaches this port gets any public key attested"
         )
     try:
