@@ -9,7 +9,7 @@ first use, so ``import nitro_attest`` stays light for the verifier.
 
 from typing import TYPE_CHECKING, Any
 
-from nitro_attest.attestation.document import AttestationDocument, parse_document
+from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.report import CheckResult, Report
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier, verify
@@ -20,6 +20,7 @@ from nitro_attest.errors import (
     Check,
     ConfigurationError,
     DebugModeError,
+    DocumentKindError,
     ExpiredError,
     FormatError,
     MalformedDocumentError,
@@ -76,6 +77,8 @@ __all__ = [
     "CheckResult",
     "ConfigurationError",
     "DebugModeError",
+    "DocumentKind",
+    "DocumentKindError",
     "ExpiredError",
     "FormatError",
     "MalformedDocumentError",

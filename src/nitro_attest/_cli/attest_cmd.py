@@ -14,6 +14,7 @@ from nitro_attest._cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     CliError,
+    escape_text,
     parse_hex,
     read_bytes,
 )
@@ -152,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
     report = verifier.evaluate(document, policy=policy)
 
     out_dir = Path(args.out_dir)
+    decoded = report.document or report.claimed  # the tutorial saves the decode, verified or not
     try:
-        if report.document is not None:
-            saved = save_attestation(out_dir, document, document_to_json(report.document))
+        if decoded is not None:
+            saved = save_attestation(out_dir, document, document_to_json(decoded))
         else:  # unreadable: keep the raw bytes for inspection, drop a stale decoded file
             saved = save_attestation(out_dir, document, {"error": "document could not be decoded"})
             (out_dir / DOCUMENT_JSON_FILE).unlink(missing_ok=True)
@@ -169,11 +171,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            f"Requested an attestation document from {address} "
-            f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            escape_text(
+                f"Requested an attestation document from {address} "
+                f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            )
         )
         for path in saved:
-            print(f"Saved {path}")
+            print(escape_text(f"Saved {path}"))
         if not policy.pcr_sets:
             print(
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.channel import sender as channel_client
@@ -101,18 +101,19 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             unsafe_any_enclave=args.unsafe_any_enclave,
             signing_key=signing_key,
+            kind=args.kind,
         )
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
     except VerificationError as exc:
-        print(f"REFUSED (nothing sent): {exc.check}: {exc.message}")
+        print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
         return EXIT_REJECTED
     except ChannelError as exc:
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
-        print(f"REFUSED: {exc.message}")
+        print(escape_text(f"REFUSED: {exc.message}"))
         return EXIT_REJECTED
-    print(delivered_line(receipt))  # the delivery happened: nothing after it may fail it
+    print(escape_text(delivered_line(receipt)))  # delivered: nothing after it may fail it
     return EXIT_OK
 
 
@@ -123,7 +124,7 @@ def delivered_line(receipt: channel_client.Receipt) -> str:
     measured = f"PCR0 {pcr0.hex()[:16]}..." if pcr0 is not None else f"{len(doc.pcrs)} PCRs"
     signed = f"signed by {receipt.signer.hex()[:16]}" if receipt.signer else "unsigned"
     return (
-        f"DELIVERED {receipt.size} bytes to {doc.kind} {doc.module_id} "
+        f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
         f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}; "
         f"secret sha256 {receipt.sha256.hex()}"
     )

@@ -1,4 +1,4 @@
-"""What a verified document must also satisfy: PCRs, nonce, user data, public key, debug, age.
+"""What a verified document must also satisfy: kind, PCRs, nonce, user data, public key, debug, age.
 
 Policies are built and validated up front, so a bad expectation fails before any document is read:
 an empty PCR set, an empty nonce or an unreadable measurements file is a PolicyError, never
@@ -19,9 +19,11 @@ from typing import Any
 from nitro_attest.attestation.document import (
     PCR_LENGTHS,
     AttestationDocument,
+    DocumentKind,
 )
 from nitro_attest.errors import (
     DebugModeError,
+    DocumentKindError,
     NonceMismatchError,
     PcrMismatchError,
     PolicyError,
@@ -43,6 +45,8 @@ _PCR_NAME = re.compile(r"^(?:PCR)?(\d{1,2})$", re.IGNORECASE)
 class Policy:
     """Expectations on a document beyond its signature and chain.
 
+    ``kind``: the one document kind accepted, enclave unless NitroTPM is asked for by name (both
+    are signed under the AWS root, and their PCRs mean different things).
     ``pcr_sets``: the document must match every PCR of at least one set (a release and its
     successor, say). An empty tuple means PCRs are not checked.
     """
@@ -54,8 +58,10 @@ class Policy:
     max_age: float | None = None
     allow_debug: bool = False
     clock_skew: float = DEFAULT_CLOCK_SKEW
+    kind: DocumentKind = DocumentKind.ENCLAVE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", document_kind(self.kind))
         sets = tuple(normalize_pcr_set(s, f"PCR set {i + 1}") for i, s in enumerate(self.pcr_sets))
         object.__setattr__(self, "pcr_sets", sets)
         for name in ("nonce", "user_data", "public_key"):
@@ -85,6 +91,7 @@ class Policy:
         max_age: float | None = None,
         allow_debug: bool = False,
         clock_skew: float = DEFAULT_CLOCK_SKEW,
+        kind: DocumentKind | str = DocumentKind.ENCLAVE,
     ) -> Policy:
         """Build from the keyword arguments ``Verifier.verify`` takes."""
         if expected_pcrs is None:
@@ -97,7 +104,23 @@ class Policy:
             )
             if not sets:
                 raise PolicyError("expected_pcrs is an empty list; give at least one PCR set")
-        return cls(sets, nonce, user_data, public_key, max_age, allow_debug, clock_skew)
+        return cls(
+            sets, nonce, user_data, public_key, max_age, allow_debug, clock_skew,
+            document_kind(kind),
+        )
+
+
+def document_kind(value: object) -> DocumentKind:
+    """The DocumentKind named by ``value`` (the enum or its text); else a PolicyError."""
+    if isinstance(value, DocumentKind):
+        return value
+    if isinstance(value, str):
+        try:
+            return DocumentKind(value.strip().lower())
+        except ValueError:
+            pass
+    names = ", ".join(k.value for k in DocumentKind)
+    raise PolicyError(f"document kind {value!r} is not one of {names}")
 
 
 def normalize_pcr_set(spec: Mapping[Any, Any], what: str) -> PcrSet:
@@ -206,17 +229,31 @@ def load_expected_measurements(path: str | Path) -> list[PcrSet]:
 # --- the checks: each returns a detail for the report, None when not requested, or raises ---
 
 
+def check_kind(doc: AttestationDocument, policy: Policy) -> str:
+    if doc.kind is not policy.kind:
+        raise DocumentKindError(
+            f"{doc.kind.value} document (it carries {doc.pcr_field}), but the policy accepts "
+            f"{policy.kind.value} documents only"
+            + (" (pass --kind nitrotpm to verify a NitroTPM document)"
+               if doc.kind is DocumentKind.NITROTPM else "")
+        )
+    return f"{doc.kind.value} document, as the policy requires"
+
+
 def check_debug(doc: AttestationDocument, policy: Policy) -> str:
-    if doc.kind != "enclave":
-        return "not applicable: NitroTPM documents have no enclave debug mode"
+    if doc.kind is DocumentKind.ENCLAVE:
+        what = "debug-mode enclave (PCR0 all zero or absent)"
+        good = "production enclave (PCR0 is not all zero)"
+        why = "its measurements prove nothing"
+    else:
+        what = "NitroTPM document of an unmeasured boot (PCR0 all zero or absent)"
+        good = "measured boot (NitroTPM PCR0 is not all zero)"
+        why = "its PCRs prove nothing about what booted"
     if not doc.is_debug:
-        return "production enclave (PCR0 is not all zero)"
+        return good
     if policy.allow_debug:
-        return "debug-mode enclave (PCR0 all zero), allowed by --allow-debug"
-    raise DebugModeError(
-        "document comes from a debug-mode enclave (PCR0 all zero): its measurements prove "
-        "nothing; pass --allow-debug only for development"
-    )
+        return f"{what}, allowed by --allow-debug"
+    raise DebugModeError(f"{what}: {why}; pass --allow-debug only for development")
 
 
 def check_pcrs(doc: AttestationDocument, policy: Policy) -> str | None:

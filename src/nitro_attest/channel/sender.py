@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
 from nitro_attest.channel.keys import (
@@ -127,6 +128,7 @@ def deliver_secret(
     at: At = None,
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
 
@@ -158,6 +160,7 @@ def deliver_secret(
         user_data=user_data,
         max_age=max_age,
         allow_debug=allow_debug,
+        kind=kind,
     )
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
@@ -224,6 +227,7 @@ def send_secret(
     max_age: float | None = None,
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
@@ -255,4 +259,5 @@ def send_secret(
             max_age=max_age,
             user_data=user_data,
             signing_key=signing_key,
+            kind=kind,
         )
