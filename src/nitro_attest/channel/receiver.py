@@ -163,10 +163,6 @@ class ChannelReceiver:
         self._ledger = ledger if ledger is not None else NonceLedger()
 
     @property
-    def pins_senders(self) -> bool:
-        return bool(self._senders)
-
-    @property
     def suites(self) -> tuple[SuiteId, ...]:
         return tuple(self._keys)
 
