@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from nitro_attest._cli import main
 from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import running_server
 
@@ -44,13 +45,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (["--workers", "0"], "must be at least 1"),
     ],
 )
-def test_service_usage_errors(files: dict[str, Any], extra: list[str], message: str) -> None:
+def test_service_usage_errors(
+    files: dict[str, Any], extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     extra = [e.format(tmp=files["tmp"]) for e in extra]
-    done = _run("service", "--policies", files["policies"], *extra)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
+    assert main(["service", "--policies", files["policies"], *extra]) == 2  # refused before serving
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
 
 
 def test_service_refuses_a_bad_policies_file(tmp_path: Path) -> None:
