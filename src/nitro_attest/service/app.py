@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import logging
-import re
 import secrets
 import signal
 import time
@@ -22,96 +20,45 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nitro_attest import PolicyError, Verifier, __version__
+from nitro_attest.service.api_shapes import (
+    API,
+    EVIDENCE_MEDIA_TYPE,
+    MAX_EVIDENCE,
+    NONCE_PATTERN,
+    NONCE_SIZES,
+    Discovery,
+    DiscoveryResponse,
+    Health,
+    SessionBody,
+    SessionResponse,
+    b64url,
+    b64url_decode,
+    problem,
+    problems,
+    read_capped,
+)
 from nitro_attest.service.appraisal import appraise
 from nitro_attest.service.ear import EarSigner, ear_claims
+from nitro_attest.service.fastpath import FastPath, Outermost
 from nitro_attest.service.metrics import Metrics
 from nitro_attest.service.policies import PolicySet, load_policies
 from nitro_attest.service.sessions import Session, SessionStore, StoreError
 
 log = logging.getLogger("nitro_attest.service")
 
-EVIDENCE_MEDIA_TYPE = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
-"""The raw COSE_Sign1 attestation document, exactly as the NSM returns it (tagged or not)."""
-SESSION_MEDIA_TYPE = "application/vnd.veraison.challenge-response-session+json"
-DISCOVERY_MEDIA_TYPE = "application/vnd.veraison.discovery+json"
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-API = "/challenge-response/v1"
-MAX_EVIDENCE = 64 * 1024
-NONCE_SIZES = (8, 64)
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
-# base64url without padding of 8..64 bytes: 11..86 characters, never 1 mod 4.
-NONCE_PATTERN = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$"
 T = TypeVar("T")
-_SESSION_PREFIX = f"{API}/session/"
 _NEW_SESSION_PARAMS = {"nonce", "nonceSize", "policy"}
-
-
-class Evidence(BaseModel):
-    type: str
-    value: str = Field(description="the document, standard base64")
-
-
-class SessionBody(BaseModel):
-    nonce: str = Field(description="base64url without padding")
-    expiry: str
-    accept: list[str]
-    state: Literal["waiting", "processing", "complete", "failed"]
-    evidence: Evidence | None = None
-    result: str | None = Field(None, description="the EAR, a compact JWS")
-
-
-class Discovery(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    ear_verification_key: dict[str, Any] = Field(alias="ear-verification-key")
-    media_types: list[str] = Field(alias="media-types")
-    version: str
-    state: Literal["READY"]
-    service_state: Literal["READY"] = Field(alias="service-state")
-    api_endpoints: dict[str, str] = Field(alias="api-endpoints")
-
-
-class Problem(BaseModel):
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-
-
-class Health(BaseModel):
-    status: Literal["ready", "unavailable"]
-
-
-class SessionResponse(JSONResponse):
-    media_type = SESSION_MEDIA_TYPE
-
-
-class DiscoveryResponse(JSONResponse):
-    media_type = DISCOVERY_MEDIA_TYPE
-
-
-def problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
-        status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
-    )
-
-
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {c: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for c in codes}
 
 
 @dataclass
@@ -231,7 +178,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         status_code=201,
         response_model=SessionBody,
         response_class=SessionResponse,
-        responses=_problems(400, 409, 503),
+        responses=problems(400, 409, 503),
         openapi_extra={"parameters": [
             {"name": "nonceSize", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": NONCE_SIZES[0],
@@ -264,7 +211,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if chosen is None:
             return problem(400, "Bad Request", f"no policy named {policy!r}")
         if nonce is not None:
-            raw = _b64url_decode(nonce)
+            raw = b64url_decode(nonce)
             if raw is None or not NONCE_SIZES[0] <= len(raw) <= NONCE_SIZES[1]:
                 return problem(400, "Bad Request",
                                "nonce must be 8..64 bytes, base64url without padding")  # fmt: skip
@@ -275,7 +222,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raw, digest = secrets.token_bytes(nonce_size), None
         session = Session(
             id=str(uuid.uuid4()),
-            nonce=_b64url(raw),
+            nonce=b64url(raw),
             expires_at=time.time() + config.session_ttl,
             policy=chosen.name,
             accept=(EVIDENCE_MEDIA_TYPE,),
@@ -294,7 +241,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         f"{API}/session/{{session_id}}",
         response_model=SessionBody,
         response_class=SessionResponse,
-        responses=_problems(404, 503),
+        responses=problems(404, 503),
     )
     async def get_session(session_id: str) -> Response:
         session = await _find(session_id)
@@ -303,7 +250,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return SessionResponse(session.to_api())
 
     @app.delete(f"{API}/session/{{session_id}}", status_code=204,
-                responses=_problems(404, 503))  # fmt: skip
+                responses=problems(404, 503))  # fmt: skip
     async def delete_session(session_id: str) -> Response:
         if len(session_id) > 64 or not await store_call(state.store.delete(session_id)):
             return problem(404, "Not Found", "no such session (unknown or expired)")
@@ -313,7 +260,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         f"{API}/session/{{session_id}}",
         response_model=SessionBody,
         response_class=SessionResponse,
-        responses=_problems(400, 404, 408, 409, 413, 415, 503),
+        responses=problems(400, 404, 408, 409, 413, 415, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -329,7 +276,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return problem(415, "Unsupported Media Type", f"evidence must be {EVIDENCE_MEDIA_TYPE}")
         try:
             async with asyncio.timeout(config.body_timeout):
-                body = await _read_capped(request)
+                body = await read_capped(request)
         except TimeoutError:  # a trickled upload must not hold a connection slot for ever
             return problem(408, "Request Timeout",
                            f"evidence not received within {config.body_timeout:g} s")  # fmt: skip
@@ -370,7 +317,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 policy_id=f"policy:{session.policy}",
                                 annotated=policy_missing)  # fmt: skip
             return state.signer.sign(claims), "contraindicated"
-        nonce = _b64url_decode(session.nonce) or b""
+        nonce = b64url_decode(session.nonce) or b""
         result = appraise(state.verifier, policy, nonce, body)
         claims = ear_claims(
             nonce=session.nonce,
@@ -419,82 +366,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    fast = _FastPath(app, new_session, submit_evidence, _store_down)
-    app.add_middleware(_Outermost, fast=fast)
+    fast = FastPath(app, new_session, submit_evidence, _store_down)
+    app.add_middleware(Outermost, fast=fast)
     return app
 
 
-Handler = Callable[..., Awaitable[Response]]
-
-
-class _FastPath:
-    """The two endpoints every session hits, served straight from ASGI by the same handler
-    functions the FastAPI routes document: FastAPI's routing, parameter solving and middleware
-    stack cost about as much CPU as the handlers themselves (bench/service.py)."""
-
-    def __init__(self, app: FastAPI, new_session: Handler, submit: Handler,
-                 store_down: Handler) -> None:  # fmt: skip
-        self.app = app
-        self.new_session = new_session
-        self.submit = submit
-        self.store_down = store_down
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Serve the request and return True, or return False to let FastAPI serve it."""
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return False
-        path: str = scope["path"]
-        request = Request(scope, receive)
-        if path == f"{API}/newSession":
-            call = self.new_session(request)
-        elif path.startswith(_SESSION_PREFIX) and "/" not in path[len(_SESSION_PREFIX):]:
-            session_id = path[len(_SESSION_PREFIX):]
-            if not session_id:
-                return False
-            call = self.submit(session_id, request)
-        else:
-            return False
-        try:
-            response = await call
-        except StoreError as exc:
-            response = await self.store_down(request, exc)
-        await response(scope, receive, send)
-        return True
-
-
-class _Outermost:
-    def __init__(self, app: ASGIApp, fast: _FastPath) -> None:
-        self.app = app
-        self.fast = fast
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await self.fast(scope, receive, send):
-            await self.app(scope, receive, send)
-
-
-async def _read_capped(request: Request) -> bytes | None:
-    """The body, or None past MAX_EVIDENCE (the declared length is not trusted)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_EVIDENCE:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_EVIDENCE:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes | None:
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        return None
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return None
