@@ -19,6 +19,7 @@ from nitro_attest._cli import (
     inspect_cmd,
     nitro_cli_cmd,
     pcr_cmd,
+    proxy_cmd,
     send_secret_cmd,
     serve_cmd,
     sim_cmd,
@@ -36,6 +37,7 @@ _COMMAND_MODULES = (
     serve_cmd,
     attest_cmd,
     send_secret_cmd,
+    proxy_cmd,
 )
 
 
