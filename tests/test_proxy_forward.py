@@ -210,3 +210,25 @@ def test_payload_never_logged(tmp_path: Path) -> None:
     assert "peer=tcp://127.0.0.1:" in line and f"target=unix://{tmp_path}/t.sock" in line
     assert f"up={5 * len(marker)} down={3 * len(marker)} duration=" in line
     target.close()
+
+
+def test_per_peer_limit(tmp_path: Path) -> None:
+    """One internet client cannot take every slot: --max-per-peer counts by source address."""
+    target = ExchangeTarget(f"unix://{tmp_path}/t.sock", mode="after-eof")
+    config = _config("tcp://127.0.0.1:0", target.bound, max_per_peer=1)
+    with running_proxy(config) as (address, server, logs):
+        first = connect(address, timeout=5)
+        wait_for(lambda: server.active == 1)
+        with connect(address, timeout=5) as second:  # same source address: refused
+            assert second.recv(10) == b""
+        other = socket.create_connection((address.host, address.port), 5, ("127.0.0.2", 0))
+        wait_for(lambda: server.active == 2)  # another source still gets in
+        other.close()
+        first.close()
+        wait_for(lambda: server.active == 0)
+        with connect(address, timeout=5) as again:  # the slot is free again
+            again.shutdown(socket.SHUT_WR)
+            assert again.recv(10) == b""
+        wait_for(lambda: len(logs.lines()) == 4)
+    assert sum("refused: 1 connections open from this peer" in x for x in logs.lines()) == 1
+    target.close()

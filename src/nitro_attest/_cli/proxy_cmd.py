@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     _number(
         p, "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "N", "open at once; more are refused"
     )
+    _number(p, "--max-per-peer", int, 0, "N", "open at once from one IP, CID or uid; 0: no limit")
     _number(
         p, "--idle-timeout", float, DEFAULT_IDLE_TIMEOUT, "S", "close a tunnel silent this long"
     )
@@ -112,6 +113,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
             allowlist=allowlist,
             unsafe_any_host=args.unsafe_any_host,
             max_connections=args.max_connections,
+            max_per_peer=args.max_per_peer,
             idle_timeout=args.idle_timeout,
             connect_timeout=args.connect_timeout,
             handshake_timeout=args.handshake_timeout,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -65,6 +66,7 @@ class ProxyConfig:
     allowlist: Allowlist | None = None
     unsafe_any_host: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_peer: int = 0  # 0: no per-peer limit
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -80,6 +82,8 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ProxyConfigError("--max-connections must be at least 1")
+        if self.max_per_peer < 0:
+            raise ProxyConfigError("--max-per-peer must be 0 (no limit) or more")
         for name in ("idle_timeout", "connect_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise ProxyConfigError(f"--{name.replace('_', '-')} must be a positive number")
@@ -109,6 +113,7 @@ class _Record:
     """What the log line says about one connection."""
 
     peer: str
+    peer_key: str  # the peer's IP, CID or uid: what --max-per-peer counts
     started: float
     target: str = "-"
     address: str = ""
@@ -129,6 +134,7 @@ class ProxyServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._per_peer: dict[str, int] = {}
         self._accept_paused = False
         self._pipes = PipePool() if config.splice else None
         self.address: Address | None = None
@@ -189,15 +195,26 @@ class ProxyServer:
                     return
                 raise
             sock.setblocking(False)
-            record = _Record(_peer_name(sock, peer), self._loop.time())
+            record = _Record(*_peer_name(sock, peer), self._loop.time())
             if len(self._tasks) >= self.config.max_connections:
-                self._refuse_busy(sock, record)
+                self._refuse_busy(sock, record, f"{self.config.max_connections} connections open")
                 continue
+            per_peer = self._per_peer.get(record.peer_key, 0)
+            if self.config.max_per_peer and per_peer >= self.config.max_per_peer:
+                self._refuse_busy(sock, record, f"{per_peer} connections open from this peer")
+                continue
+            self._per_peer[record.peer_key] = per_peer + 1
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self._loop.create_task(self._serve(sock, record))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._forget, key=record.peer_key))
+
+    def _forget(self, task: asyncio.Task[None], *, key: str) -> None:
+        self._tasks.discard(task)
+        left = self._per_peer.pop(key) - 1
+        if left:
+            self._per_peer[key] = left
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: the listener stays readable, so wait instead of spinning."""
@@ -213,12 +230,12 @@ class ProxyServer:
             self._accept_paused = False
             self._loop.add_reader(self._listener.fileno(), self._on_accept)
 
-    def _refuse_busy(self, sock: socket.socket, record: _Record) -> None:
+    def _refuse_busy(self, sock: socket.socket, record: _Record, why: str) -> None:
         if self.config.target is None:
             with contextlib.suppress(OSError):
                 sock.send(response(503))
         sock.close()
-        self._log(record, 0, 0, f"refused: {self.config.max_connections} connections open")
+        self._log(record, 0, 0, f"refused: {why}")
 
     # -- one connection ------------------------------------------------------------------------
 
@@ -360,21 +377,22 @@ class ProxyServer:
         )
 
 
-def _peer_name(sock: socket.socket, peer: object) -> str:
-    """tcp://IP:PORT, vsock://CID:PORT, or the pid and uid of a Unix socket peer."""
+def _peer_name(sock: socket.socket, peer: object) -> tuple[str, str]:
+    """(name, key): tcp://IP:PORT, vsock://CID:PORT or a Unix peer's pid and uid; the key is the
+    IP, CID or uid, what one client cannot easily multiply."""
     if sock.family == socket.AF_UNIX:
         try:
             pid, uid, _ = struct.unpack(
                 "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             )
         except OSError:
-            return "unix"
-        return f"unix:pid={pid},uid={uid}"
+            return "unix", "unix"
+        return f"unix:pid={pid},uid={uid}", f"uid={uid}"
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         if sock.family == socket.AF_INET6:
-            return f"tcp://[{host}]:{port}"
+            return f"tcp://[{host}]:{port}", str(host)
         if sock.family == socket.AF_INET:
-            return f"tcp://{host}:{port}"
-        return f"vsock://{host}:{port}"
-    return "?"
+            return f"tcp://{host}:{port}", str(host)
+        return f"vsock://{host}:{port}", f"cid={host}"
+    return "?", "?"
