@@ -224,3 +224,17 @@ def test_sigterm_drain_timeout_cuts(tmp_path: Path) -> None:
         idle.close()
     assert "end=shutdown" in proxy.text()
     echo.close()
+
+
+def test_listen_address_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    taken = listening_socket(parse_address("tcp://127.0.0.1:0", role="listen"))
+    port = taken.getsockname()[1]
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    try:
+        rc = main(["proxy", "--listen", f"tcp://127.0.0.1:{port}", "--to", "vsock://16:5005"])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"tcp://127.0.0.1:{port}: cannot listen: Address already in use" in err
+    assert "Traceback" not in err

@@ -123,17 +123,16 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         raise CliError(str(exc)) from None
 
 
-def _configure_logging() -> logging.Logger:
+def _configure_logging() -> tuple[logging.Logger, logging.Handler]:
     logger = logging.getLogger("nitro_attest.proxy")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    return logger
+    return logger, handler
 
 
 def _raise_fd_limit(max_connections: int, logger: logging.Logger) -> None:
@@ -188,12 +187,14 @@ async def _serve(config: ProxyConfig, drain_timeout: float, logger: logging.Logg
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    logger = _configure_logging()
-    _raise_fd_limit(config.max_connections, logger)
+    logger, handler = _configure_logging()
     try:
+        _raise_fd_limit(config.max_connections, logger)
         asyncio.run(_serve(config, args.drain_timeout, logger))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"{config.listen}: cannot listen: {exc.strerror or exc}") from None
+    finally:
+        logger.removeHandler(handler)
     return EXIT_OK
