@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nitro_attest.proxy import Allowlist, ProxyConfig
+from nitro_attest.proxy import Allowlist, ProxyConfig, ProxyConfigError
 from nitro_attest.proxy.dial import SockAddr, system_dial
 from nitro_attest.proxy.hosts import IPAddress
 from nitro_attest.wire.transport import Address, connect, listening_socket, parse_address
@@ -267,3 +267,28 @@ def test_unsafe_any_host_dials_anything(tmp_path: Path) -> None:
         assert sock.recv(10) == b"hi"
         sock.close()
     target.close()
+
+
+def test_fixed_target_allowlist_refusals_make_no_connection(
+    silent: tuple[socket.socket, int],
+) -> None:
+    """A fixed outbound target must be on the list (checked before listening); a listed name
+    that resolves to loopback is refused per connection, before dialling."""
+    listener, port = silent
+    with pytest.raises(ProxyConfigError, match="is not on the allowlist"):
+        ProxyConfig(
+            LISTEN,
+            parse_address(f"tcp://127.0.0.1:{port}"),
+            allowlist=Allowlist.of([("127.0.0.1", port + 1)]),
+        )
+    config = ProxyConfig(
+        LISTEN,
+        parse_address(f"tcp://localhost:{port}"),
+        allowlist=Allowlist.of([("localhost", port)]),
+    )
+    with running_proxy(config) as (address, _, logs):
+        with connect(address, timeout=5) as sock:
+            assert sock.recv(10) == b""  # closed, nothing forwarded
+        wait_for(lambda: len(logs.lines()) == 1)
+    assert "resolves to" in logs.lines()[0] and "(loopback)" in logs.lines()[0]
+    assert no_accept(listener)

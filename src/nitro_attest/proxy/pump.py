@@ -20,7 +20,8 @@ import struct
 from typing import Literal
 
 CHUNK = 1 << 16
-SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+HAVE_SPLICE = hasattr(os, "splice")  # Linux; elsewhere (macOS) the buffered copy is used
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _LINGER_RESET = struct.pack("ii", 1, 0)
 

@@ -40,7 +40,7 @@ from nitro_attest.proxy.handshake import (
     response,
 )
 from nitro_attest.proxy.hosts import HostSyntaxError, parse_host
-from nitro_attest.proxy.pump import PipePool, Tunnel
+from nitro_attest.proxy.pump import HAVE_SPLICE, PipePool, Tunnel
 from nitro_attest.wire.transport import Address, bound_address, listening_socket
 
 log = logging.getLogger("nitro_attest.proxy")
@@ -136,7 +136,7 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_peer: dict[str, int] = {}
         self._accept_paused = False
-        self._pipes = PipePool() if config.splice else None
+        self._pipes = PipePool() if config.splice and HAVE_SPLICE else None
         self.address: Address | None = None
 
     @property
@@ -380,7 +380,7 @@ class ProxyServer:
 def _peer_name(sock: socket.socket, peer: object) -> tuple[str, str]:
     """(name, key): tcp://IP:PORT, vsock://CID:PORT or a Unix peer's pid and uid; the key is the
     IP, CID or uid, what one client cannot easily multiply."""
-    if sock.family == socket.AF_UNIX:
+    if sock.family == socket.AF_UNIX and hasattr(socket, "SO_PEERCRED"):
         try:
             pid, uid, _ = struct.unpack(
                 "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
@@ -388,6 +388,8 @@ def _peer_name(sock: socket.socket, peer: object) -> tuple[str, str]:
         except OSError:
             return "unix", "unix"
         return f"unix:pid={pid},uid={uid}", f"uid={uid}"
+    if sock.family == socket.AF_UNIX:
+        return "unix", "unix"
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         if sock.family == socket.AF_INET6:
