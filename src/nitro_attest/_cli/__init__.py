@@ -25,7 +25,8 @@ from nitro_attest._cli import (
     sim_cmd,
     verify_cmd,
 )
-from nitro_attest._cli.common import EXIT_USAGE, CliError
+from nitro_attest._cli.common import EXIT_USAGE, escape_text, exit_code_for
+from nitro_attest.errors import NitroAttestError
 
 _COMMAND_MODULES = (
     verify_cmd,
@@ -77,18 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except CliError as exc:
-        print(f"nitro-attest: error: {exc}", file=sys.stderr)
+    except NitroAttestError as exc:
+        # The tree decides the exit code: a rejected document is 1, every other branch
+        # (configuration, transport, NSM, nitro-cli, channel, format) is 2.
+        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
-        return EXIT_USAGE
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("nitro-attest: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
+        print(f"nitro-attest: internal error: {escape_text(repr(exc))}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
         else:

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import FormatError
 
-COSE_SIGN1_TAG = 18
 HEADER_ALG = 1
 
 
@@ -32,10 +32,6 @@ class EcdsaAlgorithm:
     hash: type[hashes.HashAlgorithm]
     coordinate_size: int
 
-    @property
-    def signature_size(self) -> int:
-        return 2 * self.coordinate_size
-
 
 ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)
 ES384 = EcdsaAlgorithm("ES384", -35, ec.SECP384R1, hashes.SHA384, 48)
@@ -43,7 +39,7 @@ ES512 = EcdsaAlgorithm("ES512", -36, ec.SECP521R1, hashes.SHA512, 66)
 ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
 
 
-class CoseError(ValueError):
+class CoseError(FormatError):
     """The bytes are not a COSE_Sign1 structure of the expected shape."""
 
 
