@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from nitro_attest.errors import ConfigurationError
 from nitro_attest.proxy.hosts import Host, HostSyntaxError, parse_host
 
 MAX_FILE_BYTES = 1 << 20
 
 
-class AllowlistError(ValueError):
+class AllowlistError(ConfigurationError):
     """The allowlist file is unreadable, empty or malformed; one line naming the file and entry."""
 
 

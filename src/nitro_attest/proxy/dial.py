@@ -16,6 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from nitro_attest.errors import TransportError
 from nitro_attest.proxy.allowlist import Allowlist
 from nitro_attest.proxy.hosts import Host, IPAddress, refused_for_names
 from nitro_attest.wire.transport import Address
@@ -25,7 +26,7 @@ SockAddr = tuple[str, int] | tuple[int, int] | str
 Dialer = Callable[[int, SockAddr], Awaitable[socket.socket]]
 
 
-class DialError(Exception):
+class DialError(TransportError):
     """No connection to the target; ``status`` is the HTTP status a CONNECT client gets."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nitro_attest.errors import TransportError
 from nitro_attest.proxy.hosts import Host, HostSyntaxError, parse_host
 
 MAX_HEAD_BYTES = 8192
@@ -35,7 +36,7 @@ _REASONS = {
 }
 
 
-class HandshakeError(Exception):
+class HandshakeError(TransportError):
     """The CONNECT request is refused with ``status``; ``reason`` is safe to log."""
 
     def __init__(self, status: int, reason: str) -> None:

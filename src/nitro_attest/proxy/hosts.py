@@ -13,6 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from nitro_attest.errors import FormatError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -25,7 +27,7 @@ _AWS_INSTANCE_SERVICES = ipaddress.ip_network("fd00:ec2::/32")  # IPv6 metadata,
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
-class HostSyntaxError(ValueError):
+class HostSyntaxError(FormatError):
     """Not an IP literal nor a host name; the message says why (no untrusted bytes in it)."""
 
 

@@ -19,6 +19,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from nitro_attest.errors import UsageError
 from nitro_attest.proxy.allowlist import Allowlist
 from nitro_attest.proxy.dial import (
     Dialer,
@@ -55,7 +56,7 @@ _LINGER_SECONDS = 1.0  # after an error answer, read and drop input briefly so t
 _LINGER_BYTES = 1 << 16
 
 
-class ProxyConfigError(ValueError):
+class ProxyConfigError(UsageError):
     """The proxy's configuration is unusable; one line saying which option."""
 
 
