@@ -3,7 +3,8 @@
 ``nitro-attest proxy`` is the command; :class:`ProxyServer` with a :class:`ProxyConfig` is the
 library form. Modules: ``hosts`` (host syntax, addresses a name may not reach), ``allowlist``
 (AWS vsock-proxy YAML), ``handshake`` (HTTP CONNECT parsing), ``dial`` (resolve, check, connect),
-``pump`` (splice data path), ``server`` (accept, limits, log, drain). See docs/proxy.md.
+``pump`` (splice data path), ``idle`` (the idle timeout's clock), ``server`` (accept, limits,
+log, drain). See docs/proxy.md.
 """
 
 from nitro_attest.proxy.allowlist import Allowlist, AllowlistError, load_allowlist

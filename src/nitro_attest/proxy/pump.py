@@ -24,7 +24,7 @@ HAVE_SPLICE = hasattr(os, "splice")  # Linux; elsewhere (macOS) the buffered cop
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_IDLE_TICKS = 4
+IDLE_TICKS = 4
 
 Side = Literal["client", "target"]
 
@@ -288,14 +288,12 @@ class Tunnel:
         self._idle = idle_timeout
         self._quiet_ticks = 0
         self.done: asyncio.Future[str] = loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
         self.up = Pump(loop, self, client, target, ("client", "target"), pipes=pipes)
         self.down = Pump(loop, self, target, client, ("target", "client"), pipes=pipes)
 
     def start(self) -> None:
         self.up.start()
         self.down.start()
-        self._timer = self._loop.call_later(self._idle / _IDLE_TICKS, self._check_idle)
 
     def half_close(self, side: Side) -> None:
         with contextlib.suppress(OSError):  # the peer may be gone already; its pump reports it
@@ -313,24 +311,21 @@ class Tunnel:
     def abort(self, reason: str) -> None:
         self._end(reason, reset=True)
 
-    def _check_idle(self) -> None:
-        """Every idle/4 seconds: the pumps flag movement (cheaper than reading the clock per
-        event), so a tunnel is cut after between 1 and 1.25 idle timeouts of silence."""
+    def tick(self) -> None:
+        """Called every idle/IDLE_TICKS seconds (see idle.py). The pumps flag movement, cheaper
+        than reading the clock per event: a tunnel is cut after 1 to 1.25 idle timeouts of
+        silence."""
         if self.up.moved or self.down.moved:
             self.up.moved = self.down.moved = False
             self._quiet_ticks = 0
-        else:
-            self._quiet_ticks += 1
-            if self._quiet_ticks >= _IDLE_TICKS:
-                self._end(f"idle for {self._idle:g}s", reset=True)
-                return
-        self._timer = self._loop.call_later(self._idle / _IDLE_TICKS, self._check_idle)
+            return
+        self._quiet_ticks += 1
+        if self._quiet_ticks >= IDLE_TICKS:
+            self._end(f"idle for {self._idle:g}s", reset=True)
 
     def _end(self, reason: str, *, reset: bool) -> None:
         if self.done.done():
             return
-        if self._timer is not None:
-            self._timer.cancel()
         self.up.close()
         self.down.close()
         for sock in self._socks.values():

@@ -41,7 +41,8 @@ from nitro_attest.proxy.handshake import (
     response,
 )
 from nitro_attest.proxy.hosts import HostSyntaxError, parse_host
-from nitro_attest.proxy.pump import HAVE_SPLICE, PipePool, Tunnel
+from nitro_attest.proxy.idle import IdleWatch
+from nitro_attest.proxy.pump import HAVE_SPLICE, IDLE_TICKS, PipePool, Tunnel
 from nitro_attest.wire.transport import Address, bound_address, listening_socket
 
 log = logging.getLogger("nitro_attest.proxy")
@@ -138,6 +139,7 @@ class ProxyServer:
         self._per_peer: dict[str, int] = {}
         self._accept_paused = False
         self._pipes = PipePool() if config.splice and HAVE_SPLICE else None
+        self._idle: IdleWatch | None = None
         self.address: Address | None = None
 
     @property
@@ -149,6 +151,7 @@ class ProxyServer:
         backlog = min(max(self.config.max_connections, 128), 4096)
         self._listener = listening_socket(self.config.listen, backlog=backlog)
         self.address = bound_address(self.config.listen, self._listener)
+        self._idle = IdleWatch(self._loop, self.config.idle_timeout / IDLE_TICKS)
         self._loop.add_reader(self._listener.fileno(), self._on_accept)
         return self.address
 
@@ -174,8 +177,11 @@ class ProxyServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._pipes is not None and not self._tasks:
-            self._pipes.close()
+        if self._listener is None and not self._tasks:  # stopped for good: free the helpers
+            if self._pipes is not None:
+                self._pipes.close()
+            if self._idle is not None:
+                self._idle.close()
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -262,6 +268,8 @@ class ProxyServer:
             )
             record.tunnel = tunnel
             tunnel.start()
+            assert self._idle is not None
+            self._idle.add(tunnel)
             reason = await asyncio.shield(tunnel.done)
         except HandshakeError as exc:
             reason = f"refused {exc.status}: {exc.reason}"
@@ -280,6 +288,8 @@ class ProxyServer:
         finally:
             if record.tunnel is not None:
                 record.tunnel.abort(reason)
+                if self._idle is not None:
+                    self._idle.discard(record.tunnel)
             else:
                 close_quietly(client)
                 close_quietly(dialled.sock if dialled is not None else None)
