@@ -35,7 +35,7 @@ def _env_args(path: Path) -> list[str]:
 
 def test_unit_runs_the_proxy_sandboxed() -> None:
     unit = _unit(SYSTEMD / "nitro-attest-proxy@.service")
-    assert unit["ExecStart"] == ["/usr/local/bin/nitro-attest proxy $PROXY_ARGS"]
+    assert unit["ExecStart"] == ["/opt/nitro-attest/bin/nitro-attest proxy $PROXY_ARGS"]
     assert unit["EnvironmentFile"] == ["/etc/nitro-attest/proxy-%i.env"]
     assert unit["KillSignal"] == ["SIGTERM"]
     assert int(unit["TimeoutStopSec"][0]) > 10  # longer than the default drain
