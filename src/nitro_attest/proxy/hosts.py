@@ -25,6 +25,7 @@ _MAX_NAME = 253
 # refused (a poisoned or careless DNS answer must not open the parent's own services).
 _AWS_INSTANCE_SERVICES = ipaddress.ip_network("fd00:ec2::/32")  # IPv6 metadata, DNS, time
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # DNS64 answers embed the IPv4 address they reach
 
 
 class HostSyntaxError(FormatError):
@@ -71,8 +72,11 @@ def parse_host(text: str) -> Host:
 
 def refused_for_names(ip: IPAddress) -> str | None:
     """Why a name may not resolve to ``ip`` (None if it may): loopback, metadata and the like."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return refused_for_names(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return refused_for_names(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return refused_for_names(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local or ip in _AWS_INSTANCE_SERVICES:
