@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nitro_attest._cli import (
+    appraise_cmd,
     attest_cmd,
     eif_cmd,
     inspect_cmd,
@@ -22,6 +23,7 @@ from nitro_attest._cli import (
     proxy_cmd,
     send_secret_cmd,
     serve_cmd,
+    service_cmd,
     sim_cmd,
     verify_cmd,
 )
@@ -38,6 +40,8 @@ _COMMAND_MODULES = (
     serve_cmd,
     attest_cmd,
     send_secret_cmd,
+    service_cmd,
+    appraise_cmd,
     proxy_cmd,
 )
 
