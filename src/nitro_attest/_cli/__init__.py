@@ -20,6 +20,7 @@ from nitro_attest._cli import (
     inspect_cmd,
     nitro_cli_cmd,
     pcr_cmd,
+    proxy_cmd,
     send_secret_cmd,
     serve_cmd,
     service_cmd,
@@ -41,6 +42,7 @@ _COMMAND_MODULES = (
     send_secret_cmd,
     service_cmd,
     appraise_cmd,
+    proxy_cmd,
 )
 
 
