@@ -137,7 +137,9 @@ def deliver_secret(
 
     Raises PolicyError before any contact when no PCR expectation is given (unless
     ``unsafe_any_enclave``), a VerificationError when the enclave does not verify (nothing is
-    sent), ChannelError when the enclave refuses or the acknowledgement is wrong.
+    sent), ChannelError when the enclave refuses or the acknowledgement is wrong; its ``sent``
+    says whether the sealed message had left (then the enclave may hold the secret: only a
+    matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
     """
     want = suite_of(suite)
     _check_secret(secret)
@@ -172,11 +174,15 @@ def deliver_secret(
         digest = document_digest(verified.document.raw)
         to_sign = signed_bytes(want, nonce, digest, signer, sealed.sealed)
         message["signature"] = sign(signing_key, to_sign)
-    ack = exchange(REQUEST_SEALED_MESSAGE, message)
+    try:
+        ack = exchange(REQUEST_SEALED_MESSAGE, message)
+    except ChannelError as exc:
+        # Sent: whatever comes back now but the keyed acknowledgement may be the parent's.
+        raise ChannelError(exc.message, reason=exc.reason, sent=True) from None
     got = ack.get("ack")
     if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
         raise ChannelError(
-            "the enclave's acknowledgement does not match the secret sent", reason="ack"
+            "the enclave's acknowledgement does not match the secret sent", reason="ack", sent=True
         )
     return Receipt(
         verified, want, hashlib.sha256(secret).digest(), len(secret), message.get("signer")
