@@ -40,6 +40,8 @@ class LyingRelay(Relay):
         self.enclave_answer = answer["type"]
         if self.lie == "ack":
             return {"v": 1, "type": "sealed_ack", "ack": bytes(32)}
+        if self.lie == "garbled":
+            return {"v": 1}  # the client reads a broken frame: a transport failure
         message = "a sealed message was already accepted for this nonce (replay)"
         return {"v": 1, "type": "error", "code": "channel_refused", "message": message}
 
@@ -57,10 +59,11 @@ def enclave(state: Path, tmp_path: Path) -> Iterator[Enclave]:
         yield served
 
 
-@pytest.mark.parametrize("lie", ["ack", "refusal"])
+@pytest.mark.parametrize(("lie", "code"), [("ack", 1), ("refusal", 1), ("garbled", 2)])
 def test_forged_answer_after_delivery_is_reported_unconfirmed(
-    enclave: Enclave, state: Path, lie: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    enclave: Enclave, state: Path, lie: str, code: int, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     relay = LyingRelay(enclave.address, lie)
@@ -70,7 +73,7 @@ def test_forged_answer_after_delivery_is_reported_unconfirmed(
                    "--pcr", f"0={MEAS[0].hex()}"])  # fmt: skip
     out = capsys.readouterr().out
     assert relay.enclave_answer == "sealed_ack" and enclave.store.secrets == [SECRET]
-    assert rc == 1 and "DELIVERED" not in out and len(out.splitlines()) == 1
+    assert rc == code and "DELIVERED" not in out and len(out.splitlines()) == 1
     assert out.startswith("NOT CONFIRMED") and "may hold the secret" in out
 
 
