@@ -1,0 +1,240 @@
+"""`eif build`: an image (docker save tarball, OCI layout, or rootfs directory) + nitro-cli's blobs
+-> a reproducible EIF and its measurements, without Docker or nitro-cli.
+
+Same inputs, same bytes: entries sorted, times clamped to SOURCE_DATE_EPOCH (default 0), inode
+numbers assigned in output order, no compression, the metadata build time taken from the epoch.
+Nothing depends on umask, locale, on-disk order or the machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from nitro_attest.eif.blobs import FileCache, ImageError
+from nitro_attest.eif.hostdir import scan_dir
+from nitro_attest.eif.layer import Limits, Totals, apply_layer
+from nitro_attest.eif.oci import Image, open_image
+from nitro_attest.eif.ramdisk import bootstrap, customer
+from nitro_attest.eif.rootfs import RootFs
+from nitro_attest.eif.writer import write_eif
+
+DEFAULT_BLOBS = Path("/usr/share/nitro_enclaves/blobs")
+MAX_BLOB_FILE = 64 << 20
+MAX_CMDLINE = 64 << 10
+MAX_EPOCH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Blobs:
+    kernel: Path
+    aarch64: bool
+    cmdline: bytes
+    init: bytes
+    nsm_ko: bytes
+    os_name: str = "Unknown"
+    kernel_version: str = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    image: Path
+    blobs: Path
+    output: Path
+    cmd: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    """K=V entries that replace or add to the image's environment."""
+    signing_certificate_pem: bytes | None = None
+    signing_key_pem: bytes | None = None
+    epoch: int = 0
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    measurements: dict[str, str]
+    cmd: list[str]
+    env: list[str]
+    entries: int
+    dropped_xattrs: int
+
+
+def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int:
+    raw = environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > MAX_EPOCH:
+        raise ImageError(f"SOURCE_DATE_EPOCH={raw[:30]!r}: expected seconds, 0..{MAX_EPOCH}")
+    return int(raw)
+
+
+def default_blobs(environ: dict[str, str] | os._Environ[str]) -> Path | None:
+    """nitro-cli's own lookup: $NITRO_CLI_BLOBS, else the package's blobs folder."""
+    if environ.get("NITRO_CLI_BLOBS"):
+        return Path(environ["NITRO_CLI_BLOBS"])
+    return DEFAULT_BLOBS if DEFAULT_BLOBS.is_dir() else None
+
+
+def _small(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise ImageError(f"blobs: {path} is missing") from None
+    except OSError as exc:
+        raise ImageError(f"blobs: {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ImageError(f"blobs: {path} is larger than {limit} bytes")
+    return data
+
+
+def load_blobs(folder: Path) -> Blobs:
+    if not folder.is_dir():
+        raise ImageError(f"blobs: {folder} is not a directory")
+    found = [folder / n for n in ("bzImage", "Image") if (folder / n).is_file()]
+    if not found:
+        raise ImageError(f"blobs: {folder} holds neither bzImage nor Image")
+    kernel = found[0]
+    arm = kernel.name == "Image"
+    os_name, version = "Unknown", "Unknown"
+    config = kernel.with_name(kernel.name + ".config")
+    if config.is_file():
+        head = _small(config, 1 << 20).split(b"\n")
+        words = head[2].decode("utf-8", "replace").split() if len(head) > 2 else []
+        if len(words) >= 3 and words[0] == "#":
+            os_name, version = words[1], words[2]
+    cmdline = _small(folder / "cmdline", MAX_CMDLINE)
+    if b"\0" in cmdline:
+        raise ImageError(f"blobs: {folder / 'cmdline'} contains a NUL byte")
+    return Blobs(
+        kernel,
+        arm,
+        cmdline,
+        _small(folder / "init", MAX_BLOB_FILE),
+        _small(folder / "nsm.ko", MAX_BLOB_FILE),
+        os_name,
+        version,
+    )
+
+
+def _image_cmd_env(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ImageError("image config: 'config' must be an object")
+    out = []
+    for key in ("Entrypoint", "Cmd", "Env"):
+        value = inner.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ImageError(f"image config: {key} must be a list of strings")
+        out.append(value)
+    return out[0] + out[1], out[2]
+
+
+def merge_env(image_env: list[str], overrides: list[str]) -> list[str]:
+    env: dict[str, str] = {}
+    for entry in image_env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ImageError(f"--env {item[:60]!r}: expected KEY=VALUE")
+        env[key] = value
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _name_version(image: Image | None, source: Path) -> tuple[str, str]:
+    if image is None:
+        return source.name or "rootfs", "rootfs"
+    version = image.config_digest.removeprefix("sha256:")
+    if image.repo_tags:
+        tag = image.repo_tags[0]
+        name, sep, last = tag.rpartition(":")
+        return (name if sep and "/" not in last else tag), version
+    return source.name, version
+
+
+def _metadata(opts: BuildOptions, blobs: Blobs, image: Image | None) -> dict[str, Any]:
+    name, version = _name_version(image, opts.image)
+    try:
+        tool_version = importlib_metadata.version("nitro-attest")
+    except importlib_metadata.PackageNotFoundError:
+        tool_version = "unknown"
+    docker_info: dict[str, Any] | None = None
+    if image is not None:
+        config = image.config
+        docker_info = {
+            "Id": image.config_digest,
+            "RepoTags": image.repo_tags,
+            "Created": config.get("created"),
+            "Architecture": config.get("architecture"),
+            "Os": config.get("os"),
+            "Config": config.get("config"),
+        }
+    return {
+        "ImageName": name,
+        "ImageVersion": version,
+        "BuildMetadata": {
+            "BuildTime": dt.datetime.fromtimestamp(opts.epoch, dt.UTC).isoformat(),
+            "BuildTool": "nitro-attest",
+            "BuildToolVersion": tool_version,
+            "OperatingSystem": blobs.os_name,
+            "KernelVersion": blobs.kernel_version,
+        },
+        "DockerInfo": docker_info,
+        "CustomMetadata": None,
+    }
+
+
+def load_rootfs(
+    source: Path, files: FileCache, spool: Path, limits: Limits, totals: Totals
+) -> tuple[RootFs, Image | None]:
+    """The merged tree of any SOURCE kind, plus the image (None for a rootfs directory)."""
+    if source.is_dir() and not (source / "index.json").is_file():
+        return scan_dir(source, limits, totals), None
+    image = open_image(source, files, spool, limits)
+    fs = RootFs()
+    for blob in image.layers:
+        apply_layer(fs, blob, files, limits, totals)
+    return fs, image
+
+
+def build_eif(opts: BuildOptions) -> BuildResult:
+    if not 0 <= opts.epoch <= MAX_EPOCH:
+        raise ImageError(f"SOURCE_DATE_EPOCH {opts.epoch} out of range 0..{MAX_EPOCH}")
+    blobs = load_blobs(opts.blobs)
+    files = FileCache()
+    partial = opts.output.with_name(f".{opts.output.name}.partial-{os.getpid()}")
+    totals = Totals()
+    try:
+        with tempfile.TemporaryDirectory(prefix="nitro-attest-eif-") as spool:
+            fs, image = load_rootfs(opts.image, files, Path(spool), opts.limits, totals)
+            image_cmd, image_env = _image_cmd_env(image.config) if image else ([], [])
+            cmd = opts.cmd if opts.cmd is not None else image_cmd
+            if not cmd:
+                raise ImageError("the image has no command (Entrypoint/Cmd); give --cmd")
+            env = merge_env(image_env, opts.env)
+            ramdisks = [
+                bootstrap(blobs.init, blobs.nsm_ko).stream(files),
+                customer(fs, cmd, env, opts.epoch).stream(files),
+            ]
+            pcrs = write_eif(
+                partial,
+                kernel=blobs.kernel,
+                cmdline=blobs.cmdline,
+                ramdisks=ramdisks,
+                metadata=_metadata(opts, blobs, image),
+                signing_key_pem=opts.signing_key_pem,
+                signing_certificate_pem=opts.signing_certificate_pem,
+                aarch64=blobs.aarch64,
+            )
+            os.replace(partial, opts.output)
+    finally:
+        files.close()
+        partial.unlink(missing_ok=True)
+    return BuildResult(pcrs, cmd, env, totals.entries, totals.xattrs)
