@@ -174,12 +174,13 @@ def _diff_ramdisk(fa: BinaryIO, sa: Section, fb: BinaryIO, sb: Section, out: Sec
             how = _compare_records(ra[name], rb[name])
             if how:
                 details.append(f"{shown}: {', '.join(how)}")
-    if not details:
+    if ra != rb:
+        out.summary += f"; {len(details)} path(s) differ"
+    else:
         details.append(
             "same paths and contents; the archives differ in layout (order, inode "
             "numbers, link counts or padding)"
         )
-    out.summary += f"; {len(details)} path(s) differ" if len(details) > 1 or ra != rb else ""
     out.details = details[:MAX_LISTED]
     out.truncated = max(0, len(details) - MAX_LISTED)
 
