@@ -8,7 +8,7 @@ import cbor2
 import pytest
 
 from nitro_attest import MalformedDocumentError, Verifier, parse_document
-from nitro_attest.document import MAX_DOCUMENT_BYTES
+from nitro_attest.attestation.document import MAX_DOCUMENT_BYTES
 
 from . import chainfactory as cf
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 from nitro_attest.eif import inspect_eif
 
 from .eif_helpers import cert_pcr8, formula_pcrs, make_signer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 from nitro_attest.eif.blobs import ImageError
 from nitro_attest.eif.build import BuildOptions, build_eif
 from nitro_attest.eif.layer import Limits

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 
 from .oci_helpers import E, config_json, f, layer_tar, oci_files, sym, write_blobs, write_dir
 

@@ -7,9 +7,9 @@ from typing import Any
 import cbor2
 import pytest
 
-from nitro_attest import protocol
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription
-from nitro_attest.protocol import (
+from nitro_attest.wire import protocol
+from nitro_attest.wire.protocol import (
     AttestationResponse,
     AttestRequest,
     DescribeRequest,

@@ -40,7 +40,7 @@ def se(tmp_path: Path) -> ScriptEnv:
     write_tar(env.bin.dir / "image.tar", docker_save_files(layers, config))
     real = write_exe(
         env.bin.dir / "real-nitro-attest",
-        "import sys\nfrom nitro_attest.cli import entrypoint\nsys.argv[0] = 'nitro-attest'\n"
+        "import sys\nfrom nitro_attest._cli import entrypoint\nsys.argv[0] = 'nitro-attest'\n"
         "entrypoint()\n",
     )
     env.env["NITRO_ATTEST_BIN"] = str(real)

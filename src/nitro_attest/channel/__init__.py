@@ -1,13 +1,12 @@
 """Attested channel: deliver a secret only to an enclave whose attestation verifies (HPKE)."""
 
-from nitro_attest.channel.client import (
-    Receipt,
-    Sealed,
-    deliver_secret,
-    seal_for_document,
-    send_secret,
+from nitro_attest.channel.keys import (
+    SUITE_LABELS,
+    AdvertisedKey,
+    SuiteId,
+    parse_public_key_field,
 )
-from nitro_attest.channel.enclave import (
+from nitro_attest.channel.receiver import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
     ChannelReceiver,
@@ -16,11 +15,12 @@ from nitro_attest.channel.enclave import (
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.keys import (
-    SUITE_LABELS,
-    AdvertisedKey,
-    SuiteId,
-    parse_public_key_field,
+from nitro_attest.channel.sender import (
+    Receipt,
+    Sealed,
+    deliver_secret,
+    seal_for_document,
+    send_secret,
 )
 
 __all__ = [

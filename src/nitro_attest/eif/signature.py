@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.cbor_strict import CborError, strict_loads
-from nitro_attest.cose import (
+from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.attestation._cose import (
     ALGORITHMS,
     ES256,
     ES384,

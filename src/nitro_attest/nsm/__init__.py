@@ -40,8 +40,8 @@ def open_backend(kind: str, *, state_dir: Path | None = None) -> NsmBackend:
     if kind == "device":
         return device.open_device()
     if kind == "simulator":
-        from nitro_attest.nsm.sim_state import default_state_dir
-        from nitro_attest.nsm.simulator import SimulatedNsm
+        from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+        from nitro_attest.nsm.simulator.state import default_state_dir
 
         return SimulatedNsm.open(state_dir if state_dir is not None else default_state_dir())
     raise ValueError(f"unknown NSM backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")

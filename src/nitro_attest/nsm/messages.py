@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
+from nitro_attest.errors import FormatError
 from nitro_attest.nsm.backend import NsmDescription, NsmError
 
 MAX_REQUEST_SIZE = 0x1000  # the kernel driver refuses longer requests (EMSGSIZE)
@@ -140,7 +141,7 @@ Response = (
 # ---------------------------------------------------------------- helpers
 
 
-class _Malformed(ValueError):
+class _Malformed(FormatError):
     """Internal: the CBOR is well formed but is not the expected message shape."""
 
 
