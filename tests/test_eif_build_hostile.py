@@ -201,3 +201,10 @@ def test_usage_errors_exit_2(
     rc = main(["eif", "build", "--image", str(src), "--blobs", str(tmp_path),
                "--output", str(tmp_path / "o.eif"), "--cmd", "/a"])  # fmt: skip
     assert rc == 1 and "neither bzImage nor Image" in capsys.readouterr().err
+
+
+def test_control_characters_in_names_are_escaped(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(tmp_path, blobs, capsys, [layer_tar([sym("\x1b[2Jx", "../../..")])])
+    assert "\x1b" not in err and "\\x1b" in err

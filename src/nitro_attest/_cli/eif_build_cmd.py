@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
 from nitro_attest.eif import HASH_ALGORITHM, EifError
 from nitro_attest.eif.build import BuildOptions, build_eif, default_blobs, source_date_epoch
 from nitro_attest.eif.diff import diff_eifs
@@ -132,7 +132,8 @@ def run_build(args: argparse.Namespace) -> int:
         )
         result = build_eif(opts)
     except EifError as exc:
-        print(f"nitro-attest: error: {exc}", file=sys.stderr)
+        # names from the image are untrusted: no terminal control sequences reach the user
+        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
         return EXIT_REJECTED
     except OSError as exc:
         raise CliError(f"{exc.filename or out}: {exc.strerror or exc}") from None
@@ -154,11 +155,11 @@ def run_diff(args: argparse.Namespace) -> int:
     try:
         report = diff_eifs(Path(args.a), Path(args.b))
     except EifError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(escape_text(str(exc))) from None
     except OSError as exc:
         raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.text(args.a, args.b))
+    else:  # paths come from the images: escape control characters line by line
+        print("\n".join(escape_text(line) for line in report.text(args.a, args.b).splitlines()))
     return EXIT_OK if report.same else EXIT_REJECTED
