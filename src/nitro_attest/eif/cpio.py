@@ -19,6 +19,7 @@ MAGIC = b"070701"
 HEADER_SIZE = 110
 TRAILER = b"TRAILER!!!"
 MAX_FIELD = 0xFFFFFFFF
+_HEAD = MAGIC + b"%08X" * 13
 MAX_NAME = 4096
 """PATH_MAX: the kernel refuses longer names (N_ALIGN(name_len) > PATH_MAX)."""
 
@@ -75,8 +76,7 @@ class CpioHeader:
                 raise CpioError(
                     f"cpio: {self.name[:60]!r}: value {value} does not fit newc's 32-bit fields"
                 )
-        head = MAGIC + b"".join(b"%08X" % v for v in fields)
-        return head + name + bytes(pad4(HEADER_SIZE + len(name)))
+        return _HEAD % fields + name + bytes(pad4(HEADER_SIZE + len(name)))
 
 
 def trailer() -> bytes:

@@ -64,9 +64,12 @@ def _checksum_ok(block: bytes) -> bool:
         want = int(stored, 8)
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
-    return want in (unsigned, signed)
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
+    if want == unsigned:
+        return True
+    # some old tars summed signed chars
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
+    return want == signed
 
 
 def _pax_records(data: bytes, where: str) -> dict[bytes, bytes]:
