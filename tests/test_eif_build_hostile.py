@@ -208,3 +208,15 @@ def test_control_characters_in_names_are_escaped(
 ) -> None:
     err = refused(tmp_path, blobs, capsys, [layer_tar([sym("\x1b[2Jx", "../../..")])])
     assert "\x1b" not in err and "\\x1b" in err
+
+
+def test_deep_nesting_builds_without_recursion_errors(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = "a/" * 1500 + "leaf"
+    src = write_dir(tmp_path / "oci", oci_files([layer_tar([f(deep, b"x")])], CONFIG))
+    rc = main(["eif", "build", "--image", str(src), "--blobs", str(blobs),
+               "--output", str(tmp_path / "o.eif")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    got = summary(ramdisks((tmp_path / "o.eif").read_bytes())[1])
+    assert got[deep][4] == b"x" and got["a/" * 1499 + "a"][0] == "d"

@@ -30,7 +30,11 @@ def scan_dir(root: Path, limits: Limits, totals: Totals) -> RootFs:
     fs.root.mode, fs.root.uid, fs.root.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     fs.root.mtime = int(st.st_mtime)
     links: dict[tuple[int, int], Inode] = {}
-    _scan(os.fsencode(root), [], fs.root, links, limits, totals)
+    base = os.fsencode(root)
+    todo: list[tuple[list[bytes], Dir]] = [([], fs.root)]
+    while todo:  # iterative: no recursion limit on deep trees
+        parts, node = todo.pop()
+        _scan(base, parts, node, links, limits, totals, todo)
     return fs
 
 
@@ -41,6 +45,7 @@ def _scan(
     links: dict[tuple[int, int], Inode],
     limits: Limits,
     totals: Totals,
+    todo: list[tuple[list[bytes], Dir]],
 ) -> None:
     here = os.path.join(base, *parts) if parts else base
     try:
@@ -61,7 +66,7 @@ def _scan(
         if kind == stat.S_IFDIR:
             child = Dir(mode, st.st_uid, st.st_gid, mtime, xattrs=xattrs)
             node.children[name] = child
-            _scan(base, child_parts, child, links, limits, totals)
+            todo.append((child_parts, child))
             continue
         if kind not in _KINDS:
             raise ImageError(f"{os.fsdecode(path)}: socket or unknown file type; cannot be imaged")

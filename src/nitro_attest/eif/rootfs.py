@@ -185,14 +185,24 @@ class RootFs:
         return sum(1 for _ in walk(self.root))
 
 
-def walk(d: Dir, prefix: tuple[bytes, ...] = ()) -> Iterator[tuple[tuple[bytes, ...], Node]]:
-    """Depth first, children in byte order: the cpio order (parents before children)."""
-    for name in sorted(d.children):
-        child = d.children[name]
+def walk(d: Dir) -> Iterator[tuple[tuple[bytes, ...], Node]]:
+    """Depth first, children in byte order: the cpio order (parents before children).
+
+    Iterative: a hostile layer may nest thousands of directories (4096-byte names allow 2048)."""
+    stack: list[tuple[tuple[bytes, ...], Dir, list[bytes]]] = [
+        ((), d, sorted(d.children, reverse=True))
+    ]
+    while stack:
+        prefix, node, names = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop()
+        child = node.children[name]
         path = (*prefix, name)
         yield path, child
         if isinstance(child, Dir):
-            yield from walk(child, path)
+            stack.append((path, child, sorted(child.children, reverse=True)))
 
 
 def _kind_name(kind: int) -> str:
