@@ -6,7 +6,7 @@ import stat
 from dataclasses import dataclass
 
 from nitro_attest.eif.blobs import Blob, FileCache, ImageError
-from nitro_attest.eif.rootfs import WHITEOUT, Inode, RootFs, check_symlink, display, split_name
+from nitro_attest.eif.rootfs import WHITEOUT, Inode, RootFs, check_symlink, split_name
 from nitro_attest.eif.tar import (
     BLOCKDEV,
     CHAR,
@@ -36,14 +36,15 @@ class Totals:
 
 
 def apply_layer(fs: RootFs, blob: Blob, files: FileCache, limits: Limits, totals: Totals) -> None:
-    """Whiteouts first (they hide only what lower layers hold), then entries in tar order."""
+    """Whiteouts first (they hide only what lower layers hold), then entries in tar order.
+
+    One read of the headers; the layer's members are kept (metadata only) until its whiteouts
+    are known, as the tree keeps them anyway."""
+    entries: list[tuple[list[bytes], TarMember]] = []
     for m in iter_members(blob, files, max_members=limits.max_entries):
         parts = split_name(m.name, blob.name)
         if parts and parts[-1].startswith(WHITEOUT):
             fs.whiteout(parts)
-    for m in iter_members(blob, files, max_members=limits.max_entries):
-        parts = split_name(m.name, blob.name)
-        if parts and parts[-1].startswith(WHITEOUT):
             continue
         totals.entries += 1
         totals.bytes += m.size
@@ -52,7 +53,9 @@ def apply_layer(fs: RootFs, blob: Blob, files: FileCache, limits: Limits, totals
             raise ImageError(f"{blob.name}: the image has more than {limits.max_entries} entries")
         if totals.bytes > limits.max_bytes:
             raise ImageError(f"{blob.name}: the image holds more than {limits.max_bytes} bytes")
-        where = f"{blob.name}: {display(parts)}"
+        entries.append((parts, m))
+    where = blob.name  # the tree's messages add the path
+    for parts, m in entries:
         if m.type == DIRECTORY:
             fs.add_dir(parts, m.mode, m.uid, m.gid, m.mtime, len(m.xattrs), where)
         elif m.type == HARDLINK:

@@ -80,7 +80,7 @@ def check_symlink(parts: list[bytes], target: bytes, where: str) -> None:
     """Refuse empty targets and targets that climb above the image root when resolved
     lexically from the link's directory (absolute targets from the root)."""
     if not target or b"\0" in target:
-        raise ImageError(f"{where}: empty or NUL-containing symlink target")
+        raise ImageError(f"{where}: {display(parts)}: empty or NUL-containing symlink target")
     depth = 0 if target.startswith(b"/") else len(parts) - 1
     for comp in target.split(b"/"):
         if comp == b"..":
@@ -102,9 +102,8 @@ def display(parts: list[bytes] | tuple[bytes, ...]) -> str:
 class RootFs:
     """The merged tree. ``root`` is the image's '/', emitted as ``rootfs/``.
 
-    Each layer is applied in two passes over its headers: first its whiteouts (which only ever
-    hide what the layers below hold), then its entries. The result does not depend on where a
-    whiteout sits in the layer's tar.
+    A layer's whiteouts are applied before its entries (they only ever hide what the layers below
+    hold), so the result does not depend on where a whiteout sits in the layer's tar.
     """
 
     def __init__(self) -> None:
