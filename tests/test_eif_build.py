@@ -312,3 +312,15 @@ def test_signed_build_prints_pcr8_and_is_reproducible(
     rc, _, _ = build(capsys, src, blobs, tmp_path / "s2.eif", *sign)
     assert rc == 0
     assert (tmp_path / "s1.eif").read_bytes() == (tmp_path / "s2.eif").read_bytes()
+
+
+def test_blobs_default_from_nitro_cli_env(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NITRO_CLI_BLOBS", str(blobs))
+    src = make_source("oci-dir", tmp_path)
+    assert main(["eif", "build", "--image", str(src), "--output", str(tmp_path / "o.eif")]) == 0
+    first = (tmp_path / "o.eif").read_bytes()
+    capsys.readouterr()
+    rc, _, _ = build(capsys, src, blobs, tmp_path / "p.eif")
+    assert rc == 0 and (tmp_path / "p.eif").read_bytes() == first

@@ -21,11 +21,11 @@ def register_build(sub: Any) -> None:
     b: argparse.ArgumentParser = sub.add_parser(
         "build",
         help="build an EIF from an image tarball, OCI layout or rootfs dir (no nitro-cli)",
-        description="Build a reproducible EIF from SOURCE: a `docker save` tarball, an OCI image "
-        "layout (directory or tar), or a plain root filesystem directory. The same inputs give "
-        "the same bytes on any machine; times are clamped to SOURCE_DATE_EPOCH (default 0). "
-        "Prints nitro-cli build-enclave's JSON.\n\n"
-        "exit 0: built; 1: the image or blobs were refused (malformed, path escape, "
+        description="Build a reproducible EIF from SOURCE: a `docker save` tarball, an OCI image\n"
+        "layout (directory or tar), or a plain root filesystem directory. The same inputs give\n"
+        "the same bytes on any machine; times are clamped to SOURCE_DATE_EPOCH (default 0).\n"
+        "Prints nitro-cli build-enclave's JSON. See docs/eif.md for the layout.\n\n"
+        "exit 0: built; 1: the image or blobs were refused (malformed, path escape,\n"
         "too large); 2: usage or I/O error.",
         epilog="examples:\n"
         "  docker save myapp:latest -o myapp.tar\n"
@@ -65,8 +65,8 @@ def register_diff(sub: Any) -> None:
     d: argparse.ArgumentParser = sub.add_parser(
         "diff",
         help="why two EIFs differ: sections, and for ramdisks the paths and how",
-        description="Compare two EIFs section by section. For ramdisks, list each path that was "
-        "added, removed or changed, and how (content, mode, owner, link target, type, device, "
+        description="Compare two EIFs section by section. For ramdisks, list each path that was\n"
+        "added, removed or changed, and how (content, mode, owner, link target, type, device,\n"
         "mtime). Use it when a rebuild does not reproduce PCR0.\n\n"
         "exit 0: identical; 1: they differ; 2: usage or I/O error (or not an EIF).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
