@@ -40,6 +40,7 @@ class Check(StrEnum):
     FORMAT = "format"
     COSE_SIGNATURE = "cose_signature"
     CERTIFICATE_CHAIN = "certificate_chain"
+    DOCUMENT_KIND = "document_kind"
     PCRS = "pcrs"
     NONCE = "nonce"
     USER_DATA = "user_data"
@@ -75,6 +76,12 @@ class ChainError(VerificationError):
 
 class ExpiredError(ChainError):
     """A certificate of the chain is not valid at the verification time."""
+
+
+class DocumentKindError(VerificationError):
+    """The document is of another kind (enclave or NitroTPM) than the policy accepts."""
+
+    check = Check.DOCUMENT_KIND
 
 
 class PcrMismatchError(VerificationError):

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
+        print(f"nitro-attest: internal error: {escape_text(repr(exc))}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
         else:

@@ -14,17 +14,18 @@ from nitro_attest._cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     CliError,
+    escape_text,
     parse_hex,
     read_bytes,
 )
 from nitro_attest.attestation.report import document_to_json, render_text
+from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
     ClientError,
     request_attestation,
     save_attestation,
 )
-from nitro_attest.wire.protocol import MAX_FIELD_SIZE
 from nitro_attest.wire.transport import AddressError, parse_address
 
 DEFAULT_USER_DATA = b"nitro-attest client"
@@ -79,7 +80,7 @@ def register(sub: Any) -> None:
 def _nonce(value: str) -> bytes:
     if value == "random":
         return os.urandom(32)
-    return parse_hex(value, "--nonce", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--nonce", max_bytes=NSM_FIELD_BYTES)
 
 
 def _user_data(value: str | None) -> bytes | None:
@@ -88,11 +89,11 @@ def _user_data(value: str | None) -> bytes | None:
     if value == "none":
         return None
     if value.startswith("@"):
-        data = read_bytes(value[1:], limit=MAX_FIELD_SIZE, what="user data")
+        data = read_bytes(value[1:], limit=NSM_FIELD_BYTES, what="user data")
         if not data:
             raise CliError(f"{value[1:]}: empty user data file (use --user-data none)")
         return data
-    return parse_hex(value, "--user-data", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--user-data", max_bytes=NSM_FIELD_BYTES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     nonce = _nonce(args.nonce)
     user_data = _user_data(args.user_data)
     public_key = (
-        parse_hex(args.public_key, "--public-key", max_bytes=MAX_FIELD_SIZE)
+        parse_hex(args.public_key, "--public-key", max_bytes=NSM_FIELD_BYTES)
         if args.public_key
         else None
     )
@@ -128,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     report = verifier.evaluate(document, policy=policy)
 
     out_dir = Path(args.out_dir)
+    decoded = report.document or report.claimed  # the tutorial saves the decode, verified or not
     try:
-        if report.document is not None:
-            saved = save_attestation(out_dir, document, document_to_json(report.document))
+        if decoded is not None:
+            saved = save_attestation(out_dir, document, document_to_json(decoded))
         else:  # unreadable: keep the raw bytes for inspection, drop a stale decoded file
             saved = save_attestation(out_dir, document, {"error": "document could not be decoded"})
             (out_dir / DOCUMENT_JSON_FILE).unlink(missing_ok=True)
@@ -145,11 +147,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            f"Requested an attestation document from {address} "
-            f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            escape_text(
+                f"Requested an attestation document from {address} "
+                f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            )
         )
         for path in saved:
-            print(f"Saved {path}")
+            print(escape_text(f"Saved {path}"))
         if not policy.pcr_sets:
             print(
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr

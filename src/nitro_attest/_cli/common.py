@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import NitroAttestError, UsageError, VerificationError
 
 EXIT_OK = 0
@@ -21,16 +22,8 @@ def exit_code_for(exc: NitroAttestError) -> int:
     return EXIT_REJECTED if isinstance(exc, VerificationError) else EXIT_USAGE
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
-
-
-def escape_text(text: str) -> str:
-    """Untrusted text made safe for a terminal: C0 controls and DEL escaped, and C1 controls."""
-    out = text.translate(_CONTROL)
-    if any(0x80 <= ord(ch) < 0xA0 for ch in out):
-        out = "".join(f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) < 0xA0 else ch for ch in out)
-    return out
+# The one escaping helper for untrusted text (it lives with the report renderer, which uses it too).
+escape_text = escape_untrusted
 
 
 def parse_hex(value: str, what: str, *, max_bytes: int | None = None) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.channel import sender as channel_client
@@ -86,21 +86,25 @@ def run(args: argparse.Namespace) -> int:
             suite=args.suite,
             timeout=args.timeout,
             unsafe_any_enclave=args.unsafe_any_enclave,
+            kind=args.kind,
         )
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
     except VerificationError as exc:
-        print(f"REFUSED (nothing sent): {exc.check}: {exc.message}")
+        print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
         return EXIT_REJECTED
     except ChannelError as exc:
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
-        print(f"REFUSED: {exc.message}")
+        print(escape_text(f"REFUSED: {exc.message}"))
         return EXIT_REJECTED
     doc = receipt.verified.document
+    pcr0 = doc.pcrs.get(0)
     print(
-        f"DELIVERED {receipt.size} bytes to enclave {doc.module_id} "
-        f"(suite {receipt.suite.label}, PCR0 {doc.pcrs[0].hex()[:16]}...); "
-        f"acknowledged; secret sha256 {receipt.sha256.hex()}"
+        escape_text(
+            f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
+            f"(suite {receipt.suite.label}, PCR0 {pcr0.hex()[:16] + '...' if pcr0 else 'absent'}); "
+            f"acknowledged; secret sha256 {receipt.sha256.hex()}"
+        )
     )
     return EXIT_OK

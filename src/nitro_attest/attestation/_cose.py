@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from nitro_attest.attestation._cbor import CborError, strict_loads
 from nitro_attest.errors import FormatError
 
-COSE_SIGN1_TAG = 18
 HEADER_ALG = 1
 
 
@@ -32,10 +31,6 @@ class EcdsaAlgorithm:
     curve: type[ec.EllipticCurve]
     hash: type[hashes.HashAlgorithm]
     coordinate_size: int
-
-    @property
-    def signature_size(self) -> int:
-        return 2 * self.coordinate_size
 
 
 ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)

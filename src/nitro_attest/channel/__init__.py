@@ -1,4 +1,10 @@
-"""Attested channel: deliver a secret only to an enclave whose attestation verifies (HPKE)."""
+"""The attested channel: deliver a secret only to an enclave whose attestation verifies.
+
+``keys`` (HPKE suites and the key named in a document's public_key) and ``seal`` (sealing bound
+to the nonce and the document) are pure; ``replay`` is the enclave's one-use nonce ledger;
+``receiver`` is the enclave side, ``sender`` the client side, and ``protocol`` their request and
+response types on the wire protocol. See docs/channel.md and docs/threat-model.md.
+"""
 
 from nitro_attest.channel.keys import (
     SUITE_LABELS,

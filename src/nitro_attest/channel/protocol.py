@@ -28,8 +28,8 @@ from nitro_attest.channel.receiver import (
 )
 from nitro_attest.channel.seal import max_sealed_bytes
 from nitro_attest.errors import ChannelError
+from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.wire.protocol import (
-    MAX_FRAME_SIZE,
     AttestationResponse,
     AttestRequest,
     ProtocolError,
@@ -116,7 +116,7 @@ class ChannelOfferResponse(Response):
     def from_fields(cls, obj: Mapping[str, Any]) -> ChannelOfferResponse:
         _only(obj, {"document", "public_key"}, cls.TYPE)
         return cls(
-            document=_need(obj, "document", cls.TYPE, MAX_FRAME_SIZE),
+            document=_need(obj, "document", cls.TYPE, MAX_FRAME_BYTES),
             public_key=_need(obj, "public_key", cls.TYPE, HYBRID_KEY_BYTES),
         )
 

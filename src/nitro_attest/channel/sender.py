@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
 from nitro_attest.channel.keys import (
@@ -33,10 +34,10 @@ from nitro_attest.channel.seal import (
     seal,
 )
 from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
+from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 NONCE_BYTES = 32
-MAX_DOCUMENT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ def deliver_secret(
     max_age: float | None = None,
     at: At = None,
     user_data: bytes | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
 
@@ -139,6 +141,7 @@ def deliver_secret(
         user_data=user_data,
         max_age=max_age,
         allow_debug=allow_debug,
+        kind=kind,
     )
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
@@ -195,6 +198,7 @@ def send_secret(
     unsafe_any_enclave: bool = False,
     max_age: float | None = None,
     user_data: bytes | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
@@ -224,4 +228,5 @@ def send_secret(
             unsafe_any_enclave=unsafe_any_enclave,
             max_age=max_age,
             user_data=user_data,
+            kind=kind,
         )

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import (
     CRC_OFFSET,
     CURRENT_VERSION,
@@ -34,7 +35,6 @@ from nitro_attest.eif.format import (
     SectionHeader,
     SectionType,
 )
-from nitro_attest.eif.measure import extend
 from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
 from nitro_attest.eif.sink import Crc, HashingSink, crc32_combine
 
@@ -148,11 +148,11 @@ def write_eif(
                     sink.close()
                     pcr1_digest = prefix.copy().digest()
             sink.close()
-            pcr0 = extend(prefix.digest())
+            pcr0 = extend_zero(prefix.digest())
             pcrs = {
                 "PCR0": pcr0.hex(),
-                "PCR1": extend(pcr1_digest).hex(),
-                "PCR2": extend(app.digest()).hex(),
+                "PCR1": extend_zero(pcr1_digest).hex(),
+                "PCR2": extend_zero(app.digest()).hex(),
             }
             if key is not None and signing_certificate_pem is not None:
                 signature = sign_pcr0(key, signing_certificate_pem, pcr0)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
 from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import (
@@ -98,7 +99,7 @@ class EnclaveServer:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_frame_size: int = protocol.MAX_FRAME_SIZE,
+        max_frame_size: int = MAX_FRAME_BYTES,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         if not handlers:

@@ -27,7 +27,6 @@ VMADDR_CID_HOST = 2
 VMADDR_CID_PARENT = 3  # the parent instance, seen from inside a Nitro Enclave
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_PORT_ANY = 0xFFFFFFFF
-MIN_ENCLAVE_CID = 4
 _U32_MAX = 0xFFFFFFFF
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
