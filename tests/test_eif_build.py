@@ -324,3 +324,39 @@ def test_blobs_default_from_nitro_cli_env(
     capsys.readouterr()
     rc, _, _ = build(capsys, src, blobs, tmp_path / "p.eif")
     assert rc == 0 and (tmp_path / "p.eif").read_bytes() == first
+
+
+def test_same_pcrs_from_every_source_kind(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image, not its packaging, is measured: all four SOURCE forms give the same ramdisks."""
+    seen = []
+    for kind in SOURCES:
+        (tmp_path / kind).mkdir()
+        rc, printed, err = build(capsys, make_source(kind, tmp_path / kind), blobs,
+                                 tmp_path / kind / "o.eif")  # fmt: skip
+        assert rc == 0, err
+        seen.append(printed["Measurements"])
+    assert all(m == seen[0] for m in seen)
+
+
+def test_locale_timezone_and_umask_of_the_builder_do_not_matter(
+    tmp_path: Path, blobs: Path
+) -> None:
+    import subprocess
+    import sys
+
+    src = make_source("docker-save", tmp_path)
+    outs = []
+    for i, (locale, tz, umask) in enumerate((("C", "UTC", "022"),
+                                             ("C.UTF-8", "Asia/Kolkata", "077"))):  # fmt: skip
+        out = tmp_path / f"o{i}.eif"
+        env = {**os.environ, "LC_ALL": locale, "LANG": locale, "TZ": tz}
+        code = "from nitro_attest._cli import entrypoint; entrypoint()"
+        argv = [sys.executable, "-c", code, "eif", "build", "--image", str(src),
+                "--blobs", str(blobs), "--output", str(out)]  # fmt: skip
+        r = subprocess.run(["sh", "-c", f'umask {umask}; exec "$@"', "sh", *argv], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
