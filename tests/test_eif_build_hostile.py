@@ -157,6 +157,12 @@ def test_decompression_bomb_capped(tmp_path: Path, blobs: Path) -> None:
     opts = BuildOptions(src, blobs, tmp_path / "o.eif", limits=Limits(max_bytes=1 << 20))
     with pytest.raises(ImageError, match="decompression bomb"):
         build_eif(opts)
+    # many small ones share one budget: three 600 KiB layers under a 1 MiB cap
+    small = [gzip.compress(layer_tar([f(f"z{i}", bytes(600 << 10))]), mtime=0) for i in range(3)]
+    src3 = write_dir(tmp_path / "oci3", oci_files(small, CONFIG))
+    opts3 = BuildOptions(src3, blobs, tmp_path / "o.eif", limits=Limits(max_bytes=1 << 20))
+    with pytest.raises(ImageError, match=r"layer 2 .*decompressed layers exceed"):
+        build_eif(opts3)
     few = BuildOptions(src, blobs, tmp_path / "o.eif", limits=Limits(max_entries=0))
     with pytest.raises(ImageError, match="more than 0"):
         build_eif(few)

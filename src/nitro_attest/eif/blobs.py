@@ -86,10 +86,22 @@ def whole_file(path: str | os.PathLike[str], name: str) -> Blob:
     return Blob(p, 0, size, name)
 
 
-def uncompressed(blob: Blob, files: FileCache, spool_dir: Path, cap: int) -> Blob:
+class Spool:
+    """A private directory for decompressed blobs, with one budget for all of them: many small
+    bombs cannot fill the disk any more than one large one."""
+
+    def __init__(self, directory: Path, budget: int) -> None:
+        self.dir = directory
+        self.budget = budget
+        self.cap = budget
+        self.count = 0
+
+
+def uncompressed(blob: Blob, files: FileCache, spool: Spool) -> Blob:
     """The blob itself when it is not compressed; else a gzip-decompressed spool copy.
 
-    ``cap`` bounds the decompressed size (decompression bombs); zstd is refused by name.
+    The spool's budget bounds the decompressed bytes (decompression bombs); zstd is refused by
+    name.
     """
     magic = blob.head(files, 4)
     if magic.startswith(ZSTD_MAGIC):
@@ -100,7 +112,7 @@ def uncompressed(blob: Blob, files: FileCache, spool_dir: Path, cap: int) -> Blo
         )
     if not magic.startswith(GZIP_MAGIC):
         return blob
-    fd, spool = _spool_file(spool_dir)
+    fd, path = _spool_file(spool)
     written = 0
     inflater = zlib.decompressobj(wbits=31)
     fed = False  # the current gzip member has had input but not yet ended
@@ -111,9 +123,9 @@ def uncompressed(blob: Blob, files: FileCache, spool_dir: Path, cap: int) -> Blo
             out = inflater.decompress(data, CHUNK)
             fed = fed or bool(data)
             written += len(out)
-            if written > cap:
+            if written > spool.budget:
                 raise ImageError(
-                    f"{blob.name}: decompresses to more than the {cap}-byte cap "
+                    f"{blob.name}: decompressed layers exceed the {spool.cap}-byte cap "
                     "(decompression bomb?)"
                 )
             _write_all(fd, out)
@@ -139,12 +151,13 @@ def uncompressed(blob: Blob, files: FileCache, spool_dir: Path, cap: int) -> Blo
         raise ImageError(f"{blob.name}: corrupt gzip data ({exc})") from None
     finally:
         os.close(fd)
-    return Blob(spool, 0, written, blob.name)
+    spool.budget -= written
+    return Blob(path, 0, written, blob.name)
 
 
-def _spool_file(spool_dir: Path) -> tuple[int, str]:
-    n = len(list(spool_dir.iterdir()))
-    path = str(spool_dir / f"blob-{n}")
+def _spool_file(spool: Spool) -> tuple[int, str]:
+    spool.count += 1
+    path = str(spool.dir / f"blob-{spool.count}")
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
 
 

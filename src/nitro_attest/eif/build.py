@@ -16,7 +16,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.eif.blobs import FileCache, ImageError
+from nitro_attest.eif.blobs import FileCache, ImageError, Spool
 from nitro_attest.eif.hostdir import scan_dir
 from nitro_attest.eif.layer import Limits, Totals, apply_layer
 from nitro_attest.eif.oci import Image, open_image
@@ -192,12 +192,12 @@ def _metadata(opts: BuildOptions, blobs: Blobs, image: Image | None) -> dict[str
 
 
 def load_rootfs(
-    source: Path, files: FileCache, spool: Path, limits: Limits, totals: Totals
+    source: Path, files: FileCache, spool_dir: Path, limits: Limits, totals: Totals
 ) -> tuple[RootFs, Image | None]:
     """The merged tree of any SOURCE kind, plus the image (None for a rootfs directory)."""
     if source.is_dir() and not (source / "index.json").is_file():
         return scan_dir(source, limits, totals), None
-    image = open_image(source, files, spool, limits)
+    image = open_image(source, files, Spool(spool_dir, limits.max_bytes), limits)
     fs = RootFs()
     for blob in image.layers:
         apply_layer(fs, blob, files, limits, totals)

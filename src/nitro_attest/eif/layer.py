@@ -24,7 +24,8 @@ _KINDS = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_bytes: int = 8 << 30
-    """Cap on each decompressed blob and on the sum of file sizes in the image."""
+    """Cap on all decompressed blobs together, and separately on the sum of the layers' file
+    sizes."""
     max_entries: int = 1_000_000
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.eif.blobs import Blob, FileCache, ImageError, uncompressed, whole_file
+from nitro_attest.eif.blobs import Blob, FileCache, ImageError, Spool, uncompressed, whole_file
 from nitro_attest.eif.layer import Limits
 from nitro_attest.eif.rootfs import split_name
 from nitro_attest.eif.tar import SYMLINK, iter_members
@@ -98,14 +98,14 @@ class _DirLayout:
 Layout = _TarIndex | _DirLayout
 
 
-def open_image(source: Path, files: FileCache, spool: Path, limits: Limits) -> Image:
+def open_image(source: Path, files: FileCache, spool: Spool, limits: Limits) -> Image:
     """A docker save tarball or an OCI layout (dir or tar, gzip allowed around the tar)."""
     if source.is_dir():
         layout: Layout = _DirLayout(source)
         if not layout.has("index.json"):
             raise ImageError(f"{source}: not an OCI image layout (no index.json)")
     else:
-        outer = uncompressed(whole_file(source, str(source)), files, spool, limits.max_bytes)
+        outer = uncompressed(whole_file(source, str(source)), files, spool)
         layout = _TarIndex(outer, files, limits)
     if layout.has("manifest.json"):
         return _docker_save(layout, files, spool, limits)
@@ -114,7 +114,7 @@ def open_image(source: Path, files: FileCache, spool: Path, limits: Limits) -> I
     raise ImageError(f"{source}: neither a docker save tarball nor an OCI layout")
 
 
-def _docker_save(layout: Layout, files: FileCache, spool: Path, limits: Limits) -> Image:
+def _docker_save(layout: Layout, files: FileCache, spool: Spool, limits: Limits) -> Image:
     manifest = _json(layout.read("manifest.json", "manifest.json", files), "manifest.json")
     if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
         n = len(manifest) if isinstance(manifest, list) else "?"
@@ -128,7 +128,7 @@ def _docker_save(layout: Layout, files: FileCache, spool: Path, limits: Limits) 
     raw = layout.read(config_name, "image config", files)
     tags = entry.get("RepoTags") or []
     layers = [
-        uncompressed(layout.get(n, f"layer {i + 1}"), files, spool, limits.max_bytes)
+        uncompressed(layout.get(n, f"layer {i + 1}"), files, spool)
         for i, n in enumerate(layer_names)
     ]
     return Image(
@@ -158,7 +158,7 @@ def _sized(layout: Layout, descriptor: Any, what: str) -> Blob:
     return blob
 
 
-def _oci(layout: Layout, files: FileCache, spool: Path, limits: Limits) -> Image:
+def _oci(layout: Layout, files: FileCache, spool: Spool, limits: Limits) -> Image:
     doc = _json(layout.read("index.json", "index.json", files), "index.json")
     for depth in range(4):  # index -> (nested index ->) manifest
         manifests = doc.get("manifests") if isinstance(doc, dict) else None
@@ -186,7 +186,7 @@ def _oci(layout: Layout, files: FileCache, spool: Path, limits: Limits) -> Image
         if isinstance(ref, str):
             tags.append(ref)
     blobs = [
-        uncompressed(_sized(layout, d, f"layer {i + 1}"), files, spool, limits.max_bytes)
+        uncompressed(_sized(layout, d, f"layer {i + 1}"), files, spool)
         for i, d in enumerate(layers)
     ]
     return Image(blobs, _config(raw), "sha256:" + hashlib.sha256(raw).hexdigest(), tags)
