@@ -226,3 +226,10 @@ def test_deep_nesting_builds_without_recursion_errors(
     assert rc == 0, capsys.readouterr().err
     got = summary(ramdisks((tmp_path / "o.eif").read_bytes())[1])
     assert got[deep][4] == b"x" and got["a/" * 1499 + "a"][0] == "d"
+
+
+def test_values_newc_cannot_hold_are_refused(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(tmp_path, blobs, capsys, [layer_tar([f("big-uid", b"x", uid=1 << 33)])])
+    assert "big-uid" in err and "32-bit" in err

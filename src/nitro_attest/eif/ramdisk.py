@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nitro_attest.eif.blobs import FileCache, ImageError, open_regular
-from nitro_attest.eif.cpio import CpioHeader, pad4, trailer
+from nitro_attest.eif.cpio import HEADER_SIZE, CpioHeader, pad4, trailer
 from nitro_attest.eif.rootfs import Dir, Inode, RootFs, display, walk
 from nitro_attest.eif.sink import HashingSink
 from nitro_attest.eif.writer import Stream
@@ -41,16 +41,21 @@ class Ramdisk:
         self._top = entries or []
         self._fs = fs
         self._epoch = epoch
+        self._links: dict[int, int] | None = None
 
     def entries(self) -> Iterator[Entry]:
         yield from self._top
         if self._fs is not None:
-            yield from _tree_entries(self._fs, self._epoch)
+            if self._links is None:
+                self._links = _link_counts(self._fs)
+            yield from _tree_entries(self._fs, self._epoch, self._links)
 
     def size(self) -> int:
+        """Computed, not packed: ``pack`` checks the fields while the archive is produced."""
         total = len(trailer())
         for e in self.entries():
-            total += len(e.header.pack()) + e.header.size + pad4(e.header.size)
+            h = e.header
+            total += _header_size(len(h.name)) + h.size + pad4(h.size)
         return total
 
     def stream(self, files: FileCache) -> Stream:
@@ -156,11 +161,21 @@ def customer(fs: RootFs, cmd: list[str], env: list[str], epoch: int) -> Ramdisk:
     return Ramdisk(top, fs, epoch)
 
 
-def _tree_entries(fs: RootFs, epoch: int) -> Iterator[Entry]:
-    links: dict[int, int] = {}
+def _header_size(name_len: int) -> int:
+    n = HEADER_SIZE + name_len + 1
+    return n + pad4(n)
+
+
+def _link_counts(fs: RootFs) -> dict[int, int]:
+    """Names per regular-file inode (only those with more than one)."""
+    counts: dict[int, int] = {}
     for _, node in walk(fs.root):
         if isinstance(node, Inode) and node.kind == stat.S_IFREG:
-            links[id(node)] = links.get(id(node), 0) + 1
+            counts[id(node)] = counts.get(id(node), 0) + 1
+    return {k: v for k, v in counts.items() if v > 1}
+
+
+def _tree_entries(fs: RootFs, epoch: int, links: dict[int, int]) -> Iterator[Entry]:
     seen: dict[int, int] = {}
     ino = 3  # cmd, env, rootfs
     for path, node in walk(fs.root):
