@@ -360,3 +360,12 @@ def test_locale_timezone_and_umask_of_the_builder_do_not_matter(
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_extracted_docker_save_directory_is_an_image(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_dir(tmp_path / "saved", docker_save_files(_layers(), CONFIG))
+    rc, _, err = build(capsys, src, blobs, tmp_path / "o.eif")
+    assert rc == 0, err
+    assert summary(ramdisks((tmp_path / "o.eif").read_bytes())[1]) == EXPECTED

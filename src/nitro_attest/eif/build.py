@@ -191,11 +191,16 @@ def _metadata(opts: BuildOptions, blobs: Blobs, image: Image | None) -> dict[str
     }
 
 
+def is_image_dir(source: Path) -> bool:
+    """An OCI layout, or an extracted docker save, rather than a root filesystem."""
+    return any(os.path.lexists(source / name) for name in ("index.json", "manifest.json"))
+
+
 def load_rootfs(
     source: Path, files: FileCache, spool_dir: Path, limits: Limits, totals: Totals
 ) -> tuple[RootFs, Image | None]:
     """The merged tree of any SOURCE kind, plus the image (None for a rootfs directory)."""
-    if source.is_dir() and not (source / "index.json").is_file():
+    if source.is_dir() and not is_image_dir(source):
         return scan_dir(source, limits, totals), None
     image = open_image(source, files, Spool(spool_dir, limits.max_bytes), limits)
     fs = RootFs()

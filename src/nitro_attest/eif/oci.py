@@ -102,8 +102,6 @@ def open_image(source: Path, files: FileCache, spool: Spool, limits: Limits) -> 
     """A docker save tarball or an OCI layout (dir or tar, gzip allowed around the tar)."""
     if source.is_dir():
         layout: Layout = _DirLayout(source)
-        if not layout.has("index.json"):
-            raise ImageError(f"{source}: not an OCI image layout (no index.json)")
     else:
         outer = uncompressed(whole_file(source, str(source)), files, spool)
         layout = _TarIndex(outer, files, limits)
