@@ -13,8 +13,6 @@ from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
 from nitro_attest.eif import HASH_ALGORITHM, EifError
-from nitro_attest.eif.build import BuildOptions, build_eif, default_blobs, source_date_epoch
-from nitro_attest.eif.diff import diff_eifs
 
 
 def register_build(sub: Any) -> None:
@@ -97,6 +95,9 @@ def _cmd(value: str) -> list[str]:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    # imported here: the builder is not needed by every nitro-attest command's start-up
+    from nitro_attest.eif.build import BuildOptions, build_eif, default_blobs, source_date_epoch
+
     image = Path(args.image)
     if not os.path.lexists(image):
         raise CliError(f"{image}: no such file or directory")
@@ -149,6 +150,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from nitro_attest.eif.diff import diff_eifs
+
     for path in (args.a, args.b):
         if not Path(path).is_file():
             raise CliError(f"{path}: no such file")
