@@ -40,10 +40,11 @@ class FileCache:
         self._fds.clear()
 
 
-def open_regular(path: str) -> int:
-    """Open a regular file without following a final symlink; never a FIFO or device."""
+def open_regular(path: str, *, follow: bool = False) -> int:
+    """Open a regular file, never a FIFO or device; a final symlink only when ``follow``."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except OSError as exc:

@@ -16,7 +16,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.eif.blobs import FileCache, ImageError, Spool
+from nitro_attest.eif.blobs import FileCache, ImageError, Spool, open_regular
 from nitro_attest.eif.hostdir import scan_dir
 from nitro_attest.eif.layer import Limits, Totals, apply_layer
 from nitro_attest.eif.oci import Image, open_image
@@ -81,15 +81,21 @@ def default_blobs(environ: dict[str, str] | os._Environ[str]) -> Path | None:
 
 
 def _small(path: Path, limit: int) -> bytes:
+    """A blob file read whole (init, nsm.ko, cmdline, the kernel config): regular files only."""
+    if not os.path.lexists(path):
+        raise ImageError(f"blobs: {path} is missing")
+    fd = open_regular(str(path), follow=True)  # the blobs are the user's install: links are fine
     try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except FileNotFoundError:
-        raise ImageError(f"blobs: {path} is missing") from None
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ImageError(f"blobs: {path} is larger than {limit} bytes")
+        data = os.read(fd, size + 1) if size else b""  # not read(limit): it would allocate it
     except OSError as exc:
         raise ImageError(f"blobs: {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ImageError(f"blobs: {path} is larger than {limit} bytes")
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise ImageError(f"blobs: {path} changed while being read")
     return data
 
 
