@@ -91,6 +91,14 @@ def make_blobs(root: Path) -> Path:
 
 
 CPU: dict[str, list[float]] = {}
+TRACED = """
+import sys, tracemalloc
+from pathlib import Path
+from nitro_attest.eif.build import BuildOptions, build_eif
+tracemalloc.start()
+build_eif(BuildOptions(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
+print(round(tracemalloc.get_traced_memory()[1] / (1 << 20), 1))
+"""
 
 
 def timed(argv: list[str], key: str = "") -> tuple[float, int]:
@@ -162,6 +170,11 @@ def main() -> None:
                 f"{rss / MIB:.1f} MiB (target <= 64); CPU (user+sys) best {min(CPU[key]):.2f} s "
                 f"vs tar {cpu_tar:.2f} s"
             )
+        argv = [sys.executable, "-c", TRACED, str(work / "image.tar"), str(blobs)]
+        traced = subprocess.run(
+            [*argv, str(work / "t.eif")], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        print(f"Python heap peak (tracemalloc) building from the docker save tarball: {traced} MiB")
         shutil.rmtree(tree)
 
 
