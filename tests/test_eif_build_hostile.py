@@ -1,5 +1,6 @@
-"""Image tarballs are untrusted: path escapes, symlink-then-write, hard links out of the image,
-truncation, oversized headers, decompression bombs. Each is refused with one line and exit 1."""
+"""Threat model: image builder. Image tarballs are untrusted: path escapes, symlink-then-write,
+hard links out of the image, truncation, oversized headers, decompression bombs. Each is refused
+with one line and exit 1."""
 
 from __future__ import annotations
 
