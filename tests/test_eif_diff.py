@@ -95,3 +95,18 @@ def test_not_an_eif_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "x").write_bytes(b"nope" * 200)
     assert main(["eif", "diff", str(tmp_path / "x"), str(tmp_path / "x")]) == 2
     assert "not an EIF" in capsys.readouterr().err
+
+
+def test_hostile_metadata_does_not_crash_diff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nitro_attest.eif.writer import write_eif
+
+    deep = b'{"ImageName": "a", "ImageVersion": "1", "BuildMetadata": {}, "x": ' + b"[" * 5000
+    deep += b"]" * 5000 + b"}"
+    for name, meta in (("a", deep), ("b", b'{"ImageName": "b"}')):
+        write_eif(tmp_path / f"{name}.eif", kernel=b"k", cmdline=b"c", ramdisks=[b"r"],
+                  metadata=meta)  # fmt: skip
+    assert main(["eif", "diff", str(tmp_path / "a.eif"), str(tmp_path / "b.eif")]) == 1
+    out = capsys.readouterr().out
+    assert "METADATA" in out and "not comparable as JSON" in out

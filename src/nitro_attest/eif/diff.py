@@ -17,6 +17,8 @@ from nitro_attest.eif.reader import MAX_METADATA_SIZE, EifLayout, Section, open_
 
 CHUNK = 1 << 20
 MAX_LISTED = 200
+MAX_ENTRIES = 2_000_000
+"""One small record per entry is kept; a hostile EIF could otherwise hold tens of millions."""
 
 
 @dataclass(slots=True)
@@ -120,6 +122,8 @@ def _cpio_records(fh: BinaryIO, section: Section) -> dict[bytes, _Record]:
             content = ""
         if h.name in records:
             raise CpioError(f"cpio: {h.name[:80]!r} appears twice")
+        if len(records) >= MAX_ENTRIES:
+            raise CpioError(f"cpio: more than {MAX_ENTRIES} entries")
         records[h.name] = _Record(
             h.kind, h.mode & 0o7777, h.uid, h.gid, h.mtime, content, (h.rdevmajor, h.rdevminor)
         )
@@ -202,7 +206,8 @@ def _diff_metadata(fa: BinaryIO, sa: Section, fb: BinaryIO, sb: Section, out: Se
         fh.seek(s.data_offset)
         try:
             docs.append(_flatten(json.loads(fh.read(s.size))))
-        except ValueError:
+        except (ValueError, RecursionError):  # the EIFs are untrusted too
+            out.summary += " (not comparable as JSON)"
             return
     a, b = docs
     for key in sorted(a.keys() | b.keys()):

@@ -62,7 +62,8 @@ class _TarIndex:
         offset, size, kind, link = found
         if kind == SYMLINK and depth < 8:  # legacy docker save links duplicate layers
             base = key.rsplit("/", 1)[0] if "/" in key else ""
-            return self.get(os.path.normpath(os.path.join(base, link.decode())), what, depth + 1)
+            target = link.decode("utf-8", "replace")
+            return self.get(os.path.normpath(os.path.join(base, target)), what, depth + 1)
         if kind not in (b"0", b"\0", b"7"):
             raise ImageError(f"{self.blob.name}: {what} {key} is not a regular file")
         return Blob(self.blob.path, self.blob.offset + offset, size, f"{what} ({key})")
@@ -124,7 +125,7 @@ def _docker_save(layout: Layout, files: FileCache, spool: Spool, limits: Limits)
     if not all(isinstance(x, str) for x in layer_names) or len(layer_names) > MAX_LAYERS:
         raise ImageError(f"manifest.json: Layers must be at most {MAX_LAYERS} names")
     raw = layout.read(config_name, "image config", files)
-    tags = entry.get("RepoTags") or []
+    tags = entry.get("RepoTags") if isinstance(entry.get("RepoTags"), list) else []
     layers = [
         uncompressed(layout.get(n, f"layer {i + 1}"), files, spool)
         for i, n in enumerate(layer_names)
