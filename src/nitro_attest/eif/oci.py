@@ -125,7 +125,8 @@ def _docker_save(layout: Layout, files: FileCache, spool: Spool, limits: Limits)
     if not all(isinstance(x, str) for x in layer_names) or len(layer_names) > MAX_LAYERS:
         raise ImageError(f"manifest.json: Layers must be at most {MAX_LAYERS} names")
     raw = layout.read(config_name, "image config", files)
-    tags = entry.get("RepoTags") if isinstance(entry.get("RepoTags"), list) else []
+    raw_tags = entry.get("RepoTags")
+    tags: list[Any] = raw_tags if isinstance(raw_tags, list) else []
     layers = [
         uncompressed(layout.get(n, f"layer {i + 1}"), files, spool)
         for i, n in enumerate(layer_names)
