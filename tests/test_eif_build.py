@@ -100,7 +100,7 @@ EXPECTED: dict[str, tuple[Any, ...]] = {
     "usr/lib": D,
     "var": D,
 }
-CONFIG = config_json(cmd=["--port", "5005"], entrypoint=["/bin/tool"], env=["PATH=/bin", "A=1"])
+CONFIG = config_json(cmd=["/bin/tool", "--port", "5005"], env=["PATH=/bin", "A=1"])
 
 
 def _layers() -> list[bytes]:
@@ -170,7 +170,7 @@ def test_layout_top_level_bootstrap_cmd_env(
     }
     names = list(customer)
     assert names[:3] == ["cmd", "env", "rootfs"]
-    assert customer["cmd"].data == b"/bin/tool\n--port\n5005\n"  # Entrypoint + Cmd
+    assert customer["cmd"].data == b"/bin/tool\n--port\n5005\n"  # one word per line
     assert customer["env"].data == b"PATH=/bin\nA=1\n"
     assert customer["cmd"].mode == stat.S_IFREG | 0o644
     # depth first, byte order within each directory, parents first
@@ -391,3 +391,69 @@ def test_build_streams_the_image(tmp_path: Path, blobs: Path) -> None:
     assert (tmp_path / "o.eif").stat().st_size > 24 << 20
     assert result.measurements == inspect_eif(tmp_path / "o.eif").pcrs_hex()
     assert peak < 6 << 20, f"peak {peak >> 20} MiB"
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "cmd", "env", "want_cmd", "want_env"),
+    [
+        (None, ["/c"], ["A=1"], b"/c\n", b"A=1\n"),
+        (["/e"], ["/c"], ["A=1"], b"/c\n", b"A=1\n"),  # Cmd and Env: Entrypoint ignored
+        (["/e"], ["/c"], None, b"/e\n", b""),  # no Env: Entrypoint, Cmd ignored
+        (["/e", "x"], None, ["A=1"], b"/e\nx\n", b"A=1\n"),
+    ],
+)
+def test_command_chosen_as_nitro_cli_does(
+    entrypoint: list[str] | None, cmd: list[str] | None, env: list[str] | None,
+    want_cmd: bytes, want_env: bytes, tmp_path: Path, blobs: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """enclave_build/src/docker.rs extract_image: Cmd when Cmd and Env exist, else Entrypoint."""
+    import json as _json
+
+    doc = {"architecture": "amd64", "os": "linux", "config": {}}
+    for key, value in (("Entrypoint", entrypoint), ("Cmd", cmd), ("Env", env)):
+        if value is not None:
+            doc["config"][key] = value  # type: ignore[index]
+    src = write_dir(tmp_path / "oci", oci_files(_layers(), _json.dumps(doc).encode()))
+    rc, _, err = build(capsys, src, blobs, tmp_path / "o.eif")
+    assert rc == 0, err
+    _, customer = ramdisks((tmp_path / "o.eif").read_bytes())
+    assert (customer["cmd"].data, customer["env"].data) == (want_cmd, want_env)
+
+
+def test_blobs_as_nitro_cli_reads_them(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cmdline trimmed (nitro-cli: cmdline.trim()), OS and kernel version from line 3 of
+    bzImage.config split on ' ', '/' and '-', ImageName up to the tag's first ':', and the
+    kernel and arch flag from the image's architecture."""
+    import json as _json
+
+    from .eif_helpers import parse
+
+    (blobs / "cmdline").write_bytes(b"  console=ttyS0 reboot=k \n\n")
+    (blobs / "bzImage.config").write_text(
+        "#\n# Automatically generated\n# Linux/x86_64 4.14.177-104.253.amzn2.x86_64 Kernel\n"
+    )
+    src = make_source("docker-save", tmp_path)
+    rc, _, err = build(capsys, src, blobs, tmp_path / "o.eif")
+    assert rc == 0, err
+    eif = (tmp_path / "o.eif").read_bytes()
+    _, sections = parse(eif)
+    cmdline = next(eif[o + 12 : o + 12 + n] for (t, o, n) in sections if t == 2)
+    assert cmdline == b"console=ttyS0 reboot=k"
+    info = inspect_eif(tmp_path / "o.eif")
+    assert info.metadata is not None and info.header.flags == 0
+    assert info.metadata["ImageName"] == "myapp"
+    build_meta = info.metadata["BuildMetadata"]
+    assert (build_meta["OperatingSystem"], build_meta["KernelVersion"]) == ("Linux", "4.14.177")
+    # an arm64 image needs blobs/Image and sets the aarch64 flag
+    arm = _json.loads(CONFIG)
+    arm["architecture"] = "arm64"
+    src = write_dir(tmp_path / "arm", oci_files(_layers(), _json.dumps(arm).encode()))
+    rc, _, err = build(capsys, src, blobs, tmp_path / "a.eif")
+    assert rc == 1 and "holds no Image" in err
+    (blobs / "Image").write_bytes(b"arm64 kernel")
+    rc, _, err = build(capsys, src, blobs, tmp_path / "a.eif")
+    assert rc == 0, err
+    assert inspect_eif(tmp_path / "a.eif").header.flags == 1

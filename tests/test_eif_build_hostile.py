@@ -207,7 +207,7 @@ def test_usage_errors_exit_2(
     assert rc == 1 and "give --cmd" in capsys.readouterr().err
     rc = main(["eif", "build", "--image", str(src), "--blobs", str(tmp_path),
                "--output", str(tmp_path / "o.eif"), "--cmd", "/a"])  # fmt: skip
-    assert rc == 1 and "neither bzImage nor Image" in capsys.readouterr().err
+    assert rc == 1 and "holds no bzImage or Image" in capsys.readouterr().err
 
 
 def test_control_characters_in_names_are_escaped(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -99,27 +100,42 @@ def _small(path: Path, limit: int) -> bytes:
     return data
 
 
-def load_blobs(folder: Path) -> Blobs:
+# Rust's str::trim() removes Unicode White_Space; nitro-cli trims the cmdline with it
+_RUST_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" + (
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+KERNELS = {"amd64": "bzImage", "arm64": "Image"}
+
+
+def load_blobs(folder: Path, arch: str | None = None) -> Blobs:
+    """nitro-cli's blobs: the kernel for ``arch`` (amd64 -> bzImage, arm64 -> Image; None: the
+    one present), init, nsm.ko, cmdline (trimmed, as nitro-cli does), ``KERNEL.config``."""
     if not folder.is_dir():
         raise ImageError(f"blobs: {folder} is not a directory")
-    found = [folder / n for n in ("bzImage", "Image") if (folder / n).is_file()]
+    names = [KERNELS[arch]] if arch is not None else ["bzImage", "Image"]
+    found = [folder / n for n in names if (folder / n).is_file()]
     if not found:
-        raise ImageError(f"blobs: {folder} holds neither bzImage nor Image")
+        raise ImageError(f"blobs: {folder} holds no {' or '.join(names)}")
     kernel = found[0]
-    arm = kernel.name == "Image"
     os_name, version = "Unknown", "Unknown"
     config = kernel.with_name(kernel.name + ".config")
     if config.is_file():
-        head = _small(config, 1 << 20).split(b"\n")
-        words = head[2].decode("utf-8", "replace").split() if len(head) > 2 else []
-        if len(words) >= 3 and words[0] == "#":
-            os_name, version = words[1], words[2]
-    cmdline = _small(folder / "cmdline", MAX_CMDLINE)
+        # nitro-cli: line 3, e.g. "# Linux/x86_64 4.14.177-104.253.amzn2.x86_64 Kernel
+        # Configuration", split on ' ', '/' and '-'; words 1 and 3
+        lines = _small(config, 1 << 20).decode("utf-8", "replace").split("\n")
+        words = re.split("[ /-]", lines[2]) if len(lines) > 2 else []
+        os_name = words[1] if len(words) > 1 else os_name
+        version = words[3] if len(words) > 3 else version
+    raw = _small(folder / "cmdline", MAX_CMDLINE)
+    try:
+        cmdline = raw.decode("utf-8").strip(_RUST_WHITESPACE).encode()
+    except UnicodeDecodeError:
+        raise ImageError(f"blobs: {folder / 'cmdline'} is not UTF-8") from None
     if b"\0" in cmdline:
         raise ImageError(f"blobs: {folder / 'cmdline'} contains a NUL byte")
     return Blobs(
         kernel,
-        arm,
+        kernel.name == "Image",
         cmdline,
         _small(folder / "init", MAX_BLOB_FILE),
         _small(folder / "nsm.ko", MAX_BLOB_FILE),
@@ -128,17 +144,36 @@ def load_blobs(folder: Path) -> Blobs:
     )
 
 
-def _image_cmd_env(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _strings(inner: dict[str, Any], key: str) -> list[str] | None:
+    value = inner.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageError(f"image config: {key} must be a list of strings")
+    return value
+
+
+def image_cmd_env(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """nitro-cli's choice (enclave_build/src/docker.rs, extract_image): Cmd and Env when the
+    image has both; otherwise Entrypoint (with Env, or none); the other is ignored, not joined."""
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
         raise ImageError("image config: 'config' must be an object")
-    out = []
-    for key in ("Entrypoint", "Cmd", "Env"):
-        value = inner.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ImageError(f"image config: {key} must be a list of strings")
-        out.append(value)
-    return out[0] + out[1], out[2]
+    cmd, env, entrypoint = (_strings(inner, k) for k in ("Cmd", "Env", "Entrypoint"))
+    if cmd is not None and env is not None:
+        return cmd, env
+    if entrypoint is not None:
+        return entrypoint, env or []
+    raise ImageError("the image has neither Cmd (with Env) nor Entrypoint; give --cmd")
+
+
+def image_arch(config: dict[str, Any]) -> str | None:
+    arch = config.get("architecture")
+    if arch is None:
+        return None
+    if arch not in KERNELS:
+        raise ImageError(f"image architecture {str(arch)[:20]!r}: nitro-cli builds amd64 or arm64")
+    return str(arch)
 
 
 def merge_env(image_env: list[str], overrides: list[str]) -> list[str]:
@@ -158,10 +193,8 @@ def _name_version(image: Image | None, source: Path) -> tuple[str, str]:
     if image is None:
         return source.name or "rootfs", "rootfs"
     version = image.config_digest.removeprefix("sha256:")
-    if image.repo_tags:
-        tag = image.repo_tags[0]
-        name, sep, last = tag.rpartition(":")
-        return (name if sep and "/" not in last else tag), version
+    if image.repo_tags:  # nitro-cli: the docker URI up to its first ':'
+        return image.repo_tags[0].split(":")[0], version
     return source.name, version
 
 
@@ -218,17 +251,22 @@ def load_rootfs(
 def build_eif(opts: BuildOptions) -> BuildResult:
     if not 0 <= opts.epoch <= MAX_EPOCH:
         raise ImageError(f"SOURCE_DATE_EPOCH {opts.epoch} out of range 0..{MAX_EPOCH}")
-    blobs = load_blobs(opts.blobs)
+    load_blobs(opts.blobs)  # fail fast, before reading the image
     files = FileCache()
     partial = opts.output.with_name(f".{opts.output.name}.partial-{os.getpid()}")
     totals = Totals()
     try:
         with tempfile.TemporaryDirectory(prefix="nitro-attest-eif-") as spool:
             fs, image = load_rootfs(opts.image, files, Path(spool), opts.limits, totals)
-            image_cmd, image_env = _image_cmd_env(image.config) if image else ([], [])
-            cmd = opts.cmd if opts.cmd is not None else image_cmd
+            blobs = load_blobs(opts.blobs, image_arch(image.config) if image else None)
+            if opts.cmd is not None:
+                cmd, image_env = opts.cmd, (image_cmd_env(image.config)[1] if image else [])
+            elif image is not None:
+                cmd, image_env = image_cmd_env(image.config)
+            else:
+                raise ImageError("a root filesystem directory has no command; give --cmd")
             if not cmd:
-                raise ImageError("the image has no command (Entrypoint/Cmd); give --cmd")
+                raise ImageError("empty command; give --cmd")
             env = merge_env(image_env, opts.env)
             ramdisks = [
                 bootstrap(blobs.init, blobs.nsm_ko).stream(files),
