@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nitro_attest._cli import (
+    appraise_cmd,
     attest_cmd,
     eif_cmd,
     inspect_cmd,
@@ -21,6 +22,7 @@ from nitro_attest._cli import (
     pcr_cmd,
     send_secret_cmd,
     serve_cmd,
+    service_cmd,
     sim_cmd,
     verify_cmd,
 )
@@ -37,6 +39,8 @@ _COMMAND_MODULES = (
     serve_cmd,
     attest_cmd,
     send_secret_cmd,
+    service_cmd,
+    appraise_cmd,
 )
 
 
