@@ -23,8 +23,7 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SuiteId, parse_public_key_field, resolve_public_key
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore
+from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore, channel_handlers
 from nitro_attest.channel.seal import channel_info, document_digest, seal
 from nitro_attest.channel.sender import send_secret
 from nitro_attest.errors import ChannelError
@@ -109,7 +108,9 @@ def test_unsigned_or_unpinned_refused(
     extra = ["--sign-with", str(keys[sign_with][0])] if sign_with else []
     rc = main(_argv(pinned.address, state, tmp_path, *extra))
     out = capsys.readouterr().out
-    assert rc == 1 and out.startswith("REFUSED") and "DELIVERED" not in out
+    # Sent, then refused: a refusal is not authenticated, so the client cannot say more.
+    assert rc == 1 and out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
+    assert "channel_refused" in out
     assert ("unsigned" if sign_with is None else "does not pin") in out
 
 

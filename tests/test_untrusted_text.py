@@ -163,6 +163,21 @@ def test_enclave_error_message_is_escaped(
     assert "i-0123\\n" in out + err
 
 
+def test_verbose_traceback_is_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Threat model (docs/threat-model.md): the enclave's error message is the parent's text.
+
+    --verbose adds the traceback, whose last line repeats the exception message: it must be
+    escaped like the one-line error above it.
+    """
+    with parent_serving(f"unix://{tmp_path}/p.sock", DOC, error=EVIL) as parent:
+        assert main(["attest", "--connect", parent.address, "--verbose"]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" in err and err.count("i-0123\\n") == 2
+    assert_clean(out + err)
+
+
 def test_eif_describe_escapes_image_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
