@@ -46,6 +46,7 @@ MODULES = {
     "nitro_attest.eif.writer": "backends",
     "nitro_attest.nitro_cli": "backends",
     "nitro_attest.transport": "services",
+    "nitro_attest.admission": "services",
     "nitro_attest.enclave": "services",
     "nitro_attest.client": "services",
     "nitro_attest.channel.replay": "services",

@@ -9,14 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nitro_attest.admission import (
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 from nitro_attest.channel.enclave import ChannelReceiver
 from nitro_attest.channel.wire import channel_handlers
 from nitro_attest.cli.common import EXIT_OK, CliError
-from nitro_attest.enclave import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, nsm_handlers, serve
+from nitro_attest.cli.serve_log import BatchedStreamHandler
+from nitro_attest.enclave import nsm_handlers, serve
 from nitro_attest.errors import ChannelKeyError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
-from nitro_attest.transport import AddressError, parse_address
+from nitro_attest.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
 
@@ -57,17 +63,33 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--read-timeout",
         type=float,
-        default=DEFAULT_READ_TIMEOUT,
+        default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help=f"drop a client silent for this long (default {DEFAULT_READ_TIMEOUT:g})",
+        help="drop a client idle between requests for this long "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--frame-deadline",
+        type=float,
+        default=DEFAULT_FRAME_DEADLINE,
+        metavar="SECONDS",
+        help="a request, once its first byte arrived, must be complete within this long, or "
+        f"the client gets 'timeout' and is dropped (default {DEFAULT_FRAME_DEADLINE:g})",
     )
     p.add_argument(
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
-        help=f"concurrent connections served; more get a 'busy' answer "
-        f"(default {DEFAULT_MAX_CONNECTIONS})",
+        help="connections held open at once; when full the least recently active one is shed "
+        f"for a newcomer (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--socket-mode",
+        default=f"{DEFAULT_SOCKET_MODE:04o}",
+        metavar="OCTAL",
+        help="permissions of a unix:// socket, whatever the umask (default "
+        f"{DEFAULT_SOCKET_MODE:04o}: its owner only; 0660 lets the group connect)",
     )
     p.add_argument(
         "--no-channel",
@@ -75,6 +97,19 @@ def register(sub: Any) -> None:
         help="serve only attest/describe: no attested channel (no HPKE key, no sealed messages)",
     )
     p.set_defaults(func=run)
+
+
+def parse_socket_mode(text: str) -> int:
+    """An octal mode for the Unix socket: owner read/write required, no special bits."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise CliError(f"--socket-mode: {text[:20]!r} is not an octal mode like 0600") from None
+    if mode & ~0o777 or mode & 0o600 != 0o600:
+        raise CliError(
+            f"--socket-mode: {text[:20]} must be 0600..0777 with owner read and write (rw-)"
+        )
+    return mode
 
 
 def open_nsm(kind: str, state: Path | None) -> NsmBackend:
@@ -99,11 +134,7 @@ def _configure_logging() -> None:
 
 def _configure_logger(logger: logging.Logger) -> None:
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-        logger.addHandler(handler)
+        logger.addHandler(BatchedStreamHandler(sys.stderr))
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
@@ -115,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not args.read_timeout > 0:
         raise CliError("--read-timeout must be a positive number of seconds")
+    if not args.frame_deadline > 0:
+        raise CliError("--frame-deadline must be a positive number of seconds")
+    socket_mode = parse_socket_mode(args.socket_mode)
     if args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
@@ -133,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
                 address,
                 handlers,
                 read_timeout=args.read_timeout,
+                frame_deadline=args.frame_deadline,
                 max_connections=args.max_connections,
+                socket_mode=socket_mode,
             )
         )
     except AddressError as exc:
