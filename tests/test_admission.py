@@ -20,7 +20,6 @@ from nitro_attest.admission import (
     ConnectionTable,
     Limits,
     Member,
-    descriptor_budget,
 )
 from nitro_attest.protocol import AttestRequest, ErrorResponse
 from tests.serverkit import running_server
@@ -60,7 +59,7 @@ def _closed_by_server(sock: socket.socket) -> bool:
 def test_frame_deadline_is_separate_from_the_idle_timeout() -> None:
     with running_server("tcp://127.0.0.1:0", read_timeout=5, frame_deadline=0.3) as (
         addr,
-        server,
+        _server,
         logs,
     ):
         idle = socket.create_connection((addr.host, addr.port), timeout=5)
@@ -156,7 +155,8 @@ def test_held_connections_cannot_lock_clients_out() -> None:
             time.sleep(0.15)
             for i in range(8):
                 nonce = b"real%d" % i
-                assert client.request_attestation(str(addr), nonce=nonce).startswith(b"FAKE|" + nonce)
+                doc = client.request_attestation(str(addr), nonce=nonce)
+                assert doc.startswith(b"FAKE|" + nonce)
         finally:
             for s in held:
                 s.close()
