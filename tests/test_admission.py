@@ -200,6 +200,7 @@ def test_connect_flood_does_not_lock_out_real_clients() -> None:
         thread = threading.Thread(target=flooder)
         thread.start()
         try:
+            _wait_for(lambda: len(flood) >= 64)  # twice the cap already, and more coming
             for i in range(30):
                 nonce = b"n%d" % i
                 doc = client.request_attestation(str(addr), nonce=nonce, timeout=10)
