@@ -9,6 +9,8 @@ PY=.venv/bin/python
 
 echo "== ruff"
 "$PY" -m ruff check src tests bench
+echo "== import-linter (layers, no cycles; contracts in pyproject.toml)"
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
 echo "== mypy --strict"
 "$PY" -m mypy --strict src
 echo "== pytest"

@@ -19,18 +19,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.channel.client import deliver_secret
-from nitro_attest.channel.enclave import (
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.channel.keys import KeyPair, SuiteId, resolve_public_key
+from nitro_attest.channel.receiver import (
     REQUEST_CHANNEL_ATTEST,
     ChannelReceiver,
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.keys import KeyPair, SuiteId, resolve_public_key
 from nitro_attest.channel.seal import channel_info, document_digest, open_sealed, seal
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.nsm.simulator import SimulatedNsm, package_measurements
-from nitro_attest.verifier import Verifier
+from nitro_attest.channel.sender import deliver_secret
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm, package_measurements
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> float:

@@ -22,8 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from nitro_attest.client import Connection
 from nitro_attest.nsm import open_backend
+from nitro_attest.wire.client import Connection
 
 
 def raw_rate(state: Path, seconds: float) -> float:
@@ -106,7 +106,7 @@ def main() -> int:
         cmd = [
             sys.executable,
             "-c",
-            "from nitro_attest.cli import entrypoint; entrypoint()",
+            "from nitro_attest._cli import entrypoint; entrypoint()",
             "serve",
             "--listen",
             f"unix://{sock}",

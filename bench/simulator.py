@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
 
 def per_call(fn: Callable[[], object], seconds: float) -> float:

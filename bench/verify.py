@@ -26,10 +26,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.cose import ES384, raw_to_der, sig_structure
-from nitro_attest.document import parse_document
-from nitro_attest.trust import aws_root_der
-from nitro_attest.verifier import Verifier
+from nitro_attest.attestation._chain import aws_root_der
+from nitro_attest.attestation._cose import ES384, raw_to_der, sig_structure
+from nitro_attest.attestation.document import parse_document
+from nitro_attest.attestation.verifier import Verifier
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors" / "real"
 

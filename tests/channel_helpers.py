@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.channel.enclave import (
+from nitro_attest.channel.protocol import channel_handlers
+from nitro_attest.channel.receiver import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
     ChannelReceiver,
@@ -15,9 +16,8 @@ from nitro_attest.channel.enclave import (
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.wire import channel_handlers
-from nitro_attest.enclave import nsm_handlers
 from nitro_attest.nsm import open_backend
+from nitro_attest.wire.server import nsm_handlers
 
 from . import chainfactory as cf
 from .serverkit import LogCollector, running_server

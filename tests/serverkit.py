@@ -8,10 +8,10 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from nitro_attest.enclave import EnclaveServer, nsm_handlers
 from nitro_attest.nsm.backend import NsmDescription, NsmError, PcrDescription
-from nitro_attest.protocol import RequestHandler
-from nitro_attest.transport import Address, parse_address
+from nitro_attest.wire.protocol import RequestHandler
+from nitro_attest.wire.server import EnclaveServer, nsm_handlers
+from nitro_attest.wire.transport import Address, parse_address
 
 
 class FakeNsm:
@@ -83,7 +83,7 @@ def running_server(
     handlers = handlers if handlers is not None else nsm_handlers(FakeNsm())
     server = EnclaveServer(handlers, **options)  # type: ignore[arg-type]
     collector = LogCollector()
-    logger = logging.getLogger("nitro_attest.enclave")
+    logger = logging.getLogger("nitro_attest.wire.server")
     logger.addHandler(collector)
     old_level = logger.level
     logger.setLevel(logging.DEBUG)

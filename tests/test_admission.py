@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import client, protocol
-from nitro_attest.admission import (
+from nitro_attest.wire import client, protocol
+from nitro_attest.wire.admission import (
     FD_HEADROOM,
     IDLE,
     ConnectionTable,
     Limits,
     Member,
 )
-from nitro_attest.protocol import AttestRequest, ErrorResponse
+from nitro_attest.wire.protocol import AttestRequest, ErrorResponse
 from tests.serverkit import running_server
 
 
@@ -253,7 +253,7 @@ def test_limits_refuse_nonsense() -> None:
 
 _BUDGET = """
 import resource, sys
-from nitro_attest.admission import descriptor_budget
+from nitro_attest.wire.admission import descriptor_budget
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
 cap, limit = descriptor_budget(1024)
 print(cap, limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0])

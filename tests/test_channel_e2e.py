@@ -17,15 +17,14 @@ from typing import Any
 
 import pytest
 
-from nitro_attest import client
-from nitro_attest.channel.client import deliver_secret
-from nitro_attest.channel.wire import (
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.channel.protocol import (
     ChannelOfferResponse,
     ConnectionExchange,
     SealedMessageRequest,
 )
-from nitro_attest.cli import main
-from nitro_attest.enclave import nsm_handlers
+from nitro_attest.channel.sender import deliver_secret, send_secret
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -36,9 +35,10 @@ from nitro_attest.errors import (
 )
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.protocol import Request, Response
-from nitro_attest.verifier import Verifier
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+from nitro_attest.wire import client
+from nitro_attest.wire.protocol import Request, Response
+from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import LogCollector, running_server
 
 from .channel_helpers import Enclave, serving
@@ -71,7 +71,7 @@ def enclave(
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_delivered(enclave: Enclave, suite: str) -> None:
-    receipt = client.send_secret(
+    receipt = send_secret(
         enclave.address, SECRET, root_pem=enclave.root, expected_pcrs=EXPECTED, suite=suite
     )
     assert receipt.sha256 == hashlib.sha256(SECRET).digest()
@@ -140,7 +140,7 @@ def test_replay_refused(enclave: Enclave, suite: str) -> None:
 @pytest.mark.parametrize("suite", SUITES)
 def test_wrong_pcr0_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
     with pytest.raises(PcrMismatchError):
-        client.send_secret(
+        send_secret(
             enclave.address,
             SECRET,
             root_pem=enclave.root,
@@ -154,7 +154,7 @@ def test_wrong_pcr0_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
 @pytest.mark.parametrize("suite", SUITES)
 def test_wrong_root_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
     with pytest.raises(ChainError):  # the embedded AWS root never vouches for the simulator
-        client.send_secret(enclave.address, SECRET, expected_pcrs=EXPECTED, suite=suite)
+        send_secret(enclave.address, SECRET, expected_pcrs=EXPECTED, suite=suite)
     assert enclave.requests("channel_attest") == 1
     assert enclave.requests("sealed_message") == 0
 
@@ -165,7 +165,7 @@ def test_debug_enclave_refused_nothing_sent(
 ) -> None:
     with serving(states["debug"], f"unix://{tmp_path}/d.sock") as debug:
         with pytest.raises(DebugModeError):
-            client.send_secret(
+            send_secret(
                 debug.address,
                 SECRET,
                 root_pem=debug.root,
@@ -189,22 +189,22 @@ def test_document_without_public_key_refused_nothing_sent(
 
     with serving(states["prod"], f"unix://{tmp_path}/k.sock", override=keyless) as e:
         with pytest.raises(ChannelKeyError, match="no public_key"):
-            client.send_secret(e.address, SECRET, root_pem=e.root, expected_pcrs=EXPECTED)
+            send_secret(e.address, SECRET, root_pem=e.root, expected_pcrs=EXPECTED)
         assert e.requests("channel_attest") == 1
         assert e.requests("sealed_message") == 0
 
 
 def test_no_expectation_refused_before_connecting(enclave: Enclave) -> None:
     with pytest.raises(PolicyError, match="PCR expectation"):
-        client.send_secret(enclave.address, SECRET, root_pem=enclave.root)
+        send_secret(enclave.address, SECRET, root_pem=enclave.root)
     assert enclave.logs.lines() == []
-    client.send_secret(enclave.address, SECRET, root_pem=enclave.root, unsafe_any_enclave=True)
+    send_secret(enclave.address, SECRET, root_pem=enclave.root, unsafe_any_enclave=True)
     assert enclave.store.secrets == [SECRET]
 
 
 def test_unreachable_is_transport_error(tmp_path: Path) -> None:
     with pytest.raises(ChannelError) as e:
-        client.send_secret(f"unix://{tmp_path}/none.sock", SECRET, expected_pcrs=EXPECTED)
+        send_secret(f"unix://{tmp_path}/none.sock", SECRET, expected_pcrs=EXPECTED)
     assert e.value.reason == "transport"
 
 
@@ -227,7 +227,7 @@ def test_secret_never_logged(enclave: Enclave) -> None:
     logger.setLevel(logging.DEBUG)
     try:
         for suite in SUITES:
-            client.send_secret(
+            send_secret(
                 enclave.address, SECRET, root_pem=enclave.root, expected_pcrs=EXPECTED, suite=suite
             )
 
@@ -297,7 +297,7 @@ def test_cli_unreachable_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_serve_process_and_send_secret_cli(states: dict[str, Path], tmp_path: Path) -> None:
     sock = tmp_path / "served.sock"
-    entry = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()"]
+    entry = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
     serve = [
         *entry,
         "serve",
@@ -350,7 +350,7 @@ def test_server_without_channel_refuses_cleanly(states: dict[str, Path], tmp_pat
     try:
         with running_server(f"unix://{tmp_path}/n.sock", nsm_handlers(backend)) as (addr, _, logs):
             with pytest.raises(ChannelError, match="unknown_type") as e:
-                client.send_secret(
+                send_secret(
                     str(addr),
                     SECRET,
                     root_pem=(states["prod"] / "root.pem").read_bytes(),

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from nitro_attest.channel.client import deliver_secret, seal_for_document
-from nitro_attest.channel.enclave import (
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.channel.keys import SuiteId
+from nitro_attest.channel.receiver import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
     ChannelReceiver,
@@ -17,7 +18,7 @@ from nitro_attest.channel.enclave import (
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.keys import SuiteId
+from nitro_attest.channel.sender import deliver_secret, seal_for_document
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -26,7 +27,6 @@ from nitro_attest.errors import (
     PcrMismatchError,
     PolicyError,
 )
-from nitro_attest.verifier import Verifier
 
 from . import chainfactory as cf
 from .channel_helpers import DEBUG_PCRS, EXPECTED, FakeNsm, LocalExchange

@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from nitro_attest.cli import main
-from nitro_attest.verifier import Verifier
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import Verifier
 
 MEAS = {"HashAlgorithm": "Sha384 { ... }", "PCR0": "a0" * 48, "PCR1": "a1" * 48, "PCR2": "a2" * 48}
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 
 from . import chainfactory as cf
 

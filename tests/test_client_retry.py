@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import client, protocol
-from nitro_attest.cli import main
-from nitro_attest.protocol import AttestationResponse, ErrorResponse
+from nitro_attest._cli import main
+from nitro_attest.wire import client, protocol
+from nitro_attest.wire.protocol import AttestationResponse, ErrorResponse
 
 Answer = Callable[[int, bytes], bytes | None]  # (connection number, request frame) -> reply
 

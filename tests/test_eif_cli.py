@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 from nitro_attest.eif.writer import write_eif
 
 from .eif_helpers import cert_pcr8, formula_pcr, make_signer
@@ -157,7 +157,7 @@ def test_measure_of_a_signed_writer_output(
 def test_written_expectation_is_accepted_by_the_verifier_policy(
     eif_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nitro_attest.policy import load_expected_measurements
+    from nitro_attest.attestation.policy import load_expected_measurements
 
     target = tmp_path / "expected.json"
     path = eif_dir / "v4_signed_2rd.eif"

@@ -11,7 +11,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 from nitro_attest.eif import EifError, inspect_eif
 from nitro_attest.eif.writer import write_eif
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from nitro_attest import client, protocol
-from nitro_attest.enclave import EnclaveServer, nsm_handlers, serve
-from nitro_attest.protocol import AttestRequest, DescribeRequest
-from nitro_attest.transport import parse_address
+from nitro_attest.wire import client, protocol
+from nitro_attest.wire.protocol import AttestRequest, DescribeRequest
+from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
+from nitro_attest.wire.transport import parse_address
 from tests.serverkit import FakeNsm, running_server
 
 

@@ -1,4 +1,4 @@
-"""nitro_attest.nitro_cli and `nitro-attest enclave` against a fake nitro-cli on PATH."""
+"""nitro_attest.aws.nitro_cli and `nitro-attest enclave` against a fake nitro-cli on PATH."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import nitro_cli as nc
-from nitro_attest.cli import main
+from nitro_attest._cli import main
+from nitro_attest.aws import nitro_cli as nc
 
 from .nitro_fakes import BUILD_JSON, PCR0, FakeBin, running_enclave
 

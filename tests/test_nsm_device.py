@@ -10,8 +10,8 @@ import pytest
 
 from nitro_attest.nsm import device
 from nitro_attest.nsm import messages as m
+from nitro_attest.nsm.api import NsmClient
 from nitro_attest.nsm.backend import NsmError
-from nitro_attest.nsm.client import NsmClient
 
 
 def test_ioctl_number_is_iowr_0x0a_0_32() -> None:

@@ -19,15 +19,15 @@ from cryptography import x509
 from nitro_attest.nsm import NsmError, open_backend
 from nitro_attest.nsm import device as device_mod
 from nitro_attest.nsm import messages as m
-from nitro_attest.nsm.client import NsmClient
-from nitro_attest.nsm.measurements import MeasurementsError, parse_measurements
-from nitro_attest.nsm.sim_state import (
+from nitro_attest.nsm.api import NsmClient
+from nitro_attest.nsm.simulator.measurements import MeasurementsError, parse_measurements
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm, package_measurements
+from nitro_attest.nsm.simulator.state import (
     SimulatorConfig,
     SimulatorStateError,
     init_state,
     load_state,
 )
-from nitro_attest.nsm.simulator import SimulatedNsm, package_measurements
 
 ZERO = bytes(48)
 INSTANCE = "i-0123456789abcdef0"
@@ -343,7 +343,7 @@ def test_open_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_state_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nitro_attest.nsm.sim_state import default_state_dir
+    from nitro_attest.nsm.simulator.state import default_state_dir
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert default_state_dir() == tmp_path / "nitro-attest" / "simulator"

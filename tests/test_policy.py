@@ -20,7 +20,7 @@ from nitro_attest import (
     UserDataMismatchError,
     Verifier,
 )
-from nitro_attest.policy import load_expected_measurements, parse_expected_measurements
+from nitro_attest.attestation.policy import load_expected_measurements, parse_expected_measurements
 
 from . import chainfactory as cf
 

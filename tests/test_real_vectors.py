@@ -16,7 +16,7 @@ from nitro_attest import (
     Verifier,
     parse_document,
 )
-from nitro_attest.report import document_to_json
+from nitro_attest.attestation.report import document_to_json
 
 from .conftest import REAL
 
@@ -147,7 +147,12 @@ def test_tag_18_form_verifies(real_dir: Path) -> None:
 
 
 def test_pinned_root_matches_the_vectors_root(real_dir: Path) -> None:
-    from nitro_attest.trust import AWS_ROOT_G1_SHA256, aws_root_der, fingerprint, root_der_from_pem
+    from nitro_attest.attestation._chain import (
+        AWS_ROOT_G1_SHA256,
+        aws_root_der,
+        fingerprint,
+        root_der_from_pem,
+    )
 
     shared = root_der_from_pem((real_dir / "aws_nitro_root_g1.pem").read_bytes())
     assert shared == aws_root_der()

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from .script_env import REPO, ScriptEnv, make_env
 
-REAL_ROOT = REPO / "src/nitro_attest/roots/aws_nitro_root_g1.pem"
+REAL_ROOT = REPO / "src/nitro_attest/attestation/roots/aws_nitro_root_g1.pem"
 AWS_ZIP_SHA = "8cf60e2b2efca96c6a9e71e851d00c1b6991cc09eadbe64a6a1d1b1eb9faff7c"
 
 Routes = dict[str, tuple[bytes, int | None]]  # path -> (body, claimed Content-Length)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from nitro_attest._cli import main
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
-from nitro_attest.cli import main
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
 from .channel_helpers import Enclave, serving
 

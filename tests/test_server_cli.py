@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest.cli import main
+from nitro_attest._cli import main
 from tests.serverkit import running_server
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import client
-from nitro_attest.cli import main
-from nitro_attest.enclave import nsm_handlers
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.errors import (
     ChainError,
     DebugModeError,
@@ -25,8 +24,9 @@ from nitro_attest.errors import (
     UserDataMismatchError,
 )
 from nitro_attest.nsm import open_backend
-from nitro_attest.transport import Address
-from nitro_attest.verifier import Verifier
+from nitro_attest.wire import client
+from nitro_attest.wire.server import nsm_handlers
+from nitro_attest.wire.transport import Address
 from tests.serverkit import running_server
 
 PCRS = {0: bytes([0xA0]) * 48, 1: bytes([0xA1]) * 48, 2: bytes([0xA2]) * 48}
@@ -175,7 +175,7 @@ def test_serve_process_shuts_down_cleanly(
     signum: signal.Signals, states: dict[str, Path], tmp_path: Path
 ) -> None:
     sock = tmp_path / "served.sock"
-    cmd = [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()",
+    cmd = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()",
            "serve", "--listen", f"unix://{sock}", "--nsm", "simulator",
            "--state", str(states["prod"])]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from nitro_attest import client, protocol
-from nitro_attest.verifier import Verifier
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.wire import client, protocol
 
 THREADS = 16
 PER_THREAD = 15
@@ -104,7 +104,7 @@ def test_real_clients_all_succeed_beside_hostile_connections(tmp_path: Path) -> 
     address = f"unix://{sock}"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()",
+            [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()",
              "serve", "--listen", address, "--nsm", "simulator", "--state", str(state),
              "--max-connections", str(CAP)],
             stdout=subprocess.DEVNULL, stderr=log,

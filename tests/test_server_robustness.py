@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cbor2
 
-from nitro_attest import client, protocol
+from nitro_attest.wire import client, protocol
 from tests.serverkit import LogCollector, running_server
 
 HOSTILE = 200

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from nitro_attest import client
-from nitro_attest.cli import main
-from nitro_attest.nsm.sim_state import (
+from nitro_attest._cli import main
+from nitro_attest.nsm.simulator.state import (
     SimulatorConfig,
     SimulatorStateError,
     init_state,
     load_state,
     open_state,
 )
+from nitro_attest.wire import client
 from tests.serverkit import running_server
 
 
@@ -58,7 +58,7 @@ def test_socket_mode_widens_on_request(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     state = tmp_path / "sim"
     return subprocess.Popen(
-        [sys.executable, "-c", "from nitro_attest.cli import entrypoint; entrypoint()", "serve",
+        [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()", "serve",
          "--listen", f"unix://{tmp_path / 's.sock'}", "--nsm", "simulator", "--state", str(state),
          *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0),

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
 AWS_KEYS = [
     "module_id",

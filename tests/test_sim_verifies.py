@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.errors import (
     ChainError,
     DebugModeError,
@@ -13,9 +14,8 @@ from nitro_attest.errors import (
     PcrMismatchError,
     SignatureError,
 )
-from nitro_attest.nsm.sim_state import SimulatorConfig, init_state
-from nitro_attest.nsm.simulator import SimulatedNsm
-from nitro_attest.verifier import Verifier
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
 MEAS = {0: b"\x10" * 48, 1: b"\x11" * 48, 2: b"\x12" * 48}
 ROLE = "arn:aws:iam::123456789012:role/app"

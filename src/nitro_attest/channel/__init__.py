@@ -1,13 +1,18 @@
-"""Attested channel: deliver a secret only to an enclave whose attestation verifies (HPKE)."""
+"""The attested channel: deliver a secret only to an enclave whose attestation verifies.
 
-from nitro_attest.channel.client import (
-    Receipt,
-    Sealed,
-    deliver_secret,
-    seal_for_document,
-    send_secret,
+``keys`` (HPKE suites and the key named in a document's public_key) and ``seal`` (sealing bound
+to the nonce and the document) are pure; ``replay`` is the enclave's one-use nonce ledger;
+``receiver`` is the enclave side, ``sender`` the client side, and ``protocol`` their request and
+response types on the wire protocol. See docs/channel.md and docs/threat-model.md.
+"""
+
+from nitro_attest.channel.keys import (
+    SUITE_LABELS,
+    AdvertisedKey,
+    SuiteId,
+    parse_public_key_field,
 )
-from nitro_attest.channel.enclave import (
+from nitro_attest.channel.receiver import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
     ChannelReceiver,
@@ -16,11 +21,12 @@ from nitro_attest.channel.enclave import (
     handle_channel_attest,
     handle_sealed_message,
 )
-from nitro_attest.channel.keys import (
-    SUITE_LABELS,
-    AdvertisedKey,
-    SuiteId,
-    parse_public_key_field,
+from nitro_attest.channel.sender import (
+    Receipt,
+    Sealed,
+    deliver_secret,
+    seal_for_document,
+    send_secret,
 )
 
 __all__ = [

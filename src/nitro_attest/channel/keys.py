@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from nitro_attest.errors import ChannelKeyError
+from nitro_attest.limits import NSM_FIELD_BYTES
 
 MAGIC = b"NAHPKE1"
-MAX_FIELD_BYTES = 1024  # the NSM's limit on public_key
 X25519_KEY_BYTES = 32
 MLKEM768_KEY_BYTES = 1184
 HYBRID_KEY_BYTES = MLKEM768_KEY_BYTES + X25519_KEY_BYTES
@@ -124,8 +124,8 @@ def parse_public_key_field(field: Any) -> AdvertisedKey:
         raise ChannelKeyError(f"public_key must be bytes, got {type(field).__name__}")
     if not field:
         raise ChannelKeyError("public_key is empty")
-    if len(field) > MAX_FIELD_BYTES:
-        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {MAX_FIELD_BYTES}")
+    if len(field) > NSM_FIELD_BYTES:
+        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {NSM_FIELD_BYTES}")
     if not field.startswith(MAGIC) or len(field) == len(MAGIC):
         raise ChannelKeyError(
             f"public_key does not start with {MAGIC.decode()} + suite id "

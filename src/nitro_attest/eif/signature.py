@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.cbor_strict import CborError, strict_loads
-from nitro_attest.cose import (
+from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.attestation._cose import (
     ALGORITHMS,
     ES256,
     ES384,
@@ -31,8 +31,8 @@ from nitro_attest.cose import (
     sign_ecdsa,
     verify_ecdsa,
 )
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import EifError
-from nitro_attest.eif.measure import extend
 
 _CURVE_ALGORITHMS: dict[str, EcdsaAlgorithm] = {
     ec.SECP256R1.name: ES256,
@@ -101,7 +101,7 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 def pcr8(certificate: x509.Certificate) -> bytes:
     """SHA-384(0^48 || SHA-384(DER)): the DER, not the PEM text, is measured."""
     der = certificate.public_bytes(serialization.Encoding.DER)
-    return extend(hashlib.sha384(der).digest())
+    return extend_zero(hashlib.sha384(der).digest())
 
 
 def pcr0_payload(pcr0: bytes) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import (
     CRC_OFFSET,
     CURRENT_VERSION,
@@ -31,7 +32,7 @@ from nitro_attest.eif.format import (
     SectionHeader,
     SectionType,
 )
-from nitro_attest.eif.measure import CHUNK_SIZE, extend
+from nitro_attest.eif.measure import CHUNK_SIZE
 from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
 
 Source = bytes | str | os.PathLike[str]
@@ -104,11 +105,11 @@ def write_eif(
             section(SectionType.RAMDISK, ramdisk, [prefix] if i == 0 else [prefix, app])
             if i == 0:
                 pcr1_digest = prefix.copy().digest()
-        pcr0 = extend(prefix.digest())
+        pcr0 = extend_zero(prefix.digest())
         pcrs = {
             "PCR0": pcr0.hex(),
-            "PCR1": extend(pcr1_digest).hex(),
-            "PCR2": extend(app.digest()).hex(),
+            "PCR1": extend_zero(pcr1_digest).hex(),
+            "PCR2": extend_zero(app.digest()).hex(),
         }
         if signing_key_pem is not None and signing_certificate_pem is not None:
             key = serialization.load_pem_private_key(signing_key_pem, password=None)

@@ -1,4 +1,10 @@
-"""Nitro Secure Module access: the NSM API codec, the /dev/nsm device and the software simulator."""
+"""Nitro Secure Module access, for code running in an enclave.
+
+``messages`` is the NSM API's CBOR codec (requests and responses, limits enforced), ``device``
+drives /dev/nsm with one ioctl per request, ``api`` speaks the codec over any byte transport, and
+``simulator/`` is the software NSM that answers the same API under a local CA. ``open_backend``
+picks one; ``backend`` is the interface all of them offer.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +46,8 @@ def open_backend(kind: str, *, state_dir: Path | None = None) -> NsmBackend:
     if kind == "device":
         return device.open_device()
     if kind == "simulator":
-        from nitro_attest.nsm.sim_state import default_state_dir
-        from nitro_attest.nsm.simulator import SimulatedNsm
+        from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+        from nitro_attest.nsm.simulator.state import default_state_dir
 
         return SimulatedNsm.open(state_dir if state_dir is not None else default_state_dir())
     raise ValueError(f"unknown NSM backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")

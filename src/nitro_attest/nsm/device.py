@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nitro_attest.nsm import messages as m
+from nitro_attest.nsm.api import NsmClient
 from nitro_attest.nsm.backend import NsmError
-from nitro_attest.nsm.client import NsmClient
 
 DEVICE_PATH = "/dev/nsm"
 

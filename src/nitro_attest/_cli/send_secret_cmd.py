@@ -1,0 +1,110 @@
+"""`nitro-attest send-secret`: deliver a file's bytes to an enclave only if it attests correctly."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, cast
+
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
+from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
+from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.channel import sender as channel_client
+from nitro_attest.channel.keys import SUITE_LABELS
+from nitro_attest.channel.seal import MAX_SECRET_BYTES
+from nitro_attest.errors import ChannelError, PolicyError, TrustRootError, VerificationError
+
+EPILOG = f"""\
+The enclave answers with a fresh attestation document whose public_key names its HPKE key
+(made at its start, kept in memory). The secret is sealed to that key only after the document
+verifies: chain to the root, every PCR expectation, the nonce, the debug rule. Nothing is sent
+when any check fails. At most {MAX_SECRET_BYTES} bytes.
+
+exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or it refused
+the sealed message, or acknowledged the wrong digest); 2 usage or I/O error.
+
+examples:
+  nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
+      --expected client/expected-measurements.json
+  nitro-attest send-secret --connect tcp://127.0.0.1:5005 --file token.txt \\
+      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite mlkem768-x25519
+"""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "send-secret",
+        help="deliver a secret to an enclave whose attestation verifies (HPKE)",
+        description="Seal a file's bytes with HPKE (RFC 9180) to the key an enclave attests in "
+        "its document, and send it. The enclave acknowledges with an HMAC of the secret under a "
+        "key sealed with it, so whoever relays the answer learns nothing about the secret.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--connect", metavar="ADDR", required=True,
+        help="the enclave server: vsock://CID:PORT, tcp://HOST:PORT or unix://PATH",
+    )
+    p.add_argument("--file", metavar="F", required=True, help="the secret ('-' for stdin)")
+    add_trust_flags(p)
+    add_pcr_flags(p)
+    p.add_argument(
+        "--suite", choices=SUITE_LABELS, default="x25519",
+        help="HPKE suite: x25519 (DHKEM X25519) or mlkem768-x25519 (post-quantum hybrid "
+        "ML-KEM-768 + X25519); both HKDF-SHA256 and ChaCha20-Poly1305 (default: x25519)",
+    )
+    p.add_argument(
+        "--unsafe-any-enclave", action="store_true",
+        help="send without any PCR expectation: to ANY enclave the root vouches for",
+    )
+    p.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=10.0,
+        help="give up on the enclave after this long (default 10)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sets = pcr_sets(args)
+    if not sets and not args.unsafe_any_enclave:
+        raise CliError(
+            "no PCR expectation: give --expected FILE or --pcr N=HEX (or --unsafe-any-enclave "
+            "to send to any enclave the root vouches for)"
+        )
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be > 0, got {args.timeout}")
+    secret = read_bytes(args.file, limit=MAX_SECRET_BYTES, what="secret")
+    if not secret:
+        raise CliError(f"{args.file}: empty secret")
+    root = load_root(args.root)
+    try:
+        receipt = channel_client.send_secret(
+            args.connect,
+            secret,
+            root_pem=root,
+            expected_pcrs=cast("list[PcrSpec]", sets) or None,  # PcrSet is a PcrSpec
+            allow_debug=args.allow_debug,
+            suite=args.suite,
+            timeout=args.timeout,
+            unsafe_any_enclave=args.unsafe_any_enclave,
+            kind=args.kind,
+        )
+    except (TrustRootError, PolicyError) as exc:
+        raise CliError(str(exc)) from None
+    except VerificationError as exc:
+        print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
+        return EXIT_REJECTED
+    except ChannelError as exc:
+        if exc.reason == "transport":
+            raise CliError(f"{args.connect}: {exc.message}") from None
+        print(escape_text(f"REFUSED: {exc.message}"))
+        return EXIT_REJECTED
+    doc = receipt.verified.document
+    pcr0 = doc.pcrs.get(0)
+    print(
+        escape_text(
+            f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
+            f"(suite {receipt.suite.label}, PCR0 {pcr0.hex()[:16] + '...' if pcr0 else 'absent'}); "
+            f"acknowledged; secret sha256 {receipt.sha256.hex()}"
+        )
+    )
+    return EXIT_OK

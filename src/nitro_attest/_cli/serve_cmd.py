@@ -1,0 +1,181 @@
+"""`nitro-attest serve`: the enclave side; answer attestation requests with the NSM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from nitro_attest._cli.common import EXIT_OK, CliError
+from nitro_attest._cli.serve_log import BatchedStreamHandler
+from nitro_attest.channel.protocol import channel_handlers
+from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.errors import ChannelKeyError
+from nitro_attest.nsm import open_backend
+from nitro_attest.nsm.backend import NsmBackend, NsmError
+from nitro_attest.wire.admission import (
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
+from nitro_attest.wire.server import nsm_handlers, serve
+from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
+
+DEVICE_PATH = Path("/dev/nsm")
+
+_EPILOG = """\
+examples:
+  inside an enclave:   nitro-attest serve --listen vsock://any:5005
+  on any Linux box:    nitro-attest sim init --state .sim
+                       nitro-attest serve --listen unix://.sim/enclave.sock --nsm simulator \\
+                           --state .sim
+
+One log line per request goes to stderr (sizes and hashes only, never the values).
+SIGTERM or Ctrl-C stops the server cleanly and removes its Unix socket file.
+"""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the enclave attestation server (real /dev/nsm or the software NSM)",
+        description="Listen for attestation requests and answer each with a document signed by "
+        "the NSM. Inside a Nitro Enclave listen on vsock; elsewhere use --nsm simulator.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--listen",
+        required=True,
+        metavar="ADDR",
+        help="vsock://any:PORT, tcp://HOST:PORT or unix:///path",
+    )
+    p.add_argument(
+        "--nsm",
+        choices=("auto", "device", "simulator"),
+        default="auto",
+        help="auto: /dev/nsm when present, else refuse (default); simulator: the software NSM",
+    )
+    p.add_argument("--state", metavar="DIR", help="software NSM state folder (sim init --state)")
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a client idle between requests for this long "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--frame-deadline",
+        type=float,
+        default=DEFAULT_FRAME_DEADLINE,
+        metavar="SECONDS",
+        help="a request, once its first byte arrived, must be complete within this long, or "
+        f"the client gets 'timeout' and is dropped (default {DEFAULT_FRAME_DEADLINE:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections held open at once; when full the least recently active one is shed "
+        f"for a newcomer (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--socket-mode",
+        default=f"{DEFAULT_SOCKET_MODE:04o}",
+        metavar="OCTAL",
+        help="permissions of a unix:// socket, whatever the umask (default "
+        f"{DEFAULT_SOCKET_MODE:04o}: its owner only; 0660 lets the group connect)",
+    )
+    p.add_argument(
+        "--no-channel",
+        action="store_true",
+        help="serve only attest/describe: no attested channel (no HPKE key, no sealed messages)",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_socket_mode(text: str) -> int:
+    """An octal mode for the Unix socket: owner read/write required, no special bits."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise CliError(f"--socket-mode: {text[:20]!r} is not an octal mode like 0600") from None
+    if mode & ~0o777 or mode & 0o600 != 0o600:
+        raise CliError(
+            f"--socket-mode: {text[:20]} must be 0600..0777 with owner read and write (rw-)"
+        )
+    return mode
+
+
+def open_nsm(kind: str, state: Path | None) -> NsmBackend:
+    if kind == "auto" and not DEVICE_PATH.exists():
+        raise CliError(
+            f"{DEVICE_PATH} not found: this is not a Nitro Enclave. To run with the software NSM "
+            "use --nsm simulator --state DIR (after `nitro-attest sim init --state DIR`)"
+        )
+    try:
+        backend = open_backend(kind, state_dir=state)
+    except NsmError as exc:
+        raise CliError(f"cannot open the NSM ({kind}): {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot open the NSM ({kind}): {exc}") from None
+    return backend
+
+
+def _configure_logging() -> None:
+    for name in ("nitro_attest.wire.server", "nitro_attest.channel"):
+        _configure_logger(logging.getLogger(name))
+
+
+def _configure_logger(logger: logging.Logger) -> None:
+    if not logger.handlers:
+        logger.addHandler(BatchedStreamHandler(sys.stderr))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        address = parse_address(args.listen, role="listen")
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
+    if not args.read_timeout > 0:
+        raise CliError("--read-timeout must be a positive number of seconds")
+    if not args.frame_deadline > 0:
+        raise CliError("--frame-deadline must be a positive number of seconds")
+    socket_mode = parse_socket_mode(args.socket_mode)
+    if args.max_connections < 1:
+        raise CliError("--max-connections must be at least 1")
+    backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
+    _configure_logging()
+    handlers = nsm_handlers(backend)
+    if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
+        try:
+            receiver = ChannelReceiver()
+        except ChannelKeyError as exc:
+            backend.close()
+            raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
+        handlers.update(channel_handlers(receiver, backend))
+    try:
+        asyncio.run(
+            serve(
+                address,
+                handlers,
+                read_timeout=args.read_timeout,
+                frame_deadline=args.frame_deadline,
+                max_connections=args.max_connections,
+                socket_mode=socket_mode,
+            )
+        )
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"{address}: cannot listen: {exc.strerror or exc}") from None
+    finally:
+        backend.close()
+    return EXIT_OK

@@ -1,0 +1,67 @@
+"""Strict decoding of untrusted CBOR: one item, no trailing bytes, no duplicate keys, no tags.
+
+cbor2 does the decoding (its C extension is fast); this wrapper adds the rules cbor2 leaves off by
+default. Tags are refused by overriding every semantic decoder, so a tag-1 date or a tag-2 bignum
+never silently becomes a Python datetime or int.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, NoReturn
+
+import cbor2
+
+from nitro_attest.errors import FormatError
+
+
+class CborError(FormatError):
+    """The bytes are not the single, well-formed, tag-free CBOR item expected."""
+
+
+MAX_DEPTH = 16
+
+
+def _refuse_tag(*args: Any) -> NoReturn:
+    raise CborError("CBOR tags are not allowed here")
+
+
+# Override every semantic decoder cbor2 could apply; tag_hook catches the rest.
+_NO_SEMANTIC_TAGS: dict[int, Any] = {tag: _refuse_tag for tag in range(0, 65536)}
+
+
+def strict_loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode exactly one CBOR item from ``data``.
+
+    Indefinite-length maps and strings are accepted (real documents use indefinite maps since
+    2025); trailing bytes, duplicate map keys, tags, and nesting beyond ``max_depth`` are not.
+    """
+    if not data:
+        raise CborError("empty input")
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(
+            stream,
+            allow_duplicate_keys=False,
+            max_depth=max_depth,
+            semantic_decoders=_NO_SEMANTIC_TAGS,
+            tag_hook=_refuse_tag,
+        ).decode()
+    except CborError:
+        raise
+    except Exception as exc:  # cbor2 raises several types on hostile input; only ours escape
+        raise CborError(_describe(exc)) from None
+    end = stream.tell()
+    if end != len(data):
+        raise CborError(f"{len(data) - end} trailing byte(s) after the CBOR item")
+    return value
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, CborError):
+        return str(cause)
+    if "premature end" in text.lower() or "end of stream" in text.lower():
+        return "truncated CBOR"
+    return f"invalid CBOR: {text}"

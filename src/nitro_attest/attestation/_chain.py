@@ -1,0 +1,315 @@
+"""Trust anchors and certificate-chain validation for Nitro attestation documents.
+
+Genuine leaves carry no Authority Key Identifier and older instance CAs no key identifiers at all,
+so a strict RFC 5280 path builder rejects every real document. The chain is fixed instead:
+leaf <- cabundle[-1] <- ... <- cabundle[1] <- cabundle[0] == the pinned root, each link checked by
+issuer/subject name and signature, with basicConstraints, keyUsage and pathLen checked here.
+
+Parsed certificates and verified links are cached by DER bytes: a signature verified once stays
+verified, so documents that share intermediates (all from one instance do) cost one ECDSA check.
+Validity periods are still checked on every call, against the caller's time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from threading import Lock
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
+
+from nitro_attest.errors import ChainError, ExpiredError, MalformedDocumentError, TrustRootError
+
+AWS_ROOT_G1_URL = "https://aws-nitro-enclaves.amazonaws.com/AWS_NitroEnclaves_Root-G1.zip"
+AWS_ROOT_G1_ZIP_SHA256 = "8cf60e2b2efca96c6a9e71e851d00c1b6991cc09eadbe64a6a1d1b1eb9faff7c"
+AWS_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
+_AWS_ROOT_RESOURCE = "aws_nitro_root_g1.pem"
+_MAX_ROOT_PEM = 64 * 1024
+_CACHE_LIMIT = 4096
+# Critical extensions this validator understands; any other critical one rejects the chain.
+_HANDLED_CRITICAL = frozenset((ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE))
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+@functools.cache
+def aws_root_der() -> bytes:
+    """The embedded AWS Nitro root G1 as DER, after checking its pinned fingerprint."""
+    roots = resources.files("nitro_attest.attestation.roots")
+    pem = roots.joinpath(_AWS_ROOT_RESOURCE).read_bytes()
+    der = root_der_from_pem(pem)
+    if fingerprint(der) != AWS_ROOT_G1_SHA256:
+        raise TrustRootError(
+            f"embedded AWS root fingerprint is {fingerprint(der)}, expected {AWS_ROOT_G1_SHA256}; "
+            "the installation is damaged"
+        )
+    return der
+
+
+def root_der_from_pem(pem: bytes) -> bytes:
+    """Exactly one PEM certificate, returned as DER; a CA certificate is required."""
+    if len(pem) > _MAX_ROOT_PEM:
+        raise TrustRootError(f"root PEM is larger than {_MAX_ROOT_PEM} bytes")
+    count = pem.count(b"-----BEGIN CERTIFICATE-----")
+    if count != 1:
+        raise TrustRootError(f"root PEM must hold exactly one certificate, found {count}")
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise TrustRootError(f"root PEM is not a valid certificate: {exc}") from None
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        raise TrustRootError("root certificate has no basicConstraints: it is not a CA") from None
+    if not bc.ca:
+        raise TrustRootError("root certificate is not a CA (basicConstraints CA=false)")
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class CertInfo:
+    """A parsed certificate and the facts the chain check needs, computed once per DER.
+
+    Names and keys are decoded lazily: building Python Name objects costs more than the rest
+    of the parse, and the happy path needs neither (the link check compares names itself).
+    """
+
+    __slots__ = (
+        "_key",
+        "_label",
+        "ca_problem",
+        "cert",
+        "der",
+        "leaf_problem",
+        "not_after",
+        "not_before",
+        "path_len",
+        "sig_problem",
+    )
+
+    def __init__(self, der: bytes) -> None:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            not_before = cert.not_valid_before_utc.timestamp()
+            not_after = cert.not_valid_after_utc.timestamp()
+            extensions = cert.extensions
+            sig_oid = cert.signature_algorithm_oid
+        except Exception as exc:  # untrusted DER: cryptography raises several unrelated types
+            raise MalformedDocumentError(f"certificate is not valid DER X.509: {exc}") from None
+        self.der = der
+        self.cert = cert
+        self.not_before = not_before
+        self.not_after = not_after
+        self._key: ec.EllipticCurvePublicKey | bool | None = False  # False: not loaded yet
+        self._label: str | None = None
+
+        basic: x509.BasicConstraints | None = None
+        basic_critical = False
+        usage: x509.KeyUsage | None = None
+        unhandled: list[str] = []
+        for ext in extensions:
+            if isinstance(ext.value, x509.BasicConstraints):
+                basic, basic_critical = ext.value, ext.critical
+            elif isinstance(ext.value, x509.KeyUsage):
+                usage = ext.value
+            if ext.critical and ext.oid not in _HANDLED_CRITICAL:
+                unhandled.append(ext.oid.dotted_string)
+        self.path_len = basic.path_length if basic is not None else None
+
+        common: str | None = None
+        if unhandled:
+            common = f"unsupported critical extension(s) {', '.join(unhandled)}"
+        # Checked for every certificate but the pinned root, whose own signature is never used.
+        self.sig_problem: str | None = None
+        if sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+            self.sig_problem = f"signed with {sig_oid.dotted_string}, not ecdsa-with-SHA384"
+
+        ca_problem = common
+        if ca_problem is None:
+            if basic is None or not basic.ca:
+                ca_problem = "basicConstraints CA flag is not set"
+            elif not basic_critical:
+                ca_problem = "basicConstraints is not marked critical"
+            elif usage is None or not usage.key_cert_sign:
+                ca_problem = "keyUsage lacks keyCertSign"
+        self.ca_problem = ca_problem
+
+        leaf_problem = common
+        if leaf_problem is None:
+            if basic is not None and (basic.ca or basic.path_length is not None):
+                leaf_problem = "leaf must not be a CA nor carry a pathLen"
+            elif usage is None or not usage.digital_signature:
+                leaf_problem = "keyUsage lacks digitalSignature"
+        self.leaf_problem = leaf_problem
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey | None:
+        """The EC public key, or None for any other key type."""
+        if self._key is False:
+            try:
+                key = self.cert.public_key()
+            except Exception:  # an unsupported key type is simply not an EC key
+                key = None
+            self._key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+        return self._key if isinstance(self._key, ec.EllipticCurvePublicKey) else None
+
+    @property
+    def label(self) -> str:
+        if self._label is None:
+            try:
+                self._label = self.cert.subject.rfc4514_string() or "(empty subject)"
+            except Exception:
+                self._label = "(undecodable subject)"
+        return self._label
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _names_differ(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        return bool(child.issuer != issuer.subject)
+    except Exception:
+        return True
+
+
+def _issuer_label(cert: x509.Certificate) -> str:
+    try:
+        return cert.issuer.rfc4514_string()
+    except Exception:
+        return "(undecodable issuer)"
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A pinned root, parsed once per process: its facts never change."""
+
+    info: CertInfo
+    sha256: str
+    label: str
+
+
+@functools.lru_cache(maxsize=16)
+def _anchor(der: bytes) -> Anchor:
+    info = CertInfo(der)
+    return Anchor(info, fingerprint(der), info.label)
+
+
+class ChainValidator:
+    """Validates leaf + cabundle against one pinned root; caches parsed certs and verified links."""
+
+    def __init__(self, root_der: bytes) -> None:
+        self.root_der = root_der
+        self.root = _anchor(root_der)
+        self.root_sha256 = self.root.sha256
+        self._certs: dict[bytes, CertInfo] = {root_der: self.root.info}
+        self._links: set[tuple[bytes, bytes]] = set()
+        self._lock = Lock()
+
+    def cert_info(self, der: bytes) -> CertInfo:
+        info = self._certs.get(der)
+        if info is None:
+            info = CertInfo(der)
+            with self._lock:
+                if len(self._certs) >= _CACHE_LIMIT:
+                    self._certs.clear()
+                self._certs[der] = info
+        return info
+
+    def leaf_key(self, leaf_der: bytes) -> ec.EllipticCurvePublicKey:
+        """The public key that must have signed the document; raises ChainError if unusable."""
+        leaf = self.cert_info(leaf_der)
+        if leaf.leaf_problem is not None:
+            raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
+        key = leaf.public_key
+        if key is None or not isinstance(key.curve, ec.SECP384R1):
+            raise ChainError(f"leaf certificate {leaf.label}: key is not ECDSA P-384 (ES384)")
+        return key
+
+    def validate(self, leaf_der: bytes, cabundle: tuple[bytes, ...], at: float) -> None:
+        """Raise ChainError (ExpiredError for time) unless leaf chains to the root at ``at``."""
+        if cabundle[0] != self.root_der:
+            first = self._label_or_hex(cabundle[0])
+            raise ChainError(
+                f"cabundle[0] is not the trusted root: got {first} "
+                f"(sha256 {fingerprint(cabundle[0])[:16]}...), expected {self.root.label} "
+                f"(sha256 {self.root_sha256[:16]}...)"
+            )
+        names = ["leaf certificate"] + [f"cabundle[{i}]" for i in range(len(cabundle) - 1, -1, -1)]
+        chain = [self.cert_info(leaf_der)] + [self.cert_info(c) for c in reversed(cabundle[1:])]
+        chain.append(self.root.info)
+
+        leaf = chain[0]
+        if leaf.leaf_problem is not None:
+            raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
+        for info, name in zip(chain[:-1], names, strict=False):
+            if info.sig_problem is not None:
+                raise ChainError(f"{name} ({info.label}) is {info.sig_problem}")
+        for depth, (info, name) in enumerate(zip(chain, names, strict=True)):
+            if not info.not_before <= at <= info.not_after:
+                raise ExpiredError(
+                    f"{name} ({info.label}) is not valid at {_utc(at)}: "
+                    f"valid from {_utc(info.not_before)} to {_utc(info.not_after)}"
+                )
+            if depth == 0:
+                continue
+            if info.ca_problem is not None:
+                raise ChainError(f"{name} ({info.label}) cannot act as a CA: {info.ca_problem}")
+            # depth - 1 CA certificates sit below this one on the path to the leaf.
+            if info.path_len is not None and info.path_len < depth - 1:
+                raise ChainError(
+                    f"{name} ({info.label}) has pathLen {info.path_len} but "
+                    f"{depth - 1} CA certificate(s) below it"
+                )
+        for depth in range(len(chain) - 1):
+            self._check_link(chain[depth], chain[depth + 1], names[depth], names[depth + 1])
+
+    def _check_link(
+        self, child: CertInfo, issuer: CertInfo, child_name: str, issuer_name: str
+    ) -> None:
+        key = (issuer.der, child.der)
+        if key in self._links:
+            return
+        try:
+            # Checks issuer name == issuer's subject, then the signature.
+            child.cert.verify_directly_issued_by(issuer.cert)
+        except Exception as exc:  # InvalidSignature, ValueError, UnsupportedAlgorithm, ...
+            if _names_differ(child.cert, issuer.cert):
+                raise ChainError(
+                    f"{child_name} names issuer {_issuer_label(child.cert)}, but the "
+                    f"next certificate up ({issuer_name}) is {issuer.label}"
+                ) from None
+            detail = str(exc) or "signature does not verify"
+            raise ChainError(
+                f"{child_name} ({child.label}) is not signed by {issuer_name}: {detail}"
+            ) from None
+        with self._lock:
+            if len(self._links) >= _CACHE_LIMIT:
+                self._links.clear()
+            self._links.add(key)
+
+    def _label_or_hex(self, der: bytes) -> str:
+        try:
+            return self.cert_info(der).label
+        except MalformedDocumentError:
+            return "an undecodable certificate"
+
+
+__all__ = [
+    "AWS_ROOT_G1_SHA256",
+    "AWS_ROOT_G1_URL",
+    "AWS_ROOT_G1_ZIP_SHA256",
+    "CertInfo",
+    "ChainValidator",
+    "aws_root_der",
+    "fingerprint",
+    "root_der_from_pem",
+]

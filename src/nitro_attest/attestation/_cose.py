@@ -1,0 +1,149 @@
+"""COSE_Sign1 (RFC 9052) as AWS Nitro uses it: decode, build the Sig_structure, verify ECDSA.
+
+The payload is kept as the exact bytes received: the signature covers them as sent, and real
+documents since 2025 carry an indefinite-length payload map that a re-encode would change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import FormatError
+
+HEADER_ALG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EcdsaAlgorithm:
+    name: str
+    cose_id: int
+    curve: type[ec.EllipticCurve]
+    hash: type[hashes.HashAlgorithm]
+    coordinate_size: int
+
+
+ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)
+ES384 = EcdsaAlgorithm("ES384", -35, ec.SECP384R1, hashes.SHA384, 48)
+ES512 = EcdsaAlgorithm("ES512", -36, ec.SECP521R1, hashes.SHA512, 66)
+ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
+
+
+class CoseError(FormatError):
+    """The bytes are not a COSE_Sign1 structure of the expected shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoseSign1:
+    protected: bytes
+    """The protected header bstr's content, exactly as received."""
+    protected_header: dict[Any, Any]
+    unprotected: dict[Any, Any]
+    payload: bytes
+    signature: bytes
+    tagged: bool
+
+    @property
+    def algorithm_id(self) -> Any:
+        return self.protected_header.get(HEADER_ALG)
+
+    def to_be_signed(self, external_aad: bytes = b"") -> bytes:
+        return sig_structure(self.protected, self.payload, external_aad)
+
+
+def _strip_tag(data: bytes) -> tuple[bytes, bool]:
+    # Tag 18 in its preferred one-byte head (0xd2) or the two-byte form (0xd8 0x12).
+    if data[:1] == b"\xd2":
+        return data[1:], True
+    if data[:2] == b"\xd8\x12":
+        return data[2:], True
+    return data, False
+
+
+def decode_sign1(data: bytes) -> CoseSign1:
+    """Decode an untagged or tag-18 COSE_Sign1; any other shape raises CoseError."""
+    body, tagged = _strip_tag(data)
+    try:
+        item = strict_loads(body)
+    except CborError as exc:
+        raise CoseError(f"COSE_Sign1: {exc}") from None
+    if not isinstance(item, list) or len(item) != 4:
+        got = f"array of {len(item)}" if isinstance(item, list) else type(item).__name__
+        raise CoseError(f"COSE_Sign1: expected an array of 4 items, got {got}")
+    protected, unprotected, payload, signature = item
+    if not isinstance(protected, bytes):
+        raise CoseError(f"COSE_Sign1: protected header must be bytes, got {_kind(protected)}")
+    if not isinstance(unprotected, dict):
+        raise CoseError(f"COSE_Sign1: unprotected header must be a map, got {_kind(unprotected)}")
+    if not isinstance(payload, bytes):
+        raise CoseError(f"COSE_Sign1: payload must be a byte string, got {_kind(payload)}")
+    if not isinstance(signature, bytes):
+        raise CoseError(f"COSE_Sign1: signature must be a byte string, got {_kind(signature)}")
+    if protected:
+        try:
+            header = strict_loads(protected)
+        except CborError as exc:
+            raise CoseError(f"COSE_Sign1: protected header: {exc}") from None
+        if not isinstance(header, dict):
+            raise CoseError(f"COSE_Sign1: protected header must encode a map, got {_kind(header)}")
+    else:
+        header = {}
+    return CoseSign1(protected, header, unprotected, payload, signature, tagged)
+
+
+def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """The CBOR Sig_structure for COSE_Sign1: ["Signature1", protected, external_aad, payload]."""
+    return cbor2.dumps(["Signature1", protected, external_aad, payload])
+
+
+def raw_to_der(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
+    """COSE's raw r||s to the DER form cryptography verifies."""
+    n = alg.coordinate_size
+    if len(signature) != 2 * n:
+        raise CoseError(f"{alg.name} signature must be {2 * n} bytes, got {len(signature)}")
+    return encode_dss_signature(
+        int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
+    )
+
+
+def der_to_raw(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
+    r, s = decode_dss_signature(signature)
+    n = alg.coordinate_size
+    return r.to_bytes(n, "big") + s.to_bytes(n, "big")
+
+
+def verify_ecdsa(
+    key: ec.EllipticCurvePublicKey, alg: EcdsaAlgorithm, message: bytes, signature: bytes
+) -> bool:
+    """True when the raw r||s ``signature`` over ``message`` verifies under ``key``."""
+    if not isinstance(key.curve, alg.curve):
+        return False
+    try:
+        key.verify(raw_to_der(signature, alg), message, ec.ECDSA(alg.hash()))
+    except (InvalidSignature, CoseError):
+        return False
+    return True
+
+
+def sign_ecdsa(key: ec.EllipticCurvePrivateKey, alg: EcdsaAlgorithm, message: bytes) -> bytes:
+    """Sign ``message``; return COSE's raw r||s form."""
+    return der_to_raw(key.sign(message, ec.ECDSA(alg.hash())), alg)
+
+
+def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
+    """An untagged COSE_Sign1 with an empty unprotected map, as the NSM emits it."""
+    return cbor2.dumps([protected, {}, payload, signature])
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

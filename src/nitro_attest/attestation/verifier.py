@@ -1,0 +1,269 @@
+"""The verifier: bytes, a trust root and a time in; a VerifiedDocument out, or an exception.
+
+Order of checks, as the tutorial lists them: parse (CBOR/COSE), COSE signature, certificate chain,
+then the policy (document kind, debug mode, PCRs, user data, nonce, public key, freshness).
+``verify`` stops at the first failure; ``evaluate`` runs every check it can and reports each, for
+humans and --json. A check that reads the payload runs only once the signature and the chain
+verified: before that the payload is whatever the sender chose (docs/threat-model.md).
+No file, socket or clock is touched here except reading the clock once when ``at`` is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, TypedDict, Unpack
+
+from nitro_attest.attestation._chain import ChainValidator, aws_root_der, root_der_from_pem
+from nitro_attest.attestation._cose import ES384, sig_structure, verify_ecdsa
+from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
+from nitro_attest.attestation.policy import (
+    PcrSpec,
+    Policy,
+    check_debug,
+    check_freshness,
+    check_kind,
+    check_nonce,
+    check_pcrs,
+    check_public_key,
+    check_user_data,
+)
+from nitro_attest.attestation.report import CheckResult, Report
+from nitro_attest.errors import PolicyError, SignatureError, VerificationError
+
+At = datetime | Literal["document", "now"] | None
+
+
+class Expectations(TypedDict, total=False):
+    """What ``verify`` and ``evaluate`` take besides the document and the time.
+
+    Either ``policy`` or the individual fields (which build a Policy); None means not checked.
+    """
+
+    policy: Policy | None
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None
+    nonce: bytes | None
+    user_data: bytes | None
+    public_key: bytes | None
+    max_age: float | None
+    allow_debug: bool
+    kind: DocumentKind | str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedDocument:
+    """A document that passed every check, with what it was checked against (for audit)."""
+
+    document: AttestationDocument
+    verified_at: datetime
+    root_sha256: str
+    policy: Policy
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def raw(self) -> bytes:
+        return self.document.raw
+
+
+_Step = Callable[[AttestationDocument, Policy, float], "str | None"]
+
+NOT_AUTHENTICATED = "not run: document not authenticated"
+# Checks whose meaning depends on the document kind: not run on a document of another kind.
+_KIND_BOUND = frozenset(("debug_mode", "pcrs"))
+
+
+class Verifier:
+    """Reusable verifier bound to one trust root; owns the certificate/link cache.
+
+    ``root_pem=None`` pins the embedded AWS Nitro root G1 (fingerprint checked at load).
+    """
+
+    def __init__(self, *, root_pem: bytes | None = None) -> None:
+        root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
+        self._chain = ChainValidator(root_der)
+        self._chain_detail = (
+            "leaf -> {n} intermediate(s) -> root "
+            f"{self._chain.root.label} (sha256 {self._chain.root_sha256[:16]}...), "
+            "each valid at the verification time"
+        )
+        # Signature and chain authenticate the payload; every later step reads it.
+        self._auth_steps: tuple[tuple[str, _Step], ...] = (
+            ("cose_signature", self._check_signature),
+            ("certificate_chain", self._check_chain),
+        )
+        self._payload_steps: tuple[tuple[str, _Step], ...] = (
+            ("document_kind", lambda d, p, at: check_kind(d, p)),
+            ("debug_mode", lambda d, p, at: check_debug(d, p)),
+            ("pcrs", lambda d, p, at: check_pcrs(d, p)),
+            ("user_data", lambda d, p, at: check_user_data(d, p)),
+            ("nonce", lambda d, p, at: check_nonce(d, p)),
+            ("public_key", lambda d, p, at: check_public_key(d, p)),
+            ("freshness", check_freshness),
+        )
+
+    @property
+    def root_sha256(self) -> str:
+        return self._chain.root_sha256
+
+    def verify(
+        self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
+    ) -> VerifiedDocument:
+        """Verify ``document`` (raw COSE_Sign1 bytes) or raise a VerificationError subclass."""
+        policy = _policy(**expectations)
+        _check_time_policy(at, policy)
+        doc = parse_document(document)
+        when = _resolve_at(at, doc)
+        ts = when.timestamp()
+        results = [CheckResult("format", True, _format_detail(doc))]
+        for name, step in (*self._auth_steps, *self._payload_steps):
+            detail = step(doc, policy, ts)
+            results.append(_result(name, detail))
+        return VerifiedDocument(doc, when, self._chain.root_sha256, policy, tuple(results))
+
+    def evaluate(
+        self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
+    ) -> Report:
+        """Run every check that can run and report each; never raises VerificationError.
+
+        Payload checks run only after the signature and the chain verified; otherwise each is
+        reported as not run (``ok`` None), and the parsed payload is kept as ``Report.claimed``,
+        never as ``Report.document``.
+        """
+        policy = _policy(**expectations)
+        _check_time_policy(at, policy)
+        names = [n for n, _ in (*self._auth_steps, *self._payload_steps)]
+        try:
+            doc = parse_document(document)
+        except VerificationError as exc:
+            skipped = tuple(CheckResult(n, None, "not run: document unreadable") for n in names)
+            return Report(
+                False, (CheckResult("format", False, exc.message), *skipped), None, exc, None
+            )
+        when = _resolve_at(at, doc)
+        ts = when.timestamp()
+        results: list[CheckResult] = []
+        errors: list[VerificationError] = []
+        for name, step in self._auth_steps:
+            if errors and at == "document":  # the time itself came from the unsigned payload
+                results.append(CheckResult(name, None, f"{NOT_AUTHENTICATED} (--at document)"))
+                continue
+            outcome = _run(name, step, doc, policy, ts)
+            results.append(outcome[0])
+            errors.extend(outcome[1:])
+        if errors:
+            results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in self._payload_steps)
+            format_ok = CheckResult("format", True, _format_detail(doc, authenticated=False))
+            reported_at = None if at == "document" else when  # not a time the payload sets
+            return Report(False, (format_ok, *results), None, errors[0], reported_at, claimed=doc)
+        for name, step in self._payload_steps:
+            if name in _KIND_BOUND and doc.kind is not policy.kind:
+                detail = f"not run: {doc.kind.value} document, policy for {policy.kind.value}"
+                results.append(CheckResult(name, None, detail))
+                continue
+            outcome = _run(name, step, doc, policy, ts)
+            results.append(outcome[0])
+            errors.extend(outcome[1:])
+        format_ok = CheckResult("format", True, _format_detail(doc))
+        first = errors[0] if errors else None
+        return Report(first is None, (format_ok, *results), doc, first, when)
+
+    def _check_signature(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
+        key = self._chain.leaf_key(doc.certificate)
+        if not verify_ecdsa(key, ES384, sig_structure(doc.protected, doc.payload), doc.signature):
+            raise SignatureError(
+                "COSE_Sign1 signature does not verify with the leaf certificate's P-384 key "
+                "(payload or signature altered)"
+            )
+        return "ECDSA P-384 / SHA-384 (ES384) signature verified with the leaf certificate"
+
+    def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
+        self._chain.validate(doc.certificate, doc.cabundle, at)
+        return self._chain_detail.format(n=len(doc.cabundle) - 1)
+
+
+def verify(
+    document: bytes,
+    *,
+    root_pem: bytes | None = None,
+    at: At = None,
+    **expectations: Unpack[Expectations],
+) -> VerifiedDocument:
+    """One-off verification; build a Verifier to reuse its certificate cache across documents."""
+    return Verifier(root_pem=root_pem).verify(document, at=at, **expectations)
+
+
+def _policy(
+    policy: Policy | None = None,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
+    nonce: bytes | None = None,
+    user_data: bytes | None = None,
+    public_key: bytes | None = None,
+    max_age: float | None = None,
+    allow_debug: bool = False,
+    kind: DocumentKind | str | None = None,
+) -> Policy:
+    if policy is not None:
+        loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
+        if any(v is not None for v in loose) or allow_debug:
+            raise PolicyError("give either policy= or the individual expectations, not both")
+        return policy
+    return Policy.build(
+        expected_pcrs=expected_pcrs,
+        nonce=nonce,
+        user_data=user_data,
+        public_key=public_key,
+        max_age=max_age,
+        allow_debug=allow_debug,
+        kind=DocumentKind.ENCLAVE if kind is None else kind,
+    )
+
+
+def _check_time_policy(at: At, policy: Policy) -> None:
+    # max_age guards against replay, which only the present can judge: at the document's own
+    # timestamp every document is 0 s old (docs/verifier.md, "Time").
+    if at == "document" and policy.max_age is not None:
+        raise PolicyError(
+            "max_age cannot be combined with at='document': the age would be measured against "
+            "the document's own timestamp, so every document would be 0 s old"
+        )
+
+
+def _run(
+    name: str, step: _Step, doc: AttestationDocument, policy: Policy, ts: float
+) -> tuple[CheckResult] | tuple[CheckResult, VerificationError]:
+    try:
+        return (_result(name, step(doc, policy, ts)),)
+    except VerificationError as exc:
+        return CheckResult(name, False, exc.message), exc
+
+
+def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
+    if at is None or at == "now":
+        return datetime.now(UTC)
+    if at == "document":
+        return doc.timestamp
+    if not isinstance(at, datetime):
+        raise PolicyError(f"at must be a datetime, 'document' or 'now', got {at!r}")
+    if at.tzinfo is None:
+        raise PolicyError("at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return at
+
+
+def _result(name: str, detail: str | None) -> CheckResult:
+    if detail is None:
+        return CheckResult(name, None, "not checked: no expectation given")
+    return CheckResult(name, True, detail)
+
+
+def _format_detail(doc: AttestationDocument, *, authenticated: bool = True) -> str:
+    if not authenticated:  # structure only: nothing the payload claims
+        return (
+            f"{'tagged' if doc.tagged else 'untagged'} COSE_Sign1 with a well-formed payload "
+            "(its contents are not authenticated)"
+        )
+    return (
+        f"{'tagged' if doc.tagged else 'untagged'} COSE_Sign1, {doc.kind} document from "
+        f"{doc.module_id}, {len(doc.pcrs)} PCRs, timestamp "
+        f"{doc.timestamp.isoformat().replace('+00:00', 'Z')}"
+    )

@@ -1,0 +1,232 @@
+"""Client side of the attested channel: verify the enclave first, then seal and send.
+
+``deliver_secret`` runs the whole exchange over any ``Exchange`` (a callable sending one request
+type with its fields and returning the response fields), so it is tested without sockets;
+``send_secret`` binds it to the real transport (``nitro_attest.wire.client.Connection``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nitro_attest.attestation.document import DocumentKind
+from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
+from nitro_attest.channel.keys import (
+    ALL_SUITES,
+    HYBRID_KEY_BYTES,
+    SuiteId,
+    parse_public_key_field,
+    resolve_public_key,
+)
+from nitro_attest.channel.receiver import REQUEST_CHANNEL_ATTEST, REQUEST_SEALED_MESSAGE
+from nitro_attest.channel.seal import (
+    ACK_KEY_BYTES,
+    MAX_SECRET_BYTES,
+    acknowledgement,
+    channel_info,
+    document_digest,
+    seal,
+)
+from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
+from nitro_attest.limits import MAX_DOCUMENT_BYTES
+
+Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+NONCE_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A secret sealed to a verified enclave, ready to send."""
+
+    suite: SuiteId
+    nonce: bytes
+    sealed: bytes
+    ack: bytes  # the acknowledgement the enclave must return (keyed: see seal.acknowledgement)
+
+    def __repr__(self) -> str:
+        return f"Sealed({self.suite.label}, {len(self.sealed)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivered secret: the enclave's verified document and the acknowledged digest."""
+
+    verified: VerifiedDocument
+    suite: SuiteId
+    sha256: bytes
+    size: int
+
+
+def suite_of(suite: str | SuiteId) -> SuiteId:
+    if isinstance(suite, SuiteId):
+        return suite
+    try:
+        return SuiteId.from_label(suite)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+
+
+def seal_for_document(
+    verified: VerifiedDocument,
+    secret: bytes,
+    *,
+    nonce: bytes,
+    suite: str | SuiteId = "x25519",
+    offered_key: bytes | None = None,
+    allowed_suites: Sequence[SuiteId] = ALL_SUITES,
+) -> Sealed:
+    """Seal ``secret`` to the key named in a verified document; refuse anything unexpected."""
+    want = suite_of(suite)
+    doc = verified.document
+    if doc.nonce is None or not hmac.compare_digest(doc.nonce, nonce):
+        raise NonceMismatchError("the document was not issued for this delivery's nonce")
+    advertised = parse_public_key_field(doc.public_key)
+    if advertised.suite not in allowed_suites:
+        raise ChannelKeyError(f"the document's key suite {advertised.suite.label} is not allowed")
+    if advertised.suite is not want:
+        raise ChannelKeyError(
+            f"the document's key is for suite {advertised.suite.label}, expected {want.label}"
+        )
+    key = resolve_public_key(advertised, offered_key)
+    _check_secret(secret)
+    ack_key = os.urandom(ACK_KEY_BYTES)
+    info = channel_info(advertised, nonce, document_digest(doc.raw))
+    sealed = seal(want, key, ack_key + secret, info)
+    return Sealed(want, nonce, sealed, acknowledgement(ack_key, secret))
+
+
+def deliver_secret(
+    exchange: Exchange,
+    secret: bytes,
+    *,
+    verifier: Verifier,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
+    allow_debug: bool = False,
+    suite: str | SuiteId = "x25519",
+    unsafe_any_enclave: bool = False,
+    max_age: float | None = None,
+    at: At = None,
+    user_data: bytes | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
+) -> Receipt:
+    """Request a channel document, verify it fully, seal, send, check the acknowledgement.
+
+    Raises PolicyError before any contact when no PCR expectation is given (unless
+    ``unsafe_any_enclave``), a VerificationError when the enclave does not verify (nothing is
+    sent), ChannelError when the enclave refuses or the acknowledgement is wrong.
+    """
+    want = suite_of(suite)
+    _check_secret(secret)
+    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
+    nonce = os.urandom(NONCE_BYTES)
+    request: dict[str, Any] = {"nonce": nonce, "suite": want.label}
+    if user_data is not None:
+        request["user_data"] = user_data
+    offer = exchange(REQUEST_CHANNEL_ATTEST, request)
+    document = _response_bytes(offer, "document", MAX_DOCUMENT_BYTES)
+    offered_key = offer.get("public_key")
+    if offered_key is not None:
+        offered_key = _response_bytes(offer, "public_key", HYBRID_KEY_BYTES)
+    verified = verifier.verify(
+        document,
+        at=at,
+        expected_pcrs=expected_pcrs,
+        nonce=nonce,
+        user_data=user_data,
+        max_age=max_age,
+        allow_debug=allow_debug,
+        kind=kind,
+    )
+    sealed = seal_for_document(
+        verified, secret, nonce=nonce, suite=want, offered_key=offered_key
+    )
+    ack = exchange(REQUEST_SEALED_MESSAGE, {"nonce": nonce, "sealed": sealed.sealed})
+    got = ack.get("ack")
+    if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
+        raise ChannelError(
+            "the enclave's acknowledgement does not match the secret sent", reason="ack"
+        )
+    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret))
+
+
+def require_pcr_expectation(
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None, unsafe_any_enclave: bool
+) -> None:
+    """A secret goes to a known enclave image only, unless the caller says otherwise by name."""
+    if expected_pcrs is None and not unsafe_any_enclave:
+        raise PolicyError(
+            "refusing to send a secret to an enclave without a PCR expectation; give "
+            "expected_pcrs, or unsafe_any_enclave=True to trust any enclave the root signs for"
+        )
+
+
+def _check_secret(secret: Any) -> None:
+    if not isinstance(secret, bytes):
+        raise PolicyError(f"secret must be bytes, got {type(secret).__name__}")
+    if not secret:
+        raise PolicyError("secret is empty")
+    if len(secret) > MAX_SECRET_BYTES:
+        raise PolicyError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
+
+
+def _response_bytes(fields: Mapping[str, Any], name: str, limit: int) -> bytes:
+    value = fields.get(name)
+    if not isinstance(value, bytes) or not value:
+        raise ChannelError(f"the enclave's response has no {name}", reason="response")
+    if len(value) > limit:
+        raise ChannelError(
+            f"the enclave's {name} is {len(value)} bytes, at most {limit}", reason="response"
+        )
+    return value
+
+
+def send_secret(
+    address: str,
+    secret: bytes,
+    *,
+    root_pem: bytes | None = None,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
+    allow_debug: bool = False,
+    suite: str | SuiteId = "x25519",
+    timeout: float = 10.0,
+    unsafe_any_enclave: bool = False,
+    max_age: float | None = None,
+    user_data: bytes | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
+) -> Receipt:
+    """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
+
+    ``root_pem=None`` trusts the embedded AWS Nitro root; give the simulator's root.pem to talk to
+    a simulated enclave. See ``deliver_secret`` for what is raised.
+    """
+    verifier = Verifier(root_pem=root_pem)
+    want = suite_of(suite)
+    _check_secret(secret)
+    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
+    # Imported here: nitro_attest.wire.client re-exports this function (a cycle at import time).
+    from nitro_attest.channel.protocol import ConnectionExchange
+    from nitro_attest.wire.client import ClientError, Connection
+
+    try:
+        connection = Connection(address, timeout=timeout)
+    except (ClientError, ValueError) as exc:  # unreachable, or a malformed address
+        raise ChannelError(str(exc), reason="transport") from None
+    with connection:
+        return deliver_secret(
+            ConnectionExchange(connection),
+            secret,
+            verifier=verifier,
+            expected_pcrs=expected_pcrs,
+            allow_debug=allow_debug,
+            suite=want,
+            unsafe_any_enclave=unsafe_any_enclave,
+            max_age=max_age,
+            user_data=user_data,
+            kind=kind,
+        )

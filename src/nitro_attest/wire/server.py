@@ -1,0 +1,502 @@
+"""The enclave attestation server: answers protocol requests with the NSM, over any transport.
+
+One asyncio loop accepts connections; each connection is a protocol object that reassembles
+frames and can carry several requests. Admission (limits, deadlines, shedding) is in
+``admission``. Handlers are blocking callables keyed by request type, run inline on the loop: an
+NSM call takes a fraction of a millisecond (the simulator's signature) to a few (the device, which
+serialises its callers anyway), and handing it to a thread cost more CPU than the call itself
+(bench/server.py). A client that misbehaves only ever loses its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+from nitro_attest.limits import MAX_FRAME_BYTES
+from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
+from nitro_attest.wire import protocol
+from nitro_attest.wire.admission import (
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHED_GRACE,
+    DEFAULT_WRITE_TIMEOUT,
+    FRAME,
+    IDLE,
+    STALLED,
+    ConnectionTable,
+    Limits,
+    Member,
+    RateLimitedCount,
+    descriptor_budget,
+)
+from nitro_attest.wire.protocol import (
+    HEADER_SIZE,
+    AttestationResponse,
+    AttestRequest,
+    DescribeRequest,
+    DescriptionResponse,
+    ErrorResponse,
+    ProtocolError,
+    Request,
+    RequestHandler,
+    Response,
+)
+from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, Address, start_server
+
+log = logging.getLogger("nitro_attest.wire.server")
+
+DEFAULT_READ_TIMEOUT = DEFAULT_IDLE_TIMEOUT  # between requests
+_MAX_DESCRIBED_PCRS = 32
+
+
+def nsm_handlers(backend: NsmBackend) -> dict[str, RequestHandler]:
+    """The standard handlers: attestation and description, both answered by ``backend``."""
+
+    def attest(request: Request) -> Response:
+        assert isinstance(request, AttestRequest)
+        document = backend.attestation(
+            user_data=request.user_data, nonce=request.nonce, public_key=request.public_key
+        )
+        return AttestationResponse(document=document)
+
+    def describe(request: Request) -> Response:
+        assert isinstance(request, DescribeRequest)
+        nsm = backend.describe_nsm()
+        count = min(nsm.max_pcrs, _MAX_DESCRIBED_PCRS)
+        pcrs: dict[int, PcrDescription] = {i: backend.describe_pcr(i) for i in range(count)}
+        return DescriptionResponse(nsm=nsm, pcrs=pcrs)
+
+    return {AttestRequest.TYPE: attest, DescribeRequest.TYPE: describe}
+
+
+def _size(value: bytes | None) -> str:
+    return "-" if value is None else f"{len(value)}B"
+
+
+def describe_request(request: Request) -> str:
+    """What a log line may say about a request: sizes only, never the values."""
+    if isinstance(request, AttestRequest):
+        return (
+            f"nonce={_size(request.nonce)} user_data={_size(request.user_data)} "
+            f"public_key={_size(request.public_key)}"
+        )
+    return ""
+
+
+def describe_response(response: Response) -> str:
+    if isinstance(response, AttestationResponse):
+        digest = hashlib.sha256(response.document).hexdigest()[:16]
+        return f"attestation {len(response.document)}B sha256:{digest}"
+    if isinstance(response, ErrorResponse):
+        return f"error {response.code}"
+    return response.TYPE
+
+
+class EnclaveServer:
+    """Serve protocol requests on one address until ``close()``."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, RequestHandler],
+        *,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        frame_deadline: float = DEFAULT_FRAME_DEADLINE,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        shed_grace: float = DEFAULT_SHED_GRACE,
+        max_frame_size: int = MAX_FRAME_BYTES,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
+    ) -> None:
+        if not handlers:
+            raise ValueError("an enclave server needs at least one request handler")
+        self._handlers = dict(handlers)
+        self.limits = Limits(
+            idle_timeout=read_timeout,
+            frame_deadline=frame_deadline,
+            write_timeout=write_timeout,
+            max_connections=max_connections,
+            shed_grace=shed_grace,
+        )
+        self._table = ConnectionTable(self.limits)
+        self._max_frame = max_frame_size
+        self._socket_mode = socket_mode
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._address: Address | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        self._connections: set[_Connection] = set()  # open or still flushing a last answer
+        self._finishing: dict[_Connection, None] = {}  # closed by us, flushing, oldest first
+        self._serial = 0
+        self._closing = False
+        self.requests_served = 0
+        self.shed = RateLimitedCount(
+            lambda n: log.warning(
+                "shed %d least recently active connection(s) to admit new ones (limit %d)",
+                n,
+                self.limits.max_connections,
+            )
+        )
+        self.refused = RateLimitedCount(
+            lambda n: log.warning(
+                "refused %d connection(s) busy: %d open, all younger than %gs",
+                n,
+                len(self._table),
+                self.limits.shed_grace,
+            )
+        )
+
+    @property
+    def address(self) -> Address:
+        if self._address is None:
+            raise RuntimeError("server not started")
+        return self._address
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, address: Address) -> Address:
+        self._loop = asyncio.get_running_loop()
+        self._server, self._address = await start_server(
+            address, self._new_connection, socket_mode=self._socket_mode
+        )
+        if address.scheme == "unix":
+            st = os.stat(address.path)
+            self._unix_inode = (st.st_dev, st.st_ino)
+        self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
+        return self._address
+
+    async def close(self) -> None:
+        """Stop accepting, drop open connections, remove our Unix socket file."""
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.abort()
+        for _ in range(8):  # let the transports run their connection_lost callbacks
+            await asyncio.sleep(0)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self._remove_unix_socket()
+
+    def _remove_unix_socket(self) -> None:
+        if self._address is None or self._address.scheme != "unix" or self._unix_inode is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.stat(self._address.path)
+            if (st.st_dev, st.st_ino) == self._unix_inode:  # never remove a successor's socket
+                os.unlink(self._address.path)
+        self._unix_inode = None
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def _new_connection(self) -> _Connection:
+        self._serial += 1
+        assert self._loop is not None
+        return _Connection(self, self._serial, self._loop.time())
+
+    def _admit(self, conn: _Connection) -> bool:
+        """Called when ``conn`` connects: make room by shedding, or refuse it. True: admitted."""
+        self._connections.add(conn)
+        if self._closing:
+            conn.abort()
+            return False
+        now = conn.connected_at
+        if self._table.full():
+            victim = self._table.shed_candidate(now)
+            if victim is None:
+                self.refused.add(now)
+                conn.finish(_BUSY)
+                return False
+            assert isinstance(victim, _Connection)
+            self.shed.add(now)
+            victim.finish(_BUSY)
+        self._table.add(conn, now)
+        return True
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for member in self._table.expired(now):
+            assert isinstance(member, _Connection)
+            member.expire()
+        for conn in list(self._finishing):  # a last answer nobody reads must not hold a socket
+            if conn.closing_since is not None and now - conn.closing_since < _FLUSH_TIMEOUT:
+                break
+            conn.abort()
+        self.shed.flush(now)
+        self.refused.flush(now)
+        if not self._closing:
+            self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
+
+    def _closing_now(self, conn: _Connection) -> float:
+        """``conn`` is being closed by us: out of the table, flushing; returns the time."""
+        assert self._loop is not None
+        self._table.remove(conn)
+        self._finishing[conn] = None
+        return self._loop.time()
+
+    def _forget(self, conn: _Connection) -> None:
+        self._table.remove(conn)
+        self._finishing.pop(conn, None)
+        self._connections.discard(conn)
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def dispatch(self, body: bytes, peer: str) -> Response:
+        started = time.perf_counter()
+        detail = ""
+        try:
+            request = protocol.decode_request(body)
+        except ProtocolError as exc:
+            response: Response = protocol.error_for(exc)
+            kind = "?"
+        else:
+            kind = request.TYPE
+            detail = describe_request(request)
+            handler = self._handlers.get(request.TYPE)
+            if handler is None:
+                response = ErrorResponse("unknown_type", f"this server does not serve {kind!r}")
+            else:
+                response = self._run_handler(handler, request, peer)
+        self.requests_served += 1
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s %s %s -> %s %.1fms",
+            peer,
+            kind,
+            detail or "-",
+            describe_response(response),
+            elapsed,
+        )
+        return response
+
+    def _run_handler(self, handler: RequestHandler, request: Request, peer: str) -> Response:
+        try:
+            return handler(request)
+        except NsmError as exc:
+            return ErrorResponse("nsm_error", str(exc))
+        except ProtocolError as exc:
+            return protocol.error_for(exc)
+        except Exception as exc:
+            log.error("%s handler %s failed: %s", peer, request.TYPE, type(exc).__name__)
+            return ErrorResponse("internal", "the enclave failed to answer this request")
+
+
+_FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
+_BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
+_TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
+
+
+class _Connection(asyncio.Protocol, Member):
+    """One client connection: reassembles frames and answers each; it never waits on anything."""
+
+    __slots__ = (
+        "_buf",
+        "_eof",
+        "_paused",
+        "_peer",
+        "_serial",
+        "_server",
+        "_transport",
+        "closing_since",
+    )  # fmt: skip
+
+    def __init__(self, server: EnclaveServer, serial: int, now: float) -> None:
+        Member.__init__(self, now)
+        self._server = server
+        self._serial = serial
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._peer = f"#{serial}"
+        self._paused = False  # the client is not reading our answers
+        self._eof = False
+        self.closing_since: float | None = None
+
+    # --- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer = f"#{self._serial} {peer[0]}:{peer[1]}"
+        self._server._admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._forget(self)
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing_since is not None:
+            return
+        self._buf += data
+        if self.state == IDLE:
+            self._enter(FRAME)  # the frame deadline runs from its first byte
+        if len(self._buf) > HEADER_SIZE + self._server._max_frame:
+            self._set_reading(False)  # pipelined requests: read on once these are answered
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._process()  # answers a whole frame still buffered, then finishes
+        return True  # we close once our answers are out
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.state is not None and self.closing_since is None:
+            self._enter(STALLED)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.state == STALLED:
+            self._enter(FRAME if self._buf else IDLE)
+            self._later()
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer one whole frame if the buffer holds one; the next waits for the next loop turn."""
+        if self.closing_since is not None or self._paused or self._transport is None:
+            return
+        server = self._server
+        length = 0
+        if len(self._buf) >= HEADER_SIZE:
+            try:
+                length = protocol.decode_header(
+                    bytes(self._buf[:HEADER_SIZE]), max_size=server._max_frame
+                )
+            except ProtocolError as exc:
+                log.warning("%s rejected frame: %s", self._peer, exc)
+                self.finish(protocol.error_for(exc).encode())
+                return
+        end = HEADER_SIZE + length
+        if not length or len(self._buf) < end:
+            if self._eof:
+                if self._buf:
+                    what = "mid-header" if len(self._buf) < HEADER_SIZE else "mid-frame"
+                    log.warning("%s closed %s", self._peer, what)
+                self.finish(None)
+            return
+        body = bytes(self._buf[:end][HEADER_SIZE:])
+        del self._buf[:end]
+        self._enter(None)  # being answered: no deadline, not sheddable
+        response = server.dispatch(body, self._peer)
+        if self.closing_since is not None:
+            return
+        if isinstance(response, ErrorResponse) and response.code == "bad_frame":
+            self.finish(response.encode())  # framing is lost; the connection cannot continue
+            return
+        self._transport.write(response.encode())  # may call pause_writing()
+        if self._paused:
+            self._enter(STALLED)
+            return
+        self._enter(FRAME if self._buf else IDLE)
+        if self._buf or self._eof:
+            self._later()
+        elif not self._transport.is_reading():
+            self._set_reading(True)
+
+    def _later(self) -> None:
+        assert self._server._loop is not None
+        self._server._loop.call_soon(self._process)
+
+    def _enter(self, state: str | None) -> None:
+        assert self._server._loop is not None
+        self._server._table.enter(self, state, self._server._loop.time())
+
+    def _set_reading(self, on: bool) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if on and not self._transport.is_reading():
+            self._transport.resume_reading()
+        elif not on and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    # --- endings --------------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """The current state's deadline passed."""
+        if self.state == FRAME:
+            log.warning("%s sent half a frame and went quiet", self._peer)
+            self.finish(_TIMEOUT)
+        elif self.state == STALLED:
+            log.warning("%s does not read its answers: dropped", self._peer)
+            self.abort()
+        else:
+            self.finish(None)  # idle: drop quietly
+
+    def finish(self, last: bytes | None) -> None:
+        """Send ``last`` (if any) and close once it is flushed; read nothing more."""
+        if self.closing_since is not None or self._transport is None:
+            return
+        self.closing_since = self._server._closing_now(self)
+        if last is not None and not self._paused:
+            self._transport.write(last)
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._server._table.remove(self)
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def serve(
+    address: Address,
+    handlers: Mapping[str, RequestHandler],
+    *,
+    ready: Callable[[Address], None] | None = None,
+    stop: asyncio.Event | None = None,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    frame_deadline: float = DEFAULT_FRAME_DEADLINE,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    socket_mode: int = DEFAULT_SOCKET_MODE,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
+    cap, fd_limit = descriptor_budget(max_connections)
+    if cap < max_connections:
+        log.warning(
+            "open-file limit %d allows %d connections, not %d: serving %d",
+            fd_limit, cap, max_connections, cap,
+        )  # fmt: skip
+    server = EnclaveServer(
+        handlers,
+        read_timeout=read_timeout,
+        frame_deadline=frame_deadline,
+        max_connections=cap,
+        socket_mode=socket_mode,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        bound = await server.start(address)
+        limits = server.limits
+        log.info(
+            "listening on %s (at most %d connections; frame deadline %gs, idle timeout %gs)",
+            bound, limits.max_connections, limits.frame_deadline, limits.idle_timeout,
+        )  # fmt: skip
+        if ready is not None:
+            ready(bound)
+        await stop.wait()
+        log.info("shutting down after %d request(s)", server.requests_served)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await server.close()
