@@ -128,6 +128,12 @@ def open_nsm(kind: str, state: Path | None) -> NsmBackend:
 
 
 def _configure_logging() -> None:
+    # The log line per request is a good part of the server's own CPU per request; it names
+    # neither thread, process nor source line, so logging need not look them up.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # skips findCaller's stack walk (documented in logging's source)
     for name in ("nitro_attest.wire.server", "nitro_attest.channel"):
         _configure_logger(logging.getLogger(name))
 
