@@ -31,8 +31,8 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_FRAME_DEADLINE = 5.0
 DEFAULT_WRITE_TIMEOUT = 10.0
 DEFAULT_SHED_GRACE = 0.5
-# 1024 idle connections cost about 3.5 MiB of server memory (docs/protocol.md, measured by
-# tests/test_admission.py); one mid-frame connection may hold up to one 64 KiB frame besides.
+# An idle connection costs ~2 KB of server RSS and ~2 KB of kernel socket (docs/protocol.md); the
+# cap bounds the worst case, every slot mid-frame holding up to 64 KiB: 64 MiB.
 DEFAULT_MAX_CONNECTIONS = 1024
 LISTEN_BACKLOG = socket.SOMAXCONN
 # Connections asyncio accepts per readiness event: reads of connected clients interleave with a

@@ -127,6 +127,9 @@ class EnclaveServer:
         )
         self._table = ConnectionTable(self.limits)
         self._max_frame = max_frame_size
+        # Every connection reads into this one buffer, then keeps only what it received; no
+        # connection buffers more than one whole frame (the rest waits in the kernel).
+        self._scratch = memoryview(bytearray(HEADER_SIZE + max_frame_size))
         self._socket_mode = socket_mode
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -300,7 +303,7 @@ _BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
 _TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
 
 
-class _Connection(asyncio.Protocol, Member):
+class _Connection(asyncio.BufferedProtocol, Member):
     """One client connection: reassembles frames and answers each; it never waits on anything."""
 
     __slots__ = (
@@ -339,14 +342,19 @@ class _Connection(asyncio.Protocol, Member):
         self._server._forget(self)
         self._buf = bytearray()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never empty: reading is paused while the buffer holds a whole frame (see below).
+        room = len(self._server._scratch) - len(self._buf)
+        return self._server._scratch[: max(1, room)]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.closing_since is not None:
             return
-        self._buf += data
+        self._buf += self._server._scratch[:nbytes]
         if self.state == IDLE:
             self._enter(FRAME)  # the frame deadline runs from its first byte
-        if len(self._buf) > HEADER_SIZE + self._server._max_frame:
-            self._set_reading(False)  # pipelined requests: read on once these are answered
+        if len(self._buf) >= len(self._server._scratch):
+            self._set_reading(False)  # read on once this frame is answered
         self._process()
 
     def eof_received(self) -> bool:
@@ -404,10 +412,9 @@ class _Connection(asyncio.Protocol, Member):
             self._enter(STALLED)
             return
         self._enter(FRAME if self._buf else IDLE)
+        self._set_reading(True)
         if self._buf or self._eof:
             self._later()
-        elif not self._transport.is_reading():
-            self._set_reading(True)
 
     def _later(self) -> None:
         assert self._server._loop is not None

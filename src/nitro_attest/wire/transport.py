@@ -245,7 +245,7 @@ def bound_address(address: Address, sock: socket.socket) -> Address:
 
 async def start_server(
     address: Address,
-    protocol_factory: Callable[[], asyncio.Protocol],
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
     *,
     backlog: int = LISTEN_BACKLOG,
     accept_batch: int = 128,
