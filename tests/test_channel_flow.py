@@ -1,4 +1,8 @@
-"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs."""
+"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs.
+
+Threat model (docs/threat-model.md): the parent tampers with, downgrades, re-binds and replays
+what it relays (``LocalExchange.tamper``); each attempt fails closed.
+"""
 
 from __future__ import annotations
 
@@ -257,12 +261,12 @@ def test_standard_attestation_names_default_key_and_accepts_one_message() -> Non
     document = receiver.attest_default(nsm, nonce=nonce, user_data=b"u")
     verified = verifier.verify(document, at="document", nonce=nonce, user_data=b"u")
     assert verified.document.public_key == receiver.public_key_field(SuiteId.X25519)
-    sealed = seal_for_document(verified, SECRET, nonce=nonce)
+    sealed = seal_for_document(verified, SECRET, nonce=nonce, suite="x25519")
     ack = handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
     assert ack == {"ack": sealed.ack}
     # Keyed by a random key sealed with the secret: the relaying parent cannot test guesses.
     assert sealed.ack != hashlib.sha256(SECRET).digest()
-    again = seal_for_document(verified, SECRET, nonce=nonce)
+    again = seal_for_document(verified, SECRET, nonce=nonce, suite="x25519")
     assert again.ack != sealed.ack
     # a second document for a known nonce is still served, but opens no second channel
     receiver.attest_default(nsm, nonce=nonce)

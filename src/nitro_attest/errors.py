@@ -190,6 +190,8 @@ class ChannelFailure(StrEnum):
     ACK = "ack"
     REFUSED = "refused"  # the enclave answered channel_refused
     ENCLAVE = "enclave"  # the enclave answered another typed error
+    SENDER = "sender"  # unsigned, or not signed by a pinned sender key (docs/channel.md)
+    STORE_FULL = "store_full"  # the enclave's handler had no room for this sender's secret
 
 
 class ChannelError(NitroAttestError):

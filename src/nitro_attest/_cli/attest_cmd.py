@@ -23,9 +23,11 @@ from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
     ClientError,
+    EnclaveError,
     request_attestation,
     save_attestation,
 )
+from nitro_attest.wire.protocol import CHANNEL_KEY_PREFIX, PublicKeyRefusedError
 from nitro_attest.wire.transport import AddressError, parse_address
 
 DEFAULT_USER_DATA = b"nitro-attest client"
@@ -68,7 +70,12 @@ def register(sub: Any) -> None:
         metavar="HEX|@FILE|none",
         help=f"user data to send (default: the text {DEFAULT_USER_DATA.decode()!r})",
     )
-    p.add_argument("--public-key", metavar="HEX", help="public key to have the enclave embed")
+    p.add_argument(
+        "--public-key",
+        metavar="HEX",
+        help="public key to have the enclave embed; served only by an enclave started with "
+        "serve --allow-caller-public-key",
+    )
     expectations.add_pcr_flags(p)
     expectations.add_trust_flags(p)
     p.add_argument("--out-dir", default="client", metavar="DIR", help="where to save the document")
@@ -94,6 +101,19 @@ def _user_data(value: str | None) -> bytes | None:
             raise CliError(f"{value[1:]}: empty user data file (use --user-data none)")
         return data
     return parse_hex(value, "--user-data", max_bytes=NSM_FIELD_BYTES)
+
+
+def _refused_key_message(address: object, public_key: bytes | None) -> str:
+    # Our own words, not the enclave's: its message is untrusted text relayed by the parent.
+    if public_key is not None and public_key.startswith(CHANNEL_KEY_PREFIX):
+        return (
+            f"{address}: the enclave refuses to attest a channel-shaped public key for a caller "
+            "(only its own channel code may; use send-secret)"
+        )
+    return (
+        f"{address}: the enclave refuses caller-chosen public keys; its operator must start "
+        "serve with --allow-caller-public-key (anyone reaching the port then gets any key attested)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
             public_key=public_key,
             timeout=args.timeout,
         )
+    except EnclaveError as exc:
+        if exc.code == PublicKeyRefusedError.code:
+            raise CliError(_refused_key_message(address, public_key)) from None
+        raise CliError(str(exc)) from None
     except ClientError as exc:
         raise CliError(str(exc)) from None
 

@@ -11,6 +11,7 @@ from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SUITE_LABELS
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
+from nitro_attest.channel.signing import MAX_KEY_FILE_BYTES, SenderKeyError, load_private_key
 from nitro_attest.errors import ChannelError, PolicyError, TrustRootError, VerificationError
 
 EPILOG = f"""\
@@ -26,7 +27,7 @@ examples:
   nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
       --expected client/expected-measurements.json
   nitro-attest send-secret --connect tcp://127.0.0.1:5005 --file token.txt \\
-      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite mlkem768-x25519
+      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite x25519
 """
 
 
@@ -48,9 +49,15 @@ def register(sub: Any) -> None:
     add_trust_flags(p)
     add_pcr_flags(p)
     p.add_argument(
-        "--suite", choices=SUITE_LABELS, default="x25519",
-        help="HPKE suite: x25519 (DHKEM X25519) or mlkem768-x25519 (post-quantum hybrid "
-        "ML-KEM-768 + X25519); both HKDF-SHA256 and ChaCha20-Poly1305 (default: x25519)",
+        "--suite", choices=SUITE_LABELS, default="mlkem768-x25519",
+        help="HPKE suite: mlkem768-x25519 (default: post-quantum hybrid ML-KEM-768 + X25519) or "
+        "x25519 (DHKEM X25519 alone, only when asked); both HKDF-SHA256 and ChaCha20-Poly1305. "
+        "Where this OpenSSL lacks ML-KEM the default refuses, saying so, rather than fall back",
+    )
+    p.add_argument(
+        "--sign-with", metavar="KEY",
+        help="sign the message with this Ed25519 or P-256 private key (unencrypted PEM), for an "
+        "enclave that pins its public key (serve --sender-key)",
     )
     p.add_argument(
         "--unsafe-any-enclave", action="store_true",
@@ -76,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if not secret:
         raise CliError(f"{args.file}: empty secret")
     root = load_root(args.root)
+    signing_key = None
+    if args.sign_with:
+        raw = read_bytes(args.sign_with, limit=MAX_KEY_FILE_BYTES, what="signing key")
+        try:
+            signing_key = load_private_key(raw)
+        except SenderKeyError as exc:
+            raise CliError(f"--sign-with {args.sign_with}: {exc}") from None
     try:
         receipt = channel_client.send_secret(
             args.connect,
@@ -86,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             suite=args.suite,
             timeout=args.timeout,
             unsafe_any_enclave=args.unsafe_any_enclave,
+            signing_key=signing_key,
             kind=args.kind,
         )
     except (TrustRootError, PolicyError) as exc:
@@ -98,13 +113,18 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{args.connect}: {exc.message}") from None
         print(escape_text(f"REFUSED: {exc.message}"))
         return EXIT_REJECTED
+    print(escape_text(delivered_line(receipt)))  # delivered: nothing after it may fail it
+    return EXIT_OK
+
+
+def delivered_line(receipt: channel_client.Receipt) -> str:
+    """The success line; reads only what every document kind has (a NitroTPM one has no PCR0)."""
     doc = receipt.verified.document
     pcr0 = doc.pcrs.get(0)
-    print(
-        escape_text(
-            f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
-            f"(suite {receipt.suite.label}, PCR0 {pcr0.hex()[:16] + '...' if pcr0 else 'absent'}); "
-            f"acknowledged; secret sha256 {receipt.sha256.hex()}"
-        )
+    measured = f"PCR0 {pcr0.hex()[:16]}..." if pcr0 is not None else f"{len(doc.pcrs)} PCRs"
+    signed = f"signed by {receipt.signer.hex()[:16]}" if receipt.signer else "unsigned"
+    return (
+        f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
+        f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}; "
+        f"secret sha256 {receipt.sha256.hex()}"
     )
-    return EXIT_OK

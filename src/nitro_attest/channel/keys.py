@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from nitro_attest.errors import ChannelKeyError
 from nitro_attest.limits import NSM_FIELD_BYTES
+from nitro_attest.wire.protocol import CHANNEL_KEY_PREFIX
 
-MAGIC = b"NAHPKE1"
+MAGIC = CHANNEL_KEY_PREFIX + b"1"
 X25519_KEY_BYTES = 32
 MLKEM768_KEY_BYTES = 1184
 HYBRID_KEY_BYTES = MLKEM768_KEY_BYTES + X25519_KEY_BYTES
@@ -106,6 +107,15 @@ class KeyPair:
 
     def __repr__(self) -> str:  # never show key material
         return f"KeyPair({self.suite.label})"
+
+
+def hybrid_unavailable() -> str | None:
+    """Why the ML-KEM-768 hybrid suite cannot be used with this OpenSSL, or None when it can."""
+    try:
+        mlkem.MLKEM768PrivateKey.generate()
+    except UnsupportedAlgorithm as exc:
+        return f"ML-KEM-768 is not available in this OpenSSL ({exc})"
+    return None
 
 
 def advertised_for(suite: SuiteId, public_bytes: bytes) -> AdvertisedKey:

@@ -3,7 +3,7 @@
 Importing this module registers two request types with ``nitro_attest.wire.protocol``:
 
 - ``channel_attest`` {nonce, suite, user_data} -> ``channel_offer`` {document, public_key}
-- ``sealed_message`` {nonce, sealed} -> ``sealed_ack`` {ack}
+- ``sealed_message`` {nonce, sealed, signer?, signature?} -> ``sealed_ack`` {ack}
 
 An enclave refusal (replay, unknown nonce, a message that does not open) is an ``error`` answer
 with code ``channel_refused``. See docs/channel.md.
@@ -27,6 +27,7 @@ from nitro_attest.channel.receiver import (
     handle_sealed_message,
 )
 from nitro_attest.channel.seal import max_sealed_bytes
+from nitro_attest.channel.signing import KEY_ID_BYTES, MAX_SIGNATURE_BYTES
 from nitro_attest.errors import ChannelError
 from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.wire.protocol import (
@@ -39,6 +40,7 @@ from nitro_attest.wire.protocol import (
     register_request,
     register_response,
 )
+from nitro_attest.wire.server import check_caller_public_key
 
 if TYPE_CHECKING:
     from nitro_attest.wire.client import Connection
@@ -127,17 +129,30 @@ class SealedMessageRequest(Request):
     TYPE: ClassVar[str] = REQUEST_SEALED_MESSAGE
     nonce: bytes
     sealed: bytes
+    signer: bytes | None = None  # the sender's key id (SHA-256 of its SubjectPublicKeyInfo)
+    signature: bytes | None = None  # over channel.signing.signed_bytes
 
     def to_fields(self) -> dict[str, Any]:
-        return {"nonce": self.nonce, "sealed": self.sealed}
+        fields: dict[str, Any] = {"nonce": self.nonce, "sealed": self.sealed}
+        if self.signer is not None or self.signature is not None:
+            fields.update(signer=self.signer, signature=self.signature)
+        return fields
 
     @classmethod
     def from_fields(cls, obj: Mapping[str, Any]) -> SealedMessageRequest:
         what = REQUEST_SEALED_MESSAGE
-        _only(obj, {"nonce", "sealed"}, what)
+        _only(obj, {"nonce", "sealed", "signer", "signature"}, what)
+        signer = _bytes(obj, "signer", what, KEY_ID_BYTES, optional=True)
+        signature = _bytes(obj, "signature", what, MAX_SIGNATURE_BYTES, optional=True)
+        if (signer is None) != (signature is None):
+            raise ProtocolError(f"{what}: 'signer' and 'signature' go together")
+        if signer is not None and len(signer) != KEY_ID_BYTES:
+            raise ProtocolError(f"{what}: 'signer' must be {KEY_ID_BYTES} bytes")
         return cls(
             nonce=_need(obj, "nonce", what, MAX_NONCE_BYTES),
             sealed=_need(obj, "sealed", what, _MAX_SEALED),
+            signer=signer,
+            signature=signature,
         )
 
 
@@ -163,14 +178,19 @@ def _refusal(exc: ChannelError) -> ProtocolError:
 
 
 def channel_handlers(
-    receiver: ChannelReceiver, nsm: Attester, *, key_in_attest: bool = True
+    receiver: ChannelReceiver,
+    nsm: Attester,
+    *,
+    key_in_attest: bool = True,
+    allow_caller_public_key: bool = False,
 ) -> dict[str, RequestHandler]:
     """Server handlers for the channel's request types.
 
     With ``key_in_attest`` the standard ``attest`` handler is replaced too: a request that brings
     no public_key of its own gets a document naming the enclave's default channel key (and its
     nonce is remembered), so every document the enclave hands out carries its channel key. A
-    request with its own public_key (the AWS KMS pattern) is served unchanged.
+    request with its own public_key is refused unless ``allow_caller_public_key`` (and a
+    channel-shaped one always is): see ``wire.server.check_caller_public_key``.
     """
 
     def channel_attest(request: Request) -> Response:
@@ -191,6 +211,7 @@ def channel_handlers(
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
+        check_caller_public_key(request.public_key, allow=allow_caller_public_key)
         if request.public_key is not None:
             document = nsm.attestation(
                 user_data=request.user_data, nonce=request.nonce, public_key=request.public_key
@@ -226,7 +247,12 @@ class ConnectionExchange:
                 nonce=fields["nonce"], suite=fields["suite"], user_data=fields.get("user_data")
             )
         elif kind == REQUEST_SEALED_MESSAGE:
-            request = SealedMessageRequest(nonce=fields["nonce"], sealed=fields["sealed"])
+            request = SealedMessageRequest(
+                nonce=fields["nonce"],
+                sealed=fields["sealed"],
+                signer=fields.get("signer"),
+                signature=fields.get("signature"),
+            )
         else:
             raise ValueError(f"not a channel request type: {kind!r}")
         try:

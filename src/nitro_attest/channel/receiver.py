@@ -8,7 +8,8 @@ Flow: the client asks for a channel document with a fresh nonce and a suite; the
 NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
 returns the document (plus the full key for the hybrid suite). The client verifies, seals and sends
 {nonce, sealed}; the enclave opens it against what it issued for that nonce, accepts it at most
-once, hands the plaintext to the handler and answers with the plaintext's SHA-256.
+once (only if signed by a pinned sender key, when the server pins any), hands the plaintext to the
+handler and answers with a keyed acknowledgement.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from nitro_attest.channel.seal import (
     open_sealed,
     split_plaintext,
 )
-from nitro_attest.errors import ChannelError
+from nitro_attest.channel.signing import (
+    KEY_ID_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SenderPublicKey,
+    key_id,
+    signed_bytes,
+    verify,
+)
+from nitro_attest.errors import ChannelError, ChannelFailure
 
 log = logging.getLogger("nitro_attest.channel")
 
@@ -56,33 +65,73 @@ class Attester(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What the plaintext handler learns besides the plaintext."""
+    """What the plaintext handler learns besides the plaintext.
+
+    ``authenticated`` is true only when the server pins sender keys and the message carried a
+    valid signature by one of them; ``sender`` is then that key's id (SHA-256 of its
+    SubjectPublicKeyInfo, hex). Otherwise the secret may come from anyone who reaches the port,
+    the parent instance included (docs/threat-model.md).
+    """
 
     suite: SuiteId
     nonce: bytes
     sha256: bytes
+    sender: str | None = None
+    authenticated: bool = False
 
 
 SecretHandler = Callable[[bytes, Delivery], None]
 
+DEFAULT_SECRETS_PER_SENDER = 16
+DEFAULT_BYTES_PER_SENDER = 256 * 1024
+
 
 class InMemorySecretStore:
-    """Default handler: keep the delivered secrets in memory (most recent ``limit``)."""
+    """Default handler: keep delivered secrets in memory, with a quota per sender.
 
-    def __init__(self, *, limit: int = 64) -> None:
-        self._limit = limit
+    Each sender (a pinned key id; all unauthenticated deliveries share one quota) may store at most
+    ``per_sender`` secrets and ``bytes_per_sender`` bytes. A delivery over quota is refused with a
+    ``ChannelError`` that the sender is told about; nothing stored is ever evicted, so junk from
+    one sender cannot push out another's secret.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_sender: int = DEFAULT_SECRETS_PER_SENDER,
+        bytes_per_sender: int = DEFAULT_BYTES_PER_SENDER,
+    ) -> None:
+        if per_sender < 1 or bytes_per_sender < 1:
+            raise ValueError("a secret store needs room for at least one secret per sender")
+        self._per_sender = per_sender
+        self._bytes = bytes_per_sender
         self._items: list[tuple[Delivery, bytes]] = []
+        self._used: dict[str | None, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, plaintext: bytes, delivery: Delivery) -> None:
         with self._lock:
+            count, size = self._used.get(delivery.sender, (0, 0))
+            if count + 1 > self._per_sender or size + len(plaintext) > self._bytes:
+                who = delivery.sender[:16] if delivery.sender else "unauthenticated senders"
+                raise ChannelError(
+                    f"the enclave's secret store is full for {who} ({count} secret(s), "
+                    f"{size} bytes; limit {self._per_sender} and {self._bytes} bytes): "
+                    "not stored",
+                    reason=ChannelFailure.STORE_FULL,
+                )
+            self._used[delivery.sender] = (count + 1, size + len(plaintext))
             self._items.append((delivery, plaintext))
-            del self._items[: -self._limit]
 
     @property
     def secrets(self) -> list[bytes]:
         with self._lock:
             return [p for _, p in self._items]
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return [d for d, _ in self._items]
 
     def __repr__(self) -> str:  # never show the secrets
         return f"InMemorySecretStore({len(self._items)} secret(s))"
@@ -103,10 +152,13 @@ class ChannelReceiver:
         suites: Iterable[SuiteId] = ALL_SUITES,
         handler: SecretHandler | None = None,
         ledger: NonceLedger | None = None,
+        senders: Iterable[SenderPublicKey] = (),
     ) -> None:
         self._keys = {s: KeyPair.generate(s) for s in suites}
         if not self._keys:
             raise ValueError("a channel needs at least one suite")
+        # Pinned sender keys, by key id. Empty: every delivery is from an unauthenticated sender.
+        self._senders = {key_id(k): k for k in senders}
         self.handler: SecretHandler = handler if handler is not None else InMemorySecretStore()
         self._ledger = ledger if ledger is not None else NonceLedger()
 
@@ -159,12 +211,25 @@ class ChannelReceiver:
                 log.info("attest: nonce %s... already known; no channel for it", nonce[:4].hex())
         return document
 
-    def receive(self, nonce: bytes, sealed: bytes) -> bytes:
-        """Open, accept once, hand over; return the keyed acknowledgement, or raise ChannelError."""
+    def receive(
+        self,
+        nonce: bytes,
+        sealed: bytes,
+        *,
+        signer: bytes | None = None,
+        signature: bytes | None = None,
+    ) -> bytes:
+        """Check the sender, open, accept once, hand over; return the keyed acknowledgement.
+
+        Raises ChannelError; a refused message never consumes its nonce.
+        """
         issued = self._ledger.pending(nonce)
         keys = self.keys(issued.advertised.suite)
         if len(sealed) > max_sealed_bytes(keys.suite):
             raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
+        sender = self._check_sender(
+            keys.suite, nonce, issued.document_sha384, sealed, signer, signature
+        )
         try:
             info = channel_info(issued.advertised, nonce, issued.document_sha384)
             ack_key, plaintext = split_plaintext(open_sealed(keys, sealed, info))
@@ -173,14 +238,49 @@ class ChannelReceiver:
             raise ChannelError(str(exc), reason="open") from None
         self._ledger.consume(nonce)  # raises if another delivery won the race
         digest = hashlib.sha256(plaintext).digest()
-        self.handler(plaintext, Delivery(keys.suite, nonce, digest))
+        delivery = Delivery(
+            keys.suite, nonce, digest, sender=sender, authenticated=sender is not None
+        )
+        try:
+            self.handler(plaintext, delivery)
+        except ChannelError as exc:
+            log.warning(
+                "sealed message refused by the handler: nonce=%s...: %s", nonce[:4].hex(), exc
+            )
+            raise
         log.info(
-            "sealed message accepted: suite=%s nonce=%s... %d bytes",
+            "sealed message accepted: suite=%s nonce=%s... %d bytes sender=%s",
             keys.suite.label,
             nonce[:4].hex(),
             len(plaintext),
+            sender[:16] if sender else "unauthenticated",
         )
         return acknowledgement(ack_key, plaintext)
+
+    def _check_sender(
+        self,
+        suite: SuiteId,
+        nonce: bytes,
+        document_sha384: bytes,
+        sealed: bytes,
+        signer: bytes | None,
+        signature: bytes | None,
+    ) -> str | None:
+        """The pinned key id that signed this message; None when no keys are pinned."""
+        if not self._senders:
+            return None  # a signature, if any, proves nothing without a pinned key to check
+        if signer is None or signature is None:
+            reason = "unsigned, and this enclave accepts only messages signed by a pinned sender"
+        elif (key := self._senders.get(signer)) is None:
+            reason = "signed by a key this enclave does not pin"
+        elif not verify(
+            key, signature, signed_bytes(suite, nonce, document_sha384, signer, sealed)
+        ):
+            reason = "the sender signature does not verify for this message"
+        else:
+            return signer.hex()
+        log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), reason)
+        raise ChannelError(f"sealed message refused: {reason}", reason=ChannelFailure.SENDER)
 
 
 def handle_channel_attest(
@@ -203,10 +303,14 @@ def handle_channel_attest(
 
 
 def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Request ``sealed_message`` {nonce, sealed} -> {ack}."""
+    """Request ``sealed_message`` {nonce, sealed, signer?, signature?} -> {ack}."""
     nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
     sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
-    return {"ack": receiver.receive(nonce, sealed)}
+    signer = signature = None
+    if fields.get("signer") is not None or fields.get("signature") is not None:
+        signer = _bytes_field(fields, "signer", KEY_ID_BYTES, KEY_ID_BYTES)
+        signature = _bytes_field(fields, "signature", 1, MAX_SIGNATURE_BYTES)
+    return {"ack": receiver.receive(nonce, sealed, signer=signer, signature=signature)}
 
 
 def _check_nonce(nonce: Any) -> None:

@@ -21,6 +21,7 @@ from nitro_attest.channel.keys import (
     ALL_SUITES,
     HYBRID_KEY_BYTES,
     SuiteId,
+    hybrid_unavailable,
     parse_public_key_field,
     resolve_public_key,
 )
@@ -33,11 +34,13 @@ from nitro_attest.channel.seal import (
     document_digest,
     seal,
 )
+from nitro_attest.channel.signing import SenderPrivateKey, key_id, sign, signed_bytes
 from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 NONCE_BYTES = 32
+DEFAULT_SUITE = SuiteId.MLKEM768_X25519  # post-quantum by default; x25519 only when asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class Receipt:
     suite: SuiteId
     sha256: bytes
     size: int
+    signer: bytes | None = None  # the key id the message was signed with, if any
 
 
 def suite_of(suite: str | SuiteId) -> SuiteId:
@@ -72,12 +76,22 @@ def suite_of(suite: str | SuiteId) -> SuiteId:
         raise PolicyError(str(exc)) from None
 
 
+def require_suite_available(suite: SuiteId) -> None:
+    """Refuse the hybrid suite, before any contact, where this OpenSSL lacks ML-KEM; never fall
+    back to x25519 silently."""
+    if suite is SuiteId.MLKEM768_X25519 and (reason := hybrid_unavailable()) is not None:
+        raise PolicyError(
+            f"{reason}: the post-quantum suite mlkem768-x25519 cannot be used here; to send "
+            "with X25519 alone, ask for it: --suite x25519 (suite='x25519')"
+        )
+
+
 def seal_for_document(
     verified: VerifiedDocument,
     secret: bytes,
     *,
     nonce: bytes,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     offered_key: bytes | None = None,
     allowed_suites: Sequence[SuiteId] = ALL_SUITES,
 ) -> Sealed:
@@ -108,14 +122,18 @@ def deliver_secret(
     verifier: Verifier,
     expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
     allow_debug: bool = False,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     unsafe_any_enclave: bool = False,
     max_age: float | None = None,
     at: At = None,
     user_data: bytes | None = None,
+    signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
+
+    With ``signing_key`` (Ed25519 or P-256) the message is signed for an enclave that pins the
+    matching public key (docs/channel.md, "Sender authentication").
 
     Raises PolicyError before any contact when no PCR expectation is given (unless
     ``unsafe_any_enclave``), a VerificationError when the enclave does not verify (nothing is
@@ -124,6 +142,7 @@ def deliver_secret(
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
+    require_suite_available(want)
     nonce = os.urandom(NONCE_BYTES)
     request: dict[str, Any] = {"nonce": nonce, "suite": want.label}
     if user_data is not None:
@@ -146,13 +165,22 @@ def deliver_secret(
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
     )
-    ack = exchange(REQUEST_SEALED_MESSAGE, {"nonce": nonce, "sealed": sealed.sealed})
+    message: dict[str, Any] = {"nonce": nonce, "sealed": sealed.sealed}
+    if signing_key is not None:
+        signer = key_id(signing_key.public_key())
+        message["signer"] = signer
+        digest = document_digest(verified.document.raw)
+        to_sign = signed_bytes(want, nonce, digest, signer, sealed.sealed)
+        message["signature"] = sign(signing_key, to_sign)
+    ack = exchange(REQUEST_SEALED_MESSAGE, message)
     got = ack.get("ack")
     if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
         raise ChannelError(
             "the enclave's acknowledgement does not match the secret sent", reason="ack"
         )
-    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret))
+    return Receipt(
+        verified, want, hashlib.sha256(secret).digest(), len(secret), message.get("signer")
+    )
 
 
 def require_pcr_expectation(
@@ -193,11 +221,12 @@ def send_secret(
     root_pem: bytes | None = None,
     expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
     allow_debug: bool = False,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     timeout: float = 10.0,
     unsafe_any_enclave: bool = False,
     max_age: float | None = None,
     user_data: bytes | None = None,
+    signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
@@ -209,6 +238,7 @@ def send_secret(
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
+    require_suite_available(want)
     # Imported here: nitro_attest.wire.client re-exports this function (a cycle at import time).
     from nitro_attest.channel.protocol import ConnectionExchange
     from nitro_attest.wire.client import ClientError, Connection
@@ -228,5 +258,6 @@ def send_secret(
             unsafe_any_enclave=unsafe_any_enclave,
             max_age=max_age,
             user_data=user_data,
+            signing_key=signing_key,
             kind=kind,
         )

@@ -49,6 +49,18 @@ class UnknownTypeError(ProtocolError):
     code = "unknown_type"
 
 
+class PublicKeyRefusedError(ProtocolError):
+    """An `attest` request named a public_key this server will not have the NSM attest."""
+
+    code = "public_key_refused"
+
+
+# A public_key starting with this names an attested-channel key (docs/channel.md). Only the
+# enclave's own channel code may have such a document signed, never a caller: a caller-chosen
+# channel key would make the NSM vouch for a key the enclave does not hold (docs/threat-model.md).
+CHANNEL_KEY_PREFIX = b"NAHPKE"
+
+
 # Error codes a server may send in an ErrorResponse.
 ERROR_CODES = frozenset(
     {
@@ -62,6 +74,7 @@ ERROR_CODES = frozenset(
         "timeout",  # the client sent half a frame and went quiet
         "internal",
         "channel_refused",  # attested channel: replay, unknown nonce, message does not open
+        "public_key_refused",  # attest naming a caller-chosen public_key
     }
 )
 
