@@ -194,7 +194,7 @@ def main() -> int:
             )
         print("ratio: served/raw req/s (the clients share the machine's CPUs with the server)")
         print("cpu ratio: server CPU s per request / CPU s of one document; target <= 1.25")
-        print(f"server log lines: {len(lines)} (one per request, written in batches)")
+        print(f"server log lines: {len(lines)} (one per request)")
         print(f"socket removed on SIGTERM: {not sock.exists()}")
     return 0
 

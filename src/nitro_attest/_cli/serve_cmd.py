@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
-from nitro_attest._cli.serve_log import BatchedStreamHandler
+from nitro_attest._cli.serve_log import ServerLogHandler
 from nitro_attest.channel.protocol import channel_handlers
 from nitro_attest.channel.receiver import ChannelReceiver
 from nitro_attest.channel.signing import (
@@ -171,7 +171,7 @@ def _configure_logging() -> None:
 
 def _configure_logger(logger: logging.Logger) -> None:
     if not logger.handlers:
-        logger.addHandler(BatchedStreamHandler(sys.stderr))
+        logger.addHandler(ServerLogHandler(sys.stderr))
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
