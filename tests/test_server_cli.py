@@ -99,6 +99,8 @@ def test_serve_auto_without_device_points_at_simulator(
         (["--listen", "vsock://16"], "vsock://CID:PORT"),
         (["--listen", "tcp://127.0.0.1:0", "--read-timeout", "0"], "--read-timeout"),
         (["--listen", "tcp://127.0.0.1:0", "--max-connections", "0"], "--max-connections"),
+        (["--listen", "tcp://127.0.0.1:0", "--frame-deadline", "0"], "--frame-deadline"),
+        (["--listen", "unix:///tmp/x.sock", "--socket-mode", "0400"], "--socket-mode"),
     ],
 )
 def test_serve_usage_errors(
