@@ -16,7 +16,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import KeyPair, SuiteId, resolve_public_key
+from nitro_attest.channel.messages import ChannelAttestRequest, SealedMessageRequest
 from nitro_attest.channel.receiver import (
-    REQUEST_CHANNEL_ATTEST,
     ChannelReceiver,
     handle_channel_attest,
     handle_sealed_message,
@@ -35,6 +35,7 @@ from nitro_attest.channel.sender import deliver_secret
 from nitro_attest.channel.signing import SenderPrivateKey
 from nitro_attest.nsm.simulator.nsm import SimulatedNsm, package_measurements
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+from nitro_attest.wire.protocol import Request, Response
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> float:
@@ -72,11 +73,12 @@ def main() -> None:
         )
         open_receiver = ChannelReceiver(handler=lambda plaintext, delivery: None)
 
-        def exchange_with(r: ChannelReceiver) -> Callable[[str, Mapping[str, Any]], Any]:
-            def exchange(kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-                if kind == REQUEST_CHANNEL_ATTEST:
-                    return handle_channel_attest(r, nsm, fields)
-                return handle_sealed_message(r, fields)
+        def exchange_with(r: ChannelReceiver) -> Callable[[Request], Response]:
+            def exchange(request: Request) -> Response:
+                if isinstance(request, ChannelAttestRequest):
+                    return handle_channel_attest(r, nsm, request)
+                assert isinstance(request, SealedMessageRequest)
+                return handle_sealed_message(r, request)
 
             return exchange
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from nitro_attest.channel.protocol import (
+from nitro_attest.channel.messages import (
     ChannelAttestRequest,
     ChannelOfferResponse,
     SealedMessageRequest,

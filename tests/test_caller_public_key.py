@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nitro_attest._cli import main
 from nitro_attest.attestation.verifier import Verifier
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from nitro_attest.wire import client
 from nitro_attest.wire.server import nsm_handlers

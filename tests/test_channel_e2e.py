@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,8 @@ import pytest
 
 from nitro_attest._cli import main
 from nitro_attest.attestation.verifier import Verifier
-from nitro_attest.channel.protocol import (
-    ChannelOfferResponse,
-    ConnectionExchange,
-    SealedMessageRequest,
-)
-from nitro_attest.channel.sender import deliver_secret, send_secret
+from nitro_attest.channel.messages import ChannelOfferResponse, SealedMessageRequest
+from nitro_attest.channel.sender import ConnectionExchange, deliver_secret, send_secret
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -87,12 +83,12 @@ class Recording:
     def __init__(self, inner: ConnectionExchange, alter: Any = None) -> None:
         self.inner, self.alter, self.sent = inner, alter, []
 
-    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-        fields = dict(fields)
+    def __call__(self, request: Request) -> Response:
+        kind, fields = request.TYPE, request.to_fields()
         if self.alter is not None:
             fields = self.alter(kind, fields)
         self.sent.append((kind, fields))
-        return self.inner(kind, fields)
+        return self.inner(type(request).from_fields(fields))
 
 
 def _deliver_recorded(enclave: Enclave, suite: str, alter: Any = None) -> Recording:

@@ -16,13 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import SuiteId
-from nitro_attest.channel.protocol import SealedMessageRequest
+from nitro_attest.channel.messages import (
+    ChannelAttestRequest,
+    ChannelOfferResponse,
+    SealedMessageRequest,
+)
 from nitro_attest.channel.receiver import (
     ChannelReceiver,
     Delivery,
     InMemorySecretStore,
-    handle_channel_attest,
-    handle_sealed_message,
 )
 from nitro_attest.channel.replay import NonceLedger
 from nitro_attest.channel.sender import deliver_secret, seal_for_document
@@ -34,9 +36,9 @@ from nitro_attest.channel.signing import (
     verify,
 )
 from nitro_attest.errors import ChannelError
-from nitro_attest.wire.protocol import ProtocolError
+from nitro_attest.wire.protocol import ProtocolError, Request, Response
 
-from .channel_helpers import EXPECTED, FakeNsm, LocalExchange
+from .channel_helpers import EXPECTED, FakeNsm, LocalExchange, attest_via_wire, seal_via_wire
 
 SECRET = b"signing key for the payments service: 8c1d..."
 JUNK = b"the parent's own secret"
@@ -107,11 +109,11 @@ class RecordingExchange(LocalExchange):
     last_key: bytes
     suite: str
 
-    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-        answer = super().__call__(kind, fields)
-        if kind == "channel_attest":
-            self.last_document, self.last_key = answer["document"], answer["public_key"]
-            self.suite = fields["suite"]
+    def __call__(self, request: Request) -> Response:
+        answer = super().__call__(request)
+        if isinstance(request, ChannelAttestRequest) and isinstance(answer, ChannelOfferResponse):
+            self.last_document, self.last_key = answer.document, answer.public_key
+            self.suite = request.suite
         return answer
 
 
@@ -133,7 +135,7 @@ def test_signature_copied_onto_the_parents_message_refused(suite: str, attack: s
                 change["signer"] = key_id(PINNED["p256"].public_key())
             forged = _forge(ex, verifier, fields, **change)
             with pytest.raises(ChannelError) as info:
-                handle_sealed_message(ex.receiver, forged)
+                seal_via_wire(ex.receiver, forged)
             refusals.append(info.value.reason)
         return fields
 
@@ -149,7 +151,7 @@ def test_replayed_signed_message_refused() -> None:
     _deliver(ex, verifier, signing_key=PINNED["ed25519"])
     _kind, fields = ex.requests[-1]
     with pytest.raises(ChannelError, match="replay"):
-        handle_sealed_message(ex.receiver, fields)
+        seal_via_wire(ex.receiver, fields)
     assert store.secrets == [SECRET]
 
 
@@ -161,9 +163,9 @@ def test_replay_after_the_nonce_is_issued_again_refused() -> None:
     _deliver(ex, verifier, suite="x25519", signing_key=PINNED["ed25519"])
     attest_fields, sealed_fields = ex.requests[0][1], ex.requests[1][1]
     now[0] += 11
-    handle_channel_attest(ex.receiver, ex.nsm, attest_fields)  # same nonce, new document
+    attest_via_wire(ex.receiver, ex.nsm, attest_fields)  # same nonce, new document
     with pytest.raises(ChannelError) as info:
-        handle_sealed_message(ex.receiver, sealed_fields)
+        seal_via_wire(ex.receiver, sealed_fields)
     assert info.value.reason == "sender"
     assert store.secrets == [SECRET]
 
@@ -232,12 +234,12 @@ def test_signed_message_replayed_elsewhere_refused(where: str) -> None:
     other, _, other_store = _enclave()  # same pinned senders, fresh keys and ledger
     if where == "restarted enclave":
         with pytest.raises(ChannelError) as info:
-            handle_sealed_message(other.receiver, sealed_fields)
+            seal_via_wire(other.receiver, sealed_fields)
         assert info.value.reason == "unknown_nonce"
     else:
-        handle_channel_attest(other.receiver, other.nsm, attest_fields)
+        attest_via_wire(other.receiver, other.nsm, attest_fields)
         with pytest.raises(ChannelError) as info:
-            handle_sealed_message(other.receiver, sealed_fields)
+            seal_via_wire(other.receiver, sealed_fields)
         assert info.value.reason == "sender"
     assert other_store.secrets == [] and store.secrets == [SECRET]
 
@@ -248,7 +250,7 @@ def test_signed_message_replayed_elsewhere_refused(where: str) -> None:
         ({"signer": bytes(32)}, "go together"),
         ({"signature": bytes(64)}, "go together"),
         ({"signer": bytes(31), "signature": bytes(64)}, "must be 32 bytes"),
-        ({"signer": bytes(32), "signature": bytes(81)}, "at most 80"),
+        ({"signer": bytes(32), "signature": bytes(81)}, r"81 bytes, expected 1\.\.80"),
         ({"signer": "text", "signature": bytes(64)}, "byte string"),
     ],
 )

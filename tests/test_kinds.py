@@ -26,8 +26,8 @@ from nitro_attest import (
     Verifier,
 )
 from nitro_attest._cli import main
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import REQUEST_CHANNEL_ATTEST, ChannelReceiver
+from nitro_attest.channel.messages import REQUEST_CHANNEL_ATTEST
+from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
 from nitro_attest.channel.sender import deliver_secret
 
 from . import chainfactory as cf

@@ -23,8 +23,7 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SuiteId, parse_public_key_field, resolve_public_key
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore
+from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore, channel_handlers
 from nitro_attest.channel.seal import channel_info, document_digest, seal
 from nitro_attest.channel.sender import send_secret
 from nitro_attest.errors import ChannelError

@@ -14,13 +14,16 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nitro_attest._cli import (
+    appraise_cmd,
     attest_cmd,
     eif_cmd,
     inspect_cmd,
     nitro_cli_cmd,
     pcr_cmd,
+    proxy_cmd,
     send_secret_cmd,
     serve_cmd,
+    service_cmd,
     sim_cmd,
     verify_cmd,
 )
@@ -37,6 +40,9 @@ _COMMAND_MODULES = (
     serve_cmd,
     attest_cmd,
     send_secret_cmd,
+    service_cmd,
+    appraise_cmd,
+    proxy_cmd,
 )
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
 from nitro_attest._cli.serve_log import ServerLogHandler
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
 from nitro_attest.channel.signing import (
     MAX_KEY_FILE_BYTES,
     SenderKeyError,

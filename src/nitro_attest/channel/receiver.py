@@ -1,8 +1,7 @@
 """Enclave side of the attested channel: key pairs, channel documents, sealed-message receipt.
 
-Transport-agnostic: ``ChannelReceiver`` works on plain values and the two ``handle_*`` functions
-take and return the decoded request/response fields, so the enclave server only has to route
-its request types here.
+``ChannelReceiver`` works on plain values; the two ``handle_*`` functions take and return the
+typed messages of ``channel.messages``; ``channel_handlers`` binds them to the enclave server.
 
 Flow: the client asks for a channel document with a fresh nonce and a suite; the enclave has the
 NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
@@ -17,11 +16,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
+from nitro_attest.channel.messages import (
+    MAX_NONCE_BYTES,
+    MIN_NONCE_BYTES,
+    ChannelAttestRequest,
+    ChannelOfferResponse,
+    ChannelRefusedError,
+    SealedAckResponse,
+    SealedMessageRequest,
+)
 from nitro_attest.channel.replay import Issued, NonceLedger
 from nitro_attest.channel.seal import (
     OpenError,
@@ -33,22 +41,24 @@ from nitro_attest.channel.seal import (
     split_plaintext,
 )
 from nitro_attest.channel.signing import (
-    KEY_ID_BYTES,
-    MAX_SIGNATURE_BYTES,
     SenderPublicKey,
     key_id,
     signed_bytes,
     verify,
 )
 from nitro_attest.errors import ChannelError, ChannelFailure
+from nitro_attest.wire.protocol import (
+    AttestationResponse,
+    AttestRequest,
+    ProtocolError,
+    Request,
+    RequestHandler,
+    Response,
+)
+from nitro_attest.wire.server import check_caller_public_key
 
 log = logging.getLogger("nitro_attest.channel")
 
-REQUEST_CHANNEL_ATTEST = "channel_attest"
-REQUEST_SEALED_MESSAGE = "sealed_message"
-MIN_NONCE_BYTES = 16
-MAX_NONCE_BYTES = 512
-MAX_USER_DATA_BYTES = 512
 
 
 class Attester(Protocol):
@@ -137,12 +147,6 @@ class InMemorySecretStore:
         return f"InMemorySecretStore({len(self._items)} secret(s))"
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelOffer:
-    document: bytes
-    public_key: bytes  # the suite's full public key, needed by the client for the hybrid suite
-
-
 class ChannelReceiver:
     """Holds one key pair per offered suite for the life of the server; memory only."""
 
@@ -182,7 +186,7 @@ class ChannelReceiver:
 
     def attest(
         self, nsm: Attester, *, nonce: bytes, suite: SuiteId, user_data: bytes | None = None
-    ) -> ChannelOffer:
+    ) -> ChannelOfferResponse:
         keys = self.keys(suite)
         _check_nonce(nonce)
         document = nsm.attestation(
@@ -190,7 +194,9 @@ class ChannelReceiver:
         )
         self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
         log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
-        return ChannelOffer(document, keys.public_bytes)
+        # The suite's full public key goes beside the document: the hybrid key is too long for
+        # the NSM's public_key field, which holds its hash.
+        return ChannelOfferResponse(document, keys.public_bytes)
 
     def attest_default(
         self, nsm: Attester, *, nonce: bytes | None, user_data: bytes | None = None
@@ -284,33 +290,82 @@ class ChannelReceiver:
 
 
 def handle_channel_attest(
-    receiver: ChannelReceiver, nsm: Attester, fields: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Request ``channel_attest`` {nonce, suite, user_data?} -> {document, public_key}."""
-    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
-    label = fields.get("suite")
-    if not isinstance(label, str):
-        raise ChannelError("suite must be a text string", reason="request")
+    receiver: ChannelReceiver, nsm: Attester, request: ChannelAttestRequest
+) -> ChannelOfferResponse:
+    """``channel_attest`` -> ``channel_offer``; the request was checked when it was built."""
     try:
-        suite = SuiteId.from_label(label)
+        suite = SuiteId.from_label(request.suite)
     except ValueError as exc:
-        raise ChannelError(str(exc), reason="suite") from None
-    user_data = fields.get("user_data")
-    if user_data is not None:
-        user_data = _bytes_field(fields, "user_data", 0, MAX_USER_DATA_BYTES)
-    offer = receiver.attest(nsm, nonce=nonce, suite=suite, user_data=user_data)
-    return {"document": offer.document, "public_key": offer.public_key}
+        raise ChannelError(str(exc), reason=ChannelFailure.SUITE) from None
+    return receiver.attest(nsm, nonce=request.nonce, suite=suite, user_data=request.user_data)
 
 
-def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Request ``sealed_message`` {nonce, sealed, signer?, signature?} -> {ack}."""
-    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
-    sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
-    signer = signature = None
-    if fields.get("signer") is not None or fields.get("signature") is not None:
-        signer = _bytes_field(fields, "signer", KEY_ID_BYTES, KEY_ID_BYTES)
-        signature = _bytes_field(fields, "signature", 1, MAX_SIGNATURE_BYTES)
-    return {"ack": receiver.receive(nonce, sealed, signer=signer, signature=signature)}
+def handle_sealed_message(
+    receiver: ChannelReceiver, request: SealedMessageRequest
+) -> SealedAckResponse:
+    """``sealed_message`` -> ``sealed_ack``, or a ChannelError saying why it was refused."""
+    ack = receiver.receive(
+        request.nonce, request.sealed, signer=request.signer, signature=request.signature
+    )
+    return SealedAckResponse(ack)
+
+
+def _refusal(exc: ChannelError) -> ProtocolError:
+    if exc.reason is ChannelFailure.REQUEST:
+        return ProtocolError(f"{exc.message}")
+    return ChannelRefusedError(exc.message)
+
+
+def channel_handlers(
+    receiver: ChannelReceiver,
+    nsm: Attester,
+    *,
+    key_in_attest: bool = True,
+    allow_caller_public_key: bool = False,
+) -> dict[str, RequestHandler]:
+    """Server handlers for the channel's request types.
+
+    With ``key_in_attest`` the standard ``attest`` handler is replaced too: a request that brings
+    no public_key of its own gets a document naming the enclave's default channel key (and its
+    nonce is remembered), so every document the enclave hands out carries its channel key. A
+    request with its own public_key is refused unless ``allow_caller_public_key`` (and a
+    channel-shaped one always is): see ``wire.server.check_caller_public_key``.
+    """
+
+    def channel_attest(request: Request) -> Response:
+        assert isinstance(request, ChannelAttestRequest)
+        try:
+            return handle_channel_attest(receiver, nsm, request)
+        except ChannelError as exc:
+            raise _refusal(exc) from None
+
+    def sealed_message(request: Request) -> Response:
+        assert isinstance(request, SealedMessageRequest)
+        try:
+            return handle_sealed_message(receiver, request)
+        except ChannelError as exc:
+            raise _refusal(exc) from None
+
+    def attest(request: Request) -> Response:
+        assert isinstance(request, AttestRequest)
+        check_caller_public_key(request.public_key, allow=allow_caller_public_key)
+        if request.public_key is not None:
+            document = nsm.attestation(
+                user_data=request.user_data, nonce=request.nonce, public_key=request.public_key
+            )
+        else:
+            document = receiver.attest_default(
+                nsm, nonce=request.nonce, user_data=request.user_data
+            )
+        return AttestationResponse(document=document)
+
+    handlers: dict[str, RequestHandler] = {
+        ChannelAttestRequest.TYPE: channel_attest,
+        SealedMessageRequest.TYPE: sealed_message,
+    }
+    if key_in_attest:
+        handlers[AttestRequest.TYPE] = attest
+    return handlers
 
 
 def _check_nonce(nonce: Any) -> None:
@@ -318,14 +373,3 @@ def _check_nonce(nonce: Any) -> None:
         raise ChannelError(
             f"a channel nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes", reason="request"
         )
-
-
-def _bytes_field(fields: Mapping[str, Any], name: str, low: int, high: int) -> bytes:
-    value = fields.get(name)
-    if not isinstance(value, bytes):
-        raise ChannelError(f"{name} must be a byte string", reason="request")
-    if not low <= len(value) <= high:
-        raise ChannelError(
-            f"{name} is {len(value)} bytes, expected {low}..{high}", reason="request"
-        )
-    return value

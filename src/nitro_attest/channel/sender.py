@@ -1,8 +1,9 @@
 """Client side of the attested channel: verify the enclave first, then seal and send.
 
-``deliver_secret`` runs the whole exchange over any ``Exchange`` (a callable sending one request
-type with its fields and returning the response fields), so it is tested without sockets;
-``send_secret`` binds it to the real transport (``nitro_attest.wire.client.Connection``).
+``deliver_secret`` runs the whole exchange over any ``Exchange`` (a callable sending one typed
+request of ``channel.messages`` and returning the typed response), so it is tested without
+sockets; ``send_secret`` binds it to a real connection through ``ConnectionExchange``. Nothing
+here imports the enclave side.
 """
 
 from __future__ import annotations
@@ -10,22 +11,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
 from nitro_attest.channel.keys import (
     ALL_SUITES,
-    HYBRID_KEY_BYTES,
     SuiteId,
     hybrid_unavailable,
     parse_public_key_field,
     resolve_public_key,
 )
-from nitro_attest.channel.receiver import REQUEST_CHANNEL_ATTEST, REQUEST_SEALED_MESSAGE
+from nitro_attest.channel.messages import (
+    CHANNEL_REFUSED,
+    ChannelAttestRequest,
+    ChannelOfferResponse,
+    SealedAckResponse,
+    SealedMessageRequest,
+)
 from nitro_attest.channel.seal import (
     ACK_KEY_BYTES,
     MAX_SECRET_BYTES,
@@ -35,10 +41,17 @@ from nitro_attest.channel.seal import (
     seal,
 )
 from nitro_attest.channel.signing import SenderPrivateKey, key_id, sign, signed_bytes
-from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
-from nitro_attest.limits import MAX_DOCUMENT_BYTES
+from nitro_attest.errors import (
+    ChannelError,
+    ChannelFailure,
+    ChannelKeyError,
+    NonceMismatchError,
+    PolicyError,
+)
+from nitro_attest.wire.client import ClientError, Connection, EnclaveError
+from nitro_attest.wire.protocol import Request, Response
 
-Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+Exchange = Callable[[Request], Response]
 NONCE_BYTES = 32
 DEFAULT_SUITE = SuiteId.MLKEM768_X25519  # post-quantum by default; x25519 only when asked
 
@@ -144,14 +157,11 @@ def deliver_secret(
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
     require_suite_available(want)
     nonce = os.urandom(NONCE_BYTES)
-    request: dict[str, Any] = {"nonce": nonce, "suite": want.label}
-    if user_data is not None:
-        request["user_data"] = user_data
-    offer = exchange(REQUEST_CHANNEL_ATTEST, request)
-    document = _response_bytes(offer, "document", MAX_DOCUMENT_BYTES)
-    offered_key = offer.get("public_key")
-    if offered_key is not None:
-        offered_key = _response_bytes(offer, "public_key", HYBRID_KEY_BYTES)
+    offer = _expect(
+        exchange(ChannelAttestRequest(nonce=nonce, suite=want.label, user_data=user_data)),
+        ChannelOfferResponse,
+    )
+    document, offered_key = offer.document, offer.public_key
     verified = verifier.verify(
         document,
         at=at,
@@ -165,22 +175,20 @@ def deliver_secret(
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
     )
-    message: dict[str, Any] = {"nonce": nonce, "sealed": sealed.sealed}
+    signer = signature = None
     if signing_key is not None:
         signer = key_id(signing_key.public_key())
-        message["signer"] = signer
         digest = document_digest(verified.document.raw)
-        to_sign = signed_bytes(want, nonce, digest, signer, sealed.sealed)
-        message["signature"] = sign(signing_key, to_sign)
-    ack = exchange(REQUEST_SEALED_MESSAGE, message)
-    got = ack.get("ack")
-    if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
+        signature = sign(signing_key, signed_bytes(want, nonce, digest, signer, sealed.sealed))
+    message = SealedMessageRequest(
+        nonce=nonce, sealed=sealed.sealed, signer=signer, signature=signature
+    )
+    ack = _expect(exchange(message), SealedAckResponse)
+    if not hmac.compare_digest(ack.ack, sealed.ack):
         raise ChannelError(
             "the enclave's acknowledgement does not match the secret sent", reason="ack"
         )
-    return Receipt(
-        verified, want, hashlib.sha256(secret).digest(), len(secret), message.get("signer")
-    )
+    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret), signer)
 
 
 def require_pcr_expectation(
@@ -203,15 +211,34 @@ def _check_secret(secret: Any) -> None:
         raise PolicyError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
 
 
-def _response_bytes(fields: Mapping[str, Any], name: str, limit: int) -> bytes:
-    value = fields.get(name)
-    if not isinstance(value, bytes) or not value:
-        raise ChannelError(f"the enclave's response has no {name}", reason="response")
-    if len(value) > limit:
+R = TypeVar("R", bound=Response)
+
+
+def _expect(response: Response, kind: type[R]) -> R:
+    if not isinstance(response, kind):
         raise ChannelError(
-            f"the enclave's {name} is {len(value)} bytes, at most {limit}", reason="response"
+            f"the enclave answered {response.TYPE!r}, expected {kind.TYPE!r}", reason="response"
         )
-    return value
+    return response
+
+
+class ConnectionExchange:
+    """The channel's typed requests over one protocol connection, errors as ChannelError."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+
+    def __call__(self, request: Request) -> Response:
+        try:
+            return self._conn.request(request)
+        except EnclaveError as exc:
+            refused = exc.code == CHANNEL_REFUSED
+            reason = ChannelFailure.REFUSED if refused else ChannelFailure.ENCLAVE
+            raise ChannelError(
+                f"the enclave refused: {exc.code}: {exc.remote_message}", reason=reason
+            ) from None
+        except ClientError as exc:
+            raise ChannelError(str(exc), reason=ChannelFailure.TRANSPORT) from None
 
 
 def send_secret(
@@ -239,10 +266,6 @@ def send_secret(
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
     require_suite_available(want)
-    # Imported here: nitro_attest.wire.client re-exports this function (a cycle at import time).
-    from nitro_attest.channel.protocol import ConnectionExchange
-    from nitro_attest.wire.client import ClientError, Connection
-
     try:
         connection = Connection(address, timeout=timeout)
     except (ClientError, ValueError) as exc:  # unreachable, or a malformed address
