@@ -13,6 +13,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import SuiteId
@@ -27,6 +31,7 @@ from nitro_attest.channel.receiver import (
     InMemorySecretStore,
 )
 from nitro_attest.channel.replay import NonceLedger
+from nitro_attest.channel.seal import document_digest
 from nitro_attest.channel.sender import deliver_secret, seal_for_document
 from nitro_attest.channel.signing import (
     SenderPrivateKey,
@@ -152,6 +157,29 @@ def test_replayed_signed_message_refused() -> None:
     _kind, fields = ex.requests[-1]
     with pytest.raises(ChannelError, match="replay"):
         seal_via_wire(ex.receiver, fields)
+    assert store.secrets == [SECRET]
+
+
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_malleated_signature_replay_refused() -> None:
+    """Threat: the parent re-encodes a genuine ECDSA signature as (r, n - s), still valid but
+    other bytes, and replays the message, which a defence keyed on signature bytes would let
+    through. The nonce is spent, whatever the signature's encoding."""
+    ex0, verifier, store = _enclave()
+    ex = RecordingExchange(ex0.receiver, ex0.nsm)
+    _deliver(ex, verifier, signing_key=PINNED["p256"])
+    _kind, fields = ex.requests[-1]
+    r, s = decode_dss_signature(fields["signature"])
+    other = encode_dss_signature(r, _P256_ORDER - s)
+    message = signed_bytes(
+        SuiteId.MLKEM768_X25519, fields["nonce"], document_digest(ex.last_document),
+        fields["signer"], fields["sealed"],
+    )  # fmt: skip
+    assert other != fields["signature"] and verify(PINNED["p256"].public_key(), other, message)
+    with pytest.raises(ChannelError, match="replay"):
+        seal_via_wire(ex.receiver, {**fields, "signature": other})
     assert store.secrets == [SECRET]
 
 

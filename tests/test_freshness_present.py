@@ -66,3 +66,44 @@ def test_max_age_measured_against_the_clock(tmp_path: Path) -> None:
         verifier.verify(stale, max_age=60)
     fresh = chain.document(timestamp=int(time.time() * 1000))
     assert verifier.verify(fresh, max_age=60).checks[-1].ok is True
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00"])
+def test_at_outside_the_datetime_range_is_a_usage_error(
+    at: str, real_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Threat model (docs/threat-model.md): bad input is a one-line error, never a crash.
+
+    A time that exists only in its own zone (year 10000 or year 0 in UTC) once reached the
+    chain check and failed there with an internal ValueError.
+    """
+    rc = main(["verify", str(real_dir / OLD), "--at", at])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert "internal error" not in err and "--at" in err and len(err.splitlines()) == 1
+
+
+def test_library_refuses_a_time_outside_the_range(real_dir: Path) -> None:
+    doc = (real_dir / OLD).read_bytes()
+    far = dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-14)))
+    verifier = Verifier()
+    with pytest.raises(PolicyError, match="out of range"):
+        verifier.evaluate(doc, at=far)
+    with pytest.raises(PolicyError, match="out of range"):
+        verifier.verify(doc, at=far)
+
+
+@pytest.mark.parametrize("field", ["max_age", "clock_skew"])
+def test_infinite_age_or_skew_is_not_a_freshness_check(field: str) -> None:
+    """Threat model (docs/threat-model.md): max_age is the replay defence; an infinite bound
+    (``--max-age inf``) would print ✅ Freshness for any replayed document. Fail closed."""
+    with pytest.raises(PolicyError, match="finite"):
+        Policy(**{"max_age": 60.0, field: float("inf")})
+
+
+def test_cli_max_age_inf_is_a_usage_error(
+    real_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", str(real_dir / OLD), "--max-age", "inf"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "finite" in err

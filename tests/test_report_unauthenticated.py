@@ -190,6 +190,10 @@ def test_attest_reports_payload_checks_not_run(
     for name in PAYLOAD_CHECKS:
         assert checks[name]["ok"] is None and checks[name]["detail"] == NOT_AUTHENTICATED
     assert report["document"] is None
+    # The decode attest saves beside the raw bytes says so too (docs/threat-model.md: a file a
+    # later step reads must not pass the parent's payload off as the enclave's).
+    saved = json.loads((tmp_path / "out" / "attestation-document-json.json").read_text())
+    assert saved["authenticated"] is False and saved["module_id"] == entry["module_id"]
 
 
 @pytest.mark.parametrize("flip", [True, False])

@@ -108,7 +108,9 @@ def test_unsigned_or_unpinned_refused(
     extra = ["--sign-with", str(keys[sign_with][0])] if sign_with else []
     rc = main(_argv(pinned.address, state, tmp_path, *extra))
     out = capsys.readouterr().out
-    assert rc == 1 and out.startswith("REFUSED") and "DELIVERED" not in out
+    # Sent, then refused: a refusal is not authenticated, so the client cannot say more.
+    assert rc == 1 and out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
+    assert "channel_refused" in out
     assert ("unsigned" if sign_with is None else "does not pin") in out
 
 

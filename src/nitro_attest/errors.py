@@ -195,10 +195,20 @@ class ChannelFailure(StrEnum):
 
 
 class ChannelError(NitroAttestError):
-    """The attested channel failed: refused by the enclave, a bad acknowledgement, or transport."""
+    """The attested channel failed: refused by the enclave, a bad acknowledgement, or transport.
+
+    ``sent`` is true when the sealed message had already left the client: only a matching
+    acknowledgement is authenticated, so a refusal, a wrong acknowledgement or a lost answer
+    after that point may be the parent's, and the enclave may hold the secret.
+    """
 
     def __init__(
-        self, message: str, *, reason: ChannelFailure | str = ChannelFailure.CHANNEL
+        self,
+        message: str,
+        *,
+        reason: ChannelFailure | str = ChannelFailure.CHANNEL,
+        sent: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = ChannelFailure(reason)  # an unknown reason is a bug: fail loudly
+        self.sent = sent

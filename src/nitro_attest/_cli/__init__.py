@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (configuration, transport, NSM, nitro-cli, channel, format) is 2.
         print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
         if args.verbose:
-            traceback.print_exc()
+            _print_traceback(exc)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         print("nitro-attest: interrupted", file=sys.stderr)
@@ -97,10 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
         print(f"nitro-attest: internal error: {escape_text(repr(exc))}", file=sys.stderr)
         if args.verbose:
-            traceback.print_exc()
+            _print_traceback(exc)
         else:
             print("nitro-attest: run with --verbose for the traceback", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _print_traceback(exc: BaseException) -> None:
+    # The frames are our code; the message may quote the enclave or a document: escape it whole.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    message = "".join(traceback.format_exception_only(exc)).rstrip("\n")
+    print(f"Traceback (most recent call last):\n{frames}{escape_text(message)}", file=sys.stderr)
 
 
 def entrypoint() -> None:

@@ -41,7 +41,8 @@ examples:
 The enclave CID is shown by `nitro-cli describe-enclaves`. A fresh random 32-byte nonce is sent
 unless --nonce is given; the document must echo it (and the user data) to verify.
 Files written: OUT_DIR/attestation-document.dat (base64 CBOR) and
-OUT_DIR/attestation-document-json.json (decoded fields).
+OUT_DIR/attestation-document-json.json (decoded fields; "authenticated": false when the
+signature or the chain failed, so nothing in it is verified).
 exit status: 0 verified, 1 received but rejected, 2 usage, I/O or connection error.
 """
 
@@ -156,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     decoded = report.document or report.claimed  # the tutorial saves the decode, verified or not
     try:
         if decoded is not None:
-            saved = save_attestation(out_dir, document, document_to_json(decoded))
+            # Marked, so a later step reading the file cannot take a payload whose signature or
+            # chain failed for the enclave's (docs/threat-model.md).
+            fields = {**document_to_json(decoded), "authenticated": report.document is not None}
+            saved = save_attestation(out_dir, document, fields)
         else:  # unreadable: keep the raw bytes for inspection, drop a stale decoded file
             saved = save_attestation(out_dir, document, {"error": "document could not be decoded"})
             (out_dir / DOCUMENT_JSON_FILE).unlink(missing_ok=True)

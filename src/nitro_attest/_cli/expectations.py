@@ -178,5 +178,9 @@ def parse_at(text: str) -> At:
             f"--at {text!r}: expected 'now', 'document' or an ISO 8601 time like "
             "2025-08-29T23:20:00Z"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:  # near datetime's limits a zoned time may not exist in UTC (year 0 or 10000)
+        return when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise CliError(f"--at {text!r}: out of range in UTC") from None
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
+from nitro_attest._cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    CliError,
+    escape_text,
+    read_bytes,
+)
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.channel import sender as channel_client
@@ -20,8 +27,9 @@ The enclave answers with a fresh attestation document whose public_key names its
 verifies: chain to the root, every PCR expectation, the nonce, the debug rule. Nothing is sent
 when any check fails. At most {MAX_SECRET_BYTES} bytes.
 
-exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or it refused
-the sealed message, or acknowledged the wrong digest); 2 usage or I/O error.
+exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify: nothing sent),
+or NOT CONFIRMED (sent, then refused or acknowledged wrongly: only a matching acknowledgement is
+authenticated, so the enclave may hold the secret); 2 usage or I/O error.
 
 examples:
   nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
@@ -109,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
         print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
         return EXIT_REJECTED
     except ChannelError as exc:
+        if exc.sent:  # only a matching acknowledgement is authenticated (docs/threat-model.md)
+            print(escape_text(
+                "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
+                f"as any answer but its acknowledgement may be forged in transit): {exc.message}"
+            ))
+            return EXIT_USAGE if exc.reason == "transport" else EXIT_REJECTED
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
         print(escape_text(f"REFUSED: {exc.message}"))

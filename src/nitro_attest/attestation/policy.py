@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,10 +76,13 @@ class Policy:
             if len(value) > NSM_FIELD_BYTES:
                 raise PolicyError(f"{name} expectation is {len(value)} bytes; a document holds "
                                   f"at most {NSM_FIELD_BYTES}")
-        if self.max_age is not None and not self.max_age > 0:
-            raise PolicyError(f"max_age must be a positive number of seconds, got {self.max_age}")
-        if not self.clock_skew >= 0:
-            raise PolicyError(f"clock_skew must be >= 0 seconds, got {self.clock_skew}")
+        # Finite too: an infinite bound would pass any replayed document as fresh.
+        if self.max_age is not None and not 0 < self.max_age < math.inf:
+            raise PolicyError(
+                f"max_age must be a positive, finite number of seconds, got {self.max_age}"
+            )
+        if not 0 <= self.clock_skew < math.inf:
+            raise PolicyError(f"clock_skew must be finite and >= 0 seconds, got {self.clock_skew}")
 
     @classmethod
     def build(

@@ -247,7 +247,10 @@ def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
         raise PolicyError(f"at must be a datetime, 'document' or 'now', got {at!r}")
     if at.tzinfo is None:
         raise PolicyError("at must be timezone-aware (e.g. datetime.now(timezone.utc))")
-    return at
+    try:  # a time near datetime's limits may not exist in UTC (year 0 or 10000)
+        return at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise PolicyError(f"at {at.isoformat()} is out of range in UTC") from None
 
 
 def _result(name: str, detail: str | None) -> CheckResult:

@@ -150,7 +150,9 @@ def deliver_secret(
 
     Raises PolicyError before any contact when no PCR expectation is given (unless
     ``unsafe_any_enclave``), a VerificationError when the enclave does not verify (nothing is
-    sent), ChannelError when the enclave refuses or the acknowledgement is wrong.
+    sent), ChannelError when the enclave refuses or the acknowledgement is wrong; its ``sent``
+    says whether the sealed message had left (then the enclave may hold the secret: only a
+    matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
     """
     want = suite_of(suite)
     _check_secret(secret)
@@ -183,10 +185,14 @@ def deliver_secret(
     message = SealedMessageRequest(
         nonce=nonce, sealed=sealed.sealed, signer=signer, signature=signature
     )
-    ack = _expect(exchange(message), SealedAckResponse)
+    try:
+        ack = _expect(exchange(message), SealedAckResponse)
+    except ChannelError as exc:
+        # Sent: whatever comes back now but the keyed acknowledgement may be the parent's.
+        raise ChannelError(exc.message, reason=exc.reason, sent=True) from None
     if not hmac.compare_digest(ack.ack, sealed.ack):
         raise ChannelError(
-            "the enclave's acknowledgement does not match the secret sent", reason="ack"
+            "the enclave's acknowledgement does not match the secret sent", reason="ack", sent=True
         )
     return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret), signer)
 
