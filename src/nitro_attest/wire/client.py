@@ -92,12 +92,17 @@ class Backoff:
         return self.deadline - time.monotonic()
 
     def wait(self) -> bool:
-        """Sleep before the next attempt; False when the deadline leaves no room for one."""
+        """Sleep before the next attempt; False when the deadline leaves no room for one.
+
+        A delay that would overrun the deadline is cut short, so the last attempt comes just
+        before it: the whole timeout is used, and a server that starts late still gets a chance.
+        """
         delay = self._step / 2 + self._rng.uniform(0, self._step / 2)
         self._step = min(self._step * 2, BACKOFF_MAX)
-        if self.remaining() - delay < 0.01:
+        remaining = self.remaining()
+        if remaining < 0.02:
             return False
-        time.sleep(delay)
+        time.sleep(min(delay, remaining - 0.01))
         return True
 
     def tried(self) -> str:
