@@ -3,40 +3,44 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds sets
 ``func`` to a ``run(args) -> int`` callable. Exit codes everywhere: 0 success, 1 checked and
 rejected, 2 usage or I/O error.
+
+Only the chosen subcommand's module is imported: ``COMMANDS`` names each module and holds the
+one-line help that ``--help`` lists, so listing the commands imports none of them (the server,
+channel, simulator and EIF code cost more to import than verifying a document does).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NoReturn
 
-from nitro_attest._cli import (
-    attest_cmd,
-    eif_cmd,
-    inspect_cmd,
-    nitro_cli_cmd,
-    pcr_cmd,
-    send_secret_cmd,
-    serve_cmd,
-    sim_cmd,
-    verify_cmd,
-)
 from nitro_attest._cli.common import EXIT_USAGE, CliError
 
-_COMMAND_MODULES = (
-    verify_cmd,
-    inspect_cmd,
-    eif_cmd,
-    pcr_cmd,
-    sim_cmd,
-    nitro_cli_cmd,
-    serve_cmd,
-    attest_cmd,
-    send_secret_cmd,
-)
+# name -> (module in this package, its one-line help), in --help's order. tests/test_cli_lazy.py
+# checks that each module registers exactly this name and help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": (
+        "verify_cmd",
+        "verify attestation documents (signature, chain, PCRs, nonce, user data)",
+    ),
+    "inspect": ("inspect_cmd", "decode and show a document without verifying it"),
+    "eif": ("eif_cmd", "describe an EIF or compute its PCRs (no nitro-cli needed)"),
+    "pcr": ("pcr_cmd", "compute a PCR value like `nitro-cli pcr`"),
+    "sim": ("sim_cmd", "software NSM: create its CA, issue attestation documents"),
+    "enclave": ("nitro_cli_cmd", "build, run, describe and terminate enclaves through nitro-cli"),
+    "serve": (
+        "serve_cmd",
+        "run the enclave attestation server (real /dev/nsm or the software NSM)",
+    ),
+    "attest": ("attest_cmd", "request an attestation document from an enclave and verify it"),
+    "send-secret": (
+        "send_secret_cmd",
+        "deliver a secret to an enclave whose attestation verifies (HPKE)",
+    ),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +50,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Collection[str] = ()) -> argparse.ArgumentParser:
+    """The whole parser; only the commands in ``load`` get their module's flags (the others are
+    a name and a help line, enough for ``--help`` and for naming an unknown command)."""
     parser = _Parser(
         prog="nitro-attest",
         description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
@@ -57,19 +63,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in _COMMAND_MODULES:
-        module.register(sub)
-    for command in set(sub.choices.values()):  # --verbose also after the command name
-        command.add_argument(
-            "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+    for name, (module, summary) in COMMANDS.items():
+        if name in load:
+            importlib.import_module(f"{__name__}.{module}").register(sub)
+            sub.choices[name].add_argument(  # --verbose also after the command name
+                "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        else:  # a name and a help line, no flags: parse_args never lets argparse run it
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command argparse will run: the first argument not starting with '-' (the top-level
+    options take no value; an argument that starts with '-' and is taken as the command is never a
+    command's name, so argparse rejects it whatever is loaded)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """argparse's answer for ``argv``, loading only the chosen command's module."""
+    command = chosen_command(argv)
+    parser = build_parser({command} if command else ())
+    # Exits on --help and on every error outside the command's own flags, with the full parser's
+    # message; if argparse picked a command the guess missed, its placeholder parsed anything.
+    args, _ = parser.parse_known_args(argv)
+    if args.command != command:
+        parser = build_parser({args.command})
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
@@ -78,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"nitro-attest: error: {exc}", file=sys.stderr)
         if args.verbose:
-            traceback.print_exc()
+            _print_traceback()
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nitro-attest: interrupted", file=sys.stderr)
@@ -88,10 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
         print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
         if args.verbose:
-            traceback.print_exc()
+            _print_traceback()
         else:
             print("nitro-attest: run with --verbose for the traceback", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _print_traceback() -> None:
+    import traceback  # only on failure with --verbose
+
+    traceback.print_exc()
 
 
 def entrypoint() -> None:
