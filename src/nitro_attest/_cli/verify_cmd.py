@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE
@@ -80,13 +79,17 @@ def run(args: argparse.Namespace) -> int:
             report = verifier.evaluate(raw, at=at, policy=policy)
         if not report.verified and status == EXIT_OK:
             status = EXIT_REJECTED
-        results.append({"file": item.name, **report.to_json()})
+        if args.json:
+            results.append({"file": item.name, **report.to_json()})
+            continue
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
         texts.append("\n".join([f"{item.name}: {verdict}", *("  " + line for line in body)]))
         if not report.verified and report.error is not None:
             texts[-1] += f"\n  reason: {report.error.message}"
     if args.json:
+        import json  # only for --json: the text report does not need it
+
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
         print("\n\n".join(texts))
