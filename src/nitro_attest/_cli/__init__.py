@@ -12,10 +12,11 @@ channel, simulator and EIF code cost more to import than verifying a document do
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Collection, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from nitro_attest._cli.common import EXIT_USAGE, CliError
 
@@ -43,16 +44,41 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The width formatters get when they only check a flag or name a subparser, never lay out text.
+_CHECK_WIDTH = 1000
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, pointing at --help, instead of the whole usage block."""
+    """Usage errors as one line, pointing at --help, instead of the whole usage block.
+
+    argparse builds a help formatter for every flag it adds (to check the metavar), and a
+    formatter asks shutil for the terminal width: importing shutil (with bz2 and lzma) costs more
+    than parsing. So only formatting help or usage text looks the width up.
+    """
+
+    def __init__(
+        self, *, formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter, **kw: Any
+    ) -> None:
+        checker = functools.partial(formatter_class, width=_CHECK_WIDTH)
+        super().__init__(formatter_class=checker, **kw)
+        self._layout = formatter_class
+
+    def format_usage(self) -> str:
+        self.formatter_class = self._layout
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.formatter_class = self._layout
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser(load: Collection[str] = ()) -> argparse.ArgumentParser:
+def build_parser(load: Collection[str] = (), *, others: bool = True) -> argparse.ArgumentParser:
     """The whole parser; only the commands in ``load`` get their module's flags (the others are
-    a name and a help line, enough for ``--help`` and for naming an unknown command)."""
+    a name and a help line, enough for ``--help`` and for naming an unknown command, and left out
+    with ``others=False``)."""
     parser = _Parser(
         prog="nitro-attest",
         description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
@@ -69,7 +95,7 @@ def build_parser(load: Collection[str] = ()) -> argparse.ArgumentParser:
             sub.choices[name].add_argument(  # --verbose also after the command name
                 "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
-        else:  # a name and a help line, no flags: parse_args never lets argparse run it
+        elif others:  # a name and a help line, no flags: parse_args never lets argparse run it
             sub.add_parser(name, help=summary, add_help=False)
     return parser
 
@@ -87,6 +113,10 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """argparse's answer for ``argv``, loading only the chosen command's module."""
     command = chosen_command(argv)
+    if command is not None and all(arg == "--verbose" for arg in argv[: argv.index(command)]):
+        # Nothing but --verbose before it: argparse can take no other command, nor print the
+        # top-level help, so the other commands are not needed at all.
+        return build_parser({command}, others=False).parse_args(argv)
     parser = build_parser({command} if command else ())
     # Exits on --help and on every error outside the command's own flags, with the full parser's
     # message; if argparse picked a command the guess missed, its placeholder parsed anything.
