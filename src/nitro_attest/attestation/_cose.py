@@ -41,6 +41,7 @@ ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)
 ES384 = EcdsaAlgorithm("ES384", -35, ec.SECP384R1, hashes.SHA384, 48)
 ES512 = EcdsaAlgorithm("ES512", -36, ec.SECP521R1, hashes.SHA512, 66)
 ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
+_ES384_ONLY = b"\xa1\x01\x38\x22"  # the protected header Nitro sends, {1: -35}: no need to decode
 
 
 class CoseError(ValueError):
@@ -92,7 +93,9 @@ def decode_sign1(data: bytes) -> CoseSign1:
         raise CoseError(f"COSE_Sign1: payload must be a byte string, got {_kind(payload)}")
     if not isinstance(signature, bytes):
         raise CoseError(f"COSE_Sign1: signature must be a byte string, got {_kind(signature)}")
-    if protected:
+    if protected == _ES384_ONLY:
+        header = {HEADER_ALG: ES384.cose_id}
+    elif protected:
         try:
             header = strict_loads(protected)
         except CborError as exc:

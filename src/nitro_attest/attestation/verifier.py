@@ -62,7 +62,7 @@ class VerifiedDocument:
         return self.document.raw
 
 
-_Step = Callable[[AttestationDocument, Policy, float], "str | None"]
+_Step = Callable[["Verifier", AttestationDocument, Policy, float], "str | None"]
 
 
 class Verifier:
@@ -74,21 +74,6 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
-        self._chain_detail = (
-            "leaf -> {n} intermediate(s) -> root "
-            f"{self._chain.root.label} (sha256 {self._chain.root_sha256[:16]}...), "
-            "each valid at the verification time"
-        )
-        self._steps: tuple[tuple[str, _Step], ...] = (
-            ("cose_signature", self._check_signature),
-            ("certificate_chain", self._check_chain),
-            ("debug_mode", lambda d, p, at: check_debug(d, p)),
-            ("pcrs", lambda d, p, at: check_pcrs(d, p)),
-            ("user_data", lambda d, p, at: check_user_data(d, p)),
-            ("nonce", lambda d, p, at: check_nonce(d, p)),
-            ("public_key", lambda d, p, at: check_public_key(d, p)),
-            ("freshness", check_freshness),
-        )
 
     @property
     def root_sha256(self) -> str:
@@ -103,8 +88,8 @@ class Verifier:
         when = _resolve_at(at, doc)
         ts = when.timestamp()
         results = [CheckResult("format", True, _format_detail(doc))]
-        for name, step in self._steps:
-            detail = step(doc, policy, ts)
+        for name, step in _STEPS:
+            detail = step(self, doc, policy, ts)
             results.append(_result(name, detail))
         return VerifiedDocument(doc, when, self._chain.root_sha256, policy, tuple(results))
 
@@ -116,9 +101,7 @@ class Verifier:
         try:
             doc = parse_document(document)
         except VerificationError as exc:
-            skipped = tuple(
-                CheckResult(n, None, "not run: document unreadable") for n, _ in self._steps
-            )
+            skipped = tuple(CheckResult(n, None, "not run: document unreadable") for n, _ in _STEPS)
             return Report(
                 False, (CheckResult("format", False, exc.message), *skipped), None, exc, None
             )
@@ -126,9 +109,9 @@ class Verifier:
         ts = when.timestamp()
         results = [CheckResult("format", True, _format_detail(doc))]
         first_error: VerificationError | None = None
-        for name, step in self._steps:
+        for name, step in _STEPS:
             try:
-                results.append(_result(name, step(doc, policy, ts)))
+                results.append(_result(name, step(self, doc, policy, ts)))
             except VerificationError as exc:
                 results.append(CheckResult(name, False, exc.message))
                 first_error = first_error or exc
@@ -144,8 +127,26 @@ class Verifier:
         return "ECDSA P-384 / SHA-384 (ES384) signature verified with the leaf certificate"
 
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
-        self._chain.validate(doc.certificate, doc.cabundle, at)
-        return self._chain_detail.format(n=len(doc.cabundle) - 1)
+        chain = self._chain
+        chain.validate(doc.certificate, doc.cabundle, at)
+        return (
+            f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
+            f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
+        )
+
+
+# The checks after parsing, in order. Module-level rather than built per Verifier: a fresh
+# Verifier per document (the one-shot path) then costs one object, and holds no reference cycle.
+_STEPS: tuple[tuple[str, _Step], ...] = (
+    ("cose_signature", Verifier._check_signature),
+    ("certificate_chain", Verifier._check_chain),
+    ("debug_mode", lambda v, d, p, at: check_debug(d, p)),
+    ("pcrs", lambda v, d, p, at: check_pcrs(d, p)),
+    ("user_data", lambda v, d, p, at: check_user_data(d, p)),
+    ("nonce", lambda v, d, p, at: check_nonce(d, p)),
+    ("public_key", lambda v, d, p, at: check_public_key(d, p)),
+    ("freshness", lambda v, d, p, at: check_freshness(d, p, at)),
+)
 
 
 def verify(
@@ -168,11 +169,13 @@ def _policy(
     max_age: float | None = None,
     allow_debug: bool = False,
 ) -> Policy:
+    loose = (expected_pcrs, nonce, user_data, public_key, max_age)
     if policy is not None:
-        loose = (expected_pcrs, nonce, user_data, public_key, max_age)
         if any(v is not None for v in loose) or allow_debug:
             raise PolicyError("give either policy= or the individual expectations, not both")
         return policy
+    if isinstance(allow_debug, bool) and all(v is None for v in loose):
+        return _NO_EXPECTATIONS[allow_debug]
     return Policy.build(
         expected_pcrs=expected_pcrs,
         nonce=nonce,
@@ -181,6 +184,10 @@ def _policy(
         max_age=max_age,
         allow_debug=allow_debug,
     )
+
+
+# Policies are immutable: the two without expectations are built once, not per document.
+_NO_EXPECTATIONS = {False: Policy(), True: Policy(allow_debug=True)}
 
 
 def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
@@ -197,8 +204,14 @@ def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
 
 def _result(name: str, detail: str | None) -> CheckResult:
     if detail is None:
-        return CheckResult(name, None, "not checked: no expectation given")
+        return _NOT_CHECKED[name]
     return CheckResult(name, True, detail)
+
+
+# Results are immutable: the "not checked" ones, most of a one-shot report, are built once.
+_NOT_CHECKED = {
+    name: CheckResult(name, None, "not checked: no expectation given") for name, _ in _STEPS
+}
 
 
 def _format_detail(doc: AttestationDocument) -> str:
