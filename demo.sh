@@ -46,8 +46,24 @@ fi
 echo "== 2. Expected measurements: the simulated image's PCRs (as build.sh prints) -> $EXPECTED"
 "$NA" sim measurements --state "$STATE" --write-expected "$EXPECTED" | sed 's/^/   /'
 
-echo "== 3. Start the enclave server on unix://$SOCK (software NSM)"
-"$NA" serve --listen "unix://$SOCK" --nsm simulator --state "$STATE" 2>"$DEMO/demo-server.log" &
+SENDER_KEY="$DEMO/sender.key"       # who may deliver secrets: pinned in the enclave, PCR0 measures it
+if [ ! -f "$SENDER_KEY" ]; then
+    "$ROOT/.venv/bin/python" - "$SENDER_KEY" "$DEMO/sender.pub" <<'PY'
+import os, sys
+from cryptography.hazmat.primitives import serialization as s
+from cryptography.hazmat.primitives.asymmetric import ed25519
+key = ed25519.Ed25519PrivateKey.generate()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(fd, key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))
+os.close(fd)
+with open(sys.argv[2], "wb") as f:
+    f.write(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+PY
+fi
+
+echo "== 3. Start the enclave server on unix://$SOCK (software NSM; pinned sender $DEMO/sender.pub)"
+"$NA" serve --listen "unix://$SOCK" --nsm simulator --state "$STATE" \
+    --sender-key "$DEMO/sender.pub" 2>"$DEMO/demo-server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
     [ -S "$SOCK" ] && break
@@ -68,12 +84,13 @@ rc=$?
 set -e
 
 if [ "$rc" -eq 0 ]; then
-    echo "== 5. Attested channel: seal a secret to the key the verified enclave attests (HPKE)"
+    echo "== 5. Attested channel: seal a secret to the key the verified enclave attests (HPKE)," \
+        "signed with the pinned sender key"
     SECRET_FILE="$DEMO/demo-secret.txt"
     printf 'demo secret %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$SECRET_FILE"
     set +e
     "$NA" send-secret --connect "unix://$SOCK" --file "$SECRET_FILE" --expected "$EXPECTED" \
-        --root "$STATE/root.pem" --suite mlkem768-x25519
+        --root "$STATE/root.pem" --suite mlkem768-x25519 --sign-with "$SENDER_KEY"
     rc=$?
     set -e
     rm -f "$SECRET_FILE"

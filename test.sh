@@ -5,6 +5,17 @@ cd "$(dirname "$0")"
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 nitro_attest_ensure_venv "$PWD" dev
+# The service tests start real redis-server processes on free loopback ports (Debian's package).
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing redis-server with apt-get (for the service tests)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "error: redis-server is missing; run: sudo apt-get install -y redis-server" >&2
+        exit 2
+    fi
+fi
 PY=.venv/bin/python
 
 echo "== ruff"

@@ -7,16 +7,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import (
+from nitro_attest.channel.messages import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
+    ChannelAttestRequest,
+    SealedMessageRequest,
+)
+from nitro_attest.channel.receiver import (
     ChannelReceiver,
     InMemorySecretStore,
+    channel_handlers,
     handle_channel_attest,
     handle_sealed_message,
 )
 from nitro_attest.nsm import open_backend
+from nitro_attest.wire.protocol import Request, Response
 from nitro_attest.wire.server import nsm_handlers
 
 from . import chainfactory as cf
@@ -52,8 +57,22 @@ class FakeNsm:
         )
 
 
+def attest_via_wire(
+    receiver: ChannelReceiver, nsm: Any, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``channel_attest`` from wire fields, as the server decodes it; the answer's fields."""
+    request = ChannelAttestRequest.from_fields(fields)
+    return handle_channel_attest(receiver, nsm, request).to_fields()
+
+
+def seal_via_wire(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``sealed_message`` from wire fields, as the server decodes it; the answer's fields."""
+    return handle_sealed_message(receiver, SealedMessageRequest.from_fields(fields)).to_fields()
+
+
 class LocalExchange:
-    """Routes request types to the enclave-side handlers in-process and logs every request."""
+    """Carries typed requests in-process through their wire fields (as the server decodes them),
+    to the enclave-side handlers, and logs every request's fields."""
 
     def __init__(self, receiver: ChannelReceiver, nsm: Any) -> None:
         self.receiver = receiver
@@ -61,15 +80,17 @@ class LocalExchange:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.tamper: Any = None  # optional callable(type, fields) -> fields
 
-    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-        sent = dict(fields)
+    def __call__(self, request: Request) -> Response:
+        kind, sent = request.TYPE, request.to_fields()
         if self.tamper is not None:
             sent = self.tamper(kind, sent)
         self.requests.append((kind, sent))
         if kind == REQUEST_CHANNEL_ATTEST:
-            return handle_channel_attest(self.receiver, self.nsm, sent)
+            return handle_channel_attest(
+                self.receiver, self.nsm, ChannelAttestRequest.from_fields(sent)
+            )
         if kind == REQUEST_SEALED_MESSAGE:
-            return handle_sealed_message(self.receiver, sent)
+            return handle_sealed_message(self.receiver, SealedMessageRequest.from_fields(sent))
         raise AssertionError(f"unexpected request type {kind}")
 
     def kinds(self) -> list[str]:

@@ -1,7 +1,8 @@
 """End to end over real sockets: enclave server + software NSM + channel, client send_secret.
 
 Both suites, TCP and Unix. Refusals before sending are checked on the server's own request log:
-no ``sealed_message`` request may reach it.
+no ``sealed_message`` request may reach it. Threat model (docs/threat-model.md): a document that
+does not verify (wrong PCRs, root, debug, no key) gets nothing sealed; replays are refused.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,8 @@ import pytest
 
 from nitro_attest._cli import main
 from nitro_attest.attestation.verifier import Verifier
-from nitro_attest.channel.protocol import (
-    ChannelOfferResponse,
-    ConnectionExchange,
-    SealedMessageRequest,
-)
-from nitro_attest.channel.sender import deliver_secret, send_secret
+from nitro_attest.channel.messages import ChannelOfferResponse, SealedMessageRequest
+from nitro_attest.channel.sender import ConnectionExchange, deliver_secret, send_secret
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -86,12 +83,12 @@ class Recording:
     def __init__(self, inner: ConnectionExchange, alter: Any = None) -> None:
         self.inner, self.alter, self.sent = inner, alter, []
 
-    def __call__(self, kind: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-        fields = dict(fields)
+    def __call__(self, request: Request) -> Response:
+        kind, fields = request.TYPE, request.to_fields()
         if self.alter is not None:
             fields = self.alter(kind, fields)
         self.sent.append((kind, fields))
-        return self.inner(kind, fields)
+        return self.inner(type(request).from_fields(fields))
 
 
 def _deliver_recorded(enclave: Enclave, suite: str, alter: Any = None) -> Recording:
@@ -215,8 +212,8 @@ def test_standard_attest_carries_channel_key(enclave: Enclave) -> None:
     assert verified.document.public_key is not None
     assert verified.document.public_key.startswith(b"NAHPKE1\x01")
     own = b"client-chosen key (the KMS pattern)"
-    doc = client.request_attestation(enclave.address, nonce=nonce, public_key=own)
-    assert Verifier(root_pem=enclave.root).verify(doc, public_key=own)
+    with pytest.raises(client.EnclaveError, match="public_key_refused"):
+        client.request_attestation(enclave.address, nonce=nonce, public_key=own)
 
 
 def test_secret_never_logged(enclave: Enclave) -> None:

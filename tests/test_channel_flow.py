@@ -1,4 +1,8 @@
-"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs."""
+"""The whole channel exchange in-process: client checks, enclave receipt, refusals, logs.
+
+Threat model (docs/threat-model.md): the parent tampers with, downgrades, re-binds and replays
+what it relays (``LocalExchange.tamper``); each attempt fails closed.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ import pytest
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import SuiteId
-from nitro_attest.channel.receiver import (
+from nitro_attest.channel.messages import (
     REQUEST_CHANNEL_ATTEST,
     REQUEST_SEALED_MESSAGE,
+    SealedAckResponse,
+)
+from nitro_attest.channel.receiver import (
     ChannelReceiver,
     InMemorySecretStore,
-    handle_channel_attest,
-    handle_sealed_message,
 )
 from nitro_attest.channel.sender import deliver_secret, seal_for_document
 from nitro_attest.errors import (
@@ -27,9 +32,17 @@ from nitro_attest.errors import (
     PcrMismatchError,
     PolicyError,
 )
+from nitro_attest.wire.protocol import ProtocolError, Request, Response
 
 from . import chainfactory as cf
-from .channel_helpers import DEBUG_PCRS, EXPECTED, FakeNsm, LocalExchange
+from .channel_helpers import (
+    DEBUG_PCRS,
+    EXPECTED,
+    FakeNsm,
+    LocalExchange,
+    attest_via_wire,
+    seal_via_wire,
+)
 
 SECRET = b"model-key: 7f3a9c0e5b1d2468ace13579bdf02468"
 SUITES = [s.label for s in SuiteId]
@@ -90,7 +103,7 @@ def test_replay_refused(suite: str) -> None:
     _deliver(ex, verifier, suite=suite)
     _kind, fields = ex.requests[-1]
     with pytest.raises(ChannelError, match="replay") as info:
-        handle_sealed_message(receiver, fields)
+        seal_via_wire(receiver, fields)
     assert info.value.reason == "replay"
     assert store.secrets == [SECRET]
 
@@ -98,7 +111,7 @@ def test_replay_refused(suite: str) -> None:
 def test_message_bound_to_another_nonce_refused(receiver: ChannelReceiver) -> None:
     ex, verifier = _setup(receiver)
     other = b"o" * 32
-    handle_channel_attest(receiver, ex.nsm, {"nonce": other, "suite": "x25519"})
+    attest_via_wire(receiver, ex.nsm, {"nonce": other, "suite": "x25519"})
 
     def renonce(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         if kind == REQUEST_SEALED_MESSAGE:
@@ -115,18 +128,18 @@ def test_message_sealed_to_another_key_refused(receiver: ChannelReceiver) -> Non
     nsm = FakeNsm()
     verifier = Verifier(root_pem=nsm.chain.root_pem)
     nonce = b"k" * 32
-    offer = handle_channel_attest(impostor, nsm, {"nonce": nonce, "suite": "x25519"})
+    offer = attest_via_wire(impostor, nsm, {"nonce": nonce, "suite": "x25519"})
     verified = verifier.verify(offer["document"], at="document", nonce=nonce)
     sealed = seal_for_document(verified, SECRET, nonce=nonce, suite="x25519")
     # the real enclave issued the same nonce, but the message is sealed to the impostor's key
-    handle_channel_attest(receiver, nsm, {"nonce": nonce, "suite": "x25519"})
+    attest_via_wire(receiver, nsm, {"nonce": nonce, "suite": "x25519"})
     with pytest.raises(ChannelError, match="does not open"):
-        handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
+        seal_via_wire(receiver, {"nonce": nonce, "sealed": sealed.sealed})
 
 
 def test_sealed_message_for_unissued_nonce_refused(receiver: ChannelReceiver) -> None:
     with pytest.raises(ChannelError, match="no channel document"):
-        handle_sealed_message(receiver, {"nonce": b"u" * 32, "sealed": b"x" * 100})
+        seal_via_wire(receiver, {"nonce": b"u" * 32, "sealed": b"x" * 100})
 
 
 @pytest.mark.parametrize(
@@ -188,11 +201,9 @@ def test_suite_mismatch_refused(receiver: ChannelReceiver) -> None:
 def test_wrong_acknowledgement_refused(receiver: ChannelReceiver) -> None:
     ex, verifier = _setup(receiver)
 
-    def lying(kind: str, fields: Any) -> Any:
-        response = dict(LocalExchange.__call__(ex, kind, fields))
-        if kind == REQUEST_SEALED_MESSAGE:
-            response["ack"] = bytes(32)
-        return response
+    def lying(request: Request) -> Response:
+        response = ex(request)
+        return SealedAckResponse(bytes(32)) if isinstance(response, SealedAckResponse) else response
 
     with pytest.raises(ChannelError, match="acknowledgement") as info:
         deliver_secret(lying, SECRET, verifier=verifier, at="document", expected_pcrs=EXPECTED)
@@ -221,9 +232,8 @@ def test_unknown_or_unoffered_suite(receiver: ChannelReceiver) -> None:
 )
 def test_bad_channel_attest_requests(receiver: ChannelReceiver, fields: dict[str, Any]) -> None:
     nsm = FakeNsm()
-    with pytest.raises(ChannelError) as info:
-        handle_channel_attest(receiver, nsm, fields)
-    assert info.value.reason == "request"
+    with pytest.raises(ProtocolError):  # refused as it is decoded, before any handler runs
+        attest_via_wire(receiver, nsm, fields)
     assert nsm.calls == []
 
 
@@ -257,17 +267,17 @@ def test_standard_attestation_names_default_key_and_accepts_one_message() -> Non
     document = receiver.attest_default(nsm, nonce=nonce, user_data=b"u")
     verified = verifier.verify(document, at="document", nonce=nonce, user_data=b"u")
     assert verified.document.public_key == receiver.public_key_field(SuiteId.X25519)
-    sealed = seal_for_document(verified, SECRET, nonce=nonce)
-    ack = handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
+    sealed = seal_for_document(verified, SECRET, nonce=nonce, suite="x25519")
+    ack = seal_via_wire(receiver, {"nonce": nonce, "sealed": sealed.sealed})
     assert ack == {"ack": sealed.ack}
     # Keyed by a random key sealed with the secret: the relaying parent cannot test guesses.
     assert sealed.ack != hashlib.sha256(SECRET).digest()
-    again = seal_for_document(verified, SECRET, nonce=nonce)
+    again = seal_for_document(verified, SECRET, nonce=nonce, suite="x25519")
     assert again.ack != sealed.ack
     # a second document for a known nonce is still served, but opens no second channel
     receiver.attest_default(nsm, nonce=nonce)
     with pytest.raises(ChannelError, match="replay"):
-        handle_sealed_message(receiver, {"nonce": nonce, "sealed": sealed.sealed})
+        seal_via_wire(receiver, {"nonce": nonce, "sealed": sealed.sealed})
     # no nonce, or one too short to be a channel nonce: a document, no channel
     assert receiver.attest_default(nsm, nonce=None)
     assert receiver.attest_default(nsm, nonce=b"x")

@@ -1,4 +1,7 @@
-"""The enclave's nonce ledger: each issued nonce accepts one sealed message, memory bounded."""
+"""The enclave's nonce ledger: each issued nonce accepts one sealed message, memory bounded.
+
+Threat model (docs/threat-model.md): the parent replays sealed messages and floods the ledger.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""HPKE seal/open with the attestation bound into info."""
+"""HPKE seal/open with the attestation bound into info.
+
+Threat model (docs/threat-model.md): a message the parent altered, or sealed for another key, nonce
+or document, does not open.
+"""
 
 from __future__ import annotations
 

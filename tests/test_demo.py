@@ -30,6 +30,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
         "✅ Nonce",
         "Result: VERIFIED",
         "DELIVERED",
+        "signed by",
     ):
         assert line in done.stdout
     doc = json.loads((out_dir / "attestation-document-json.json").read_text())

@@ -87,12 +87,12 @@ def test_optional_fields_may_be_absent_or_null() -> None:
 
 
 def test_nitrotpm_document_is_its_own_kind() -> None:
-    pcrs = {i: bytes([i]) * 48 for i in range(24)}
+    pcrs = {i: bytes([i + 1]) * 48 for i in range(24)}
     data = doc_with(pcrs=cf.DROP, nitrotpm_pcrs=pcrs)
-    verified = VERIFIER.verify(data, at=cf.T0, expected_pcrs={4: pcrs[4]})
+    verified = VERIFIER.verify(data, at=cf.T0, expected_pcrs={4: pcrs[4]}, kind="nitrotpm")
     assert verified.document.kind == "nitrotpm"
     assert verified.document.pcr_field == "nitrotpm_pcrs"
-    assert not verified.document.is_debug  # PCR0 of a TPM says nothing about enclave debug mode
+    assert not verified.document.is_debug  # PCR0 non-zero: a measured boot (tests/test_kinds.py)
 
 
 def test_duplicate_payload_key_rejected() -> None:

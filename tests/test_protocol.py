@@ -70,18 +70,18 @@ def test_several_frames_split_in_order() -> None:
 
 
 def test_oversized_length_is_refused_from_the_header_alone() -> None:
-    header = struct.pack(">I", protocol.MAX_FRAME_SIZE + 1)
+    header = struct.pack(">I", protocol.MAX_FRAME_BYTES + 1)
     with pytest.raises(FrameTooLargeError) as info:
         protocol.decode_header(header)
     assert info.value.code == "frame_too_large"
     with pytest.raises(FrameTooLargeError):
         protocol.decode_header(b"\xff\xff\xff\xff")
-    assert protocol.decode_header(struct.pack(">I", protocol.MAX_FRAME_SIZE)) == 65536
+    assert protocol.decode_header(struct.pack(">I", protocol.MAX_FRAME_BYTES)) == 65536
 
 
 def test_encode_refuses_oversized_payload() -> None:
     with pytest.raises(FrameTooLargeError):
-        protocol.encode_frame(b"x" * (protocol.MAX_FRAME_SIZE + 1))
+        protocol.encode_frame(b"x" * (protocol.MAX_FRAME_BYTES + 1))
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def test_attest_cli_end_to_end(
     raw = base64.b64decode((out_dir / "attestation-document.dat").read_text())
     decoded = json.loads((out_dir / "attestation-document-json.json").read_text())
     assert raw[:1] == b"\x84"
-    assert decoded["pcrs"]["0"] == PCRS[0].hex()
+    assert decoded["pcrs"]["0"] == PCRS[0].hex() and decoded["authenticated"] is True
     assert len(bytes.fromhex(decoded["nonce"])) == 32  # the random nonce the client sent
 
     # PCR mismatch through the CLI: exit 1 and the PCR line fails.

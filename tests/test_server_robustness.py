@@ -1,4 +1,8 @@
-"""Hostile clients never hurt honest ones: 200 bad connections interleaved with real requests."""
+"""Hostile clients never hurt honest ones: 200 bad connections interleaved with real requests.
+
+Threat model (docs/threat-model.md): the parent calls every endpoint with any bytes; a hostile
+client costs only its own connection.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nitro_attest.errors import ConfigurationError
 from nitro_attest.wire import transport
 from nitro_attest.wire.transport import Address, AddressError, parse_address
 
@@ -73,7 +74,8 @@ def test_vsock_malformed(text: str) -> None:
     with pytest.raises(AddressError) as info:
         parse_address(text)
     assert "\n" not in str(info.value)
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ConfigurationError)
+    assert not isinstance(info.value, ValueError)  # untrusted input never raises ValueError
 
 
 def test_tcp_addresses() -> None:

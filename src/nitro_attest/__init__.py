@@ -1,35 +1,49 @@
 """nitro-attest: remote attestation for AWS Nitro Enclaves.
 
 This module is the library's public surface (see docs/api.md): verifying documents, policies,
-results, errors, requesting a document from an enclave and sending it a secret. Every other module
-is importable but internal and may change. ``request_attestation`` and ``send_secret`` load the
-wire and channel code on first use, so ``import nitro_attest`` stays light for the verifier.
+results, errors, requesting a document from an enclave and sending it a secret, an EIF's
+measurements, and the NSM for code running in an enclave. Every other module is importable but
+internal and may change. The names in ``_LAZY`` load their modules (asyncio, HPKE, EIF, NSM) on
+first use, so ``import nitro_attest`` stays light for the verifier.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from nitro_attest.attestation.document import AttestationDocument, parse_document
+from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.report import CheckResult, Report
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier, verify
 from nitro_attest.errors import (
     ChainError,
+    ChannelError,
+    ChannelFailure,
+    Check,
+    ConfigurationError,
     DebugModeError,
+    DocumentKindError,
     ExpiredError,
+    FormatError,
     MalformedDocumentError,
+    NitroAttestError,
+    NitroCliError,
     NonceMismatchError,
+    NsmError,
     PcrMismatchError,
     PolicyError,
     PublicKeyMismatchError,
     SignatureError,
     StaleDocumentError,
+    TransportError,
     TrustRootError,
+    UsageError,
     UserDataMismatchError,
     VerificationError,
 )
 
 if TYPE_CHECKING:
     from nitro_attest.channel.sender import send_secret
+    from nitro_attest.eif import inspect_eif, measurements_from_eif
+    from nitro_attest.nsm import open_backend
     from nitro_attest.wire.client import request_attestation
 
 __version__ = "0.1.0"
@@ -37,6 +51,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "request_attestation": "nitro_attest.wire.client",
     "send_secret": "nitro_attest.channel.sender",
+    "inspect_eif": "nitro_attest.eif",
+    "measurements_from_eif": "nitro_attest.eif",
+    "open_backend": "nitro_attest.nsm",
 }
 
 
@@ -54,11 +71,21 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AttestationDocument",
     "ChainError",
+    "ChannelError",
+    "ChannelFailure",
+    "Check",
     "CheckResult",
+    "ConfigurationError",
     "DebugModeError",
+    "DocumentKind",
+    "DocumentKindError",
     "ExpiredError",
+    "FormatError",
     "MalformedDocumentError",
+    "NitroAttestError",
+    "NitroCliError",
     "NonceMismatchError",
+    "NsmError",
     "PcrMismatchError",
     "Policy",
     "PolicyError",
@@ -66,12 +93,17 @@ __all__ = [
     "Report",
     "SignatureError",
     "StaleDocumentError",
+    "TransportError",
     "TrustRootError",
+    "UsageError",
     "UserDataMismatchError",
     "VerificationError",
     "VerifiedDocument",
     "Verifier",
     "__version__",
+    "inspect_eif",
+    "measurements_from_eif",
+    "open_backend",
     "parse_document",
     "request_attestation",
     "send_secret",

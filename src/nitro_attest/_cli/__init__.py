@@ -18,7 +18,8 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
-from nitro_attest._cli.common import EXIT_USAGE, CliError
+from nitro_attest._cli.common import EXIT_USAGE, escape_text, exit_code_for
+from nitro_attest.errors import NitroAttestError
 
 # name -> (module in this package, its one-line help), in --help's order. tests/test_cli_lazy.py
 # checks that each module registers exactly this name and help.
@@ -40,6 +41,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send-secret": (
         "send_secret_cmd",
         "deliver a secret to an enclave whose attestation verifies (HPKE)",
+    ),
+    "service": (
+        "service_cmd",
+        "run the verification service (Veraison challenge-response API, signed EAR results)",
+    ),
+    "appraise": (
+        "appraise_cmd",
+        "attest an enclave through a verification service and check the signed EAR",
+    ),
+    "proxy": (
+        "proxy_cmd",
+        "forward connections to or from the enclave (vsock/tcp/unix), or serve HTTP CONNECT",
     ),
 }
 
@@ -134,29 +147,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except CliError as exc:
-        print(f"nitro-attest: error: {exc}", file=sys.stderr)
+    except NitroAttestError as exc:
+        # The tree decides the exit code: a rejected document is 1, every other branch
+        # (configuration, transport, NSM, nitro-cli, channel, format) is 2.
+        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
         if args.verbose:
-            _print_traceback()
-        return EXIT_USAGE
+            _print_traceback(exc)
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("nitro-attest: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {exc!r}", file=sys.stderr)
+        print(f"nitro-attest: internal error: {escape_text(repr(exc))}", file=sys.stderr)
         if args.verbose:
-            _print_traceback()
+            _print_traceback(exc)
         else:
             print("nitro-attest: run with --verbose for the traceback", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _print_traceback() -> None:
+def _print_traceback(exc: BaseException) -> None:
     import traceback  # only on failure with --verbose
 
-    traceback.print_exc()
+    # The frames are our code; the message may quote the enclave or a document: escape it whole.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    message = "".join(traceback.format_exception_only(exc)).rstrip("\n")
+    print(f"Traceback (most recent call last):\n{frames}{escape_text(message)}", file=sys.stderr)
 
 
 def entrypoint() -> None:

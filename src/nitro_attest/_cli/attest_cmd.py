@@ -14,17 +14,20 @@ from nitro_attest._cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     CliError,
+    escape_text,
     parse_hex,
     read_bytes,
 )
 from nitro_attest.attestation.report import document_to_json, render_text
+from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
     ClientError,
+    EnclaveError,
     request_attestation,
     save_attestation,
 )
-from nitro_attest.wire.protocol import MAX_FIELD_SIZE
+from nitro_attest.wire.protocol import CHANNEL_KEY_PREFIX, PublicKeyRefusedError
 from nitro_attest.wire.transport import AddressError, parse_address
 
 DEFAULT_USER_DATA = b"nitro-attest client"
@@ -38,7 +41,8 @@ examples:
 The enclave CID is shown by `nitro-cli describe-enclaves`. A fresh random 32-byte nonce is sent
 unless --nonce is given; the document must echo it (and the user data) to verify.
 Files written: OUT_DIR/attestation-document.dat (base64 CBOR) and
-OUT_DIR/attestation-document-json.json (decoded fields).
+OUT_DIR/attestation-document-json.json (decoded fields; "authenticated": false when the
+signature or the chain failed, so nothing in it is verified).
 exit status: 0 verified, 1 received but rejected, 2 usage, I/O or connection error.
 """
 
@@ -67,7 +71,12 @@ def register(sub: Any) -> None:
         metavar="HEX|@FILE|none",
         help=f"user data to send (default: the text {DEFAULT_USER_DATA.decode()!r})",
     )
-    p.add_argument("--public-key", metavar="HEX", help="public key to have the enclave embed")
+    p.add_argument(
+        "--public-key",
+        metavar="HEX",
+        help="public key to have the enclave embed; served only by an enclave started with "
+        "serve --allow-caller-public-key",
+    )
     expectations.add_pcr_flags(p)
     expectations.add_trust_flags(p)
     p.add_argument("--out-dir", default="client", metavar="DIR", help="where to save the document")
@@ -79,7 +88,7 @@ def register(sub: Any) -> None:
 def _nonce(value: str) -> bytes:
     if value == "random":
         return os.urandom(32)
-    return parse_hex(value, "--nonce", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--nonce", max_bytes=NSM_FIELD_BYTES)
 
 
 def _user_data(value: str | None) -> bytes | None:
@@ -88,11 +97,24 @@ def _user_data(value: str | None) -> bytes | None:
     if value == "none":
         return None
     if value.startswith("@"):
-        data = read_bytes(value[1:], limit=MAX_FIELD_SIZE, what="user data")
+        data = read_bytes(value[1:], limit=NSM_FIELD_BYTES, what="user data")
         if not data:
             raise CliError(f"{value[1:]}: empty user data file (use --user-data none)")
         return data
-    return parse_hex(value, "--user-data", max_bytes=MAX_FIELD_SIZE)
+    return parse_hex(value, "--user-data", max_bytes=NSM_FIELD_BYTES)
+
+
+def _refused_key_message(address: object, public_key: bytes | None) -> str:
+    # Our own words, not the enclave's: its message is untrusted text relayed by the parent.
+    if public_key is not None and public_key.startswith(CHANNEL_KEY_PREFIX):
+        return (
+            f"{address}: the enclave refuses to attest a channel-shaped public key for a caller "
+            "(only its own channel code may; use send-secret)"
+        )
+    return (
+        f"{address}: the enclave refuses caller-chosen public keys; its operator must start "
+        "serve with --allow-caller-public-key (anyone reaching the port then gets any key attested)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     nonce = _nonce(args.nonce)
     user_data = _user_data(args.user_data)
     public_key = (
-        parse_hex(args.public_key, "--public-key", max_bytes=MAX_FIELD_SIZE)
+        parse_hex(args.public_key, "--public-key", max_bytes=NSM_FIELD_BYTES)
         if args.public_key
         else None
     )
@@ -122,15 +144,23 @@ def run(args: argparse.Namespace) -> int:
             public_key=public_key,
             timeout=args.timeout,
         )
+    except EnclaveError as exc:
+        if exc.code == PublicKeyRefusedError.code:
+            raise CliError(_refused_key_message(address, public_key)) from None
+        raise CliError(str(exc)) from None
     except ClientError as exc:
         raise CliError(str(exc)) from None
 
     report = verifier.evaluate(document, policy=policy)
 
     out_dir = Path(args.out_dir)
+    decoded = report.document or report.claimed  # the tutorial saves the decode, verified or not
     try:
-        if report.document is not None:
-            saved = save_attestation(out_dir, document, document_to_json(report.document))
+        if decoded is not None:
+            # Marked, so a later step reading the file cannot take a payload whose signature or
+            # chain failed for the enclave's (docs/threat-model.md).
+            fields = {**document_to_json(decoded), "authenticated": report.document is not None}
+            saved = save_attestation(out_dir, document, fields)
         else:  # unreadable: keep the raw bytes for inspection, drop a stale decoded file
             saved = save_attestation(out_dir, document, {"error": "document could not be decoded"})
             (out_dir / DOCUMENT_JSON_FILE).unlink(missing_ok=True)
@@ -145,11 +175,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            f"Requested an attestation document from {address} "
-            f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            escape_text(
+                f"Requested an attestation document from {address} "
+                f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
+            )
         )
         for path in saved:
-            print(f"Saved {path}")
+            print(escape_text(f"Saved {path}"))
         if not policy.pcr_sets:
             print(
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr

@@ -1,5 +1,5 @@
-"""`nitro-attest eif describe|measure`: what nitro-cli describe-eif and build-enclave print, from an
-EIF file, on any machine."""
+"""`nitro-attest eif describe|measure|build|diff`: what nitro-cli describe-eif and build-enclave
+print, from an EIF file, on any machine; building and comparing images (eif_build_cmd)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
+from nitro_attest._cli.eif_build_cmd import register_build, register_diff
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
 from nitro_attest.eif.metadata import describe_metadata
 from nitro_attest.eif.signature import certificate_info
@@ -60,6 +61,8 @@ def register(sub: Any) -> None:
     m.add_argument("file", metavar="FILE", help="the .eif file")
     m.add_argument("--write-expected", metavar="PATH", help="also write the JSON to PATH")
     m.set_defaults(func=run_measure)
+    register_build(eif_sub)
+    register_diff(eif_sub)
 
 
 def _inspect(path: str, at: dt.datetime | None = None) -> EifInfo:
@@ -110,7 +113,7 @@ def describe_json(info: EifInfo) -> dict[str, Any]:
 
 
 def _fail(path: str, exc: EifError) -> int:
-    print(f"nitro-attest: error: {path}: {exc}", file=sys.stderr)
+    print(escape_text(f"nitro-attest: error: {path}: {exc}"), file=sys.stderr)
     return EXIT_REJECTED
 
 
@@ -125,7 +128,7 @@ def run_describe(args: argparse.Namespace) -> int:
     else:
         print(_describe_text(info))
     for problem in info.problems():
-        print(f"nitro-attest: error: {args.file}: {problem}", file=sys.stderr)
+        print(escape_text(f"nitro-attest: error: {args.file}: {problem}"), file=sys.stderr)
     return EXIT_REJECTED if info.problems() else EXIT_OK
 
 
@@ -150,7 +153,7 @@ def _describe_text(info: EifInfo) -> str:
             + (" (NOT VALID NOW)" if info.validity_problem else "")
         )
         lines.append(f"Signature check: {'ok' if info.signature_ok else 'FAILED'}")
-    return "\n".join(lines)
+    return "\n".join(escape_text(line) for line in lines)  # names come from the EIF file
 
 
 def run_measure(args: argparse.Namespace) -> int:
@@ -160,7 +163,8 @@ def run_measure(args: argparse.Namespace) -> int:
         return _fail(args.file, exc)
     if not info.crc_ok or info.signature_ok is False:
         # Expected measurements from a corrupt or mis-signed file would be worse than none.
-        print(f"nitro-attest: error: {args.file}: {info.problems()[0]}", file=sys.stderr)
+        problem = escape_text(f"{args.file}: {info.problems()[0]}")
+        print(f"nitro-attest: error: {problem}", file=sys.stderr)
         return EXIT_REJECTED
     text = json.dumps({"Measurements": measurements_json(info)}, indent=2)
     if args.write_expected:

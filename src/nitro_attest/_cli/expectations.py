@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import CliError, parse_hex, read_bytes
-from nitro_attest.attestation.document import MAX_FIELD_BYTES
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import (
     PcrSet,
     Policy,
@@ -17,6 +16,7 @@ from nitro_attest.attestation.policy import (
 )
 from nitro_attest.attestation.verifier import At, Verifier
 from nitro_attest.errors import PolicyError, TrustRootError
+from nitro_attest.limits import NSM_FIELD_BYTES
 
 MAX_PEM_BYTES = 64 * 1024
 
@@ -51,7 +51,15 @@ def add_pcr_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-debug",
         action="store_true",
-        help="accept documents from debug-mode enclaves (PCR0 all zero): development only",
+        help="accept documents from debug-mode enclaves (PCR0 all zero), or NitroTPM documents "
+        "of an unmeasured boot: development only",
+    )
+    p.add_argument(
+        "--kind",
+        choices=[k.value for k in DocumentKind],
+        default=DocumentKind.ENCLAVE.value,
+        help="the document kind accepted: enclave (default, a Nitro Enclave's 'pcrs') or "
+        "nitrotpm (an EC2 instance's NitroTPM, 'nitrotpm_pcrs'); any other kind is rejected",
     )
 
 
@@ -74,7 +82,8 @@ def add_time_flags(p: argparse.ArgumentParser) -> None:
         "--max-age",
         metavar="SECONDS",
         type=float,
-        help="reject documents whose timestamp is older than this (60 s clock skew allowed)",
+        help="reject documents whose timestamp is older than this, measured against the "
+        "present (60 s clock skew allowed); cannot be combined with --at",
     )
 
 
@@ -126,6 +135,14 @@ def pcr_sets(args: argparse.Namespace) -> list[PcrSet]:
 
 def build_policy(args: argparse.Namespace, **fixed: bytes | None) -> Policy:
     """The policy from the flags; ``fixed`` supplies fields a command sets itself (the nonce)."""
+    max_age = getattr(args, "max_age", None)
+    at = getattr(args, "at", "now").strip()
+    if max_age is not None and at != "now":
+        # docs/verifier.md, "Time": an age is a replay defence only against the present.
+        raise CliError(
+            f"--max-age cannot be combined with --at {at}: the age would be measured against "
+            "that time instead of the present (with --at document every document is 0 s old)"
+        )
     fields = {}
     for name in ("nonce", "user_data", "public_key"):
         if name in fixed:
@@ -134,7 +151,7 @@ def build_policy(args: argparse.Namespace, **fixed: bytes | None) -> Policy:
             text = getattr(args, name, None)
             flag = "--" + name.replace("_", "-")
             fields[name] = (
-                None if text is None else parse_hex(text, flag, max_bytes=MAX_FIELD_BYTES)
+                None if text is None else parse_hex(text, flag, max_bytes=NSM_FIELD_BYTES)
             )
     try:
         return Policy(
@@ -142,8 +159,9 @@ def build_policy(args: argparse.Namespace, **fixed: bytes | None) -> Policy:
             nonce=fields["nonce"],
             user_data=fields["user_data"],
             public_key=fields["public_key"],
-            max_age=getattr(args, "max_age", None),
+            max_age=max_age,
             allow_debug=args.allow_debug,
+            kind=DocumentKind(args.kind),
         )
     except PolicyError as exc:
         raise CliError(str(exc)) from None
@@ -160,11 +178,9 @@ def parse_at(text: str) -> At:
             f"--at {text!r}: expected 'now', 'document' or an ISO 8601 time like "
             "2025-08-29T23:20:00Z"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:  # near datetime's limits a zoned time may not exist in UTC (year 0 or 10000)
+        return when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise CliError(f"--at {text!r}: out of range in UTC") from None
 
-
-def ensure_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"{path.parent}: cannot create directory: {exc.strerror or exc}") from None

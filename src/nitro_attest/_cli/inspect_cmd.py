@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
 from nitro_attest._cli.docinput import read_inputs
 from nitro_attest.attestation.document import AttestationDocument, parse_document
 from nitro_attest.attestation.encoding import decode_document_input
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = parse_document(decode_document_input(item.data))
     except VerificationError as exc:
-        print(f"{item.name}: malformed: {exc.message}")
+        print(escape_text(f"{item.name}: malformed: {exc.message}"))
         return EXIT_REJECTED
     if args.json:
         print(json.dumps(document_to_json(doc), indent=2))
@@ -50,11 +50,12 @@ def render_document(doc: AttestationDocument) -> str:
         return "null" if value is None else f"{value.hex() or '(empty)'} ({len(value)} bytes)"
 
     lines = [
-        f"kind:        {doc.kind}{' (tag 18)' if doc.tagged else ''}",
-        f"module_id:   {doc.module_id}",
-        f"digest:      {doc.digest}",
+        "UNVERIFIED: decoded only; nothing below is authenticated (use 'nitro-attest verify')",
+        f"kind:        {doc.kind.value}{' (tag 18)' if doc.tagged else ''}",
+        f"module_id:   {escape_text(doc.module_id)}",
+        f"digest:      {escape_text(doc.digest)}",
         f"timestamp:   {doc.timestamp.isoformat().replace('+00:00', 'Z')} ({doc.timestamp_ms} ms)",
-        f"debug mode:  {'yes (PCR0 all zero)' if doc.is_debug else 'no'}",
+        f"debug mode:  {'yes (PCR0 all zero or absent)' if doc.is_debug else 'no'}",
         f"{doc.pcr_field}:",
         *(f"  PCR{i:<2} {v.hex()}" for i, v in doc.pcrs.items()),
         f"public_key:  {opt(doc.public_key)}",
@@ -70,10 +71,11 @@ def render_document(doc: AttestationDocument) -> str:
 def _cert_line(der: bytes) -> str:
     try:
         cert = x509.load_der_x509_certificate(der)
-        return (
+        line = (
             f"{cert.subject.rfc4514_string()}  "
             f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
             f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
         )
     except Exception as exc:  # untrusted DER; inspect shows what it can
-        return f"(undecodable certificate: {exc})"
+        line = f"(undecodable certificate: {exc})"
+    return escape_text(line)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif import EifError
-from nitro_attest.eif.measure import CHUNK_SIZE, extend
+from nitro_attest.eif.measure import CHUNK_SIZE
 from nitro_attest.eif.signature import MAX_CERTIFICATE_SIZE, load_certificate, pcr8
 
 
@@ -49,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.input}: no such file") from None
     except OSError as exc:
         raise CliError(f"{args.input}: cannot read: {exc.strerror or exc}") from None
-    print(json.dumps({"PCR": extend(h.digest()).hex()}, indent=2))
+    print(json.dumps({"PCR": extend_zero(h.digest()).hex()}, indent=2))
     return EXIT_OK

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    CliError,
+    escape_text,
+    read_bytes,
+)
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SUITE_LABELS
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
+from nitro_attest.channel.signing import MAX_KEY_FILE_BYTES, SenderKeyError, load_private_key
 from nitro_attest.errors import ChannelError, PolicyError, TrustRootError, VerificationError
 
 EPILOG = f"""\
@@ -19,14 +27,15 @@ The enclave answers with a fresh attestation document whose public_key names its
 verifies: chain to the root, every PCR expectation, the nonce, the debug rule. Nothing is sent
 when any check fails. At most {MAX_SECRET_BYTES} bytes.
 
-exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or it refused
-the sealed message, or acknowledged the wrong digest); 2 usage or I/O error.
+exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify: nothing sent),
+or NOT CONFIRMED (sent, then refused or acknowledged wrongly: only a matching acknowledgement is
+authenticated, so the enclave may hold the secret); 2 usage or I/O error.
 
 examples:
   nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
       --expected client/expected-measurements.json
   nitro-attest send-secret --connect tcp://127.0.0.1:5005 --file token.txt \\
-      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite mlkem768-x25519
+      --root ~/.local/share/nitro-attest/simulator/root.pem --pcr 0=$PCR0 --suite x25519
 """
 
 
@@ -48,9 +57,15 @@ def register(sub: Any) -> None:
     add_trust_flags(p)
     add_pcr_flags(p)
     p.add_argument(
-        "--suite", choices=SUITE_LABELS, default="x25519",
-        help="HPKE suite: x25519 (DHKEM X25519) or mlkem768-x25519 (post-quantum hybrid "
-        "ML-KEM-768 + X25519); both HKDF-SHA256 and ChaCha20-Poly1305 (default: x25519)",
+        "--suite", choices=SUITE_LABELS, default="mlkem768-x25519",
+        help="HPKE suite: mlkem768-x25519 (default: post-quantum hybrid ML-KEM-768 + X25519) or "
+        "x25519 (DHKEM X25519 alone, only when asked); both HKDF-SHA256 and ChaCha20-Poly1305. "
+        "Where this OpenSSL lacks ML-KEM the default refuses, saying so, rather than fall back",
+    )
+    p.add_argument(
+        "--sign-with", metavar="KEY",
+        help="sign the message with this Ed25519 or P-256 private key (unencrypted PEM), for an "
+        "enclave that pins its public key (serve --sender-key)",
     )
     p.add_argument(
         "--unsafe-any-enclave", action="store_true",
@@ -76,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if not secret:
         raise CliError(f"{args.file}: empty secret")
     root = load_root(args.root)
+    signing_key = None
+    if args.sign_with:
+        raw = read_bytes(args.sign_with, limit=MAX_KEY_FILE_BYTES, what="signing key")
+        try:
+            signing_key = load_private_key(raw)
+        except SenderKeyError as exc:
+            raise CliError(f"--sign-with {args.sign_with}: {exc}") from None
     try:
         receipt = channel_client.send_secret(
             args.connect,
@@ -86,21 +108,37 @@ def run(args: argparse.Namespace) -> int:
             suite=args.suite,
             timeout=args.timeout,
             unsafe_any_enclave=args.unsafe_any_enclave,
+            signing_key=signing_key,
+            kind=args.kind,
         )
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
     except VerificationError as exc:
-        print(f"REFUSED (nothing sent): {exc.check}: {exc.message}")
+        print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
         return EXIT_REJECTED
     except ChannelError as exc:
+        if exc.sent:  # only a matching acknowledgement is authenticated (docs/threat-model.md)
+            print(escape_text(
+                "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
+                f"as any answer but its acknowledgement may be forged in transit): {exc.message}"
+            ))
+            return EXIT_USAGE if exc.reason == "transport" else EXIT_REJECTED
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
-        print(f"REFUSED: {exc.message}")
+        print(escape_text(f"REFUSED: {exc.message}"))
         return EXIT_REJECTED
-    doc = receipt.verified.document
-    print(
-        f"DELIVERED {receipt.size} bytes to enclave {doc.module_id} "
-        f"(suite {receipt.suite.label}, PCR0 {doc.pcrs[0].hex()[:16]}...); "
-        f"acknowledged; secret sha256 {receipt.sha256.hex()}"
-    )
+    print(escape_text(delivered_line(receipt)))  # delivered: nothing after it may fail it
     return EXIT_OK
+
+
+def delivered_line(receipt: channel_client.Receipt) -> str:
+    """The success line; reads only what every document kind has (a NitroTPM one has no PCR0)."""
+    doc = receipt.verified.document
+    pcr0 = doc.pcrs.get(0)
+    measured = f"PCR0 {pcr0.hex()[:16]}..." if pcr0 is not None else f"{len(doc.pcrs)} PCRs"
+    signed = f"signed by {receipt.signer.hex()[:16]}" if receipt.signer else "unsigned"
+    return (
+        f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
+        f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}; "
+        f"secret sha256 {receipt.sha256.hex()}"
+    )

@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, CliError
-from nitro_attest.channel.protocol import channel_handlers
-from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
+from nitro_attest.channel.signing import (
+    MAX_KEY_FILE_BYTES,
+    SenderKeyError,
+    SenderPublicKey,
+    key_id,
+    load_public_key,
+)
 from nitro_attest.errors import ChannelKeyError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
@@ -31,6 +37,15 @@ examples:
   on any Linux box:    nitro-attest sim init --state .sim
                        nitro-attest serve --listen unix://.sim/enclave.sock --nsm simulator \\
                            --state .sim
+
+An attest request naming its own public_key is refused (error public_key_refused) unless
+--allow-caller-public-key is given: with it, ANYONE WHO REACHES THE PORT gets any key of their
+choosing attested by this enclave's NSM, so such a document proves nothing about who holds the
+key (docs/threat-model.md). A key in the attested-channel format (NAHPKE...) is refused even then.
+
+With --sender-key PEM (repeatable; Ed25519 or P-256, baked into the image so PCR0 measures it)
+a sealed message is accepted only when signed by one of those keys (send-secret --sign-with).
+Without it, every delivery comes from an unauthenticated sender, possibly the parent instance.
 
 One log line per request goes to stderr (sizes and hashes only, never the values).
 SIGTERM or Ctrl-C stops the server cleanly and removes its Unix socket file.
@@ -79,6 +94,21 @@ def register(sub: Any) -> None:
         action="store_true",
         help="serve only attest/describe: no attested channel (no HPKE key, no sealed messages)",
     )
+    p.add_argument(
+        "--allow-caller-public-key",
+        action="store_true",
+        help="let attest requests name their own public_key: anyone who reaches the port then "
+        "gets any key attested by this enclave (never a channel-shaped key)",
+    )
+    p.add_argument(
+        "--sender-key",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="accept sealed messages only when signed by this Ed25519 or P-256 public key "
+        "(repeatable). Bake the file into the enclave image so PCR0 measures it. Without it every "
+        "delivery is from an unauthenticated sender: anyone reaching the port, the parent included",
+    )
     p.set_defaults(func=run)
 
 
@@ -113,6 +143,23 @@ def _configure_logger(logger: logging.Logger) -> None:
     logger.propagate = False
 
 
+def _sender_key(path: str) -> SenderPublicKey:
+    try:
+        return load_public_key(read_bytes(path, limit=MAX_KEY_FILE_BYTES, what="sender key"))
+    except SenderKeyError as exc:
+        raise CliError(f"--sender-key {path}: {exc}") from None
+
+
+def _log_senders(senders: list[SenderPublicKey]) -> None:
+    channel_log = logging.getLogger("nitro_attest.channel")
+    if not senders:
+        channel_log.warning(
+            "no --sender-key: every sealed message is accepted from an unauthenticated sender"
+        )
+    for key in senders:
+        channel_log.info("pinned sender key %s", key_id(key).hex()[:16])
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         address = parse_address(args.listen, role="listen")
@@ -122,16 +169,27 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--read-timeout must be a positive number of seconds")
     if args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
+    if args.no_channel and args.sender_key:
+        raise CliError("--sender-key pins senders of the attested channel; drop --no-channel")
+    senders = [_sender_key(path) for path in args.sender_key]
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
     _configure_logging()
-    handlers = nsm_handlers(backend)
+    allow_key = bool(args.allow_caller_public_key)
+    handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
         try:
-            receiver = ChannelReceiver()
+            receiver = ChannelReceiver(senders=senders)
         except ChannelKeyError as exc:
             backend.close()
             raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
-        handlers.update(channel_handlers(receiver, backend))
+        handlers.update(
+            channel_handlers(receiver, backend, allow_caller_public_key=allow_key)
+        )
+        _log_senders(senders)
+    if allow_key:
+        logging.getLogger("nitro_attest.wire.server").warning(
+            "--allow-caller-public-key: anyone who reaches this port gets any public key attested"
+        )
     try:
         asyncio.run(
             serve(

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from nitro_attest._cli.common import EXIT_OK, CliError, parse_hex, peek_bytes, read_bytes
 from nitro_attest.eif import EifError, measurements_from_eif
 from nitro_attest.eif.format import MAGIC as EIF_MAGIC
+from nitro_attest.limits import MAX_PCRS, NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmError
-from nitro_attest.nsm.messages import MAX_ATTESTATION_FIELD
 from nitro_attest.nsm.simulator.measurements import (
     MAX_MEASUREMENTS_FILE,
     MeasurementsError,
     parse_measurements,
 )
-from nitro_attest.nsm.simulator.nsm import MAX_PCRS, SimulatedNsm, image_measurements
+from nitro_attest.nsm.simulator.nsm import SimulatedNsm, image_measurements
 from nitro_attest.nsm.simulator.state import (
     SimulatorConfig,
     SimulatorStateError,
@@ -191,7 +191,7 @@ def _open(args: argparse.Namespace) -> SimulatedNsm:
 def _hex_arg(value: str | None, what: str) -> bytes | None:
     if value is None:
         return None
-    return parse_hex(value, what, max_bytes=MAX_ATTESTATION_FIELD)
+    return parse_hex(value, what, max_bytes=NSM_FIELD_BYTES)
 
 
 def run_attest(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, escape_text
 from nitro_attest._cli.docinput import DOC_SUFFIXES, read_inputs
 from nitro_attest._cli.expectations import (
     add_field_flags,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     "error": {"check": "input", "message": item.problem},
                 }
             )
-            texts.append(f"{item.name}: ERROR {item.problem}")
+            texts.append(escape_text(f"{item.name}: ERROR {item.problem}"))
             continue
         try:
             raw = decode_document_input(item.data)
@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
-        texts.append("\n".join([f"{item.name}: {verdict}", *("  " + line for line in body)]))
+        name = escape_text(item.name)
+        texts.append("\n".join([f"{name}: {verdict}", *("  " + line for line in body)]))
         if not report.verified and report.error is not None:
-            texts[-1] += f"\n  reason: {report.error.message}"
+            texts[-1] += f"\n  reason: {escape_text(report.error.message)}"
     if args.json:
         import json  # only for --json: the text report does not need it
 

@@ -13,8 +13,10 @@ from typing import Any, NoReturn
 
 import cbor2
 
+from nitro_attest.errors import FormatError
 
-class CborError(ValueError):
+
+class CborError(FormatError):
     """The bytes are not the single, well-formed, tag-free CBOR item expected."""
 
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import FormatError
 
-COSE_SIGN1_TAG = 18
 HEADER_ALG = 1
 
 
@@ -32,10 +32,6 @@ class EcdsaAlgorithm(NamedTuple):
     hash: type[hashes.HashAlgorithm]
     coordinate_size: int
 
-    @property
-    def signature_size(self) -> int:
-        return 2 * self.coordinate_size
-
 
 ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)
 ES384 = EcdsaAlgorithm("ES384", -35, ec.SECP384R1, hashes.SHA384, 48)
@@ -44,7 +40,7 @@ ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
 _ES384_ONLY = b"\xa1\x01\x38\x22"  # the protected header Nitro sends, {1: -35}: no need to decode
 
 
-class CoseError(ValueError):
+class CoseError(FormatError):
     """The bytes are not a COSE_Sign1 structure of the expected shape."""
 
 
@@ -141,9 +137,17 @@ def verify_ecdsa(
     return True
 
 
-def sign_ecdsa(key: ec.EllipticCurvePrivateKey, alg: EcdsaAlgorithm, message: bytes) -> bytes:
-    """Sign ``message``; return COSE's raw r||s form."""
-    return der_to_raw(key.sign(message, ec.ECDSA(alg.hash())), alg)
+def sign_ecdsa(
+    key: ec.EllipticCurvePrivateKey,
+    alg: EcdsaAlgorithm,
+    message: bytes,
+    *,
+    deterministic: bool = False,
+) -> bytes:
+    """Sign ``message``; return COSE's raw r||s form. ``deterministic``: RFC 6979 nonces, so the
+    same key and message give the same signature (reproducible signed EIFs)."""
+    ecdsa = ec.ECDSA(alg.hash(), deterministic_signing=deterministic)
+    return der_to_raw(key.sign(message, ecdsa), alg)
 
 
 def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:

@@ -9,29 +9,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
 from nitro_attest.attestation._cose import CoseError, decode_sign1
 from nitro_attest.errors import MalformedDocumentError
+from nitro_attest.limits import (
+    MAX_CERT_BYTES,
+    MAX_DOCUMENT_BYTES,
+    MAX_PAYLOAD_BYTES,
+    MAX_PCRS,
+    NSM_FIELD_BYTES,
+)
 
 # The NSM hands documents back in a 12 KiB response buffer; the spec caps the payload at 16 KiB.
-MAX_PAYLOAD_BYTES = 16 * 1024
-MAX_DOCUMENT_BYTES = MAX_PAYLOAD_BYTES + 512
 ES384_PROTECTED = b"\xa1\x01\x38\x22"  # {1: -35}
 SIGNATURE_BYTES = 96
 PCR_LENGTHS = frozenset((32, 48, 64))
-MAX_PCRS = 32
-MAX_CERT_BYTES = 1024
-MAX_FIELD_BYTES = 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-DocumentKind = Literal["enclave", "nitrotpm"]
+
+class DocumentKind(StrEnum):
+    """What produced a document: a Nitro Enclave (``pcrs``) or EC2's NitroTPM (``nitrotpm_pcrs``).
+
+    Both are signed under the same AWS root, so a verifier must say which kind it accepts.
+    """
+
+    ENCLAVE = "enclave"
+    NITROTPM = "nitrotpm"
+
 
 _REQUIRED = ("module_id", "digest", "timestamp", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
-_PCR_KEYS = {"pcrs": "enclave", "nitrotpm_pcrs": "nitrotpm"}
+_PCR_KEYS = {"pcrs": DocumentKind.ENCLAVE, "nitrotpm_pcrs": DocumentKind.NITROTPM}
 _KNOWN = frozenset(_REQUIRED + _OPTIONAL + tuple(_PCR_KEYS))
 
 
@@ -61,9 +73,15 @@ class AttestationDocument:
 
     @property
     def is_debug(self) -> bool:
-        """Debug-mode enclaves report PCR0 all zero (PCR3/4 stay non-zero), so look at PCR0 only."""
+        """Whether the measurements prove nothing; the meaning depends on the kind.
+
+        Enclave: debug mode, which the NSM reports as PCR0 all zero (PCR3/4 stay non-zero).
+        NitroTPM: no debug mode exists; the equivalent is a boot that was not measured, PCR0
+        (the firmware's own measurement, extended first in every measured boot) all zero.
+        Either way a document without PCR0 cannot show otherwise, so it counts as debug.
+        """
         pcr0 = self.pcrs.get(0)
-        return self.kind == "enclave" and pcr0 is not None and not any(pcr0)
+        return pcr0 is None or not any(pcr0)
 
 
 def parse_document(data: bytes) -> AttestationDocument:
@@ -204,7 +222,7 @@ def _optional_bytes(name: str, value: Any) -> bytes | None:
     # AWS's text says no field is null, but real documents carry null for absent optionals.
     if value is None:
         return None
-    return _check_bytes(name, value, 0, MAX_FIELD_BYTES)
+    return _check_bytes(name, value, 0, NSM_FIELD_BYTES)
 
 
 def _is_int(value: Any) -> bool:

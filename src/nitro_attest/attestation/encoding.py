@@ -9,8 +9,8 @@ import base64
 import binascii
 import re
 
-from nitro_attest.attestation.document import MAX_DOCUMENT_BYTES
 from nitro_attest.errors import MalformedDocumentError
+from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 # A text encoding of the largest document, with room for line breaks.
 MAX_INPUT_BYTES = 2 * MAX_DOCUMENT_BYTES + 4096
@@ -52,7 +52,3 @@ def decode_document_input(data: bytes) -> bytes:
         )
     return raw
 
-
-def encode_document_base64(raw: bytes) -> str:
-    """The tutorial's attestation-document.dat format: standard base64, one line."""
-    return base64.b64encode(raw).decode("ascii")

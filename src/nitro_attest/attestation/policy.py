@@ -1,4 +1,4 @@
-"""What a verified document must also satisfy: PCRs, nonce, user data, public key, debug, age.
+"""What a verified document must also satisfy: kind, PCRs, nonce, user data, public key, debug, age.
 
 Policies are built and validated up front, so a bad expectation fails before any document is read:
 an empty PCR set, an empty nonce or an unreadable measurements file is a PolicyError, never
@@ -8,6 +8,7 @@ an empty PCR set, an empty nonce or an unreadable measurements file is a PolicyE
 from __future__ import annotations
 
 import hmac
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,13 +17,13 @@ from types import MappingProxyType
 from typing import Any
 
 from nitro_attest.attestation.document import (
-    MAX_FIELD_BYTES,
-    MAX_PCRS,
     PCR_LENGTHS,
     AttestationDocument,
+    DocumentKind,
 )
 from nitro_attest.errors import (
     DebugModeError,
+    DocumentKindError,
     NonceMismatchError,
     PcrMismatchError,
     PolicyError,
@@ -31,6 +32,7 @@ from nitro_attest.errors import (
     UserDataMismatchError,
     VerificationError,
 )
+from nitro_attest.limits import MAX_PCRS, NSM_FIELD_BYTES
 
 PcrSet = Mapping[int, bytes]
 PcrSpec = Mapping[int | str, bytes | str]
@@ -43,6 +45,8 @@ _PCR_NAME = re.compile(r"^(?:PCR)?(\d{1,2})$", re.IGNORECASE)
 class Policy:
     """Expectations on a document beyond its signature and chain.
 
+    ``kind``: the one document kind accepted, enclave unless NitroTPM is asked for by name (both
+    are signed under the AWS root, and their PCRs mean different things).
     ``pcr_sets``: the document must match every PCR of at least one set (a release and its
     successor, say). An empty tuple means PCRs are not checked.
     """
@@ -54,8 +58,10 @@ class Policy:
     max_age: float | None = None
     allow_debug: bool = False
     clock_skew: float = DEFAULT_CLOCK_SKEW
+    kind: DocumentKind = DocumentKind.ENCLAVE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", document_kind(self.kind))
         sets = tuple(normalize_pcr_set(s, f"PCR set {i + 1}") for i, s in enumerate(self.pcr_sets))
         object.__setattr__(self, "pcr_sets", sets)
         for name in ("nonce", "user_data", "public_key"):
@@ -66,13 +72,16 @@ class Policy:
                 raise PolicyError(f"{name} expectation must be bytes, got {type(value).__name__}")
             if not value:
                 raise PolicyError(f"{name} expectation is empty; give the exact bytes or None")
-            if len(value) > MAX_FIELD_BYTES:
+            if len(value) > NSM_FIELD_BYTES:
                 raise PolicyError(f"{name} expectation is {len(value)} bytes; a document holds "
-                                  f"at most {MAX_FIELD_BYTES}")
-        if self.max_age is not None and not self.max_age > 0:
-            raise PolicyError(f"max_age must be a positive number of seconds, got {self.max_age}")
-        if not self.clock_skew >= 0:
-            raise PolicyError(f"clock_skew must be >= 0 seconds, got {self.clock_skew}")
+                                  f"at most {NSM_FIELD_BYTES}")
+        # Finite too: an infinite bound would pass any replayed document as fresh.
+        if self.max_age is not None and not 0 < self.max_age < math.inf:
+            raise PolicyError(
+                f"max_age must be a positive, finite number of seconds, got {self.max_age}"
+            )
+        if not 0 <= self.clock_skew < math.inf:
+            raise PolicyError(f"clock_skew must be finite and >= 0 seconds, got {self.clock_skew}")
 
     @classmethod
     def build(
@@ -85,6 +94,7 @@ class Policy:
         max_age: float | None = None,
         allow_debug: bool = False,
         clock_skew: float = DEFAULT_CLOCK_SKEW,
+        kind: DocumentKind | str = DocumentKind.ENCLAVE,
     ) -> Policy:
         """Build from the keyword arguments ``Verifier.verify`` takes."""
         if expected_pcrs is None:
@@ -97,7 +107,23 @@ class Policy:
             )
             if not sets:
                 raise PolicyError("expected_pcrs is an empty list; give at least one PCR set")
-        return cls(sets, nonce, user_data, public_key, max_age, allow_debug, clock_skew)
+        return cls(
+            sets, nonce, user_data, public_key, max_age, allow_debug, clock_skew,
+            document_kind(kind),
+        )
+
+
+def document_kind(value: object) -> DocumentKind:
+    """The DocumentKind named by ``value`` (the enum or its text); else a PolicyError."""
+    if isinstance(value, DocumentKind):
+        return value
+    if isinstance(value, str):
+        try:
+            return DocumentKind(value.strip().lower())
+        except ValueError:
+            pass
+    names = ", ".join(k.value for k in DocumentKind)
+    raise PolicyError(f"document kind {value!r} is not one of {names}")
 
 
 def normalize_pcr_set(spec: Mapping[Any, Any], what: str) -> PcrSet:
@@ -162,20 +188,32 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
-        measurements = entry.get("Measurements", entry)
-        if not isinstance(measurements, dict):
-            raise PolicyError(f"{where}: 'Measurements' must be a JSON object")
-        pcrs: dict[str, Any] = {}
-        for key, value in measurements.items():
-            if key == "HashAlgorithm":
-                if not (isinstance(value, str) and value.lower().startswith("sha384")):
-                    raise PolicyError(f"{where}: HashAlgorithm {value!r} is not Sha384")
-                continue
-            if not isinstance(key, str) or not _PCR_NAME.match(key):
-                raise PolicyError(f"{where}: unexpected key {key!r} (expected PCR0..PCR31)")
-            pcrs[key] = value
-        sets.append(normalize_pcr_set(pcrs, where))
+        sets.append(parse_measurements_object(entry.get("Measurements", entry), where))
     return sets
+
+
+def parse_measurements_object(
+    measurements: Any, where: str, *, tolerant: bool = False
+) -> PcrSet:
+    """One ``Measurements`` object ({"HashAlgorithm": ..., "PCR0": hex, ...}) as a PCR set.
+
+    Strict (expectations a user wrote): any other key is an error, since a typo must not drop a
+    PCR. ``tolerant`` (nitro-cli's own output, which may grow fields): other keys are skipped.
+    """
+    if not isinstance(measurements, dict):
+        raise PolicyError(f"{where}: 'Measurements' must be a JSON object")
+    pcrs: dict[str, Any] = {}
+    for key, value in measurements.items():
+        if key == "HashAlgorithm":
+            if not (isinstance(value, str) and value.lower().startswith("sha384")):
+                raise PolicyError(f"{where}: HashAlgorithm {value!r} is not Sha384")
+            continue
+        if not isinstance(key, str) or not _PCR_NAME.match(key):
+            if tolerant:
+                continue
+            raise PolicyError(f"{where}: unexpected key {key!r} (expected PCR0..PCR31)")
+        pcrs[key] = value
+    return normalize_pcr_set(pcrs, where)
 
 
 def load_expected_measurements(path: str | Path) -> list[PcrSet]:
@@ -196,17 +234,31 @@ def load_expected_measurements(path: str | Path) -> list[PcrSet]:
 # --- the checks: each returns a detail for the report, None when not requested, or raises ---
 
 
+def check_kind(doc: AttestationDocument, policy: Policy) -> str:
+    if doc.kind is not policy.kind:
+        raise DocumentKindError(
+            f"{doc.kind.value} document (it carries {doc.pcr_field}), but the policy accepts "
+            f"{policy.kind.value} documents only"
+            + (" (pass --kind nitrotpm to verify a NitroTPM document)"
+               if doc.kind is DocumentKind.NITROTPM else "")
+        )
+    return f"{doc.kind.value} document, as the policy requires"
+
+
 def check_debug(doc: AttestationDocument, policy: Policy) -> str:
-    if doc.kind != "enclave":
-        return "not applicable: NitroTPM documents have no enclave debug mode"
+    if doc.kind is DocumentKind.ENCLAVE:
+        what = "debug-mode enclave (PCR0 all zero or absent)"
+        good = "production enclave (PCR0 is not all zero)"
+        why = "its measurements prove nothing"
+    else:
+        what = "NitroTPM document of an unmeasured boot (PCR0 all zero or absent)"
+        good = "measured boot (NitroTPM PCR0 is not all zero)"
+        why = "its PCRs prove nothing about what booted"
     if not doc.is_debug:
-        return "production enclave (PCR0 is not all zero)"
+        return good
     if policy.allow_debug:
-        return "debug-mode enclave (PCR0 all zero), allowed by --allow-debug"
-    raise DebugModeError(
-        "document comes from a debug-mode enclave (PCR0 all zero): its measurements prove "
-        "nothing; pass --allow-debug only for development"
-    )
+        return f"{what}, allowed by --allow-debug"
+    raise DebugModeError(f"{what}: {why}; pass --allow-debug only for development")
 
 
 def check_pcrs(doc: AttestationDocument, policy: Policy) -> str | None:

@@ -1,4 +1,9 @@
-"""Verification results as data (JSON-ready) and as the tutorial's ✅/❌ text."""
+"""Verification results as data (JSON-ready) and as the tutorial's ✅/❌ text.
+
+A check is ✅ only when it ran and passed. Checks that read the payload are "not run" (➖, ``ok``
+null in JSON) until the signature and the chain verified; the payload of a document that failed
+them is reported only as unauthenticated claims (docs/threat-model.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from nitro_attest.attestation.document import AttestationDocument
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import VerificationError
 
 # Check names in the order they run, with the tutorial's labels.
@@ -14,6 +20,7 @@ CHECK_LABELS = {
     "format": "Attestation Document (CBOR/COSE)",
     "cose_signature": "COSE Signature",
     "certificate_chain": "Certificate Chain",
+    "document_kind": "Document Kind",
     "debug_mode": "Debug Mode",
     "pcrs": "PCR Values",
     "user_data": "User Data",
@@ -27,7 +34,8 @@ CHECK_LABELS = {
 class CheckResult:
     name: str
     ok: bool | None
-    """True passed, False failed, None not checked (no expectation given, or an earlier failure)."""
+    """True passed, False failed, None not run (no expectation given, or the document was not
+    authenticated, or could not be read: ``detail`` says which)."""
     detail: str
 
     def to_json(self) -> dict[str, Any]:
@@ -36,13 +44,18 @@ class CheckResult:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Every check's outcome for one document; ``verified`` only when none failed."""
+    """Every check's outcome for one document; ``verified`` only when none failed.
+
+    ``document`` is set only when the signature and the chain verified. ``claimed`` holds a
+    document that parsed but failed them: what its sender claims, for diagnostics only.
+    """
 
     verified: bool
     checks: tuple[CheckResult, ...]
     document: AttestationDocument | None
     error: VerificationError | None
     at: datetime | None
+    claimed: AttestationDocument | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,16 +100,33 @@ _MARK = {True: "✅", False: "❌", None: "➖"}
 
 
 def render_text(report: Report, *, title: str | None = None) -> str:
-    lines = [title] if title else []
+    """The ✅/❌ lines; every string that may come from the document is escaped."""
+    lines = [escape_untrusted(title)] if title else []
     for check in report.checks:
         label = CHECK_LABELS.get(check.name, check.name)
-        detail_lines = check.detail.split("; ") if check.ok is False else [check.detail]
+        detail = escape_untrusted(check.detail)
+        # One line per PCR problem; only there, as other details may quote document text.
+        split = check.ok is False and check.name == "pcrs"
+        detail_lines = detail.split("; ") if split else [detail]
         lines.append(f"{_MARK[check.ok]} {label}: {detail_lines[0]}")
         lines.extend(f"     {extra}" for extra in detail_lines[1:])
+    if report.claimed is not None:
+        lines.append(unauthenticated_claims(report.claimed))
     if report.verified:
         lines.append("Result: VERIFIED")
     else:
         reason = f" ({report.error.check}: {report.error.message})" if report.error else ""
-        first = reason.splitlines()[0] if reason else ""
+        first = escape_untrusted(reason)
         lines.append(f"Result: REJECTED{first if len(first) < 200 else first[:197] + '...'}")
     return "\n".join(lines)
+
+
+def unauthenticated_claims(doc: AttestationDocument) -> str:
+    """One line of what a document that failed its signature or chain says about itself."""
+    timestamp = doc.timestamp.isoformat().replace("+00:00", "Z")
+    module_id = repr(doc.module_id)
+    if len(module_id) > 120:  # the payload may hold kilobytes of it
+        module_id = module_id[:117] + "..."
+    return "⚠ UNAUTHENTICATED claims (signature or chain failed, nothing here is verified): " + (
+        escape_untrusted(f"{doc.kind.value} document, module_id {module_id}, timestamp {timestamp}")
+    )

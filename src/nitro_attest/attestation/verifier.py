@@ -1,8 +1,10 @@
 """The verifier: bytes, a trust root and a time in; a VerifiedDocument out, or an exception.
 
 Order of checks, as the tutorial lists them: parse (CBOR/COSE), COSE signature, certificate chain,
-then the policy (debug mode, PCRs, user data, nonce, public key, freshness). ``verify`` stops at the
-first failure; ``evaluate`` runs every check it can and reports each, for humans and --json.
+then the policy (document kind, debug mode, PCRs, user data, nonce, public key, freshness).
+``verify`` stops at the first failure; ``evaluate`` runs every check it can and reports each, for
+humans and --json. A check that reads the payload runs only once the signature and the chain
+verified: before that the payload is whatever the sender chose (docs/threat-model.md).
 No file, socket or clock is touched here except reading the clock once when ``at`` is None.
 """
 
@@ -15,12 +17,13 @@ from typing import Literal, TypedDict, Unpack
 
 from nitro_attest.attestation._chain import ChainValidator, aws_root_der, root_der_from_pem
 from nitro_attest.attestation._cose import ES384, sig_structure, verify_ecdsa
-from nitro_attest.attestation.document import AttestationDocument, parse_document
+from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
 from nitro_attest.attestation.policy import (
     PcrSpec,
     Policy,
     check_debug,
     check_freshness,
+    check_kind,
     check_nonce,
     check_pcrs,
     check_public_key,
@@ -45,6 +48,7 @@ class Expectations(TypedDict, total=False):
     public_key: bytes | None
     max_age: float | None
     allow_debug: bool
+    kind: DocumentKind | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,10 @@ class VerifiedDocument:
 
 
 _Step = Callable[["Verifier", AttestationDocument, Policy, float], "str | None"]
+
+NOT_AUTHENTICATED = "not run: document not authenticated"
+# Checks whose meaning depends on the document kind: not run on a document of another kind.
+_KIND_BOUND = frozenset(("debug_mode", "pcrs"))
 
 
 class Verifier:
@@ -84,6 +92,7 @@ class Verifier:
     ) -> VerifiedDocument:
         """Verify ``document`` (raw COSE_Sign1 bytes) or raise a VerificationError subclass."""
         policy = _policy(**expectations)
+        _check_time_policy(at, policy)
         doc = parse_document(document)
         when = _resolve_at(at, doc)
         ts = when.timestamp()
@@ -96,8 +105,14 @@ class Verifier:
     def evaluate(
         self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
     ) -> Report:
-        """Run every check that can run and report each; never raises VerificationError."""
+        """Run every check that can run and report each; never raises VerificationError.
+
+        Payload checks run only after the signature and the chain verified; otherwise each is
+        reported as not run (``ok`` None), and the parsed payload is kept as ``Report.claimed``,
+        never as ``Report.document``.
+        """
         policy = _policy(**expectations)
+        _check_time_policy(at, policy)
         try:
             doc = parse_document(document)
         except VerificationError as exc:
@@ -107,15 +122,31 @@ class Verifier:
             )
         when = _resolve_at(at, doc)
         ts = when.timestamp()
-        results = [CheckResult("format", True, _format_detail(doc))]
-        first_error: VerificationError | None = None
-        for name, step in _STEPS:
-            try:
-                results.append(_result(name, step(self, doc, policy, ts)))
-            except VerificationError as exc:
-                results.append(CheckResult(name, False, exc.message))
-                first_error = first_error or exc
-        return Report(first_error is None, tuple(results), doc, first_error, when)
+        results: list[CheckResult] = []
+        errors: list[VerificationError] = []
+        for name, step in _AUTH_STEPS:
+            if errors and at == "document":  # the time itself came from the unsigned payload
+                results.append(CheckResult(name, None, f"{NOT_AUTHENTICATED} (--at document)"))
+                continue
+            outcome = _run(name, step, self, doc, policy, ts)
+            results.append(outcome[0])
+            errors.extend(outcome[1:])
+        if errors:
+            results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in _PAYLOAD_STEPS)
+            format_ok = CheckResult("format", True, _format_detail(doc, authenticated=False))
+            reported_at = None if at == "document" else when  # not a time the payload sets
+            return Report(False, (format_ok, *results), None, errors[0], reported_at, claimed=doc)
+        for name, step in _PAYLOAD_STEPS:
+            if name in _KIND_BOUND and doc.kind is not policy.kind:
+                detail = f"not run: {doc.kind.value} document, policy for {policy.kind.value}"
+                results.append(CheckResult(name, None, detail))
+                continue
+            outcome = _run(name, step, self, doc, policy, ts)
+            results.append(outcome[0])
+            errors.extend(outcome[1:])
+        format_ok = CheckResult("format", True, _format_detail(doc))
+        first = errors[0] if errors else None
+        return Report(first is None, (format_ok, *results), doc, first, when)
 
     def _check_signature(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
         key = self._chain.leaf_key(doc.certificate)
@@ -135,11 +166,15 @@ class Verifier:
         )
 
 
-# The checks after parsing, in order. Module-level rather than built per Verifier: a fresh
-# Verifier per document (the one-shot path) then costs one object, and holds no reference cycle.
-_STEPS: tuple[tuple[str, _Step], ...] = (
+# The checks after parsing, in order: signature and chain authenticate the payload, every later
+# step reads it. Module-level rather than built per Verifier: a fresh Verifier per document (the
+# one-shot path) then costs one object, and holds no reference cycle.
+_AUTH_STEPS: tuple[tuple[str, _Step], ...] = (
     ("cose_signature", Verifier._check_signature),
     ("certificate_chain", Verifier._check_chain),
+)
+_PAYLOAD_STEPS: tuple[tuple[str, _Step], ...] = (
+    ("document_kind", lambda v, d, p, at: check_kind(d, p)),
     ("debug_mode", lambda v, d, p, at: check_debug(d, p)),
     ("pcrs", lambda v, d, p, at: check_pcrs(d, p)),
     ("user_data", lambda v, d, p, at: check_user_data(d, p)),
@@ -147,6 +182,7 @@ _STEPS: tuple[tuple[str, _Step], ...] = (
     ("public_key", lambda v, d, p, at: check_public_key(d, p)),
     ("freshness", lambda v, d, p, at: check_freshness(d, p, at)),
 )
+_STEPS = _AUTH_STEPS + _PAYLOAD_STEPS
 
 
 def verify(
@@ -168,8 +204,9 @@ def _policy(
     public_key: bytes | None = None,
     max_age: float | None = None,
     allow_debug: bool = False,
+    kind: DocumentKind | str | None = None,
 ) -> Policy:
-    loose = (expected_pcrs, nonce, user_data, public_key, max_age)
+    loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
     if policy is not None:
         if any(v is not None for v in loose) or allow_debug:
             raise PolicyError("give either policy= or the individual expectations, not both")
@@ -183,11 +220,33 @@ def _policy(
         public_key=public_key,
         max_age=max_age,
         allow_debug=allow_debug,
+        kind=DocumentKind.ENCLAVE if kind is None else kind,
     )
 
 
 # Policies are immutable: the two without expectations are built once, not per document.
-_NO_EXPECTATIONS = {False: Policy(), True: Policy(allow_debug=True)}
+_NO_EXPECTATIONS = {
+    debug: Policy.build(allow_debug=debug, kind=DocumentKind.ENCLAVE) for debug in (False, True)
+}
+
+
+def _check_time_policy(at: At, policy: Policy) -> None:
+    # max_age guards against replay, which only the present can judge: at the document's own
+    # timestamp every document is 0 s old (docs/verifier.md, "Time").
+    if at == "document" and policy.max_age is not None:
+        raise PolicyError(
+            "max_age cannot be combined with at='document': the age would be measured against "
+            "the document's own timestamp, so every document would be 0 s old"
+        )
+
+
+def _run(
+    name: str, step: _Step, verifier: Verifier, doc: AttestationDocument, policy: Policy, ts: float
+) -> tuple[CheckResult] | tuple[CheckResult, VerificationError]:
+    try:
+        return (_result(name, step(verifier, doc, policy, ts)),)
+    except VerificationError as exc:
+        return CheckResult(name, False, exc.message), exc
 
 
 def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
@@ -199,7 +258,10 @@ def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
         raise PolicyError(f"at must be a datetime, 'document' or 'now', got {at!r}")
     if at.tzinfo is None:
         raise PolicyError("at must be timezone-aware (e.g. datetime.now(timezone.utc))")
-    return at
+    try:  # a time near datetime's limits may not exist in UTC (year 0 or 10000)
+        return at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise PolicyError(f"at {at.isoformat()} is out of range in UTC") from None
 
 
 def _result(name: str, detail: str | None) -> CheckResult:
@@ -214,7 +276,12 @@ _NOT_CHECKED = {
 }
 
 
-def _format_detail(doc: AttestationDocument) -> str:
+def _format_detail(doc: AttestationDocument, *, authenticated: bool = True) -> str:
+    if not authenticated:  # structure only: nothing the payload claims
+        return (
+            f"{'tagged' if doc.tagged else 'untagged'} COSE_Sign1 with a well-formed payload "
+            "(its contents are not authenticated)"
+        )
     return (
         f"{'tagged' if doc.tagged else 'untagged'} COSE_Sign1, {doc.kind} document from "
         f"{doc.module_id}, {len(doc.pcrs)} PCRs, timestamp "

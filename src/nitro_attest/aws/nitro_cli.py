@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nitro_attest.attestation.policy import parse_measurements_object
+from nitro_attest.errors import NitroCliError, PolicyError
+
 # nitro-cli's JSON is a few KiB (describe-eif with metadata is the largest); cap what we parse.
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 # Generous: build-enclave runs docker and linuxkit; the others return in seconds.
@@ -23,26 +26,6 @@ BUILD_TIMEOUT_S = 1800.0
 DEFAULT_TIMEOUT_S = 300.0
 
 _ERROR_RE = re.compile(r"\[\s*(E\d{2,3})\s*\]\s*(.*)")
-_PCR_KEY_RE = re.compile(r"PCR(\d{1,2})")
-
-
-class NitroCliError(Exception):
-    """nitro-cli failed. ``code`` is its error code ("E26") when it printed one."""
-
-    def __init__(
-        self, message: str, *, code: str | None = None, returncode: int | None = None,
-        stderr: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.returncode = returncode
-        self.stderr = stderr
-
-    def __str__(self) -> str:
-        prefix = f"[ {self.code} ] " if self.code else ""
-        status = f" (exit status {self.returncode})" if self.returncode is not None else ""
-        return f"{prefix}{self.message}{status}"
 
 
 class NitroCliNotFoundError(NitroCliError):
@@ -188,26 +171,19 @@ def _cpu_ids(obj: Mapping[str, Any], what: str) -> tuple[int, ...]:
 
 def parse_measurements(value: Any, what: str = "Measurements") -> Measurements:
     obj = _obj(value, what)
-    pcrs: dict[int, str] = {}
-    for key, hexval in obj.items():
-        m = _PCR_KEY_RE.fullmatch(key)
-        if not m:
-            continue
-        if not isinstance(hexval, str):
-            raise NitroCliOutputError(f"{what}: {key} is not a string")
-        try:
-            raw = bytes.fromhex(hexval)
-        except ValueError:
-            raise NitroCliOutputError(f"{what}: {key} is not hex") from None
-        if len(raw) not in (32, 48, 64):
-            raise NitroCliOutputError(f"{what}: {key} has {len(raw)} bytes, expected 32/48/64")
-        pcrs[int(m.group(1))] = hexval.lower()
-    if not pcrs:
-        raise NitroCliOutputError(f"{what}: no PCR values")
     algo = obj.get("HashAlgorithm", "")
     if not isinstance(algo, str):
         raise NitroCliOutputError(f"{what}: HashAlgorithm is not a string")
-    return Measurements(hash_algorithm=algo, pcrs=dict(sorted(pcrs.items())), raw=obj)
+    pcr_values = {k: v for k, v in obj.items() if k != "HashAlgorithm"}  # checked here, not there
+    if any(isinstance(v, bytes) for v in pcr_values.values()):
+        raise NitroCliOutputError(f"{what}: PCR values must be hex strings")
+    try:  # the verifier's parser, tolerant of keys nitro-cli may add
+        pcrs = parse_measurements_object(pcr_values, what, tolerant=True)
+    except PolicyError as exc:
+        raise NitroCliOutputError(str(exc)) from None
+    return Measurements(
+        hash_algorithm=algo, pcrs={i: v.hex() for i, v in pcrs.items()}, raw=obj
+    )
 
 
 def parse_build(value: Any) -> BuildResult:

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from nitro_attest.errors import ChannelKeyError
+from nitro_attest.limits import NSM_FIELD_BYTES
+from nitro_attest.wire.protocol import CHANNEL_KEY_PREFIX
 
-MAGIC = b"NAHPKE1"
-MAX_FIELD_BYTES = 1024  # the NSM's limit on public_key
+MAGIC = CHANNEL_KEY_PREFIX + b"1"
 X25519_KEY_BYTES = 32
 MLKEM768_KEY_BYTES = 1184
 HYBRID_KEY_BYTES = MLKEM768_KEY_BYTES + X25519_KEY_BYTES
@@ -108,6 +109,15 @@ class KeyPair:
         return f"KeyPair({self.suite.label})"
 
 
+def hybrid_unavailable() -> str | None:
+    """Why the ML-KEM-768 hybrid suite cannot be used with this OpenSSL, or None when it can."""
+    try:
+        mlkem.MLKEM768PrivateKey.generate()
+    except UnsupportedAlgorithm as exc:
+        return f"ML-KEM-768 is not available in this OpenSSL ({exc})"
+    return None
+
+
 def advertised_for(suite: SuiteId, public_bytes: bytes) -> AdvertisedKey:
     if suite is SuiteId.X25519:
         return AdvertisedKey(suite, public_bytes)
@@ -124,8 +134,8 @@ def parse_public_key_field(field: Any) -> AdvertisedKey:
         raise ChannelKeyError(f"public_key must be bytes, got {type(field).__name__}")
     if not field:
         raise ChannelKeyError("public_key is empty")
-    if len(field) > MAX_FIELD_BYTES:
-        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {MAX_FIELD_BYTES}")
+    if len(field) > NSM_FIELD_BYTES:
+        raise ChannelKeyError(f"public_key is {len(field)} bytes, at most {NSM_FIELD_BYTES}")
     if not field.startswith(MAGIC) or len(field) == len(MAGIC):
         raise ChannelKeyError(
             f"public_key does not start with {MAGIC.decode()} + suite id "

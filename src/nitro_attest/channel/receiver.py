@@ -1,14 +1,14 @@
 """Enclave side of the attested channel: key pairs, channel documents, sealed-message receipt.
 
-Transport-agnostic: ``ChannelReceiver`` works on plain values and the two ``handle_*`` functions
-take and return the decoded request/response fields, so the enclave server only has to route
-its request types here.
+``ChannelReceiver`` works on plain values; the two ``handle_*`` functions take and return the
+typed messages of ``channel.messages``; ``channel_handlers`` binds them to the enclave server.
 
 Flow: the client asks for a channel document with a fresh nonce and a suite; the enclave has the
 NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
 returns the document (plus the full key for the hybrid suite). The client verifies, seals and sends
 {nonce, sealed}; the enclave opens it against what it issued for that nonce, accepts it at most
-once, hands the plaintext to the handler and answers with the plaintext's SHA-256.
+once (only if signed by a pinned sender key, when the server pins any), hands the plaintext to the
+handler and answers with a keyed acknowledgement.
 """
 
 from __future__ import annotations
@@ -16,11 +16,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nitro_attest.channel.keys import ALL_SUITES, KeyPair, SuiteId
+from nitro_attest.channel.messages import (
+    MAX_NONCE_BYTES,
+    MIN_NONCE_BYTES,
+    ChannelAttestRequest,
+    ChannelOfferResponse,
+    ChannelRefusedError,
+    SealedAckResponse,
+    SealedMessageRequest,
+)
 from nitro_attest.channel.replay import Issued, NonceLedger
 from nitro_attest.channel.seal import (
     OpenError,
@@ -31,15 +40,25 @@ from nitro_attest.channel.seal import (
     open_sealed,
     split_plaintext,
 )
-from nitro_attest.errors import ChannelError
+from nitro_attest.channel.signing import (
+    SenderPublicKey,
+    key_id,
+    signed_bytes,
+    verify,
+)
+from nitro_attest.errors import ChannelError, ChannelFailure
+from nitro_attest.wire.protocol import (
+    AttestationResponse,
+    AttestRequest,
+    ProtocolError,
+    Request,
+    RequestHandler,
+    Response,
+)
+from nitro_attest.wire.server import check_caller_public_key
 
 log = logging.getLogger("nitro_attest.channel")
 
-REQUEST_CHANNEL_ATTEST = "channel_attest"
-REQUEST_SEALED_MESSAGE = "sealed_message"
-MIN_NONCE_BYTES = 16
-MAX_NONCE_BYTES = 512
-MAX_USER_DATA_BYTES = 512
 
 
 class Attester(Protocol):
@@ -56,42 +75,76 @@ class Attester(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What the plaintext handler learns besides the plaintext."""
+    """What the plaintext handler learns besides the plaintext.
+
+    ``authenticated`` is true only when the server pins sender keys and the message carried a
+    valid signature by one of them; ``sender`` is then that key's id (SHA-256 of its
+    SubjectPublicKeyInfo, hex). Otherwise the secret may come from anyone who reaches the port,
+    the parent instance included (docs/threat-model.md).
+    """
 
     suite: SuiteId
     nonce: bytes
     sha256: bytes
+    sender: str | None = None
+    authenticated: bool = False
 
 
 SecretHandler = Callable[[bytes, Delivery], None]
 
+DEFAULT_SECRETS_PER_SENDER = 16
+DEFAULT_BYTES_PER_SENDER = 256 * 1024
+
 
 class InMemorySecretStore:
-    """Default handler: keep the delivered secrets in memory (most recent ``limit``)."""
+    """Default handler: keep delivered secrets in memory, with a quota per sender.
 
-    def __init__(self, *, limit: int = 64) -> None:
-        self._limit = limit
+    Each sender (a pinned key id; all unauthenticated deliveries share one quota) may store at most
+    ``per_sender`` secrets and ``bytes_per_sender`` bytes. A delivery over quota is refused with a
+    ``ChannelError`` that the sender is told about; nothing stored is ever evicted, so junk from
+    one sender cannot push out another's secret.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_sender: int = DEFAULT_SECRETS_PER_SENDER,
+        bytes_per_sender: int = DEFAULT_BYTES_PER_SENDER,
+    ) -> None:
+        if per_sender < 1 or bytes_per_sender < 1:
+            raise ValueError("a secret store needs room for at least one secret per sender")
+        self._per_sender = per_sender
+        self._bytes = bytes_per_sender
         self._items: list[tuple[Delivery, bytes]] = []
+        self._used: dict[str | None, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, plaintext: bytes, delivery: Delivery) -> None:
         with self._lock:
+            count, size = self._used.get(delivery.sender, (0, 0))
+            if count + 1 > self._per_sender or size + len(plaintext) > self._bytes:
+                who = delivery.sender[:16] if delivery.sender else "unauthenticated senders"
+                raise ChannelError(
+                    f"the enclave's secret store is full for {who} ({count} secret(s), "
+                    f"{size} bytes; limit {self._per_sender} and {self._bytes} bytes): "
+                    "not stored",
+                    reason=ChannelFailure.STORE_FULL,
+                )
+            self._used[delivery.sender] = (count + 1, size + len(plaintext))
             self._items.append((delivery, plaintext))
-            del self._items[: -self._limit]
 
     @property
     def secrets(self) -> list[bytes]:
         with self._lock:
             return [p for _, p in self._items]
 
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return [d for d, _ in self._items]
+
     def __repr__(self) -> str:  # never show the secrets
         return f"InMemorySecretStore({len(self._items)} secret(s))"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelOffer:
-    document: bytes
-    public_key: bytes  # the suite's full public key, needed by the client for the hybrid suite
 
 
 class ChannelReceiver:
@@ -103,10 +156,13 @@ class ChannelReceiver:
         suites: Iterable[SuiteId] = ALL_SUITES,
         handler: SecretHandler | None = None,
         ledger: NonceLedger | None = None,
+        senders: Iterable[SenderPublicKey] = (),
     ) -> None:
         self._keys = {s: KeyPair.generate(s) for s in suites}
         if not self._keys:
             raise ValueError("a channel needs at least one suite")
+        # Pinned sender keys, by key id. Empty: every delivery is from an unauthenticated sender.
+        self._senders = {key_id(k): k for k in senders}
         self.handler: SecretHandler = handler if handler is not None else InMemorySecretStore()
         self._ledger = ledger if ledger is not None else NonceLedger()
 
@@ -130,7 +186,7 @@ class ChannelReceiver:
 
     def attest(
         self, nsm: Attester, *, nonce: bytes, suite: SuiteId, user_data: bytes | None = None
-    ) -> ChannelOffer:
+    ) -> ChannelOfferResponse:
         keys = self.keys(suite)
         _check_nonce(nonce)
         document = nsm.attestation(
@@ -138,7 +194,9 @@ class ChannelReceiver:
         )
         self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))
         log.info("channel document issued: suite=%s nonce=%s...", suite.label, nonce[:4].hex())
-        return ChannelOffer(document, keys.public_bytes)
+        # The suite's full public key goes beside the document: the hybrid key is too long for
+        # the NSM's public_key field, which holds its hash.
+        return ChannelOfferResponse(document, keys.public_bytes)
 
     def attest_default(
         self, nsm: Attester, *, nonce: bytes | None, user_data: bytes | None = None
@@ -159,12 +217,25 @@ class ChannelReceiver:
                 log.info("attest: nonce %s... already known; no channel for it", nonce[:4].hex())
         return document
 
-    def receive(self, nonce: bytes, sealed: bytes) -> bytes:
-        """Open, accept once, hand over; return the keyed acknowledgement, or raise ChannelError."""
+    def receive(
+        self,
+        nonce: bytes,
+        sealed: bytes,
+        *,
+        signer: bytes | None = None,
+        signature: bytes | None = None,
+    ) -> bytes:
+        """Check the sender, open, accept once, hand over; return the keyed acknowledgement.
+
+        Raises ChannelError; a refused message never consumes its nonce.
+        """
         issued = self._ledger.pending(nonce)
         keys = self.keys(issued.advertised.suite)
         if len(sealed) > max_sealed_bytes(keys.suite):
             raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
+        sender = self._check_sender(
+            keys.suite, nonce, issued.document_sha384, sealed, signer, signature
+        )
         try:
             info = channel_info(issued.advertised, nonce, issued.document_sha384)
             ack_key, plaintext = split_plaintext(open_sealed(keys, sealed, info))
@@ -173,40 +244,128 @@ class ChannelReceiver:
             raise ChannelError(str(exc), reason="open") from None
         self._ledger.consume(nonce)  # raises if another delivery won the race
         digest = hashlib.sha256(plaintext).digest()
-        self.handler(plaintext, Delivery(keys.suite, nonce, digest))
+        delivery = Delivery(
+            keys.suite, nonce, digest, sender=sender, authenticated=sender is not None
+        )
+        try:
+            self.handler(plaintext, delivery)
+        except ChannelError as exc:
+            log.warning(
+                "sealed message refused by the handler: nonce=%s...: %s", nonce[:4].hex(), exc
+            )
+            raise
         log.info(
-            "sealed message accepted: suite=%s nonce=%s... %d bytes",
+            "sealed message accepted: suite=%s nonce=%s... %d bytes sender=%s",
             keys.suite.label,
             nonce[:4].hex(),
             len(plaintext),
+            sender[:16] if sender else "unauthenticated",
         )
         return acknowledgement(ack_key, plaintext)
 
+    def _check_sender(
+        self,
+        suite: SuiteId,
+        nonce: bytes,
+        document_sha384: bytes,
+        sealed: bytes,
+        signer: bytes | None,
+        signature: bytes | None,
+    ) -> str | None:
+        """The pinned key id that signed this message; None when no keys are pinned."""
+        if not self._senders:
+            return None  # a signature, if any, proves nothing without a pinned key to check
+        if signer is None or signature is None:
+            reason = "unsigned, and this enclave accepts only messages signed by a pinned sender"
+        elif (key := self._senders.get(signer)) is None:
+            reason = "signed by a key this enclave does not pin"
+        elif not verify(
+            key, signature, signed_bytes(suite, nonce, document_sha384, signer, sealed)
+        ):
+            reason = "the sender signature does not verify for this message"
+        else:
+            return signer.hex()
+        log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), reason)
+        raise ChannelError(f"sealed message refused: {reason}", reason=ChannelFailure.SENDER)
+
 
 def handle_channel_attest(
-    receiver: ChannelReceiver, nsm: Attester, fields: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Request ``channel_attest`` {nonce, suite, user_data?} -> {document, public_key}."""
-    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
-    label = fields.get("suite")
-    if not isinstance(label, str):
-        raise ChannelError("suite must be a text string", reason="request")
+    receiver: ChannelReceiver, nsm: Attester, request: ChannelAttestRequest
+) -> ChannelOfferResponse:
+    """``channel_attest`` -> ``channel_offer``; the request was checked when it was built."""
     try:
-        suite = SuiteId.from_label(label)
+        suite = SuiteId.from_label(request.suite)
     except ValueError as exc:
-        raise ChannelError(str(exc), reason="suite") from None
-    user_data = fields.get("user_data")
-    if user_data is not None:
-        user_data = _bytes_field(fields, "user_data", 0, MAX_USER_DATA_BYTES)
-    offer = receiver.attest(nsm, nonce=nonce, suite=suite, user_data=user_data)
-    return {"document": offer.document, "public_key": offer.public_key}
+        raise ChannelError(str(exc), reason=ChannelFailure.SUITE) from None
+    return receiver.attest(nsm, nonce=request.nonce, suite=suite, user_data=request.user_data)
 
 
-def handle_sealed_message(receiver: ChannelReceiver, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Request ``sealed_message`` {nonce, sealed} -> {ack}."""
-    nonce = _bytes_field(fields, "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES)
-    sealed = _bytes_field(fields, "sealed", 1, max(max_sealed_bytes(s) for s in SuiteId))
-    return {"ack": receiver.receive(nonce, sealed)}
+def handle_sealed_message(
+    receiver: ChannelReceiver, request: SealedMessageRequest
+) -> SealedAckResponse:
+    """``sealed_message`` -> ``sealed_ack``, or a ChannelError saying why it was refused."""
+    ack = receiver.receive(
+        request.nonce, request.sealed, signer=request.signer, signature=request.signature
+    )
+    return SealedAckResponse(ack)
+
+
+def _refusal(exc: ChannelError) -> ProtocolError:
+    if exc.reason is ChannelFailure.REQUEST:
+        return ProtocolError(f"{exc.message}")
+    return ChannelRefusedError(exc.message)
+
+
+def channel_handlers(
+    receiver: ChannelReceiver,
+    nsm: Attester,
+    *,
+    key_in_attest: bool = True,
+    allow_caller_public_key: bool = False,
+) -> dict[str, RequestHandler]:
+    """Server handlers for the channel's request types.
+
+    With ``key_in_attest`` the standard ``attest`` handler is replaced too: a request that brings
+    no public_key of its own gets a document naming the enclave's default channel key (and its
+    nonce is remembered), so every document the enclave hands out carries its channel key. A
+    request with its own public_key is refused unless ``allow_caller_public_key`` (and a
+    channel-shaped one always is): see ``wire.server.check_caller_public_key``.
+    """
+
+    def channel_attest(request: Request) -> Response:
+        assert isinstance(request, ChannelAttestRequest)
+        try:
+            return handle_channel_attest(receiver, nsm, request)
+        except ChannelError as exc:
+            raise _refusal(exc) from None
+
+    def sealed_message(request: Request) -> Response:
+        assert isinstance(request, SealedMessageRequest)
+        try:
+            return handle_sealed_message(receiver, request)
+        except ChannelError as exc:
+            raise _refusal(exc) from None
+
+    def attest(request: Request) -> Response:
+        assert isinstance(request, AttestRequest)
+        check_caller_public_key(request.public_key, allow=allow_caller_public_key)
+        if request.public_key is not None:
+            document = nsm.attestation(
+                user_data=request.user_data, nonce=request.nonce, public_key=request.public_key
+            )
+        else:
+            document = receiver.attest_default(
+                nsm, nonce=request.nonce, user_data=request.user_data
+            )
+        return AttestationResponse(document=document)
+
+    handlers: dict[str, RequestHandler] = {
+        ChannelAttestRequest.TYPE: channel_attest,
+        SealedMessageRequest.TYPE: sealed_message,
+    }
+    if key_in_attest:
+        handlers[AttestRequest.TYPE] = attest
+    return handlers
 
 
 def _check_nonce(nonce: Any) -> None:
@@ -214,14 +373,3 @@ def _check_nonce(nonce: Any) -> None:
         raise ChannelError(
             f"a channel nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes", reason="request"
         )
-
-
-def _bytes_field(fields: Mapping[str, Any], name: str, low: int, high: int) -> bytes:
-    value = fields.get(name)
-    if not isinstance(value, bytes):
-        raise ChannelError(f"{name} must be a byte string", reason="request")
-    if not low <= len(value) <= high:
-        raise ChannelError(
-            f"{name} is {len(value)} bytes, expected {low}..{high}", reason="request"
-        )
-    return value

@@ -17,6 +17,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 
 from nitro_attest.channel.keys import AdvertisedKey, KeyPair, PublicKey, SuiteId
+from nitro_attest.errors import FormatError
 
 INFO_LABEL = b"nitro-attest channel v1\x00"
 MAX_PLAINTEXT_BYTES = 60 * 1024  # sealed, it still fits the protocol's 64 KiB frame
@@ -30,7 +31,7 @@ _ENC_BYTES = {SuiteId.X25519: 32, SuiteId.MLKEM768_X25519: 1088 + 32}
 TAG_BYTES = 16
 
 
-class OpenError(ValueError):
+class OpenError(FormatError):
     """The sealed message does not open: altered, or sealed for another key, nonce or document."""
 
 

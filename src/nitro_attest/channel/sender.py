@@ -1,8 +1,9 @@
 """Client side of the attested channel: verify the enclave first, then seal and send.
 
-``deliver_secret`` runs the whole exchange over any ``Exchange`` (a callable sending one request
-type with its fields and returning the response fields), so it is tested without sockets;
-``send_secret`` binds it to the real transport (``nitro_attest.wire.client.Connection``).
+``deliver_secret`` runs the whole exchange over any ``Exchange`` (a callable sending one typed
+request of ``channel.messages`` and returning the typed response), so it is tested without
+sockets; ``send_secret`` binds it to a real connection through ``ConnectionExchange``. Nothing
+here imports the enclave side.
 """
 
 from __future__ import annotations
@@ -10,20 +11,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import PcrSpec
 from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
 from nitro_attest.channel.keys import (
     ALL_SUITES,
-    HYBRID_KEY_BYTES,
     SuiteId,
+    hybrid_unavailable,
     parse_public_key_field,
     resolve_public_key,
 )
-from nitro_attest.channel.receiver import REQUEST_CHANNEL_ATTEST, REQUEST_SEALED_MESSAGE
+from nitro_attest.channel.messages import (
+    CHANNEL_REFUSED,
+    ChannelAttestRequest,
+    ChannelOfferResponse,
+    SealedAckResponse,
+    SealedMessageRequest,
+)
 from nitro_attest.channel.seal import (
     ACK_KEY_BYTES,
     MAX_SECRET_BYTES,
@@ -32,11 +40,20 @@ from nitro_attest.channel.seal import (
     document_digest,
     seal,
 )
-from nitro_attest.errors import ChannelError, ChannelKeyError, NonceMismatchError, PolicyError
+from nitro_attest.channel.signing import SenderPrivateKey, key_id, sign, signed_bytes
+from nitro_attest.errors import (
+    ChannelError,
+    ChannelFailure,
+    ChannelKeyError,
+    NonceMismatchError,
+    PolicyError,
+)
+from nitro_attest.wire.client import ClientError, Connection, EnclaveError
+from nitro_attest.wire.protocol import Request, Response
 
-Exchange = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+Exchange = Callable[[Request], Response]
 NONCE_BYTES = 32
-MAX_DOCUMENT_BYTES = 16 * 1024
+DEFAULT_SUITE = SuiteId.MLKEM768_X25519  # post-quantum by default; x25519 only when asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,7 @@ class Receipt:
     suite: SuiteId
     sha256: bytes
     size: int
+    signer: bytes | None = None  # the key id the message was signed with, if any
 
 
 def suite_of(suite: str | SuiteId) -> SuiteId:
@@ -71,12 +89,22 @@ def suite_of(suite: str | SuiteId) -> SuiteId:
         raise PolicyError(str(exc)) from None
 
 
+def require_suite_available(suite: SuiteId) -> None:
+    """Refuse the hybrid suite, before any contact, where this OpenSSL lacks ML-KEM; never fall
+    back to x25519 silently."""
+    if suite is SuiteId.MLKEM768_X25519 and (reason := hybrid_unavailable()) is not None:
+        raise PolicyError(
+            f"{reason}: the post-quantum suite mlkem768-x25519 cannot be used here; to send "
+            "with X25519 alone, ask for it: --suite x25519 (suite='x25519')"
+        )
+
+
 def seal_for_document(
     verified: VerifiedDocument,
     secret: bytes,
     *,
     nonce: bytes,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     offered_key: bytes | None = None,
     allowed_suites: Sequence[SuiteId] = ALL_SUITES,
 ) -> Sealed:
@@ -107,30 +135,35 @@ def deliver_secret(
     verifier: Verifier,
     expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
     allow_debug: bool = False,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     unsafe_any_enclave: bool = False,
     max_age: float | None = None,
     at: At = None,
     user_data: bytes | None = None,
+    signing_key: SenderPrivateKey | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
 
+    With ``signing_key`` (Ed25519 or P-256) the message is signed for an enclave that pins the
+    matching public key (docs/channel.md, "Sender authentication").
+
     Raises PolicyError before any contact when no PCR expectation is given (unless
     ``unsafe_any_enclave``), a VerificationError when the enclave does not verify (nothing is
-    sent), ChannelError when the enclave refuses or the acknowledgement is wrong.
+    sent), ChannelError when the enclave refuses or the acknowledgement is wrong; its ``sent``
+    says whether the sealed message had left (then the enclave may hold the secret: only a
+    matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
     """
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
+    require_suite_available(want)
     nonce = os.urandom(NONCE_BYTES)
-    request: dict[str, Any] = {"nonce": nonce, "suite": want.label}
-    if user_data is not None:
-        request["user_data"] = user_data
-    offer = exchange(REQUEST_CHANNEL_ATTEST, request)
-    document = _response_bytes(offer, "document", MAX_DOCUMENT_BYTES)
-    offered_key = offer.get("public_key")
-    if offered_key is not None:
-        offered_key = _response_bytes(offer, "public_key", HYBRID_KEY_BYTES)
+    offer = _expect(
+        exchange(ChannelAttestRequest(nonce=nonce, suite=want.label, user_data=user_data)),
+        ChannelOfferResponse,
+    )
+    document, offered_key = offer.document, offer.public_key
     verified = verifier.verify(
         document,
         at=at,
@@ -139,17 +172,29 @@ def deliver_secret(
         user_data=user_data,
         max_age=max_age,
         allow_debug=allow_debug,
+        kind=kind,
     )
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
     )
-    ack = exchange(REQUEST_SEALED_MESSAGE, {"nonce": nonce, "sealed": sealed.sealed})
-    got = ack.get("ack")
-    if not isinstance(got, bytes) or not hmac.compare_digest(got, sealed.ack):
+    signer = signature = None
+    if signing_key is not None:
+        signer = key_id(signing_key.public_key())
+        digest = document_digest(verified.document.raw)
+        signature = sign(signing_key, signed_bytes(want, nonce, digest, signer, sealed.sealed))
+    message = SealedMessageRequest(
+        nonce=nonce, sealed=sealed.sealed, signer=signer, signature=signature
+    )
+    try:
+        ack = _expect(exchange(message), SealedAckResponse)
+    except ChannelError as exc:
+        # Sent: whatever comes back now but the keyed acknowledgement may be the parent's.
+        raise ChannelError(exc.message, reason=exc.reason, sent=True) from None
+    if not hmac.compare_digest(ack.ack, sealed.ack):
         raise ChannelError(
-            "the enclave's acknowledgement does not match the secret sent", reason="ack"
+            "the enclave's acknowledgement does not match the secret sent", reason="ack", sent=True
         )
-    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret))
+    return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret), signer)
 
 
 def require_pcr_expectation(
@@ -172,15 +217,34 @@ def _check_secret(secret: Any) -> None:
         raise PolicyError(f"secret is {len(secret)} bytes, at most {MAX_SECRET_BYTES}")
 
 
-def _response_bytes(fields: Mapping[str, Any], name: str, limit: int) -> bytes:
-    value = fields.get(name)
-    if not isinstance(value, bytes) or not value:
-        raise ChannelError(f"the enclave's response has no {name}", reason="response")
-    if len(value) > limit:
+R = TypeVar("R", bound=Response)
+
+
+def _expect(response: Response, kind: type[R]) -> R:
+    if not isinstance(response, kind):
         raise ChannelError(
-            f"the enclave's {name} is {len(value)} bytes, at most {limit}", reason="response"
+            f"the enclave answered {response.TYPE!r}, expected {kind.TYPE!r}", reason="response"
         )
-    return value
+    return response
+
+
+class ConnectionExchange:
+    """The channel's typed requests over one protocol connection, errors as ChannelError."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+
+    def __call__(self, request: Request) -> Response:
+        try:
+            return self._conn.request(request)
+        except EnclaveError as exc:
+            refused = exc.code == CHANNEL_REFUSED
+            reason = ChannelFailure.REFUSED if refused else ChannelFailure.ENCLAVE
+            raise ChannelError(
+                f"the enclave refused: {exc.code}: {exc.remote_message}", reason=reason
+            ) from None
+        except ClientError as exc:
+            raise ChannelError(str(exc), reason=ChannelFailure.TRANSPORT) from None
 
 
 def send_secret(
@@ -190,11 +254,13 @@ def send_secret(
     root_pem: bytes | None = None,
     expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
     allow_debug: bool = False,
-    suite: str | SuiteId = "x25519",
+    suite: str | SuiteId = DEFAULT_SUITE,
     timeout: float = 10.0,
     unsafe_any_enclave: bool = False,
     max_age: float | None = None,
     user_data: bytes | None = None,
+    signing_key: SenderPrivateKey | None = None,
+    kind: DocumentKind | str = DocumentKind.ENCLAVE,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
@@ -205,10 +271,7 @@ def send_secret(
     want = suite_of(suite)
     _check_secret(secret)
     require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
-    # Imported here: nitro_attest.wire.client re-exports this function (a cycle at import time).
-    from nitro_attest.channel.protocol import ConnectionExchange
-    from nitro_attest.wire.client import ClientError, Connection
-
+    require_suite_available(want)
     try:
         connection = Connection(address, timeout=timeout)
     except (ClientError, ValueError) as exc:  # unreachable, or a malformed address
@@ -224,4 +287,6 @@ def send_secret(
             unsafe_any_enclave=unsafe_any_enclave,
             max_age=max_age,
             user_data=user_data,
+            signing_key=signing_key,
+            kind=kind,
         )

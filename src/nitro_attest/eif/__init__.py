@@ -3,6 +3,12 @@
 ``inspect_eif(path)`` does one bounded-memory pass and returns everything describe-eif reports;
 ``measurements_from_eif(path)`` returns the PCRs as hex, refusing a file whose CRC or signature
 does not check out.
+
+Modules: ``format`` (header, section types, CRC), ``reader`` (strict layout), ``measure`` (the
+one-pass PCR computation), ``metadata``, ``signature`` (PCR8 and the COSE signature) and
+``writer``; the image builder ``build`` (``build_eif``: docker save / OCI layout / rootfs dir ->
+reproducible EIF, over ``blobs``, ``tar``, ``oci``, ``layer``, ``rootfs``, ``hostdir``, ``cpio``,
+``ramdisk``, ``sink``) and ``diff`` (``diff_eifs``). None of them needs nitro-cli.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from nitro_attest.errors import FormatError
+
 MAGIC = b".eif"
 HEADER_SIZE = 548
 SECTION_HEADER_SIZE = 12
@@ -27,7 +29,7 @@ _SECTION = struct.Struct(">HHQ")
 assert _HEADER.size == HEADER_SIZE and _SECTION.size == SECTION_HEADER_SIZE
 
 
-class EifError(ValueError):
+class EifError(FormatError):
     """The file is not a well-formed EIF, or a check on it failed. The message is one line."""
 
 

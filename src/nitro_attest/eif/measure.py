@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import (
     CRC_OFFSET,
     HEADER_SIZE,
@@ -27,18 +28,8 @@ from nitro_attest.eif.format import SectionType as T
 from nitro_attest.eif.reader import EifLayout, Section, read_exact
 
 CHUNK_SIZE = 1 << 20
-PCR_SIZE = 48
 HASH_ALGORITHM = "Sha384 { ... }"
 """How nitro-cli names its hasher in JSON (the Rust Debug string of Sha384)."""
-
-
-def extend(digest: bytes) -> bytes:
-    """One TPM-style extend of a zero register: SHA-384(0^48 || digest)."""
-    return hashlib.sha384(bytes(PCR_SIZE) + digest).digest()
-
-
-def pcr_of(data: bytes) -> bytes:
-    return extend(hashlib.sha384(data).digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +102,9 @@ def scan(fh: io.BufferedReader, layout: EifLayout, *, chunk_size: int = CHUNK_SI
         raise EifError("no RAMDISK section")
     return EifScan(
         layout=layout,
-        pcr0=extend(prefix.digest()),
-        pcr1=extend(pcr1_digest),
-        pcr2=extend(app.digest()),
+        pcr0=extend_zero(prefix.digest()),
+        pcr1=extend_zero(pcr1_digest),
+        pcr2=extend_zero(app.digest()),
         crc_computed=crc.value,
         metadata=metadata,
         signature=signature,

@@ -31,8 +31,8 @@ from nitro_attest.attestation._cose import (
     sign_ecdsa,
     verify_ecdsa,
 )
+from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import EifError
-from nitro_attest.eif.measure import extend
 
 _CURVE_ALGORITHMS: dict[str, EcdsaAlgorithm] = {
     ec.SECP256R1.name: ES256,
@@ -101,7 +101,7 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 def pcr8(certificate: x509.Certificate) -> bytes:
     """SHA-384(0^48 || SHA-384(DER)): the DER, not the PEM text, is measured."""
     der = certificate.public_bytes(serialization.Encoding.DER)
-    return extend(hashlib.sha384(der).digest())
+    return extend_zero(hashlib.sha384(der).digest())
 
 
 def pcr0_payload(pcr0: bytes) -> bytes:
@@ -141,7 +141,8 @@ def sign_pcr0(key: ec.EllipticCurvePrivateKey, certificate_pem: bytes, pcr0: byt
         raise EifError("the signing key does not match the signing certificate")
     protected = cbor2.dumps({1: alg.cose_id})
     payload = pcr0_payload(pcr0)
-    sig = sign_ecdsa(key, alg, sig_structure(protected, payload))
+    # RFC 6979: a rebuild signed with the same key is byte-identical too
+    sig = sign_ecdsa(key, alg, sig_structure(protected, payload), deterministic=True)
     return encode_signature_section(certificate_pem, encode_sign1(protected, payload, sig))
 
 

@@ -1,4 +1,10 @@
-"""Nitro Secure Module access: the NSM API codec, the /dev/nsm device and the software simulator."""
+"""Nitro Secure Module access, for code running in an enclave.
+
+``messages`` is the NSM API's CBOR codec (requests and responses, limits enforced), ``device``
+drives /dev/nsm with one ioctl per request, ``api`` speaks the codec over any byte transport, and
+``simulator/`` is the software NSM that answers the same API under a local CA. ``open_backend``
+picks one; ``backend`` is the interface all of them offer.
+"""
 
 from __future__ import annotations
 

@@ -8,17 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from nitro_attest.errors import NsmError
 
-class NsmError(Exception):
-    """The NSM answered with an error, or could not be reached.
-
-    ``code`` is the NSM API ErrorCode name (``InvalidIndex``, ``ReadOnlyIndex``, ``InputTooLarge``,
-    ...) when the NSM itself reported the failure, else ``InternalError``.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+__all__ = ["NsmBackend", "NsmDescription", "NsmError", "PcrDescription"]
 
 
 @dataclass(frozen=True, slots=True)

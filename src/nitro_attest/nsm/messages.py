@@ -10,17 +10,18 @@ same bytes).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cbor2
 
+from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import FormatError
+from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmDescription, NsmError
 
 MAX_REQUEST_SIZE = 0x1000  # the kernel driver refuses longer requests (EMSGSIZE)
 MAX_RESPONSE_SIZE = 0x3000  # the response buffer the driver is given
-MAX_ATTESTATION_FIELD = 1024  # user_data, nonce and public_key, each
 U16_MAX = 0xFFFF
 
 ERROR_CODES = (
@@ -140,22 +141,17 @@ Response = (
 # ---------------------------------------------------------------- helpers
 
 
-class _Malformed(ValueError):
+class _Malformed(FormatError):
     """Internal: the CBOR is well formed but is not the expected message shape."""
 
 
 def _loads_exact(data: bytes) -> Any:
-    """Decode exactly one CBOR item; trailing bytes are an error."""
-    stream = io.BytesIO(data)
+    """Decode exactly one CBOR item with the verifier's strict rules (no trailing bytes, no
+    duplicate keys, no tags, bounded depth): NSM messages use none of those."""
     try:
-        value = cbor2.CBORDecoder(stream).decode()
-    except (cbor2.CBORDecodeError, RecursionError):
-        raise
-    except Exception as exc:  # cbor2's tag hooks can raise anything; keep it ours
+        return strict_loads(data)
+    except CborError as exc:
         raise _Malformed(f"undecodable CBOR: {exc}") from None
-    if stream.tell() != len(data):
-        raise _Malformed(f"{len(data) - stream.tell()} trailing bytes after the message")
-    return value
 
 
 def _u16(value: Any, name: str) -> int:
@@ -235,9 +231,9 @@ def encode_request(request: Request) -> bytes:
         if value is not None and (type(value) is not int or not 0 <= value <= U16_MAX):
             raise NsmError("InvalidArgument", f"{name} must be in 0..{U16_MAX}, got {value!r}")
     if isinstance(request, Attestation):
-        _check_len(request.user_data, "user_data", MAX_ATTESTATION_FIELD)
-        _check_len(request.nonce, "nonce", MAX_ATTESTATION_FIELD)
-        _check_len(request.public_key, "public_key", MAX_ATTESTATION_FIELD)
+        _check_len(request.user_data, "user_data", NSM_FIELD_BYTES)
+        _check_len(request.nonce, "nonce", NSM_FIELD_BYTES)
+        _check_len(request.public_key, "public_key", NSM_FIELD_BYTES)
     data = cbor2.dumps(request_to_cbor(request))
     if len(data) > MAX_REQUEST_SIZE:
         raise NsmError(
@@ -314,7 +310,7 @@ def decode_response(data: bytes) -> Response:
         raise NsmError("InternalError", f"response of {len(data)} bytes exceeds the buffer size")
     try:
         return _response_from_cbor(_loads_exact(data))
-    except (cbor2.CBORDecodeError, _Malformed, RecursionError) as exc:
+    except _Malformed as exc:
         raise NsmError("InternalError", f"undecodable NSM response: {exc}") from None
 
 
@@ -348,7 +344,7 @@ def decode_request(data: bytes) -> Request:
     try:
         value = _loads_exact(data)
         name, body = _variant(value)
-    except (cbor2.CBORDecodeError, _Malformed, RecursionError) as exc:
+    except _Malformed as exc:
         raise NsmError("InvalidArgument", f"undecodable request: {exc}") from None
     try:
         return _request_from_variant(name, body)

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from nitro_attest.errors import TransportError
 from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import (
     AttestationResponse,
@@ -29,7 +30,7 @@ DOCUMENT_FILE = "attestation-document.dat"
 DOCUMENT_JSON_FILE = "attestation-document-json.json"
 
 
-class ClientError(Exception):
+class ClientError(TransportError):
     """The attestation request failed before any document could be verified."""
 
 

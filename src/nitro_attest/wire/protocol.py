@@ -17,17 +17,17 @@ from typing import Any, ClassVar, TypeVar
 import cbor2
 
 from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.errors import TransportError
+from nitro_attest.limits import MAX_FRAME_BYTES, NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription
 
 PROTOCOL_VERSION = 1
 HEADER_SIZE = 4
-MAX_FRAME_SIZE = 64 * 1024  # an attestation document is ~4.5 KiB; leaves room, bounds memory
-MAX_FIELD_SIZE = 1024  # NSM limit for user_data, nonce and public_key
 _MAX_DEPTH = 8
 _HEADER = struct.Struct(">I")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TransportError):
     """Bytes or a message that break the protocol. ``code`` is the error code sent back."""
 
     code = "bad_request"
@@ -49,11 +49,23 @@ class UnknownTypeError(ProtocolError):
     code = "unknown_type"
 
 
+class PublicKeyRefusedError(ProtocolError):
+    """An `attest` request named a public_key this server will not have the NSM attest."""
+
+    code = "public_key_refused"
+
+
+# A public_key starting with this names an attested-channel key (docs/channel.md). Only the
+# enclave's own channel code may have such a document signed, never a caller: a caller-chosen
+# channel key would make the NSM vouch for a key the enclave does not hold (docs/threat-model.md).
+CHANNEL_KEY_PREFIX = b"NAHPKE"
+
+
 # Error codes a server may send in an ErrorResponse.
 ERROR_CODES = frozenset(
     {
         "bad_frame",  # not a CBOR map with text keys, or trailing bytes
-        "frame_too_large",  # length prefix above MAX_FRAME_SIZE
+        "frame_too_large",  # length prefix above MAX_FRAME_BYTES
         "unsupported_version",
         "unknown_type",
         "bad_request",  # a known type with missing, extra or mistyped fields
@@ -62,6 +74,7 @@ ERROR_CODES = frozenset(
         "timeout",  # the client sent half a frame and went quiet
         "internal",
         "channel_refused",  # attested channel: replay, unknown nonce, message does not open
+        "public_key_refused",  # attest naming a caller-chosen public_key
     }
 )
 
@@ -69,13 +82,13 @@ ERROR_CODES = frozenset(
 # --- frames -------------------------------------------------------------------------------------
 
 
-def encode_frame(payload: bytes, *, max_size: int = MAX_FRAME_SIZE) -> bytes:
+def encode_frame(payload: bytes, *, max_size: int = MAX_FRAME_BYTES) -> bytes:
     if len(payload) > max_size:
         raise FrameTooLargeError(f"frame of {len(payload)} bytes exceeds the {max_size}-byte limit")
     return _HEADER.pack(len(payload)) + payload
 
 
-def decode_header(header: bytes, *, max_size: int = MAX_FRAME_SIZE) -> int:
+def decode_header(header: bytes, *, max_size: int = MAX_FRAME_BYTES) -> int:
     """Return the body length announced by a 4-byte header; refuse it before any body is read."""
     if len(header) != HEADER_SIZE:
         raise MalformedFrameError(f"frame header is {len(header)} bytes, expected {HEADER_SIZE}")
@@ -87,7 +100,7 @@ def decode_header(header: bytes, *, max_size: int = MAX_FRAME_SIZE) -> int:
     return int(length)
 
 
-def split_frame(data: bytes, *, max_size: int = MAX_FRAME_SIZE) -> tuple[bytes, bytes]:
+def split_frame(data: bytes, *, max_size: int = MAX_FRAME_BYTES) -> tuple[bytes, bytes]:
     """Split one whole frame off ``data``: (body, rest). Raises if ``data`` holds no whole frame."""
     length = decode_header(data[:HEADER_SIZE], max_size=max_size)
     end = HEADER_SIZE + length
@@ -98,8 +111,8 @@ def split_frame(data: bytes, *, max_size: int = MAX_FRAME_SIZE) -> tuple[bytes, 
 
 def decode_body(body: bytes) -> dict[str, Any]:
     """Decode a frame body into a map with text keys; the version is checked, the type is not."""
-    if len(body) > MAX_FRAME_SIZE:
-        raise FrameTooLargeError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_SIZE} limit")
+    if len(body) > MAX_FRAME_BYTES:
+        raise FrameTooLargeError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_BYTES} limit")
     try:  # one item, no trailing bytes, no duplicate keys, no tags, bounded nesting
         obj = strict_loads(body, max_depth=_MAX_DEPTH)
     except CborError as exc:
@@ -132,7 +145,7 @@ def _fields(obj: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
 
 
 def _opt_bytes(
-    obj: Mapping[str, Any], key: str, what: str, limit: int = MAX_FIELD_SIZE
+    obj: Mapping[str, Any], key: str, what: str, limit: int = NSM_FIELD_BYTES
 ) -> bytes | None:
     value = obj.get(key)
     if value is None:
@@ -283,7 +296,7 @@ class AttestationResponse(Response):
     @classmethod
     def from_fields(cls, obj: Mapping[str, Any]) -> AttestationResponse:
         _fields(obj, frozenset({"document"}), "attestation")
-        return cls(document=_req_bytes(obj, "document", "attestation", MAX_FRAME_SIZE))
+        return cls(document=_req_bytes(obj, "document", "attestation", MAX_FRAME_BYTES))
 
 
 @register_response

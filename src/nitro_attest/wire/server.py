@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
 from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import (
@@ -27,6 +28,7 @@ from nitro_attest.wire.protocol import (
     DescriptionResponse,
     ErrorResponse,
     ProtocolError,
+    PublicKeyRefusedError,
     Request,
     RequestHandler,
     Response,
@@ -45,11 +47,39 @@ DEFAULT_WORKERS = 2
 _MAX_DESCRIBED_PCRS = 32
 
 
-def nsm_handlers(backend: NsmBackend) -> dict[str, RequestHandler]:
-    """The standard handlers: attestation and description, both answered by ``backend``."""
+def check_caller_public_key(public_key: bytes | None, *, allow: bool) -> None:
+    """Refuse a caller-chosen public_key unless allowed; refuse a channel-shaped one always.
+
+    The NSM signs whatever key it is given, so a caller choosing the key turns the enclave into a
+    signing oracle for whoever reaches the port (docs/threat-model.md).
+    """
+    if public_key is None:
+        return
+    if public_key.startswith(protocol.CHANNEL_KEY_PREFIX):
+        raise PublicKeyRefusedError(
+            "a public_key in the attested-channel format is attested only by the enclave's own "
+            "channel code (use channel_attest), never for a caller"
+        )
+    if not allow:
+        raise PublicKeyRefusedError(
+            "this enclave does not attest caller-chosen public keys (its operator can allow them "
+            "with serve --allow-caller-public-key)"
+        )
+
+
+def nsm_handlers(
+    backend: NsmBackend, *, allow_caller_public_key: bool = False
+) -> dict[str, RequestHandler]:
+    """The standard handlers: attestation and description, both answered by ``backend``.
+
+    ``allow_caller_public_key`` lets an `attest` request name its own public_key: anyone who
+    reaches the server then gets any key attested, so such a document proves nothing about who
+    holds the key. Channel-shaped keys are refused regardless.
+    """
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
+        check_caller_public_key(request.public_key, allow=allow_caller_public_key)
         document = backend.attestation(
             user_data=request.user_data, nonce=request.nonce, public_key=request.public_key
         )
@@ -98,7 +128,7 @@ class EnclaveServer:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_frame_size: int = protocol.MAX_FRAME_SIZE,
+        max_frame_size: int = MAX_FRAME_BYTES,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         if not handlers:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from nitro_attest.errors import ConfigurationError
+
 # vsock constants (linux/vm_sockets.h). CPython exports only some of them, so define them all.
 AF_VSOCK = 40
 VMADDR_CID_HYPERVISOR = 0
@@ -25,7 +27,6 @@ VMADDR_CID_HOST = 2
 VMADDR_CID_PARENT = 3  # the parent instance, seen from inside a Nitro Enclave
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_PORT_ANY = 0xFFFFFFFF
-MIN_ENCLAVE_CID = 4
 _U32_MAX = 0xFFFFFFFF
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
@@ -33,7 +34,7 @@ Scheme = Literal["vsock", "tcp", "unix"]
 Role = Literal["connect", "listen"]
 
 
-class AddressError(ValueError):
+class AddressError(ConfigurationError):
     """A malformed or unusable address; the message is one line and names the address."""
 
 

@@ -6,29 +6,21 @@ build-enclave prints ``{"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR
 
 from __future__ import annotations
 
-import hashlib
-
+from nitro_attest.attestation.pcr import PCR_SIZE, extend_zero
 from nitro_attest.attestation.policy import parse_expected_measurements
-from nitro_attest.errors import PolicyError
+from nitro_attest.errors import ConfigurationError, PolicyError
 
-PCR_SIZE = 48
-ZERO_PCR = bytes(PCR_SIZE)
 MAX_MEASUREMENTS_FILE = 64 * 1024
 MEASURED_PCRS = frozenset({0, 1, 2, 8})  # what an EIF measures; the rest come from the platform
 
 
-class MeasurementsError(ValueError):
+class MeasurementsError(ConfigurationError):
     """The measurements file is unreadable, malformed or empty."""
-
-
-def extend(old: bytes, data: bytes) -> bytes:
-    """The NSM's ExtendPCR: SHA-384(old || data), with the raw data."""
-    return hashlib.sha384(old + data).digest()
 
 
 def platform_pcr(value: str) -> bytes:
     """AWS's PCR3 (role ARN) / PCR4 (instance id) formula: SHA384(0^48 || utf8(value))."""
-    return extend(ZERO_PCR, value.encode("utf-8"))
+    return extend_zero(value.encode("utf-8"))
 
 
 def parse_measurements(text: str | bytes) -> dict[int, bytes]:

@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from nitro_attest.attestation.pcr import ZERO_PCR, extend, extend_zero
+from nitro_attest.limits import MAX_PCRS, NSM_FIELD_BYTES
 from nitro_attest.nsm import messages as m
 from nitro_attest.nsm.backend import NsmDescription, NsmError, PcrDescription
-from nitro_attest.nsm.simulator.measurements import ZERO_PCR, extend, platform_pcr
+from nitro_attest.nsm.simulator.measurements import platform_pcr
 from nitro_attest.nsm.simulator.state import (
     LEAF_LIFETIME,
     Clock,
@@ -37,7 +39,6 @@ from nitro_attest.nsm.simulator.state import (
     open_state,
 )
 
-MAX_PCRS = 32
 BOOT_LOCKED = range(16)
 RANDOM_SIZE = 256  # what the NSM hands out per GetRandom
 VERSION = (1, 0, 0)
@@ -101,9 +102,9 @@ def package_measurements() -> dict[int, bytes]:
     app = h.digest()
     boot = b"nitro-attest simulated bootstrap (kernel, cmdline, init)"
     return {
-        0: extend(ZERO_PCR, hashlib.sha384(boot + app).digest()),
-        1: extend(ZERO_PCR, hashlib.sha384(boot).digest()),
-        2: extend(ZERO_PCR, hashlib.sha384(app).digest()),
+        0: extend_zero(hashlib.sha384(boot + app).digest()),
+        1: extend_zero(hashlib.sha384(boot).digest()),
+        2: extend_zero(hashlib.sha384(app).digest()),
     }
 
 
@@ -208,10 +209,10 @@ class SimulatedNsm:
         public_key: bytes | None = None,
     ) -> bytes:
         for name, value in (("user_data", user_data), ("nonce", nonce), ("public_key", public_key)):
-            if value is not None and len(value) > m.MAX_ATTESTATION_FIELD:
+            if value is not None and len(value) > NSM_FIELD_BYTES:
                 raise NsmError(
                     "InputTooLarge",
-                    f"{name} is {len(value)} bytes, at most {m.MAX_ATTESTATION_FIELD} allowed",
+                    f"{name} is {len(value)} bytes, at most {NSM_FIELD_BYTES} allowed",
                 )
         with self._lock:
             self._ensure_leaf()

@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from nitro_attest.errors import ConfigurationError
+
 CONFIG_FILE = "config.json"
 ROOT_CN = "aws.nitro-enclaves.SIMULATED"
 DEFAULT_REGION = "us-east-1"
@@ -52,7 +54,7 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
-class SimulatorStateError(ValueError):
+class SimulatorStateError(ConfigurationError):
     """The state folder or the configuration given to the simulator is unusable."""
 
 

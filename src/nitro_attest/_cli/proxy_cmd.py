@@ -1,0 +1,200 @@
+"""`nitro-attest proxy`: forward connections between vsock, tcp and unix, or speak HTTP CONNECT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import signal
+import sys
+from typing import Any
+
+from nitro_attest._cli.common import EXIT_OK, CliError
+from nitro_attest.proxy import (
+    AllowlistError,
+    ProxyConfig,
+    ProxyConfigError,
+    ProxyServer,
+    load_allowlist,
+)
+from nitro_attest.proxy.allowlist import describe
+from nitro_attest.proxy.server import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
+from nitro_attest.wire.transport import AddressError, parse_address
+
+_FDS_PER_CONNECTION = 6  # two sockets, and two pipes while both directions are busy
+
+_EPILOG = """\
+examples:
+  inbound, on the parent: remote clients attest the enclave (CID 16) via tcp://PARENT:5005
+    nitro-attest proxy --listen tcp://0.0.0.0:5005 --to vsock://16:5005
+  outbound, on the parent: the enclave's HTTPS_PROXY, allowlisted hosts only
+    nitro-attest proxy --listen vsock://any:8000 --to connect --allowlist allowlist.yaml
+  inside the enclave: a local port for HTTPS_PROXY=http://127.0.0.1:3128
+    nitro-attest proxy --listen tcp://127.0.0.1:3128 --to vsock://3:8000
+
+The allowlist is AWS vsock-proxy's YAML: allowlist: [{address: HOST, port: N}, ...].
+One log line per connection goes to stderr (peer, target, bytes, duration, why it ended).
+SIGTERM stops accepting, lets connections finish for --drain-timeout, then closes.
+"""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "proxy",
+        help="forward connections to or from the enclave (vsock/tcp/unix), or serve HTTP CONNECT",
+        description="Forward every connection on --listen to --to, or with '--to connect' speak "
+        "HTTP CONNECT toward the hosts on --allowlist. Data moves with splice(2).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", required=True, metavar="ADDR", help="vsock://, tcp:// or unix://")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="TARGET",
+        help="an address every connection goes to, or 'connect' for HTTP CONNECT",
+    )
+    p.add_argument("--allowlist", metavar="FILE", help="AWS vsock-proxy YAML allowlist")
+    p.add_argument(
+        "--unsafe-any-host",
+        action="store_true",
+        help="outbound without an allowlist: the enclave may reach any host",
+    )
+    _number(
+        p, "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "N", "open at once; more are refused"
+    )
+    _number(p, "--max-per-peer", int, 0, "N", "open at once from one IP, CID or uid; 0: no limit")
+    _number(
+        p, "--idle-timeout", float, DEFAULT_IDLE_TIMEOUT, "S", "close a tunnel silent this long"
+    )
+    _number(p, "--connect-timeout", float, DEFAULT_CONNECT_TIMEOUT, "S", "resolve and connect")
+    _number(
+        p, "--handshake-timeout", float, DEFAULT_HANDSHAKE_TIMEOUT, "S", "CONNECT request deadline"
+    )
+    _number(p, "--drain-timeout", float, DEFAULT_DRAIN_TIMEOUT, "S", "after SIGTERM")
+    p.add_argument("--no-splice", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _number(
+    p: argparse.ArgumentParser, flag: str, kind: type, default: float, meta: str, what: str
+) -> None:
+    p.add_argument(
+        flag, type=kind, default=default, metavar=meta, help=f"{what} (default {default:g})"
+    )
+
+
+def build_config(args: argparse.Namespace) -> ProxyConfig:
+    """Flags to a checked configuration; every problem is a CliError before any socket opens."""
+    try:
+        listen = parse_address(args.listen, role="listen")
+        target = None if args.to == "connect" else parse_address(args.to, role="connect")
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
+    allowlist = None
+    if args.allowlist:
+        try:
+            allowlist = load_allowlist(args.allowlist)
+        except AllowlistError as exc:
+            raise CliError(f"--allowlist {exc}") from None
+    if not args.drain_timeout >= 0:
+        raise CliError("--drain-timeout must be zero or more seconds")
+    try:
+        return ProxyConfig(
+            listen,
+            target,
+            allowlist=allowlist,
+            unsafe_any_host=args.unsafe_any_host,
+            max_connections=args.max_connections,
+            max_per_peer=args.max_per_peer,
+            idle_timeout=args.idle_timeout,
+            connect_timeout=args.connect_timeout,
+            handshake_timeout=args.handshake_timeout,
+            splice=not args.no_splice,
+        )
+    except ProxyConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _configure_logging() -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger("nitro_attest.proxy")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, handler
+
+
+def _raise_fd_limit(max_connections: int, logger: logging.Logger) -> None:
+    want = max_connections * _FDS_PER_CONNECTION + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        logger.warning(
+            "open-file limit %d is below the %d that --max-connections %d needs; "
+            "raise LimitNOFILE or lower --max-connections",
+            new,
+            want,
+            max_connections,
+        )
+
+
+async def _serve(config: ProxyConfig, drain_timeout: float, logger: logging.Logger) -> None:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(config)
+    bound = await server.start()
+    where = "HTTP CONNECT" if config.target is None else str(config.target)
+    if config.allowlist is not None:
+        policy = f"allowlist: {describe(config.allowlist)}"
+    elif config.unsafe_any_host:
+        policy = "UNSAFE: any host (no allowlist)"
+    else:
+        policy = "fixed target"
+    logger.info("proxy listening on %s -> %s (%s)", bound, where, policy)
+    stop = asyncio.Event()
+    signals = 0
+    aborting: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1:  # a second signal: stop draining now
+            aborting.append(loop.create_task(server.abort_all()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    logger.info(
+        "stopping: %d connection(s) open, draining for up to %gs", server.active, drain_timeout
+    )
+    await server.shutdown(drain_timeout)
+    logger.info("stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    logger, handler = _configure_logging()
+    try:
+        _raise_fd_limit(config.max_connections, logger)
+        asyncio.run(_serve(config, args.drain_timeout, logger))
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"{config.listen}: cannot listen: {exc.strerror or exc}") from None
+    finally:
+        logger.removeHandler(handler)
+    return EXIT_OK

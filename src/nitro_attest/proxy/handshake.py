@@ -1,0 +1,142 @@
+"""The HTTP CONNECT request the enclave sends, parsed strictly, and the proxy's short answers.
+
+The enclave side is untrusted input: the head is capped (``MAX_HEAD_BYTES``), must arrive within
+a deadline (enforced by the server), and must be exactly ``CONNECT host:port HTTP/1.x`` followed
+by well-formed header lines. Headers are checked for syntax and otherwise ignored; a CONNECT that
+claims a body (Content-Length other than 0, Transfer-Encoding) is refused, so no byte can be read
+as both request and tunnel data. Error messages never quote the request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nitro_attest.errors import TransportError
+from nitro_attest.proxy.hosts import Host, HostSyntaxError, parse_host
+
+MAX_HEAD_BYTES = 8192
+MAX_HEADER_LINES = 64
+HEAD_END = b"\r\n\r\n"
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
+
+_REASONS = {
+    200: "Connection established",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class HandshakeError(TransportError):
+    """The CONNECT request is refused with ``status``; ``reason`` is safe to log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    host: Host
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def find_head_end(buffer: bytes | bytearray) -> int:
+    """Length of the request head in ``buffer`` (through the blank line), or -1 if incomplete.
+
+    Raises 431 once ``MAX_HEAD_BYTES`` have arrived without the end of the head.
+    """
+    end = buffer.find(HEAD_END, 0, MAX_HEAD_BYTES)
+    if end >= 0:
+        return end + len(HEAD_END)
+    if len(buffer) >= MAX_HEAD_BYTES:
+        raise HandshakeError(431, f"request head longer than {MAX_HEAD_BYTES} bytes")
+    return -1
+
+
+def parse_connect(head: bytes) -> ConnectRequest:
+    """Parse a complete head (ending with CRLF CRLF) into the target it asks for."""
+    if not head.endswith(HEAD_END) or len(head) > MAX_HEAD_BYTES:
+        raise HandshakeError(400, "incomplete request head")
+    lines = head[: -len(HEAD_END)].split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line or b"\0" in line for line in lines):
+        raise HandshakeError(400, "bare CR, LF or NUL in the request head")
+    if len(lines) - 1 > MAX_HEADER_LINES:
+        raise HandshakeError(431, f"more than {MAX_HEADER_LINES} header lines")
+    request = _parse_request_line(lines[0])
+    for line in lines[1:]:
+        _check_header(line)
+    return request
+
+
+def _parse_request_line(line: bytes) -> ConnectRequest:
+    parts = line.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise HandshakeError(400, "request line is not 'METHOD TARGET HTTP/1.x'")
+    method, target, version = parts
+    if not _TOKEN.match(method):
+        raise HandshakeError(400, "malformed method")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise HandshakeError(400, "not HTTP/1.0 or HTTP/1.1")
+    if method != b"CONNECT":
+        raise HandshakeError(405, "only CONNECT is served")
+    if not target.isascii():
+        raise HandshakeError(400, "non-ASCII request target")
+    return _parse_authority(target.decode("ascii"))
+
+
+def _parse_authority(text: str) -> ConnectRequest:
+    if "@" in text or "/" in text:
+        raise HandshakeError(400, "request target must be host:port")
+    if text.startswith("["):
+        host_text, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":") or ":" not in host_text:
+            raise HandshakeError(400, "malformed [IPv6]:port")
+        port_text = rest[1:]
+    else:
+        host_text, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise HandshakeError(400, "request target has no :port")
+        if ":" in host_text:
+            raise HandshakeError(400, "IPv6 host must be in brackets")
+    if not _PORT.match(port_text) or not 1 <= int(port_text) <= 0xFFFF:
+        raise HandshakeError(400, "port must be a number from 1 to 65535")
+    try:
+        host = parse_host(host_text)
+    except HostSyntaxError as exc:
+        raise HandshakeError(400, f"bad host: {exc}") from None
+    if text.startswith("[") and (host.ip is None or host.ip.version != 6):
+        raise HandshakeError(400, "brackets hold an IPv6 address only")
+    return ConnectRequest(host, int(port_text))
+
+
+def _check_header(line: bytes) -> None:
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.match(name):
+        raise HandshakeError(400, "malformed header line")  # obs-fold and 'Name :' included
+    if not _FIELD_VALUE.match(value):
+        raise HandshakeError(400, "control character in a header value")
+    lowered = name.lower()
+    if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip() != b"0"):
+        raise HandshakeError(400, "a CONNECT request has no body")
+
+
+def response(status: int) -> bytes:
+    """The proxy's whole answer: a status line, and for errors an empty body and a close."""
+    line = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+    if status == 200:
+        return (line + "\r\n").encode("ascii")
+    return (line + "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")

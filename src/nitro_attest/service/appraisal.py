@@ -1,0 +1,114 @@
+"""One appraisal: a document, a named policy and the session nonce in; EAR status, AR4SI vector
+and the annotated evidence out. Synchronous and CPU-bound: the app runs it off the event loop.
+
+The status is ``affirming`` only when every required check passed: format, COSE signature,
+certificate chain, document kind, debug mode, PCRs (one allowed release), nonce (the session's),
+and freshness when the policy sets max_age. A debug document the policy allows is a ``warning``.
+Anything else is ``contraindicated``, naming the first failed check. The checks are the
+verifier's report as ``verify --json`` gives them (a check not run after a failed signature or
+chain is ``ok: null``); an unauthenticated payload is never repeated in the signed result.
+docs/service.md gives the trustworthiness-vector mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from nitro_attest import Verifier
+from nitro_attest.service.policies import NamedPolicy
+
+REQUIRED = (
+    "format", "cose_signature", "certificate_chain", "document_kind", "debug_mode", "pcrs", "nonce",
+)  # fmt: skip
+
+# AR4SI values (draft-ietf-rats-ar4si) as Veraison's EAR library names them.
+UNEXPECTED_EVIDENCE = 1
+CRYPTO_VALIDATION_FAILED = 99
+TRUSTWORTHY_INSTANCE = 2
+UNRECOGNIZED_INSTANCE = 97
+GENUINE_HARDWARE = 2
+UNRECOGNIZED_HARDWARE = 97
+APPROVED_CONFIG = 2
+UNSAFE_CONFIG = 32
+UNSUPPORTABLE_CONFIG = 96
+APPROVED_RUNTIME = 2
+UNRECOGNIZED_RUNTIME = 33
+ISOLATED_MEMORY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Appraisal:
+    status: str
+    vector: dict[str, int]
+    annotated: dict[str, Any]
+    failed: str | None
+    """Name of the first failed (or missing) required check; None when affirming or warning."""
+
+
+def appraise(
+    verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes
+) -> Appraisal:
+    report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
+    checks = [c.to_json() for c in report.checks]
+    required = (*REQUIRED, "freshness") if policy.max_age is not None else REQUIRED
+    outcome = {c["name"]: c["ok"] for c in checks}
+    failed = next((c["name"] for c in checks if c["ok"] is False), None)
+    if failed is None:
+        failed = next((name for name in required if outcome.get(name) is not True), None)
+    doc = report.document  # None unless the signature and the chain verified
+    debug = doc is not None and doc.is_debug
+    if failed is not None:
+        status = "contraindicated"
+    elif debug:
+        status = "warning"
+    else:
+        status = "affirming"
+    if report.error is not None:
+        error: dict[str, str] | None = {"check": report.error.check,
+                                        "message": report.error.message}  # fmt: skip
+    elif failed is not None:
+        detail = next((c["detail"] for c in checks if c["name"] == failed), "not checked")
+        error = {"check": failed, "message": detail}
+    else:
+        error = None
+    annotated: dict[str, Any] = {
+        "module_id": doc.module_id if doc else None,
+        "kind": doc.kind.value if doc else None,
+        "timestamp": doc.timestamp.isoformat().replace("+00:00", "Z") if doc else None,
+        "pcrs": {str(i): v.hex() for i, v in doc.pcrs.items()} if doc else None,
+        "document_sha256": hashlib.sha256(document).hexdigest(),
+        "checks": checks,
+        "error": error,
+        "verified_at": report.at.isoformat() if report.at else None,
+    }
+    return Appraisal(status, trust_vector(outcome, debug, policy), annotated, failed)
+
+
+def trust_vector(
+    outcome: dict[str, bool | None], debug: bool, policy: NamedPolicy
+) -> dict[str, int]:
+    """AR4SI claims for what a Nitro document proves; categories it says nothing about are left
+    out. Claims read from the payload count only once the signature and chain hold."""
+    if outcome.get("format") is not True:
+        return {"instance-identity": UNEXPECTED_EVIDENCE, "hardware": UNEXPECTED_EVIDENCE}
+    if outcome.get("cose_signature") is False:
+        return {"instance-identity": CRYPTO_VALIDATION_FAILED,
+                "hardware": CRYPTO_VALIDATION_FAILED}  # fmt: skip
+    if outcome.get("certificate_chain") is not True or outcome.get("cose_signature") is not True:
+        return {"instance-identity": UNRECOGNIZED_INSTANCE, "hardware": UNRECOGNIZED_HARDWARE}
+    vector = {"instance-identity": TRUSTWORTHY_INSTANCE, "hardware": GENUINE_HARDWARE}
+    if outcome.get("debug_mode") is False:
+        vector["configuration"] = UNSUPPORTABLE_CONFIG
+    elif debug:
+        vector["configuration"] = UNSAFE_CONFIG
+    elif outcome.get("debug_mode") is True:
+        vector["configuration"] = APPROVED_CONFIG
+    if outcome.get("pcrs") is True and not debug:
+        vector["executables"] = APPROVED_RUNTIME
+    elif outcome.get("pcrs") is False or debug:
+        vector["executables"] = UNRECOGNIZED_RUNTIME
+    if outcome.get("document_kind") is True and policy.kind == "enclave" and not debug:
+        vector["runtime-opaque"] = ISOLATED_MEMORY
+    return vector

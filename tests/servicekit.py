@@ -1,0 +1,144 @@
+"""Helpers for the verification service tests: simulator documents, policies files, a real
+redis-server on a free loopback port, service processes, and EAR checks with joserfc (a JOSE
+library other than the PyJWT the service signs with)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey
+
+from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+
+ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
+MEAS = {0: b"\x30" * 48, 1: b"\x31" * 48, 2: b"\x32" * 48}
+MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
+INSTANCE = "i-0123456789abcdef0"
+
+
+def make_sim(path: Path, *, debug: bool = False) -> SimulatedNsm:
+    config = SimulatorConfig(instance_id=INSTANCE, measurements=MEAS, debug=debug)
+    return SimulatedNsm(init_state(path, config))
+
+
+def debug_twin(sim: SimulatedNsm, path: Path) -> SimulatedNsm:
+    """A debug-mode NSM under the same CA as ``sim`` (same state, debug flag set)."""
+    shutil.copytree(sim.state.path, path)
+    config = json.loads((path / "config.json").read_text())
+    config["debug"] = True
+    (path / "config.json").write_text(json.dumps(config))
+    return SimulatedNsm.open(path)
+
+
+def build_enclave_json(pcrs: Mapping[int, bytes]) -> dict[str, Any]:
+    measurements: dict[str, str] = {"HashAlgorithm": "Sha384 { ... }"}
+    measurements.update({f"PCR{i}": v.hex() for i, v in pcrs.items()})
+    return {"Measurements": measurements}
+
+
+def write_policies(path: Path, **extra: dict[str, Any]) -> Path:
+    policies: dict[str, Any] = {"prod": {"expected": [build_enclave_json(MEAS)]}}
+    policies.update(extra)
+    path.write_text(json.dumps({"default": "prod", "policies": policies}))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(check: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A throwaway redis-server (Debian's package, installed by test.sh) on a free port."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_until(up, what="redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def service(
+    args: list[str], *, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``nitro-attest service`` in a child process; yields its base URL once /healthz is ready."""
+    port = port or free_port()
+    proc = subprocess.Popen([*ENTRY, "service", "--listen", f"127.0.0.1:{port}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise AssertionError(f"service exited {proc.returncode}: {out}")
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+
+        wait_until(ready, what="service /healthz")
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def check_ear(token: str, jwk: dict[str, Any], nonce: str) -> dict[str, Any]:
+    """Verify an EAR with joserfc and return its claims; asserts the fixed EAR shape."""
+    key = ECKey.import_key(jwk)
+    decoded = jose_jwt.decode(token, key, algorithms=[jwk["alg"]])
+    assert decoded.header["alg"] == jwk["alg"]
+    claims: dict[str, Any] = dict(decoded.claims)
+    assert claims["eat_profile"] == "tag:github.com,2023:veraison/ear"
+    assert claims["eat_nonce"] == nonce
+    assert isinstance(claims["iat"], int) and abs(claims["iat"] - time.time()) < 120
+    assert set(claims["ear.verifier-id"]) == {"developer", "build"}
+    assert list(claims["submods"]) == ["aws-nitro"]
+    return claims
+
+
+def submod(claims: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = claims["submods"]["aws-nitro"]
+    return result
