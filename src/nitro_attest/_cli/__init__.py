@@ -88,10 +88,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser(load: Collection[str] = (), *, others: bool = True) -> argparse.ArgumentParser:
-    """The whole parser; only the commands in ``load`` get their module's flags (the others are
-    a name and a help line, enough for ``--help`` and for naming an unknown command, and left out
-    with ``others=False``)."""
+def build_parser(
+    load: Collection[str] | None = None, *, others: bool = True
+) -> argparse.ArgumentParser:
+    """The whole parser, every command loaded; given ``load``, only those commands get their
+    module's flags (the others are a name and a help line, enough for ``--help`` and for naming an
+    unknown command, and left out with ``others=False``)."""
+    if load is None:
+        load = COMMANDS
     parser = _Parser(
         prog="nitro-attest",
         description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
@@ -130,7 +134,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         # Nothing but --verbose before it: argparse can take no other command, nor print the
         # top-level help, so the other commands are not needed at all.
         return build_parser({command}, others=False).parse_args(argv)
-    parser = build_parser({command} if command else ())
+    parser = build_parser({command} if command else set())
     # Exits on --help and on every error outside the command's own flags, with the full parser's
     # message; if argparse picked a command the guess missed, its placeholder parsed anything.
     args, _ = parser.parse_known_args(argv)

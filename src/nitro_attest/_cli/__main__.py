@@ -2,4 +2,5 @@
 
 from nitro_attest._cli import entrypoint
 
-entrypoint()
+if __name__ == "__main__":
+    entrypoint()
