@@ -75,6 +75,7 @@ def test_default_simulator_is_not_debug(tmp_path: Path) -> None:
 
 
 def test_documents_after_leaf_and_ca_rotation_verify(tmp_path: Path) -> None:
+    # A state of its own: rotation rewrites the state, which the shared sim_state must not see.
     t = [1_900_000_000.0]
     sim = SimulatedNsm.open(tmp_path / "s", clock=lambda: t[0])
     verifier = Verifier(root_pem=sim.root_pem)
