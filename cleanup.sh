@@ -34,7 +34,8 @@ done
 
 if [ "$simulate" -eq 1 ]; then
     pidf="$NA_DEMO_DIR/enclave.pid"
-    if na_pid_alive "$pidf"; then
+    sock="$NA_DEMO_DIR/enclave.sock"
+    if na_is_sim_server "$pidf" "$sock"; then
         pid="$(cat "$pidf")"
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 1 50); do
@@ -43,8 +44,12 @@ if [ "$simulate" -eq 1 ]; then
         done
         kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
         echo "stopped the simulated enclave (pid $pid)" >&2
+    elif [ -f "$pidf" ]; then
+        # Never signal a process we did not start: the pid may have been reused since.
+        echo "$pidf: pid $(head -c 20 "$pidf" | tr -cd '0-9') is not our nitro-attest serve" \
+            "(stale pid file): removed it, signalled nothing" >&2
     fi
-    rm -f "$pidf" "$NA_DEMO_DIR/enclave.sock"
+    rm -f "$pidf" "$sock"
     exit 0
 fi
 

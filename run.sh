@@ -55,7 +55,7 @@ run_simulated() {
     local na sock="$NA_DEMO_DIR/enclave.sock" pidf="$NA_DEMO_DIR/enclave.pid" i
     na="$(na_nitro_attest)"
     mkdir -p "$NA_DEMO_DIR"
-    if na_pid_alive "$pidf"; then
+    if na_is_sim_server "$pidf" "$sock"; then
         echo "simulated enclave already running (pid $(cat "$pidf")) on unix://$sock"
         return 0
     fi

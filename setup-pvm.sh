@@ -116,11 +116,43 @@ $SUDO groupadd -f docker
 $SUDO usermod -aG ne,docker "$USERNAME"
 home="${NITRO_ATTEST_USER_HOME:-$(getent passwd "$USERNAME" | cut -d: -f6)}"
 line="source $ENV_SCRIPT"
+# The user owns ~/.bashrc and may have made it a link to any file: it is opened without following
+# a symlink (O_NOFOLLOW), must be a plain file with one link, and is chowned through that open
+# descriptor, so root never writes to or hands over another file.
+append_once_nofollow() { # FILE LINE USER
+    $SUDO "$NA_PYTHON" -c '
+import errno, os, pwd, stat, sys
+path, line, user = sys.argv[1:4]
+flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+try:
+    fd = os.open(path, flags, 0o644)
+except OSError as exc:
+    if exc.errno == errno.ELOOP:
+        print(f"{path} is a symbolic link", file=sys.stderr)
+        sys.exit(3)
+    print(f"{path}: {exc.strerror}", file=sys.stderr)
+    sys.exit(3)
+st = os.fstat(fd)
+if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    print(f"{path} is not a plain file with a single link", file=sys.stderr)
+    sys.exit(3)
+data = os.read(fd, 1 << 20) if st.st_size <= 1 << 20 else b""
+if line.encode() in data.splitlines():
+    sys.exit(0)
+os.write(fd, (b"\n" if data and not data.endswith(b"\n") else b"") + line.encode() + b"\n")
+pw = pwd.getpwnam(user)
+if st.st_uid != pw.pw_uid:  # created by us just now
+    os.fchown(fd, pw.pw_uid, pw.pw_gid)
+print("added")
+' "$1" "$2" "$3"
+}
+
 if [ -f "$ENV_SCRIPT" ] && [ -n "$home" ]; then
-    if ! grep -qxF "$line" "$home/.bashrc" 2>/dev/null; then
-        echo "$line" | $SUDO tee -a "$home/.bashrc" >/dev/null
-        $SUDO chown "$USERNAME:" "$home/.bashrc" 2>/dev/null || true
-        echo "added '$line' to $home/.bashrc" >&2
+    if added="$(append_once_nofollow "$home/.bashrc" "$line" "$USERNAME")"; then
+        [ "$added" = added ] && echo "added '$line' to $home/.bashrc" >&2
+    else
+        echo "$NA_PROG: warning: left $home/.bashrc alone (see above); add this line to it" \
+            "yourself: $line" >&2
     fi
 fi
 

@@ -126,5 +126,24 @@ except (ValueError, TypeError, KeyError, AttributeError):
 }
 
 na_pid_alive() {
-    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+    local pid
+    pid="$(cat "$1" 2>/dev/null)" || return 1
+    case "$pid" in '' | *[!0-9]*) return 1 ;; esac # digits only: "-1" would mean every process
+    kill -0 "$pid" 2>/dev/null
+}
+
+# True when the pid in pid file $1 is our simulated enclave: a `nitro-attest serve` listening on
+# unix://$2. A stale pid file may name a pid the system has since given to anything else.
+na_is_sim_server() {
+    local pid args
+    na_pid_alive "$1" || return 1
+    pid="$(cat "$1")"
+    if [ -r "/proc/$pid/cmdline" ]; then
+        args="$(tr '\0' '\n' <"/proc/$pid/cmdline")"
+    else
+        args="$(ps -o args= -p "$pid" 2>/dev/null | tr ' ' '\n')" || return 1
+    fi
+    printf '%s\n' "$args" | grep -qE '(^|/)nitro-attest$' &&
+        printf '%s\n' "$args" | grep -qxF serve &&
+        printf '%s\n' "$args" | grep -qxF "unix://$2"
 }

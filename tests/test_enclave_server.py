@@ -98,7 +98,7 @@ def test_oversized_frame_gets_error_then_close() -> None:
 
 
 def test_half_frame_times_out() -> None:
-    with running_server("tcp://127.0.0.1:0", read_timeout=0.2) as (addr, server, _logs):
+    with running_server("tcp://127.0.0.1:0", frame_deadline=0.2) as (addr, server, _logs):
         sock = socket.create_connection((addr.host, addr.port), timeout=5)
         with sock:
             sock.sendall(struct.pack(">I", 100) + b"abc")
@@ -108,13 +108,20 @@ def test_half_frame_times_out() -> None:
         _wait_for(lambda: server.active_connections == 0)
 
 
-def test_connection_cap_answers_busy() -> None:
-    with running_server("tcp://127.0.0.1:0", max_connections=2) as (addr, server, _logs):
+def test_connection_cap_refuses_busy_when_nothing_can_be_shed() -> None:
+    """Every held connection is younger than the shed grace: the newcomer gets a typed busy."""
+    with running_server("tcp://127.0.0.1:0", max_connections=2, shed_grace=60) as (
+        addr,
+        server,
+        _logs,
+    ):
         held = [socket.create_connection((addr.host, addr.port), timeout=5) for _ in range(2)]
         _wait_for(lambda: server.active_connections == 2)
         with pytest.raises(client.EnclaveError) as info:
-            client.request_attestation(str(addr), nonce=b"x")
+            client.request_attestation(str(addr), nonce=b"x", timeout=0.5)
         assert info.value.code == "busy"
+        assert str(addr) in str(info.value) and "attempts over" in str(info.value)
+        assert server.refused.total >= 2  # retried, refused again
         for s in held:
             s.close()
         _wait_for(lambda: server.active_connections == 0)
@@ -151,7 +158,7 @@ def test_client_unreachable_gives_hint(tmp_path: Path) -> None:
     port = s.getsockname()[1]
     s.close()
     with pytest.raises(client.EnclaveUnreachableError, match="refused"):
-        client.request_attestation(f"tcp://127.0.0.1:{port}", nonce=b"x")
+        client.request_attestation(f"tcp://127.0.0.1:{port}", nonce=b"x", timeout=0.3)
     hint = client.unreachable_hint(parse_address("vsock://16:5005"))
     assert "nitro-cli describe-enclaves" in hint and "./run.sh" in hint
 

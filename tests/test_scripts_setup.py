@@ -259,3 +259,42 @@ def test_setup_client_without_python3_venv(tmp_path: Path, uid: str) -> None:
         assert "Traceback" not in r.stderr
         assert not (se.bin.dir / "apt.log").exists()
         assert not (se.repo / ".venv").exists()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_bashrc_symlink_is_not_followed(pvm: ScriptEnv, dangling: bool) -> None:
+    """~/.bashrc belongs to the user, who may point it at any file: root must not write there."""
+    victim = pvm.tmp / "victim"
+    if not dangling:
+        victim.write_text("root:x:0:0::/root:/bin/bash\n")
+        victim.chmod(0o600)
+    (pvm.tmp / "home/.bashrc").symlink_to(victim)
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 0, r.stderr
+    assert "is a symbolic link" in r.stderr and "add this line to it yourself" in r.stderr
+    if dangling:
+        assert not victim.exists()  # not created through the link either
+    else:
+        assert victim.read_text() == "root:x:0:0::/root:/bin/bash\n"
+        assert victim.stat().st_mode & 0o777 == 0o600
+    assert (pvm.tmp / "home/.bashrc").is_symlink()
+    assert not any(c[0] == "chown" for c in pvm.bin.calls())
+
+
+def test_bashrc_hard_link_is_not_written(pvm: ScriptEnv) -> None:
+    victim = pvm.tmp / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, pvm.tmp / "home/.bashrc")
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 0, r.stderr
+    assert "single link" in r.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_bashrc_existing_file_gets_the_line_once(pvm: ScriptEnv) -> None:
+    bashrc = pvm.tmp / "home/.bashrc"
+    bashrc.write_text("alias ll='ls -l'")  # no final newline
+    assert pvm.run("setup-pvm.sh").returncode == 0
+    assert pvm.run("setup-pvm.sh").returncode == 0
+    line = f"source {pvm.env['NITRO_ATTEST_NITRO_ENV']}"
+    assert bashrc.read_text().splitlines() == ["alias ll='ls -l'", line]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +95,42 @@ def test_simulated_loop(se: ScriptEnv) -> None:
     assert not (demo / "enclave.pid").exists() and not (demo / "enclave.sock").exists()
     quiet = se.run("cleanup.sh", "--simulate")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_cleanup_leaves_an_unrelated_process_with_a_stale_pid_alone(se: ScriptEnv) -> None:
+    """The pid in .demo/enclave.pid now belongs to someone else's process: it must survive."""
+    demo = se.repo / ".demo"
+    demo.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (demo / "enclave.pid").write_text(f"{bystander.pid}\n")
+        r = se.run("cleanup.sh", "--simulate")
+        assert r.returncode == 0, r.stderr
+        assert "stale pid file" in r.stderr and str(bystander.pid) in r.stderr
+        assert "stopped" not in r.stderr
+        time.sleep(0.2)
+        assert bystander.poll() is None and _alive(bystander.pid)
+        assert not (demo / "enclave.pid").exists()
+        # run.sh does not take the bystander for a running server either: it starts one.
+        r = se.run("run.sh", "--simulate")
+        assert r.returncode == 0 and "already running" not in r.stdout, r.stdout + r.stderr
+        assert int((demo / "enclave.pid").read_text()) != bystander.pid
+        assert se.run("cleanup.sh", "--simulate").returncode == 0
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("content", ["-1", "1; touch pwned", ""])
+def test_cleanup_refuses_odd_pid_files(se: ScriptEnv, content: str) -> None:
+    demo = se.repo / ".demo"
+    demo.mkdir()
+    (demo / "enclave.pid").write_text(content)
+    r = se.run("cleanup.sh", "--simulate")
+    assert r.returncode == 0, r.stderr
+    assert "stale pid file" in r.stderr
+    assert not (demo / "enclave.pid").exists() and not (se.repo / "pwned").exists()
 
 
 def test_simulate_passes_measurements_to_sim_init(se: ScriptEnv) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +24,19 @@ def _free_port() -> int:
 def test_attest_connection_refused_is_one_line_with_hint(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    rc = main(
-        ["attest", "--connect", f"tcp://127.0.0.1:{_free_port()}", "--out-dir", str(tmp_path)]
-    )
+    port = _free_port()
+    argv = ["attest", "--connect", f"tcp://127.0.0.1:{port}", "--out-dir", str(tmp_path)]
+    started = time.monotonic()
+    rc = main([*argv, "--timeout", "0.6"])
+    elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     assert rc == 2
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert "refused" in err and "running" in err
+    # Retried (a server may be starting) within --timeout, and the error says so.
+    assert f"127.0.0.1:{port}" in err and "attempts over" in err
+    assert 0.3 < elapsed < 3
     assert not (tmp_path / "attestation-document.dat").exists()
 
 
@@ -93,6 +99,8 @@ def test_serve_auto_without_device_points_at_simulator(
         (["--listen", "vsock://16"], "vsock://CID:PORT"),
         (["--listen", "tcp://127.0.0.1:0", "--read-timeout", "0"], "--read-timeout"),
         (["--listen", "tcp://127.0.0.1:0", "--max-connections", "0"], "--max-connections"),
+        (["--listen", "tcp://127.0.0.1:0", "--frame-deadline", "0"], "--frame-deadline"),
+        (["--listen", "unix:///tmp/x.sock", "--socket-mode", "0400"], "--socket-mode"),
     ],
 )
 def test_serve_usage_errors(

@@ -85,7 +85,9 @@ def test_hostile_storm_does_not_affect_real_requests(tmp_path: Path) -> None:
     asyncio_log.addHandler(asyncio_errors)
     tracemalloc.start()
     try:
-        with running_server(f"unix://{path}", read_timeout=0.3, max_connections=64) as (
+        with running_server(
+            f"unix://{path}", read_timeout=0.3, frame_deadline=0.3, max_connections=64
+        ) as (
             _addr,
             server,
             logs,

@@ -47,7 +47,8 @@ def assert_clean(text: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "shown"),
     [
-        ("plain text, ✅ and é stay", "plain text, ✅ and é stay"),
+        ("plain text and é stay", "plain text and é stay"),
+        ("a ✅ or ❌ mark is the report's own", "a \\u2705 or \\u274c mark is the report's own"),
         ("a\nb\r\tc", "a\\nb\\r\\tc"),
         ("\x1b[31mred\x07", "\\x1b[31mred\\x07"),
         ("\x00\x7f\x85", "\\x00\\x7f\\x85"),
@@ -85,7 +86,7 @@ def test_verify_prints_no_escape_and_no_forged_line(
     out, err = capsys.readouterr()
     assert rc == (0 if not extra else 1), out
     assert_clean(out + err)
-    assert "i-0123\\n  ✅ Forged" in out  # shown, escaped, on the line it belongs to
+    assert "i-0123\\n  \\u2705 Forged" in out  # shown, escaped, on the line it belongs to
     # JSON is exact: the same strings, escaped by json.dumps only.
     assert main([*argv, "--json"]) == rc
     report = json.loads(capsys.readouterr().out)
@@ -102,7 +103,7 @@ def test_unauthenticated_claims_are_escaped(
     assert main(["verify", str(path), "--root", str(root), "--at", AT]) == 1
     out, err = capsys.readouterr()
     assert_clean(out + err)
-    assert "UNAUTHENTICATED claims" in out and "\\n  ✅ Forged" in out
+    assert "UNAUTHENTICATED claims" in out and "\\n  \\u2705 Forged" in out
 
 
 def test_inspect_prints_no_escape_and_no_forged_line(
@@ -112,7 +113,8 @@ def test_inspect_prints_no_escape_and_no_forged_line(
     assert main(["inspect", str(path)]) == 0
     out, err = capsys.readouterr()
     assert_clean(out + err)
-    assert out.startswith("UNVERIFIED") and f"leaf\\n{FORGED}\\x1b[31m" in out
+    shown = FORGED.replace("✅", "\\u2705")  # the report's own marks are escaped too
+    assert out.startswith("UNVERIFIED") and f"leaf\\n{shown}\\x1b[31m" in out
     assert main(["inspect", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["module_id"] == EVIL
 

@@ -1,5 +1,5 @@
-"""`nitro-attest eif describe|measure`: what nitro-cli describe-eif and build-enclave print, from an
-EIF file, on any machine."""
+"""`nitro-attest eif describe|measure|build|diff`: what nitro-cli describe-eif and build-enclave
+print, from an EIF file, on any machine; building and comparing images (eif_build_cmd)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
+from nitro_attest._cli.eif_build_cmd import register_build, register_diff
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
 from nitro_attest.eif.metadata import describe_metadata
 from nitro_attest.eif.signature import certificate_info
@@ -60,6 +61,8 @@ def register(sub: Any) -> None:
     m.add_argument("file", metavar="FILE", help="the .eif file")
     m.add_argument("--write-expected", metavar="PATH", help="also write the JSON to PATH")
     m.set_defaults(func=run_measure)
+    register_build(eif_sub)
+    register_diff(eif_sub)
 
 
 def _inspect(path: str, at: dt.datetime | None = None) -> EifInfo:

@@ -135,9 +135,17 @@ def verify_ecdsa(
     return True
 
 
-def sign_ecdsa(key: ec.EllipticCurvePrivateKey, alg: EcdsaAlgorithm, message: bytes) -> bytes:
-    """Sign ``message``; return COSE's raw r||s form."""
-    return der_to_raw(key.sign(message, ec.ECDSA(alg.hash())), alg)
+def sign_ecdsa(
+    key: ec.EllipticCurvePrivateKey,
+    alg: EcdsaAlgorithm,
+    message: bytes,
+    *,
+    deterministic: bool = False,
+) -> bytes:
+    """Sign ``message``; return COSE's raw r||s form. ``deterministic``: RFC 6979 nonces, so the
+    same key and message give the same signature (reproducible signed EIFs)."""
+    ecdsa = ec.ECDSA(alg.hash(), deterministic_signing=deterministic)
+    return der_to_raw(key.sign(message, ecdsa), alg)
 
 
 def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:

@@ -127,7 +127,6 @@ def unauthenticated_claims(doc: AttestationDocument) -> str:
     module_id = repr(doc.module_id)
     if len(module_id) > 120:  # the payload may hold kilobytes of it
         module_id = module_id[:117] + "..."
-    return escape_untrusted(
-        f"⚠ UNAUTHENTICATED claims (signature or chain failed, nothing here is verified): "
-        f"{doc.kind.value} document, module_id {module_id}, timestamp {timestamp}"
+    return "⚠ UNAUTHENTICATED claims (signature or chain failed, nothing here is verified): " + (
+        escape_untrusted(f"{doc.kind.value} document, module_id {module_id}, timestamp {timestamp}")
     )

@@ -14,6 +14,9 @@ import unicodedata
 # Zl/Zp: line and paragraph separators; Cs: lone surrogates (from surrogateescape'd file names).
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# The report's own verdict marks: untrusted text never shows them, so a long string that wraps on
+# a narrow terminal cannot start a screen row that looks like a check line.
+_MARKS = frozenset("\u2705\u274c\u2796\u26a0")  # ✅ ❌ ➖ ⚠
 
 
 def _escape_char(ch: str) -> str:
@@ -29,8 +32,9 @@ def _escape_char(ch: str) -> str:
 
 def escape_untrusted(text: str) -> str:
     """``text`` with every control, format and line-separator character written as an escape."""
-    if text.isprintable():  # fast path: nothing to escape (spaces count as printable)
+    if text.isprintable() and _MARKS.isdisjoint(text):  # fast path (spaces are printable)
         return text
     return "".join(
-        _escape_char(ch) if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text
+        _escape_char(ch) if ch in _MARKS or unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch
+        for ch in text
     )

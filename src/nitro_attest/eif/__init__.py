@@ -6,7 +6,9 @@ does not check out.
 
 Modules: ``format`` (header, section types, CRC), ``reader`` (strict layout), ``measure`` (the
 one-pass PCR computation), ``metadata``, ``signature`` (PCR8 and the COSE signature) and
-``writer``. None of them needs nitro-cli.
+``writer``; the image builder ``build`` (``build_eif``: docker save / OCI layout / rootfs dir ->
+reproducible EIF, over ``blobs``, ``tar``, ``oci``, ``layer``, ``rootfs``, ``hostdir``, ``cpio``,
+``ramdisk``, ``sink``) and ``diff`` (``diff_eifs``). None of them needs nitro-cli.
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ def sign_pcr0(key: ec.EllipticCurvePrivateKey, certificate_pem: bytes, pcr0: byt
         raise EifError("the signing key does not match the signing certificate")
     protected = cbor2.dumps({1: alg.cose_id})
     payload = pcr0_payload(pcr0)
-    sig = sign_ecdsa(key, alg, sig_structure(protected, payload))
+    # RFC 6979: a rebuild signed with the same key is byte-identical too
+    sig = sign_ecdsa(key, alg, sig_structure(protected, payload), deterministic=True)
     return encode_signature_section(certificate_pem, encode_sign1(protected, payload, sig))
 
 

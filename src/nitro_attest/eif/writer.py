@@ -1,8 +1,8 @@
 """Build an EIF (version 4) the way nitro-cli's EifBuilder lays it out.
 
-Section order: kernel, cmdline, metadata, ramdisks..., signature last. Inputs are bytes or paths;
-paths are streamed, so a gigabyte ramdisk never sits in memory. The header (offsets, sizes) is
-written last, then the CRC over the finished file.
+Section order: kernel, cmdline, metadata, ramdisks..., signature last. Inputs are bytes, paths or
+Streams; paths and Streams are streamed, so a gigabyte ramdisk never sits in memory. The header
+(offsets, sizes, CRC) is written last; the CRC is computed while writing, never by re-reading.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,15 +29,25 @@ from nitro_attest.eif.format import (
     FLAG_ARCH_AARCH64,
     HEADER_SIZE,
     MAX_SECTIONS,
+    SECTION_HEADER_SIZE,
     EifError,
     EifHeader,
     SectionHeader,
     SectionType,
 )
-from nitro_attest.eif.measure import CHUNK_SIZE
 from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
+from nitro_attest.eif.sink import Crc, HashingSink, crc32_combine
 
-Source = bytes | str | os.PathLike[str]
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Section data produced on the fly: exactly ``size`` bytes written by ``produce(sink)``."""
+
+    size: int
+    produce: Callable[[HashingSink], None]
+
+
+Source = bytes | str | os.PathLike[str] | Stream
 
 
 def default_metadata(
@@ -67,7 +79,12 @@ def write_eif(
     signing_certificate_pem: bytes | None = None,
     aarch64: bool = False,
 ) -> dict[str, str]:
-    """Write an EIF and return its measurements (hex PCR0, PCR1, PCR2, and PCR8 when signed)."""
+    """Write an EIF and return its measurements (hex PCR0, PCR1, PCR2, and PCR8 when signed).
+
+    Sizes are known before any byte is written (a Stream declares its own), so the file is
+    written once, front to back; only the header is rewritten at the end, once the signature
+    section (whose CBOR length depends on the signature bytes) is sized.
+    """
     if not ramdisks:
         raise EifError("an EIF needs at least one ramdisk")
     if (signing_key_pem is None) != (signing_certificate_pem is None):
@@ -85,38 +102,64 @@ def write_eif(
     n_sections = 3 + len(ramdisks) + (1 if signing_key_pem else 0)
     if n_sections > MAX_SECTIONS:
         raise EifError(f"{n_sections} sections; an EIF holds at most {MAX_SECTIONS}")
+    key = None
+    if signing_key_pem is not None:
+        loaded = serialization.load_pem_private_key(signing_key_pem, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise EifError("the signing key must be an EC private key")
+        key = loaded
 
     prefix = hashlib.sha384()
     app = hashlib.sha384()
     pcr1_digest = b""
     offsets: list[int] = []
     sizes: list[int] = []
-    with open(out_path, "w+b") as fh:
+    crc = Crc()  # of everything after the header
+    with (
+        open(out_path, "w+b") as fh,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="eif-write") as pool,
+    ):
         fh.write(bytes(HEADER_SIZE))
+        sink = HashingSink(fh, pool, crc)
 
-        def section(kind: SectionType, source: Source, hashes: list[Any]) -> None:
-            offsets.append(fh.tell())
-            sizes.append(_write_section(fh, kind, source, hashes))
+        def section(kind: SectionType, source: Source, here: list[Any], there: list[Any]) -> None:
+            offsets.append(HEADER_SIZE + sum(SECTION_HEADER_SIZE + n for n in sizes))
+            size = _size_of(source)
+            sink.begin([], [])
+            sink.write(SectionHeader(int(kind), 0, size).pack())
+            sink.begin(here, there)
+            _produce(sink, source)
+            produced = sink.count
+            sink.begin([], [])
+            if produced != size:
+                raise EifError(
+                    f"{kind.name} section: {produced} bytes produced, {size} declared "
+                    "(input changed while being written?)"
+                )
+            sizes.append(size)
 
-        section(SectionType.KERNEL, kernel, [prefix])
-        section(SectionType.CMDLINE, cmdline_bytes, [prefix])
-        section(SectionType.METADATA, meta_bytes, [])
-        for i, ramdisk in enumerate(ramdisks):
-            section(SectionType.RAMDISK, ramdisk, [prefix] if i == 0 else [prefix, app])
-            if i == 0:
-                pcr1_digest = prefix.copy().digest()
-        pcr0 = extend_zero(prefix.digest())
-        pcrs = {
-            "PCR0": pcr0.hex(),
-            "PCR1": extend_zero(pcr1_digest).hex(),
-            "PCR2": extend_zero(app.digest()).hex(),
-        }
-        if signing_key_pem is not None and signing_certificate_pem is not None:
-            key = serialization.load_pem_private_key(signing_key_pem, password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise EifError("the signing key must be an EC private key")
-            section(SectionType.SIGNATURE, sign_pcr0(key, signing_certificate_pem, pcr0), [])
-            pcrs["PCR8"] = pcr8(load_certificate(signing_certificate_pem)).hex()
+        try:
+            section(SectionType.KERNEL, kernel, [prefix], [])
+            section(SectionType.CMDLINE, cmdline_bytes, [prefix], [])
+            section(SectionType.METADATA, meta_bytes, [], [])
+            for i, ramdisk in enumerate(ramdisks):
+                section(SectionType.RAMDISK, ramdisk, [prefix], [] if i == 0 else [app])
+                if i == 0:
+                    sink.close()
+                    pcr1_digest = prefix.copy().digest()
+            sink.close()
+            pcr0 = extend_zero(prefix.digest())
+            pcrs = {
+                "PCR0": pcr0.hex(),
+                "PCR1": extend_zero(pcr1_digest).hex(),
+                "PCR2": extend_zero(app.digest()).hex(),
+            }
+            if key is not None and signing_certificate_pem is not None:
+                signature = sign_pcr0(key, signing_certificate_pem, pcr0)
+                section(SectionType.SIGNATURE, signature, [], [])
+                pcrs["PCR8"] = pcr8(load_certificate(signing_certificate_pem)).hex()
+        finally:
+            sink.close()
 
         pad = MAX_SECTIONS - len(offsets)
         header = EifHeader(
@@ -131,34 +174,29 @@ def write_eif(
             unused=0,
             crc32=0,
         ).pack()
+        body = fh.tell() - HEADER_SIZE
+        total = crc32_combine(zlib.crc32(header[:CRC_OFFSET]), crc.value, body)
         fh.seek(0)
-        fh.write(header)
-        crc = zlib.crc32(header[:CRC_OFFSET])
-        fh.seek(HEADER_SIZE)
-        while chunk := fh.read(CHUNK_SIZE):
-            crc = zlib.crc32(chunk, crc)
-        fh.seek(CRC_OFFSET)
-        fh.write(crc.to_bytes(4, "big"))
+        fh.write(header[:CRC_OFFSET] + total.to_bytes(4, "big"))
     return pcrs
 
 
-def _write_section(fh: BinaryIO, kind: SectionType, source: Source, hashes: list[Any]) -> int:
+def _size_of(source: Source) -> int:
     if isinstance(source, bytes):
-        fh.write(SectionHeader(int(kind), 0, len(source)).pack())
-        fh.write(source)
-        for h in hashes:
-            h.update(source)
         return len(source)
-    path = Path(source)
-    size = path.stat().st_size
-    fh.write(SectionHeader(int(kind), 0, size).pack())
-    written = 0
-    with path.open("rb") as src:
-        while chunk := src.read(CHUNK_SIZE):
-            fh.write(chunk)
-            for h in hashes:
-                h.update(chunk)
-            written += len(chunk)
-    if written != size:
-        raise EifError(f"{path}: changed size while being written ({size} -> {written} bytes)")
-    return size
+    if isinstance(source, Stream):
+        return source.size
+    return Path(source).stat().st_size
+
+
+def _produce(sink: HashingSink, source: Source) -> None:
+    if isinstance(source, bytes):
+        sink.write(source)
+    elif isinstance(source, Stream):
+        source.produce(sink)
+    else:
+        fd = os.open(os.fspath(source), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sink.fill(fd, 0, os.fstat(fd).st_size, os.fspath(source))
+        finally:
+            os.close(fd)

@@ -2,12 +2,22 @@
 
 Blocking sockets with a timeout on every operation; one connection may carry several requests.
 Every failure is a ``ClientError``; ``EnclaveUnreachableError`` carries the tutorial's hint.
+
+A server that is full, restarting or not listening yet is retried with jittered exponential
+backoff until ``timeout`` (counted from the first attempt) runs out: a refused connect, a full
+listen queue (EAGAIN on a Unix socket), a ``busy`` answer to the first request, or a connection
+dropped while that request was being sent. Nothing else is retried: once the enclave may have
+acted on a request, sending it again is the caller's choice.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import random
+import socket
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,25 +70,91 @@ def unreachable_hint(address: Address) -> str:
     return "is the server running? start it with `nitro-attest serve` (or ./run.sh --simulate)"
 
 
+# connect() errors that mean "not now" rather than "not there": retried until the timeout.
+RETRY_CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ECONNRESET})
+# send() errors on a fresh connection: the server closed it (it was full) before our request.
+RETRY_SEND_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET})
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+
+
+class Backoff:
+    """Jittered exponential delays (half fixed, half random) within an overall deadline."""
+
+    def __init__(self, timeout: float, *, rng: random.Random | None = None) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.attempts = 0
+        self._step = BACKOFF_FIRST
+        self._rng = rng or random.Random()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def wait(self) -> bool:
+        """Sleep before the next attempt; False when the deadline leaves no room for one.
+
+        A delay that would overrun the deadline is cut short, so the last attempt comes just
+        before it: the whole timeout is used, and a server that starts late still gets a chance.
+        """
+        delay = self._step / 2 + self._rng.uniform(0, self._step / 2)
+        self._step = min(self._step * 2, BACKOFF_MAX)
+        remaining = self.remaining()
+        if remaining < 0.02:
+            return False
+        time.sleep(min(delay, remaining - 0.01))
+        return True
+
+    def tried(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if self.attempts <= 1:
+            return "1 attempt"
+        return f"{self.attempts} attempts over {elapsed:.1f}s"
+
+
+class _Retry(ClientError):
+    """A first request the server never acted on; ``final`` is raised if we give up."""
+
+    def __init__(self, final: ClientError) -> None:
+        super().__init__(str(final))
+        self.final = final
+
+
 class Connection:
-    """One open connection to an enclave server."""
+    """One open connection to an enclave server.
+
+    ``timeout`` bounds each socket operation, and also the whole of connecting and the first
+    request when the server has to be retried (see the module docstring).
+    """
 
     def __init__(self, address: str | Address, *, timeout: float = 10.0) -> None:
         if isinstance(address, str):
             address = parse_address(address, role="connect")
         self.address = address
         self._timeout = timeout
-        try:
-            self._sock = connect(address, timeout=timeout)
-        except TimeoutError:
-            raise EnclaveUnreachableError(
-                f"{address}: connection timed out after {timeout:g}s; {unreachable_hint(address)}"
-            ) from None
-        except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            raise EnclaveUnreachableError(
-                f"{address}: {reason}; {unreachable_hint(address)}"
-            ) from None
+        self._backoff: Backoff | None = Backoff(timeout)  # None once the first request answered
+        self._sock = self._connect()
+
+    def _connect(self) -> socket.socket:
+        backoff = self._backoff
+        assert backoff is not None
+        address = self.address
+        while True:
+            backoff.attempts += 1
+            try:
+                return connect(address, timeout=max(0.01, min(self._timeout, backoff.remaining())))
+            except TimeoutError:
+                raise EnclaveUnreachableError(
+                    f"{address}: connection timed out ({backoff.tried()}, timeout "
+                    f"{self._timeout:g}s); {unreachable_hint(address)}"
+                ) from None
+            except OSError as exc:
+                if exc.errno in RETRY_CONNECT_ERRNOS and backoff.wait():
+                    continue
+                reason = (exc.strerror or str(exc)).lower()
+                raise EnclaveUnreachableError(
+                    f"{address}: {reason} ({backoff.tried()}); {unreachable_hint(address)}"
+                ) from None
 
     def __enter__(self) -> Connection:
         return self
@@ -116,12 +192,44 @@ class Connection:
 
     def request(self, request: Request) -> Response:
         """Send one request and return the response; an ErrorResponse raises EnclaveError."""
+        frame = request.encode()
+        while True:
+            try:
+                response = self._exchange(frame)
+            except _Retry as retry:
+                backoff = self._backoff
+                assert backoff is not None
+                if not backoff.wait():
+                    self._backoff = None
+                    raise retry.final from None
+                self._sock.close()
+                self._sock = self._connect()
+                continue
+            except BaseException:
+                self._backoff = None  # the first request is over: no retry after this
+                raise
+            self._backoff = None
+            return response
+
+    def _exchange(self, frame: bytes) -> Response:
+        first = self._backoff is not None
+        if first:  # the first request shares the connect deadline
+            assert self._backoff is not None
+            self._sock.settimeout(max(0.01, min(self._timeout, self._backoff.remaining())))
         try:
-            self._sock.sendall(request.encode())
+            self._sock.sendall(frame)
         except TimeoutError:
             raise ClientError(f"{self.address}: sending timed out") from None
         except OSError as exc:
-            raise ClientError(f"{self.address}: {exc.strerror or exc} while sending") from None
+            error = ClientError(f"{self.address}: {exc.strerror or exc} while sending")
+            if first and exc.errno in RETRY_SEND_ERRNOS:
+                assert self._backoff is not None
+                error = ClientError(
+                    f"{self.address}: the server closed the connection before our request "
+                    f"({self._backoff.tried()})"
+                )
+                raise _Retry(error) from None
+            raise error from None
         header = self._recv_exactly(protocol.HEADER_SIZE, "waiting for the response")
         try:
             length = protocol.decode_header(header)
@@ -129,7 +237,17 @@ class Connection:
             response = protocol.decode_response(body)
         except ProtocolError as exc:
             raise ClientProtocolError(f"{self.address}: bad response: {exc}") from None
+        if first:
+            self._sock.settimeout(self._timeout)
         if isinstance(response, ErrorResponse):
+            if first and response.code == "busy":
+                assert self._backoff is not None
+                raise _Retry(
+                    EnclaveError(
+                        response.code,
+                        f"{response.message} ({self.address}: {self._backoff.tried()})",
+                    )
+                )
             raise EnclaveError(response.code, response.message)
         return response
 

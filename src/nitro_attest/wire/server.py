@@ -1,9 +1,11 @@
 """The enclave attestation server: answers protocol requests with the NSM, over any transport.
 
-One asyncio loop accepts connections; each connection reads frames with a read timeout and can
-send several requests. Handlers are blocking callables keyed by request type, run in a small
-thread pool so NSM work (an ioctl, or the simulator's signing) never stalls the loop. A client
-that misbehaves only ever loses its own connection.
+One asyncio loop accepts connections; each connection is a protocol object that reassembles
+frames and can carry several requests. Admission (limits, deadlines, shedding) is in
+``admission``. Handlers are blocking callables keyed by request type, run inline on the loop: an
+NSM call takes a fraction of a millisecond (the simulator's signature) to a few (the device, which
+serialises its callers anyway), and handing it to a thread cost more CPU than the call itself
+(bench/server.py). A client that misbehaves only ever loses its own connection.
 """
 
 from __future__ import annotations
@@ -16,12 +18,27 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
 from nitro_attest.wire import protocol
+from nitro_attest.wire.admission import (
+    DEFAULT_FRAME_DEADLINE,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHED_GRACE,
+    DEFAULT_WRITE_TIMEOUT,
+    FRAME,
+    IDLE,
+    STALLED,
+    ConnectionTable,
+    Limits,
+    Member,
+    RateLimitedCount,
+    descriptor_budget,
+)
 from nitro_attest.wire.protocol import (
+    HEADER_SIZE,
     AttestationResponse,
     AttestRequest,
     DescribeRequest,
@@ -33,17 +50,11 @@ from nitro_attest.wire.protocol import (
     RequestHandler,
     Response,
 )
-from nitro_attest.wire.transport import Address, start_server
+from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, Address, start_server
 
 log = logging.getLogger("nitro_attest.wire.server")
 
-DEFAULT_READ_TIMEOUT = 30.0
-DEFAULT_WRITE_TIMEOUT = 10.0
-DEFAULT_MAX_CONNECTIONS = 64
-# NSM calls run here. Both backends are thread-safe (the device serialises its ioctls, the
-# simulator signs outside its lock, and signing releases the GIL), so two threads let the
-# signing of one request overlap the loop's socket work and a second signature.
-DEFAULT_WORKERS = 2
+DEFAULT_READ_TIMEOUT = DEFAULT_IDLE_TIMEOUT  # between requests
 _MAX_DESCRIBED_PCRS = 32
 
 
@@ -126,30 +137,54 @@ class EnclaveServer:
         handlers: Mapping[str, RequestHandler],
         *,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        frame_deadline: float = DEFAULT_FRAME_DEADLINE,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        shed_grace: float = DEFAULT_SHED_GRACE,
         max_frame_size: int = MAX_FRAME_BYTES,
-        workers: int = DEFAULT_WORKERS,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         if not handlers:
             raise ValueError("an enclave server needs at least one request handler")
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
         self._handlers = dict(handlers)
-        self._read_timeout = read_timeout
-        self._write_timeout = write_timeout
-        self._max_connections = max_connections
+        self.limits = Limits(
+            idle_timeout=read_timeout,
+            frame_deadline=frame_deadline,
+            write_timeout=write_timeout,
+            max_connections=max_connections,
+            shed_grace=shed_grace,
+        )
+        self._table = ConnectionTable(self.limits)
         self._max_frame = max_frame_size
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsm")
+        # Every connection reads into this one buffer, then keeps only what it received; no
+        # connection buffers more than one whole frame (the rest waits in the kernel).
+        self._scratch = memoryview(bytearray(HEADER_SIZE + max_frame_size))
+        self._socket_mode = socket_mode
         self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._address: Address | None = None
         self._unix_inode: tuple[int, int] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()  # open or still flushing a last answer
+        self._finishing: dict[_Connection, None] = {}  # closed by us, flushing, oldest first
         self._serial = 0
         self._closing = False
         self.requests_served = 0
+        self.shed = RateLimitedCount(
+            lambda n: log.warning(
+                "shed %d least recently active connection(s) to admit new ones (limit %d)",
+                n,
+                self.limits.max_connections,
+            )
+        )
+        self.refused = RateLimitedCount(
+            lambda n: log.warning(
+                "refused %d connection(s) busy: %d open, all younger than %gs",
+                n,
+                len(self._table),
+                self.limits.shed_grace,
+            )
+        )
 
     @property
     def address(self) -> Address:
@@ -159,31 +194,34 @@ class EnclaveServer:
 
     @property
     def active_connections(self) -> int:
-        return len(self._tasks)
+        return len(self._connections)
 
     async def start(self, address: Address) -> Address:
-        self._server, self._address = await start_server(address, self._on_connect)
+        self._loop = asyncio.get_running_loop()
+        self._server, self._address = await start_server(
+            address, self._new_connection, socket_mode=self._socket_mode
+        )
         if address.scheme == "unix":
             st = os.stat(address.path)
             self._unix_inode = (st.st_dev, st.st_ino)
+        self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
         return self._address
 
     async def close(self) -> None:
         """Stop accepting, drop open connections, remove our Unix socket file."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
-        for _ in range(8):  # let connections accepted just before close() see _closing
+        for conn in list(self._connections):
+            conn.abort()
+        for _ in range(8):  # let the transports run their connection_lost callbacks
             await asyncio.sleep(0)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
         self._remove_unix_socket()
-        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _remove_unix_socket(self) -> None:
         if self._address is None or self._address.scheme != "unix" or self._unix_inode is None:
@@ -194,74 +232,62 @@ class EnclaveServer:
                 os.unlink(self._address.path)
         self._unix_inode = None
 
-    # --- connections ----------------------------------------------------------------------------
+    # --- admission ------------------------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_connection(self) -> _Connection:
         self._serial += 1
+        assert self._loop is not None
+        return _Connection(self, self._serial, self._loop.time())
+
+    def _admit(self, conn: _Connection) -> bool:
+        """Called when ``conn`` connects: make room by shedding, or refuse it. True: admitted."""
+        self._connections.add(conn)
         if self._closing:
-            writer.close()
-            return
-        peer = _peer_name(writer, self._serial)
-        if len(self._tasks) >= self._max_connections:
-            log.warning("%s refused: %d connections open (limit)", peer, len(self._tasks))
-            with contextlib.suppress(Exception):
-                writer.write(ErrorResponse("busy", "too many connections, retry later").encode())
-                await asyncio.wait_for(writer.drain(), 1.0)
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._serve_connection(reader, writer, peer)
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # one connection's failure must never reach the others
-            log.error("%s connection failed: %s: %s", peer, type(exc).__name__, exc)
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            conn.abort()
+            return False
+        now = conn.connected_at
+        if self._table.full():
+            victim = self._table.shed_candidate(now)
+            if victim is None:
+                self.refused.add(now)
+                conn.finish(_BUSY)
+                return False
+            assert isinstance(victim, _Connection)
+            self.shed.add(now)
+            victim.finish(_BUSY)
+        self._table.add(conn, now)
+        return True
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._read_timeout):  # no task per read, unlike wait_for
-                    header = await reader.readexactly(protocol.HEADER_SIZE)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    log.warning("%s closed mid-header", peer)
-                return  # a clean close between requests
-            except (TimeoutError, ConnectionError):
-                return  # idle or reset: drop quietly
-            try:
-                length = protocol.decode_header(header, max_size=self._max_frame)
-            except ProtocolError as exc:
-                log.warning("%s rejected frame: %s", peer, exc)
-                await self._send(writer, protocol.error_for(exc))
-                return  # framing is lost; the connection cannot continue
-            try:
-                async with asyncio.timeout(self._read_timeout):
-                    body = await reader.readexactly(length)
-            except asyncio.IncompleteReadError:
-                log.warning("%s closed mid-frame", peer)
-                return
-            except TimeoutError:
-                log.warning("%s sent half a frame and went quiet", peer)
-                await self._send(writer, ErrorResponse("timeout", "frame not completed in time"))
-                return
-            except ConnectionError:
-                return
-            response = await self._dispatch(body, peer)
-            if not await self._send(writer, response):
-                return
-            if isinstance(response, ErrorResponse) and response.code == "bad_frame":
-                return
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for member in self._table.expired(now):
+            assert isinstance(member, _Connection)
+            member.expire()
+        for conn in list(self._finishing):  # a last answer nobody reads must not hold a socket
+            if conn.closing_since is not None and now - conn.closing_since < _FLUSH_TIMEOUT:
+                break
+            conn.abort()
+        self.shed.flush(now)
+        self.refused.flush(now)
+        if not self._closing:
+            self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
 
-    async def _dispatch(self, body: bytes, peer: str) -> Response:
+    def _closing_now(self, conn: _Connection) -> float:
+        """``conn`` is being closed by us: out of the table, flushing; returns the time."""
+        assert self._loop is not None
+        self._table.remove(conn)
+        self._finishing[conn] = None
+        return self._loop.time()
+
+    def _forget(self, conn: _Connection) -> None:
+        self._table.remove(conn)
+        self._finishing.pop(conn, None)
+        self._connections.discard(conn)
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def dispatch(self, body: bytes, peer: str) -> Response:
         started = time.perf_counter()
         detail = ""
         try:
@@ -276,7 +302,7 @@ class EnclaveServer:
             if handler is None:
                 response = ErrorResponse("unknown_type", f"this server does not serve {kind!r}")
             else:
-                response = await self._run_handler(handler, request, peer)
+                response = self._run_handler(handler, request, peer)
         self.requests_served += 1
         elapsed = (time.perf_counter() - started) * 1000
         log.info(
@@ -289,10 +315,9 @@ class EnclaveServer:
         )
         return response
 
-    async def _run_handler(self, handler: RequestHandler, request: Request, peer: str) -> Response:
-        loop = asyncio.get_running_loop()
+    def _run_handler(self, handler: RequestHandler, request: Request, peer: str) -> Response:
         try:
-            return await loop.run_in_executor(self._executor, handler, request)
+            return handler(request)
         except NsmError as exc:
             return ErrorResponse("nsm_error", str(exc))
         except ProtocolError as exc:
@@ -301,21 +326,167 @@ class EnclaveServer:
             log.error("%s handler %s failed: %s", peer, request.TYPE, type(exc).__name__)
             return ErrorResponse("internal", "the enclave failed to answer this request")
 
-    async def _send(self, writer: asyncio.StreamWriter, response: Response) -> bool:
-        try:
-            writer.write(response.encode())
-            async with asyncio.timeout(self._write_timeout):
-                await writer.drain()
-        except (TimeoutError, ConnectionError):
-            return False
-        return True
+
+_FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
+_BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
+_TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
 
 
-def _peer_name(writer: asyncio.StreamWriter, serial: int) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"#{serial} {peer[0]}:{peer[1]}"
-    return f"#{serial}"
+class _Connection(asyncio.BufferedProtocol, Member):
+    """One client connection: reassembles frames and answers each; it never waits on anything."""
+
+    __slots__ = (
+        "_buf",
+        "_eof",
+        "_paused",
+        "_peer",
+        "_serial",
+        "_server",
+        "_transport",
+        "closing_since",
+    )  # fmt: skip
+
+    def __init__(self, server: EnclaveServer, serial: int, now: float) -> None:
+        Member.__init__(self, now)
+        self._server = server
+        self._serial = serial
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._peer = f"#{serial}"
+        self._paused = False  # the client is not reading our answers
+        self._eof = False
+        self.closing_since: float | None = None
+
+    # --- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer = f"#{self._serial} {peer[0]}:{peer[1]}"
+        self._server._admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._forget(self)
+        self._buf = bytearray()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never empty: reading is paused while the buffer holds a whole frame (see below).
+        room = len(self._server._scratch) - len(self._buf)
+        return self._server._scratch[: max(1, room)]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closing_since is not None:
+            return
+        self._buf += self._server._scratch[:nbytes]
+        if self.state == IDLE:
+            self._enter(FRAME)  # the frame deadline runs from its first byte
+        if len(self._buf) >= len(self._server._scratch):
+            self._set_reading(False)  # read on once this frame is answered
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._process()  # answers a whole frame still buffered, then finishes
+        return True  # we close once our answers are out
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.state is not None and self.closing_since is None:
+            self._enter(STALLED)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.state == STALLED:
+            self._enter(FRAME if self._buf else IDLE)
+            self._later()
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer one whole frame if the buffer holds one; the next waits for the next loop turn."""
+        if self.closing_since is not None or self._paused or self._transport is None:
+            return
+        server = self._server
+        length = 0
+        if len(self._buf) >= HEADER_SIZE:
+            try:
+                length = protocol.decode_header(
+                    bytes(self._buf[:HEADER_SIZE]), max_size=server._max_frame
+                )
+            except ProtocolError as exc:
+                log.warning("%s rejected frame: %s", self._peer, exc)
+                self.finish(protocol.error_for(exc).encode())
+                return
+        end = HEADER_SIZE + length
+        if not length or len(self._buf) < end:
+            if self._eof:
+                if self._buf:
+                    what = "mid-header" if len(self._buf) < HEADER_SIZE else "mid-frame"
+                    log.warning("%s closed %s", self._peer, what)
+                self.finish(None)
+            return
+        body = bytes(self._buf[:end][HEADER_SIZE:])
+        del self._buf[:end]
+        self._enter(None)  # being answered: no deadline, not sheddable
+        response = server.dispatch(body, self._peer)
+        if self.closing_since is not None:
+            return
+        if isinstance(response, ErrorResponse) and response.code == "bad_frame":
+            self.finish(response.encode())  # framing is lost; the connection cannot continue
+            return
+        self._transport.write(response.encode())  # may call pause_writing()
+        if self._paused:
+            self._enter(STALLED)
+            return
+        self._enter(FRAME if self._buf else IDLE)
+        self._set_reading(True)
+        if self._buf or self._eof:
+            self._later()
+
+    def _later(self) -> None:
+        assert self._server._loop is not None
+        self._server._loop.call_soon(self._process)
+
+    def _enter(self, state: str | None) -> None:
+        assert self._server._loop is not None
+        self._server._table.enter(self, state, self._server._loop.time())
+
+    def _set_reading(self, on: bool) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if on and not self._transport.is_reading():
+            self._transport.resume_reading()
+        elif not on and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    # --- endings --------------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """The current state's deadline passed."""
+        if self.state == FRAME:
+            log.warning("%s sent half a frame and went quiet", self._peer)
+            self.finish(_TIMEOUT)
+        elif self.state == STALLED:
+            log.warning("%s does not read its answers: dropped", self._peer)
+            self.abort()
+        else:
+            self.finish(None)  # idle: drop quietly
+
+    def finish(self, last: bytes | None) -> None:
+        """Send ``last`` (if any) and close once it is flushed; read nothing more."""
+        if self.closing_since is not None or self._transport is None:
+            return
+        self.closing_since = self._server._closing_now(self)
+        if last is not None and not self._paused:
+            self._transport.write(last)
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._server._table.remove(self)
+        if self._transport is not None:
+            self._transport.abort()
 
 
 async def serve(
@@ -325,10 +496,24 @@ async def serve(
     ready: Callable[[Address], None] | None = None,
     stop: asyncio.Event | None = None,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    frame_deadline: float = DEFAULT_FRAME_DEADLINE,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    socket_mode: int = DEFAULT_SOCKET_MODE,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
-    server = EnclaveServer(handlers, read_timeout=read_timeout, max_connections=max_connections)
+    cap, fd_limit = descriptor_budget(max_connections)
+    if cap < max_connections:
+        log.warning(
+            "open-file limit %d allows %d connections, not %d: serving %d",
+            fd_limit, cap, max_connections, cap,
+        )  # fmt: skip
+    server = EnclaveServer(
+        handlers,
+        read_timeout=read_timeout,
+        frame_deadline=frame_deadline,
+        max_connections=cap,
+        socket_mode=socket_mode,
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -338,7 +523,11 @@ async def serve(
             installed.append(signum)
     try:
         bound = await server.start(address)
-        log.info("listening on %s", bound)
+        limits = server.limits
+        log.info(
+            "listening on %s (at most %d connections; frame deadline %gs, idle timeout %gs)",
+            bound, limits.max_connections, limits.frame_deadline, limits.idle_timeout,
+        )  # fmt: skip
         if ready is not None:
             ready(bound)
         await stop.wait()

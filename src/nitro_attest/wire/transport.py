@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -174,9 +174,6 @@ def connect(address: Address, *, timeout: float) -> socket.socket:
     return sock
 
 
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
 def _remove_stale_unix_socket(path: str) -> None:
     """Remove a socket file left by a dead server; refuse a live one or a non-socket."""
     try:
@@ -200,8 +197,18 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise AddressError(f"unix://{path}: another server is already listening there")
 
 
-def listening_socket(address: Address, *, backlog: int = 128) -> socket.socket:
-    """Create, bind and listen a non-blocking socket for ``address``."""
+DEFAULT_SOCKET_MODE = 0o600  # a Unix socket is for its owner unless widened on purpose
+LISTEN_BACKLOG = socket.SOMAXCONN
+
+
+def listening_socket(
+    address: Address, *, backlog: int = LISTEN_BACKLOG, socket_mode: int = DEFAULT_SOCKET_MODE
+) -> socket.socket:
+    """Create, bind and listen a non-blocking socket for ``address``.
+
+    A Unix socket gets ``socket_mode`` whatever the umask: it is set after bind() and before
+    listen(), so nobody can connect while it still has the umask's mode.
+    """
     if address.scheme == "unix":
         _remove_stale_unix_socket(address.path)
     sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -209,12 +216,21 @@ def listening_socket(address: Address, *, backlog: int = 128) -> socket.socket:
         if address.scheme == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address.sockaddr)
+        if address.scheme == "unix":
+            _restrict_unix_socket(address.path, socket_mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _restrict_unix_socket(path: str, mode: int) -> None:
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        raise AddressError(f"unix://{path}: replaced by something else while being created")
+    os.chmod(path, mode)
 
 
 def bound_address(address: Address, sock: socket.socket) -> Address:
@@ -228,15 +244,25 @@ def bound_address(address: Address, sock: socket.socket) -> Address:
 
 
 async def start_server(
-    address: Address, handler: ClientHandler, *, backlog: int = 128, limit: int = 2**16 + 16
+    address: Address,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    backlog: int = LISTEN_BACKLOG,
+    accept_batch: int = 128,
+    socket_mode: int = DEFAULT_SOCKET_MODE,
 ) -> tuple[asyncio.Server, Address]:
-    """Start an asyncio server on ``address``; return it with the address it is bound to."""
-    sock = listening_socket(address, backlog=backlog)
+    """Start an asyncio server on ``address``; return it with the address it is bound to.
+
+    asyncio uses its ``backlog`` argument both for listen() and as the number of connections
+    accepted per wake-up; we want a deep kernel queue but small accept batches, so the socket is
+    listened again with ``backlog`` once asyncio has set it up.
+    """
+    sock = listening_socket(address, backlog=backlog, socket_mode=socket_mode)
+    loop = asyncio.get_running_loop()
     try:
-        if address.scheme == "unix":
-            server = await asyncio.start_unix_server(handler, sock=sock, limit=limit)
-        else:
-            server = await asyncio.start_server(handler, sock=sock, limit=limit)
+        create = loop.create_unix_server if address.scheme == "unix" else loop.create_server
+        server = await create(protocol_factory, sock=sock, backlog=accept_batch)
+        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

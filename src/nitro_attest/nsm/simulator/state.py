@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import itertools
 import json
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nitro_attest.errors import ConfigurationError
+from nitro_attest.nsm.simulator.measurements import MEASURED_PCRS
 
 CONFIG_FILE = "config.json"
 ROOT_CN = "aws.nitro-enclaves.SIMULATED"
@@ -51,6 +53,7 @@ _PATHLEN = {"root": None, "regional": 2, "zonal": 1, "instance": 0}
 _MAX_FILE = 64 * 1024
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{17}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+_PCR_KEY = re.compile(r"[0-9]{1,2}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
@@ -67,6 +70,13 @@ class SimulatorConfig:
     measurements: dict[int, bytes] | None = None
 
     def validate(self) -> None:
+        if self.measurements is not None:
+            odd = sorted(i for i in self.measurements if i not in MEASURED_PCRS)
+            if odd:  # an EIF measures PCR0/1/2/8; anything else would land on a platform PCR
+                raise SimulatorStateError(
+                    f"measurements: PCR{odd[0]} is not an image PCR (allowed: PCR0, PCR1, PCR2, "
+                    "PCR8)"
+                )
         if not _INSTANCE_ID.fullmatch(self.instance_id):
             raise SimulatorStateError(
                 f"instance id must look like i-<17 hex digits>, got {self.instance_id!r:.40}"
@@ -102,9 +112,7 @@ class SimulatorConfig:
             raise SimulatorStateError(f"{CONFIG_FILE}: not a format-1 simulator config")
         try:
             meas = data["measurements"]
-            measurements = (
-                None if meas is None else {int(k): bytes.fromhex(v) for k, v in meas.items()}
-            )
+            measurements = None if meas is None else _measurements_from_json(meas)
             cfg = cls(
                 region=str(data["region"]),
                 instance_id=str(data["instance_id"]),
@@ -112,10 +120,26 @@ class SimulatorConfig:
                 debug=data["debug"] is True,
                 measurements=measurements,
             )
+        except SimulatorStateError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SimulatorStateError(f"{CONFIG_FILE}: malformed ({exc})") from None
-        cfg.validate()
+        try:
+            cfg.validate()
+        except SimulatorStateError as exc:
+            raise SimulatorStateError(f"{CONFIG_FILE}: {exc}") from None
         return cfg
+
+
+def _measurements_from_json(meas: Any) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for key, value in meas.items():
+        if not isinstance(key, str) or not _PCR_KEY.fullmatch(key):
+            raise SimulatorStateError(
+                f"{CONFIG_FILE}: measurements key {str(key)[:20]!r} is not a PCR index (0..31)"
+            )
+        out[int(key)] = bytes.fromhex(value)
+    return out
 
 
 def random_instance_id() -> str:
@@ -147,7 +171,8 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
 
 def _read_capped(path: Path) -> bytes:
     try:
-        with path.open("rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
             data = fh.read(_MAX_FILE + 1)
     except FileNotFoundError:
         raise SimulatorStateError(
@@ -160,14 +185,42 @@ def _read_capped(path: Path) -> bytes:
     return data
 
 
+def _refuse_symlink(path: Path) -> None:
+    """The state folder holds private keys: never act on a symlink's target (chmod, lock, write)."""
+    if path.is_symlink():
+        raise SimulatorStateError(
+            f"{path}: is a symbolic link; give the simulator state folder's real path "
+            f"({os.path.realpath(path)}) or move the folder there"
+        )
+
+
+def _open_dir(path: Path) -> int:
+    """An fd on the state folder itself, refusing a symlink in its last component."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
+            _refuse_symlink(path)
+        if exc.errno == errno.ENOTDIR:
+            raise SimulatorStateError(f"{path}: not a folder") from None
+        raise SimulatorStateError(f"{path}: cannot open: {exc.strerror or exc}") from None
+
+
 def _ensure_dir(path: Path) -> None:
+    _refuse_symlink(path)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)  # it holds private keys
     except OSError as exc:
         raise SimulatorStateError(
             f"{path}: cannot create state folder: {exc.strerror or exc}"
         ) from None
+    fd = _open_dir(path)
+    try:
+        os.fchmod(fd, 0o700)  # it holds private keys; on the folder we opened, not a path
+    except OSError as exc:
+        raise SimulatorStateError(f"{path}: cannot secure: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 LOCK_FILE = ".lock"
@@ -175,14 +228,28 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def _locked(path: Path, *, exclusive: bool) -> Iterator[None]:
-    """flock the state folder so processes sharing it never mix two hierarchies' files."""
+    """flock the state folder so processes sharing it never mix two hierarchies' files.
+
+    The folder and the lock file are both opened without following symlinks: a planted link
+    must not make us create or truncate a file elsewhere.
+    """
+    dir_fd = _open_dir(path)
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if not exclusive:  # a read-only state folder can still be read
-            yield
-            return
-        raise SimulatorStateError(f"{path}: cannot lock: {exc.strerror or exc}") from None
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(LOCK_FILE, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SimulatorStateError(
+                    f"{path / LOCK_FILE}: is a symbolic link; remove it (the simulator makes its "
+                    "own lock file)"
+                ) from None
+            if not exclusive:  # a read-only state folder can still be read
+                yield
+                return
+            raise SimulatorStateError(f"{path}: cannot lock: {exc.strerror or exc}") from None
+    finally:
+        os.close(dir_fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -426,6 +493,7 @@ def _init_locked(path: Path, config: SimulatorConfig, t: dt.datetime) -> Simulat
 
 
 def load_state(path: Path) -> SimulatorState:
+    _refuse_symlink(path)
     if not path.is_dir():
         raise SimulatorStateError(f"{path}: no simulator state (run `nitro-attest sim init`)")
     with _locked(path, exclusive=False):
