@@ -210,3 +210,15 @@ def test_a_larger_document_is_appraised_in_the_worker_thread(
 def test_every_real_document_fits_the_inline_size(real_dir: Path) -> None:
     sizes = [p.stat().st_size for p in real_dir.glob("*.cbor")]
     assert sizes and max(sizes) <= app_module.INLINE_APPRAISAL_MAX
+
+
+def test_session_bodies_are_starlettes_compact_json(sim: SimulatedNsm, tmp_path: Path) -> None:
+    with TestClient(create_app(_config(sim, tmp_path))) as client:
+        r = client.post(NEW)
+        nonce = r.json()["nonce"]
+        doc = sim.attestation(nonce=base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4)))
+        done = client.post(r.headers["location"], content=doc, headers={"Content-Type": MEDIA})
+    for response in (r, done):
+        assert response.content == json.dumps(
+            response.json(), ensure_ascii=False, separators=(",", ":")
+        ).encode()
