@@ -3,57 +3,99 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds sets
 ``func`` to a ``run(args) -> int`` callable. Exit codes everywhere: 0 success, 1 checked and
 rejected, 2 usage or I/O error.
+
+Only the chosen subcommand's module is imported: ``COMMANDS`` names each module and holds the
+one-line help that ``--help`` lists, so listing the commands imports none of them (the server,
+channel, simulator and EIF code cost more to import than verifying a document does).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import sys
-import traceback
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Collection, Sequence
+from typing import Any, NoReturn
 
-from nitro_attest._cli import (
-    appraise_cmd,
-    attest_cmd,
-    eif_cmd,
-    inspect_cmd,
-    nitro_cli_cmd,
-    pcr_cmd,
-    proxy_cmd,
-    send_secret_cmd,
-    serve_cmd,
-    service_cmd,
-    sim_cmd,
-    verify_cmd,
-)
 from nitro_attest._cli.common import EXIT_USAGE, escape_text, exit_code_for
 from nitro_attest.errors import NitroAttestError
 
-_COMMAND_MODULES = (
-    verify_cmd,
-    inspect_cmd,
-    eif_cmd,
-    pcr_cmd,
-    sim_cmd,
-    nitro_cli_cmd,
-    serve_cmd,
-    attest_cmd,
-    send_secret_cmd,
-    service_cmd,
-    appraise_cmd,
-    proxy_cmd,
-)
+# name -> (module in this package, its one-line help), in --help's order. tests/test_cli_lazy.py
+# checks that each module registers exactly this name and help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": (
+        "verify_cmd",
+        "verify attestation documents (signature, chain, PCRs, nonce, user data)",
+    ),
+    "inspect": ("inspect_cmd", "decode and show a document without verifying it"),
+    "eif": ("eif_cmd", "describe an EIF or compute its PCRs (no nitro-cli needed)"),
+    "pcr": ("pcr_cmd", "compute a PCR value like `nitro-cli pcr`"),
+    "sim": ("sim_cmd", "software NSM: create its CA, issue attestation documents"),
+    "enclave": ("nitro_cli_cmd", "build, run, describe and terminate enclaves through nitro-cli"),
+    "serve": (
+        "serve_cmd",
+        "run the enclave attestation server (real /dev/nsm or the software NSM)",
+    ),
+    "attest": ("attest_cmd", "request an attestation document from an enclave and verify it"),
+    "send-secret": (
+        "send_secret_cmd",
+        "deliver a secret to an enclave whose attestation verifies (HPKE)",
+    ),
+    "service": (
+        "service_cmd",
+        "run the verification service (Veraison challenge-response API, signed EAR results)",
+    ),
+    "appraise": (
+        "appraise_cmd",
+        "attest an enclave through a verification service and check the signed EAR",
+    ),
+    "proxy": (
+        "proxy_cmd",
+        "forward connections to or from the enclave (vsock/tcp/unix), or serve HTTP CONNECT",
+    ),
+}
+
+
+# The width formatters get when they only check a flag or name a subparser, never lay out text.
+_CHECK_WIDTH = 1000
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, pointing at --help, instead of the whole usage block."""
+    """Usage errors as one line, pointing at --help, instead of the whole usage block.
+
+    argparse builds a help formatter for every flag it adds (to check the metavar), and a
+    formatter asks shutil for the terminal width: importing shutil (with bz2 and lzma) costs more
+    than parsing. So only formatting help or usage text looks the width up.
+    """
+
+    def __init__(
+        self, *, formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter, **kw: Any
+    ) -> None:
+        checker = functools.partial(formatter_class, width=_CHECK_WIDTH)
+        super().__init__(formatter_class=checker, **kw)
+        self._layout = formatter_class
+
+    def format_usage(self) -> str:
+        self.formatter_class = self._layout
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.formatter_class = self._layout
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    load: Collection[str] | None = None, *, others: bool = True
+) -> argparse.ArgumentParser:
+    """The whole parser, every command loaded; given ``load``, only those commands get their
+    module's flags (the others are a name and a help line, enough for ``--help`` and for naming an
+    unknown command, and left out with ``others=False``)."""
+    if load is None:
+        load = COMMANDS
     parser = _Parser(
         prog="nitro-attest",
         description="Remote attestation for AWS Nitro Enclaves: verify attestation documents, "
@@ -64,19 +106,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in _COMMAND_MODULES:
-        module.register(sub)
-    for command in set(sub.choices.values()):  # --verbose also after the command name
-        command.add_argument(
-            "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+    for name, (module, summary) in COMMANDS.items():
+        if name in load:
+            importlib.import_module(f"{__name__}.{module}").register(sub)
+            sub.choices[name].add_argument(  # --verbose also after the command name
+                "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        elif others:  # a name and a help line, no flags: parse_args never lets argparse run it
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command argparse will run: the first argument not starting with '-' (the top-level
+    options take no value; an argument that starts with '-' and is taken as the command is never a
+    command's name, so argparse rejects it whatever is loaded)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """argparse's answer for ``argv``, loading only the chosen command's module."""
+    command = chosen_command(argv)
+    if command is not None and all(arg == "--verbose" for arg in argv[: argv.index(command)]):
+        # Nothing but --verbose before it: argparse can take no other command, nor print the
+        # top-level help, so the other commands are not needed at all.
+        return build_parser({command}, others=False).parse_args(argv)
+    parser = build_parser({command} if command else set())
+    # Exits on --help and on every error outside the command's own flags, with the full parser's
+    # message; if argparse picked a command the guess missed, its placeholder parsed anything.
+    args, _ = parser.parse_known_args(argv)
+    if args.command != command:
+        parser = build_parser({args.command})
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
@@ -104,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_traceback(exc: BaseException) -> None:
+    import traceback  # only on failure with --verbose
+
     # The frames are our code; the message may quote the enclave or a document: escape it whole.
     frames = "".join(traceback.format_tb(exc.__traceback__))
     message = "".join(traceback.format_exception_only(exc)).rstrip("\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, escape_text
@@ -80,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
             report = verifier.evaluate(raw, at=at, policy=policy)
         if not report.verified and status == EXIT_OK:
             status = EXIT_REJECTED
-        results.append({"file": item.name, **report.to_json()})
+        if args.json:
+            results.append({"file": item.name, **report.to_json()})
+            continue
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
         name = escape_text(item.name)
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         if not report.verified and report.error is not None:
             texts[-1] += f"\n  reason: {escape_text(report.error.message)}"
     if args.json:
+        import json  # only for --json: the text report does not need it
+
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
         print("\n\n".join(texts))

@@ -8,6 +8,7 @@ never silently becomes a Python datetime or int.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import cbor2
@@ -26,8 +27,24 @@ def _refuse_tag(*args: Any) -> NoReturn:
     raise CborError("CBOR tags are not allowed here")
 
 
-# Override every semantic decoder cbor2 could apply; tag_hook catches the rest.
-_NO_SEMANTIC_TAGS: dict[int, Any] = {tag: _refuse_tag for tag in range(0, 65536)}
+class _EveryTag(Mapping[int, Any]):
+    """Overrides every semantic decoder cbor2 could apply (it looks a tag up here before its
+    built-in decoders); tag_hook catches the rest. A mapping that answers every number, rather than
+    a 65536-entry dict, which took longer to build at import than verifying a document."""
+
+    def __getitem__(self, tag: int) -> Any:
+        if isinstance(tag, int):
+            return _refuse_tag
+        raise KeyError(tag)
+
+    def __iter__(self) -> Iterator[int]:  # what a copy would see: the 16-bit tags
+        return iter(range(65536))
+
+    def __len__(self) -> int:
+        return 65536
+
+
+_NO_SEMANTIC_TAGS = _EveryTag()
 
 
 def strict_loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from _thread import allocate_lock  # threading's Lock, without importing threading
 from datetime import UTC, datetime
-from importlib import resources
-from threading import Lock
+from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 from nitro_attest.errors import ChainError, ExpiredError, MalformedDocumentError, TrustRootError
 
@@ -32,8 +32,6 @@ AWS_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f
 _AWS_ROOT_RESOURCE = "aws_nitro_root_g1.pem"
 _MAX_ROOT_PEM = 64 * 1024
 _CACHE_LIMIT = 4096
-# Critical extensions this validator understands; any other critical one rejects the chain.
-_HANDLED_CRITICAL = frozenset((ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE))
 
 
 def fingerprint(der: bytes) -> str:
@@ -43,8 +41,8 @@ def fingerprint(der: bytes) -> str:
 @functools.cache
 def aws_root_der() -> bytes:
     """The embedded AWS Nitro root G1 as DER, after checking its pinned fingerprint."""
-    roots = resources.files("nitro_attest.attestation.roots")
-    pem = roots.joinpath(_AWS_ROOT_RESOURCE).read_bytes()
+    # A plain file read: importlib.resources costs more to import than the read itself.
+    pem = (Path(__file__).parent / "roots" / _AWS_ROOT_RESOURCE).read_bytes()
     der = root_der_from_pem(pem)
     if fingerprint(der) != AWS_ROOT_G1_SHA256:
         raise TrustRootError(
@@ -115,11 +113,15 @@ class CertInfo:
         usage: x509.KeyUsage | None = None
         unhandled: list[str] = []
         for ext in extensions:
-            if isinstance(ext.value, x509.BasicConstraints):
-                basic, basic_critical = ext.value, ext.critical
-            elif isinstance(ext.value, x509.KeyUsage):
-                usage = ext.value
-            if ext.critical and ext.oid not in _HANDLED_CRITICAL:
+            # Exact types, not isinstance: cryptography builds these very classes from their OIDs,
+            # and an isinstance check against its abstract base costs more than the rest here.
+            value = ext.value
+            kind = type(value)
+            if kind is x509.BasicConstraints:
+                basic, basic_critical = value, ext.critical
+            elif kind is x509.KeyUsage:
+                usage = value
+            elif ext.critical:  # any critical extension but those two is not understood here
                 unhandled.append(ext.oid.dotted_string)
         self.path_len = basic.path_length if basic is not None else None
 
@@ -174,6 +176,12 @@ def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _name(depth: int, top: int) -> str:
+    """How the document names the certificate ``depth`` steps above the leaf (``top`` is the
+    length of its cabundle); built only for an error message."""
+    return "leaf certificate" if depth == 0 else f"cabundle[{top - depth}]"
+
+
 def _names_differ(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         return bool(child.issuer != issuer.subject)
@@ -188,8 +196,7 @@ def _issuer_label(cert: x509.Certificate) -> str:
         return "(undecodable issuer)"
 
 
-@dataclass(frozen=True, slots=True)
-class Anchor:
+class Anchor(NamedTuple):  # not a dataclass: one costs about 1 ms to define on Python 3.11
     """A pinned root, parsed once per process: its facts never change."""
 
     info: CertInfo
@@ -212,7 +219,7 @@ class ChainValidator:
         self.root_sha256 = self.root.sha256
         self._certs: dict[bytes, CertInfo] = {root_der: self.root.info}
         self._links: set[tuple[bytes, bytes]] = set()
-        self._lock = Lock()
+        self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
         info = self._certs.get(der)
@@ -243,38 +250,38 @@ class ChainValidator:
                 f"(sha256 {fingerprint(cabundle[0])[:16]}...), expected {self.root.label} "
                 f"(sha256 {self.root_sha256[:16]}...)"
             )
-        names = ["leaf certificate"] + [f"cabundle[{i}]" for i in range(len(cabundle) - 1, -1, -1)]
+        top = len(cabundle)
         chain = [self.cert_info(leaf_der)] + [self.cert_info(c) for c in reversed(cabundle[1:])]
         chain.append(self.root.info)
 
         leaf = chain[0]
         if leaf.leaf_problem is not None:
             raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
-        for info, name in zip(chain[:-1], names, strict=False):
+        for depth, info in enumerate(chain[:-1]):
             if info.sig_problem is not None:
-                raise ChainError(f"{name} ({info.label}) is {info.sig_problem}")
-        for depth, (info, name) in enumerate(zip(chain, names, strict=True)):
+                raise ChainError(f"{_name(depth, top)} ({info.label}) is {info.sig_problem}")
+        for depth, info in enumerate(chain):
             if not info.not_before <= at <= info.not_after:
                 raise ExpiredError(
-                    f"{name} ({info.label}) is not valid at {_utc(at)}: "
+                    f"{_name(depth, top)} ({info.label}) is not valid at {_utc(at)}: "
                     f"valid from {_utc(info.not_before)} to {_utc(info.not_after)}"
                 )
             if depth == 0:
                 continue
             if info.ca_problem is not None:
-                raise ChainError(f"{name} ({info.label}) cannot act as a CA: {info.ca_problem}")
+                raise ChainError(
+                    f"{_name(depth, top)} ({info.label}) cannot act as a CA: {info.ca_problem}"
+                )
             # depth - 1 CA certificates sit below this one on the path to the leaf.
             if info.path_len is not None and info.path_len < depth - 1:
                 raise ChainError(
-                    f"{name} ({info.label}) has pathLen {info.path_len} but "
+                    f"{_name(depth, top)} ({info.label}) has pathLen {info.path_len} but "
                     f"{depth - 1} CA certificate(s) below it"
                 )
         for depth in range(len(chain) - 1):
-            self._check_link(chain[depth], chain[depth + 1], names[depth], names[depth + 1])
+            self._check_link(chain[depth], chain[depth + 1], depth, top)
 
-    def _check_link(
-        self, child: CertInfo, issuer: CertInfo, child_name: str, issuer_name: str
-    ) -> None:
+    def _check_link(self, child: CertInfo, issuer: CertInfo, depth: int, top: int) -> None:
         key = (issuer.der, child.der)
         if key in self._links:
             return
@@ -282,6 +289,7 @@ class ChainValidator:
             # Checks issuer name == issuer's subject, then the signature.
             child.cert.verify_directly_issued_by(issuer.cert)
         except Exception as exc:  # InvalidSignature, ValueError, UnsupportedAlgorithm, ...
+            child_name, issuer_name = _name(depth, top), _name(depth + 1, top)
             if _names_differ(child.cert, issuer.cert):
                 raise ChainError(
                     f"{child_name} names issuer {_issuer_label(child.cert)}, but the "

@@ -129,11 +129,12 @@ def parse_document(data: bytes) -> AttestationDocument:
 
 
 def _check_fields(body: dict[Any, Any]) -> dict[str, Any]:
-    for key in body:
-        if not isinstance(key, str):
-            raise MalformedDocumentError(f"payload key {key!r} is not a text string")
-        if key not in _KNOWN:
-            raise MalformedDocumentError(f"payload has an unexpected field {key!r}")
+    if not _KNOWN.issuperset(body):  # then find the first offending key, to name it
+        for key in body:
+            if not isinstance(key, str):
+                raise MalformedDocumentError(f"payload key {key!r} is not a text string")
+            if key not in _KNOWN:
+                raise MalformedDocumentError(f"payload has an unexpected field {key!r}")
     for key in _REQUIRED:
         if key not in body:
             raise MalformedDocumentError(f"payload lacks the required field {key!r}")
@@ -203,9 +204,10 @@ def _check_cabundle(value: Any) -> tuple[bytes, ...]:
         raise MalformedDocumentError(f"cabundle must be an array, got {_kind(value)}")
     if not value:
         raise MalformedDocumentError("cabundle is empty; it must start with the root certificate")
-    return tuple(
-        _check_bytes(f"cabundle[{i}]", cert, 1, MAX_CERT_BYTES) for i, cert in enumerate(value)
-    )
+    for i, cert in enumerate(value):
+        if not isinstance(cert, bytes) or not 1 <= len(cert) <= MAX_CERT_BYTES:
+            _check_bytes(f"cabundle[{i}]", cert, 1, MAX_CERT_BYTES)  # raises, naming the entry
+    return tuple(value)
 
 
 def _check_bytes(name: str, value: Any, low: int, high: int) -> bytes:

@@ -8,7 +8,6 @@ an empty PCR set, an empty nonce or an unreadable measurements file is a PolicyE
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -175,6 +174,8 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
     Also accepted: a bare {"PCR0": hex, ...} object, and a JSON list of either form, each entry
     an allowed PCR set. Unknown keys inside Measurements are errors (a typo must not drop a PCR).
     """
+    import json  # here, not at the top: verifying with no measurements file never needs it
+
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -66,7 +66,7 @@ class VerifiedDocument:
         return self.document.raw
 
 
-_Step = Callable[[AttestationDocument, Policy, float], "str | None"]
+_Step = Callable[["Verifier", AttestationDocument, Policy, float], "str | None"]
 
 NOT_AUTHENTICATED = "not run: document not authenticated"
 # Checks whose meaning depends on the document kind: not run on a document of another kind.
@@ -82,25 +82,6 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
-        self._chain_detail = (
-            "leaf -> {n} intermediate(s) -> root "
-            f"{self._chain.root.label} (sha256 {self._chain.root_sha256[:16]}...), "
-            "each valid at the verification time"
-        )
-        # Signature and chain authenticate the payload; every later step reads it.
-        self._auth_steps: tuple[tuple[str, _Step], ...] = (
-            ("cose_signature", self._check_signature),
-            ("certificate_chain", self._check_chain),
-        )
-        self._payload_steps: tuple[tuple[str, _Step], ...] = (
-            ("document_kind", lambda d, p, at: check_kind(d, p)),
-            ("debug_mode", lambda d, p, at: check_debug(d, p)),
-            ("pcrs", lambda d, p, at: check_pcrs(d, p)),
-            ("user_data", lambda d, p, at: check_user_data(d, p)),
-            ("nonce", lambda d, p, at: check_nonce(d, p)),
-            ("public_key", lambda d, p, at: check_public_key(d, p)),
-            ("freshness", check_freshness),
-        )
 
     @property
     def root_sha256(self) -> str:
@@ -116,8 +97,8 @@ class Verifier:
         when = _resolve_at(at, doc)
         ts = when.timestamp()
         results = [CheckResult("format", True, _format_detail(doc))]
-        for name, step in (*self._auth_steps, *self._payload_steps):
-            detail = step(doc, policy, ts)
+        for name, step in _STEPS:
+            detail = step(self, doc, policy, ts)
             results.append(_result(name, detail))
         return VerifiedDocument(doc, when, self._chain.root_sha256, policy, tuple(results))
 
@@ -132,11 +113,10 @@ class Verifier:
         """
         policy = _policy(**expectations)
         _check_time_policy(at, policy)
-        names = [n for n, _ in (*self._auth_steps, *self._payload_steps)]
         try:
             doc = parse_document(document)
         except VerificationError as exc:
-            skipped = tuple(CheckResult(n, None, "not run: document unreadable") for n in names)
+            skipped = tuple(CheckResult(n, None, "not run: document unreadable") for n, _ in _STEPS)
             return Report(
                 False, (CheckResult("format", False, exc.message), *skipped), None, exc, None
             )
@@ -144,24 +124,24 @@ class Verifier:
         ts = when.timestamp()
         results: list[CheckResult] = []
         errors: list[VerificationError] = []
-        for name, step in self._auth_steps:
+        for name, step in _AUTH_STEPS:
             if errors and at == "document":  # the time itself came from the unsigned payload
                 results.append(CheckResult(name, None, f"{NOT_AUTHENTICATED} (--at document)"))
                 continue
-            outcome = _run(name, step, doc, policy, ts)
+            outcome = _run(name, step, self, doc, policy, ts)
             results.append(outcome[0])
             errors.extend(outcome[1:])
         if errors:
-            results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in self._payload_steps)
+            results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in _PAYLOAD_STEPS)
             format_ok = CheckResult("format", True, _format_detail(doc, authenticated=False))
             reported_at = None if at == "document" else when  # not a time the payload sets
             return Report(False, (format_ok, *results), None, errors[0], reported_at, claimed=doc)
-        for name, step in self._payload_steps:
+        for name, step in _PAYLOAD_STEPS:
             if name in _KIND_BOUND and doc.kind is not policy.kind:
                 detail = f"not run: {doc.kind.value} document, policy for {policy.kind.value}"
                 results.append(CheckResult(name, None, detail))
                 continue
-            outcome = _run(name, step, doc, policy, ts)
+            outcome = _run(name, step, self, doc, policy, ts)
             results.append(outcome[0])
             errors.extend(outcome[1:])
         format_ok = CheckResult("format", True, _format_detail(doc))
@@ -178,8 +158,31 @@ class Verifier:
         return "ECDSA P-384 / SHA-384 (ES384) signature verified with the leaf certificate"
 
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
-        self._chain.validate(doc.certificate, doc.cabundle, at)
-        return self._chain_detail.format(n=len(doc.cabundle) - 1)
+        chain = self._chain
+        chain.validate(doc.certificate, doc.cabundle, at)
+        return (
+            f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
+            f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
+        )
+
+
+# The checks after parsing, in order: signature and chain authenticate the payload, every later
+# step reads it. Module-level rather than built per Verifier: a fresh Verifier per document (the
+# one-shot path) then costs one object, and holds no reference cycle.
+_AUTH_STEPS: tuple[tuple[str, _Step], ...] = (
+    ("cose_signature", Verifier._check_signature),
+    ("certificate_chain", Verifier._check_chain),
+)
+_PAYLOAD_STEPS: tuple[tuple[str, _Step], ...] = (
+    ("document_kind", lambda v, d, p, at: check_kind(d, p)),
+    ("debug_mode", lambda v, d, p, at: check_debug(d, p)),
+    ("pcrs", lambda v, d, p, at: check_pcrs(d, p)),
+    ("user_data", lambda v, d, p, at: check_user_data(d, p)),
+    ("nonce", lambda v, d, p, at: check_nonce(d, p)),
+    ("public_key", lambda v, d, p, at: check_public_key(d, p)),
+    ("freshness", lambda v, d, p, at: check_freshness(d, p, at)),
+)
+_STEPS = _AUTH_STEPS + _PAYLOAD_STEPS
 
 
 def verify(
@@ -203,11 +206,13 @@ def _policy(
     allow_debug: bool = False,
     kind: DocumentKind | str | None = None,
 ) -> Policy:
+    loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
     if policy is not None:
-        loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
         if any(v is not None for v in loose) or allow_debug:
             raise PolicyError("give either policy= or the individual expectations, not both")
         return policy
+    if isinstance(allow_debug, bool) and all(v is None for v in loose):
+        return _NO_EXPECTATIONS[allow_debug]
     return Policy.build(
         expected_pcrs=expected_pcrs,
         nonce=nonce,
@@ -217,6 +222,12 @@ def _policy(
         allow_debug=allow_debug,
         kind=DocumentKind.ENCLAVE if kind is None else kind,
     )
+
+
+# Policies are immutable: the two without expectations are built once, not per document.
+_NO_EXPECTATIONS = {
+    debug: Policy.build(allow_debug=debug, kind=DocumentKind.ENCLAVE) for debug in (False, True)
+}
 
 
 def _check_time_policy(at: At, policy: Policy) -> None:
@@ -230,10 +241,10 @@ def _check_time_policy(at: At, policy: Policy) -> None:
 
 
 def _run(
-    name: str, step: _Step, doc: AttestationDocument, policy: Policy, ts: float
+    name: str, step: _Step, verifier: Verifier, doc: AttestationDocument, policy: Policy, ts: float
 ) -> tuple[CheckResult] | tuple[CheckResult, VerificationError]:
     try:
-        return (_result(name, step(doc, policy, ts)),)
+        return (_result(name, step(verifier, doc, policy, ts)),)
     except VerificationError as exc:
         return CheckResult(name, False, exc.message), exc
 
@@ -255,8 +266,14 @@ def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
 
 def _result(name: str, detail: str | None) -> CheckResult:
     if detail is None:
-        return CheckResult(name, None, "not checked: no expectation given")
+        return _NOT_CHECKED[name]
     return CheckResult(name, True, detail)
+
+
+# Results are immutable: the "not checked" ones, most of a one-shot report, are built once.
+_NOT_CHECKED = {
+    name: CheckResult(name, None, "not checked: no expectation given") for name, _ in _STEPS
+}
 
 
 def _format_detail(doc: AttestationDocument, *, authenticated: bool = True) -> str:
