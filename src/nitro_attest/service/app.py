@@ -2,7 +2,8 @@
 
 Nothing here is process-local state that a replica would need from another: sessions live in the
 store, the signing key and policies file are the same on every replica. The Verifier is per
-process (warm certificate cache) and verification runs in one thread beside the event loop.
+process (warm certificate cache); a real-sized document is appraised on the event loop, a larger
+one in one thread beside it (INLINE_APPRAISAL_MAX says why).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ log = logging.getLogger("nitro_attest.service")
 T = TypeVar("T")
 # Appraised on the event loop up to this size, in the worker's thread above it. The appraisal
 # holds the GIL (cryptography keeps it during ECDSA), so for one shorter than the interpreter's
-# 5 ms switch interval a thread frees the loop no sooner, and the hand-off cost about 0.2 ms of
+# 5 ms switch interval a thread frees the loop no sooner, and the hand-off cost about 0.1 ms of
 # CPU per session: ~13 futex calls and two eventfd wake-ups (strace, bench/service.py). Every
 # real document we hold is under 7.6 KiB (4 CA certificates, ~0.7 ms); a larger one can carry a
 # longer chain to check, so it goes to the thread, where the loop gets the GIL every 5 ms.
