@@ -91,7 +91,7 @@ class _Hasher:
                 if self.error is None:
                     for s in sinks:
                         s.update(chunk)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the writing thread
+            except BaseException as exc:  # re-raised on the writing thread
                 self.error = exc
             self.done.put(index)
 
