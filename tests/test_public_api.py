@@ -44,11 +44,13 @@ def test_readme_examples_import_only_the_public_surface() -> None:
 
 
 def test_import_stays_light() -> None:
-    """`import nitro_attest` (the verifier) loads no asyncio, channel, wire, EIF or NSM code."""
+    """`import nitro_attest` loads only the error tree: no cryptography, verifier, asyncio, channel,
+    wire, EIF or NSM code until a name is used."""
     code = (
         "import sys, nitro_attest\n"
-        "heavy = [m for m in ('asyncio', 'nitro_attest.channel', 'nitro_attest.wire', "
-        "'nitro_attest.eif', 'nitro_attest.nsm') if m in sys.modules]\n"
+        "heavy = [m for m in ('asyncio', 'cryptography', 'nitro_attest.attestation', "
+        "'nitro_attest.channel', 'nitro_attest.wire', 'nitro_attest.eif', 'nitro_attest.nsm') "
+        "if m in sys.modules]\n"
         "print(','.join(heavy))\n"
         "nitro_attest.send_secret\n"
         "print('nitro_attest.channel.sender' in sys.modules)\n"

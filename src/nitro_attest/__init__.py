@@ -3,16 +3,13 @@
 This module is the library's public surface (see docs/api.md): verifying documents, policies,
 results, errors, requesting a document from an enclave and sending it a secret, an EIF's
 measurements, and the NSM for code running in an enclave. Every other module is importable but
-internal and may change. The names in ``_LAZY`` load their modules (asyncio, HPKE, EIF, NSM) on
-first use, so ``import nitro_attest`` stays light for the verifier.
+internal and may change. Only the error tree is imported eagerly: every other name in ``_LAZY``
+loads its module (the verifier and cryptography, asyncio, HPKE, EIF, NSM) on first use, so
+``import nitro_attest``, and every CLI command, pays only for what it touches.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
-from nitro_attest.attestation.policy import Policy
-from nitro_attest.attestation.report import CheckResult, Report
-from nitro_attest.attestation.verifier import VerifiedDocument, Verifier, verify
 from nitro_attest.errors import (
     ChainError,
     ChannelError,
@@ -41,6 +38,10 @@ from nitro_attest.errors import (
 )
 
 if TYPE_CHECKING:
+    from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
+    from nitro_attest.attestation.policy import Policy
+    from nitro_attest.attestation.report import CheckResult, Report
+    from nitro_attest.attestation.verifier import VerifiedDocument, Verifier, verify
     from nitro_attest.channel.sender import send_secret
     from nitro_attest.eif import inspect_eif, measurements_from_eif
     from nitro_attest.nsm import open_backend
@@ -49,6 +50,15 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AttestationDocument": "nitro_attest.attestation.document",
+    "DocumentKind": "nitro_attest.attestation.document",
+    "parse_document": "nitro_attest.attestation.document",
+    "Policy": "nitro_attest.attestation.policy",
+    "CheckResult": "nitro_attest.attestation.report",
+    "Report": "nitro_attest.attestation.report",
+    "VerifiedDocument": "nitro_attest.attestation.verifier",
+    "Verifier": "nitro_attest.attestation.verifier",
+    "verify": "nitro_attest.attestation.verifier",
     "request_attestation": "nitro_attest.wire.client",
     "send_secret": "nitro_attest.channel.sender",
     "inspect_eif": "nitro_attest.eif",
