@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from nitro_attest.proxy import ProxyConfig, ProxyServer
 from nitro_attest.wire.transport import Address, connect, listening_socket, parse_address
-from tests.serverkit import LogCollector
+from tests.serverkit import LogCollector, wait_for
 
 ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 
@@ -74,14 +73,6 @@ def running_proxy(
         thread.join(10)
         logger.removeHandler(logs)
         logger.setLevel(old_level)
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class ProxyProcess:

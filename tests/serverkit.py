@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import RequestHandler
 from nitro_attest.wire.server import EnclaveServer, nsm_handlers
 from nitro_attest.wire.transport import Address, parse_address
@@ -84,3 +88,27 @@ def running_server(
         thread.join(10)
         logger.removeHandler(collector)
         logger.setLevel(old_level)
+
+
+def read_response(sock: socket.socket) -> protocol.Response:
+    """Read one whole response frame from a raw socket (for tests that speak bytes themselves)."""
+    data = b""
+    while len(data) < protocol.HEADER_SIZE:
+        chunk = sock.recv(protocol.HEADER_SIZE - len(data))
+        assert chunk, "connection closed before a response"
+        data += chunk
+    length = protocol.decode_header(data)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        assert chunk, "connection closed inside a response"
+        body += chunk
+    return protocol.decode_response(body)
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

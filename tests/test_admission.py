@@ -22,31 +22,7 @@ from nitro_attest.wire.admission import (
     Member,
 )
 from nitro_attest.wire.protocol import AttestRequest, ErrorResponse
-from tests.serverkit import running_server
-
-
-def _read_response(sock: socket.socket) -> protocol.Response:
-    data = b""
-    while len(data) < protocol.HEADER_SIZE:
-        chunk = sock.recv(protocol.HEADER_SIZE - len(data))
-        assert chunk, "connection closed before a response"
-        data += chunk
-    length = protocol.decode_header(data)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        assert chunk
-        body += chunk
-    return protocol.decode_response(body)
-
-
-def _wait_for(cond: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+from tests.serverkit import read_response, running_server, wait_for
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
@@ -67,7 +43,7 @@ def test_frame_deadline_is_separate_from_the_idle_timeout() -> None:
         with idle, half:
             started = time.monotonic()
             half.sendall(struct.pack(">I", 100) + b"abc")
-            resp = _read_response(half)
+            resp = read_response(half)
             took = time.monotonic() - started
             assert isinstance(resp, ErrorResponse) and resp.code == "timeout"
             assert 0.25 < took < 2, took
@@ -75,7 +51,7 @@ def test_frame_deadline_is_separate_from_the_idle_timeout() -> None:
             # The idle connection outlived the frame deadline several times and still works.
             time.sleep(0.5)
             idle.sendall(AttestRequest(nonce=b"still here").encode())
-            assert _read_response(idle).TYPE == "attestation"
+            assert read_response(idle).TYPE == "attestation"
     assert any("went quiet" in line for line in logs.lines())
 
 
@@ -117,27 +93,27 @@ def test_full_server_sheds_the_least_recently_active_connection() -> None:
         f = socket.socket()
         with a, b, c, f:
             c.sendall(b"\x00\x00")  # c started a frame: stalled, not idle
-            _wait_for(lambda: server.active_connections == 3)
+            wait_for(lambda: server.active_connections == 3)
             time.sleep(0.2)
             a.sendall(AttestRequest(nonce=b"a").encode())  # a is now the most recently active
-            assert _read_response(a).TYPE == "attestation"
+            assert read_response(a).TYPE == "attestation"
 
             # A newcomer: b (idle since it connected) is the least recently active.
             assert client.request_attestation(str(addr), nonce=b"d").startswith(b"FAKE|d")
-            busy = _read_response(b)
+            busy = read_response(b)
             assert isinstance(busy, ErrorResponse) and busy.code == "busy"
             assert _closed_by_server(b)
             f.connect((addr.host, addr.port))  # full again: a, c and f
-            _wait_for(lambda: server.active_connections == 3)
+            wait_for(lambda: server.active_connections == 3)
             time.sleep(0.15)  # past the grace: c (stalled since its first byte) is the oldest
             assert client.request_attestation(str(addr), nonce=b"e").startswith(b"FAKE|e")
-            busy = _read_response(c)
+            busy = read_response(c)
             assert isinstance(busy, ErrorResponse) and busy.code == "busy"
             # a and f were never shed: they still answer.
             f.sendall(AttestRequest(nonce=b"f").encode())
-            assert _read_response(f).TYPE == "attestation"
+            assert read_response(f).TYPE == "attestation"
             a.sendall(AttestRequest(nonce=b"a2").encode())
-            assert _read_response(a).TYPE == "attestation"
+            assert read_response(a).TYPE == "attestation"
         assert server.shed.total == 2
     assert any("shed 1 least recently active" in line for line in logs.lines())
 
@@ -151,7 +127,7 @@ def test_held_connections_cannot_lock_clients_out() -> None:
     ):
         held = [socket.create_connection((addr.host, addr.port), timeout=5) for _ in range(4)]
         try:
-            _wait_for(lambda: server.active_connections == 4)
+            wait_for(lambda: server.active_connections == 4)
             time.sleep(0.15)
             for i in range(8):
                 nonce = b"real%d" % i
@@ -175,7 +151,7 @@ def test_a_client_that_never_reads_is_dropped_after_the_write_timeout(tmp_path: 
                 for _ in range(5000):  # answers pile up: socket buffer, then transport buffer
                     hog.sendall(request.encode())
             assert time.monotonic() - started < 4
-            _wait_for(lambda: server.active_connections == 0)
+            wait_for(lambda: server.active_connections == 0)
             assert client.request_attestation(str(addr), nonce=b"x").startswith(b"FAKE|x")
     assert any("does not read its answers" in line for line in logs.lines())
 
@@ -200,7 +176,7 @@ def test_connect_flood_does_not_lock_out_real_clients() -> None:
         thread = threading.Thread(target=flooder)
         thread.start()
         try:
-            _wait_for(lambda: len(flood) >= 64)  # twice the cap already, and more coming
+            wait_for(lambda: len(flood) >= 64)  # twice the cap already, and more coming
             for i in range(30):
                 nonce = b"n%d" % i
                 doc = client.request_attestation(str(addr), nonce=nonce, timeout=10)
@@ -298,7 +274,7 @@ def test_idle_connections_cost_little_memory(tmp_path: Path) -> None:
                 s = socket.socket(socket.AF_UNIX)
                 s.connect(path)
                 socks.append(s)
-            _wait_for(lambda: server.active_connections == count)
+            wait_for(lambda: server.active_connections == count)
             # Everything the server allocated for them; our client sockets are in the figure
             # too (a few hundred bytes each), so it is an upper bound.
             per_connection = (tracemalloc.get_traced_memory()[0] - before) / count

@@ -18,7 +18,7 @@ from nitro_attest.wire.protocol import AttestRequest, DescribeRequest
 from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
 from nitro_attest.wire.transport import parse_address
 from tests.fakes import FakeNsm, payload
-from tests.serverkit import running_server
+from tests.serverkit import read_response, running_server, wait_for
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -81,10 +81,10 @@ def test_unknown_type_and_version_mismatch_keep_the_connection() -> None:
                 ({"v": 1, "type": "attest", "extra": 1}, "bad_request"),
             ):
                 sock.sendall(protocol.encode_frame(cbor2.dumps(obj)))
-                resp = _read_response(sock)
+                resp = read_response(sock)
                 assert isinstance(resp, protocol.ErrorResponse) and resp.code == code
             sock.sendall(AttestRequest(nonce=b"after").encode())
-            resp = _read_response(sock)
+            resp = read_response(sock)
             assert isinstance(resp, protocol.AttestationResponse)
 
 
@@ -101,7 +101,7 @@ def test_oversized_frame_gets_error_then_close() -> None:
         sock = socket.create_connection((addr.host, addr.port), timeout=5)
         with sock:
             sock.sendall(struct.pack(">I", 1 << 30))
-            resp = _read_response(sock)
+            resp = read_response(sock)
             assert isinstance(resp, protocol.ErrorResponse) and resp.code == "frame_too_large"
             assert sock.recv(1) == b""  # the server closed the connection
 
@@ -111,10 +111,10 @@ def test_half_frame_times_out() -> None:
         sock = socket.create_connection((addr.host, addr.port), timeout=5)
         with sock:
             sock.sendall(struct.pack(">I", 100) + b"abc")
-            resp = _read_response(sock)
+            resp = read_response(sock)
             assert isinstance(resp, protocol.ErrorResponse) and resp.code == "timeout"
             assert sock.recv(1) == b""
-        _wait_for(lambda: server.active_connections == 0)
+        wait_for(lambda: server.active_connections == 0)
 
 
 def test_connection_cap_refuses_busy_when_nothing_can_be_shed() -> None:
@@ -125,7 +125,7 @@ def test_connection_cap_refuses_busy_when_nothing_can_be_shed() -> None:
         _logs,
     ):
         held = [socket.create_connection((addr.host, addr.port), timeout=5) for _ in range(2)]
-        _wait_for(lambda: server.active_connections == 2)
+        wait_for(lambda: server.active_connections == 2)
         with pytest.raises(client.EnclaveError) as info:
             client.request_attestation(str(addr), nonce=b"x", timeout=0.5)
         assert info.value.code == "busy"
@@ -133,7 +133,7 @@ def test_connection_cap_refuses_busy_when_nothing_can_be_shed() -> None:
         assert server.refused.total >= 2  # retried, refused again
         for s in held:
             s.close()
-        _wait_for(lambda: server.active_connections == 0)
+        wait_for(lambda: server.active_connections == 0)
         assert client.request_attestation(str(addr), nonce=b"x").startswith(b"FAKE|x")
 
 
@@ -237,25 +237,3 @@ def test_describe_request_log_has_no_values() -> None:
     assert any(" describe - -> description" in line for line in logs.lines())
 
 
-def _read_response(sock: socket.socket) -> protocol.Response:
-    data = b""
-    while len(data) < 4:
-        chunk = sock.recv(4 - len(data))
-        assert chunk, "connection closed before a response"
-        data += chunk
-    length = protocol.decode_header(data)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        assert chunk
-        body += chunk
-    return protocol.decode_response(body)
-
-
-def _wait_for(cond: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
