@@ -2,7 +2,8 @@
 
 Nothing here is process-local state that a replica would need from another: sessions live in the
 store, the signing key and policies file are the same on every replica. The Verifier is per
-process (warm certificate cache) and verification runs in one thread beside the event loop.
+process (warm certificate cache); a real-sized document is appraised on the event loop, a larger
+one in one thread beside it (INLINE_APPRAISAL_MAX says why).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from nitro_attest.service.api_shapes import (
 )
 from nitro_attest.service.appraisal import appraise
 from nitro_attest.service.ear import EarSigner, ear_claims
-from nitro_attest.service.fastpath import FastPath, Outermost
+from nitro_attest.service.fastpath import FastPath, ServiceApp
 from nitro_attest.service.metrics import Metrics
 from nitro_attest.service.policies import PolicySet, load_policies
 from nitro_attest.service.sessions import Session, SessionStore, StoreError
@@ -58,6 +59,13 @@ from nitro_attest.service.sessions import Session, SessionStore, StoreError
 log = logging.getLogger("nitro_attest.service")
 
 T = TypeVar("T")
+# Appraised on the event loop up to this size, in the worker's thread above it. The appraisal
+# holds the GIL (cryptography keeps it during ECDSA), so for one shorter than the interpreter's
+# 5 ms switch interval a thread frees the loop no sooner, and the hand-off cost about 0.1 ms of
+# CPU per session: ~13 futex calls and two eventfd wake-ups (strace, bench/service.py). Every
+# real document we hold is under 7.6 KiB (4 CA certificates, ~0.7 ms); a larger one can carry a
+# longer chain to check, so it goes to the thread, where the loop gets the GIL every 5 ms.
+INLINE_APPRAISAL_MAX = 8 * 1024
 _NEW_SESSION_PARAMS = {"nonce", "nonceSize", "policy"}
 
 
@@ -83,9 +91,8 @@ class ServiceState:
         self.signer = config.signer
         self.store: SessionStore = config.store_factory()
         self.metrics = Metrics()
-        # One appraisal thread per worker: the event loop never blocks on a verification, and
-        # one thread (not the default pool's several) avoids their fighting over the GIL, which
-        # cost about 0.2 ms of CPU per session (bench/service.py).
+        # For documents too large to be a real NSM's (see INLINE_APPRAISAL_MAX): one thread per
+        # worker, not the default pool's several, which fight over the GIL.
         self.appraiser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="appraisal")
 
     def reload(self) -> bool:
@@ -118,7 +125,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             await state.store.close()
             state.appraiser.shutdown(wait=False)
 
-    app = FastAPI(
+    app = ServiceApp(
         title="nitro-attest verification service",
         version=__version__,
         description="Veraison challenge-response API for AWS Nitro attestation documents; "
@@ -292,11 +299,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if session is None:
             return problem(404, "Not Found", "no such session (unknown or expired)")
         evidence = {"type": EVIDENCE_MEDIA_TYPE, "value": base64.b64encode(body).decode()}
-        loop = asyncio.get_running_loop()
         try:
-            ear, status = await loop.run_in_executor(
-                state.appraiser, _appraise_and_sign, session, body
-            )
+            if len(body) <= INLINE_APPRAISAL_MAX:
+                ear, status = _appraise_and_sign(session, body)
+            else:
+                ear, status = await asyncio.get_running_loop().run_in_executor(
+                    state.appraiser, _appraise_and_sign, session, body
+                )
         except Exception:
             log.exception("appraisal failed unexpectedly for session %s", session_id)
             await store_call(state.store.finish(session.finished("failed", evidence, None)))
@@ -366,8 +375,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    fast = FastPath(app, new_session, submit_evidence, _store_down)
-    app.add_middleware(Outermost, fast=fast)
+    app.fast = FastPath(new_session, submit_evidence, _store_down)
     return app
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
@@ -75,7 +76,15 @@ class EarSigner:
         return jwk
 
     def sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self.key, algorithm=self.alg, headers={"kid": self.kid})
+        # The claims as orjson's compact UTF-8 JSON, signed by PyJWT's JWS layer (the same
+        # header, {"alg", "kid", "typ": "JWT"}, that jwt.encode writes): json.dumps cost ~30 us
+        # per EAR. Non-ASCII text is UTF-8 rather than \u-escaped; both are the same JSON.
+        try:
+            payload = orjson.dumps(claims)
+        except TypeError:  # what orjson cannot encode (a >64-bit int...): the standard library
+            payload = json.dumps(claims, separators=(",", ":")).encode()
+        return jwt.api_jws.encode(payload, self.key, algorithm=self.alg,
+                                  headers={"kid": self.kid})  # fmt: skip
 
 
 def ear_claims(

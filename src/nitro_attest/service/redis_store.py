@@ -7,7 +7,6 @@ cannot both see ``waiting``, and a late ``finish`` cannot resurrect an expired k
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,7 +95,7 @@ class RedisStore:
             return None
         session = Session.loads(body)
         if session.state == "waiting" and state == b"processing":  # claimed, JSON not rewritten
-            session = replace(session, state="processing")
+            session = session.processing()
         return session
 
     async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
@@ -105,7 +104,7 @@ class RedisStore:
         except RedisError as exc:
             raise StoreError(f"redis: {exc}") from None
         if isinstance(outcome, bytes):
-            return "claimed", replace(Session.loads(outcome), state="processing")
+            return "claimed", Session.loads(outcome).processing()
         return ("missing", None) if int(outcome) == 0 else ("taken", None)
 
     async def finish(self, session: Session) -> bool:

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from nitro_attest.service.app import ServiceConfig, create_app
+from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
 
 log = logging.getLogger("nitro_attest.service")
 GRACE_SECONDS = 10
@@ -30,6 +31,7 @@ def _uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Conf
         host=host,
         port=port,
         lifespan="on",
+        http=GatheringHttpToolsProtocol,
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=GRACE_SECONDS,

@@ -7,11 +7,12 @@ appraised per session; every later submission is a conflict. Sessions vanish at 
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+
+import orjson
 
 from nitro_attest.errors import TransportError
 
@@ -53,21 +54,27 @@ class Session:
             body["result"] = self.result
         return body
 
-    def dumps(self) -> str:
-        # By hand rather than dataclasses.asdict, which deep-copies the evidence and the EAR.
-        fields = {"id": self.id, "nonce": self.nonce, "expires_at": self.expires_at,
-                  "policy": self.policy, "accept": self.accept, "state": self.state,
-                  "evidence": self.evidence, "result": self.result}  # fmt: skip
-        return json.dumps(fields, separators=(",", ":"))
+    def dumps(self) -> bytes:
+        # By hand rather than dataclasses.asdict, which deep-copies the evidence and the EAR;
+        # orjson, as json.dumps spent ~40 us escaping them (a Redis store writes this per step).
+        return orjson.dumps({"id": self.id, "nonce": self.nonce, "expires_at": self.expires_at,
+                             "policy": self.policy, "accept": self.accept, "state": self.state,
+                             "evidence": self.evidence, "result": self.result})  # fmt: skip
 
     @classmethod
     def loads(cls, text: str | bytes) -> Session:
-        data = json.loads(text)
+        data = orjson.loads(text)
         data["accept"] = tuple(data["accept"])
         return cls(**data)
 
     def finished(self, state: State, evidence: dict[str, str], result: str | None) -> Session:
-        return replace(self, state=state, evidence=evidence, result=result)
+        # Built directly: dataclasses.replace inspects the fields on every call (~10 us).
+        return Session(self.id, self.nonce, self.expires_at, self.policy, self.accept, state,
+                       evidence, result)  # fmt: skip
+
+    def processing(self) -> Session:
+        return Session(self.id, self.nonce, self.expires_at, self.policy, self.accept,
+                       "processing", self.evidence, self.result)  # fmt: skip
 
 
 class SessionStore(Protocol):
@@ -143,7 +150,7 @@ class MemoryStore:
             return "missing", None
         if session.state != "waiting":
             return "taken", None
-        claimed = replace(session, state="processing")
+        claimed = session.processing()
         self._sessions[session_id] = claimed
         return "claimed", claimed
 
