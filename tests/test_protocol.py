@@ -203,5 +203,5 @@ def test_attestation_response_too_large_for_a_frame_is_refused() -> None:
 
 def test_attest_request_with_an_extra_field_is_refused_by_name() -> None:
     body = cbor2.dumps({"v": 1, "type": "attest", "nonce": b"n", "sneaky": 1})
-    with pytest.raises(ProtocolError, match="unexpected field.*sneaky"):
+    with pytest.raises(ProtocolError, match=r"unexpected field.*sneaky"):
         protocol.decode_request(body)
