@@ -1,4 +1,4 @@
-"""An in-process NSM stand-in and exchange for channel tests (no sockets, no simulator)."""
+"""Channel test helpers: an in-process exchange (no sockets) and an enclave served in a thread."""
 
 from __future__ import annotations
 
@@ -24,37 +24,7 @@ from nitro_attest.nsm import open_backend
 from nitro_attest.wire.protocol import Request, Response
 from nitro_attest.wire.server import nsm_handlers
 
-from . import chainfactory as cf
 from .serverkit import LogCollector, running_server
-
-GOOD_PCRS = {i: (bytes([i + 1]) * 48 if i < 3 else bytes(48)) for i in range(16)}
-DEBUG_PCRS = {i: bytes(48) for i in range(16)}
-EXPECTED = {0: GOOD_PCRS[0], 1: GOOD_PCRS[1], 2: GOOD_PCRS[2]}
-
-
-class FakeNsm:
-    """Signs documents with the chain factory's test chain; records what it was asked."""
-
-    def __init__(self, *, pcrs: Mapping[int, bytes] = GOOD_PCRS, drop_public_key: bool = False):
-        self.chain = cf.chain()
-        self.pcrs = dict(pcrs)
-        self.drop_public_key = drop_public_key
-        self.calls: list[dict[str, Any]] = []
-
-    def attestation(
-        self,
-        *,
-        user_data: bytes | None = None,
-        nonce: bytes | None = None,
-        public_key: bytes | None = None,
-    ) -> bytes:
-        self.calls.append({"user_data": user_data, "nonce": nonce, "public_key": public_key})
-        return self.chain.document(
-            pcrs=self.pcrs,
-            nonce=nonce,
-            user_data=user_data,
-            public_key=None if self.drop_public_key else public_key,
-        )
 
 
 def attest_via_wire(

@@ -1,4 +1,4 @@
-"""Test helpers for the enclave server: a fake NSM backend and a server running in a thread."""
+"""Test helpers for the enclave server: a server running in a thread, and its log collector."""
 
 from __future__ import annotations
 
@@ -8,54 +8,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from nitro_attest.nsm.backend import NsmDescription, NsmError, PcrDescription
 from nitro_attest.wire.protocol import RequestHandler
 from nitro_attest.wire.server import EnclaveServer, nsm_handlers
 from nitro_attest.wire.transport import Address, parse_address
 
-
-class FakeNsm:
-    """Returns fixed bytes that echo the request, so tests can tell which request was answered."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def attestation(
-        self,
-        *,
-        user_data: bytes | None = None,
-        nonce: bytes | None = None,
-        public_key: bytes | None = None,
-    ) -> bytes:
-        self.calls += 1
-        if nonce == b"refuse":
-            raise NsmError("InputTooLarge", "fake refusal")
-        if nonce == b"crash":
-            raise RuntimeError("secret-internal-detail")
-        return b"FAKE|" + (nonce or b"") + b"|" + (user_data or b"") + b"|" + (public_key or b"")
-
-    def describe_nsm(self) -> NsmDescription:
-        return NsmDescription(
-            1, 0, 0, "i-0123456789abcdef0-enc0123456789abcdef", 32, (0, 1), "SHA384"
-        )
-
-    def describe_pcr(self, index: int) -> PcrDescription:
-        return PcrDescription(locked=index < 16, data=bytes([index]) * 48)
-
-    def extend_pcr(self, index: int, data: bytes) -> bytes:
-        raise NsmError("ReadOnlyIndex", "fake")
-
-    def lock_pcr(self, index: int) -> None:
-        pass
-
-    def lock_pcrs(self, range_: int) -> None:
-        pass
-
-    def get_random(self) -> bytes:
-        return b"\x04" * 32
-
-    def close(self) -> None:
-        pass
+from .fakes import FakeNsm
 
 
 class LogCollector(logging.Handler):
@@ -79,8 +36,11 @@ def running_server(
     handlers: Mapping[str, RequestHandler] | None = None,
     **options: float,
 ) -> Iterator[tuple[Address, EnclaveServer, LogCollector]]:
-    """Run an EnclaveServer on its own loop in a thread; yield its bound address."""
-    handlers = handlers if handlers is not None else nsm_handlers(FakeNsm())
+    """Run an EnclaveServer on its own loop in a thread; yield its bound address.
+
+    Without ``handlers`` it serves an echoing FakeNsm: each answer names the request it answers.
+    """
+    handlers = handlers if handlers is not None else nsm_handlers(FakeNsm(echo=True))
     server = EnclaveServer(handlers, **options)  # type: ignore[arg-type]
     collector = LogCollector()
     logger = logging.getLogger("nitro_attest.wire.server")

@@ -22,14 +22,15 @@ from joserfc.jwk import ECKey
 from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
+from .fakes import INSTANCE_ID, MEASUREMENTS
+
 ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
-MEAS = {0: b"\x30" * 48, 1: b"\x31" * 48, 2: b"\x32" * 48}
 MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
-INSTANCE = "i-0123456789abcdef0"
 
 
 def make_sim(path: Path, *, debug: bool = False) -> SimulatedNsm:
-    config = SimulatorConfig(instance_id=INSTANCE, measurements=MEAS, debug=debug)
+    """A simulator with a CA of its own; tests that need no second CA use conftest's sim_state."""
+    config = SimulatorConfig(instance_id=INSTANCE_ID, measurements=MEASUREMENTS, debug=debug)
     return SimulatedNsm(init_state(path, config))
 
 
@@ -49,7 +50,7 @@ def build_enclave_json(pcrs: Mapping[int, bytes]) -> dict[str, Any]:
 
 
 def write_policies(path: Path, **extra: dict[str, Any]) -> Path:
-    policies: dict[str, Any] = {"prod": {"expected": [build_enclave_json(MEAS)]}}
+    policies: dict[str, Any] = {"prod": {"expected": [build_enclave_json(MEASUREMENTS)]}}
     policies.update(extra)
     path.write_text(json.dumps({"default": "prod", "policies": policies}))
     return path

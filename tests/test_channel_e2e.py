@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,37 +30,26 @@ from nitro_attest.errors import (
 )
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from nitro_attest.wire import client
 from nitro_attest.wire.protocol import Request, Response
 from nitro_attest.wire.server import nsm_handlers
+from tests.serve_process import ENTRY, serve_process
 from tests.serverkit import LogCollector, running_server
 
 from .channel_helpers import Enclave, serving
+from .fakes import MEASUREMENTS
 
-PCRS = {0: bytes([0xC0]) * 48, 1: bytes([0xC1]) * 48, 2: bytes([0xC2]) * 48}
-EXPECTED = {0: PCRS[0]}
+EXPECTED = {0: MEASUREMENTS[0]}
 SECRET = b"api-token: 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 SUITES = ["x25519", "mlkem768-x25519"]
 
 
-@pytest.fixture(scope="module")
-def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("chan")
-    out = {}
-    for name, debug in (("prod", False), ("debug", True)):
-        config = SimulatorConfig(instance_id="i-0c0ffee0c0ffee0c0", measurements=PCRS, debug=debug)
-        init_state(tmp / name, config)
-        out[name] = tmp / name
-    return out
-
-
 @pytest.fixture(params=["tcp", "unix"])
 def enclave(
-    request: pytest.FixtureRequest, states: dict[str, Path], tmp_path: Path
+    request: pytest.FixtureRequest, sim_state: Path, tmp_path: Path
 ) -> Iterator[Enclave]:
     listen = "tcp://127.0.0.1:0" if request.param == "tcp" else f"unix://{tmp_path}/e.sock"
-    with serving(states["prod"], listen) as e:
+    with serving(sim_state, listen) as e:
         yield e
 
 
@@ -158,9 +145,9 @@ def test_wrong_root_refused_nothing_sent(enclave: Enclave, suite: str) -> None:
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_debug_enclave_refused_nothing_sent(
-    states: dict[str, Path], tmp_path: Path, suite: str
+    sim_debug_state: Path, tmp_path: Path, suite: str
 ) -> None:
-    with serving(states["debug"], f"unix://{tmp_path}/d.sock") as debug:
+    with serving(sim_debug_state, f"unix://{tmp_path}/d.sock") as debug:
         with pytest.raises(DebugModeError):
             send_secret(
                 debug.address,
@@ -175,7 +162,7 @@ def test_debug_enclave_refused_nothing_sent(
 
 
 def test_document_without_public_key_refused_nothing_sent(
-    states: dict[str, Path], tmp_path: Path
+    sim_state: Path, tmp_path: Path
 ) -> None:
     def keyless(backend: NsmBackend) -> dict[str, Any]:
         def channel_attest(request: Request) -> Response:  # an enclave that names no key
@@ -184,7 +171,7 @@ def test_document_without_public_key_refused_nothing_sent(
 
         return {"channel_attest": channel_attest}
 
-    with serving(states["prod"], f"unix://{tmp_path}/k.sock", override=keyless) as e:
+    with serving(sim_state, f"unix://{tmp_path}/k.sock", override=keyless) as e:
         with pytest.raises(ChannelKeyError, match="no public_key"):
             send_secret(e.address, SECRET, root_pem=e.root, expected_pcrs=EXPECTED)
         assert e.requests("channel_attest") == 1
@@ -266,7 +253,7 @@ def test_cli_send_secret(
         "--suite",
         suite,
     ]
-    assert main([*base, "--pcr", f"0={PCRS[0].hex()}"]) == 0
+    assert main([*base, "--pcr", f"0={MEASUREMENTS[0].hex()}"]) == 0
     assert "DELIVERED" in capsys.readouterr().out
     assert main([*base, "--pcr", "0=" + "00" * 48]) == 1
     assert "REFUSED (nothing sent): pcrs" in capsys.readouterr().out
@@ -285,72 +272,38 @@ def test_cli_unreachable_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
             "--file",
             str(secret_file),
             "--pcr",
-            f"0={PCRS[0].hex()}",
+            f"0={MEASUREMENTS[0].hex()}",
         ]
     )
     assert rc == 2
     assert "is the server running?" in capsys.readouterr().err
 
 
-def test_serve_process_and_send_secret_cli(states: dict[str, Path], tmp_path: Path) -> None:
-    sock = tmp_path / "served.sock"
-    entry = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
-    serve = [
-        *entry,
-        "serve",
-        "--listen",
-        f"unix://{sock}",
-        "--nsm",
-        "simulator",
-        "--state",
-        str(states["prod"]),
-    ]
+def test_serve_process_and_send_secret_cli(sim_state: Path, tmp_path: Path) -> None:
     secret_file = tmp_path / "s"
     secret_file.write_bytes(SECRET)
-    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert sock.exists()
-        send = [
-            *entry,
-            "send-secret",
-            "--connect",
-            f"unix://{sock}",
-            "--file",
-            str(secret_file),
-            "--root",
-            str(states["prod"] / "root.pem"),
-            "--pcr",
-            f"0={PCRS[0].hex()}",
-            "--suite",
-            "mlkem768-x25519",
-        ]
+    with serve_process(sim_state, tmp_path / "served.sock") as served:
+        send = [*ENTRY, "send-secret", "--connect", served.address, "--file", str(secret_file),
+                "--root", str(sim_state / "root.pem"), "--pcr", f"0={MEASUREMENTS[0].hex()}",
+                "--suite", "mlkem768-x25519"]  # fmt: skip
         done = subprocess.run(send, capture_output=True, timeout=60)
         assert done.returncode == 0, done.stderr.decode()
         assert hashlib.sha256(SECRET).hexdigest() in done.stdout.decode()
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = err.decode()
-    assert proc.returncode == 0
+    text = served.stderr()
+    assert served.proc.returncode == 0
     assert "sealed message accepted: suite=mlkem768-x25519" in text
     assert SECRET.decode() not in text and "Traceback" not in text
 
 
-def test_server_without_channel_refuses_cleanly(states: dict[str, Path], tmp_path: Path) -> None:
-    backend = open_backend("simulator", state_dir=states["prod"])
+def test_server_without_channel_refuses_cleanly(sim_state: Path, tmp_path: Path) -> None:
+    backend = open_backend("simulator", state_dir=sim_state)
     try:
         with running_server(f"unix://{tmp_path}/n.sock", nsm_handlers(backend)) as (addr, _, logs):
             with pytest.raises(ChannelError, match="unknown_type") as e:
                 send_secret(
                     str(addr),
                     SECRET,
-                    root_pem=(states["prod"] / "root.pem").read_bytes(),
+                    root_pem=(sim_state / "root.pem").read_bytes(),
                     expected_pcrs=EXPECTED,
                 )
             assert e.value.reason == "enclave"

@@ -35,14 +35,8 @@ from nitro_attest.errors import (
 from nitro_attest.wire.protocol import ProtocolError, Request, Response
 
 from . import chainfactory as cf
-from .channel_helpers import (
-    DEBUG_PCRS,
-    EXPECTED,
-    FakeNsm,
-    LocalExchange,
-    attest_via_wire,
-    seal_via_wire,
-)
+from .channel_helpers import LocalExchange, attest_via_wire, seal_via_wire
+from .fakes import DEBUG_PCRS, EXPECTED, FakeNsm
 
 SECRET = b"model-key: 7f3a9c0e5b1d2468ace13579bdf02468"
 SUITES = [s.label for s in SuiteId]
@@ -123,9 +117,11 @@ def test_message_bound_to_another_nonce_refused(receiver: ChannelReceiver) -> No
         _deliver(ex, verifier)
 
 
-def test_message_sealed_to_another_key_refused(receiver: ChannelReceiver) -> None:
+def test_message_sealed_to_another_key_refused(
+    receiver: ChannelReceiver, fake_nsm: FakeNsm
+) -> None:
     impostor = ChannelReceiver(suites=[SuiteId.X25519])
-    nsm = FakeNsm()
+    nsm = fake_nsm
     verifier = Verifier(root_pem=nsm.chain.root_pem)
     nonce = b"k" * 32
     offer = attest_via_wire(impostor, nsm, {"nonce": nonce, "suite": "x25519"})
@@ -163,8 +159,9 @@ def test_refused_before_sending(
 
 def test_debug_enclave_allowed_only_when_asked(receiver: ChannelReceiver) -> None:
     ex, verifier = _setup(receiver, pcrs=DEBUG_PCRS)
-    _deliver(ex, verifier, expected_pcrs={0: bytes(48)}, allow_debug=True)
+    receipt = _deliver(ex, verifier, expected_pcrs={0: bytes(48)}, allow_debug=True)
     assert ex.kinds()[-1] == REQUEST_SEALED_MESSAGE
+    assert receipt.verified.document.is_debug and receipt.size == len(SECRET)
 
 
 def test_wrong_root_refused_before_sending(receiver: ChannelReceiver) -> None:
@@ -230,11 +227,12 @@ def test_unknown_or_unoffered_suite(receiver: ChannelReceiver) -> None:
         {"nonce": b"n" * 32, "suite": "x25519", "user_data": b"u" * 513},
     ],
 )
-def test_bad_channel_attest_requests(receiver: ChannelReceiver, fields: dict[str, Any]) -> None:
-    nsm = FakeNsm()
+def test_bad_channel_attest_requests(
+    receiver: ChannelReceiver, fields: dict[str, Any], fake_nsm: FakeNsm
+) -> None:
     with pytest.raises(ProtocolError):  # refused as it is decoded, before any handler runs
-        attest_via_wire(receiver, nsm, fields)
-    assert nsm.calls == []
+        attest_via_wire(receiver, fake_nsm, fields)
+    assert fake_nsm.calls == []
 
 
 def test_secret_never_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -259,9 +257,11 @@ def test_secret_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         assert SECRET not in repr(record.args).encode()
 
 
-def test_standard_attestation_names_default_key_and_accepts_one_message() -> None:
+def test_standard_attestation_names_default_key_and_accepts_one_message(
+    fake_nsm: FakeNsm,
+) -> None:
     receiver = ChannelReceiver()
-    nsm = FakeNsm()
+    nsm = fake_nsm
     verifier = Verifier(root_pem=nsm.chain.root_pem)
     nonce = b"s" * 32
     document = receiver.attest_default(nsm, nonce=nonce, user_data=b"u")

@@ -43,7 +43,8 @@ from nitro_attest.channel.signing import (
 from nitro_attest.errors import ChannelError
 from nitro_attest.wire.protocol import ProtocolError, Request, Response
 
-from .channel_helpers import EXPECTED, FakeNsm, LocalExchange, attest_via_wire, seal_via_wire
+from .channel_helpers import LocalExchange, attest_via_wire, seal_via_wire
+from .fakes import EXPECTED, FakeNsm
 
 SECRET = b"signing key for the payments service: 8c1d..."
 JUNK = b"the parent's own secret"
@@ -240,10 +241,10 @@ def test_store_bounded_per_sender_never_evicts() -> None:
     assert store.secrets == [b"real", b"junk", b"alice's"]
 
 
-def test_store_full_is_told_to_the_sender() -> None:
+def test_store_full_is_told_to_the_sender(fake_nsm: FakeNsm) -> None:
     store = InMemorySecretStore(per_sender=1)
     receiver = ChannelReceiver(handler=store)
-    nsm = FakeNsm()
+    nsm = fake_nsm
     ex, verifier = LocalExchange(receiver, nsm), Verifier(root_pem=nsm.chain.root_pem)
     _deliver(ex, verifier)
     with pytest.raises(ChannelError, match="store is full") as info:

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .conftest import REPO
+from .paths import REPO
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from nitro_attest.service.policies import parse_policies
 
-from .conftest import REPO
+from .paths import REPO
 
 K8S = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")

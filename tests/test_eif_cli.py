@@ -86,6 +86,7 @@ def test_describe_flags_certificate_outside_validity(
     assert main(["eif", "describe", "--at", "2127-01-01T00:00:00Z", path]) == 1
     assert "expired at 2126-11-03" in capsys.readouterr().err
     assert main(["eif", "describe", "--at", "2100-01-01T00:00:00Z", path]) == 0
+    assert "Signature check: ok" in capsys.readouterr().out
     assert main(["eif", "describe", "--at", "yesterday", path]) == 2
     assert "--at" in capsys.readouterr().err
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.wire import client, protocol
 from nitro_attest.wire.protocol import AttestRequest, DescribeRequest
 from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
 from nitro_attest.wire.transport import parse_address
-from tests.serverkit import FakeNsm, running_server
+from tests.fakes import FakeNsm, payload
+from tests.serverkit import running_server
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -26,20 +28,27 @@ def listen(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"unix://{tmp_path / 'enclave.sock'}"
 
 
-def test_attest_round_trip(listen: str) -> None:
-    with running_server(listen) as (addr, _, logs):
+def test_attest_round_trip(listen: str, fake_nsm: FakeNsm) -> None:
+    with running_server(listen, nsm_handlers(fake_nsm)) as (addr, _, logs):
         doc = client.request_attestation(str(addr), nonce=b"N" * 32, user_data=b"ud")
-        assert doc == b"FAKE|" + b"N" * 32 + b"|ud|"
+    verified = Verifier(root_pem=fake_nsm.chain.root_pem).verify(
+        doc, at="document", nonce=b"N" * 32, user_data=b"ud"
+    )
+    assert verified.document.public_key is None
+    assert fake_nsm.calls == [{"nonce": b"N" * 32, "user_data": b"ud", "public_key": None}]
     lines = [line for line in logs.lines() if " attest " in line]
     assert len(lines) == 1
     assert "nonce=32B user_data=2B public_key=-" in lines[0]
     assert "NNNN" not in lines[0] and "ud|" not in lines[0]  # sizes only, never values
 
 
-def test_several_requests_on_one_connection(listen: str) -> None:
-    with running_server(listen) as (addr, server, _), client.Connection(str(addr)) as conn:
+def test_several_requests_on_one_connection(listen: str, fake_nsm: FakeNsm) -> None:
+    with (
+        running_server(listen, nsm_handlers(fake_nsm)) as (addr, server, _),
+        client.Connection(str(addr)) as conn,
+    ):
         for i in range(5):
-            assert conn.attest(nonce=bytes([i]) * 8).startswith(b"FAKE|" + bytes([i]) * 8)
+            assert payload(conn.attest(nonce=bytes([i]) * 8))["nonce"] == bytes([i]) * 8
         desc = conn.describe()
         assert desc.nsm.max_pcrs == 32
         assert len(desc.pcrs) == 32 and desc.pcrs[3].data == b"\x03" * 48
@@ -79,8 +88,8 @@ def test_unknown_type_and_version_mismatch_keep_the_connection() -> None:
             assert isinstance(resp, protocol.AttestationResponse)
 
 
-def test_handler_not_served_is_unknown_type() -> None:
-    handlers = {k: v for k, v in nsm_handlers(FakeNsm()).items() if k == "attest"}
+def test_handler_not_served_is_unknown_type(fake_nsm: FakeNsm) -> None:
+    handlers = {k: v for k, v in nsm_handlers(fake_nsm).items() if k == "attest"}
     with running_server("tcp://127.0.0.1:0", handlers) as (addr, _, _logs):
         with pytest.raises(client.EnclaveError) as info:
             client.describe_enclave(str(addr))
@@ -182,7 +191,7 @@ def test_client_rejects_empty_nonce() -> None:
         client.request_attestation("tcp://127.0.0.1:1", nonce=b"")
 
 
-def test_serve_stops_on_event_and_cleans_up(tmp_path: Path) -> None:
+def test_serve_stops_on_event_and_cleans_up(tmp_path: Path, fake_nsm: FakeNsm) -> None:
     path = tmp_path / "s.sock"
 
     async def main() -> list[str]:
@@ -195,7 +204,7 @@ def test_serve_stops_on_event_and_cleans_up(tmp_path: Path) -> None:
         task = asyncio.create_task(
             serve(
                 parse_address(f"unix://{path}", role="listen"),
-                nsm_handlers(FakeNsm()),
+                nsm_handlers(fake_nsm),
                 ready=ready,
                 stop=stop,
             )
@@ -205,7 +214,7 @@ def test_serve_stops_on_event_and_cleans_up(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.01)
         doc = await asyncio.to_thread(client.request_attestation, f"unix://{path}", nonce=b"q")
-        assert doc.startswith(b"FAKE|q")
+        assert payload(doc)["nonce"] == b"q"
         stop.set()
         await asyncio.wait_for(task, 5)
         return seen

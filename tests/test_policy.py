@@ -30,18 +30,21 @@ PCR0 = bytes([1]) * 48
 DOC = CHAIN.document(nonce=b"n" * 32, user_data=b"hello", public_key=b"k" * 65)
 
 
-def check(**kw: Any) -> None:
-    VERIFIER.verify(DOC, at=kw.pop("at", cf.T0), **kw)
+def check(**kw: Any) -> set[str]:
+    """Verify DOC against ``kw``; the names of the checks that ran and passed."""
+    verified = VERIFIER.verify(DOC, at=kw.pop("at", cf.T0), **kw)
+    return {c.name for c in verified.checks if c.ok}
 
 
 def test_all_expectations_met() -> None:
-    check(
+    passed = check(
         expected_pcrs={0: PCR0},
         nonce=b"n" * 32,
         user_data=b"hello",
         public_key=b"k" * 65,
         max_age=60,
     )
+    assert passed >= {"pcrs", "nonce", "user_data", "public_key", "freshness"}
 
 
 @pytest.mark.parametrize(
@@ -83,13 +86,13 @@ def test_pcr_mismatch_lists_expected_and_got_per_index() -> None:
 
 
 def test_several_allowed_sets() -> None:
-    check(expected_pcrs=[{0: bytes(48)}, {0: PCR0}])
+    assert "pcrs" in check(expected_pcrs=[{0: bytes(48)}, {0: PCR0}])
     with pytest.raises(PcrMismatchError, match="none of the 2 allowed sets"):
         check(expected_pcrs=[{0: bytes(48)}, {1: bytes(48)}])
 
 
 def test_pcr_sets_accept_names_and_hex() -> None:
-    check(expected_pcrs={"PCR0": PCR0.hex(), "1": bytes([2]) * 48})
+    assert "pcrs" in check(expected_pcrs={"PCR0": PCR0.hex(), "1": bytes([2]) * 48})
 
 
 def test_debug_document_needs_the_flag() -> None:
@@ -100,15 +103,16 @@ def test_debug_document_needs_the_flag() -> None:
 
 
 def test_freshness() -> None:
-    check(max_age=10, at=cf.T0 + dt.timedelta(seconds=65))  # within max_age + skew
+    assert "freshness" in check(max_age=10, at=cf.T0 + dt.timedelta(seconds=65))  # + skew
     with pytest.raises(StaleDocumentError, match="old"):
         check(max_age=10, at=cf.T0 + dt.timedelta(seconds=75))
     later = CHAIN.document(timestamp=int(cf.T0.timestamp() * 1000) + 600_000)
     with pytest.raises(StaleDocumentError, match="future"):
         VERIFIER.verify(later, at=cf.T0 + dt.timedelta(seconds=600 - 61), max_age=10)
-    VERIFIER.verify(
+    within = VERIFIER.verify(
         DOC, at=cf.T0 + dt.timedelta(seconds=30), policy=Policy(max_age=10, clock_skew=25)
     )
+    assert next(c for c in within.checks if c.name == "freshness").ok is True
     with pytest.raises(StaleDocumentError):
         VERIFIER.verify(
             DOC, at=cf.T0 + dt.timedelta(seconds=36), policy=Policy(max_age=10, clock_skew=25)
@@ -166,7 +170,7 @@ def test_nitro_cli_measurements_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(MEASUREMENTS, indent=2))
     sets = load_expected_measurements(path)
     assert sets == [{0: PCR0, 1: bytes([2]) * 48, 2: bytes([3]) * 48}]
-    check(expected_pcrs=sets)
+    assert "pcrs" in check(expected_pcrs=sets)
 
 
 def test_measurement_list_and_bare_forms() -> None:

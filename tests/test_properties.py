@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nitro_attest import VerificationError, Verifier, parse_document
 
-from .conftest import REAL
+from .paths import REAL
 
 FILES = [
     "worldcoin_20250829_indef_map.cbor",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,34 +19,21 @@ from pathlib import Path
 import pytest
 
 from nitro_attest._cli import main
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
-from .proxykit import ENTRY, proxy_process
+from .fakes import MEASUREMENTS
+from .proxykit import proxy_process
+from .serve_process import serve_process
 
-PCRS = {0: bytes([0xC0]) * 48, 1: bytes([0xC1]) * 48, 2: bytes([0xC2]) * 48}
 SECRET = b"db-password: correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def enclave(
+    sim_state: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
     """`nitro-attest serve --nsm simulator` on a Unix socket; yields (socket, state dir)."""
-    tmp = tmp_path_factory.mktemp("px")
-    state = tmp / "sim"
-    init_state(state, SimulatorConfig(instance_id="i-0c0ffee0c0ffee0c0", measurements=PCRS))
-    sock = tmp / "enclave.sock"
-    serve = [*ENTRY, "serve", "--listen", f"unix://{sock}", "--nsm", "simulator"]
-    proc = subprocess.Popen(
-        [*serve, "--state", str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert sock.exists(), "serve did not start"
-        yield sock, state
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with serve_process(sim_state, tmp_path_factory.mktemp("px") / "enclave.sock") as served:
+        yield served.socket, sim_state
 
 
 def _attest(address: str, state: Path, out: Path, pcr0: bytes) -> tuple[int, dict[str, object]]:
@@ -72,11 +58,11 @@ def test_attest_and_send_secret_through_the_proxy(
         assert via.startswith("tcp://127.0.0.1:")
         results = {}
         for name, address in (("direct", direct), ("proxied", via)):
-            rc, doc = _attest(address, state, tmp_path / name, PCRS[0])
+            rc, doc = _attest(address, state, tmp_path / name, MEASUREMENTS[0])
             report = json.loads(capsys.readouterr().out)
             results[name] = (rc, report["verified"], doc["pcrs"]["0"], doc["module_id"])
             send = ["send-secret", "--connect", address, "--file", str(secret)]
-            trust = ["--root", str(state / "root.pem"), "--pcr", f"0={PCRS[0].hex()}"]
+            trust = ["--root", str(state / "root.pem"), "--pcr", f"0={MEASUREMENTS[0].hex()}"]
             assert main([*send, *trust]) == 0
             assert "DELIVERED" in capsys.readouterr().out
         assert results["proxied"] == results["direct"]

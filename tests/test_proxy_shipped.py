@@ -12,7 +12,7 @@ from nitro_attest._cli import build_parser
 from nitro_attest._cli.proxy_cmd import build_config
 from nitro_attest.proxy import ProxyConfig
 
-from .conftest import REPO
+from .paths import REPO
 
 SYSTEMD = REPO / "systemd"
 

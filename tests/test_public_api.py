@@ -10,7 +10,7 @@ import pytest
 
 import nitro_attest
 
-from .conftest import REPO
+from .paths import REPO
 
 API_DOC = (REPO / "docs" / "api.md").read_text()
 README = (REPO / "README.md").read_text()

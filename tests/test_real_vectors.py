@@ -18,7 +18,7 @@ from nitro_attest import (
 )
 from nitro_attest.attestation.report import document_to_json
 
-from .conftest import REAL
+from .paths import REAL
 
 _INDEX = REAL / "index.json"
 if _INDEX.exists():
@@ -99,9 +99,11 @@ def test_positive_rejected_outside_chain_window(
 @pytest.mark.parametrize("entry", POSITIVE, ids=lambda e: e["file"])
 def test_positive_at_window_edges_verifies(real_dir: Path, entry: dict[str, Any]) -> None:
     for stamp in (entry["chain_not_before"], entry["chain_not_after"]):
-        VERIFIER.verify(
+        verified = VERIFIER.verify(
             _data(real_dir, entry), at=datetime.fromisoformat(stamp), **_expectations(entry)
         )
+        assert verified.verified_at == datetime.fromisoformat(stamp)
+        assert [c.ok for c in verified.checks if c.name == "certificate_chain"] == [True]
 
 
 @pytest.mark.parametrize("entry", [e for e in POSITIVE if e["debug"]], ids=lambda e: e["file"])

@@ -26,13 +26,12 @@ from nitro_attest.channel.seal import (
     split_plaintext,
 )
 from nitro_attest.nsm import open_backend
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from nitro_attest.wire.protocol import AttestationResponse, AttestRequest, Request, Response
+from tests.fakes import MEASUREMENTS
 from tests.relay import Frame, Relay, Upstream, relaying
 from tests.serve_process import ServeProcess, serve_process
 from tests.serverkit import running_server
 
-PCRS = {0: bytes([0xE0]) * 48, 1: bytes([0xE1]) * 48, 2: bytes([0xE2]) * 48}
 SECRET = b"the model key: 5d41402abc4b2a76b9719d911017c592"
 SUITES = ["x25519", "mlkem768-x25519"]
 SERVERS = {
@@ -77,40 +76,34 @@ class OracleRelay(Relay):
         return upstream.call(request)
 
 
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("relay") / "state"
-    init_state(path, SimulatorConfig(instance_id="i-0e0e0e0e0e0e0e0e0", measurements=PCRS))
-    return path
-
-
 @pytest.fixture(scope="module", params=sorted(SERVERS))
 def server(
-    request: pytest.FixtureRequest, state: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, sim_state: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServeProcess]:
     sock = tmp_path_factory.mktemp("srv") / "e.sock"
-    with serve_process(state, sock, *SERVERS[request.param]) as proc:
+    with serve_process(sim_state, sock, *SERVERS[request.param]) as proc:
         yield proc
 
 
-def _send_secret(address: str, state: Path, tmp_path: Path, suite: str) -> list[str]:
+def _send_secret(address: str, sim_state: Path, tmp_path: Path, suite: str) -> list[str]:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     return ["send-secret", "--connect", address, "--file", str(secret), "--suite", suite,
-            "--root", str(state / "root.pem"), "--pcr", f"0={PCRS[0].hex()}"]  # fmt: skip
+            "--root", str(sim_state / "root.pem"),
+            "--pcr", f"0={MEASUREMENTS[0].hex()}"]  # fmt: skip
 
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_relay_oracle_attack_fails(
     server: ServeProcess,
-    state: Path,
+    sim_state: Path,
     suite: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     relay = OracleRelay(server.address)
     with relaying(relay, tmp_path / "relay.sock") as address:
-        rc = main(_send_secret(address, state, tmp_path, suite))
+        rc = main(_send_secret(address, sim_state, tmp_path, suite))
     out, err = capsys.readouterr()
     assert relay.attempts == ["error"]  # the relay did try, and the enclave refused
     assert relay.learned == [] and relay.own == {}
@@ -123,10 +116,10 @@ def test_relay_oracle_attack_fails(
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_control_relay_steals_from_a_signing_oracle(
-    state: Path, suite: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sim_state: Path, suite: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Control: against a server that has the NSM sign any caller key, the same relay wins."""
-    backend = open_backend("simulator", state_dir=state)
+    backend = open_backend("simulator", state_dir=sim_state)
 
     def oracle(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
@@ -140,7 +133,7 @@ def test_control_relay_steals_from_a_signing_oracle(
         with running_server(f"unix://{tmp_path}/oracle.sock", {"attest": oracle}) as (up, _, _l):
             relay = OracleRelay(str(up))
             with relaying(relay, tmp_path / "relay.sock") as address:
-                rc = main(_send_secret(address, state, tmp_path, suite))
+                rc = main(_send_secret(address, sim_state, tmp_path, suite))
     finally:
         backend.close()
     assert rc == 0 and "DELIVERED" in capsys.readouterr().out

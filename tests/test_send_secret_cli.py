@@ -6,32 +6,17 @@ server's own request log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nitro_attest._cli import main
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
-from .channel_helpers import Enclave, serving
+from .channel_helpers import Enclave
+from .fakes import MEASUREMENTS
 
-MEAS = {0: b"\x20" * 48, 1: b"\x21" * 48, 2: b"\x22" * 48}
 SECRET = b"database password: correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sim") / "state"
-    init_state(path, SimulatorConfig(instance_id="i-0aaaabbbbccccdddd", measurements=MEAS))
-    return path
-
-
-@pytest.fixture()
-def wired(state: Path, tmp_path: Path) -> Iterator[Enclave]:
-    with serving(state, f"unix://{tmp_path}/e.sock") as enclave:
-        yield enclave
 
 
 @pytest.fixture()
@@ -50,55 +35,57 @@ def _argv(enclave: Enclave, secret_file: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
 def test_delivers(
-    wired: Enclave, secret_file: Path, suite: str, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, suite: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(_argv(wired, secret_file, "--pcr", f"0={MEAS[0].hex()}", "--suite", suite))
+    pcr0 = f"0={MEASUREMENTS[0].hex()}"
+    rc = main(_argv(sim_server, secret_file, "--pcr", pcr0, "--suite", suite))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.startswith("DELIVERED 47 bytes") and f"suite {suite}" in out
-    assert wired.store.secrets == [SECRET]
+    assert sim_server.store.secrets == [SECRET]
     assert SECRET.decode() not in out
 
 
 def test_wrong_pcr0_refused_nothing_sent(
-    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(_argv(wired, secret_file, "--pcr", "0=" + "ab" * 48))
+    rc = main(_argv(sim_server, secret_file, "--pcr", "0=" + "ab" * 48))
     assert rc == 1
     assert "REFUSED (nothing sent): pcrs" in capsys.readouterr().out
-    assert wired.requests("channel_attest") == 1
-    assert wired.requests("sealed_message") == 0
-    assert wired.store.secrets == []
+    assert sim_server.requests("channel_attest") == 1
+    assert sim_server.requests("sealed_message") == 0
+    assert sim_server.store.secrets == []
 
 
 def test_default_root_refuses_simulator(
-    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["send-secret", "--connect", wired.address, "--file", str(secret_file),
-            "--pcr", f"0={MEAS[0].hex()}"]
+    argv = ["send-secret", "--connect", sim_server.address, "--file", str(secret_file),
+            "--pcr", f"0={MEASUREMENTS[0].hex()}"]
     assert main(argv) == 1
     assert "certificate_chain" in capsys.readouterr().out
-    assert wired.requests("sealed_message") == 0
+    assert sim_server.requests("sealed_message") == 0
 
 
 def test_unsafe_any_enclave(
-    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_argv(wired, secret_file)) == 2
+    assert main(_argv(sim_server, secret_file)) == 2
     assert "no PCR expectation" in capsys.readouterr().err
-    assert wired.logs.lines() == []
-    assert main(_argv(wired, secret_file, "--unsafe-any-enclave")) == 0
-    assert wired.store.secrets == [SECRET]
+    assert sim_server.logs.lines() == []
+    assert main(_argv(sim_server, secret_file, "--unsafe-any-enclave")) == 0
+    assert capsys.readouterr().out.startswith("DELIVERED 47 bytes")
+    assert sim_server.store.secrets == [SECRET]
 
 
-def test_expected_file(wired: Enclave, secret_file: Path, tmp_path: Path) -> None:
+def test_expected_file(sim_server: Enclave, secret_file: Path, tmp_path: Path) -> None:
     expected = tmp_path / "m.json"
     expected.write_text(
         '{"Measurements": {"HashAlgorithm": "Sha384 { ... }", '
-        + ", ".join(f'"PCR{i}": "{v.hex()}"' for i, v in MEAS.items()) + "}}"
+        + ", ".join(f'"PCR{i}": "{v.hex()}"' for i, v in MEASUREMENTS.items()) + "}}"
     )
-    assert main(_argv(wired, secret_file, "--expected", str(expected))) == 0
-    assert wired.store.secrets == [SECRET]
+    assert main(_argv(sim_server, secret_file, "--expected", str(expected))) == 0
+    assert sim_server.store.secrets == [SECRET]
 
 
 @pytest.mark.parametrize(
@@ -111,49 +98,49 @@ def test_expected_file(wired: Enclave, secret_file: Path, tmp_path: Path) -> Non
     ],
 )
 def test_usage_errors(
-    wired: Enclave, secret_file: Path, extra: list[str], message: str,
+    sim_server: Enclave, secret_file: Path, extra: list[str], message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(_argv(wired, secret_file, *extra)) == 2
+    assert main(_argv(sim_server, secret_file, *extra)) == 2
     assert message in capsys.readouterr().err
-    assert wired.logs.lines() == []
+    assert sim_server.logs.lines() == []
 
 
 def test_missing_root_is_usage_error(
-    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["send-secret", "--connect", wired.address, "--file", str(secret_file),
-            "--root", "/nonexistent.pem", "--pcr", f"0={MEAS[0].hex()}"]
+    argv = ["send-secret", "--connect", sim_server.address, "--file", str(secret_file),
+            "--root", "/nonexistent.pem", "--pcr", f"0={MEASUREMENTS[0].hex()}"]
     assert main(argv) == 2
     assert "no such file" in capsys.readouterr().err
-    assert wired.logs.lines() == []
+    assert sim_server.logs.lines() == []
 
 
 @pytest.mark.parametrize("content", [b"", bytes(MAX_SECRET_BYTES + 1)], ids=["empty", "oversize"])
 def test_secret_file_errors(
-    wired: Enclave, tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "s"
     path.write_bytes(content)
-    assert main(_argv(wired, path, "--pcr", f"0={MEAS[0].hex()}")) == 2
+    assert main(_argv(sim_server, path, "--pcr", f"0={MEASUREMENTS[0].hex()}")) == 2
     assert "secret" in capsys.readouterr().err
-    assert wired.logs.lines() == []
+    assert sim_server.logs.lines() == []
 
 
-def test_largest_secret_delivered(wired: Enclave, tmp_path: Path) -> None:
+def test_largest_secret_delivered(sim_server: Enclave, tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_bytes(b"\xa5" * MAX_SECRET_BYTES)
     for suite in ("x25519", "mlkem768-x25519"):
-        argv = _argv(wired, path, "--pcr", f"0={MEAS[0].hex()}", "--suite", suite)
+        argv = _argv(sim_server, path, "--pcr", f"0={MEASUREMENTS[0].hex()}", "--suite", suite)
         assert main(argv) == 0
-    assert wired.store.secrets == [b"\xa5" * MAX_SECRET_BYTES] * 2
+    assert sim_server.store.secrets == [b"\xa5" * MAX_SECRET_BYTES] * 2
 
 
 def test_bad_suite_and_address_are_usage_errors(
-    wired: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
+    sim_server: Enclave, secret_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_argv(wired, secret_file, "--suite", "p256")) == 2
+    assert main(_argv(sim_server, secret_file, "--suite", "p256")) == 2
     argv = ["send-secret", "--connect", "vsock://x:1", "--file", str(secret_file),
-            "--pcr", f"0={MEAS[0].hex()}"]
+            "--pcr", f"0={MEASUREMENTS[0].hex()}"]
     assert main(argv) == 2
     assert "vsock" in capsys.readouterr().err

@@ -28,13 +28,12 @@ from nitro_attest.channel.seal import channel_info, document_digest, seal
 from nitro_attest.channel.sender import send_secret
 from nitro_attest.errors import ChannelError
 from nitro_attest.nsm import open_backend
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from tests import chainfactory as cf
+from tests.fakes import MEASUREMENTS
 from tests.relay import Frame, Relay, Upstream, relaying
 from tests.serve_process import ServeProcess, serve_process
 from tests.serverkit import running_server
 
-PCRS = {0: bytes([0xF0]) * 48, 1: bytes([0xF1]) * 48, 2: bytes([0xF2]) * 48}
 SECRET = b"tls private key of the enclave's service"
 JUNK = b"a secret the parent wants the enclave to use"
 
@@ -65,35 +64,29 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("senders") / "state"
-    init_state(path, SimulatorConfig(instance_id="i-0f0f0f0f0f0f0f0f0", measurements=PCRS))
-    return path
-
-
-@pytest.fixture(scope="module")
 def pinned(
-    state: Path, keys: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
+    sim_state: Path, keys: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServeProcess]:
     sock = tmp_path_factory.mktemp("srv") / "pinned.sock"
-    with serve_process(state, sock, "--sender-key", str(keys["ed25519"][1]),
+    with serve_process(sim_state, sock, "--sender-key", str(keys["ed25519"][1]),
                        "--sender-key", str(keys["p256"][1])) as proc:  # fmt: skip
         yield proc
 
 
-def _argv(address: str, state: Path, tmp_path: Path, *extra: str) -> list[str]:
+def _argv(address: str, sim_state: Path, tmp_path: Path, *extra: str) -> list[str]:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     return ["send-secret", "--connect", address, "--file", str(secret),
-            "--root", str(state / "root.pem"), "--pcr", f"0={PCRS[0].hex()}", *extra]  # fmt: skip
+            "--root", str(sim_state / "root.pem"),
+            "--pcr", f"0={MEASUREMENTS[0].hex()}", *extra]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "p256"])
 def test_signed_delivery_succeeds(
-    pinned: ServeProcess, state: Path, keys: dict[str, tuple[Path, Path]], kind: str,
+    pinned: ServeProcess, sim_state: Path, keys: dict[str, tuple[Path, Path]], kind: str,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    rc = main(_argv(pinned.address, state, tmp_path, "--sign-with", str(keys[kind][0])))
+    rc = main(_argv(pinned.address, sim_state, tmp_path, "--sign-with", str(keys[kind][0])))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.startswith("DELIVERED") and "suite mlkem768-x25519" in out and "signed by" in out
@@ -101,12 +94,12 @@ def test_signed_delivery_succeeds(
 
 @pytest.mark.parametrize("sign_with", [None, "unpinned"])
 def test_unsigned_or_unpinned_refused(
-    pinned: ServeProcess, state: Path, keys: dict[str, tuple[Path, Path]],
+    pinned: ServeProcess, sim_state: Path, keys: dict[str, tuple[Path, Path]],
     sign_with: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     """Threat: the parent (or anyone reaching the port) delivers a secret without a pinned key."""
     extra = ["--sign-with", str(keys[sign_with][0])] if sign_with else []
-    rc = main(_argv(pinned.address, state, tmp_path, *extra))
+    rc = main(_argv(pinned.address, sim_state, tmp_path, *extra))
     out = capsys.readouterr().out
     # Sent, then refused: a refusal is not authenticated, so the client cannot say more.
     assert rc == 1 and out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
@@ -138,14 +131,14 @@ class CopyingRelay(Relay):
 
 
 def test_copied_signature_refused_and_genuine_delivery_survives(
-    pinned: ServeProcess, state: Path, keys: dict[str, tuple[Path, Path]],
+    pinned: ServeProcess, sim_state: Path, keys: dict[str, tuple[Path, Path]],
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     """Threat: the relaying parent puts the client's signature on its own sealed message for the
     same nonce and document, ahead of the client's. Refused; the client's message still lands."""
     relay = CopyingRelay(pinned.address)
     with relaying(relay, tmp_path / "relay.sock") as address:
-        rc = main(_argv(address, state, tmp_path, "--sign-with", str(keys["ed25519"][0])))
+        rc = main(_argv(address, sim_state, tmp_path, "--sign-with", str(keys["ed25519"][0])))
     assert rc == 0 and "DELIVERED" in capsys.readouterr().out
     (forged,) = relay.forged_answers
     assert forged["type"] == "error" and forged["code"] == "channel_refused"
@@ -155,10 +148,10 @@ def test_copied_signature_refused_and_genuine_delivery_survives(
 
 
 def test_serve_logs_unauthenticated_mode(
-    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sim_state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serve_process(state, tmp_path / "open.sock") as proc:
-        assert main(_argv(proc.address, state, tmp_path)) == 0
+    with serve_process(sim_state, tmp_path / "open.sock") as proc:
+        assert main(_argv(proc.address, sim_state, tmp_path)) == 0
         assert "unsigned" in capsys.readouterr().out
     log = proc.stderr()
     assert "every sealed message is accepted from an unauthenticated sender" in log
@@ -192,32 +185,33 @@ def test_serve_sender_key_usage_errors(
 
 @pytest.mark.parametrize("which", ["p384", "rsa", "public"])
 def test_sign_with_bad_key_is_usage_error(
-    keys: dict[str, tuple[Path, Path]], state: Path, tmp_path: Path, which: str,
+    keys: dict[str, tuple[Path, Path]], sim_state: Path, tmp_path: Path, which: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     path = keys["ed25519"][1] if which == "public" else keys[which][0]
-    rc = main(_argv(f"unix://{tmp_path}/none.sock", state, tmp_path, "--sign-with", str(path)))
+    rc = main(_argv(f"unix://{tmp_path}/none.sock", sim_state, tmp_path, "--sign-with", str(path)))
     assert rc == 2 and "--sign-with" in capsys.readouterr().err
 
 
 def test_mlkem_unavailable_says_so_before_contact(
-    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     def unsupported() -> None:
         raise UnsupportedAlgorithm("ML-KEM is not supported by this backend")
 
     monkeypatch.setattr(mlkem.MLKEM768PrivateKey, "generate", staticmethod(unsupported))
-    rc = main(_argv(f"unix://{tmp_path}/none.sock", state, tmp_path))  # nothing listens there
+    rc = main(_argv(f"unix://{tmp_path}/none.sock", sim_state, tmp_path))  # nothing listens there
     err = capsys.readouterr().err
     assert rc == 2
     assert "ML-KEM-768 is not available" in err and "--suite x25519" in err
     assert "none.sock" not in err  # refused before any connection attempt
 
 
-def test_default_suite_is_post_quantum() -> None:
+def test_default_suite_is_post_quantum(capsys: pytest.CaptureFixture[str]) -> None:
     assert channel_client.DEFAULT_SUITE is SuiteId.MLKEM768_X25519
     assert main(["send-secret", "--help"]) == 0
+    assert "mlkem768-x25519 (default: post-quantum" in " ".join(capsys.readouterr().out.split())
 
 
 def test_delivery_to_a_nitrotpm_document_is_reported_delivered(
@@ -241,17 +235,17 @@ def test_delivery_to_a_nitrotpm_document_is_reported_delivered(
     assert rc == 0 and out.startswith("DELIVERED 5 bytes to nitrotpm") and "2 PCRs" in out
 
 
-def test_store_full_refusal_reaches_the_sender(state: Path, tmp_path: Path) -> None:
+def test_store_full_refusal_reaches_the_sender(sim_state: Path, tmp_path: Path) -> None:
     """Over the wire: a full store refuses with channel_refused and says why; nothing evicted."""
-    backend = open_backend("simulator", state_dir=state)
+    backend = open_backend("simulator", state_dir=sim_state)
     store = InMemorySecretStore(per_sender=1)
     handlers = channel_handlers(ChannelReceiver(handler=store), backend)
-    root = (state / "root.pem").read_bytes()
+    root = (sim_state / "root.pem").read_bytes()
     try:
         with running_server(f"unix://{tmp_path}/full.sock", handlers) as (addr, _, _logs):
-            send_secret(str(addr), SECRET, root_pem=root, expected_pcrs={0: PCRS[0]})
+            send_secret(str(addr), SECRET, root_pem=root, expected_pcrs={0: MEASUREMENTS[0]})
             with pytest.raises(ChannelError, match="secret store is full") as info:
-                send_secret(str(addr), JUNK, root_pem=root, expected_pcrs={0: PCRS[0]})
+                send_secret(str(addr), JUNK, root_pem=root, expected_pcrs={0: MEASUREMENTS[0]})
     finally:
         backend.close()
     assert info.value.reason == "refused"

@@ -22,7 +22,7 @@ from nitro_attest.service.ear import EarSigner
 from nitro_attest.service.sessions import MemoryStore
 
 from .servicekit import (
-    MEAS,
+    MEASUREMENTS,
     MEDIA,
     build_enclave_json,
     check_ear,
@@ -33,14 +33,16 @@ from .servicekit import (
 )
 
 NEW = "/challenge-response/v1/newSession"
-OTHER_PCRS = {0: b"\x40" * 48, 1: MEAS[1], 2: MEAS[2]}
+OTHER_PCRS = {0: b"\x40" * 48, 1: MEASUREMENTS[1], 2: MEASUREMENTS[2]}
 DEBUG_PCRS = {0: bytes(48), 1: bytes(48), 2: bytes(48)}  # what a debug-mode enclave reports
 
 
 @pytest.fixture(scope="module")
-def sims(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimulatedNsm]:
+def sims(sim_state: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimulatedNsm]:
     tmp = tmp_path_factory.mktemp("sims")
-    good = make_sim(tmp / "good")
+    good = SimulatedNsm.open(sim_state)
+    # "debug" must share good's CA (sim_debug_state has its own) so that only the debug flag
+    # differs; "foreign" needs a CA of its own in production mode.
     return {"good": good, "debug": debug_twin(good, tmp / "debug"),
             "foreign": make_sim(tmp / "foreign")}  # fmt: skip
 
@@ -50,8 +52,8 @@ def _app_client(sims: dict[str, SimulatedNsm], tmp: Path, ttl: float = 60.0) -> 
         tmp / "policies.json",
         other={"expected": [build_enclave_json(OTHER_PCRS)]},
         dev={"expected": [build_enclave_json(DEBUG_PCRS)], "allow_debug": True},
-        tpm={"expected": [build_enclave_json(MEAS)], "kind": "nitrotpm"},
-        fresh={"expected": [build_enclave_json(MEAS)], "max_age": 60},
+        tpm={"expected": [build_enclave_json(MEASUREMENTS)], "kind": "nitrotpm"},
+        fresh={"expected": [build_enclave_json(MEASUREMENTS)], "max_age": 60},
     )
     config = ServiceConfig(policies, EarSigner.generate(), MemoryStore,
                            root_pem=sims["good"].root_pem, session_ttl=ttl)  # fmt: skip
@@ -119,7 +121,7 @@ def test_fresh_document_is_affirming(client: TestClient, sims: dict[str, Simulat
     evidence = sub["ear.veraison.annotated-evidence"]
     assert evidence["module_id"] == sims["good"].module_id
     assert evidence["kind"] == "enclave"
-    assert evidence["pcrs"]["0"] == MEAS[0].hex()
+    assert evidence["pcrs"]["0"] == MEASUREMENTS[0].hex()
     assert evidence["document_sha256"] == hashlib.sha256(doc).hexdigest()
     assert evidence["error"] is None
     checks = {c["name"]: c["ok"] for c in evidence["checks"]}

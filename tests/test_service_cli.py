@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from nitro_attest._cli import main
+from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import running_server
 
-from .servicekit import ENTRY, build_enclave_json, make_sim, service, write_policies
+from .servicekit import ENTRY, build_enclave_json, service, write_policies
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,9 +23,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def files(sim_state: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("svc")
-    sim = make_sim(tmp / "sim")
+    sim = SimulatedNsm.open(sim_state)
     (tmp / "root.pem").write_bytes(sim.root_pem)
     (tmp / "rsa.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     write_policies(tmp / "policies.json",

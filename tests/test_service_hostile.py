@@ -17,17 +17,18 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.ear import EarSigner, ear_claims
 from nitro_attest.service.relying_party import EarError, verify_ear
 from nitro_attest.service.sessions import MemoryStore
 
-from .servicekit import MEDIA, free_port, make_sim, wait_until, write_policies
+from .servicekit import MEDIA, free_port, wait_until, write_policies
 
 
 @contextmanager
-def _serve(tmp: Path) -> Iterator[tuple[str, object]]:
-    sim = make_sim(tmp / "sim")
+def _serve(tmp: Path, state: Path) -> Iterator[tuple[str, object]]:
+    sim = SimulatedNsm.open(state)
     config = ServiceConfig(write_policies(tmp / "p.json"), EarSigner.generate(), MemoryStore,
                            root_pem=sim.root_pem, body_timeout=0.5)  # fmt: skip
     port = free_port()
@@ -47,8 +48,10 @@ def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def test_trickled_upload_times_out_and_others_are_served(tmp_path: Path) -> None:
-    with _serve(tmp_path) as (base, sim):
+def test_trickled_upload_times_out_and_others_are_served(
+    tmp_path: Path, sim_state: Path
+) -> None:
+    with _serve(tmp_path, sim_state) as (base, sim):
         r = httpx.post(f"{base}/challenge-response/v1/newSession")
         location = r.headers["location"]
         port = int(base.rsplit(":", 1)[1])
@@ -68,8 +71,8 @@ def test_trickled_upload_times_out_and_others_are_served(tmp_path: Path) -> None
         assert httpx.get(f"{base}{location}").json()["state"] == "waiting"  # not used up
 
 
-def test_stream_cap_ignores_a_small_content_length(tmp_path: Path) -> None:
-    with _serve(tmp_path) as (base, _):
+def test_stream_cap_ignores_a_small_content_length(tmp_path: Path, sim_state: Path) -> None:
+    with _serve(tmp_path, sim_state) as (base, _):
         location = httpx.post(f"{base}/challenge-response/v1/newSession").headers["location"]
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

@@ -25,15 +25,15 @@ from nitro_attest.service.ear import EarSigner
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol, _GatheringTransport
 from nitro_attest.service.sessions import MemoryStore
 
-from .servicekit import MEDIA, check_ear, free_port, make_sim, wait_until, write_policies
+from .servicekit import MEDIA, check_ear, free_port, wait_until, write_policies
 
 NEW = "/challenge-response/v1/newSession"
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedNsm:
-    return make_sim(tmp_path_factory.mktemp("sim") / "sim")
+def sim(sim_state: Path) -> SimulatedNsm:
+    return SimulatedNsm.open(sim_state)
 
 
 def _config(sim: SimulatedNsm, tmp: Path) -> ServiceConfig:

@@ -11,9 +11,9 @@ import pytest
 from nitro_attest import PolicyError
 from nitro_attest.service.policies import load_policies, parse_policies
 
-from .servicekit import MEAS, build_enclave_json
+from .servicekit import MEASUREMENTS, build_enclave_json
 
-GOOD = {"expected": [build_enclave_json(MEAS)]}
+GOOD = {"expected": [build_enclave_json(MEASUREMENTS)]}
 
 
 def _parse(data: Any) -> Any:
@@ -29,7 +29,7 @@ def test_good_file_with_defaults_and_options() -> None:
     a, b = ps.policies["a"], ps.policies["b-2"]
     assert (a.kind, a.allow_debug, a.max_age) == ("enclave", False, None)
     assert (b.kind, b.allow_debug, b.max_age) == ("nitrotpm", True, 300.0)
-    assert dict(a.pcr_sets[0]) == MEAS
+    assert dict(a.pcr_sets[0]) == MEASUREMENTS
     assert a.with_nonce(b"n" * 8).nonce == b"n" * 8
     assert ps.get("missing") is None
 

@@ -28,7 +28,6 @@ from .servicekit import (
     MEDIA,
     build_enclave_json,
     check_ear,
-    make_sim,
     redis_server,
     service,
     submod,
@@ -40,9 +39,11 @@ NEW = "/challenge-response/v1/newSession"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def setup(
+    sim_state: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("replicas")
-    sim = make_sim(tmp / "sim")
+    sim = SimulatedNsm.open(sim_state)
     (tmp / "root.pem").write_bytes(sim.root_pem)
     key = ec.generate_private_key(ec.SECP384R1())
     (tmp / "ear.pem").write_bytes(key.private_bytes(

@@ -18,7 +18,7 @@ from .servicekit import make_sim, write_policies
 
 def _app() -> object:
     tmp = Path(__import__("tempfile").mkdtemp(prefix="nitro-schema-"))
-    sim = make_sim(tmp / "sim")
+    sim = make_sim(tmp / "sim")  # built at import time, for schemathesis: no fixtures yet
     config = ServiceConfig(write_policies(tmp / "policies.json"), EarSigner.generate(),
                            MemoryStore, root_pem=sim.root_pem)  # fmt: skip
     return create_app(config)

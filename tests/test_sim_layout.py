@@ -43,6 +43,8 @@ REAL_FILES = [
 ]
 
 
+# Not conftest's sim_state: the layout is compared with real documents, which carry no
+# measurements of ours, and the certificate names are checked for this region.
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedNsm:
     state = init_state(

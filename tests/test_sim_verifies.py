@@ -15,16 +15,13 @@ from nitro_attest.errors import (
     SignatureError,
 )
 from nitro_attest.nsm.simulator.nsm import SimulatedNsm
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 
-MEAS = {0: b"\x10" * 48, 1: b"\x11" * 48, 2: b"\x12" * 48}
-ROLE = "arn:aws:iam::123456789012:role/app"
+from .fakes import MEASUREMENTS
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedNsm:
-    config = SimulatorConfig(instance_id="i-0fedcba9876543210", measurements=MEAS, role_arn=ROLE)
-    return SimulatedNsm(init_state(tmp_path_factory.mktemp("v") / "state", config))
+def sim(sim_state: Path) -> SimulatedNsm:
+    return SimulatedNsm.open(sim_state)
 
 
 def test_every_simulated_document_verifies(sim: SimulatedNsm) -> None:
@@ -37,7 +34,7 @@ def test_every_simulated_document_verifies(sim: SimulatedNsm) -> None:
     ]
     for kwargs in cases:
         doc = sim.attestation(**kwargs)
-        result = verifier.verify(doc, expected_pcrs=MEAS, **kwargs)
+        result = verifier.verify(doc, expected_pcrs=MEASUREMENTS, **kwargs)
         assert result.document.raw == doc
         assert result.document.module_id == sim.module_id
 
@@ -62,9 +59,8 @@ def test_policy_mismatches_are_caught(sim: SimulatedNsm) -> None:
         verifier.verify(bytes(tampered))
 
 
-def test_debug_document_flagged(tmp_path: Path) -> None:
-    config = SimulatorConfig(instance_id="i-0fedcba9876543210", measurements=MEAS, debug=True)
-    sim = SimulatedNsm(init_state(tmp_path / "s", config))
+def test_debug_document_flagged(sim_debug_state: Path) -> None:
+    sim = SimulatedNsm.open(sim_debug_state)
     verifier = Verifier(root_pem=sim.root_pem)
     doc = sim.attestation()
     with pytest.raises(DebugModeError):
@@ -74,14 +70,17 @@ def test_debug_document_flagged(tmp_path: Path) -> None:
 
 def test_default_simulator_is_not_debug(tmp_path: Path) -> None:
     sim = SimulatedNsm.open(tmp_path / "default")
-    Verifier(root_pem=sim.root_pem).verify(sim.attestation())  # no allow_debug needed
+    verified = Verifier(root_pem=sim.root_pem).verify(sim.attestation())  # no allow_debug
+    assert not verified.document.is_debug
 
 
 def test_documents_after_leaf_and_ca_rotation_verify(tmp_path: Path) -> None:
+    # A state of its own: rotation rewrites the state, which the shared sim_state must not see.
     t = [1_900_000_000.0]
     sim = SimulatedNsm.open(tmp_path / "s", clock=lambda: t[0])
     verifier = Verifier(root_pem=sim.root_pem)
     for step in (0, 3 * 3600, 2 * 86400, 7 * 86400, 30 * 86400):
         t[0] += step
         doc = sim.attestation()
-        verifier.verify(doc, at="document")
+        verified = verifier.verify(doc, at="document")
+        assert verified.document.timestamp_ms == int(t[0] * 1000)  # issued after the rotation

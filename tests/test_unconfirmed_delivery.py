@@ -10,18 +10,16 @@ never prints DELIVERED.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nitro_attest._cli import main
 from nitro_attest.errors import ChannelError
-from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
-from tests.channel_helpers import Enclave, serving
+from tests.channel_helpers import Enclave
+from tests.fakes import MEASUREMENTS
 from tests.relay import Frame, Relay, Upstream, relaying
 
-MEAS = {0: b"\x30" * 48, 1: b"\x31" * 48, 2: b"\x32" * 48}
 SECRET = b"api token 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 
@@ -46,33 +44,20 @@ class LyingRelay(Relay):
         return {"v": 1, "type": "error", "code": "channel_refused", "message": message}
 
 
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("unconfirmed") / "state"
-    init_state(path, SimulatorConfig(instance_id="i-0c0c0c0c0c0c0c0c0", measurements=MEAS))
-    return path
-
-
-@pytest.fixture()
-def enclave(state: Path, tmp_path: Path) -> Iterator[Enclave]:
-    with serving(state, f"unix://{tmp_path}/e.sock") as served:
-        yield served
-
-
 @pytest.mark.parametrize(("lie", "code"), [("ack", 1), ("refusal", 1), ("garbled", 2)])
 def test_forged_answer_after_delivery_is_reported_unconfirmed(
-    enclave: Enclave, state: Path, lie: str, code: int, tmp_path: Path,
+    sim_server: Enclave, sim_state: Path, lie: str, code: int, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
-    relay = LyingRelay(enclave.address, lie)
+    relay = LyingRelay(sim_server.address, lie)
     with relaying(relay, tmp_path / "relay.sock") as address:
         rc = main(["send-secret", "--connect", address, "--file", str(secret),
-                   "--suite", "x25519", "--root", str(state / "root.pem"),
-                   "--pcr", f"0={MEAS[0].hex()}"])  # fmt: skip
+                   "--suite", "x25519", "--root", str(sim_state / "root.pem"),
+                   "--pcr", f"0={MEASUREMENTS[0].hex()}"])  # fmt: skip
     out = capsys.readouterr().out
-    assert relay.enclave_answer == "sealed_ack" and enclave.store.secrets == [SECRET]
+    assert relay.enclave_answer == "sealed_ack" and sim_server.store.secrets == [SECRET]
     assert rc == code and "DELIVERED" not in out and len(out.splitlines()) == 1
     assert out.startswith("NOT CONFIRMED") and "may hold the secret" in out
 

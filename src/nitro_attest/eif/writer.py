@@ -12,7 +12,6 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,12 +114,8 @@ def write_eif(
     offsets: list[int] = []
     sizes: list[int] = []
     crc = Crc()  # of everything after the header
-    with (
-        open(out_path, "w+b") as fh,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="eif-write") as pool,
-    ):
+    with open(out_path, "w+b") as fh, HashingSink(fh, crc) as sink:
         fh.write(bytes(HEADER_SIZE))
-        sink = HashingSink(fh, pool, crc)
 
         def section(kind: SectionType, source: Source, here: list[Any], there: list[Any]) -> None:
             offsets.append(HEADER_SIZE + sum(SECTION_HEADER_SIZE + n for n in sizes))
