@@ -184,3 +184,24 @@ def test_tags_are_refused() -> None:
     tagged = cbor2.dumps({"v": 1, "type": "attest", "nonce": cbor2.CBORTag(2, b"\x01")})
     with pytest.raises(MalformedFrameError):
         protocol.decode_request(tagged)
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 4600, 65000])
+def test_attestation_response_encoding_is_what_cbor2_writes(size: int) -> None:
+    # AttestationResponse.encode builds its bytes from a constant prefix (the server's hot path);
+    # it must stay byte for byte the generic encoding of the same map.
+    document = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    generic = frame({"v": protocol.PROTOCOL_VERSION, "type": "attestation", "document": document})
+    assert AttestationResponse(document).encode() == generic
+    assert protocol.decode_response(body_of(generic)) == AttestationResponse(document)
+
+
+def test_attestation_response_too_large_for_a_frame_is_refused() -> None:
+    with pytest.raises(FrameTooLargeError):
+        AttestationResponse(bytes(protocol.MAX_FRAME_BYTES)).encode()
+
+
+def test_attest_request_with_an_extra_field_is_refused_by_name() -> None:
+    body = cbor2.dumps({"v": 1, "type": "attest", "nonce": b"n", "sneaky": 1})
+    with pytest.raises(ProtocolError, match=r"unexpected field.*sneaky"):
+        protocol.decode_request(body)

@@ -161,6 +161,9 @@ class ChannelReceiver:
         self._keys = {s: KeyPair.generate(s) for s in suites}
         if not self._keys:
             raise ValueError("a channel needs at least one suite")
+        # attest_default runs on every plain attest request: its key and field, looked up once.
+        self._default = next(iter(self._keys.values()))
+        self._default_field = self._default.advertised.field
         # Pinned sender keys, by key id. Empty: every delivery is from an unauthenticated sender.
         self._senders = {key_id(k): k for k in senders}
         self.handler: SecretHandler = handler if handler is not None else InMemorySecretStore()
@@ -206,10 +209,8 @@ class ChannelReceiver:
         The nonce is remembered when it could carry a channel message (16..512 bytes, not seen
         before); otherwise the document is still returned, but no sealed message will open for it.
         """
-        keys = self._keys[self.suites[0]]
-        document = nsm.attestation(
-            user_data=user_data, nonce=nonce, public_key=keys.advertised.field
-        )
+        keys = self._default
+        document = nsm.attestation(user_data=user_data, nonce=nonce, public_key=self._default_field)
         if nonce is not None and MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
             try:
                 self._ledger.issue(nonce, Issued(keys.advertised, document_digest(document)))

@@ -144,6 +144,17 @@ def _fields(obj: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
         raise ProtocolError(f"{what}: unexpected field(s) {', '.join(sorted(extra))}")
 
 
+def _bstr_head(n: int) -> bytes:
+    """The CBOR head of a byte string of ``n`` bytes, in the shortest form (as cbor2 writes it)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    return b"\x5a" + n.to_bytes(4, "big")
+
+
 def _opt_bytes(
     obj: Mapping[str, Any], key: str, what: str, limit: int = NSM_FIELD_BYTES
 ) -> bytes | None:
@@ -209,6 +220,9 @@ def register_request(cls: _R) -> _R:
     return cls
 
 
+_ATTEST_KEYS = frozenset({"v", "type", "nonce", "user_data", "public_key"})
+
+
 @register_request
 @dataclass(frozen=True, slots=True)
 class AttestRequest(Request):
@@ -224,7 +238,8 @@ class AttestRequest(Request):
 
     @classmethod
     def from_fields(cls, obj: Mapping[str, Any]) -> AttestRequest:
-        _fields(obj, frozenset({"nonce", "user_data", "public_key"}), "attest")
+        if not obj.keys() <= _ATTEST_KEYS:  # the check on every request; _fields names the extra
+            _fields(obj, _ATTEST_KEYS, "attest")
         return cls(
             nonce=_opt_bytes(obj, "nonce", "attest"),
             user_data=_opt_bytes(obj, "user_data", "attest"),
@@ -292,6 +307,18 @@ class AttestationResponse(Response):
 
     def to_fields(self) -> dict[str, Any]:
         return {"document": self.document}
+
+    def encode(self) -> bytes:
+        # The server's answer to nearly every request: a constant prefix (the bytes cbor2 writes
+        # for this map's other keys) and one copy of the document, instead of a dict for cbor2.
+        document = self.document
+        head = _bstr_head(len(document))
+        size = len(_ATTESTATION_PREFIX) + len(head) + len(document)
+        if size > MAX_FRAME_BYTES:
+            raise FrameTooLargeError(
+                f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+            )
+        return b"".join((_HEADER.pack(size), _ATTESTATION_PREFIX, head, document))
 
     @classmethod
     def from_fields(cls, obj: Mapping[str, Any]) -> AttestationResponse:
@@ -370,6 +397,11 @@ class ErrorResponse(Response):
         return cls(
             code=_req_str(obj, "code", "error", 64), message=_req_str(obj, "message", "error")
         )
+
+
+_ATTESTATION_PREFIX = cbor2.dumps(
+    {"v": PROTOCOL_VERSION, "type": AttestationResponse.TYPE, "document": b""}
+)[:-1]  # without the empty document's head
 
 
 def decode_response(body: bytes) -> Response:

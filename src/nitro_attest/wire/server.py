@@ -338,6 +338,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
     __slots__ = (
         "_buf",
         "_eof",
+        "_held",
         "_paused",
         "_peer",
         "_serial",
@@ -354,6 +355,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
         self._buf = bytearray()
         self._peer = f"#{serial}"
         self._paused = False  # the client is not reading our answers
+        self._held = False  # we stopped reading: the buffer holds a whole frame
         self._eof = False
         self.closing_since: float | None = None
 
@@ -380,11 +382,11 @@ class _Connection(asyncio.BufferedProtocol, Member):
         if self.closing_since is not None:
             return
         self._buf += self._server._scratch[:nbytes]
-        if self.state == IDLE:
-            self._enter(FRAME)  # the frame deadline runs from its first byte
         if len(self._buf) >= len(self._server._scratch):
             self._set_reading(False)  # read on once this frame is answered
         self._process()
+        if self.state == IDLE and self._buf:
+            self._enter(FRAME)  # a frame has started: its deadline runs from its first byte
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -427,7 +429,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
                     log.warning("%s closed %s", self._peer, what)
                 self.finish(None)
             return
-        body = bytes(self._buf[:end][HEADER_SIZE:])
+        body = bytes(self._buf[HEADER_SIZE:end])
         del self._buf[:end]
         self._enter(None)  # being answered: no deadline, not sheddable
         response = server.dispatch(body, self._peer)
@@ -454,6 +456,9 @@ class _Connection(asyncio.BufferedProtocol, Member):
         self._server._table.enter(self, state, self._server._loop.time())
 
     def _set_reading(self, on: bool) -> None:
+        if on is not self._held:  # only this class pauses reading; nothing to change
+            return
+        self._held = not on
         if self._transport is None or self._transport.is_closing():
             return
         if on and not self._transport.is_reading():
