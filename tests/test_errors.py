@@ -71,3 +71,14 @@ def test_reasons_are_enums() -> None:
     with pytest.raises(ValueError, match="not a valid ChannelFailure"):
         errors.ChannelError("x", reason="no-such-reason")
     assert errors.SignatureError.check is errors.Check.COSE_SIGNATURE
+
+
+def test_send_secret_to_a_malformed_address_is_a_configuration_error() -> None:
+    """Nothing is sent and nothing is reached: the address itself is wrong (exit 2 in the CLI)."""
+    from nitro_attest import send_secret
+    from nitro_attest.wire.transport import AddressError
+
+    with pytest.raises(AddressError, match="unknown scheme") as info:
+        send_secret("bogus://x", b"secret", unsafe_any_enclave=True)
+    assert isinstance(info.value, errors.ConfigurationError)
+    assert exit_code_for(info.value) == 2

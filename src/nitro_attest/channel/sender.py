@@ -274,8 +274,8 @@ def send_secret(
     require_suite_available(want)
     try:
         connection = Connection(address, timeout=timeout)
-    except (ClientError, ValueError) as exc:  # unreachable, or a malformed address
-        raise ChannelError(str(exc), reason="transport") from None
+    except ClientError as exc:  # unreachable; a malformed address stays an AddressError
+        raise ChannelError(str(exc), reason=ChannelFailure.TRANSPORT) from None
     with connection:
         return deliver_secret(
             ConnectionExchange(connection),
