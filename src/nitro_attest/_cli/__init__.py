@@ -18,7 +18,8 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
-from nitro_attest._cli.common import EXIT_USAGE, escape_text, exit_code_for
+from nitro_attest._cli.common import EXIT_USAGE, exit_code_for
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import NitroAttestError
 
 # name -> (module in this package, its one-line help), in --help's order. tests/test_cli_lazy.py
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NitroAttestError as exc:
         # The tree decides the exit code: a rejected document is 1, every other branch
         # (configuration, transport, NSM, nitro-cli, channel, format) is 2.
-        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
+        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
         if args.verbose:
             _print_traceback(exc)
         return exit_code_for(exc)
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {escape_text(repr(exc))}", file=sys.stderr)
+        print(f"nitro-attest: internal error: {escape_untrusted(repr(exc))}", file=sys.stderr)
         if args.verbose:
             _print_traceback(exc)
         else:
@@ -178,7 +179,8 @@ def _print_traceback(exc: BaseException) -> None:
     # The frames are our code; the message may quote the enclave or a document: escape it whole.
     frames = "".join(traceback.format_tb(exc.__traceback__))
     message = "".join(traceback.format_exception_only(exc)).rstrip("\n")
-    print(f"Traceback (most recent call last):\n{frames}{escape_text(message)}", file=sys.stderr)
+    shown = escape_untrusted(message)
+    print(f"Traceback (most recent call last):\n{frames}{shown}", file=sys.stderr)
 
 
 def entrypoint() -> None:

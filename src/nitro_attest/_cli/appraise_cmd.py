@@ -10,7 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 
 EPILOG = """\
 exit status: 0 affirming; 1 any other status (contraindicated, warning, none); 2 usage error,
@@ -63,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.claims, indent=2))
     else:
         failed = result.failed_check
-        print(result.status + (f" (failed check: {escape_text(failed)})" if failed else ""))
+        print(result.status + (f" (failed check: {escape_untrusted(failed)})" if failed else ""))
     return EXIT_OK if result.status == "affirming" else EXIT_REJECTED

@@ -14,11 +14,11 @@ from nitro_attest._cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     CliError,
-    escape_text,
     parse_hex,
     read_bytes,
 )
 from nitro_attest.attestation.report import document_to_json, render_text
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
@@ -175,13 +175,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            escape_text(
+            escape_untrusted(
                 f"Requested an attestation document from {address} "
                 f"(nonce {len(nonce)} bytes, user data {len(user_data or b'')} bytes)"
             )
         )
         for path in saved:
-            print(escape_text(f"Saved {path}"))
+            print(escape_untrusted(f"Saved {path}"))
         if not policy.pcr_sets:
             print(
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr

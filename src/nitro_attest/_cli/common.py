@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import NitroAttestError, UsageError, VerificationError
 
 EXIT_OK = 0
@@ -20,10 +19,6 @@ class CliError(UsageError):
 def exit_code_for(exc: NitroAttestError) -> int:
     """The exit code for an error, read from the error tree (see nitro_attest.errors)."""
     return EXIT_REJECTED if isinstance(exc, VerificationError) else EXIT_USAGE
-
-
-# The one escaping helper for untrusted text (it lives with the report renderer, which uses it too).
-escape_text = escape_untrusted
 
 
 def parse_hex(value: str, what: str, *, max_bytes: int | None = None) -> bytes:

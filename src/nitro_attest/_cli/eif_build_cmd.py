@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text, read_bytes
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError
 
 
@@ -134,7 +135,7 @@ def run_build(args: argparse.Namespace) -> int:
         result = build_eif(opts)
     except EifError as exc:
         # names from the image are untrusted: no terminal control sequences reach the user
-        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
+        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
         return EXIT_REJECTED
     except OSError as exc:
         raise CliError(f"{exc.filename or out}: {exc.strerror or exc}") from None
@@ -158,11 +159,12 @@ def run_diff(args: argparse.Namespace) -> int:
     try:
         report = diff_eifs(Path(args.a), Path(args.b))
     except EifError as exc:
-        raise CliError(escape_text(str(exc))) from None
+        raise CliError(escape_untrusted(str(exc))) from None
     except OSError as exc:
         raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:  # paths come from the images: escape control characters line by line
-        print("\n".join(escape_text(line) for line in report.text(args.a, args.b).splitlines()))
+        lines = report.text(args.a, args.b).splitlines()
+        print("\n".join(escape_untrusted(line) for line in lines))
     return EXIT_OK if report.same else EXIT_REJECTED

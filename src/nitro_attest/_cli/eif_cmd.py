@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
 from nitro_attest._cli.eif_build_cmd import register_build, register_diff
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
 from nitro_attest.eif.metadata import describe_metadata
 from nitro_attest.eif.signature import certificate_info
@@ -113,7 +114,7 @@ def describe_json(info: EifInfo) -> dict[str, Any]:
 
 
 def _fail(path: str, exc: EifError) -> int:
-    print(escape_text(f"nitro-attest: error: {path}: {exc}"), file=sys.stderr)
+    print(escape_untrusted(f"nitro-attest: error: {path}: {exc}"), file=sys.stderr)
     return EXIT_REJECTED
 
 
@@ -128,7 +129,7 @@ def run_describe(args: argparse.Namespace) -> int:
     else:
         print(_describe_text(info))
     for problem in info.problems():
-        print(escape_text(f"nitro-attest: error: {args.file}: {problem}"), file=sys.stderr)
+        print(escape_untrusted(f"nitro-attest: error: {args.file}: {problem}"), file=sys.stderr)
     return EXIT_REJECTED if info.problems() else EXIT_OK
 
 
@@ -153,7 +154,7 @@ def _describe_text(info: EifInfo) -> str:
             + (" (NOT VALID NOW)" if info.validity_problem else "")
         )
         lines.append(f"Signature check: {'ok' if info.signature_ok else 'FAILED'}")
-    return "\n".join(escape_text(line) for line in lines)  # names come from the EIF file
+    return "\n".join(escape_untrusted(line) for line in lines)  # names come from the EIF file
 
 
 def run_measure(args: argparse.Namespace) -> int:
@@ -163,7 +164,7 @@ def run_measure(args: argparse.Namespace) -> int:
         return _fail(args.file, exc)
     if not info.crc_ok or info.signature_ok is False:
         # Expected measurements from a corrupt or mis-signed file would be worse than none.
-        problem = escape_text(f"{args.file}: {info.problems()[0]}")
+        problem = escape_untrusted(f"{args.file}: {info.problems()[0]}")
         print(f"nitro-attest: error: {problem}", file=sys.stderr)
         return EXIT_REJECTED
     text = json.dumps({"Measurements": measurements_json(info)}, indent=2)

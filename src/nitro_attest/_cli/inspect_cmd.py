@@ -8,11 +8,12 @@ from typing import Any
 
 from cryptography import x509
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, escape_text
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
 from nitro_attest._cli.docinput import read_inputs
 from nitro_attest.attestation.document import AttestationDocument, parse_document
 from nitro_attest.attestation.encoding import decode_document_input
 from nitro_attest.attestation.report import document_to_json
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import VerificationError
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = parse_document(decode_document_input(item.data))
     except VerificationError as exc:
-        print(escape_text(f"{item.name}: malformed: {exc.message}"))
+        print(escape_untrusted(f"{item.name}: malformed: {exc.message}"))
         return EXIT_REJECTED
     if args.json:
         print(json.dumps(document_to_json(doc), indent=2))
@@ -52,8 +53,8 @@ def render_document(doc: AttestationDocument) -> str:
     lines = [
         "UNVERIFIED: decoded only; nothing below is authenticated (use 'nitro-attest verify')",
         f"kind:        {doc.kind.value}{' (tag 18)' if doc.tagged else ''}",
-        f"module_id:   {escape_text(doc.module_id)}",
-        f"digest:      {escape_text(doc.digest)}",
+        f"module_id:   {escape_untrusted(doc.module_id)}",
+        f"digest:      {escape_untrusted(doc.digest)}",
         f"timestamp:   {doc.timestamp.isoformat().replace('+00:00', 'Z')} ({doc.timestamp_ms} ms)",
         f"debug mode:  {'yes (PCR0 all zero or absent)' if doc.is_debug else 'no'}",
         f"{doc.pcr_field}:",
@@ -78,4 +79,4 @@ def _cert_line(der: bytes) -> str:
         )
     except Exception as exc:  # untrusted DER; inspect shows what it can
         line = f"(undecodable certificate: {exc})"
-    return escape_text(line)
+    return escape_untrusted(line)

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, CliError, escape_text
+from nitro_attest._cli.common import EXIT_OK, CliError
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.aws.nitro_cli import NitroCli, NitroCliNotFoundError
 from nitro_attest.errors import NitroCliError
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except NitroCliError as exc:
         if cli.last_stderr and exc.code is None:
             sys.stderr.write(cli.last_stderr)
-        print(f"nitro-attest: error: {escape_text(str(exc))}", file=sys.stderr)
+        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
         status = exc.returncode if exc.returncode and 0 < exc.returncode < 256 else 1
         return status
     except ValueError as exc:  # argument combinations the wrapper refuses

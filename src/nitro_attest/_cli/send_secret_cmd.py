@@ -10,11 +10,11 @@ from nitro_attest._cli.common import (
     EXIT_REJECTED,
     EXIT_USAGE,
     CliError,
-    escape_text,
     read_bytes,
 )
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
 from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SUITE_LABELS
 from nitro_attest.channel.seal import MAX_SECRET_BYTES
@@ -114,20 +114,20 @@ def run(args: argparse.Namespace) -> int:
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
     except VerificationError as exc:
-        print(escape_text(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
+        print(escape_untrusted(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
         return EXIT_REJECTED
     except ChannelError as exc:
         if exc.sent:  # only a matching acknowledgement is authenticated (docs/threat-model.md)
-            print(escape_text(
+            print(escape_untrusted(
                 "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
                 f"as any answer but its acknowledgement may be forged in transit): {exc.message}"
             ))
             return EXIT_USAGE if exc.reason == "transport" else EXIT_REJECTED
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
-        print(escape_text(f"REFUSED: {exc.message}"))
+        print(escape_untrusted(f"REFUSED: {exc.message}"))
         return EXIT_REJECTED
-    print(escape_text(delivered_line(receipt)))  # delivered: nothing after it may fail it
+    print(escape_untrusted(delivered_line(receipt)))  # delivered: nothing after it may fail it
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, escape_text
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE
 from nitro_attest._cli.docinput import DOC_SUFFIXES, read_inputs
 from nitro_attest._cli.expectations import (
     add_field_flags,
@@ -18,6 +18,7 @@ from nitro_attest._cli.expectations import (
 )
 from nitro_attest.attestation.encoding import decode_document_input
 from nitro_attest.attestation.report import CheckResult, Report, render_text
+from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import VerificationError
 
 EPILOG = """\
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                     "error": {"check": "input", "message": item.problem},
                 }
             )
-            texts.append(escape_text(f"{item.name}: ERROR {item.problem}"))
+            texts.append(escape_untrusted(f"{item.name}: ERROR {item.problem}"))
             continue
         try:
             raw = decode_document_input(item.data)
@@ -84,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
-        name = escape_text(item.name)
+        name = escape_untrusted(item.name)
         texts.append("\n".join([f"{name}: {verdict}", *("  " + line for line in body)]))
         if not report.verified and report.error is not None:
-            texts[-1] += f"\n  reason: {escape_text(report.error.message)}"
+            texts[-1] += f"\n  reason: {escape_untrusted(report.error.message)}"
     if args.json:
         import json  # only for --json: the text report does not need it
 
