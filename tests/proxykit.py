@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -20,7 +19,7 @@ from typing import Any
 
 from nitro_attest.proxy import ProxyConfig, ProxyServer
 from nitro_attest.wire.transport import Address, connect, listening_socket, parse_address
-from tests.serverkit import LogCollector, wait_for
+from tests.serverkit import LogCollector, loop_in_thread, wait_for
 
 ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 
@@ -38,41 +37,10 @@ def running_proxy(
 ) -> Iterator[tuple[Address, ProxyServer, LogCollector]]:
     """A ProxyServer on its own loop in a thread; yields its bound address and its log lines."""
     server = ProxyServer(config, **kwargs)
-    logs = LogCollector()
-    logger = logging.getLogger("nitro_attest.proxy")
-    logger.addHandler(logs)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    loop = asyncio.new_event_loop()
-    bound: list[Address] = []
-    started = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            bound.append(loop.run_until_complete(server.start()))
-        except BaseException as exc:
-            errors.append(exc)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(server.shutdown(0))
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    if errors:
-        raise errors[0]
-    try:
-        yield bound[0], server, logs
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        logger.removeHandler(logs)
-        logger.setLevel(old_level)
+    with loop_in_thread(
+        server.start, lambda: server.shutdown(0), "nitro_attest.proxy", logging.INFO
+    ) as (bound, logs):
+        yield bound, server, logs
 
 
 class ProxyProcess:

@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,6 +35,57 @@ class LogCollector(logging.Handler):
 
 
 @contextmanager
+def loop_in_thread(
+    start: Callable[[], Awaitable[Address]],
+    stop: Callable[[], Awaitable[object]],
+    logger_name: str,
+    level: int = logging.DEBUG,
+) -> Iterator[tuple[Address, LogCollector]]:
+    """Run ``start()`` on a fresh event loop in a thread, then the loop until the block ends;
+    ``stop()`` then closes the server and leftover tasks are cancelled, as asyncio.run does.
+    Yields the bound address and what ``logger_name`` logged meanwhile."""
+    collector = LogCollector()
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(collector)
+    old_level = logger.level
+    logger.setLevel(level)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    bound: list[Address] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            bound.append(loop.run_until_complete(start()))
+        except BaseException as exc:
+            errors.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(stop())
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        if errors:
+            raise errors[0]
+        yield bound[0], collector
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        logger.removeHandler(collector)
+        logger.setLevel(old_level)
+
+
+@contextmanager
 def running_server(
     address: str,
     handlers: Mapping[str, RequestHandler] | None = None,
@@ -46,48 +97,11 @@ def running_server(
     """
     handlers = handlers if handlers is not None else nsm_handlers(FakeNsm(echo=True))
     server = EnclaveServer(handlers, **options)  # type: ignore[arg-type]
-    collector = LogCollector()
-    logger = logging.getLogger("nitro_attest.wire.server")
-    logger.addHandler(collector)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    bound: list[Address] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            bound.append(
-                loop.run_until_complete(server.start(parse_address(address, role="listen")))
-            )
-        except BaseException as exc:
-            errors.append(exc)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(server.close())
-        # As asyncio.run does: cancel whatever is left so no task is destroyed while pending.
-        leftover = asyncio.all_tasks(loop)
-        for task in leftover:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    if errors:
-        raise errors[0]
-    try:
-        yield bound[0], server, collector
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        logger.removeHandler(collector)
-        logger.setLevel(old_level)
+    listen = parse_address(address, role="listen")
+    with loop_in_thread(
+        lambda: server.start(listen), server.close, "nitro_attest.wire.server"
+    ) as (bound, logs):
+        yield bound, server, logs
 
 
 def read_response(sock: socket.socket) -> protocol.Response:
