@@ -9,11 +9,15 @@ Measures, in one run, in several rounds:
            process's own accounting) as a ratio to one simulated document measured in the same
            round: what the server adds around the NSM call. Target: at most 1.25.
 The server runs in its own process (`nitro-attest serve --nsm simulator`), so client work does
-not share its interpreter lock; on a 2-core machine the clients still compete with it for CPU,
-which is why req/s understate it and the CPU ratio is the figure that carries over to an enclave,
-whose CPUs are its own. Each figure is the best of --rounds; the spread says how much it moved.
+not share its interpreter lock. An enclave's CPUs are its own, so with two CPUs or more the server
+is pinned to the last one and the clients to the others, and the raw document is measured on the
+server's CPU (--no-pin: everything floats). The clients still share the machine, which is why
+req/s understate the server and the CPU ratio is the figure that carries over to an enclave.
+The raw document carries the same public key as the server's answers (with the attested channel
+on, the channel's key), so both sides sign the same bytes. Each figure is the best of --rounds;
+the spread says how much it moved.
 
-usage: python bench/server.py [--seconds 3] [--clients 1,8,64] [--rounds 3]
+usage: python bench/server.py [--seconds 3] [--clients 1,8,64] [--rounds 3] [--no-pin]
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ import threading
 import time
 from pathlib import Path
 
+from nitro_attest.attestation.document import parse_document
 from nitro_attest.nsm import open_backend
 from nitro_attest.wire.client import Connection
 
 
-def raw_rate(state: Path, seconds: float) -> tuple[float, float]:
+def raw_rate(
+    state: Path, seconds: float, public_key: bytes | None = None
+) -> tuple[float, float]:
     """(documents per second, CPU seconds per document) of the simulator called directly."""
     backend = open_backend("simulator", state_dir=state)
     try:
@@ -41,7 +48,9 @@ def raw_rate(state: Path, seconds: float) -> tuple[float, float]:
         start = time.perf_counter()
         cpu0 = time.thread_time()
         while time.perf_counter() - start < seconds:
-            backend.attestation(nonce=n.to_bytes(8, "big"), user_data=b"bench")
+            backend.attestation(
+                nonce=n.to_bytes(8, "big"), user_data=b"bench", public_key=public_key
+            )
             n += 1
         cpu = time.thread_time() - cpu0
         return n / (time.perf_counter() - start), cpu / n
@@ -112,6 +121,39 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError("server did not start")
 
 
+def served_public_key(address: str) -> bytes | None:
+    """The public key in the server's answers (the channel's, unless --no-channel)."""
+    with Connection(address, timeout=30) as conn:
+        return parse_document(conn.attest(nonce=b"shape")).public_key
+
+
+class Pinning:
+    """The server on the last CPU, the clients on the others; nothing when --no-pin or 1 CPU."""
+
+    def __init__(self, enabled: bool) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        self.all = set(cpus)
+        self.on = enabled and len(cpus) >= 2
+        self.server = {cpus[-1]} if self.on else self.all
+        self.clients = set(cpus[:-1]) if self.on else self.all
+
+    def command(self, cmd: list[str]) -> list[str]:
+        if not self.on:
+            return cmd
+        return ["taskset", "-c", ",".join(map(str, sorted(self.server))), *cmd]
+
+    def run_as_server(self) -> None:  # this thread, for the raw document
+        os.sched_setaffinity(0, self.server)
+
+    def run_as_clients(self) -> None:  # this thread; the client threads it starts inherit it
+        os.sched_setaffinity(0, self.clients)
+
+    def describe(self) -> str:
+        if not self.on:
+            return "no pinning"
+        return f"server pinned to CPU {min(self.server)}, clients to the others"
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
@@ -121,8 +163,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-pin", action="store_true", help="let server and clients float")
     args = parser.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
+    pin = Pinning(not args.no_pin)
 
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         state = Path(tmp) / "sim"
@@ -141,19 +185,23 @@ def main() -> int:
             str(state),
         ]
         log = (Path(tmp) / "server.log").open("wb")  # a pipe nobody reads would fill and block
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        server = subprocess.Popen(pin.command(cmd), stdout=subprocess.DEVNULL, stderr=log)
         raws: list[tuple[float, float]] = []
         rows: dict[int, list[tuple[float, float, float, float]]] = {c: [] for c in levels}
         try:
             wait_for_socket(sock, server)
+            key = served_public_key(f"unix://{sock}")
             print(
                 f"cpus: {os.cpu_count()}, {args.seconds:g}s per level, {args.rounds} rounds, "
-                "server in its own process"
+                f"server in its own process, {pin.describe()}; documents carry a "
+                f"{len(key) if key else 0}-byte public key"
             )
             for _ in range(args.rounds):
                 # The document's cost is measured in each round, beside that round's loads: the
                 # machine is shared, so both drift together.
-                raw, doc_cpu = raw_rate(state, args.seconds / 2)
+                pin.run_as_server()
+                raw, doc_cpu = raw_rate(state, args.seconds / 2, key)
+                pin.run_as_clients()
                 raws.append((raw, doc_cpu))
                 for clients in levels:
                     rps, lat, cpu = load(f"unix://{sock}", clients, args.seconds, server.pid)

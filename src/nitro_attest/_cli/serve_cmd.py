@@ -157,22 +157,23 @@ def open_nsm(kind: str, state: Path | None) -> NsmBackend:
     return backend
 
 
-def _configure_logging() -> None:
+def _configure_logging() -> ServerLogHandler:
+    """One handler on stderr for the server's and the channel's loggers; returned for flushing."""
     # The log line per request is a good part of the server's own CPU per request; it names
     # neither thread, process nor source line, so logging need not look them up.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # skips findCaller's stack walk (documented in logging's source)
+    handler = ServerLogHandler(sys.stderr)
     for name in ("nitro_attest.wire.server", "nitro_attest.channel"):
-        _configure_logger(logging.getLogger(name))
-
-
-def _configure_logger(logger: logging.Logger) -> None:
-    if not logger.handlers:
-        logger.addHandler(ServerLogHandler(sys.stderr))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, ServerLogHandler)]:
+            logger.removeHandler(old)  # serve run twice in one process (tests)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return handler
 
 
 def _sender_key(path: str) -> SenderPublicKey:
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--sender-key pins senders of the attested channel; drop --no-channel")
     senders = [_sender_key(path) for path in args.sender_key]
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
-    _configure_logging()
+    log_handler = _configure_logging()
     allow_key = bool(args.allow_caller_public_key)
     handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
@@ -234,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                 frame_deadline=args.frame_deadline,
                 max_connections=args.max_connections,
                 socket_mode=socket_mode,
+                request_log=log_handler,
             )
         )
     except AddressError as exc:
@@ -241,5 +243,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"{address}: cannot listen: {exc.strerror or exc}") from None
     finally:
+        log_handler.flush()
         backend.close()
     return EXIT_OK

@@ -1,12 +1,16 @@
-"""The server's log on stderr: one line per request, cheap to format.
+"""The server's log on stderr: one line per request, cheap to format, written a turn at a time.
 
 The per-request line is part of the server's own CPU per request (bench/server.py), so the time
-stamp is formatted once per second rather than once per line. Each line is written before the
-answer it describes is sent, so the log never lags behind what clients saw.
+stamp is formatted once per second rather than once per line, and lines logged on the event loop
+are held until the server ends its turn (``flush``, called before the turn's answers are sent):
+one write per turn, not one per request, and the log never lags behind what clients saw. A line
+logged anywhere else (before the loop starts, from another thread) is written at once; a held
+line whose turn never ends is written on the next pass of the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TextIO
@@ -20,22 +24,54 @@ class ServerLogHandler(logging.Handler):
         self._stream = stream
         self._stamp_second = -1
         self._stamp = ""
+        self._held: list[str] = []
 
-    def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def _stamp_for(self, created: float) -> str:
+        second = int(created)
         if second != self._stamp_second:  # strftime once per second, not once per line
             self._stamp = time.strftime(_TIME_FORMAT, time.localtime(second))
             self._stamp_second = second
-        line = f"{self._stamp} {record.levelname} {record.getMessage()}"
+        return self._stamp
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self._stamp_for(record.created)} {record.levelname} {record.getMessage()}"
         if record.exc_info:
             line += "\n" + logging.Formatter().formatException(record.exc_info)
         return line
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._stream.write(self.format(record) + "\n")
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        self._emit_line(line)
+
+    def _emit_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop: nothing will flush for us
+                self._write(line)
+                return
+            if not self._held:
+                loop.call_soon(self.flush)  # in case no server turn ends to flush it
+            self._held.append(line)
+
+    def request(self, line: str) -> None:
+        """The server's line per request (RequestLog): held like an INFO record, built cheaper."""
+        self._emit_line(f"{self._stamp_for(time.time())} INFO {line}\n")
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
+            if self._held:
+                text = "".join(self._held)
+                self._held.clear()
+                self._write(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: the server keeps serving
             pass
-        except Exception:
-            self.handleError(record)

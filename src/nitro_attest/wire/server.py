@@ -6,6 +6,11 @@ frames and can carry several requests. Admission (limits, deadlines, shedding) i
 NSM call takes a fraction of a millisecond (the simulator's signature) to a few (the device, which
 serialises its callers anyway), and handing it to a thread cost more CPU than the call itself
 (bench/server.py). A client that misbehaves only ever loses its own connection.
+
+Answers are sent in turns: every request that became whole in one pass of the loop is answered,
+then the request log writes their lines in one go (``RequestLog.flush``), then the answers go out.
+One log write per turn instead of one per request is most of what batching saves
+(bench/server.py), and the order keeps the log from ever lagging behind what a client has seen.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
@@ -56,6 +62,24 @@ log = logging.getLogger("nitro_attest.wire.server")
 
 DEFAULT_READ_TIMEOUT = DEFAULT_IDLE_TIMEOUT  # between requests
 _MAX_DESCRIBED_PCRS = 32
+
+
+class RequestLog(Protocol):
+    """Where the server's line per request goes: held by ``request``, written by ``flush``."""
+
+    def request(self, line: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class LoggingRequestLog:
+    """The default: each line is an INFO record of this module's logger, at once."""
+
+    def request(self, line: str) -> None:
+        log.info("%s", line)
+
+    def flush(self) -> None:
+        pass
 
 
 def check_caller_public_key(public_key: bytes | None, *, allow: bool) -> None:
@@ -143,6 +167,7 @@ class EnclaveServer:
         shed_grace: float = DEFAULT_SHED_GRACE,
         max_frame_size: int = MAX_FRAME_BYTES,
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        request_log: RequestLog | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("an enclave server needs at least one request handler")
@@ -169,6 +194,8 @@ class EnclaveServer:
         self._finishing: dict[_Connection, None] = {}  # closed by us, flushing, oldest first
         self._serial = 0
         self._closing = False
+        self._log = request_log or LoggingRequestLog()
+        self._answers: list[tuple[_Connection, bytes]] = []  # this turn's, in request order
         self.requests_served = 0
         self.shed = RateLimitedCount(
             lambda n: log.warning(
@@ -287,6 +314,19 @@ class EnclaveServer:
 
     # --- requests -------------------------------------------------------------------------------
 
+    def _queue_answer(self, conn: _Connection, answer: bytes) -> None:
+        if not self._answers:
+            assert self._loop is not None
+            self._loop.call_soon(self._end_turn)
+        self._answers.append((conn, answer))
+
+    def _end_turn(self) -> None:
+        """Write this turn's log lines, then send its answers."""
+        answers, self._answers = self._answers, []
+        self._log.flush()
+        for conn, answer in answers:
+            conn.send_answer(answer)
+
     def dispatch(self, body: bytes, peer: str) -> Response:
         started = time.perf_counter()
         detail = ""
@@ -305,13 +345,8 @@ class EnclaveServer:
                 response = self._run_handler(handler, request, peer)
         self.requests_served += 1
         elapsed = (time.perf_counter() - started) * 1000
-        log.info(
-            "%s %s %s -> %s %.1fms",
-            peer,
-            kind,
-            detail or "-",
-            describe_response(response),
-            elapsed,
+        self._log.request(
+            f"{peer} {kind} {detail or '-'} -> {describe_response(response)} {elapsed:.1f}ms"
         )
         return response
 
@@ -336,6 +371,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
     """One client connection: reassembles frames and answers each; it never waits on anything."""
 
     __slots__ = (
+        "_answering",
         "_buf",
         "_eof",
         "_held",
@@ -357,6 +393,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
         self._paused = False  # the client is not reading our answers
         self._held = False  # we stopped reading: the buffer holds a whole frame
         self._eof = False
+        self._answering = False  # an answer waits for the end of the turn
         self.closing_since: float | None = None
 
     # --- asyncio callbacks ----------------------------------------------------------------------
@@ -408,7 +445,9 @@ class _Connection(asyncio.BufferedProtocol, Member):
 
     def _process(self) -> None:
         """Answer one whole frame if the buffer holds one; the next waits for the next loop turn."""
-        if self.closing_since is not None or self._paused or self._transport is None:
+        if self.closing_since is not None or self._paused or self._answering:
+            return
+        if self._transport is None:
             return
         server = self._server
         length = 0
@@ -432,13 +471,22 @@ class _Connection(asyncio.BufferedProtocol, Member):
         body = bytes(self._buf[HEADER_SIZE:end])
         del self._buf[:end]
         self._enter(None)  # being answered: no deadline, not sheddable
+        self._answering = True
         response = server.dispatch(body, self._peer)
-        if self.closing_since is not None:
-            return
         if isinstance(response, ErrorResponse) and response.code == "bad_frame":
+            self._answering = False
             self.finish(response.encode())  # framing is lost; the connection cannot continue
             return
-        self._transport.write(response.encode())  # may call pause_writing()
+        server._queue_answer(self, response.encode())
+
+    def send_answer(self, answer: bytes) -> None:
+        """Send one queued answer (end of the turn), then read or answer on."""
+        self._answering = False
+        if self.closing_since is not None or self._transport is None:
+            return
+        if self._transport.is_closing():  # aborted (server closing) while the answer waited
+            return
+        self._transport.write(answer)  # may call pause_writing()
         if self._paused:
             self._enter(STALLED)
             return
@@ -485,6 +533,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
             return
         self.closing_since = self._server._closing_now(self)
         if last is not None and not self._paused:
+            self._server._log.flush()  # what led to this answer is logged first
             self._transport.write(last)
         self._transport.close()
 
@@ -504,8 +553,12 @@ async def serve(
     frame_deadline: float = DEFAULT_FRAME_DEADLINE,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     socket_mode: int = DEFAULT_SOCKET_MODE,
+    request_log: RequestLog | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly.
+
+    ``request_log`` takes the line per request (default: INFO records of this module's logger).
+    """
     cap, fd_limit = descriptor_budget(max_connections)
     if cap < max_connections:
         log.warning(
@@ -518,6 +571,7 @@ async def serve(
         frame_deadline=frame_deadline,
         max_connections=cap,
         socket_mode=socket_mode,
+        request_log=request_log,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
