@@ -6,7 +6,8 @@ each time through a wrapper around the NSM it opens:
            what one document costs there, beside what it costs in a quiet loop (raw);
   const    one precomputed document returned for every call: the server's CPU per request is
            then everything the server does outside the NSM call (frames, CBOR, log, syscalls).
-Figures are CPU microseconds per request (the server's /proc accounting), per round.
+Figures are CPU microseconds per request (the server's /proc accounting), per round. The server
+is pinned to its own CPU as in bench/server.py (--no-pin: everything floats).
 
 usage: python bench/server_overhead.py [--seconds 3] [--clients 8,64] [--rounds 3]
 """
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from server import load, raw_rate, wait_for_socket  # bench/server.py
+from server import Pinning, load, raw_rate, wait_for_socket  # bench/server.py
 
 # Runs inside the server process: wraps serve's NSM, then runs the CLI as usual.
 _WRAPPER = """
@@ -53,17 +54,21 @@ entrypoint()
 """
 
 
-def run(mode: str, state: Path, tmp: Path, levels: list[int], seconds: float, rounds: int) -> None:
+def run(
+    mode: str, state: Path, tmp: Path, levels: list[int], seconds: float, rounds: int, pin: Pinning
+) -> None:
     sock = tmp / f"{mode}.sock"
     out = tmp / f"{mode}.out"
     cmd = [sys.executable, "-c", _WRAPPER, mode, str(out), "serve", "--listen", f"unix://{sock}"]
     cmd += ["--nsm", "simulator", "--state", str(state)]
     with (tmp / f"{mode}.log").open("wb") as log:
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        server = subprocess.Popen(pin.command(cmd), stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for_socket(sock, server)
         for _ in range(rounds):
+            pin.run_as_server()
             _, doc = raw_rate(state, seconds / 2)
+            pin.run_as_clients()
             cells = []
             for clients in levels:
                 _, _, per_request = load(f"unix://{sock}", clients, seconds, server.pid)
@@ -84,7 +89,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", default="8,64")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-pin", action="store_true", help="let server and clients float")
     args = parser.parse_args()
+    pin = Pinning(not args.no_pin)
     levels = [int(x) for x in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as name:
         tmp = Path(name)
@@ -92,7 +99,7 @@ def main() -> int:
         raw_rate(state, 0.2)  # creates the simulator state
         print("load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         for mode in ("timed", "const"):
-            run(mode, state, tmp, levels, args.seconds, args.rounds)
+            run(mode, state, tmp, levels, args.seconds, args.rounds, pin)
     return 0
 
 
