@@ -409,6 +409,8 @@ class _Connection(asyncio.BufferedProtocol, Member):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._forget(self)
         self._buf = bytearray()
+        # A _process scheduled before the loss (after a failed write) must not enlist us again.
+        self._transport = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Never empty: reading is paused while the buffer holds a whole frame (see below).

@@ -1,0 +1,96 @@
+"""The parent attacks the server's turns: resets and half-closes around a queued answer, and a
+request log that fails. Nothing may strand an answer, pin a slot or leave bookkeeping behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from nitro_attest.wire import protocol
+from nitro_attest.wire.protocol import ErrorResponse, Request, Response
+from nitro_attest.wire.server import EnclaveServer, RequestLog, nsm_handlers
+from nitro_attest.wire.transport import Address, parse_address
+from tests.fakes import FakeNsm
+from tests.serverkit import LogCollector, loop_in_thread, read_response
+from tests.test_server_turns import echoed_nonce, frame
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
+T = TypeVar("T")
+
+
+@contextmanager
+def attack_server(
+    handlers: dict[str, protocol.RequestHandler] | None = None,
+    request_log: RequestLog | None = None,
+    **options: float,
+) -> Iterator[tuple[Address, EnclaveServer, asyncio.AbstractEventLoop, LogCollector]]:
+    server = EnclaveServer(
+        handlers or nsm_handlers(FakeNsm(echo=True)),
+        request_log=request_log,
+        **options,  # type: ignore[arg-type]
+    )
+    listen = parse_address("tcp://127.0.0.1:0", role="listen")
+    with loop_in_thread(
+        lambda: server.start(listen), server.close, "nitro_attest.wire.server"
+    ) as (addr, logs):
+        assert server._loop is not None
+        yield addr, server, server._loop, logs
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T], passes: int = 8) -> T:
+    """``read()`` on the server's loop after a few passes of it (its pending callbacks ran)."""
+
+    async def run() -> T:
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        return read()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result(10)
+
+
+def bookkeeping(server: EnclaveServer) -> tuple[int, int, int, int]:
+    """(open connections, flushing, table members, table waiting entries): all 0 when idle."""
+    waiting = len(server._table.expired(float("inf")))
+    return len(server._connections), len(server._finishing), len(server._table), waiting
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_reset_that_fails_the_queued_answers_write_leaves_no_bookkeeping() -> None:
+    # The relay pipelines two requests and half-closes; while the second is being answered it
+    # resets the connection, so writing that answer fails. The connection is then lost, and what
+    # was scheduled after the write must not enlist it again among those closing (or in the
+    # table): a stale entry is never removed and is aborted again on every sweep, forever.
+    victims: list[socket.socket] = []
+
+    def resetting_attest(request: Request) -> Response:
+        assert isinstance(request, protocol.AttestRequest)
+        if request.nonce == b"second--":
+            victims[0].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+            victims[0].close()  # the RST reaches the server's socket before its answer is sent
+            time.sleep(0.05)
+        return protocol.AttestationResponse(document=b"FAKE|" + (request.nonce or b""))
+
+    with attack_server({"attest": resetting_attest}) as (addr, server, loop, logs):
+        sock = socket.create_connection((addr.host, addr.port), timeout=10)
+        victims.append(sock)
+        wait_until(lambda: on_loop(loop, lambda: len(server._table)) == 1)
+        loop.call_soon_threadsafe(time.sleep, 0.3)  # both frames and the FIN arrive together
+        time.sleep(0.1)
+        sock.sendall(frame(b"first---") + frame(b"second--"))
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: on_loop(loop, lambda: server.active_connections) == 0)
+        assert on_loop(loop, lambda: bookkeeping(server)) == (0, 0, 0, 0)
+        assert on_loop(loop, lambda: server.requests_served) == 2  # the attack took place
+    assert not [r for r in logs.records if r.levelno >= logging.ERROR]
