@@ -36,9 +36,8 @@ def attack_server(
         **options,  # type: ignore[arg-type]
     )
     listen = parse_address("tcp://127.0.0.1:0", role="listen")
-    with loop_in_thread(
-        lambda: server.start(listen), server.close, "nitro_attest.wire.server"
-    ) as (addr, logs):
+    name = "nitro_attest.wire.server"
+    with loop_in_thread(lambda: server.start(listen), server.close, name) as (addr, logs):
         assert server._loop is not None
         yield addr, server, server._loop, logs
 
@@ -94,3 +93,47 @@ def test_a_reset_that_fails_the_queued_answers_write_leaves_no_bookkeeping() -> 
         assert on_loop(loop, lambda: bookkeeping(server)) == (0, 0, 0, 0)
         assert on_loop(loop, lambda: server.requests_served) == 2  # the attack took place
     assert not [r for r in logs.records if r.levelno >= logging.ERROR]
+
+
+class BrokenLog:
+    """A RequestLog whose every call fails, as a log on a broken stream might."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def request(self, line: str) -> None:
+        self.calls += 1
+        raise RuntimeError("log gone")
+
+    def flush(self) -> None:
+        self.calls += 1
+        raise RuntimeError("log gone")
+
+
+def test_a_failing_request_log_strands_no_answer_and_stops_no_deadline() -> None:
+    # The log failing inside a turn must not drop the turn's answers (their connections would
+    # wait forever in no waiting state: neither expired nor sheddable, a slot pinned), nor kill
+    # the sweeper when it flushes before a timeout answer (no deadline would be enforced again).
+    broken = BrokenLog()
+    with attack_server(request_log=broken, frame_deadline=0.3) as (addr, server, loop, logs):
+        socks = [socket.create_connection((addr.host, addr.port), timeout=5) for _ in range(3)]
+        try:
+            wait_until(lambda: on_loop(loop, lambda: len(server._table)) == 3)
+            loop.call_soon_threadsafe(time.sleep, 0.3)  # both requests end in one turn
+            time.sleep(0.1)
+            socks[0].sendall(frame(b"request0"))
+            socks[1].sendall(frame(b"request1"))
+            assert echoed_nonce(read_response(socks[0])) == b"request0"
+            assert echoed_nonce(read_response(socks[1])) == b"request1"
+            socks[2].sendall(frame(b"half-fra")[:10])  # the sweeper answers it with a timeout
+            late = read_response(socks[2])
+            assert isinstance(late, ErrorResponse) and late.code == "timeout"
+            socks[0].sendall(frame(b"again---"))  # the server still serves
+            assert echoed_nonce(read_response(socks[0])) == b"again---"
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: on_loop(loop, lambda: server.active_connections) == 0)
+        assert on_loop(loop, lambda: bookkeeping(server)) == (0, 0, 0, 0)
+    assert broken.calls >= 4
+    assert any("request log failed" in line for line in logs.lines())

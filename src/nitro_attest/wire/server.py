@@ -212,6 +212,9 @@ class EnclaveServer:
                 self.limits.shed_grace,
             )
         )
+        self.log_failures = RateLimitedCount(
+            lambda n: log.error("request log failed %d time(s); answers go out regardless", n)
+        )
 
     @property
     def address(self) -> Address:
@@ -297,6 +300,7 @@ class EnclaveServer:
             conn.abort()
         self.shed.flush(now)
         self.refused.flush(now)
+        self.log_failures.flush(now)
         if not self._closing:
             self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
 
@@ -323,9 +327,17 @@ class EnclaveServer:
     def _end_turn(self) -> None:
         """Write this turn's log lines, then send its answers."""
         answers, self._answers = self._answers, []
-        self._log.flush()
+        self._flush_log()
         for conn, answer in answers:
             conn.send_answer(answer)
+
+    def _flush_log(self) -> None:
+        """Write the held lines. A failing log (a custom RequestLog) costs its lines, but never
+        an answer, a connection or the sweeper, like ServerLogHandler on a broken stream."""
+        try:
+            self._log.flush()
+        except Exception:
+            self.log_failures.add(time.monotonic())
 
     def dispatch(self, body: bytes, peer: str) -> Response:
         started = time.perf_counter()
@@ -345,9 +357,12 @@ class EnclaveServer:
                 response = self._run_handler(handler, request, peer)
         self.requests_served += 1
         elapsed = (time.perf_counter() - started) * 1000
-        self._log.request(
-            f"{peer} {kind} {detail or '-'} -> {describe_response(response)} {elapsed:.1f}ms"
-        )
+        try:
+            self._log.request(
+                f"{peer} {kind} {detail or '-'} -> {describe_response(response)} {elapsed:.1f}ms"
+            )
+        except Exception:
+            self.log_failures.add(time.monotonic())
         return response
 
     def _run_handler(self, handler: RequestHandler, request: Request, peer: str) -> Response:
@@ -535,7 +550,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
             return
         self.closing_since = self._server._closing_now(self)
         if last is not None and not self._paused:
-            self._server._log.flush()  # what led to this answer is logged first
+            self._server._flush_log()  # what led to this answer is logged first
             self._transport.write(last)
         self._transport.close()
 
