@@ -137,3 +137,24 @@ def test_a_failing_request_log_strands_no_answer_and_stops_no_deadline() -> None
         assert on_loop(loop, lambda: bookkeeping(server)) == (0, 0, 0, 0)
     assert broken.calls >= 4
     assert any("request log failed" in line for line in logs.lines())
+
+
+def test_an_answer_too_large_to_frame_is_an_internal_error_and_the_connection_goes_on() -> None:
+    # A handler whose answer cannot be framed (over MAX_FRAME_BYTES) must not strand the
+    # connection with an answer that never comes: the client gets a typed error, then is served.
+    def huge_or_echo(request: Request) -> Response:
+        assert isinstance(request, protocol.AttestRequest)
+        if request.nonce == b"huge----":
+            return protocol.AttestationResponse(document=b"x" * (protocol.MAX_FRAME_BYTES + 1))
+        return protocol.AttestationResponse(document=b"FAKE|" + (request.nonce or b"") + b"|")
+
+    with (
+        attack_server({"attest": huge_or_echo}) as (addr, server, _, logs),
+        socket.create_connection((addr.host, addr.port), timeout=10) as sock,
+    ):
+        sock.sendall(frame(b"huge----") + frame(b"after---"))
+        error, after = read_response(sock), read_response(sock)
+        assert isinstance(error, ErrorResponse) and error.code == "internal"
+        assert echoed_nonce(after) == b"after---"
+        assert server.requests_served == 2
+    assert any("too large" in line for line in logs.lines())

@@ -365,6 +365,14 @@ class EnclaveServer:
             self.log_failures.add(time.monotonic())
         return response
 
+    def encode_answer(self, response: Response, peer: str) -> bytes:
+        """The framed answer; one that cannot be framed (a handler's bug) is an internal error."""
+        try:
+            return response.encode()
+        except ProtocolError as exc:
+            log.error("%s answer %s too large to send: %s", peer, response.TYPE, exc)
+            return _INTERNAL
+
     def _run_handler(self, handler: RequestHandler, request: Request, peer: str) -> Response:
         try:
             return handler(request)
@@ -374,12 +382,14 @@ class EnclaveServer:
             return protocol.error_for(exc)
         except Exception as exc:
             log.error("%s handler %s failed: %s", peer, request.TYPE, type(exc).__name__)
-            return ErrorResponse("internal", "the enclave failed to answer this request")
+            return _INTERNAL_ERROR
 
 
 _FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
 _BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
 _TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
+_INTERNAL_ERROR = ErrorResponse("internal", "the enclave failed to answer this request")
+_INTERNAL = _INTERNAL_ERROR.encode()
 
 
 class _Connection(asyncio.BufferedProtocol, Member):
@@ -494,7 +504,7 @@ class _Connection(asyncio.BufferedProtocol, Member):
             self._answering = False
             self.finish(response.encode())  # framing is lost; the connection cannot continue
             return
-        server._queue_answer(self, response.encode())
+        server._queue_answer(self, server.encode_answer(response, self._peer))
 
     def send_answer(self, answer: bytes) -> None:
         """Send one queued answer (end of the turn), then read or answer on."""
