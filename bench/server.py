@@ -229,6 +229,7 @@ def main() -> int:
             f"{'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} "
             f"{'cpu ms/req':>10} {'cpu ratio':>9} {'(rounds)':>11}"
         )
+        verdict: dict[bool, list[str]] = {True: [], False: []}
         for clients, per_round in rows.items():
             rps = max(r[0] for r in per_round)
             p50 = min(r[1] for r in per_round)
@@ -240,8 +241,13 @@ def main() -> int:
                 f"{clients:>7} {rps:>9.1f} {p50:>8.2f} {p99:>8.2f} {rps / raw_best:>6.2f} "
                 f"{cpu * 1e3:>10.3f} {cpu / doc_best:>9.2f} {spread(in_round):>11}"
             )
+            verdict[cpu / doc_best <= 1.25].append(str(clients))
         print("ratio: served/raw req/s (the clients share the machine's CPUs with the server)")
         print("cpu ratio: server CPU s per request / CPU s of one document; target <= 1.25")
+        met, missed = ", ".join(verdict[True]) or "none", ", ".join(verdict[False]) or "none"
+        print(f"target met (best round) at {met} client(s); missed at {missed}")
+        if "1" in verdict[False]:
+            print("  (one client: every request wakes an idle server; see docs/protocol.md)")
         print(f"server log lines: {len(lines)} (one per request)")
         print(f"socket removed on SIGTERM: {not sock.exists()}")
     return 0
