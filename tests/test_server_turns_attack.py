@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import pytest
+
 from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import ErrorResponse, Request, Response
 from nitro_attest.wire.server import EnclaveServer, RequestLog, nsm_handlers
@@ -158,3 +160,40 @@ def test_an_answer_too_large_to_frame_is_an_internal_error_and_the_connection_go
         assert echoed_nonce(after) == b"after---"
         assert server.requests_served == 2
     assert any("too large" in line for line in logs.lines())
+
+
+def test_a_failure_sending_one_answer_does_not_strand_the_rest_of_the_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nitro_attest.wire import server as server_module
+
+    real = server_module._Connection.send_answer
+    failed: list[bool] = []
+
+    def first_fails(self: server_module._Connection, answer: bytes) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug on this connection")
+        real(self, answer)
+
+    monkeypatch.setattr(server_module._Connection, "send_answer", first_fails)
+    with attack_server() as (addr, _, loop, logs):
+        socks = [socket.create_connection((addr.host, addr.port), timeout=10) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # all accepted
+            loop.call_soon_threadsafe(time.sleep, 0.4)  # hold the loop: one turn for all three
+            time.sleep(0.1)
+            for i, sock in enumerate(socks):
+                sock.sendall(frame(bytes([i]) * 8))
+            outcomes: list[bytes | None] = []
+            for sock in socks:
+                try:
+                    outcomes.append(echoed_nonce(read_response(sock)))
+                except AssertionError:  # closed without an answer
+                    outcomes.append(None)
+        finally:
+            for sock in socks:
+                sock.close()
+    assert outcomes.count(None) == 1  # the one whose send failed was closed
+    assert all(o in (None, bytes([i]) * 8) for i, o in enumerate(outcomes))  # each its own
+    assert any("answer not sent: RuntimeError" in line for line in logs.lines())

@@ -329,7 +329,11 @@ class EnclaveServer:
         answers, self._answers = self._answers, []
         self._flush_log()
         for conn, answer in answers:
-            conn.send_answer(answer)
+            try:
+                conn.send_answer(answer)
+            except Exception as exc:  # a bug on one connection must not strand the others
+                log.error("%s answer not sent: %s", conn._peer, type(exc).__name__)
+                conn.abort()
 
     def _flush_log(self) -> None:
         """Write the held lines. A failing log (a custom RequestLog) costs its lines, but never
