@@ -175,41 +175,34 @@ class CountingStream:
         pass
 
 
-def test_cli_handler_holds_lines_on_the_loop_until_the_turn_ends() -> None:
+def test_cli_handler_holds_request_lines_until_the_turn_ends() -> None:
     stream = CountingStream()
     handler = ServerLogHandler(stream)  # type: ignore[arg-type]
-
-    async def turn() -> None:
-        for i in range(3):
-            handler.request(f"#{i} attest")
-        assert stream.writes == []  # held
-        handler.flush()
-        assert len(stream.writes) == 1
-        handler.request("#9 attest")  # no flush: the next pass of the loop writes it
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    asyncio.run(turn())
-    assert len(stream.writes) == 2
-    lines = stream.writes[0].splitlines()
-    assert [line.split(" ", 1)[1] for line in lines] == [
+    for i in range(3):
+        handler.request(f"#{i} attest")
+    assert stream.writes == []  # held
+    handler.flush()
+    handler.flush()  # nothing held: nothing written
+    assert len(stream.writes) == 1
+    assert [line.split(" ", 1)[1] for line in stream.writes[0].splitlines()] == [
         "INFO #0 attest",
         "INFO #1 attest",
         "INFO #2 attest",
     ]
-    assert stream.writes[1].endswith(" INFO #9 attest\n")
 
 
-def test_cli_handler_writes_at_once_off_the_loop() -> None:
+def test_cli_handler_writes_other_records_at_once() -> None:
     stream = CountingStream()
     handler = ServerLogHandler(stream)  # type: ignore[arg-type]
-    logger = logging.getLogger("tests.turns.offloop")
+    logger = logging.getLogger("tests.turns.records")
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("listening somewhere")
         handler.request("#1 attest")
+        logger.warning("#2 sent half a frame and went quiet")
     finally:
         logger.removeHandler(handler)
-    assert len(stream.writes) == 2
-    assert stream.writes[0].endswith(" WARNING listening somewhere\n")
+    assert len(stream.writes) == 1  # the warning; the request line waits for its turn's end
+    assert stream.writes[0].endswith(" WARNING #2 sent half a frame and went quiet\n")
+    handler.flush()
+    assert stream.writes[1].endswith(" INFO #1 attest\n")

@@ -1,16 +1,15 @@
 """The server's log on stderr: one line per request, cheap to format, written a turn at a time.
 
 The per-request line is part of the server's own CPU per request (bench/server.py), so the time
-stamp is formatted once per second rather than once per line, and lines logged on the event loop
-are held until the server ends its turn (``flush``, called before the turn's answers are sent):
-one write per turn, not one per request, and the log never lags behind what clients saw. A line
-logged anywhere else (before the loop starts, from another thread) is written at once; a held
-line whose turn never ends is written on the next pass of the loop.
+stamp is formatted once per second rather than once per line, and the server's lines per request
+(``request``, the server's RequestLog) are held until it ends its turn and calls ``flush``, before
+the turn's answers are sent: one write per turn, not one per request, and the log never lags
+behind what clients saw. Every other record (startup, warnings, the channel's lines) is written
+at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TextIO
@@ -45,29 +44,17 @@ class ServerLogHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._emit_line(line)
-
-    def _emit_line(self, line: str) -> None:
-        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on an event loop: nothing will flush for us
-                self._write(line)
-                return
-            if not self._held:
-                loop.call_soon(self.flush)  # in case no server turn ends to flush it
-            self._held.append(line)
+        self._write(line)
 
     def request(self, line: str) -> None:
-        """The server's line per request (RequestLog): held like an INFO record, built cheaper."""
-        self._emit_line(f"{self._stamp_for(time.time())} INFO {line}\n")
+        """The server's line per request (RequestLog): held until ``flush``."""
+        self._held.append(f"{self._stamp_for(time.time())} INFO {line}\n")
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
-            if self._held:
-                text = "".join(self._held)
-                self._held.clear()
-                self._write(text)
+        if self._held:
+            text = "".join(self._held)
+            self._held.clear()
+            self._write(text)
 
     def _write(self, text: str) -> None:
         try:
