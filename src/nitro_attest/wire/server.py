@@ -369,7 +369,7 @@ class EnclaveServer:
             self.log_failures.add(time.monotonic())
         return response
 
-    def encode_answer(self, response: Response, peer: str) -> bytes:
+    def _encode_answer(self, response: Response, peer: str) -> bytes:
         """The framed answer; one that cannot be framed (a handler's bug) is an internal error."""
         try:
             return response.encode()
@@ -508,15 +508,13 @@ class _Connection(asyncio.BufferedProtocol, Member):
             self._answering = False
             self.finish(response.encode())  # framing is lost; the connection cannot continue
             return
-        server._queue_answer(self, server.encode_answer(response, self._peer))
+        server._queue_answer(self, server._encode_answer(response, self._peer))
 
     def send_answer(self, answer: bytes) -> None:
         """Send one queued answer (end of the turn), then read or answer on."""
         self._answering = False
         if self.closing_since is not None or self._transport is None:
-            return
-        if self._transport.is_closing():  # aborted (server closing) while the answer waited
-            return
+            return  # closed by us, or lost; an abort still pending drops the write
         self._transport.write(answer)  # may call pause_writing()
         if self._paused:
             self._enter(STALLED)
