@@ -167,3 +167,22 @@ def test_written_expectation_is_accepted_by_the_verifier_policy(
     (pcr_set,) = load_expected_measurements(target)
     got = {f"PCR{i}": v.hex() for i, v in pcr_set.items()}
     assert got == json.loads((eif_dir / "expected.json").read_text())["vectors"][3]["measurements"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "what", "line"),
+    [
+        (FileNotFoundError(2, "No such file or directory"), "", "f: no such file"),
+        (PermissionError(13, "Permission denied"), "", "f: permission denied"),
+        (OSError(5, "Input/output error"), "", "f: cannot read: Input/output error"),
+        (OSError(5, "Input/output error"), "key", "f: cannot read key: Input/output error"),
+    ],
+)
+def test_every_command_says_the_same_line_for_a_file_it_cannot_read(
+    exc: OSError, what: str, line: str
+) -> None:
+    # One mapping for read_bytes, eif describe/measure and pcr --input (root ignores file
+    # modes, so an unreadable file cannot be made here to drive the commands themselves).
+    from nitro_attest._cli.common import file_error
+
+    assert file_error("f", exc, what).message == line

@@ -57,10 +57,15 @@ def peek_bytes(path: str, count: int, *, what: str = "file") -> bytes:
                 raise CliError(f"{path}: is a directory")
             with p.open("rb") as fh:
                 data = fh.read(count)
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except PermissionError:
-        raise CliError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise CliError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+        raise file_error(path, exc, what) from None
     return data
+
+
+def file_error(path: str, exc: OSError, what: str = "") -> CliError:
+    """The one-line error for a file that could not be opened or read."""
+    if isinstance(exc, FileNotFoundError):
+        return CliError(f"{path}: no such file")
+    if isinstance(exc, PermissionError):
+        return CliError(f"{path}: permission denied")
+    return CliError(f"{path}: cannot read{' ' + what if what else ''}: {exc.strerror or exc}")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, file_error
 from nitro_attest._cli.eif_build_cmd import register_build, register_diff
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
@@ -71,12 +71,8 @@ def _inspect(path: str, at: dt.datetime | None = None) -> EifInfo:
         raise CliError(f"{path}: is a directory")
     try:
         return inspect_eif(path, at=at)
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except PermissionError:
-        raise CliError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise file_error(path, exc) from None
 
 
 def parse_time(value: str) -> dt.datetime:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+from nitro_attest._cli.common import EXIT_OK, CliError, file_error, read_bytes
 from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif import EifError
 from nitro_attest.eif.measure import CHUNK_SIZE
@@ -46,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
         with path.open("rb") as fh:
             while chunk := fh.read(CHUNK_SIZE):
                 h.update(chunk)
-    except FileNotFoundError:
-        raise CliError(f"{args.input}: no such file") from None
     except OSError as exc:
-        raise CliError(f"{args.input}: cannot read: {exc.strerror or exc}") from None
+        raise file_error(args.input, exc) from None
     print(json.dumps({"PCR": extend_zero(h.digest()).hex()}, indent=2))
     return EXIT_OK
