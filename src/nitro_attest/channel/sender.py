@@ -154,10 +154,7 @@ def deliver_secret(
     says whether the sealed message had left (then the enclave may hold the secret: only a
     matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
     """
-    want = suite_of(suite)
-    _check_secret(secret)
-    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
-    require_suite_available(want)
+    want = _preflight(secret, expected_pcrs, unsafe_any_enclave, suite)
     nonce = os.urandom(NONCE_BYTES)
     offer = _expect(
         exchange(ChannelAttestRequest(nonce=nonce, suite=want.label, user_data=user_data)),
@@ -195,6 +192,20 @@ def deliver_secret(
             "the enclave's acknowledgement does not match the secret sent", reason="ack", sent=True
         )
     return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret), signer)
+
+
+def _preflight(
+    secret: Any,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None,
+    unsafe_any_enclave: bool,
+    suite: str | SuiteId,
+) -> SuiteId:
+    """Everything refused before the enclave is contacted; the suite to use."""
+    want = suite_of(suite)
+    _check_secret(secret)
+    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
+    require_suite_available(want)
+    return want
 
 
 def require_pcr_expectation(
@@ -268,10 +279,7 @@ def send_secret(
     a simulated enclave. See ``deliver_secret`` for what is raised.
     """
     verifier = Verifier(root_pem=root_pem)
-    want = suite_of(suite)
-    _check_secret(secret)
-    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)  # before any connection
-    require_suite_available(want)
+    want = _preflight(secret, expected_pcrs, unsafe_any_enclave, suite)  # before connecting
     try:
         connection = Connection(address, timeout=timeout)
     except ClientError as exc:  # unreachable; a malformed address stays an AddressError
