@@ -234,3 +234,23 @@ def test_values_newc_cannot_hold_are_refused(
 ) -> None:
     err = refused(tmp_path, blobs, capsys, [layer_tar([f("big-uid", b"x", uid=1 << 33)])])
     assert "big-uid" in err and "32-bit" in err
+
+
+@pytest.mark.parametrize("which", ["index.json", "OCI config", "docker save config"])
+def test_json_documents_past_the_cap_are_refused_unread(
+    which: str, tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layer = layer_tar([f("a", b"a")])
+    big = json.dumps({"pad": "x" * (4 << 20)}).encode()  # just past MAX_JSON (4 MiB)
+    if which == "docker save config":
+        src = write_tar(tmp_path / "save.tar", docker_save_files([layer], big))
+        rc = main(["eif", "build", "--image", str(src), "--blobs", str(blobs),
+                   "--output", str(tmp_path / "o.eif")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 1 and len(err.strip().splitlines()) == 1
+    else:
+        files = oci_files([layer], big if which == "OCI config" else CONFIG)
+        if which == "index.json":
+            files["index.json"] = big
+        err = refused(tmp_path, blobs, capsys, [], files=files)
+    assert f"{len(big)} bytes, at most {4 << 20}" in err

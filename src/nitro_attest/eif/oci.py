@@ -35,6 +35,13 @@ class Image:
     repo_tags: list[str] = field(default_factory=list)
 
 
+def _small(blob: Blob, files: FileCache) -> bytes:
+    """A JSON document's bytes (index, manifest, config), refused past MAX_JSON unread."""
+    if blob.size > MAX_JSON:
+        raise ImageError(f"{blob.name}: {blob.size} bytes, at most {MAX_JSON}")
+    return blob.pread(files, blob.size, 0)
+
+
 def _json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
@@ -69,10 +76,7 @@ class _TarIndex:
         return Blob(self.blob.path, self.blob.offset + offset, size, f"{what} ({key})")
 
     def read(self, name: str, what: str, files: FileCache) -> bytes:
-        blob = self.get(name, what)
-        if blob.size > MAX_JSON:
-            raise ImageError(f"{blob.name}: {blob.size} bytes, at most {MAX_JSON}")
-        return blob.pread(files, blob.size, 0)
+        return _small(self.get(name, what), files)
 
     def has(self, name: str) -> bool:
         return name in self.members
@@ -87,10 +91,7 @@ class _DirLayout:
         return whole_file(self.root.joinpath(*(p.decode() for p in parts)), f"{what} ({name})")
 
     def read(self, name: str, what: str, files: FileCache) -> bytes:
-        blob = self.get(name, what)
-        if blob.size > MAX_JSON:
-            raise ImageError(f"{blob.name}: {blob.size} bytes, at most {MAX_JSON}")
-        return blob.pread(files, blob.size, 0)
+        return _small(self.get(name, what), files)
 
     def has(self, name: str) -> bool:
         return (self.root / name).is_file()
@@ -166,9 +167,7 @@ def _oci(layout: Layout, files: FileCache, spool: Spool, limits: Limits) -> Imag
             raise ImageError("OCI index: no manifests")
         chosen = _choose(manifests)
         blob = _sized(layout, chosen, f"manifest {depth + 1}")
-        if blob.size > MAX_JSON:
-            raise ImageError(f"{blob.name}: {blob.size} bytes, at most {MAX_JSON}")
-        doc = _json(blob.pread(files, blob.size, 0), blob.name)
+        doc = _json(_small(blob, files), blob.name)
         if isinstance(doc, dict) and "layers" in doc:
             break
     else:
@@ -176,10 +175,7 @@ def _oci(layout: Layout, files: FileCache, spool: Spool, limits: Limits) -> Imag
     layers = doc.get("layers")
     if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
         raise ImageError(f"OCI manifest: layers must be a list of at most {MAX_LAYERS}")
-    config_blob = _sized(layout, doc.get("config"), "image config")
-    if config_blob.size > MAX_JSON:
-        raise ImageError(f"{config_blob.name}: larger than {MAX_JSON} bytes")
-    raw = config_blob.pread(files, config_blob.size, 0)
+    raw = _small(_sized(layout, doc.get("config"), "image config"), files)
     tags = []
     if isinstance(chosen.get("annotations"), dict):
         ref = chosen["annotations"].get("org.opencontainers.image.ref.name")
