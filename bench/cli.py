@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REAL = HERE.parent.parent / "shared" / "vectors" / "real"
+REAL = HERE.parent / "tests" / "vectors" / "real"
 ROOT_PEM = HERE.parent / "src" / "nitro_attest" / "attestation" / "roots" / "aws_nitro_root_g1.pem"
 CLI = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

@@ -28,12 +28,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.attestation._chain import aws_root_der
-from nitro_attest.attestation._cose import ES384, raw_to_der, sig_structure
+from nitro_attest.attestation.chain import aws_root_der
 from nitro_attest.attestation.document import parse_document
 from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.codec.cose import ES384, raw_to_der, sig_structure
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors" / "real"
+REAL = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "real"
 
 
 def load_docs() -> list[tuple[bytes, dict[str, object]]]:

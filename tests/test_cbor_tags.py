@@ -5,7 +5,7 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, strict_loads
 
 # Tags cbor2 6 decodes natively (dates, bignums, decimals, sharing, regex, MIME, UUID, IP
 # addresses, sets, self-describe...), found by probing it, and numbers beyond 16 bits.

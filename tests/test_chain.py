@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nitro_attest import ChainError, ExpiredError, TrustRootError, Verifier
-from nitro_attest.attestation._chain import ChainValidator, root_der_from_pem
+from nitro_attest.attestation.chain import ChainValidator, root_der_from_pem
 
 from . import chainfactory as cf
 

@@ -1,4 +1,4 @@
-"""Every reference vector in ../shared/vectors/eif gives its expected PCRs, CRC and signature
+"""Every reference vector in tests/vectors/eif gives its expected PCRs, CRC and signature
 results; PCRs are also recomputed here from the formula and from the raw inputs."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nitro_attest.proxy.handshake import (
+from nitro_attest.codec.http import (
     MAX_HEAD_BYTES,
     HandshakeError,
     find_head_end,

@@ -149,7 +149,7 @@ def test_tag_18_form_verifies(real_dir: Path) -> None:
 
 
 def test_pinned_root_matches_the_vectors_root(real_dir: Path) -> None:
-    from nitro_attest.attestation._chain import (
+    from nitro_attest.attestation.chain import (
         AWS_ROOT_G1_SHA256,
         aws_root_der,
         fingerprint,

@@ -1,7 +1,7 @@
 """Simulated documents have the layout of real ones.
 
 Independent of the project's parsers: plain cbor2 + cryptography, compared field by field with real
-AWS documents from ../shared/vectors/real.
+AWS documents from tests/vectors/real.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
-from nitro_attest.attestation._cose import CoseError, decode_sign1
+from nitro_attest.codec.cbor import CborError, strict_loads
+from nitro_attest.codec.cose import CoseError, decode_sign1
 from nitro_attest.errors import MalformedDocumentError
 from nitro_attest.limits import (
     MAX_CERT_BYTES,

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypedDict, Unpack
 
-from nitro_attest.attestation._chain import ChainValidator, aws_root_der, root_der_from_pem
-from nitro_attest.attestation._cose import ES384, sig_structure, verify_ecdsa
+from nitro_attest.attestation.chain import ChainValidator, aws_root_der, root_der_from_pem
 from nitro_attest.attestation.document import AttestationDocument, DocumentKind, parse_document
 from nitro_attest.attestation.policy import (
     PcrSpec,
@@ -30,6 +29,7 @@ from nitro_attest.attestation.policy import (
     check_user_data,
 )
 from nitro_attest.attestation.report import CheckResult, Report
+from nitro_attest.codec.cose import ES384, sig_structure, verify_ecdsa
 from nitro_attest.errors import PolicyError, SignatureError, VerificationError
 
 At = datetime | Literal["document", "now"] | None

@@ -17,8 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
-from nitro_attest.attestation._cose import (
+from nitro_attest.attestation.pcr import extend_zero
+from nitro_attest.codec.cbor import CborError, strict_loads
+from nitro_attest.codec.cose import (
     ALGORITHMS,
     ES256,
     ES384,
@@ -31,7 +32,6 @@ from nitro_attest.attestation._cose import (
     sign_ecdsa,
     verify_ecdsa,
 )
-from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import EifError
 
 _CURVE_ALGORITHMS: dict[str, EcdsaAlgorithm] = {

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, strict_loads
 from nitro_attest.errors import FormatError
 from nitro_attest.limits import NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmDescription, NsmError

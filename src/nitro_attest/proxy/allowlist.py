@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from nitro_attest.codec.hosts import Host, HostSyntaxError, parse_host
 from nitro_attest.errors import ConfigurationError
-from nitro_attest.proxy.hosts import Host, HostSyntaxError, parse_host
 
 MAX_FILE_BYTES = 1 << 20
 

@@ -19,6 +19,14 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from nitro_attest.codec.http import (
+    MAX_HEAD_BYTES,
+    ConnectRequest,
+    HandshakeError,
+    find_head_end,
+    parse_connect,
+    response,
+)
 from nitro_attest.errors import UsageError
 from nitro_attest.proxy.allowlist import Allowlist
 from nitro_attest.proxy.dial import (
@@ -31,14 +39,6 @@ from nitro_attest.proxy.dial import (
     dial_host,
     system_dial,
     system_resolve,
-)
-from nitro_attest.proxy.handshake import (
-    MAX_HEAD_BYTES,
-    ConnectRequest,
-    HandshakeError,
-    find_head_end,
-    parse_connect,
-    response,
 )
 from nitro_attest.proxy.hosts import HostSyntaxError, parse_host
 from nitro_attest.proxy.idle import IdleWatch

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import cbor2
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, strict_loads
 from nitro_attest.errors import TransportError
 from nitro_attest.limits import MAX_FRAME_BYTES, NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from nitro_attest.attestation._cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, strict_loads
 from nitro_attest.errors import FormatError
 
 HEADER_ALG = 1

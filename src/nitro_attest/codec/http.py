@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nitro_attest.codec.hosts import Host, HostSyntaxError, parse_host
 from nitro_attest.errors import TransportError
-from nitro_attest.proxy.hosts import Host, HostSyntaxError, parse_host
 
 MAX_HEAD_BYTES = 8192
 MAX_HEADER_LINES = 64
