@@ -63,6 +63,7 @@ class VerifiedDocument:
 
     @property
     def raw(self) -> bytes:
+        """The document exactly as received (COSE_Sign1 bytes)."""
         return self.document.raw
 
 
@@ -85,6 +86,7 @@ class Verifier:
 
     @property
     def root_sha256(self) -> str:
+        """The SHA-256 of the trusted root certificate, hex."""
         return self._chain.root_sha256
 
     def verify(

@@ -26,6 +26,8 @@ HEADER_ALG = 1
 # NamedTuples, not dataclasses: on Python 3.11 a dataclass costs about 1 ms to define, which
 # every verifier process pays at start.
 class EcdsaAlgorithm(NamedTuple):
+    """A COSE ECDSA algorithm: its name, COSE id, curve, hash and r/s size in bytes."""
+
     name: str
     cose_id: int
     curve: type[ec.EllipticCurve]
@@ -47,6 +49,8 @@ class CoseError(FormatError):
 
 
 class CoseSign1(NamedTuple):
+    """A decoded COSE_Sign1; ``protected`` and ``payload`` are the bytes as received."""
+
     protected: bytes
     """The protected header bstr's content, exactly as received."""
     protected_header: dict[Any, Any]
@@ -57,9 +61,11 @@ class CoseSign1(NamedTuple):
 
     @property
     def algorithm_id(self) -> Any:
+        """The protected header's algorithm (label 1), or None."""
         return self.protected_header.get(HEADER_ALG)
 
     def to_be_signed(self, external_aad: bytes = b"") -> bytes:
+        """The Sig_structure the signature covers."""
         return sig_structure(self.protected, self.payload, external_aad)
 
 
@@ -143,6 +149,7 @@ def raw_to_der(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
 
 
 def der_to_raw(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
+    """A DER ECDSA signature as COSE's fixed-size r||s."""
     r, s = decode_dss_signature(signature)
     n = alg.coordinate_size
     return r.to_bytes(n, "big") + s.to_bytes(n, "big")
