@@ -39,9 +39,21 @@ def test_wheel_carries_the_license(tmp_path: Path) -> None:
     )
     out = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(out), str(src)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     [wheel] = out.glob("nitro_attest-*.whl")
     with zipfile.ZipFile(wheel) as zf:
