@@ -37,7 +37,7 @@ _EPILOG = """\
 examples:
   nitro-attest attest --connect vsock://16:5005 --expected client/expected-measurements.json \\
       --root client/root.pem
-  nitro-attest attest --connect unix://.demo/enclave.sock --root .demo/root.pem --pcr 0=HEX
+  nitro-attest attest --connect unix://.demo/enclave.sock --root .demo/sim/root.pem --pcr 0=HEX
 
 The enclave CID is shown by `nitro-cli describe-enclaves`. A fresh random 32-byte nonce is sent
 unless --nonce is given; the document must echo it (and the user data) to verify.
