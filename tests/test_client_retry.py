@@ -215,3 +215,28 @@ def test_send_secret_cli_retries_busy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "not today" in out.out
     assert len(seen) == 3
     assert protocol.decode_body(seen[0][4:])["type"] == "channel_attest"
+
+
+def test_a_unix_socket_not_bound_yet_is_waited_for(tmp_path: Path) -> None:
+    """`serve --listen unix://... &` then `attest`: the socket file appears a moment later."""
+    path = tmp_path / "late.sock"
+    answer: Answer = lambda n, f: AttestationResponse(document=b"late document").encode()  # noqa: E731
+    result: list[bytes] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            client.request_attestation(f"unix://{path}", nonce=b"n", timeout=10)
+        )
+    )
+    waiter.start()
+    time.sleep(0.4)
+    assert not path.exists() and waiter.is_alive()
+    with scripted_server(path, answer):
+        waiter.join(10)
+    assert result == [b"late document"]
+
+
+def test_a_unix_socket_that_never_appears_fails_within_the_timeout(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(client.EnclaveUnreachableError, match="no such file"):
+        client.request_attestation(f"unix://{tmp_path}/never.sock", nonce=b"n", timeout=0.5)
+    assert time.monotonic() - started < 1.5

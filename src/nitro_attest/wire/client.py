@@ -71,7 +71,10 @@ def unreachable_hint(address: Address) -> str:
 
 
 # connect() errors that mean "not now" rather than "not there": retried until the timeout.
-RETRY_CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ECONNRESET})
+# ENOENT is a Unix socket whose server has not bound it yet (`serve ... &` then `attest`).
+RETRY_CONNECT_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EAGAIN, errno.ECONNRESET, errno.ENOENT}
+)
 # send() errors on a fresh connection: the server closed it (it was full) before our request.
 RETRY_SEND_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET})
 BACKOFF_FIRST = 0.05
