@@ -240,3 +240,20 @@ def test_a_unix_socket_that_never_appears_fails_within_the_timeout(tmp_path: Pat
     with pytest.raises(client.EnclaveUnreachableError, match="no such file"):
         client.request_attestation(f"unix://{tmp_path}/never.sock", nonce=b"n", timeout=0.5)
     assert time.monotonic() - started < 1.5
+
+
+def test_an_attempt_cut_short_by_the_deadline_reports_the_refusal(tmp_path: Path) -> None:
+    """Busy, then a server too slow to answer again before the deadline (a loaded machine): the
+    error is the busy refusal with its attempts, not a timeout that hides why."""
+    path = tmp_path / "s.sock"
+    busy = ErrorResponse("busy", "too many connections, retry later").encode()
+
+    def answer(number: int, frame: bytes) -> bytes:
+        if number > 0:
+            time.sleep(1.0)  # later than the client's whole deadline
+        return busy
+
+    with scripted_server(path, answer), pytest.raises(client.EnclaveError) as info:
+        client.request_attestation(f"unix://{path}", nonce=b"n", timeout=0.6)
+    assert info.value.code == "busy"
+    assert f"unix://{path}" in str(info.value)
