@@ -37,7 +37,8 @@ kept in a state folder: verify them with `nitro-attest verify --root STATE/root.
 They never verify under the default AWS root.
 
 examples:
-  nitro-attest sim init --measurements build.json --role-arn arn:aws:iam::123456789012:role/app
+  nitro-attest sim init --measurements build/measurements.json \\
+      --role-arn arn:aws:iam::123456789012:role/app
   nitro-attest sim attest --nonce $(openssl rand -hex 32) --out doc.cbor
   nitro-attest verify --root ~/.local/share/nitro-attest/simulator/root.pem doc.cbor
 """
