@@ -248,9 +248,10 @@ def test_an_attempt_cut_short_by_the_deadline_reports_the_refusal(tmp_path: Path
     path = tmp_path / "s.sock"
     busy = ErrorResponse("busy", "too many connections, retry later").encode()
 
-    def answer(number: int, frame: bytes) -> bytes:
+    def answer(number: int, frame: bytes) -> bytes | None:
         if number > 0:
-            time.sleep(1.0)  # later than the client's whole deadline
+            time.sleep(1.0)  # later than the client's whole deadline, which has then gone
+            return None
         return busy
 
     with scripted_server(path, answer), pytest.raises(client.EnclaveError) as info:

@@ -20,7 +20,13 @@ from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
 from nitro_attest import __version__
-from nitro_attest._cli.common import EXIT_USAGE, error_json, exit_code_for, print_error
+from nitro_attest._cli.common import (
+    EXIT_USAGE,
+    CliError,
+    error_json,
+    exit_code_for,
+    print_error,
+)
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import NitroAttestError
 
@@ -94,15 +100,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("nitro-attest").strip()
         text = f"{command}: {message}" if command else message
-        raise _UsageExit(f"{text} (see '{self.prog} --help')")
-
-
-class _UsageExit(SystemExit):
-    """A usage error argparse found; main prints it by the contract (and as JSON for --json)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(EXIT_USAGE)
-        self.message = message
+        # A CliError, not SystemExit: main prints it by the contract (and as JSON for --json).
+        raise CliError(f"{text} (see '{self.prog} --help')")
 
 
 def build_parser(
@@ -165,10 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parse_args(argv)
-    except _UsageExit as exc:
-        print_error(exc.message)
+    except CliError as exc:  # argparse's usage errors (_Parser.error)
+        print_error(str(exc))
         if "--json" in argv:  # a --json caller reads stdout: it gets the failure there too
-            _print_json_failure(None, error_json(exc.message, "usage"))
+            _print_json_failure(None, error_json(str(exc), "usage"))
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version: printed, exit 0
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest.attestation.untrusted_text import escape_untrusted
-from nitro_attest.errors import NitroAttestError, UsageError, VerificationError
+from nitro_attest.errors import FormatError, NitroAttestError, UsageError, VerificationError
 
 # docs/cli.md, "Exit status": one meaning in every command.
 EXIT_OK = 0
@@ -21,7 +21,7 @@ class CliError(UsageError):
     """A usage or I/O error: printed as one line, exit code 2."""
 
 
-class CliRejection(NitroAttestError):
+class CliRejection(FormatError):
     """An input that was read and checked and is refused (a malformed EIF, ...): exit code 1."""
 
     def __init__(self, message: str, check: str | None = None) -> None:
