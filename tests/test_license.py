@@ -64,3 +64,12 @@ def test_wheel_carries_the_license(tmp_path: Path) -> None:
         text = zf.read(metadata).decode()
     assert "License-Expression: Apache-2.0" in text
     assert "License-File: LICENSE" in text
+
+
+def test_both_images_copy_it_for_the_wheel_build() -> None:
+    """pyproject's license-files must exist where each image builds the package."""
+    for dockerfile in ("enclave/Dockerfile", "deploy/service/Dockerfile"):
+        text = (REPO / dockerfile).read_text()
+        copies = [line for line in text.splitlines() if line.startswith("COPY pyproject.toml")]
+        assert copies and all("LICENSE" in line.split() for line in copies), dockerfile
+    assert "!LICENSE" in (REPO / ".dockerignore").read_text().splitlines()
