@@ -17,6 +17,10 @@ Usage: python bench/service.py [--rounds 3] [--seconds 4]   (needs redis-server 
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import asyncio
 import base64

@@ -4,6 +4,7 @@ whole challenge-response against a service and an enclave server and exits 0 onl
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import running_server
 
-from .servicekit import ENTRY, build_enclave_json, service, write_policies
+from .servicekit import ENTRY, build_enclave_json, free_port, service, write_policies
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -89,9 +90,34 @@ def test_appraise_contraindicated_exits_one(stack: tuple[str, str]) -> None:
 
 def test_appraise_unreachable_is_usage_error(stack: tuple[str, str]) -> None:
     base, enclave = stack
-    done = _run("appraise", "--service", "http://127.0.0.1:9", "--connect", enclave)
+    done = _run("appraise", "--service", "http://127.0.0.1:9", "--connect", enclave,
+                "--timeout", "1")  # fmt: skip
     assert done.returncode == 2 and "cannot reach the service" in done.stderr
     done = _run("appraise", "--service", base, "--connect", "tcp://127.0.0.1:9")
     assert done.returncode == 2 and "nitro-attest: error:" in done.stderr
     done = _run("appraise", "--service", base, "--connect", enclave, "--policy", "nope")
     assert done.returncode == 2 and "HTTP 400" in done.stderr
+
+
+def test_appraise_waits_for_a_service_that_is_starting(
+    stack: tuple[str, str], files: dict[str, Any]
+) -> None:
+    """`service ... &` then `appraise` at once: appraise waits for the port within --timeout."""
+    _, enclave = stack
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    client = subprocess.Popen(
+        [*ENTRY, "appraise", "--service", base, "--connect", enclave, "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # appraise is up and finds nothing listening
+        assert client.poll() is None, client.communicate()
+        with service(["--policies", files["policies"], "--root", files["root"]], port=port):
+            out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    assert out.strip() == "affirming"

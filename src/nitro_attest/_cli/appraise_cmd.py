@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, print_error
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 
 EPILOG = """\
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--nonce-size", metavar="N", type=int, default=32, help="8..64 bytes")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print the EAR's claims as JSON")
-    p.set_defaults(func=run)  # fmt: skip
+    p.set_defaults(func=run, json_failure={})  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         failed = result.failed_check
         print(result.status + (f" (failed check: {escape_untrusted(failed)})" if failed else ""))
+    if result.status != "affirming":
+        why = f" (failed check: {result.failed_check})" if result.failed_check else ""
+        print_error(f"{args.service}: the EAR says {result.status}{why}")
     return EXIT_OK if result.status == "affirming" else EXIT_REJECTED

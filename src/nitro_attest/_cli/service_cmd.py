@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nitro_attest._cli import observe
 from nitro_attest._cli.common import CliError, read_bytes
 from nitro_attest._cli.expectations import load_root
 from nitro_attest.errors import PolicyError, TrustRootError
@@ -43,6 +44,7 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", metavar="N", type=int, default=1, help="worker processes")
     p.add_argument("--session-ttl", metavar="SECONDS", type=float, default=300.0,
                    help="how long a session waits for its evidence (default %(default)g)")
+    observe.add_flags(p, metrics=False)  # the service's metrics are its own /metrics
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -109,4 +111,5 @@ def run(args: argparse.Namespace) -> int:
 
     config = ServiceConfig(Path(args.policies), signer, store, root_pem=root,
                            session_ttl=args.session_ttl)  # fmt: skip
+    config.log_format = args.log_format
     return serve(config, host, port, args.workers)

@@ -79,6 +79,7 @@ class ServiceConfig:
     nonce_reuse_window: float = 86400.0
     body_timeout: float = 10.0
     handle_sighup: bool = False
+    log_format: str = "text"  # or "json" (nitro_attest.logs); times in UTC either way
 
 
 class ServiceState:
@@ -376,6 +377,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.fast = FastPath(new_session, submit_evidence, _store_down)
+    app.responses = state.metrics.responses
     return app
 
 

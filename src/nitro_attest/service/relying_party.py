@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -55,6 +56,10 @@ class Appraisal:
         return None
 
 
+class ServiceNotListeningError(ServiceClientError):
+    """The service's address refused the connection: not listening (yet)."""
+
+
 class ServiceClient:
     def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
         parts = urlsplit(base_url)
@@ -86,7 +91,12 @@ class ServiceClient:
             raise ServiceClientError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ServiceClientError(f"{url}: cannot reach the service: {reason}") from None
+            error = (
+                ServiceNotListeningError
+                if isinstance(reason, ConnectionRefusedError)
+                else ServiceClientError
+            )
+            raise error(f"{url}: cannot reach the service: {reason}") from None
         if status != expect:
             raise ServiceClientError(f"{method} {url}: HTTP {status}, expected {expect}")
         if len(raw) > MAX_RESPONSE:
@@ -155,6 +165,21 @@ def verify_ear(token: str, jwk: dict[str, Any], nonce: str) -> dict[str, Any]:
     return claims
 
 
+def _discover_when_listening(client: ServiceClient, timeout: float) -> dict[str, Any]:
+    """Discovery, waiting within ``timeout`` for a service that is starting (connection refused,
+    as right after `nitro-attest service ... &`); any other failure ends at once."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return client.discover()
+        except ServiceNotListeningError:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def appraise(
     service_url: str,
     get_document: Callable[[bytes], bytes],
@@ -166,7 +191,7 @@ def appraise(
     """Challenge-response: a nonce from the service, the document for it from ``get_document``
     (an enclave asked with that nonce), and the EAR back, verified."""
     client = ServiceClient(service_url, timeout=timeout)
-    discovery = client.discover()
+    discovery = _discover_when_listening(client, timeout)
     media_types = discovery.get("media-types")
     if not isinstance(media_types, list) or not media_types:
         raise ServiceClientError("discovery: no media-types")

@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 
+from nitro_attest.logs import uvicorn_log_config
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
 
@@ -34,6 +35,7 @@ def _uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Conf
         http=GatheringHttpToolsProtocol,
         access_log=False,
         log_level="info",
+        log_config=uvicorn_log_config(config.log_format),
         timeout_graceful_shutdown=GRACE_SECONDS,
         limit_concurrency=1024,
     )
