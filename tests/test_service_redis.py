@@ -142,9 +142,9 @@ def test_relying_party_nonce_reuse_across_replicas(replicas: tuple[str, str]) ->
 def test_redis_claim_is_atomic(setup: dict[str, Any]) -> None:
     async def run() -> list[str]:
         stores = [RedisStore(setup["url"]) for _ in range(4)]
-        session = Session("race-1", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
+        session = Session("race-1", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
         assert await stores[0].create(session, nonce_digest="d1", nonce_ttl=30)
-        again = Session("race-2", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
+        again = Session("race-2", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
         assert not await stores[1].create(again, nonce_digest="d1", nonce_ttl=30)
         assert await stores[1].get("race-2") is None  # a reused nonce stores nothing
         claims = await asyncio.gather(*(s.claim("race-1") for s in stores * 10))
