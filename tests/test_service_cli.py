@@ -75,23 +75,26 @@ def stack(files: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def test_appraise_affirming_exits_zero(stack: tuple[str, str]) -> None:
     base, enclave = stack
-    done = _run("appraise", "--service", base, "--connect", enclave)
+    done = _run("appraise", "--service", base, "--connect", enclave, "--trust-advertised-key")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "affirming"
 
 
 def test_appraise_contraindicated_exits_one(stack: tuple[str, str]) -> None:
     base, enclave = stack
-    done = _run("appraise", "--service", base, "--connect", enclave, "--policy", "other")
+    done = _run("appraise", "--service", base, "--connect", enclave, "--policy", "other",
+                "--trust-advertised-key")
     assert done.returncode == 1
     assert done.stdout.strip() == "contraindicated (failed check: pcrs)"
 
 
 def test_appraise_unreachable_is_usage_error(stack: tuple[str, str]) -> None:
     base, enclave = stack
-    done = _run("appraise", "--service", "http://127.0.0.1:9", "--connect", enclave)
+    trust = "--trust-advertised-key"
+    done = _run("appraise", "--service", "http://127.0.0.1:9", "--connect", enclave, trust)
     assert done.returncode == 2 and "cannot reach the service" in done.stderr
-    done = _run("appraise", "--service", base, "--connect", "tcp://127.0.0.1:9")
+    done = _run("appraise", "--service", base, "--connect", "tcp://127.0.0.1:9", trust)
     assert done.returncode == 2 and "nitro-attest: error:" in done.stderr
-    done = _run("appraise", "--service", base, "--connect", enclave, "--policy", "nope")
+    assert "cannot reach the service" not in done.stderr  # the enclave, not the service
+    done = _run("appraise", "--service", base, "--connect", enclave, "--policy", "nope", trust)
     assert done.returncode == 2 and "HTTP 400" in done.stderr
