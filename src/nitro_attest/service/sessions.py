@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -136,8 +137,10 @@ class MemoryStore:
         self, clock: Any = time.time, *, max_sessions: int = MAX_SESSIONS,
         max_nonces: int = MAX_NONCES,
     ) -> None:  # fmt: skip
-        self._sessions: dict[str, Session] = {}
-        self._nonces: dict[str, float] = {}
+        # OrderedDicts: the sweep pops from the front, which a plain dict makes O(n) (its
+        # iteration skips every deleted slot until the next resize).
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._nonces: OrderedDict[str, float] = OrderedDict()
         self._clock = clock
         self.max_sessions = max_sessions
         self.max_nonces = max_nonces
@@ -151,7 +154,7 @@ class MemoryStore:
         return session
 
     def _sweep(self, now: float) -> None:
-        # Both dicts are in insertion order and every entry of one kind lives as long as the
+        # Both are in insertion order and every entry of one kind lives as long as the
         # others (one TTL per process), so the expired ones are at the front: O(expired), not
         # O(n). After a clock step back the order can be off; a full sweep, at most once a
         # second and only when a bound is reached, catches what the front sweep missed.
@@ -160,12 +163,12 @@ class MemoryStore:
             sid, first = next(iter(sessions.items()))
             if first.expires_at > now:
                 break
-            del sessions[sid]
+            sessions.popitem(last=False)
         while nonces:
             key, until = next(iter(nonces.items()))
             if until > now:
                 break
-            del nonces[key]
+            nonces.popitem(last=False)
         full = len(sessions) >= self.max_sessions or len(nonces) >= self.max_nonces
         if full and now - self._last_full_sweep >= self._FULL_SWEEP_INTERVAL:
             self._last_full_sweep = now
