@@ -185,10 +185,18 @@ def test_password_from_the_environment(files: dict[str, Any], locked_redis: str)
 def test_password_from_a_file(files: dict[str, Any], locked_redis: str) -> None:
     secret = files["tmp"] / "redis-url"
     secret.write_text(locked_redis.replace("redis://", f"redis://:{PASSWORD}@") + "\n")
-    secret.chmod(0o600)
+    secret.chmod(0o644)
     with service([*files["args"], "--sessions-file", str(secret)]) as (base, proc):
         assert PASSWORD not in _cmdline(proc.pid)
         assert httpx.post(f"{base}{NEW}").status_code == 201
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0].decode()
+    assert "readable by other users" in out and PASSWORD not in out
+    secret.chmod(0o600)
+    with service([*files["args"], "--sessions-file", str(secret)]) as (base, proc):
+        assert httpx.post(f"{base}{NEW}").status_code == 201
+        proc.terminate()
+        assert "readable by other users" not in proc.communicate(timeout=15)[0].decode()
 
 
 def test_password_on_the_command_line_is_refused(files: dict[str, Any], locked_redis: str) -> None:
