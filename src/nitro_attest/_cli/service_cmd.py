@@ -134,10 +134,6 @@ def _sessions_url(args: argparse.Namespace, check: Callable[[str], str]) -> str 
         if args.sessions:
             raise CliError("give --sessions or --sessions-file, not both")
         raw = read_bytes(args.sessions_file, limit=MAX_SESSIONS_FILE, what="sessions file")
-        with contextlib.suppress(OSError):
-            if os.stat(args.sessions_file).st_mode & 0o077:
-                print(f"nitro-attest: warning: --sessions-file {args.sessions_file} is readable "
-                      "by other users; chmod 600 it", file=sys.stderr)  # fmt: skip
         text = raw.decode("utf-8", "replace").strip()
         source = f"--sessions-file {args.sessions_file}"
     elif args.sessions:
@@ -153,10 +149,16 @@ def _sessions_url(args: argparse.Namespace, check: Callable[[str], str]) -> str 
     else:
         return None
     try:
-        return check(text)
+        url = check(text)
     except ValueError as exc:
         if source == "--sessions":
             raise CliError(f"{source}: {exc}") from None
         # A file or variable may hold anything secret (the wrong file, a key): not echoed.
         raise CliError(f"{source}: not a redis://[USER:PASSWORD@]HOST:PORT/DB URL "
                        "(its content is not shown)") from None  # fmt: skip
+    if args.sessions_file:
+        with contextlib.suppress(OSError):
+            if os.stat(args.sessions_file).st_mode & 0o077:
+                print(f"nitro-attest: warning: --sessions-file {args.sessions_file} is readable "
+                      "by other users; chmod 600 it", file=sys.stderr)  # fmt: skip
+    return url
