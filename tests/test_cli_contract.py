@@ -140,6 +140,7 @@ CASES: dict[str, list[Case]] = {
             "unix://{SOCK}",
             "--timeout",
             "0.5",
+            "--trust-advertised-key",
             "--json",
             keys=("error",),
         ),
