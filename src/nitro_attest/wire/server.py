@@ -25,6 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from nitro_attest.attestation.caller_keys import (
+    CALLER_KEY_LABEL,
+    CALLER_KEY_PCR,
+    MARKED_PCR_VALUE,
+    PRISTINE_PCR_VALUE,
+)
+from nitro_attest.errors import ConfigurationError
 from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
 from nitro_attest.wire import protocol
@@ -102,6 +109,57 @@ def check_caller_public_key(public_key: bytes | None, *, allow: bool) -> None:
         )
 
 
+class PcrRegisters(Protocol):
+    """The part of an NSM backend that marks documents (``settle_caller_key_pcr``)."""
+
+    def describe_pcr(self, index: int) -> PcrDescription: ...
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes: ...
+
+    def lock_pcr(self, index: int) -> None: ...
+
+
+def settle_caller_key_pcr(nsm: PcrRegisters, *, allow: bool) -> None:
+    """Lock PCR16 so every document says whether this enclave attests caller-chosen keys.
+
+    ``allow``: extend it with the caller-key label, then lock it (attestation.caller_keys); if
+    it is already locked with any other value, raise ConfigurationError: the enclave could not
+    say so. Otherwise lock it untouched, so documents carry the value relying parties require;
+    a PCR16 already marked or holding another value is left alone with a warning (our relying
+    parties refuse those documents). Idempotent; the NSM's own errors pass as NsmError.
+    """
+    pcr = f"PCR{CALLER_KEY_PCR}"
+    want = MARKED_PCR_VALUE if allow else PRISTINE_PCR_VALUE
+    now = nsm.describe_pcr(CALLER_KEY_PCR)
+    if now.locked and now.data == want:
+        return
+    if not allow:
+        if now.locked or now.data != PRISTINE_PCR_VALUE:
+            what = "the caller-key mark" if now.data == MARKED_PCR_VALUE else "another value"
+            log.warning(
+                "%s holds %s (%s): nitro-attest's relying parties refuse this enclave's "
+                "documents until it restarts", pcr, what, "locked" if now.locked else "unlocked",
+            )  # fmt: skip
+            return
+        nsm.lock_pcr(CALLER_KEY_PCR)
+    else:
+        if now.locked or now.data not in (PRISTINE_PCR_VALUE, MARKED_PCR_VALUE):
+            raise ConfigurationError(
+                f"{pcr} is {'locked' if now.locked else 'already extended'} with a value other "
+                f"than the caller-key mark ({now.data.hex()[:16]}...): this enclave cannot mark "
+                "its documents, so it will not attest caller-chosen keys"
+            )
+        if now.data == PRISTINE_PCR_VALUE:
+            nsm.extend_pcr(CALLER_KEY_PCR, CALLER_KEY_LABEL)
+        nsm.lock_pcr(CALLER_KEY_PCR)
+    done = nsm.describe_pcr(CALLER_KEY_PCR)  # another extend may have raced ours
+    if not (done.locked and done.data == want):
+        raise ConfigurationError(
+            f"{pcr} ended {'locked' if done.locked else 'unlocked'} at {done.data.hex()[:16]}..., "
+            f"not the expected {'caller-key mark' if allow else 'untouched value'}"
+        )
+
+
 def nsm_handlers(
     backend: NsmBackend, *, allow_caller_public_key: bool = False
 ) -> dict[str, RequestHandler]:
@@ -109,8 +167,11 @@ def nsm_handlers(
 
     ``allow_caller_public_key`` lets an `attest` request name its own public_key: anyone who
     reaches the server then gets any key attested, so such a document proves nothing about who
-    holds the key. Channel-shaped keys are refused regardless.
+    holds the key. Channel-shaped keys are refused regardless. Either way PCR16 is settled
+    first (``settle_caller_key_pcr``): marked and locked with the opt-in, locked untouched
+    without, so no document of an oracle enclave passes for one naming the enclave's own key.
     """
+    settle_caller_key_pcr(backend, allow=allow_caller_public_key)
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
