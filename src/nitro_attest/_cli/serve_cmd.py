@@ -27,7 +27,7 @@ from nitro_attest.wire.admission import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from nitro_attest.wire.server import nsm_handlers, serve
+from nitro_attest.wire.server import DEFAULT_DRAIN_TIMEOUT, nsm_handlers, serve
 from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
@@ -55,7 +55,8 @@ a sealed message is accepted only when signed by one of those keys (send-secret 
 Without it, every delivery comes from an unauthenticated sender, possibly the parent instance.
 
 One log line per request goes to stderr (sizes and hashes only, never the values).
-SIGTERM or Ctrl-C stops the server cleanly and removes its Unix socket file.
+SIGTERM or Ctrl-C stops the server cleanly: it accepts nothing more, answers the requests it
+already received (up to --drain-timeout), then closes and removes its Unix socket file.
 """
 
 
@@ -104,6 +105,14 @@ def register(sub: Any) -> None:
         metavar="N",
         help="connections held open at once; when full the least recently active one is shed "
         f"for a newcomer (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, answer requests already received for up to this long before closing "
+        f"(default {DEFAULT_DRAIN_TIMEOUT:g}; 0 drops them at once)",
     )
     p.add_argument(
         "--socket-mode",
@@ -209,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--read-timeout must be a positive number of seconds")
     if not args.frame_deadline > 0:
         raise CliError("--frame-deadline must be a positive number of seconds")
+    if not 0 <= args.drain_timeout < float("inf"):
+        raise CliError("--drain-timeout must be zero or more seconds")
     socket_mode = parse_socket_mode(args.socket_mode)
     if args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
@@ -248,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
                 max_connections=args.max_connections,
                 socket_mode=socket_mode,
                 request_log=log_handler,
+                drain_timeout=args.drain_timeout,
             )
         )
     except AddressError as exc:

@@ -15,12 +15,15 @@ One log write per turn instead of one per request is most of what batching saves
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import signal
+import termios
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -298,13 +301,17 @@ class EnclaveServer:
         self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
         return self._address
 
-    async def close(self) -> None:
-        """Stop accepting, drop open connections, remove our Unix socket file."""
+    async def close(self, *, drain: float = 0.0) -> None:
+        """Stop accepting; for up to ``drain`` seconds answer every request already received
+        (buffered, or waiting in the kernel) and close each connection once it has nothing left
+        to answer; then drop what remains and remove our Unix socket file."""
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
+        if drain > 0 and self._connections:
+            await self._drain(drain)
         for conn in list(self._connections):
             conn.abort()
         for _ in range(8):  # let the transports run their connection_lost callbacks
@@ -313,6 +320,19 @@ class EnclaveServer:
             await self._server.wait_closed()
             self._server = None
         self._remove_unix_socket()
+
+    async def _drain(self, deadline: float) -> None:
+        assert self._loop is not None
+        until = self._loop.time() + deadline
+        while self._connections and self._loop.time() < until:
+            for conn in list(self._connections):
+                conn.close_if_done()
+            await asyncio.sleep(_DRAIN_POLL)
+        if self._connections:
+            log.warning(
+                "%d connection(s) still busy after the %gs drain deadline: dropped",
+                len(self._connections), deadline,
+            )  # fmt: skip
 
     def _remove_unix_socket(self) -> None:
         if self._address is None or self._address.scheme != "unix" or self._unix_inode is None:
@@ -451,6 +471,8 @@ class EnclaveServer:
 
 
 _FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
+DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds SIGTERM waits for requests already received
+_DRAIN_POLL = 0.01
 _BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
 _TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
 _INTERNAL_ERROR = ErrorResponse("internal", "the enclave failed to answer this request")
@@ -627,10 +649,36 @@ class _Connection(asyncio.BufferedProtocol, Member):
             self._transport.write(last)
         self._transport.close()
 
+    def close_if_done(self) -> None:
+        """While the server drains: close once nothing received is left to answer, nothing is
+        left to send, and the kernel holds no unread bytes (a request that arrived counts)."""
+        transport = self._transport
+        if self.closing_since is not None or transport is None:
+            return
+        if self._buf or self._answering or self._paused or transport.get_write_buffer_size():
+            return
+        if _unread_bytes(transport):
+            self._set_reading(True)  # read it: it is answered like any other request
+            return
+        self.finish(None)
+
     def abort(self) -> None:
         self._server._table.remove(self)
         if self._transport is not None:
             self._transport.abort()
+
+
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes the kernel received on this connection that we have not read (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
+    except OSError:
+        return 0
+    return buf[0]
 
 
 async def serve(
@@ -644,8 +692,10 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     socket_mode: int = DEFAULT_SOCKET_MODE,
     request_log: RequestLog | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly.
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly: requests already
+    received are answered for up to ``drain_timeout`` seconds before connections close.
 
     ``request_log`` takes the line per request (default: INFO records of this module's logger).
     """
@@ -684,4 +734,4 @@ async def serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-        await server.close()
+        await server.close(drain=drain_timeout)
