@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds sets
 ``func`` to a ``run(args) -> int`` callable. Exit codes everywhere: 0 success, 1 checked and
-rejected, 2 usage or I/O error.
+rejected, 2 usage or I/O error; and send-secret's 3, NOT CONFIRMED (sent, not acknowledged).
 
 Only the chosen subcommand's module is imported: ``COMMANDS`` names each module and holds the
 one-line help that ``--help`` lists, so listing the commands imports none of them (the server,

@@ -10,6 +10,7 @@ from nitro_attest.errors import NitroAttestError, UsageError, VerificationError
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
+EXIT_UNCONFIRMED = 3  # send-secret: sent, not acknowledged; never retry blindly on it
 
 
 class CliError(UsageError):
