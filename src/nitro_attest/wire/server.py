@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -466,8 +467,24 @@ class EnclaveServer:
         except ProtocolError as exc:
             return protocol.error_for(exc)
         except Exception as exc:
-            log.error("%s handler %s failed: %s", peer, request.TYPE, type(exc).__name__)
+            log.error("%s handler %s failed: %s", peer, request.TYPE, _failure(exc))
             return _INTERNAL_ERROR
+
+
+def _failure(exc: Exception) -> str:
+    """What the log says about a handler's unexpected exception: its class, and for an OSError
+    the errno, its text and the path, which say what the operator must fix ("No space left on
+    device"). Never the exception's own message: it may quote request data. The client gets
+    only "internal"."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return type(exc).__name__
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = "".join(
+        f": {os.fsdecode(p) if isinstance(p, str | bytes | os.PathLike) else str(p)!r}"
+        for p in paths
+    )  # repr: a path is text from anywhere, never a second log line
+    return f"{type(exc).__name__} [{name}] {exc.strerror or os.strerror(exc.errno)}{where}"
 
 
 _FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
