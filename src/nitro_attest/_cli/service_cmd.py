@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,4 +110,18 @@ def run(args: argparse.Namespace) -> int:
 
     config = ServiceConfig(Path(args.policies), signer, store, root_pem=root,
                            session_ttl=args.session_ttl)  # fmt: skip
+    _log_to_stderr()
     return serve(config, host, port, args.workers)
+
+
+def _log_to_stderr() -> None:
+    """The service's own lines (reloads, workers) at INFO on stderr, beside uvicorn's: without a
+    handler only warnings reached the terminal, so a successful reload said nothing."""
+    logger = logging.getLogger("nitro_attest.service")
+    if not any(getattr(h, "_nitro_attest", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler._nitro_attest = True  # type: ignore[attr-defined]  # ours: added once per process
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

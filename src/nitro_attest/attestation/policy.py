@@ -183,14 +183,16 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
     """Parse nitro-cli's build-enclave JSON ({"Measurements": {"PCR0": hex, ...}}).
 
     Also accepted: a bare {"PCR0": hex, ...} object, and a JSON list of either form, each entry
-    an allowed PCR set. Unknown keys inside Measurements are errors (a typo must not drop a PCR).
+    an allowed PCR set. Unknown keys inside Measurements, keys beside it and duplicate keys are
+    errors (a typo must not drop a PCR); the JSON is read strictly (codec.strict_json).
     """
-    import json  # here, not at the top: verifying with no measurements file never needs it
+    # here, not at the top: verifying with no measurements file never needs it
+    from nitro_attest.codec.strict_json import JsonFormatError, loads
 
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{source}: not valid JSON ({exc})") from None
+        data = loads(text)
+    except JsonFormatError as exc:
+        raise PolicyError(f"{source}: {exc.message}") from None
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise PolicyError(f"{source}: empty list of measurements")
@@ -199,6 +201,12 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
+        beside = sorted(str(k) for k in entry if k != "Measurements")
+        if "Measurements" in entry and beside:  # {"Measurements": {..}, "PCR8": ..} drops PCR8
+            raise PolicyError(
+                f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in beside[:3])} beside "
+                "'Measurements' (put every PCR inside it)"
+            )
         sets.append(parse_measurements_object(entry.get("Measurements", entry), where))
     return sets
 
