@@ -79,9 +79,12 @@ def test_mode_whatever_the_umask(planted: tuple[Path, Path]) -> None:
     assert stat.S_IMODE((out / "b").stat().st_mode) == 0o600
 
 
-def test_folder_writable_by_others_refused_unless_sticky(planted: tuple[Path, Path]) -> None:
+def test_folder_writable_by_others_refused_unless_sticky(
+    planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, victim = planted
-    for mode in (0o777, 0o775):
+    monkeypatch.setattr(safe_write, "_private_group", lambda gid: False)  # a team's group
+    for mode in (0o777, 0o775, 0o757):
         os.chmod(out, mode)
         with pytest.raises(UnsafeFolderError, match="others may write in it"):
             write_file(out / "f", b"x")
@@ -90,6 +93,35 @@ def test_folder_writable_by_others_refused_unless_sticky(planted: tuple[Path, Pa
     _plant(out, "f", victim)
     write_file(out / "f", b"x")
     assert victim.read_bytes() == VICTIM and (out / "f").read_bytes() == b"x"
+
+
+def test_group_write_of_our_private_group_is_ours(
+    planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """umask 002 on a user-private-group system makes every folder 0775: still only ours."""
+    out, _ = planted
+    os.chmod(out, 0o775)
+    monkeypatch.setattr(safe_write, "_private_group", lambda gid: True)
+    write_file(out / "f", b"x")
+    os.chmod(out, 0o777)  # world-writable stays refused
+    with pytest.raises(UnsafeFolderError):
+        write_file(out / "g", b"x")
+
+
+def test_private_group_rule() -> None:
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid())
+    try:
+        own = grp.getgrgid(user.pw_gid)
+    except KeyError:
+        own = None
+    expected = (own is not None and own.gr_name == user.pw_name
+                and all(m == user.pw_name for m in own.gr_mem))  # fmt: skip
+    assert safe_write._private_group(user.pw_gid) is expected
+    others = [g.gr_gid for g in grp.getgrall() if g.gr_gid != user.pw_gid]
+    assert all(safe_write._private_group(gid) is False for gid in others[:5])
 
 
 def test_folder_of_another_user_refused(
@@ -152,6 +184,6 @@ def test_eif_measure_write_expected(
     capsys.readouterr()
     assert victim.read_bytes() == VICTIM
     assert json.loads((out / "expected.json").read_text())["Measurements"]["PCR0"]
-    os.chmod(out, 0o770)
+    os.chmod(out, 0o777)
     assert main([*argv, str(out / "expected.json")]) == 2
     assert "others may write in it" in capsys.readouterr().err

@@ -6,8 +6,11 @@ checkout on a team host, /tmp). Opening ``folder/name`` for writing would follow
 user planted there, and overwrite whatever it points at with our privileges. So:
 
 - the folder is opened once and judged on that descriptor: it must belong to us (or to root), and
-  if others may write in it, it must carry the sticky bit (as /tmp does), so no one else can
-  rename or delete what we put there; otherwise ``UnsafeFolderError``;
+  if other users may write in it, it must carry the sticky bit (as /tmp does), so no one else can
+  rename or delete what we put there; otherwise ``UnsafeFolderError``. Group write counts as
+  other users unless the group is our own private group (the user-private-group convention:
+  same name as the user, our primary group, no other listed member), which umask 002 gives
+  every folder on many distributions;
 - the data goes to a fresh temporary name in that folder (``O_CREAT|O_EXCL|O_NOFOLLOW``: never an
   existing file, never a link), is flushed to disk, gets its mode, and is renamed over the final
   name. A rename replaces a planted link itself, never its target; readers never see half a file.
@@ -19,7 +22,9 @@ itself is judged. I/O failures are OSError, as from ``open``.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import secrets
 import stat
 from pathlib import Path
@@ -42,11 +47,27 @@ def check_folder(fd: int, folder: Path) -> None:
             f"{folder}: belongs to another user (uid {st.st_uid}); they could replace what is "
             "written there: choose a folder of your own"
         )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+    if st.st_mode & stat.S_ISVTX:
+        return
+    if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid)):
         raise UnsafeFolderError(
             f"{folder}: others may write in it (mode {stat.S_IMODE(st.st_mode):04o}, no sticky "
             "bit), so they could replace what is written there: choose a folder of your own"
         )
+
+
+def _private_group(gid: int) -> bool:
+    """True when ``gid`` is the effective user's own private group (no one else's to write)."""
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return (
+        gid == user.pw_gid
+        and group.gr_name == user.pw_name
+        and all(member == user.pw_name for member in group.gr_mem)
+    )
 
 
 def write_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
