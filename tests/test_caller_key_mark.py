@@ -25,6 +25,7 @@ from nitro_attest.attestation.caller_keys import (
     MARKED_PCR_VALUE,
     PRISTINE_PCR_VALUE,
 )
+from nitro_attest.attestation.report import render_text
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.channel.keys import KeyPair, SuiteId
 from nitro_attest.channel.messages import ChannelOfferResponse
@@ -182,6 +183,8 @@ def test_report_shows_the_check_passing_and_not_asked(sim_state: Path) -> None:
     assert checks["caller_keys"].ok is True and "PCR16 untouched" in checks["caller_keys"].detail
     checks = {c.name: c for c in verifier.evaluate(doc).checks}
     assert checks["caller_keys"].ok is None  # not asked: not checked
+    text = render_text(verifier.evaluate(doc, refuse_caller_keys=True))
+    assert "✅ Enclave's Own Keys Only (PCR16): PCR16 untouched and locked" in text
 
 
 # --- settling PCR16 at start -----------------------------------------------------------------
