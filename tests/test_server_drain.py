@@ -139,3 +139,29 @@ def test_no_new_connection_is_accepted_while_draining(tmp_path: Path) -> None:
         thread.join(10)
         half.close()
     assert not thread.is_alive()
+
+
+def test_real_sigterm_to_a_serve_process(sim_state: Path, tmp_path: Path) -> None:
+    """The same through the CLI and a real SIGTERM: 16 clients pipeline 4 requests each, the
+    signal follows at once; every request is answered and the process exits 0."""
+    import signal
+
+    from tests.serve_process import serve_process
+
+    with serve_process(sim_state, tmp_path / "e.sock", "--no-channel") as server:
+        socks = [connect(parse_address(server.address, role="connect"), timeout=20)
+                 for _ in range(CLIENTS)]  # fmt: skip
+        for sock in socks:
+            sock.sendall(b"".join(_attest_frame(os.urandom(8)) for _ in range(4)))
+        server.proc.send_signal(signal.SIGTERM)
+        answered = 0
+        for sock in socks:
+            for _ in range(4):
+                try:
+                    frame = read_frame(sock)
+                except ConnectionResetError:
+                    frame = None
+                answered += isinstance(frame, dict) and frame.get("type") == "attestation"
+            sock.close()
+        assert server.proc.wait(20) == 0
+    assert answered == 4 * CLIENTS
