@@ -24,6 +24,7 @@ _REEXEC = "NITRO_ATTEST_BENCH_REEXEC"
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "service.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
     "service_workers.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
+    "service_soak.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
 }
 BASE = ("cbor2", "cryptography")
 

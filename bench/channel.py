@@ -40,6 +40,7 @@ from nitro_attest.channel.signing import SenderPrivateKey
 from nitro_attest.nsm.simulator.nsm import SimulatedNsm, package_measurements
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from nitro_attest.wire.protocol import Request, Response
+from nitro_attest.wire.server import settle_caller_key_pcr
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> float:
@@ -60,6 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = SimulatorConfig(instance_id="i-0123456789abcdef0")
         nsm = SimulatedNsm(init_state(Path(tmp) / "state", config))
+        settle_caller_key_pcr(nsm, allow=False)  # as serve does: PCR16 locked untouched
         verifier = Verifier(root_pem=nsm.root_pem)
         pcr0 = package_measurements()[0]
         bare = nsm.attestation(nonce=nonce)

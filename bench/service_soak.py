@@ -13,6 +13,10 @@ Usage: python bench/service_soak.py [--minutes 10] [--session-ttl 60] [--clock-s
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import asyncio
 import base64

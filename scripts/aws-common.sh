@@ -135,7 +135,7 @@ na_pid_alive() {
 # True when the pid in pid file $1 is our simulated enclave: a `nitro-attest serve` listening on
 # unix://$2. A stale pid file may name a pid the system has since given to anything else.
 na_is_sim_server() {
-    local pid args
+    local pid args line exe=0 serve=0 listen=0
     na_pid_alive "$1" || return 1
     pid="$(cat "$1")"
     if [ -r "/proc/$pid/cmdline" ]; then
@@ -143,7 +143,14 @@ na_is_sim_server() {
     else
         args="$(ps -o args= -p "$pid" 2>/dev/null | tr ' ' '\n')" || return 1
     fi
-    printf '%s\n' "$args" | grep -qE '(^|/)nitro-attest$' &&
-        printf '%s\n' "$args" | grep -qxF serve &&
-        printf '%s\n' "$args" | grep -qxF "unix://$2"
+    # Matched in the shell, not by `printf | grep -q`: grep -q exits at its first match, and
+    # under pipefail printf's SIGPIPE then failed the check (and orphaned the server).
+    while IFS= read -r line; do
+        case "$line" in
+            nitro-attest | */nitro-attest) exe=1 ;;
+            serve) serve=1 ;;
+            "unix://$2") listen=1 ;;
+        esac
+    done <<<"$args"
+    [ "$exe" = 1 ] && [ "$serve" = 1 ] && [ "$listen" = 1 ]
 }

@@ -22,7 +22,7 @@ from nitro_attest.channel.receiver import (
 )
 from nitro_attest.nsm import open_backend
 from nitro_attest.wire.protocol import Request, Response
-from nitro_attest.wire.server import nsm_handlers
+from nitro_attest.wire.server import nsm_handlers, settle_caller_key_pcr
 
 from .serverkit import LogCollector, running_server
 
@@ -44,7 +44,8 @@ class LocalExchange:
     """Carries typed requests in-process through their wire fields (as the server decodes them),
     to the enclave-side handlers, and logs every request's fields."""
 
-    def __init__(self, receiver: ChannelReceiver, nsm: Any) -> None:
+    def __init__(self, receiver: ChannelReceiver, nsm: Any, *, caller_keys: bool = False) -> None:
+        settle_caller_key_pcr(nsm, allow=caller_keys)  # as the server does at start
         self.receiver = receiver
         self.nsm = nsm
         self.requests: list[tuple[str, dict[str, Any]]] = []

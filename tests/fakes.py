@@ -11,6 +11,7 @@ from typing import Any
 
 import cbor2
 
+from nitro_attest.attestation.pcr import extend
 from nitro_attest.nsm.backend import NsmDescription, NsmError, PcrDescription
 
 from . import chainfactory as cf
@@ -46,6 +47,10 @@ class FakeNsm:
         self.drop_public_key = drop_public_key
         self.echo = echo
         self.calls: list[dict[str, Any]] = []
+        # PCR16..31 as the NSM keeps them: untouched and unlocked at boot, extendable until
+        # locked; a locked one is carried in every later document (serve locks PCR16).
+        self.registers = {i: bytes(48) for i in range(16, 32)}
+        self.locked: set[int] = set()
 
     def attestation(
         self,
@@ -63,7 +68,7 @@ class FakeNsm:
             fields = (nonce or b"", user_data or b"", public_key or b"")
             return b"|".join((b"FAKE", *fields))
         return self.chain.document(
-            pcrs=self.pcrs,
+            pcrs={**self.pcrs, **{i: self.registers[i] for i in sorted(self.locked)}},
             nonce=nonce,
             user_data=user_data,
             public_key=None if self.drop_public_key else public_key,
@@ -75,13 +80,20 @@ class FakeNsm:
         )
 
     def describe_pcr(self, index: int) -> PcrDescription:
-        return PcrDescription(locked=index < 16, data=bytes([index]) * 48)
+        if index < 16:
+            return PcrDescription(locked=True, data=bytes([index]) * 48)
+        return PcrDescription(locked=index in self.locked, data=self.registers[index])
 
     def extend_pcr(self, index: int, data: bytes) -> bytes:
-        raise NsmError("ReadOnlyIndex", "fake")
+        if index < 16 or index in self.locked:
+            raise NsmError("ReadOnlyIndex", "fake")
+        self.registers[index] = extend(self.registers[index], data)
+        return self.registers[index]
 
     def lock_pcr(self, index: int) -> None:
-        pass
+        if index < 16 or index in self.locked:
+            raise NsmError("ReadOnlyIndex", "fake")
+        self.locked.add(index)
 
     def lock_pcrs(self, range_: int) -> None:
         pass

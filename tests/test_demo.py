@@ -34,7 +34,8 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     ):
         assert line in done.stdout
     doc = json.loads((out_dir / "attestation-document-json.json").read_text())
-    assert doc["kind"] == "enclave" and len(doc["pcrs"]) == 16
+    assert doc["kind"] == "enclave" and len(doc["pcrs"]) == 17  # serve locks PCR16 untouched
+    assert doc["pcrs"]["16"] == "00" * 48
     assert (out_dir / "attestation-document.dat").read_text().startswith("hE")  # base64 of 0x84
     assert not (demo_dir / "demo.sock").exists()
     running = subprocess.run(

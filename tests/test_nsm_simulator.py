@@ -448,3 +448,29 @@ def test_oversize_fields_sent_raw_are_refused_by_the_nsm(sim: SimulatedNsm) -> N
     assert cbor2.loads(sim.process(raw)) == {"Error": "InputTooLarge"}
     raw = cbor2.dumps({"ExtendPCR": {"index": 16, "data": b"x" * 4090}})
     assert cbor2.loads(sim.process(raw)) == {"Error": "InputTooLarge"}
+
+
+def test_clock_stepped_back_reissues_the_leaf_and_heals_the_state(tmp_path: Path) -> None:
+    """The host clock ran 23 h ahead (a leaf and an instance CA were issued then), then NTP set
+    it right: documents verify at once, and no CA on disk stays dated in the future."""
+    from nitro_attest.attestation.verifier import Verifier
+
+    real = 1_800_000_000.0
+    clock = Clock(real)
+    sim = make_sim(tmp_path, clock)
+    verifier = Verifier(root_pem=sim.root_pem)
+    clock.t = real + 23 * 3600  # ahead: the instance CA (1 day) is renewed at the wrong time
+    ahead = sim.attestation()
+    assert leaf_of(ahead).not_valid_before_utc > dt.datetime.fromtimestamp(real + 3600, dt.UTC)
+    clock.t = real + 600  # corrected
+    now = dt.datetime.fromtimestamp(clock.t, dt.UTC)
+    doc = sim.attestation()
+    assert leaf_of(doc).not_valid_before_utc <= now
+    verifier.verify(doc, at=now)  # not "not yet valid"
+    state_dir = tmp_path / "state"
+    for level in ("regional", "zonal", "instance"):
+        cert = x509.load_pem_x509_certificate((state_dir / f"{level}.pem").read_bytes())
+        assert cert.not_valid_before_utc <= now, level
+    # a new boot on the corrected clock reads a usable state
+    again = SimulatedNsm.open(state_dir, clock=clock)
+    verifier.verify(again.attestation(), at=now)

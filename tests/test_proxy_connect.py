@@ -199,7 +199,8 @@ def test_names_resolve_per_connection(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [["169.254.169.254"], ["127.0.0.1"], ["10.0.0.5", "::1"], ["fd00:ec2::254"], ["0.0.0.0"]],
+    [["169.254.169.254"], ["127.0.0.1"], ["10.0.0.5", "::1"], ["fd00:ec2::254"], ["0.0.0.0"],
+     ["64:ff9b:1::a9fe:a9fe"], ["64:ff9b:1:a9fe:a9:fe00::"]],  # local-use NAT64 (RFC 8215)
 )
 def test_name_resolving_to_special_address_refused_before_dial(answer: list[str]) -> None:
     net = FakeNet([answer], ("127.0.0.1", 9))

@@ -172,7 +172,7 @@ def test_idle_timeout(tmp_path: Path) -> None:
 
 def test_connection_limit(tmp_path: Path) -> None:
     target = ExchangeTarget(f"unix://{tmp_path}/t.sock", mode="after-eof")
-    config = _config("tcp://127.0.0.1:0", target.bound, max_connections=2)
+    config = _config("tcp://127.0.0.1:0", target.bound, max_connections=2, max_per_peer=0)
     with running_proxy(config) as (address, server, logs):
         first, second = connect(address, timeout=5), connect(address, timeout=5)
         wait_for(lambda: server.active == 2)

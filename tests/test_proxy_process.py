@@ -159,7 +159,8 @@ def test_thousand_concurrent_connections(tmp_path: Path) -> None:
     raise_fd_limit(4096)
     echo = EchoTarget(f"unix://{tmp_path}/echo.sock")
     count = 1000
-    with proxy_process("--listen", "tcp://127.0.0.1:0", "--to", echo.address) as proxy:
+    one_peer = ("--max-per-peer", "0")  # every client is 127.0.0.1
+    with proxy_process("--listen", "tcp://127.0.0.1:0", "--to", echo.address, *one_peer) as proxy:
         clients = [connect(proxy.address, timeout=30) for _ in range(count)]
         try:
             for i, sock in enumerate(clients):

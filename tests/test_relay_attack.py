@@ -118,8 +118,12 @@ def test_relay_oracle_attack_fails(
 def test_control_relay_steals_from_a_signing_oracle(
     sim_state: Path, suite: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Control: against a server that has the NSM sign any caller key, the same relay wins."""
+    """Control: against a server that has the NSM sign any caller key, the same relay wins.
+
+    This one also locks PCR16 untouched without marking it, which nitro-attest's serve never
+    does: the mark holds only for the server code PCR0 measures (test_caller_key_mark.py)."""
     backend = open_backend("simulator", state_dir=sim_state)
+    backend.lock_pcr(16)
 
     def oracle(request: Request) -> Response:
         assert isinstance(request, AttestRequest)

@@ -6,6 +6,7 @@ server's own request log.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_delivers(
     assert out.startswith("DELIVERED 47 bytes") and f"suite {suite}" in out
     assert sim_server.store.secrets == [SECRET]
     assert SECRET.decode() not in out
+    # no digest of the secret: a log reader could test guesses of a low-entropy one
+    digest = hashlib.sha256(SECRET).hexdigest()
+    assert digest[:8] not in out and "sha256" not in out
 
 
 def test_wrong_pcr0_refused_nothing_sent(

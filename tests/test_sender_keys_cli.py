@@ -102,7 +102,7 @@ def test_unsigned_or_unpinned_refused(
     rc = main(_argv(pinned.address, sim_state, tmp_path, *extra))
     out = capsys.readouterr().out
     # Sent, then refused: a refusal is not authenticated, so the client cannot say more.
-    assert rc == 1 and out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
+    assert rc == 3 and out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
     assert "channel_refused" in out
     assert ("unsigned" if sign_with is None else "does not pin") in out
 

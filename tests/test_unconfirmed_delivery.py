@@ -44,7 +44,7 @@ class LyingRelay(Relay):
         return {"v": 1, "type": "error", "code": "channel_refused", "message": message}
 
 
-@pytest.mark.parametrize(("lie", "code"), [("ack", 1), ("refusal", 1), ("garbled", 2)])
+@pytest.mark.parametrize(("lie", "code"), [("ack", 3), ("refusal", 3), ("garbled", 3)])
 def test_forged_answer_after_delivery_is_reported_unconfirmed(
     sim_server: Enclave, sim_state: Path, lie: str, code: int, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -65,3 +65,12 @@ def test_forged_answer_after_delivery_is_reported_unconfirmed(
 def test_refusal_before_anything_was_sent_stays_a_refusal() -> None:
     assert ChannelError("x").sent is False
     assert ChannelError("x", sent=True).sent is True
+
+
+def test_unconfirmed_has_its_own_exit_code_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrapper that retries on 2 (a connection error before sending) must never resend on
+    NOT CONFIRMED: the help says which code is which, and that the store is memory only."""
+    assert main(["send-secret", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "3 NOT CONFIRMED" in text and "(safe to retry)" in text
+    assert "memory only" in text and "Deliver again" in text and "KMS" in text

@@ -48,6 +48,7 @@ class Check(StrEnum):
     DEBUG_MODE = "debug_mode"
     FRESHNESS = "freshness"
     CHANNEL_KEY = "channel_key"
+    CALLER_KEYS = "caller_keys"
 
 
 class VerificationError(NitroAttestError):
@@ -181,6 +182,14 @@ class ChannelKeyError(VerificationError):
     """The document's public_key does not name a usable attested-channel key."""
 
     check = Check.CHANNEL_KEY
+
+
+class CallerKeysError(VerificationError):
+    """The enclave that signed the document attests keys its callers choose (its PCR16 is not
+    untouched and locked: ``serve --allow-caller-public-key``), so the key it names may be the
+    parent's; refused wherever a key the document names is trusted (attestation.caller_keys)."""
+
+    check = Check.CALLER_KEYS
 
 
 class ChannelFailure(StrEnum):

@@ -21,6 +21,7 @@ from nitro_attest._cli.common import (
 from nitro_attest.attestation.report import document_to_json, render_text
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.limits import NSM_FIELD_BYTES
+from nitro_attest.safe_write import UnsafeFolderError
 from nitro_attest.wire.client import (
     DOCUMENT_JSON_FILE,
     ClientError,
@@ -173,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             saved = save_attestation(out_dir, document, {"error": "document could not be decoded"})
             (out_dir / DOCUMENT_JSON_FILE).unlink(missing_ok=True)
             saved = saved[:1]
+    except UnsafeFolderError as exc:
+        raise CliError(f"--out-dir {exc.message}") from None
     except OSError as exc:
         raise CliError(f"{out_dir}: cannot save the document: {exc.strerror or exc}") from None
 

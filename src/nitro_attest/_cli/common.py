@@ -13,6 +13,7 @@ from nitro_attest.errors import FormatError, NitroAttestError, UsageError, Verif
 EXIT_OK = 0
 EXIT_REJECTED = 1  # the input was read and checked, and the answer is no
 EXIT_USAGE = 2  # the check could not be made: usage, I/O, connection, configuration
+EXIT_UNCONFIRMED = 3  # send-secret: sent, not acknowledged; never retry blindly on it
 
 ERROR_PREFIX = "nitro-attest: error: "
 

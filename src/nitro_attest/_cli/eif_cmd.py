@@ -23,6 +23,7 @@ from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
 from nitro_attest.eif.metadata import describe_metadata
 from nitro_attest.eif.signature import certificate_info
+from nitro_attest.safe_write import UnsafeFolderError, write_file
 
 
 def register(sub: Any) -> None:
@@ -175,7 +176,9 @@ def run_measure(args: argparse.Namespace) -> int:
     text = json.dumps({"Measurements": measurements_json(info)}, indent=2)
     if args.write_expected:
         try:
-            Path(args.write_expected).write_text(text + "\n")
+            write_file(args.write_expected, text.encode() + b"\n")
+        except UnsafeFolderError as exc:
+            raise CliError(f"--write-expected {exc.message}") from None
         except OSError as exc:
             raise CliError(f"{args.write_expected}: cannot write: {exc.strerror or exc}") from None
     print(text)

@@ -28,6 +28,7 @@ from nitro_attest.proxy.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    default_max_per_peer,
 )
 from nitro_attest.wire.transport import AddressError, parse_address
 
@@ -73,7 +74,12 @@ def register(sub: Any) -> None:
     _number(
         p, "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "N", "open at once; more are refused"
     )
-    _number(p, "--max-per-peer", int, 0, "N", "open at once from one IP, CID or uid; 0: no limit")
+    p.add_argument(
+        "--max-per-peer", type=int, default=None, metavar="N",
+        help="open at once from one IP, CID or uid; 0: no limit (default a quarter of "
+        f"--max-connections: {default_max_per_peer(DEFAULT_MAX_CONNECTIONS)}; raise it behind a "
+        "load balancer that hides client addresses)",
+    )
     _number(
         p, "--idle-timeout", float, DEFAULT_IDLE_TIMEOUT, "S", "close a tunnel silent this long"
     )

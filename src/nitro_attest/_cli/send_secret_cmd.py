@@ -9,7 +9,7 @@ from typing import Any, cast
 from nitro_attest._cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
-    EXIT_USAGE,
+    EXIT_UNCONFIRMED,
     CliError,
     error_json,
     print_error,
@@ -30,9 +30,16 @@ The enclave answers with a fresh attestation document whose public_key names its
 verifies: chain to the root, every PCR expectation, the nonce, the debug rule. Nothing is sent
 when any check fails. At most {MAX_SECRET_BYTES} bytes.
 
-exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify: nothing sent),
-or NOT CONFIRMED (sent, then refused or acknowledged wrongly: only a matching acknowledgement is
-authenticated, so the enclave may hold the secret); 2 usage or I/O error.
+exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or refused
+before anything was sent: nothing sent); 2 usage, I/O or connection error before anything was
+sent (safe to retry); 3 NOT CONFIRMED: the sealed message was sent, then the answer was a
+refusal, a wrong acknowledgement, a broken answer or none (only a matching acknowledgement is
+authenticated, so the enclave may hold the secret: check before sending it again).
+
+The enclave's default secret store (InMemorySecretStore) lives in its memory only: when the
+parent restarts the enclave, every delivered secret is gone and the enclave comes back with new
+channel keys. Deliver again after each start (a wrapper that watches the enclave), or have the
+enclave fetch what it needs itself from AWS KMS with its attestation (docs/channel.md).
 
 examples:
   nitro-attest send-secret --connect vsock://16:5005 --file model.key \\
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             )
             message = f"{args.connect}: not confirmed (sent): {exc.message}"
             _outcome(args, text, sent=True, error=error_json(message, "acknowledgement"))
-            return EXIT_USAGE if exc.reason == "transport" else EXIT_REJECTED
+            return EXIT_UNCONFIRMED
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
         message = f"{args.connect}: refused: {exc.message}"
@@ -183,6 +190,5 @@ def delivered_line(receipt: channel_client.Receipt) -> str:
     signed = f"signed by {receipt.signer.hex()[:16]}" if receipt.signer else "unsigned"
     return (
         f"DELIVERED {receipt.size} bytes to {doc.kind.value} {doc.module_id} "
-        f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}; "
-        f"secret sha256 {receipt.sha256.hex()}"
+        f"(suite {receipt.suite.label}, {measured}); acknowledged; {signed}"
     )

@@ -20,7 +20,7 @@ from nitro_attest.channel.signing import (
     key_id,
     load_public_key,
 )
-from nitro_attest.errors import ChannelKeyError
+from nitro_attest.errors import ChannelKeyError, ConfigurationError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
 from nitro_attest.wire.admission import (
@@ -28,7 +28,7 @@ from nitro_attest.wire.admission import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
+from nitro_attest.wire.server import DEFAULT_DRAIN_TIMEOUT, EnclaveServer, nsm_handlers, serve
 from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
@@ -44,13 +44,20 @@ An attest request naming its own public_key is refused (error public_key_refused
 --allow-caller-public-key is given: with it, ANYONE WHO REACHES THE PORT gets any key of their
 choosing attested by this enclave's NSM, so such a document proves nothing about who holds the
 key (docs/threat-model.md). A key in the attested-channel format (NAHPKE...) is refused even then.
+To say so, serve first extends PCR16 with a fixed label and locks it: EVERY document of this
+enclave boot then carries that mark, its channel's included, and nitro-attest's relying parties
+(send-secret, the https client, the verification service, kms policy's PCR16 condition) refuse
+it. Use the opt-in only for an enclave that nothing trusts for a key of its own. Without the
+opt-in serve locks PCR16 untouched, the value those relying parties require; serve refuses to
+start with the opt-in when PCR16 is already locked with another value.
 
 With --sender-key PEM (repeatable; Ed25519 or P-256, baked into the image so PCR0 measures it)
 a sealed message is accepted only when signed by one of those keys (send-secret --sign-with).
 Without it, every delivery comes from an unauthenticated sender, possibly the parent instance.
 
 One log line per request goes to stderr (sizes and hashes only, never the values).
-SIGTERM or Ctrl-C stops the server cleanly and removes its Unix socket file.
+SIGTERM or Ctrl-C stops the server cleanly: it accepts nothing more, answers the requests it
+already received (up to --drain-timeout), then closes and removes its Unix socket file.
 """
 
 
@@ -101,6 +108,14 @@ def register(sub: Any) -> None:
         f"for a newcomer (default {DEFAULT_MAX_CONNECTIONS})",
     )
     p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, answer requests already received for up to this long before closing "
+        f"(default {DEFAULT_DRAIN_TIMEOUT:g}; 0 drops them at once)",
+    )
+    p.add_argument(
         "--socket-mode",
         default=f"{DEFAULT_SOCKET_MODE:04o}",
         metavar="OCTAL",
@@ -116,7 +131,8 @@ def register(sub: Any) -> None:
         "--allow-caller-public-key",
         action="store_true",
         help="let attest requests name their own public_key: anyone who reaches the port then "
-        "gets any key attested by this enclave (never a channel-shaped key)",
+        "gets any key attested by this enclave (never a channel-shaped key). PCR16 is marked and "
+        "locked first, so every document says so and our relying parties refuse them all",
     )
     p.add_argument(
         "--sender-key",
@@ -204,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--read-timeout must be a positive number of seconds")
     if not args.frame_deadline > 0:
         raise CliError("--frame-deadline must be a positive number of seconds")
+    if not 0 <= args.drain_timeout < float("inf"):
+        raise CliError("--drain-timeout must be zero or more seconds")
     socket_mode = parse_socket_mode(args.socket_mode)
     if args.metrics:
         observe.parse_host_port(args.metrics)  # refused before anything starts
@@ -215,7 +233,11 @@ def run(args: argparse.Namespace) -> int:
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
     log_handler = _configure_logging(args.log_format)
     allow_key = bool(args.allow_caller_public_key)
-    handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
+    try:  # settles PCR16 (the caller-key mark) before anything is served
+        handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
+    except (ConfigurationError, NsmError) as exc:
+        backend.close()
+        raise CliError(f"--allow-caller-public-key: {exc}" if allow_key else str(exc)) from None
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
         try:
             receiver = ChannelReceiver(senders=senders)
@@ -228,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
         _log_senders(senders)
     if allow_key:
         logging.getLogger("nitro_attest.wire.server").warning(
-            "--allow-caller-public-key: anyone who reaches this port gets any public key attested"
+            "--allow-caller-public-key: anyone who reaches this port gets any public key "
+            "attested; PCR16 marked and locked, so relying parties refuse every document"
         )
     servers: list[EnclaveServer] = []
     endpoint = None
@@ -245,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 socket_mode=socket_mode,
                 request_log=log_handler,
                 created=servers.append,
+                drain_timeout=args.drain_timeout,
             )
         )
     except AddressError as exc:

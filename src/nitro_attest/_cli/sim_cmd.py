@@ -30,6 +30,7 @@ from nitro_attest.nsm.simulator.state import (
     init_state,
     random_instance_id,
 )
+from nitro_attest.safe_write import UnsafeFolderError, write_file
 
 _EPILOG = """\
 The simulator signs documents with its own CA hierarchy (root CN=aws.nitro-enclaves.SIMULATED),
@@ -236,7 +237,9 @@ def run_attest(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if args.out:
         try:
-            Path(args.out).write_bytes(doc)
+            write_file(args.out, doc)
+        except UnsafeFolderError as exc:
+            raise CliError(f"--out {exc.message}") from None
         except OSError as exc:
             raise CliError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
         print(f"wrote {len(doc)} bytes to {args.out}", file=sys.stderr)
@@ -285,7 +288,9 @@ def run_measurements(args: argparse.Namespace) -> int:
         path = Path(args.write_expected)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_file(path, text.encode())
+        except UnsafeFolderError as exc:
+            raise CliError(f"--write-expected {exc.message}") from None
         except OSError as exc:
             raise CliError(f"{path}: cannot write: {exc.strerror or exc}") from None
     sys.stdout.write(text)

@@ -16,12 +16,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from nitro_attest.attestation.caller_keys import (
+    CALLER_KEY_PCR,
+    MARKED_PCR_VALUE,
+    signs_caller_keys,
+)
 from nitro_attest.attestation.document import (
     PCR_LENGTHS,
     AttestationDocument,
     DocumentKind,
 )
 from nitro_attest.errors import (
+    CallerKeysError,
     DebugModeError,
     DocumentKindError,
     NonceMismatchError,
@@ -49,6 +55,9 @@ class Policy:
     are signed under the AWS root, and their PCRs mean different things).
     ``pcr_sets``: the document must match every PCR of at least one set (a release and its
     successor, say). An empty tuple means PCRs are not checked.
+    ``refuse_caller_keys``: the document must come from an enclave that attests only keys it
+    holds (PCR16 untouched and locked, ``attestation.caller_keys``); set by every relying party
+    that trusts the key a document names (the channel sender).
     """
 
     pcr_sets: tuple[PcrSet, ...] = ()
@@ -59,6 +68,7 @@ class Policy:
     allow_debug: bool = False
     clock_skew: float = DEFAULT_CLOCK_SKEW
     kind: DocumentKind = DocumentKind.ENCLAVE
+    refuse_caller_keys: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", document_kind(self.kind))
@@ -95,6 +105,7 @@ class Policy:
         allow_debug: bool = False,
         clock_skew: float = DEFAULT_CLOCK_SKEW,
         kind: DocumentKind | str = DocumentKind.ENCLAVE,
+        refuse_caller_keys: bool = False,
     ) -> Policy:
         """Build from the keyword arguments ``Verifier.verify`` takes."""
         if expected_pcrs is None:
@@ -109,7 +120,7 @@ class Policy:
                 raise PolicyError("expected_pcrs is an empty list; give at least one PCR set")
         return cls(
             sets, nonce, user_data, public_key, max_age, allow_debug, clock_skew,
-            document_kind(kind),
+            document_kind(kind), refuse_caller_keys,
         )
 
 
@@ -172,14 +183,16 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
     """Parse nitro-cli's build-enclave JSON ({"Measurements": {"PCR0": hex, ...}}).
 
     Also accepted: a bare {"PCR0": hex, ...} object, and a JSON list of either form, each entry
-    an allowed PCR set. Unknown keys inside Measurements are errors (a typo must not drop a PCR).
+    an allowed PCR set. Unknown keys inside Measurements, keys beside it and duplicate keys are
+    errors (a typo must not drop a PCR); the JSON is read strictly (codec.strict_json).
     """
-    import json  # here, not at the top: verifying with no measurements file never needs it
+    # here, not at the top: verifying with no measurements file never needs it
+    from nitro_attest.codec.strict_json import JsonFormatError, loads
 
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{source}: not valid JSON ({exc})") from None
+        data = loads(text)
+    except JsonFormatError as exc:
+        raise PolicyError(f"{source}: {exc.message}") from None
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise PolicyError(f"{source}: empty list of measurements")
@@ -188,6 +201,12 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
+        beside = sorted(str(k) for k in entry if k != "Measurements")
+        if "Measurements" in entry and beside:  # {"Measurements": {..}, "PCR8": ..} drops PCR8
+            raise PolicyError(
+                f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in beside[:3])} beside "
+                "'Measurements' (put every PCR inside it)"
+            )
         sets.append(parse_measurements_object(entry.get("Measurements", entry), where))
     return sets
 
@@ -315,6 +334,33 @@ def check_nonce(doc: AttestationDocument, policy: Policy) -> str | None:
 def check_public_key(doc: AttestationDocument, policy: Policy) -> str | None:
     """The document carries exactly the expected public key; None when none is expected."""
     return _check_field("public_key", doc.public_key, policy.public_key, PublicKeyMismatchError)
+
+
+def check_caller_keys(doc: AttestationDocument, policy: Policy) -> str | None:
+    """Refuse a document from an enclave that may attest keys its callers chose (fails closed:
+    PCR16 absent, marked or anything but untouched)."""
+    if not policy.refuse_caller_keys:
+        return None
+    if doc.kind is DocumentKind.NITROTPM:  # its PCR16 is the TPM's resettable debug PCR
+        return "NitroTPM document: signed for the instance's TPM, never by an enclave's NSM"
+    pcr = f"PCR{CALLER_KEY_PCR}"
+    value = doc.pcrs.get(CALLER_KEY_PCR)
+    if not signs_caller_keys(doc.pcrs):
+        return f"{pcr} untouched and locked: the enclave attests only keys it holds"
+    if value is None:
+        raise CallerKeysError(
+            f"{pcr} absent: the enclave did not lock it untouched, so the key this document names "
+            "may be one a caller chose (nitro-attest serve locks it at start)"
+        )
+    if value == MARKED_PCR_VALUE:
+        raise CallerKeysError(
+            f"{pcr} carries the caller-chosen-keys mark: this enclave runs serve "
+            "--allow-caller-public-key, so the key this document names may be the parent's own"
+        )
+    raise CallerKeysError(
+        f"{pcr} is {_short(value)}, not untouched: the key this document names may be one a "
+        "caller chose"
+    )
 
 
 def check_freshness(doc: AttestationDocument, policy: Policy, at: float) -> str | None:

@@ -26,6 +26,7 @@ CHECK_LABELS = {
     "user_data": "User Data",
     "nonce": "Nonce",
     "public_key": "Public Key",
+    "caller_keys": "Enclave's Own Keys Only (PCR16)",
     "freshness": "Freshness",
 }
 

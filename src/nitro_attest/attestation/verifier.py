@@ -20,6 +20,7 @@ from nitro_attest.attestation.document import AttestationDocument, DocumentKind,
 from nitro_attest.attestation.policy import (
     PcrSpec,
     Policy,
+    check_caller_keys,
     check_debug,
     check_freshness,
     check_kind,
@@ -49,6 +50,7 @@ class Expectations(TypedDict, total=False):
     max_age: float | None
     allow_debug: bool
     kind: DocumentKind | str
+    refuse_caller_keys: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,7 @@ _PAYLOAD_STEPS: tuple[tuple[str, _Step], ...] = (
     ("user_data", lambda v, d, p, at: check_user_data(d, p)),
     ("nonce", lambda v, d, p, at: check_nonce(d, p)),
     ("public_key", lambda v, d, p, at: check_public_key(d, p)),
+    ("caller_keys", lambda v, d, p, at: check_caller_keys(d, p)),
     ("freshness", lambda v, d, p, at: check_freshness(d, p, at)),
 )
 _STEPS = _AUTH_STEPS + _PAYLOAD_STEPS
@@ -207,13 +210,14 @@ def _policy(
     max_age: float | None = None,
     allow_debug: bool = False,
     kind: DocumentKind | str | None = None,
+    refuse_caller_keys: bool = False,
 ) -> Policy:
     loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
     if policy is not None:
-        if any(v is not None for v in loose) or allow_debug:
+        if any(v is not None for v in loose) or allow_debug or refuse_caller_keys:
             raise PolicyError("give either policy= or the individual expectations, not both")
         return policy
-    if isinstance(allow_debug, bool) and all(v is None for v in loose):
+    if isinstance(allow_debug, bool) and not refuse_caller_keys and all(v is None for v in loose):
         return _NO_EXPECTATIONS[allow_debug]
     return Policy.build(
         expected_pcrs=expected_pcrs,
@@ -223,6 +227,7 @@ def _policy(
         max_age=max_age,
         allow_debug=allow_debug,
         kind=DocumentKind.ENCLAVE if kind is None else kind,
+        refuse_caller_keys=bool(refuse_caller_keys),
     )
 
 

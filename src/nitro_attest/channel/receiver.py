@@ -55,11 +55,9 @@ from nitro_attest.wire.protocol import (
     RequestHandler,
     Response,
 )
-from nitro_attest.wire.server import check_caller_public_key
+from nitro_attest.wire.server import PcrRegisters, check_caller_public_key, settle_caller_key_pcr
 
 log = logging.getLogger("nitro_attest.channel")
-
-
 
 class Attester(Protocol):
     """The part of an NSM backend the channel needs."""
@@ -71,6 +69,10 @@ class Attester(Protocol):
         nonce: bytes | None = None,
         public_key: bytes | None = None,
     ) -> bytes: ...
+
+
+class ServingNsm(Attester, PcrRegisters, Protocol):
+    """What ``channel_handlers`` needs: documents, and PCR16 to mark them (wire.server)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +321,7 @@ def _refusal(exc: ChannelError) -> ProtocolError:
 
 def channel_handlers(
     receiver: ChannelReceiver,
-    nsm: Attester,
+    nsm: ServingNsm,
     *,
     key_in_attest: bool = True,
     allow_caller_public_key: bool = False,
@@ -330,8 +332,11 @@ def channel_handlers(
     no public_key of its own gets a document naming the enclave's default channel key (and its
     nonce is remembered), so every document the enclave hands out carries its channel key. A
     request with its own public_key is refused unless ``allow_caller_public_key`` (and a
-    channel-shaped one always is): see ``wire.server.check_caller_public_key``.
+    channel-shaped one always is): see ``wire.server.check_caller_public_key``. PCR16 is settled
+    first, as ``nsm_handlers`` does (``wire.server.settle_caller_key_pcr``): with the opt-in every
+    document, the channel's own included, carries the caller-key mark and senders refuse it.
     """
+    settle_caller_key_pcr(nsm, allow=allow_caller_public_key)
 
     def channel_attest(request: Request) -> Response:
         assert isinstance(request, ChannelAttestRequest)

@@ -170,6 +170,7 @@ def deliver_secret(
         max_age=max_age,
         allow_debug=allow_debug,
         kind=kind,
+        refuse_caller_keys=True,  # a key an oracle enclave named may be the parent's own
     )
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key

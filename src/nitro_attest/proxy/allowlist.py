@@ -74,6 +74,8 @@ def parse_allowlist(data: bytes) -> Allowlist:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise AllowlistError(f"not valid YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise AllowlistError("not a usable allowlist: YAML nested too deeply") from None
     if not isinstance(document, dict) or set(document) != {"allowlist"}:
         raise AllowlistError("expected one top-level key, 'allowlist: [{address:, port:}, ...]'")
     items = document["allowlist"]

@@ -13,6 +13,9 @@ __all__ = ["Host", "HostSyntaxError", "IPAddress", "parse_host", "refused_for_na
 _AWS_INSTANCE_SERVICES = ipaddress.ip_network("fd00:ec2::/32")  # IPv6 metadata, DNS, time
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # DNS64 answers embed the IPv4 address they reach
+# RFC 8215's local-use NAT64 prefix: where the IPv4 address sits depends on the prefix length the
+# operator chose (/48../96, RFC 6052), so the address it reaches cannot be told: refused whole.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def refused_for_names(ip: IPAddress) -> str | None:
@@ -22,6 +25,8 @@ def refused_for_names(ip: IPAddress) -> str | None:
             return refused_for_names(ip.ipv4_mapped)
         if ip in _NAT64:
             return refused_for_names(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _NAT64_LOCAL:
+            return "local-use NAT64 (the IPv4 address it reaches cannot be told)"
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local or ip in _AWS_INSTANCE_SERVICES:

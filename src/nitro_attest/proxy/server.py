@@ -57,6 +57,12 @@ _LINGER_SECONDS = 1.0  # after an error answer, read and drop input briefly so t
 _LINGER_BYTES = 1 << 16
 
 
+def default_max_per_peer(max_connections: int) -> int:
+    """A quarter of the connections: one client (one IP, CID or uid) cannot hold every slot,
+    and an enclave's own outbound connections (one CID) still get hundreds at the default."""
+    return max(1, max_connections // 4)
+
+
 class ProxyConfigError(UsageError):
     """The proxy's configuration is unusable; one line saying which option."""
 
@@ -68,7 +74,7 @@ class ProxyConfig:
     allowlist: Allowlist | None = None
     unsafe_any_host: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_per_peer: int = 0  # 0: no per-peer limit
+    max_per_peer: int | None = None  # None: default_max_per_peer(max_connections); 0: no limit
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -84,7 +90,9 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ProxyConfigError("--max-connections must be at least 1")
-        if self.max_per_peer < 0:
+        if self.max_per_peer is None:
+            object.__setattr__(self, "max_per_peer", default_max_per_peer(self.max_connections))
+        elif self.max_per_peer < 0:
             raise ProxyConfigError("--max-per-peer must be 0 (no limit) or more")
         for name in ("idle_timeout", "connect_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
@@ -119,6 +127,7 @@ class _Record:
     started: float
     target: str = "-"
     address: str = ""
+    early: int = 0  # bytes sent after the CONNECT head, forwarded before the tunnel started
     tunnel: Tunnel | None = field(default=None, repr=False)
 
 
@@ -263,6 +272,7 @@ class ProxyServer:
             if leftover:  # bytes the client sent after its CONNECT head, before our 200
                 async with asyncio.timeout(self.config.connect_timeout):
                     await self._loop.sock_sendall(dialled.sock, leftover)
+                record.early = len(leftover)
             tunnel = Tunnel(
                 self._loop,
                 client,
@@ -297,7 +307,7 @@ class ProxyServer:
             else:
                 close_quietly(client)
                 close_quietly(dialled.sock if dialled is not None else None)
-            up = record.tunnel.up.count if record.tunnel is not None else 0
+            up = record.early + (record.tunnel.up.count if record.tunnel is not None else 0)
             down = record.tunnel.down.count if record.tunnel is not None else 0
             self._log(record, up, down, reason)
 

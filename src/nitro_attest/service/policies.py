@@ -16,6 +16,7 @@ from typing import Any
 
 from nitro_attest import Policy, PolicyError
 from nitro_attest.attestation.policy import PcrSet, document_kind, parse_expected_measurements
+from nitro_attest.codec import strict_json
 
 MAX_POLICIES_FILE = 1024 * 1024
 KINDS = ("enclave", "nitrotpm")
@@ -60,10 +61,10 @@ def load_policies(path: str | Path) -> PolicySet:
 
 
 def parse_policies(raw: bytes, source: str = "policies") -> PolicySet:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{source}: not valid JSON ({exc})") from None
+    try:  # strict: a duplicate key, NaN or deep nesting is refused, never half-read
+        data = strict_json.loads(raw)
+    except strict_json.JsonFormatError as exc:
+        raise PolicyError(f"{source}: {exc.message}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: expected a JSON object")
     unknown = set(data) - {"default", "policies"}

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from nitro_attest.errors import TransportError
+from nitro_attest.safe_write import write_file
 from nitro_attest.wire import protocol
 from nitro_attest.wire.protocol import (
     AttestationResponse,
@@ -318,10 +319,13 @@ def describe_enclave(address: str, *, timeout: float = 10.0) -> DescriptionRespo
 
 
 def save_attestation(out_dir: Path, document: bytes, document_json: dict[str, Any]) -> list[Path]:
-    """Write the tutorial's two output files; return their paths."""
+    """Write the tutorial's two output files; return their paths.
+
+    Never through a link planted in ``out_dir``, never into a folder another user controls
+    (``safe_write``: raises UnsafeFolderError, or OSError).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    dat = out_dir / DOCUMENT_FILE
-    js = out_dir / DOCUMENT_JSON_FILE
-    dat.write_text(base64.b64encode(document).decode("ascii") + "\n")
-    js.write_text(json.dumps(document_json, indent=2) + "\n")
+    dat = write_file(out_dir / DOCUMENT_FILE, base64.b64encode(document) + b"\n")
+    decoded = json.dumps(document_json, indent=2).encode() + b"\n"
+    js = write_file(out_dir / DOCUMENT_JSON_FILE, decoded)
     return [dat, js]

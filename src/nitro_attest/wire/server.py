@@ -15,16 +15,27 @@ One log write per turn instead of one per request is most of what batching saves
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import signal
+import termios
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from nitro_attest.attestation.caller_keys import (
+    CALLER_KEY_LABEL,
+    CALLER_KEY_PCR,
+    MARKED_PCR_VALUE,
+    PRISTINE_PCR_VALUE,
+)
+from nitro_attest.errors import ConfigurationError
 from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
 from nitro_attest.wire import protocol
@@ -102,6 +113,57 @@ def check_caller_public_key(public_key: bytes | None, *, allow: bool) -> None:
         )
 
 
+class PcrRegisters(Protocol):
+    """The part of an NSM backend that marks documents (``settle_caller_key_pcr``)."""
+
+    def describe_pcr(self, index: int) -> PcrDescription: ...
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes: ...
+
+    def lock_pcr(self, index: int) -> None: ...
+
+
+def settle_caller_key_pcr(nsm: PcrRegisters, *, allow: bool) -> None:
+    """Lock PCR16 so every document says whether this enclave attests caller-chosen keys.
+
+    ``allow``: extend it with the caller-key label, then lock it (attestation.caller_keys); if
+    it is already locked with any other value, raise ConfigurationError: the enclave could not
+    say so. Otherwise lock it untouched, so documents carry the value relying parties require;
+    a PCR16 already marked or holding another value is left alone with a warning (our relying
+    parties refuse those documents). Idempotent; the NSM's own errors pass as NsmError.
+    """
+    pcr = f"PCR{CALLER_KEY_PCR}"
+    want = MARKED_PCR_VALUE if allow else PRISTINE_PCR_VALUE
+    now = nsm.describe_pcr(CALLER_KEY_PCR)
+    if now.locked and now.data == want:
+        return
+    if not allow:
+        if now.locked or now.data != PRISTINE_PCR_VALUE:
+            what = "the caller-key mark" if now.data == MARKED_PCR_VALUE else "another value"
+            log.warning(
+                "%s holds %s (%s): nitro-attest's relying parties refuse this enclave's "
+                "documents until it restarts", pcr, what, "locked" if now.locked else "unlocked",
+            )  # fmt: skip
+            return
+        nsm.lock_pcr(CALLER_KEY_PCR)
+    else:
+        if now.locked or now.data not in (PRISTINE_PCR_VALUE, MARKED_PCR_VALUE):
+            raise ConfigurationError(
+                f"{pcr} is {'locked' if now.locked else 'already extended'} with a value other "
+                f"than the caller-key mark ({now.data.hex()[:16]}...): this enclave cannot mark "
+                "its documents, so it will not attest caller-chosen keys"
+            )
+        if now.data == PRISTINE_PCR_VALUE:
+            nsm.extend_pcr(CALLER_KEY_PCR, CALLER_KEY_LABEL)
+        nsm.lock_pcr(CALLER_KEY_PCR)
+    done = nsm.describe_pcr(CALLER_KEY_PCR)  # another extend may have raced ours
+    if not (done.locked and done.data == want):
+        raise ConfigurationError(
+            f"{pcr} ended {'locked' if done.locked else 'unlocked'} at {done.data.hex()[:16]}..., "
+            f"not the expected {'caller-key mark' if allow else 'untouched value'}"
+        )
+
+
 def nsm_handlers(
     backend: NsmBackend, *, allow_caller_public_key: bool = False
 ) -> dict[str, RequestHandler]:
@@ -109,8 +171,11 @@ def nsm_handlers(
 
     ``allow_caller_public_key`` lets an `attest` request name its own public_key: anyone who
     reaches the server then gets any key attested, so such a document proves nothing about who
-    holds the key. Channel-shaped keys are refused regardless.
+    holds the key. Channel-shaped keys are refused regardless. Either way PCR16 is settled
+    first (``settle_caller_key_pcr``): marked and locked with the opt-in, locked untouched
+    without, so no document of an oracle enclave passes for one naming the enclave's own key.
     """
+    settle_caller_key_pcr(backend, allow=allow_caller_public_key)
 
     def attest(request: Request) -> Response:
         assert isinstance(request, AttestRequest)
@@ -238,13 +303,17 @@ class EnclaveServer:
         self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
         return self._address
 
-    async def close(self) -> None:
-        """Stop accepting, drop open connections, remove our Unix socket file."""
+    async def close(self, *, drain: float = 0.0) -> None:
+        """Stop accepting; for up to ``drain`` seconds answer every request already received
+        (buffered, or waiting in the kernel) and close each connection once it has nothing left
+        to answer; then drop what remains and remove our Unix socket file."""
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
+        if drain > 0 and self._connections:
+            await self._drain(drain)
         for conn in list(self._connections):
             conn.abort()
         for _ in range(8):  # let the transports run their connection_lost callbacks
@@ -253,6 +322,19 @@ class EnclaveServer:
             await self._server.wait_closed()
             self._server = None
         self._remove_unix_socket()
+
+    async def _drain(self, deadline: float) -> None:
+        assert self._loop is not None
+        until = self._loop.time() + deadline
+        while self._connections and self._loop.time() < until:
+            for conn in list(self._connections):
+                conn.close_if_done()
+            await asyncio.sleep(_DRAIN_POLL)
+        if self._connections:
+            log.warning(
+                "%d connection(s) still busy after the %gs drain deadline: dropped",
+                len(self._connections), deadline,
+            )  # fmt: skip
 
     def _remove_unix_socket(self) -> None:
         if self._address is None or self._address.scheme != "unix" or self._unix_inode is None:
@@ -397,11 +479,29 @@ class EnclaveServer:
         except ProtocolError as exc:
             return protocol.error_for(exc)
         except Exception as exc:
-            log.error("%s handler %s failed: %s", peer, request.TYPE, type(exc).__name__)
+            log.error("%s handler %s failed: %s", peer, request.TYPE, _failure(exc))
             return _INTERNAL_ERROR
 
 
+def _failure(exc: Exception) -> str:
+    """What the log says about a handler's unexpected exception: its class, and for an OSError
+    the errno, its text and the path, which say what the operator must fix ("No space left on
+    device"). Never the exception's own message: it may quote request data. The client gets
+    only "internal"."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return type(exc).__name__
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = "".join(
+        f": {os.fsdecode(p) if isinstance(p, str | bytes | os.PathLike) else str(p)!r}"
+        for p in paths
+    )  # repr: a path is text from anywhere, never a second log line
+    return f"{type(exc).__name__} [{name}] {exc.strerror or os.strerror(exc.errno)}{where}"
+
+
 _FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
+DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds SIGTERM waits for requests already received
+_DRAIN_POLL = 0.01
 _BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
 _TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
 _INTERNAL_ERROR = ErrorResponse("internal", "the enclave failed to answer this request")
@@ -578,10 +678,36 @@ class _Connection(asyncio.BufferedProtocol, Member):
             self._transport.write(last)
         self._transport.close()
 
+    def close_if_done(self) -> None:
+        """While the server drains: close once nothing received is left to answer, nothing is
+        left to send, and the kernel holds no unread bytes (a request that arrived counts)."""
+        transport = self._transport
+        if self.closing_since is not None or transport is None:
+            return
+        if self._buf or self._answering or self._paused or transport.get_write_buffer_size():
+            return
+        if _unread_bytes(transport):
+            self._set_reading(True)  # read it: it is answered like any other request
+            return
+        self.finish(None)
+
     def abort(self) -> None:
         self._server._table.remove(self)
         if self._transport is not None:
             self._transport.abort()
+
+
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes the kernel received on this connection that we have not read (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
+    except OSError:
+        return 0
+    return buf[0]
 
 
 async def serve(
@@ -596,8 +722,10 @@ async def serve(
     socket_mode: int = DEFAULT_SOCKET_MODE,
     request_log: RequestLog | None = None,
     created: Callable[[EnclaveServer], None] | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly.
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly: requests already
+    received are answered for up to ``drain_timeout`` seconds before connections close.
 
     ``request_log`` takes the line per request (default: INFO records of this module's logger);
     ``created`` is handed the server before it listens (its counters feed ``serve --metrics``).
@@ -639,4 +767,4 @@ async def serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-        await server.close()
+        await server.close(drain=drain_timeout)

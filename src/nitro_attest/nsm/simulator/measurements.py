@@ -1,7 +1,9 @@
 """Reading nitro-cli build-enclave measurements, and PCR arithmetic shared by the simulator.
 
 build-enclave prints ``{"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": hex96,
-"PCR1": ..., "PCR2": ..., ["PCR8": ...]}}``; ``nitro-cli describe-eif`` carries the same object.
+"PCR1": ..., "PCR2": ..., ["PCR8": ...]}}``. ``nitro-cli describe-eif`` carries the same object
+among other keys: give that object alone (``jq '{Measurements}'``), since keys beside
+``Measurements`` are refused (a stray ``"PCR8"`` there must not be dropped).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ class SimulatedNsm:
         self._locked = set(BOOT_LOCKED)
 
         self._leaf_key: ec.EllipticCurvePrivateKey | None = None
-        self._leaf_not_after = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._leaf_not_before = self._leaf_not_after = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._head = b""  # payload bytes before the timestamp value
         self._pcr_kv = b""  # "pcrs" key and map, rebuilt when the locked set changes
         self._certs_kv = b""  # certificate and cabundle keys and values
@@ -161,9 +161,13 @@ class SimulatedNsm:
     def _ensure_leaf(self) -> None:
         now = self._clock()
         t = dt.datetime.fromtimestamp(now, dt.UTC)
-        if self._leaf_key is not None and t + LEAF_RENEW_MARGIN < self._leaf_not_after:
+        if (
+            self._leaf_key is not None
+            and self._leaf_not_before <= t  # a clock stepped back makes the leaf "not yet valid"
+            and t + LEAF_RENEW_MARGIN < self._leaf_not_after
+        ):
             return
-        self._state.renew(now)
+        self._state.renew(now)  # re-issues, on disk too, any CA not valid at t (future ones too)
         cert, key = issue_leaf(
             self._state.chain["instance"],
             module_id=self.module_id,
@@ -172,7 +176,8 @@ class SimulatedNsm:
             now=t,
         )
         self._leaf_key = key
-        self._leaf_not_after = t.replace(microsecond=0) + LEAF_LIFETIME
+        self._leaf_not_before = t.replace(microsecond=0)
+        self._leaf_not_after = self._leaf_not_before + LEAF_LIFETIME
         # Indefinite-length payload map (bf .. ff), as the NSM has emitted since 2025-08.
         self._head = (
             b"\xbf"

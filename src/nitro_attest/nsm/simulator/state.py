@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -206,10 +207,27 @@ def _open_dir(path: Path) -> int:
         raise SimulatorStateError(f"{path}: cannot open: {exc.strerror or exc}") from None
 
 
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and any missing parent as 0700 whatever the umask (``mkdir(parents=True,
+    mode=...)`` gives the parents the umask's default, 0777 under umask 000). Folders that
+    exist are left as they are."""
+    missing: list[Path] = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process: theirs to set
+            continue
+        os.chmod(folder, 0o700, follow_symlinks=False)
+
+
 def _ensure_dir(path: Path) -> None:
     _refuse_symlink(path)
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_private_dirs(path)
     except OSError as exc:
         raise SimulatorStateError(
             f"{path}: cannot create state folder: {exc.strerror or exc}"
@@ -492,10 +510,31 @@ def _init_locked(path: Path, config: SimulatorConfig, t: dt.datetime) -> Simulat
     return SimulatorState(path, config, chain)
 
 
+def _check_private(path: Path) -> None:
+    """The state holds CA private keys: refuse a folder another user owns or may enter, since
+    they could have swapped in a state whose keys they know (checked on the folder opened)."""
+    fd = _open_dir(path)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != os.geteuid():
+        raise SimulatorStateError(
+            f"{path}: belongs to uid {st.st_uid}, not to this user: another user could have put "
+            "their own CA keys there; use a state folder of your own (sim init --state DIR)"
+        )
+    if st.st_mode & 0o077:
+        raise SimulatorStateError(
+            f"{path}: mode {stat.S_IMODE(st.st_mode):04o}, but a simulator state holds CA "
+            f"private keys and must be 0700 (chmod 700 {path})"
+        )
+
+
 def load_state(path: Path) -> SimulatorState:
     _refuse_symlink(path)
     if not path.is_dir():
         raise SimulatorStateError(f"{path}: no simulator state (run `nitro-attest sim init`)")
+    _check_private(path)
     with _locked(path, exclusive=False):
         return _load_locked(path)
 
