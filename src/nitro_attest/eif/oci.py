@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.eif.blobs import Blob, FileCache, ImageError, Spool, uncompressed, whole_file
+from nitro_attest.eif.beneath import open_in_image, open_root
+from nitro_attest.eif.blobs import (
+    Blob,
+    FileCache,
+    ImageError,
+    Spool,
+    opened_file,
+    uncompressed,
+    whole_file,
+)
 from nitro_attest.eif.layer import Limits
 from nitro_attest.eif.rootfs import split_name
 from nitro_attest.eif.tar import SYMLINK, iter_members
@@ -83,18 +92,25 @@ class _TarIndex:
 
 
 class _DirLayout:
-    def __init__(self, root: Path) -> None:
+    """An extracted docker save or an OCI layout folder: every name the image gives is opened
+    beneath the folder, component by component, never through a link that leaves it."""
+
+    def __init__(self, root: Path, files: FileCache) -> None:
         self.root = root
+        self.files = files
+        self.fd = files.keep(open_root(root))
 
     def get(self, name: str, what: str) -> Blob:
         parts = split_name(name.encode(), what)
-        return whole_file(self.root.joinpath(*(p.decode() for p in parts)), f"{what} ({name})")
+        fd, resolved = open_in_image(self.fd, str(self.root), parts)
+        key = os.path.join(self.root, resolved)
+        return opened_file(fd, key, f"{what} ({name})", self.files)
 
     def read(self, name: str, what: str, files: FileCache) -> bytes:
         return _small(self.get(name, what), files)
 
     def has(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return os.path.lexists(self.root / name)
 
 
 Layout = _TarIndex | _DirLayout
@@ -103,9 +119,9 @@ Layout = _TarIndex | _DirLayout
 def open_image(source: Path, files: FileCache, spool: Spool, limits: Limits) -> Image:
     """A docker save tarball or an OCI layout (dir or tar, gzip allowed around the tar)."""
     if source.is_dir():
-        layout: Layout = _DirLayout(source)
+        layout: Layout = _DirLayout(source, files)
     else:
-        outer = uncompressed(whole_file(source, str(source)), files, spool)
+        outer = uncompressed(whole_file(source, str(source), files), files, spool)
         layout = _TarIndex(outer, files, limits)
     if layout.has("manifest.json"):
         return _docker_save(layout, files, spool, limits)

@@ -18,11 +18,21 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from nitro_attest.eif.beneath import DirChain
 from nitro_attest.eif.blobs import Blob, ImageError
 
 WHITEOUT = b".wh."
 OPAQUE = b".wh..wh..opq"
 MAX_COMPONENT = 255
+
+
+@dataclass(frozen=True, slots=True)
+class HostFile:
+    """A regular file of a rootfs folder: its path below the folder and the inode seen there."""
+
+    rel: bytes
+    dev: int
+    ino: int
 
 
 @dataclass(slots=True, eq=False)
@@ -40,8 +50,8 @@ class Inode:
     blob: Blob | None = None
     """Regular files from a layer: the uncompressed layer and the data offset in it."""
     offset: int = 0
-    path: str | None = None
-    """Regular files from a rootfs directory: the host path."""
+    host: HostFile | None = None
+    """Regular files from a rootfs directory: where the walk saw it."""
     target: bytes = b""
     """Symlink target."""
     rdev: tuple[int, int] = (0, 0)
@@ -106,8 +116,10 @@ class RootFs:
     hold), so the result does not depend on where a whiteout sits in the layer's tar.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: DirChain | None = None) -> None:
         self.root = Dir()
+        self.host = host
+        """A rootfs folder SOURCE: how its files are opened again to be written."""
 
     def _parent(self, parts: list[bytes], where: str) -> Dir:
         node: Dir = self.root

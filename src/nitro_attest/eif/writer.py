@@ -12,9 +12,10 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -68,7 +69,7 @@ def default_metadata(
 
 
 def write_eif(
-    out_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | BinaryIO,
     *,
     kernel: Source,
     cmdline: str | bytes,
@@ -79,6 +80,8 @@ def write_eif(
     aarch64: bool = False,
 ) -> dict[str, str]:
     """Write an EIF and return its measurements (hex PCR0, PCR1, PCR2, and PCR8 when signed).
+
+    ``out_path`` is a path, or a file object opened for writing and seeking (left open).
 
     Sizes are known before any byte is written (a Stream declares its own), so the file is
     written once, front to back; only the header is rewritten at the end, once the signature
@@ -114,7 +117,12 @@ def write_eif(
     offsets: list[int] = []
     sizes: list[int] = []
     crc = Crc()  # of everything after the header
-    with open(out_path, "w+b") as fh, HashingSink(fh, crc) as sink:
+    opened: AbstractContextManager[BinaryIO] = (
+        open(out_path, "w+b")  # noqa: SIM115
+        if isinstance(out_path, (str, os.PathLike))
+        else nullcontext(out_path)
+    )
+    with opened as fh, HashingSink(fh, crc) as sink:
         fh.write(bytes(HEADER_SIZE))
 
         def section(kind: SectionType, source: Source, here: list[Any], there: list[Any]) -> None:
