@@ -242,7 +242,8 @@ def load_rootfs(
     """The merged tree of any SOURCE kind, plus the image (None for a rootfs directory)."""
     if source.is_dir() and not is_image_dir(source):
         return scan_dir(source, limits, totals, files), None
-    image = open_image(source, files, Spool(spool_dir, limits.max_bytes), limits)
+    spool = Spool(spool_dir, limits.max_bytes)
+    image = open_image(source, files, spool, limits, totals.budget(limits))
     fs = RootFs()
     for blob in image.layers:
         apply_layer(fs, blob, files, limits, totals)

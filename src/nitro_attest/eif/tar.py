@@ -24,6 +24,22 @@ _KNOWN = REGULAR | {HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO}
 
 
 @dataclass(slots=True)
+class HeaderBudget:
+    """Every tar header block read in a build, whatever it is (extended headers, whiteouts, the
+    outer tar's, a layer's second read): the bound on the builder's work."""
+
+    limit: int
+    used: int = 0
+
+    def spend(self, where: str) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            raise ImageError(
+                f"{where}: more than {self.limit} tar headers in the image (work bound)"
+            )
+
+
+@dataclass(slots=True)
 class TarMember:
     name: bytes
     type: bytes
@@ -94,8 +110,11 @@ def _pax_records(data: bytes, where: str) -> dict[bytes, bytes]:
     return out
 
 
-def iter_members(blob: Blob, files: FileCache, *, max_members: int) -> Iterator[TarMember]:
-    """Yield every member of a tar stream; refuse anything malformed, truncated or unsupported."""
+def iter_members(
+    blob: Blob, files: FileCache, *, max_members: int, budget: HeaderBudget
+) -> Iterator[TarMember]:
+    """Yield every member of a tar stream; refuse anything malformed, truncated or unsupported.
+    Every header block read is spent from ``budget``."""
     pos = 0
     count = 0
     long_name: bytes | None = None
@@ -112,6 +131,7 @@ def iter_members(blob: Blob, files: FileCache, *, max_members: int) -> Iterator[
             if long_name is not None or long_link is not None or pax:
                 raise ImageError(f"{where}: extended header not followed by a member")
             return  # end-of-archive marker; what follows is padding
+        budget.spend(blob.name)
         if not _checksum_ok(block):
             raise ImageError(f"{where}: bad header checksum (not a tar archive, or corrupt)")
         typeflag = block[156:157]
