@@ -230,3 +230,49 @@ def test_rootfs_deeper_than_the_open_folder_chain(
     assert build(root, blobs, tmp_path / "o.eif", "--cmd", "/x") == 0, capsys.readouterr().err
     got = summary(ramdisks((tmp_path / "o.eif").read_bytes())[1])
     assert got["d/" * 300 + "leaf"][4] == b"deep leaf" and got["d/top"][4] == b"top"
+
+
+def test_rootfs_folder_swapped_for_a_symlink_during_the_walk(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Between the parent's listing (app is a folder) and app's own listing."""
+    from nitro_attest.eif.beneath import DirChain
+
+    root = _rootfs(tmp_path)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "data").write_bytes(SECRET)
+    real = DirChain.folder
+
+    def swap_first(self: DirChain, parts: list[bytes], ident: tuple[int, int]) -> object:
+        if parts == [b"app"] and not (root / "app.old").exists():
+            os.rename(root / "app", root / "app.old")
+            os.symlink(host, root / "app")
+        return real(self, parts, ident)
+
+    monkeypatch.setattr(DirChain, "folder", swap_first)
+    out = tmp_path / "o.eif"
+    err = one_line_refusal(build(root, blobs, out, "--cmd", "/x"), capsys)
+    assert "app" in err and "symlink" in err
+    assert not out.exists()
+
+
+def test_rootfs_folder_replaced_by_another_folder_during_the_walk(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from nitro_attest.eif.beneath import DirChain
+
+    root = _rootfs(tmp_path)
+    real = DirChain.folder
+
+    def swap_first(self: DirChain, parts: list[bytes], ident: tuple[int, int]) -> object:
+        if parts == [b"app"] and not (root / "app.old").exists():
+            os.rename(root / "app", root / "app.old")
+            (root / "app").mkdir()
+        return real(self, parts, ident)
+
+    monkeypatch.setattr(DirChain, "folder", swap_first)
+    err = one_line_refusal(build(root, blobs, tmp_path / "o.eif", "--cmd", "/x"), capsys)
+    assert "changed during the build" in err
