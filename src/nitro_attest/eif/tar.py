@@ -150,7 +150,7 @@ def iter_members(
                 raise ImageError(
                     f"{where}: {size}-byte extended header (at most {MAX_EXTENDED_HEADER})"
                 )
-            data = blob.pread(files, size, data_offset)
+            data = blob.pread(files, size, data_offset) if size else b""
             if typeflag == b"L":
                 long_name = data.split(b"\0", 1)[0]
             elif typeflag == b"K":
