@@ -45,20 +45,16 @@ def _is_link(dir_fd: int, name: bytes) -> bool:
         return False
 
 
-def _open_at(dir_fd: int, name: bytes, flags: int, where: str) -> int:
-    """One component, never followed; raises _Link when it is a symlink."""
+def _open_at(dir_fd: int, name: bytes, flags: int, where: str) -> int | None:
+    """One component, never followed; None when it is a symlink."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(dir_fd, name):
-            raise _Link from None
+            return None
         if isinstance(exc, FileNotFoundError):
             raise ImageError(f"{where}: no such file") from None
         raise ImageError(f"{where}: cannot open: {exc.strerror or exc}") from None
-
-
-class _Link(Exception):
-    """The component just tried is a symlink."""
 
 
 def open_in_image(root_fd: int, root_name: str, parts: list[bytes]) -> tuple[int, str]:
@@ -73,9 +69,8 @@ def open_in_image(root_fd: int, root_name: str, parts: list[bytes]) -> tuple[int
             for i, comp in enumerate(parts):
                 last = i == len(parts) - 1
                 where = f"{root_name}/{_shown(parts[: i + 1])}"
-                try:
-                    fd = _open_at(cur, comp, FILE_FLAGS if last else DIR_FLAGS, where)
-                except _Link:
+                fd = _open_at(cur, comp, FILE_FLAGS if last else DIR_FLAGS, where)
+                if fd is None:
                     target = os.readlink(comp, dir_fd=cur)
                     hops += 1
                     parts = _inside(parts[:i], target, parts[i + 1 :], where, hops)
@@ -152,12 +147,12 @@ class DirChain:
 
     @staticmethod
     def _step(cur: int, comp: bytes, where: str) -> int:
-        try:
-            return _open_at(cur, comp, DIR_FLAGS, where)
-        except _Link:
+        fd = _open_at(cur, comp, DIR_FLAGS, where)
+        if fd is None:
             raise ImageError(
                 f"{where}: a folder on its path is now a symlink (changed during the build)"
-            ) from None
+            )
+        return fd
 
     @contextmanager
     def folder(self, parts: list[bytes], ident: tuple[int, int]) -> Iterator[int]:
@@ -181,11 +176,11 @@ class DirChain:
         cur, own = self._folder(parts[:-1], where)
         try:
             fd = _open_at(cur, parts[-1], FILE_FLAGS, where)
-        except _Link:
-            raise ImageError(f"{where}: is now a symlink (changed during the build)") from None
         finally:
             if own:
                 os.close(cur)
+        if fd is None:
+            raise ImageError(f"{where}: is now a symlink (changed during the build)")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ident or st.st_size != size:
             os.close(fd)
