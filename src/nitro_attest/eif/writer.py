@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import (
     CRC_OFFSET,
@@ -35,7 +32,6 @@ from nitro_attest.eif.format import (
     SectionHeader,
     SectionType,
 )
-from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
 from nitro_attest.eif.sink import Crc, HashingSink, crc32_combine
 
 
@@ -106,6 +102,10 @@ def write_eif(
         raise EifError(f"{n_sections} sections; an EIF holds at most {MAX_SECTIONS}")
     key = None
     if signing_key_pem is not None:
+        # imported here: an unsigned build never needs cryptography (~0.05 s of startup)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         loaded = serialization.load_pem_private_key(signing_key_pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise EifError("the signing key must be an EC private key")
@@ -158,6 +158,8 @@ def write_eif(
                 "PCR2": extend_zero(app.digest()).hex(),
             }
             if key is not None and signing_certificate_pem is not None:
+                from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
+
                 signature = sign_pcr0(key, signing_certificate_pem, pcr0)
                 section(SectionType.SIGNATURE, signature, [], [])
                 pcrs["PCR8"] = pcr8(load_certificate(signing_certificate_pem)).hex()
