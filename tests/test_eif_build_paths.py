@@ -276,3 +276,17 @@ def test_rootfs_folder_replaced_by_another_folder_during_the_walk(
     monkeypatch.setattr(DirChain, "folder", swap_first)
     err = one_line_refusal(build(root, blobs, tmp_path / "o.eif", "--cmd", "/x"), capsys)
     assert "changed during the build" in err
+
+
+def test_link_loops_inside_the_image_folder_end(
+    tmp_path: Path, blobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = docker_save_files([layer_tar([f("app", b"x")])], CONFIG)
+    manifest = json.loads(files["manifest.json"])
+    manifest[0]["Layers"] = ["a/layer.tar"]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    img = write_dir(tmp_path / "img", files)
+    os.symlink("b", img / "a")
+    os.symlink("a", img / "b")
+    err = one_line_refusal(build(img, blobs, tmp_path / "o.eif"), capsys)
+    assert "more than 8 symlinks" in err

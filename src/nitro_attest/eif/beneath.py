@@ -71,7 +71,10 @@ def open_in_image(root_fd: int, root_name: str, parts: list[bytes]) -> tuple[int
                 where = f"{root_name}/{_shown(parts[: i + 1])}"
                 fd = _open_at(cur, comp, FILE_FLAGS if last else DIR_FLAGS, where)
                 if fd is None:
-                    target = os.readlink(comp, dir_fd=cur)
+                    try:
+                        target = os.readlink(comp, dir_fd=cur)
+                    except OSError as exc:  # swapped again since: refuse, do not guess
+                        raise ImageError(f"{where}: {exc.strerror or exc}") from None
                     hops += 1
                     parts = _inside(parts[:i], target, parts[i + 1 :], where, hops)
                     break
