@@ -197,3 +197,15 @@ def test_a_small_layer_may_repeat(tmp_path: Path, blobs: Path) -> None:
     src = write_dir(tmp_path / "oci", oci_files([layer_tar([f("app", b"x")]), empty, empty],
                                                 CONFIG, gz=True))  # fmt: skip
     assert build_eif(BuildOptions(src, blobs, tmp_path / "o.eif")).entries == 1
+
+
+def test_block_sum_is_the_byte_sum() -> None:
+    import random
+
+    from nitro_attest.eif.tar import block_sum
+
+    rng = random.Random(5)
+    blocks = [bytes(512), b"\xff" * 512, b"\xff" * 256 + bytes(256), bytes(256) + b"\xff" * 256]
+    blocks += [rng.randbytes(512) for _ in range(200)]
+    for block in blocks:
+        assert block_sum(block) == sum(block)
