@@ -133,7 +133,7 @@ class _Window:
 
     def read(self, n: int, at: int) -> bytes:
         off = at - self.start
-        if 0 <= off and off + n <= len(self.data):
+        if off >= 0 and off + n <= len(self.data):
             return self.data[off : off + n]
         if n > WINDOW:
             return self.blob.pread(self.files, n, at)
