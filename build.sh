@@ -74,7 +74,7 @@ if [ "$no_nitro_cli" -eq 1 ]; then
     [ -s "$out/image.tar" ] || na_die "docker save wrote no image to build/image.tar"
     echo "== nitro-attest eif build (no nitro-cli; SOURCE_DATE_EPOCH=$epoch)" >&2
     set -- eif build --image "$out/image.tar" --output "$out/enclave.eif"
-    [ -z "$blobs" ] || set -- "$@" --blobs "$blobs"
+    [ -z "$blobs" ] || set -- "$@" --blobs="$blobs"
     rc=0
     SOURCE_DATE_EPOCH="$epoch" "$na" "$@" >"$out/measurements.json.tmp" || rc=$?
     if [ "$rc" -ne 0 ]; then
@@ -83,7 +83,7 @@ if [ "$no_nitro_cli" -eq 1 ]; then
     fi
 else
     echo "== nitro-cli build-enclave (a few minutes)" >&2
-    na_nitro_cli build-enclave --docker-uri "$tag" --output-file "$out/enclave.eif" >"$out/measurements.json.tmp"
+    na_nitro_cli build-enclave --docker-uri="$tag" --output-file="$out/enclave.eif" >"$out/measurements.json.tmp"
 fi
 mv "$out/measurements.json.tmp" "$out/measurements.json"
 cat "$out/measurements.json"

@@ -58,7 +58,7 @@ desc="$(na_nitro_cli describe-enclaves)"
 running="$(printf '%s' "$desc" | na_running_enclave)"
 [ -n "$running" ] || exit 0
 if [ -n "$id" ]; then
-    na_nitro_cli terminate-enclave --enclave-id "$id"
+    na_nitro_cli terminate-enclave --enclave-id="$id"
 else
     na_nitro_cli terminate-enclave --all
 fi

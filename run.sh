@@ -110,7 +110,8 @@ if [ -n "$running" ]; then
     na_die "an enclave is already running (CID ${running%% *}); stop it with ./cleanup.sh first"
 fi
 
-args=(run-enclave --eif-path "$eif" --memory "$memory" --cpu-count "$cpus" --enclave-cid "$cid")
+# --opt=VALUE throughout: a value starting with '-' is never read by nitro-cli as a flag
+args=(run-enclave --eif-path="$eif" --memory="$memory" --cpu-count="$cpus" --enclave-cid="$cid")
 if [ "$debug" -eq 1 ]; then
     na_warn "debug mode: the enclave's attestation documents have all-zero PCRs and fail verification"
     args+=(--debug-mode)

@@ -11,7 +11,12 @@ SYS_VENDOR="${NITRO_ATTEST_SYS_VENDOR:-/sys/devices/virtual/dmi/id/sys_vendor}"
 NE_DEVICE="${NITRO_ATTEST_NE_DEVICE:-/dev/nitro_enclaves}"
 ENV_SCRIPT="$NA_NITRO_ENV"
 CLI_REPO="${NITRO_CLI_REPO:-https://github.com/aws/aws-nitro-enclaves-cli.git}"
+# The tag is what a person reads; the commit is what is built (a tag can be moved upstream).
 CLI_REF="${NITRO_CLI_REF:-v1.4.3}"
+CLI_COMMIT="${NITRO_CLI_COMMIT:-}"
+if [ -z "$CLI_COMMIT" ] && [ "$CLI_REF" = v1.4.3 ]; then
+    CLI_COMMIT=82501bb9637e4b41c87ce73f8ffc2ce51ca37a6a
+fi
 CLI_SRC="${NITRO_CLI_SRC:-/usr/local/src/aws-nitro-enclaves-cli}"
 
 usage() {
@@ -32,7 +37,10 @@ options:
   --memory-mib MIB   set memory_mib in $NA_ALLOCATOR (default left as is: 512)
   --cpu-count N      set cpu_count in the allocator settings (default left as is: 2)
   -h, --help         this help
-environment: USERNAME (required), NITRO_CLI_REF (git tag to build, default $CLI_REF)
+environment: USERNAME (required), NITRO_CLI_REF (git tag to build, default $CLI_REF) and
+  NITRO_CLI_COMMIT (the commit that tag must be at; required with another NITRO_CLI_REF).
+  The checkout is built only at that commit and without local changes: a tag moved upstream,
+  or an existing $CLI_SRC at another revision, is refused.
 EOF
 }
 
@@ -53,6 +61,11 @@ done
 
 [ -n "${USERNAME:-}" ] || na_die "set USERNAME to the user who will run enclaves: USERNAME=\$USER ./setup-pvm.sh" 2
 id -u "$USERNAME" >/dev/null 2>&1 || na_die "no such user: $USERNAME" 2
+[ -n "$CLI_COMMIT" ] || na_die "NITRO_CLI_REF=$CLI_REF: also set NITRO_CLI_COMMIT to the commit that tag must be at (it is built only there)" 2
+case "$CLI_COMMIT" in
+    *[!0-9a-f]* | "") na_die "NITRO_CLI_COMMIT must be a full commit id (40 hex digits)" 2 ;;
+esac
+[ "${#CLI_COMMIT}" -eq 40 ] || na_die "NITRO_CLI_COMMIT must be a full commit id (40 hex digits)" 2
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -73,6 +86,17 @@ esac
 echo "== $flavour on EC2; setting up for user $USERNAME" >&2
 
 # --- packages, driver, nitro-cli -------------------------------------------------------------
+# The checkout at $CLI_SRC is built only at the pinned commit and unmodified.
+check_cli_checkout() {
+    local have dirty
+    have="$($SUDO git -C "$CLI_SRC" rev-parse HEAD 2>/dev/null || true)"
+    if [ "$have" != "$CLI_COMMIT" ]; then
+        na_die "$CLI_SRC is at ${have:-an unreadable revision}, not $CLI_COMMIT ($CLI_REF, pinned): the tag was moved upstream or the folder holds another checkout; inspect it, remove it and run again, or set NITRO_CLI_COMMIT"
+    fi
+    dirty="$($SUDO git -C "$CLI_SRC" status --porcelain --untracked-files=no 2>/dev/null || echo unreadable)"
+    [ -z "$dirty" ] || na_die "$CLI_SRC has local changes at $CLI_COMMIT; refusing to build it (git -C $CLI_SRC status)"
+}
+
 have_nitro_cli() {
     # shellcheck source=/dev/null
     [ -f "$ENV_SCRIPT" ] && . "$ENV_SCRIPT" >/dev/null 2>&1
@@ -88,6 +112,7 @@ if [ "$flavour" = ubuntu ]; then
         echo "nitro-cli already installed; not rebuilding" >&2
     else
         [ -d "$CLI_SRC/.git" ] || $SUDO git clone --depth 1 --branch "$CLI_REF" "$CLI_REPO" "$CLI_SRC"
+        check_cli_checkout
         # The Makefile builds nitro-cli and vsock-proxy inside Docker containers.
         $SUDO make -C "$CLI_SRC" nitro-cli
         $SUDO make -C "$CLI_SRC" vsock-proxy

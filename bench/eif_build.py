@@ -1,12 +1,16 @@
-"""Benchmark: `nitro-attest eif build` of a synthetic 256 MiB image against `tar -c` of its tree.
+"""Benchmark: `nitro-attest eif build` of a synthetic 256 MiB image against one SHA-384 pass over
+the EIF it makes (PCR0 hashes every byte of the EIF, so that pass is the floor), and `tar -c`.
 
 Makes a tree (a few large files and thousands of small ones, random bytes), then, side by side in
 each round on a warm page cache:
-  - `tar -cf OUT -C tree .`                      (the floor: read the tree, write one archive)
+  - one SHA-384 pass over the EIF                (the floor: OpenSSL's SHA-384, as the builder's,
+                                                  in a fresh Python process reading 1 MiB at a time)
+  - `tar -cf OUT -C tree .`                      (read the tree, write one archive)
   - `nitro-attest eif build --image tree/`       (rootfs directory SOURCE)
   - `nitro-attest eif build --image image.tar`   (docker save tarball of the same tree)
 Each build runs in a fresh process; its wall time and peak RSS (wait4's ru_maxrss) are recorded.
-Prints the best round's ratios and the spread across rounds. Everything lives in a temp dir.
+The target line is build wall / the SHA-384 pass of the same round (<= 1.2): best, median and
+spread across rounds. Everything lives in a temp dir.
 
     python bench/eif_build.py                # 256 MiB, 5 rounds
     python bench/eif_build.py --size 64M --rounds 3
@@ -106,6 +110,18 @@ print(round(tracemalloc.get_traced_memory()[1] / (1 << 20), 1))
 """
 
 
+SHA_PASS = """
+import hashlib, sys
+h = hashlib.sha384()
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+with open(sys.argv[1], "rb", buffering=0) as fh:
+    while n := fh.readinto(buf):
+        h.update(view[:n])
+print(h.hexdigest())
+"""
+
+
 def timed(argv: list[str], key: str = "") -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one child process (its CPU seconds go to CPU[key])."""
     start = time.perf_counter()
@@ -163,17 +179,23 @@ def main() -> None:
         timed(tar_cmd)  # warm the page cache
         timed(build_dir)
         timed(build_tar)
-        rows: dict[str, list[tuple[float, int]]] = {"tar": [], "dir": [], "save": []}
+        floor_eif = work / "floor.eif"
+        os.replace(work / "tar.eif", floor_eif)
+        sha_cmd = [sys.executable, "-c", SHA_PASS, str(floor_eif)]
+        timed(sha_cmd)
+        rows: dict[str, list[tuple[float, int]]] = {"sha": [], "tar": [], "dir": [], "save": []}
         for _ in range(args.rounds):
-            for key, argv in (("tar", tar_cmd), ("dir", build_dir), ("save", build_tar)):
+            for key, argv in (("sha", sha_cmd), ("tar", tar_cmd), ("dir", build_dir),
+                              ("save", build_tar)):  # fmt: skip
                 rows[key].append(timed(argv, key))
                 for out in ("floor.tar", "dir.eif", "tar.eif"):  # each writes a fresh file
                     (work / out).unlink(missing_ok=True)
         load_after = os.getloadavg()
         starts = [timed([*cli, "--help"], "start") for _ in range(3)]
         startup, startup_rss = min(w for w, _ in starts), max(r for _, r in starts)
-        # the hashing floor: one SHA-384 pass over the image (a build needs two: PCR0 and PCR2)
-        sha_floor = min(timed(["sha384sum", str(work / "image.tar")])[0] for _ in range(3))
+        sha384sum = min(timed(["sha384sum", str(floor_eif)])[0] for _ in range(3))
+        sha_walls = [w for w, _ in rows["sha"]]
+        sha_floor = min(sha_walls)
         timed(build_tar)
         eif_size = (work / "tar.eif").stat().st_size
         print(f"EIF: {eif_size / MIB:.1f} MiB; interpreter + imports alone: {startup:.2f} s, "
@@ -181,19 +203,19 @@ def main() -> None:
         cpu_tar = min(CPU["tar"])
         tar_best = min(w for w, _ in rows["tar"])
         tar_walls = [w for w, _ in rows["tar"]]
-        print(f"tar -c (floor): best {tar_best:.2f} s, worst {max(tar_walls):.2f} s; "
-              f"sha384sum of the image: {sha_floor:.2f} s")  # fmt: skip
+        print(f"one SHA-384 pass over the EIF (the floor): best {sha_floor:.2f} s, worst "
+              f"{max(sha_walls):.2f} s (coreutils sha384sum: {sha384sum:.2f} s); "
+              f"tar -c: best {tar_best:.2f} s, worst {max(tar_walls):.2f} s")  # fmt: skip
         for key, label in (("dir", "rootfs dir SOURCE"), ("save", "docker save SOURCE")):
             walls = [w for w, _ in rows[key]]
-            ratios = [w / t for (w, _), (t, _) in zip(rows[key], rows["tar"], strict=True)]
+            ratios = [w / t for (w, _), (t, _) in zip(rows[key], rows["sha"], strict=True)]
             rss = max(r for _, r in rows[key])
             print(
-                f"eif build, {label}: best {min(walls):.2f} s = {min(walls) / tar_best:.2f}x the "
-                f"best tar (target <= 2.0x), {min(walls) / sha_floor:.2f}x one sha384sum; "
-                f"same-round ratio to tar min {min(ratios):.2f} median "
-                f"{statistics.median(ratios):.2f} max {max(ratios):.2f}; peak RSS "
-                f"{rss / MIB:.1f} MiB (target <= 64); CPU (user+sys) best {min(CPU[key]):.2f} s "
-                f"vs tar {cpu_tar:.2f} s"
+                f"eif build, {label}: best {min(walls):.2f} s = {min(walls) / sha_floor:.2f}x "
+                f"one SHA-384 pass over the EIF (target <= 1.2); same-round ratio min "
+                f"{min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}; "
+                f"{min(walls) / tar_best:.2f}x the best tar; peak RSS {rss / MIB:.1f} MiB "
+                f"(target <= 64); CPU (user+sys) best {min(CPU[key]):.2f} s vs tar {cpu_tar:.2f} s"
             )
         argv = [sys.executable, "-c", TRACED, str(work / "image.tar"), str(blobs)]
         traced = subprocess.run(

@@ -55,7 +55,21 @@ if fail.exists():
 state_file = HERE / "state.json"
 state = json.loads(state_file.read_text()) if state_file.exists() else []
 def opt(name, default=None):
-    return args[args.index(name) + 1] if name in args else default
+    # as clap parses: --name=VALUE takes anything; --name VALUE refuses a VALUE starting with '-'
+    for i, a in enumerate(args):
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+        if a == name:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if not value or value.startswith("-"):
+                sys.stderr.write(f"error: The argument '{name} <VALUE>' requires a value but "
+                                 f"none was supplied (found {value!r})\n")
+                sys.exit(1)
+            return value
+    return default
+for flag in ("--eif-path", "--enclave-id", "--output-file", "--docker-uri", "--memory"):
+    if flag in args or any(a.startswith(flag + "=") for a in args):
+        opt(flag)  # refuse like clap even where the fake does not need the value
 out = None
 if cmd == "build-enclave":
     sys.stderr.write("Start building the Enclave Image...\n")

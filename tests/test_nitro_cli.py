@@ -27,7 +27,7 @@ def test_build_enclave_parses_measurements(fake: FakeBin, tmp_path: Path) -> Non
     assert built.measurements.hash_algorithm == "Sha384 { ... }"
     assert built.raw == BUILD_JSON
     assert fake.calls("nitro-cli")[-1] == [
-        "nitro-cli", "build-enclave", "--docker-uri", "img:latest", "--output-file", str(eif),
+        "nitro-cli", "build-enclave", "--docker-uri=img:latest", f"--output-file={eif}",
     ]
 
 
@@ -40,7 +40,7 @@ def test_build_enclave_with_signing_gives_pcr8(fake: FakeBin, tmp_path: Path) ->
         signing_certificate="c.pem", private_key="k.pem",
     )
     assert built.measurements.pcrs[8] == "88" * 48
-    assert fake.calls()[-1][-4:] == ["--signing-certificate", "c.pem", "--private-key", "k.pem"]
+    assert fake.calls()[-1][-2:] == ["--signing-certificate=c.pem", "--private-key=k.pem"]
     with pytest.raises(ValueError):
         nc.NitroCli().build_enclave(docker_uri="i", output_file="e", signing_certificate="c")
 
@@ -64,8 +64,8 @@ def test_run_enclave_debug_flag_and_cpu_ids(fake: FakeBin) -> None:
     cli = nc.NitroCli()
     cli.run_enclave(eif_path="e.eif", memory_mib=1024, cpu_ids=[1, 3], debug_mode=True)
     assert fake.calls()[-1] == [
-        "nitro-cli", "run-enclave", "--eif-path", "e.eif", "--memory", "1024",
-        "--cpu-ids", "1", "3", "--debug-mode",
+        "nitro-cli", "run-enclave", "--eif-path=e.eif", "--memory=1024",
+        "--cpu-ids=1", "--cpu-ids=3", "--debug-mode",
     ]
     assert cli.describe_enclaves()[0].debug_mode
     with pytest.raises(ValueError):
@@ -206,5 +206,29 @@ def test_cli_missing_nitro_cli_is_usage_error(
 
 def test_cli_console_runs_attached(fake: FakeBin, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["enclave", "console", "--enclave-id", "i-1-enc2"]) == 3  # fake: unknown cmd
-    assert fake.calls()[-1] == ["nitro-cli", "console", "--enclave-id", "i-1-enc2"]
+    assert fake.calls()[-1] == ["nitro-cli", "console", "--enclave-id=i-1-enc2"]
     assert "status 3" in capsys.readouterr().err
+
+
+def test_values_starting_with_a_dash_are_never_read_as_flags(
+    fake: FakeBin, tmp_path: Path
+) -> None:
+    """Every value goes as --opt=VALUE: nitro-cli (clap) would read '--opt -x' as a missing
+    value, and a value such as '--debug-mode' as the flag itself."""
+    cli = nc.NitroCli()
+    cli.build_enclave(docker_uri="-img:1", output_file=str(tmp_path / "-o.eif"))
+    assert fake.calls()[-1][1:] == [
+        "build-enclave", "--docker-uri=-img:1", f"--output-file={tmp_path / '-o.eif'}",
+    ]
+    cli.run_enclave(eif_path="--debug-mode", memory_mib=512, cpu_count=2, enclave_name="-n")
+    call = fake.calls()[-1]
+    assert "--eif-path=--debug-mode" in call and "--enclave-name=-n" in call
+    assert "--debug-mode" not in call and not cli.describe_enclaves()[0].debug_mode
+    assert cli.describe_eif("-e.eif").eif_version == 4
+    assert fake.calls()[-1][1:] == ["describe-eif", "--eif-path=-e.eif"]
+    with pytest.raises(nc.NitroCliError, match="E11"):
+        cli.terminate_enclave(enclave_id="-i-1")
+    assert fake.calls()[-1][1:] == ["terminate-enclave", "--enclave-id=-i-1"]
+    assert cli.console_args("-i", disconnect_timeout=5)[1:] == [
+        "console", "--enclave-id=-i", "--disconnect-timeout=5",
+    ]

@@ -45,8 +45,8 @@ def test_build_runs_docker_then_nitro_cli_and_keeps_measurements(se: ScriptEnv) 
         "nitro-attest-enclave:latest"
     )
     (nc,) = se.bin.calls("nitro-cli")
-    assert nc == ["nitro-cli", "build-enclave", "--docker-uri", "nitro-attest-enclave:latest",
-                  "--output-file", str(se.repo / "build/enclave.eif")]
+    assert nc == ["nitro-cli", "build-enclave", "--docker-uri=nitro-attest-enclave:latest",
+                  f"--output-file={se.repo / 'build/enclave.eif'}"]
     assert "needs at least 1 MiB" in r.stderr  # 4 KiB fake EIF
 
 
@@ -98,9 +98,9 @@ def test_run_uses_allocator_settings_and_cid_16(se: ScriptEnv) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["EnclaveCID"] == 16
     run_call = se.bin.calls("nitro-cli")[-1]
-    assert run_call == ["nitro-cli", "run-enclave", "--eif-path",
-                        str(se.repo / "build/enclave.eif"), "--memory", "512",
-                        "--cpu-count", "2", "--enclave-cid", "16"]
+    assert run_call == ["nitro-cli", "run-enclave",
+                        f"--eif-path={se.repo / 'build/enclave.eif'}", "--memory=512",
+                        "--cpu-count=2", "--enclave-cid=16"]
 
 
 def test_run_cid_override_cpu_pool_and_debug(se: ScriptEnv) -> None:
@@ -109,9 +109,7 @@ def test_run_cid_override_cpu_pool_and_debug(se: ScriptEnv) -> None:
     r = se.run("run.sh", "--cid", "21", "--debug")
     assert r.returncode == 0, r.stderr
     call = se.bin.calls("nitro-cli")[-1]
-    assert call[call.index("--memory") + 1] == "1024"
-    assert call[call.index("--cpu-count") + 1] == "6"
-    assert call[call.index("--enclave-cid") + 1] == "21"
+    assert "--memory=1024" in call and "--cpu-count=6" in call and "--enclave-cid=21" in call
     assert call[-1] == "--debug-mode"
     assert "debug mode" in r.stderr and "fail verification" in r.stderr
 
@@ -251,6 +249,10 @@ def test_cleanup_by_id_and_failure(se: ScriptEnv) -> None:
     se.bin.set_state([enc])
     r = se.run("cleanup.sh", "--enclave-id", "i-nope")
     assert r.returncode == 11 and "[ E11 ]" in r.stderr
+    # a value starting with '-' reaches nitro-cli as the value, never as a flag
+    r = se.run("cleanup.sh", "--enclave-id", "-i-nope")
+    assert r.returncode == 11 and "[ E11 ]" in r.stderr, r.stderr
+    assert se.bin.calls("nitro-cli")[-1][1:] == ["terminate-enclave", "--enclave-id=-i-nope"]
     r = se.run("cleanup.sh", "--enclave-id", enc["EnclaveID"])
     assert r.returncode == 0, r.stderr
     assert se.bin.state() == []

@@ -26,6 +26,30 @@ if "install" in sys.argv[1:]:
     (HERE.parent / "installed").touch()
 """
 
+PINNED = "82501bb9637e4b41c87ce73f8ffc2ce51ca37a6a"  # v1.4.3
+
+# `git clone` makes a checkout whose HEAD is $FAKE_GIT_HEAD (default: the pinned commit), as if
+# the tag pointed there; `rev-parse HEAD` and `status --porcelain` read the checkout's files.
+_FAKE_GIT = r"""
+import json, os, sys
+from pathlib import Path
+HERE = Path(__file__).resolve().parent
+args = sys.argv[1:]
+with open(HERE / "calls.jsonl", "a") as fh:
+    fh.write(json.dumps(["git", *args]) + "\n")
+if args[:1] == ["clone"]:
+    dot = Path(args[-1]) / ".git"
+    dot.mkdir(parents=True)
+    (dot / "fake-head").write_text(os.environ.get("FAKE_GIT_HEAD", "@PINNED@") + "\n")
+elif args[:1] == ["-C"]:
+    dot = Path(args[1]) / ".git"
+    if args[2:] == ["rev-parse", "HEAD"]:
+        sys.stdout.write((dot / "fake-head").read_text())
+    elif args[2:4] == ["status", "--porcelain"]:
+        if (dot / "fake-status").exists():
+            sys.stdout.write((dot / "fake-status").read_text())
+""".replace("@PINNED@", PINNED)
+
 
 @pytest.fixture
 def pvm(tmp_path: Path) -> ScriptEnv:
@@ -41,12 +65,12 @@ def pvm(tmp_path: Path) -> ScriptEnv:
         "systemctl",
         "usermod",
         "groupadd",
-        "git",
         "modprobe",
         "nitro-cli-config",
         "chown",
     )
     write_exe(se.bin.dir / "make", _FAKE_MAKE)
+    write_exe(se.bin.dir / "git", _FAKE_GIT)
     (se.bin.dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
     (se.bin.dir / "sudo").chmod(0o755)
     env_script = tmp_path / "nitro-cli-env.sh"
@@ -89,6 +113,7 @@ def test_ubuntu_builds_from_source_and_is_idempotent(pvm: ScriptEnv) -> None:
         "https://github.com/aws/aws-nitro-enclaves-cli.git",
         src,
     ] in calls
+    assert ["git", "-C", src, "rev-parse", "HEAD"] in calls  # the pinned commit, checked
     makes = [c[3:] for c in calls if c[0] == "make"]
     assert makes == [["nitro-cli"], ["vsock-proxy"], ["NITRO_CLI_INSTALL_DIR=/", "install"]]
     assert ["nitro-cli-config", "-i"] in calls
@@ -112,6 +137,45 @@ def test_ubuntu_builds_from_source_and_is_idempotent(pvm: ScriptEnv) -> None:
     assert "already installed" in again.stderr
     assert not any(c[0] in ("git", "make", "nitro-cli-config") for c in pvm.bin.calls())
     assert bashrc.read_text().splitlines() == [line]
+
+
+def test_a_moved_tag_is_refused_before_anything_is_built(pvm: ScriptEnv) -> None:
+    r = pvm.run("setup-pvm.sh", env={"FAKE_GIT_HEAD": "f" * 40})
+    assert r.returncode == 1
+    assert "f" * 40 in r.stderr and PINNED in r.stderr and "v1.4.3" in r.stderr
+    assert not any(c[0] in ("make", "nitro-cli-config") for c in pvm.bin.calls())
+
+
+def test_an_existing_checkout_is_reused_only_at_the_pinned_commit(pvm: ScriptEnv) -> None:
+    src = pvm.tmp / "src/aws-nitro-enclaves-cli"
+    (src / ".git").mkdir(parents=True)
+    (src / ".git/fake-head").write_text("e" * 40 + "\n")  # someone else's checkout
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 1 and "e" * 40 in r.stderr and PINNED in r.stderr
+    calls = pvm.bin.calls()
+    assert not any(c[:2] == ["git", "clone"] or c[0] == "make" for c in calls)
+
+    (src / ".git/fake-head").write_text(PINNED + "\n")
+    (src / ".git/fake-status").write_text(" M Makefile\n")  # the right commit, edited
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 1 and "local changes" in r.stderr
+    assert not any(c[0] == "make" for c in pvm.bin.calls())
+
+    (src / ".git/fake-status").unlink()
+    r = pvm.run("setup-pvm.sh")
+    assert r.returncode == 0, r.stderr
+    calls = pvm.bin.calls()
+    assert not any(c[:2] == ["git", "clone"] for c in calls)
+    assert next(c[3:] for c in calls if c[0] == "make") == ["nitro-cli"]
+
+
+def test_another_ref_needs_its_commit(pvm: ScriptEnv) -> None:
+    r = pvm.run("setup-pvm.sh", env={"NITRO_CLI_REF": "v9.9.9"})
+    assert r.returncode == 2 and "NITRO_CLI_COMMIT" in r.stderr
+    assert not any(c[0] in ("git", "make") for c in pvm.bin.calls())
+    r = pvm.run("setup-pvm.sh", env={"NITRO_CLI_REF": "v9.9.9", "NITRO_CLI_COMMIT": PINNED})
+    assert r.returncode == 0, r.stderr
+    assert any(c[:2] == ["git", "clone"] and "v9.9.9" in c for c in pvm.bin.calls())
 
 
 def test_amazon_linux_uses_packages(pvm: ScriptEnv) -> None:

@@ -22,7 +22,6 @@ from nitro_attest._cli.eif_build_cmd import register_build, register_diff
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
 from nitro_attest.eif.metadata import describe_metadata
-from nitro_attest.eif.signature import certificate_info
 from nitro_attest.safe_write import UnsafeFolderError, write_file
 
 
@@ -106,6 +105,8 @@ def describe_json(info: EifInfo) -> dict[str, Any]:
         "IsSigned": info.signed,
     }
     if info.certificate is not None:
+        from nitro_attest.eif.signature import certificate_info  # cryptography: only if signed
+
         out["SigningCertificate"] = certificate_info(info.certificate)
     out["CheckCRC"] = info.crc_ok
     if info.signature_ok is not None:
@@ -154,6 +155,8 @@ def _describe_text(info: EifInfo) -> str:
     if info.certificate is None:
         lines.append("Signed:          no")
     else:
+        from nitro_attest.eif.signature import certificate_info  # cryptography: only if signed
+
         cert = certificate_info(info.certificate)
         names = ", ".join(f"{k}={v}" for k, v in cert["IssuerName"].items())
         lines.append(f"Signed:          yes, by {names}")

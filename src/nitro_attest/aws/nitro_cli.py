@@ -314,13 +314,16 @@ class NitroCli:
         self, *, docker_uri: str, output_file: str, docker_dir: str | None = None,
         signing_certificate: str | None = None, private_key: str | None = None,
     ) -> BuildResult:
-        args = ["build-enclave", "--docker-uri", docker_uri, "--output-file", output_file]
+        args = ["build-enclave", _opt("docker-uri", docker_uri), _opt("output-file", output_file)]
         if docker_dir is not None:
-            args += ["--docker-dir", docker_dir]
+            args.append(_opt("docker-dir", docker_dir))
         if (signing_certificate is None) != (private_key is None):
             raise ValueError("signing_certificate and private_key go together")
         if signing_certificate is not None and private_key is not None:
-            args += ["--signing-certificate", signing_certificate, "--private-key", private_key]
+            args += [
+                _opt("signing-certificate", signing_certificate),
+                _opt("private-key", private_key),
+            ]
         return parse_build(self.run_json(args, timeout=BUILD_TIMEOUT_S))
 
     def run_enclave(
@@ -330,15 +333,15 @@ class NitroCli:
     ) -> RunResult:
         if (cpu_count is None) == (cpu_ids is None):
             raise ValueError("give exactly one of cpu_count and cpu_ids")
-        args = ["run-enclave", "--eif-path", eif_path, "--memory", str(memory_mib)]
+        args = ["run-enclave", _opt("eif-path", eif_path), _opt("memory", memory_mib)]
         if cpu_count is not None:
-            args += ["--cpu-count", str(cpu_count)]
-        if cpu_ids is not None:
-            args += ["--cpu-ids", *(str(c) for c in cpu_ids)]
+            args.append(_opt("cpu-count", cpu_count))
+        if cpu_ids is not None:  # clap: a multiple-valued option may repeat, one value each
+            args += [_opt("cpu-ids", c) for c in cpu_ids]
         if enclave_cid is not None:
-            args += ["--enclave-cid", str(enclave_cid)]
+            args.append(_opt("enclave-cid", enclave_cid))
         if enclave_name is not None:
-            args += ["--enclave-name", enclave_name]
+            args.append(_opt("enclave-name", enclave_name))
         if debug_mode:
             args.append("--debug-mode")
         return parse_run(self.run_json(args))
@@ -347,7 +350,7 @@ class NitroCli:
         return parse_describe_enclaves(self.run_json(["describe-enclaves"]))
 
     def describe_eif(self, eif_path: str) -> EifDescription:
-        return parse_describe_eif(self.run_json(["describe-eif", "--eif-path", eif_path]))
+        return parse_describe_eif(self.run_json(["describe-eif", _opt("eif-path", eif_path)]))
 
     def terminate_enclave(
         self, *, enclave_id: str | None = None, all_enclaves: bool = False
@@ -355,7 +358,7 @@ class NitroCli:
         if (enclave_id is None) == (not all_enclaves):
             raise ValueError("give exactly one of enclave_id and all_enclaves")
         args = ["terminate-enclave"]
-        args += ["--all"] if all_enclaves else ["--enclave-id", str(enclave_id)]
+        args += ["--all"] if all_enclaves else [_opt("enclave-id", enclave_id)]
         values: list[Any] = []
         for v in _json_values(self.run(args).stdout):
             values.extend(v if isinstance(v, list) else [v])
@@ -363,10 +366,16 @@ class NitroCli:
 
     def console_args(self, enclave_id: str, disconnect_timeout: int | None = None) -> list[str]:
         """The argv for `nitro-cli console`: it streams, so callers run it attached."""
-        args = [self._resolve(), "console", "--enclave-id", enclave_id]
+        args = [self._resolve(), "console", _opt("enclave-id", enclave_id)]
         if disconnect_timeout is not None:
-            args += ["--disconnect-timeout", str(disconnect_timeout)]
+            args.append(_opt("disconnect-timeout", disconnect_timeout))
         return args
+
+
+def _opt(name: str, value: object) -> str:
+    """``--name=VALUE``: one argument, so a value starting with '-' (a path, an id, a name) is
+    never read by nitro-cli as a flag of its own."""
+    return f"--{name}={value}"
 
 
 def _json_part(text: str) -> str:

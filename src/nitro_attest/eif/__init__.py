@@ -16,20 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from nitro_attest.eif.format import EifError, EifHeader, SectionType
 from nitro_attest.eif.measure import CHUNK_SIZE, HASH_ALGORITHM, EifScan, scan
 from nitro_attest.eif.metadata import parse_metadata
 from nitro_attest.eif.reader import EifLayout, Section, open_eif, read_layout
-from nitro_attest.eif.signature import (
-    check_signature,
-    parse_signature_section,
-    pcr8,
-    validity_problem,
-)
+
+if TYPE_CHECKING:  # cryptography's x509 is imported when a signed EIF is inspected: the
+    # builder imports this package, and an unsigned build never needs it (~0.03 s of startup)
+    from cryptography import x509
 
 __all__ = [
     "HASH_ALGORITHM",
@@ -119,6 +115,13 @@ def inspect_eif(
     problem = None
     register8 = None
     if result.signature is not None:
+        from nitro_attest.eif.signature import (
+            check_signature,
+            parse_signature_section,
+            pcr8,
+            validity_problem,
+        )
+
         entry = parse_signature_section(result.signature)
         certificate = entry.certificate()
         register8 = pcr8(certificate)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,16 @@ class ImageError(EifError):
 
 
 class FileCache:
-    """Open file descriptors by path, closed together (a build reads many blobs of few files)."""
+    """Open file descriptors by name, closed together (a build reads many blobs of few files).
+
+    A blob's file is opened once, when the blob is made, under the checks of whoever made it
+    (image folder: beneath its root; spool: created here), and every later read goes through that
+    descriptor: nothing is reopened by name, so a name swapped afterwards changes nothing."""
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
+        self._others: list[int] = []
+        self._closers: list[Callable[[], None]] = []
 
     def fd(self, path: str) -> int:
         fd = self._fds.get(path)
@@ -34,10 +41,29 @@ class FileCache:
             self._fds[path] = fd
         return fd
 
+    def adopt(self, path: str, fd: int) -> None:
+        """Read ``path`` through ``fd`` from now on (the first descriptor for a name stays)."""
+        if path in self._fds:
+            os.close(fd)
+        else:
+            self._fds[path] = fd
+
+    def keep(self, fd: int) -> int:
+        """Close ``fd`` (e.g. a folder's) with the others."""
+        self._others.append(fd)
+        return fd
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        self._closers.append(closer)
+
     def close(self) -> None:
-        for fd in self._fds.values():
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
+        for fd in [*self._fds.values(), *self._others]:
             os.close(fd)
         self._fds.clear()
+        self._others.clear()
 
 
 def open_regular(path: str, *, follow: bool = False) -> int:
@@ -49,9 +75,14 @@ def open_regular(path: str, *, follow: bool = False) -> int:
         raise ImageError(f"{path}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    return regular_fd(fd, path)
+
+
+def regular_fd(fd: int, where: str) -> int:
+    """``fd`` if it is a regular file; else it is closed and refused."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ImageError(f"{path}: not a regular file")
+        raise ImageError(f"{where}: not a regular file")
     return fd
 
 
@@ -77,14 +108,16 @@ class Blob:
         return self.pread(files, min(n, self.size), 0)
 
 
-def whole_file(path: str | os.PathLike[str], name: str) -> Blob:
+def whole_file(path: str | os.PathLike[str], name: str, files: FileCache) -> Blob:
+    """A whole file, opened now (no final symlink) and read through that descriptor."""
     p = os.fspath(path)
-    fd = open_regular(p)
-    try:
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    return Blob(p, 0, size, name)
+    return Blob(p, 0, os.fstat(files.fd(p)).st_size, name)
+
+
+def opened_file(fd: int, path: str, name: str, files: FileCache) -> Blob:
+    """A whole file already opened under the caller's checks, read through ``fd``."""
+    files.adopt(path, fd)
+    return Blob(path, 0, os.fstat(files.fd(path)).st_size, name)
 
 
 class Spool:
@@ -113,7 +146,7 @@ def uncompressed(blob: Blob, files: FileCache, spool: Spool) -> Blob:
         )
     if not magic.startswith(GZIP_MAGIC):
         return blob
-    fd, path = _spool_file(spool)
+    fd, path = _spool_file(spool, files)
     written = 0
     inflater = zlib.decompressobj(wbits=31)
     fed = False  # the current gzip member has had input but not yet ended
@@ -150,16 +183,18 @@ def uncompressed(blob: Blob, files: FileCache, spool: Spool) -> Blob:
             raise ImageError(f"{blob.name}: gzip stream truncated")
     except zlib.error as exc:
         raise ImageError(f"{blob.name}: corrupt gzip data ({exc})") from None
-    finally:
-        os.close(fd)
     spool.budget -= written
     return Blob(path, 0, written, blob.name)
 
 
-def _spool_file(spool: Spool) -> tuple[int, str]:
+def _spool_file(spool: Spool, files: FileCache) -> tuple[int, str]:
+    """A new 0600 file in the private spool folder, later read through the same descriptor."""
     spool.count += 1
     path = str(spool.dir / f"blob-{spool.count}")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    files.adopt(path, fd)
+    return fd, path
 
 
 def _write_all(fd: int, data: bytes) -> None:

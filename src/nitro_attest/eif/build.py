@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from nitro_attest.eif.blobs import FileCache, ImageError, Spool, open_regular
 from nitro_attest.eif.hostdir import scan_dir
@@ -240,12 +241,28 @@ def load_rootfs(
 ) -> tuple[RootFs, Image | None]:
     """The merged tree of any SOURCE kind, plus the image (None for a rootfs directory)."""
     if source.is_dir() and not is_image_dir(source):
-        return scan_dir(source, limits, totals), None
-    image = open_image(source, files, Spool(spool_dir, limits.max_bytes), limits)
+        return scan_dir(source, limits, totals, files), None
+    spool = Spool(spool_dir, limits.max_bytes)
+    image = open_image(source, files, spool, limits, totals.budget(limits))
     fs = RootFs()
     for blob in image.layers:
         apply_layer(fs, blob, files, limits, totals)
     return fs, image
+
+
+def _partial(output: Path) -> tuple[BinaryIO, Path]:
+    """A new file beside the output, at a name nobody could plant a link at in advance:
+    O_CREAT|O_EXCL never opens an existing name (a link there included) and O_NOFOLLOW says so
+    twice. The mode is the one ``open()`` would give (0666 less the umask)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(8):
+        path = output.with_name(f".{output.name}.partial-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileExistsError:
+            continue
+        return os.fdopen(fd, "w+b"), path
+    raise ImageError(f"{output.parent}: cannot create a temporary file for the output")
 
 
 def build_eif(opts: BuildOptions) -> BuildResult:
@@ -253,7 +270,7 @@ def build_eif(opts: BuildOptions) -> BuildResult:
         raise ImageError(f"SOURCE_DATE_EPOCH {opts.epoch} out of range 0..{MAX_EPOCH}")
     load_blobs(opts.blobs)  # fail fast, before reading the image
     files = FileCache()
-    partial = opts.output.with_name(f".{opts.output.name}.partial-{os.getpid()}")
+    partial: Path | None = None
     totals = Totals()
     try:
         with tempfile.TemporaryDirectory(prefix="nitro-attest-eif-") as spool:
@@ -272,18 +289,22 @@ def build_eif(opts: BuildOptions) -> BuildResult:
                 bootstrap(blobs.init, blobs.nsm_ko).stream(files),
                 customer(fs, cmd, env, opts.epoch).stream(files),
             ]
-            pcrs = write_eif(
-                partial,
-                kernel=blobs.kernel,
-                cmdline=blobs.cmdline,
-                ramdisks=ramdisks,
-                metadata=_metadata(opts, blobs, image),
-                signing_key_pem=opts.signing_key_pem,
-                signing_certificate_pem=opts.signing_certificate_pem,
-                aarch64=blobs.aarch64,
-            )
+            out, partial = _partial(opts.output)
+            with out:
+                pcrs = write_eif(
+                    out,
+                    kernel=blobs.kernel,
+                    cmdline=blobs.cmdline,
+                    ramdisks=ramdisks,
+                    metadata=_metadata(opts, blobs, image),
+                    signing_key_pem=opts.signing_key_pem,
+                    signing_certificate_pem=opts.signing_certificate_pem,
+                    aarch64=blobs.aarch64,
+                )
             os.replace(partial, opts.output)
+            partial = None
     finally:
         files.close()
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return BuildResult(pcrs, cmd, env, totals.entries, totals.xattrs)

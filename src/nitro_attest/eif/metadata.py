@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from nitro_attest.eif.format import EifError
@@ -21,12 +22,39 @@ def _no_constants(name: str) -> Any:
     raise EifError(f"metadata section: {name} is not valid JSON")
 
 
+MAX_DIGITS = 4300
+"""Python's own limit for int(str) (sys.int_info.str_digits_check_threshold's default): past it
+json.loads raises a ValueError of its own; refuse before, and alike for floats."""
+
+
+def _number_text(text: str) -> None:
+    if len(text) > MAX_DIGITS:
+        raise EifError(f"metadata section: a number of {len(text)} digits (at most {MAX_DIGITS})")
+
+
+def _int(text: str) -> int:
+    _number_text(text)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    _number_text(text)
+    value = float(text)
+    if math.isinf(value):
+        raise EifError(f"metadata section: number {text[:40]} is out of range")
+    return value
+
+
 def parse_metadata(data: bytes) -> dict[str, Any]:
     """Parse and shape-check: ImageName, ImageVersion (strings), BuildMetadata (object),
     DockerInfo (any), CustomMetadata (object or null)."""
     try:
         value = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_int=_int,
+            parse_float=_float,
         )
     except UnicodeDecodeError:
         raise EifError("metadata section: not UTF-8") from None

@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nitro_attest.eif.blobs import Blob, FileCache, ImageError, Spool, uncompressed, whole_file
+from nitro_attest.eif.beneath import open_in_image, open_root
+from nitro_attest.eif.blobs import (
+    Blob,
+    FileCache,
+    ImageError,
+    Spool,
+    opened_file,
+    uncompressed,
+    whole_file,
+)
 from nitro_attest.eif.layer import Limits
 from nitro_attest.eif.rootfs import split_name
-from nitro_attest.eif.tar import SYMLINK, iter_members
+from nitro_attest.eif.tar import SYMLINK, HeaderBudget, iter_members
 
 MAX_JSON = 4 << 20
 MAX_LAYERS = 256
@@ -52,10 +61,10 @@ def _json(data: bytes, what: str) -> Any:
 class _TarIndex:
     """Members of an outer tar (docker save / OCI layout tar) by normalized name."""
 
-    def __init__(self, blob: Blob, files: FileCache, limits: Limits) -> None:
+    def __init__(self, blob: Blob, files: FileCache, limits: Limits, budget: HeaderBudget) -> None:
         self.blob = blob
         self.members: dict[str, tuple[int, int, bytes, bytes]] = {}
-        for m in iter_members(blob, files, max_members=limits.max_entries):
+        for m in iter_members(blob, files, max_members=limits.max_entries, budget=budget):
             name = "/".join(p.decode("utf-8", "replace") for p in split_name(m.name, blob.name))
             if name in self.members:
                 raise ImageError(f"{blob.name}: member {name} appears twice (ambiguous)")
@@ -83,30 +92,39 @@ class _TarIndex:
 
 
 class _DirLayout:
-    def __init__(self, root: Path) -> None:
+    """An extracted docker save or an OCI layout folder: every name the image gives is opened
+    beneath the folder, component by component, never through a link that leaves it."""
+
+    def __init__(self, root: Path, files: FileCache) -> None:
         self.root = root
+        self.files = files
+        self.fd = files.keep(open_root(root))
 
     def get(self, name: str, what: str) -> Blob:
         parts = split_name(name.encode(), what)
-        return whole_file(self.root.joinpath(*(p.decode() for p in parts)), f"{what} ({name})")
+        fd, resolved = open_in_image(self.fd, str(self.root), parts)
+        key = os.path.join(self.root, resolved)
+        return opened_file(fd, key, f"{what} ({name})", self.files)
 
     def read(self, name: str, what: str, files: FileCache) -> bytes:
         return _small(self.get(name, what), files)
 
     def has(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return os.path.lexists(self.root / name)
 
 
 Layout = _TarIndex | _DirLayout
 
 
-def open_image(source: Path, files: FileCache, spool: Spool, limits: Limits) -> Image:
+def open_image(
+    source: Path, files: FileCache, spool: Spool, limits: Limits, budget: HeaderBudget
+) -> Image:
     """A docker save tarball or an OCI layout (dir or tar, gzip allowed around the tar)."""
     if source.is_dir():
-        layout: Layout = _DirLayout(source)
+        layout: Layout = _DirLayout(source, files)
     else:
-        outer = uncompressed(whole_file(source, str(source)), files, spool)
-        layout = _TarIndex(outer, files, limits)
+        outer = uncompressed(whole_file(source, str(source), files), files, spool)
+        layout = _TarIndex(outer, files, limits, budget)
     if layout.has("manifest.json"):
         return _docker_save(layout, files, spool, limits)
     if layout.has("index.json"):
@@ -128,10 +146,8 @@ def _docker_save(layout: Layout, files: FileCache, spool: Spool, limits: Limits)
     raw = layout.read(config_name, "image config", files)
     raw_tags = entry.get("RepoTags")
     tags: list[Any] = raw_tags if isinstance(raw_tags, list) else []
-    layers = [
-        uncompressed(layout.get(n, f"layer {i + 1}"), files, spool)
-        for i, n in enumerate(layer_names)
-    ]
+    layers = _distinct([layout.get(n, f"layer {i + 1}") for i, n in enumerate(layer_names)],
+                       files, spool)  # fmt: skip
     return Image(
         layers,
         _config(raw),
@@ -181,11 +197,36 @@ def _oci(layout: Layout, files: FileCache, spool: Spool, limits: Limits) -> Imag
         ref = chosen["annotations"].get("org.opencontainers.image.ref.name")
         if isinstance(ref, str):
             tags.append(ref)
-    blobs = [
-        uncompressed(_sized(layout, d, f"layer {i + 1}"), files, spool)
-        for i, d in enumerate(layers)
-    ]
+    blobs = _distinct([_sized(layout, d, f"layer {i + 1}") for i, d in enumerate(layers)],
+                      files, spool)  # fmt: skip
     return Image(blobs, _config(raw), "sha256:" + hashlib.sha256(raw).hexdigest(), tags)
+
+
+MAX_REPEATED_LAYER = 64 << 10
+"""A layer may be named again only if it is this small (uncompressed): identical empty layers
+repeat in real images; a large one named 256 times is 256 times the work for nothing."""
+
+
+def _distinct(raw: list[Blob], files: FileCache, spool: Spool) -> list[Blob]:
+    """The layers, uncompressed; one named twice (by name, or by a link to the same bytes) is
+    refused unless small, and is then decompressed once."""
+    seen: dict[tuple[str, int, int], tuple[int, Blob]] = {}
+    out = []
+    for i, blob in enumerate(raw):
+        key = (blob.path, blob.offset, blob.size)
+        first = seen.get(key)
+        if first is None:
+            layer = uncompressed(blob, files, spool)
+            seen[key] = (i, layer)
+        elif first[1].size > MAX_REPEATED_LAYER:
+            raise ImageError(
+                f"{blob.name}: the same as layer {first[0] + 1}; a layer named twice is refused "
+                f"unless it is at most {MAX_REPEATED_LAYER} bytes (work bound)"
+            )
+        else:
+            layer = first[1]
+        out.append(layer)
+    return out
 
 
 def _choose(manifests: list[Any]) -> dict[str, Any]:

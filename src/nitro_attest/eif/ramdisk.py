@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nitro_attest.eif.blobs import FileCache, ImageError, open_regular
+from nitro_attest.eif.blobs import FileCache, ImageError
 from nitro_attest.eif.cpio import HEADER_SIZE, CpioHeader, pad4, trailer
 from nitro_attest.eif.rootfs import Dir, Inode, RootFs, display, walk
 from nitro_attest.eif.sink import HashingSink
@@ -68,13 +68,15 @@ class Ramdisk:
             if isinstance(e.content, bytes):
                 sink.write(e.content)
             elif isinstance(e.content, Inode) and n:
-                _copy(sink, e.content, files, e.header.name)
+                _copy(sink, e.content, files, e.header.name, self._fs)
             if pad4(n):
                 sink.write(bytes(pad4(n)))
         sink.write(trailer())
 
 
-def _copy(sink: HashingSink, inode: Inode, files: FileCache, name: bytes) -> None:
+def _copy(
+    sink: HashingSink, inode: Inode, files: FileCache, name: bytes, fs: RootFs | None
+) -> None:
     shown = name.decode("utf-8", "backslashreplace")
     if inode.blob is not None:
         blob = inode.blob
@@ -85,14 +87,14 @@ def _copy(sink: HashingSink, inode: Inode, files: FileCache, name: bytes) -> Non
         except OSError as exc:
             raise ImageError(f"{blob.name}: {shown}: {exc}") from None
         return
-    assert inode.path is not None
-    fd = open_regular(inode.path)
+    host = inode.host
+    assert host is not None and fs is not None and fs.host is not None
+    fd = fs.host.open_file(host.rel, (host.dev, host.ino), inode.size)
+    where = fs.host.where(host.rel.split(b"/"))
     try:
-        if os.fstat(fd).st_size != inode.size:
-            raise ImageError(f"{inode.path}: changed size while building")
-        sink.fill(fd, 0, inode.size, inode.path)
+        sink.fill(fd, 0, inode.size, where)
     except OSError as exc:
-        raise ImageError(f"{inode.path}: {exc}") from None
+        raise ImageError(f"{where}: {exc}") from None
     finally:
         os.close(fd)
 

@@ -8,6 +8,7 @@ and PAX headers of any declared size into memory; here they are capped before th
 from __future__ import annotations
 
 import base64
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +22,22 @@ MAX_NAME = 4096
 REGULAR = frozenset({b"0", b"\0", b"7"})
 HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO = b"1", b"2", b"3", b"4", b"5", b"6"
 _KNOWN = REGULAR | {HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO}
+
+
+@dataclass(slots=True)
+class HeaderBudget:
+    """Every tar header block read in a build, whatever it is (extended headers, whiteouts, the
+    outer tar's, a layer's second read): the bound on the builder's work."""
+
+    limit: int
+    used: int = 0
+
+    def spend(self, where: str) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            raise ImageError(
+                f"{where}: more than {self.limit} tar headers in the image (work bound)"
+            )
 
 
 @dataclass(slots=True)
@@ -58,13 +75,20 @@ def _octal(field_bytes: bytes, what: str, where: str) -> int:
         raise ImageError(f"{where}: invalid {what} field {text[:20]!r}") from None
 
 
+def block_sum(block: bytes) -> int:
+    """sum(block) for a 512-byte block at C speed (it was a third of reading a header):
+    Adler-32's low half is 1 + the byte sum mod 65521, exact over 256 bytes (256 * 255 < 65521)."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
+
+
 def _checksum_ok(block: bytes) -> bool:
     stored = block[148:156].split(b"\0", 1)[0].strip(b" ")
     try:
         want = int(stored, 8)
     except ValueError:
         return False
-    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
+    unsigned = block_sum(block) - sum(block[148:156]) + 8 * 0x20
     if want == unsigned:
         return True
     # some old tars summed signed chars
@@ -94,8 +118,36 @@ def _pax_records(data: bytes, where: str) -> dict[bytes, bytes]:
     return out
 
 
-def iter_members(blob: Blob, files: FileCache, *, max_members: int) -> Iterator[TarMember]:
-    """Yield every member of a tar stream; refuse anything malformed, truncated or unsupported."""
+WINDOW = 8192
+
+
+class _Window:
+    """Header blocks served from positioned reads of up to WINDOW bytes: tar headers mostly sit
+    next to each other (small files, extended headers and their data), so most cost no system
+    call. Callers have checked that ``at + n`` lies inside the blob."""
+
+    def __init__(self, blob: Blob, files: FileCache) -> None:
+        self.blob, self.files = blob, files
+        self.start = 0
+        self.data = b""
+
+    def read(self, n: int, at: int) -> bytes:
+        off = at - self.start
+        if off >= 0 and off + n <= len(self.data):
+            return self.data[off : off + n]
+        if n > WINDOW:
+            return self.blob.pread(self.files, n, at)
+        self.start = at
+        self.data = self.blob.pread(self.files, min(WINDOW, self.blob.size - at), at)
+        return self.data[:n]
+
+
+def iter_members(
+    blob: Blob, files: FileCache, *, max_members: int, budget: HeaderBudget
+) -> Iterator[TarMember]:
+    """Yield every member of a tar stream; refuse anything malformed, truncated or unsupported.
+    Every header block read is spent from ``budget``."""
+    window = _Window(blob, files)
     pos = 0
     count = 0
     long_name: bytes | None = None
@@ -107,11 +159,12 @@ def iter_members(blob: Blob, files: FileCache, *, max_members: int) -> Iterator[
             if pos == blob.size and count == 0 and blob.size == 0:
                 return  # an empty layer
             raise ImageError(f"{blob.name}: tar truncated at offset {pos} (no end-of-archive)")
-        block = blob.pread(files, BLOCK, pos)
+        block = window.read(BLOCK, pos)
         if block.count(0) == BLOCK:
             if long_name is not None or long_link is not None or pax:
                 raise ImageError(f"{where}: extended header not followed by a member")
             return  # end-of-archive marker; what follows is padding
+        budget.spend(blob.name)
         if not _checksum_ok(block):
             raise ImageError(f"{where}: bad header checksum (not a tar archive, or corrupt)")
         typeflag = block[156:157]
@@ -130,7 +183,7 @@ def iter_members(blob: Blob, files: FileCache, *, max_members: int) -> Iterator[
                 raise ImageError(
                     f"{where}: {size}-byte extended header (at most {MAX_EXTENDED_HEADER})"
                 )
-            data = blob.pread(files, size, data_offset)
+            data = window.read(size, data_offset) if size else b""
             if typeflag == b"L":
                 long_name = data.split(b"\0", 1)[0]
             elif typeflag == b"K":

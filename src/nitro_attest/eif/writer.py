@@ -12,12 +12,10 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import Any, BinaryIO
 
 from nitro_attest.attestation.pcr import extend_zero
 from nitro_attest.eif.format import (
@@ -34,7 +32,6 @@ from nitro_attest.eif.format import (
     SectionHeader,
     SectionType,
 )
-from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
 from nitro_attest.eif.sink import Crc, HashingSink, crc32_combine
 
 
@@ -68,7 +65,7 @@ def default_metadata(
 
 
 def write_eif(
-    out_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | BinaryIO,
     *,
     kernel: Source,
     cmdline: str | bytes,
@@ -79,6 +76,8 @@ def write_eif(
     aarch64: bool = False,
 ) -> dict[str, str]:
     """Write an EIF and return its measurements (hex PCR0, PCR1, PCR2, and PCR8 when signed).
+
+    ``out_path`` is a path, or a file object opened for writing and seeking (left open).
 
     Sizes are known before any byte is written (a Stream declares its own), so the file is
     written once, front to back; only the header is rewritten at the end, once the signature
@@ -103,6 +102,10 @@ def write_eif(
         raise EifError(f"{n_sections} sections; an EIF holds at most {MAX_SECTIONS}")
     key = None
     if signing_key_pem is not None:
+        # imported here: an unsigned build never needs cryptography (~0.05 s of startup)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         loaded = serialization.load_pem_private_key(signing_key_pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise EifError("the signing key must be an EC private key")
@@ -114,7 +117,12 @@ def write_eif(
     offsets: list[int] = []
     sizes: list[int] = []
     crc = Crc()  # of everything after the header
-    with open(out_path, "w+b") as fh, HashingSink(fh, crc) as sink:
+    opened: AbstractContextManager[BinaryIO] = (
+        open(out_path, "w+b")  # noqa: SIM115
+        if isinstance(out_path, (str, os.PathLike))
+        else nullcontext(out_path)
+    )
+    with opened as fh, HashingSink(fh, crc) as sink:
         fh.write(bytes(HEADER_SIZE))
 
         def section(kind: SectionType, source: Source, here: list[Any], there: list[Any]) -> None:
@@ -150,6 +158,8 @@ def write_eif(
                 "PCR2": extend_zero(app.digest()).hex(),
             }
             if key is not None and signing_certificate_pem is not None:
+                from nitro_attest.eif.signature import load_certificate, pcr8, sign_pcr0
+
                 signature = sign_pcr0(key, signing_certificate_pem, pcr0)
                 section(SectionType.SIGNATURE, signature, [], [])
                 pcrs["PCR8"] = pcr8(load_certificate(signing_certificate_pem)).hex()
