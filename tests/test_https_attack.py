@@ -96,7 +96,7 @@ def test_direct_connection_is_accepted(sim_state: Path) -> None:
     ("flags", "check"),
     [
         (["--pcr", "0=" + "ee" * 48], "pcrs"),
-        (["--pcr", "3=" + "00" * 48 , "--pcr", "4=" + "11" * 48], "pcrs"),
+        (["--pcr", "3=" + "00" * 48, "--pcr", "4=" + "11" * 48], "pcrs"),
     ],
 )
 def test_wrong_pcr_refused_before_sending(
@@ -180,7 +180,9 @@ def test_front_locks_pcr16_pristine_and_refuses_a_marked_enclave(sim_state: Path
         seal_caller_key_pcr(marked)
 
 
-def test_empty_expectations_are_refused(sim_state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_expectations_are_refused(
+    sim_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(UsageError, match="needs expected PCRs"):
         AttestedTransport(policy=Policy())
     with pytest.raises(UsageError, match="must not set nonce"):
