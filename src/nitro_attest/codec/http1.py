@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Literal
 
 from nitro_attest.codec.http import (
-    REASONS,
     HandshakeError,
     header_field,
     is_token,
@@ -204,6 +204,13 @@ def parse_response_head(
 # --- encoding -----------------------------------------------------------------------------------
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _join(start: bytes, headers: Iterable[Header]) -> bytes:
     out = [start]
     for name, value in headers:
@@ -275,8 +282,7 @@ def forward_response_head(
             headers.append((b"content-length", length))
     if not keep_alive:
         headers.append((b"connection", b"close"))
-    reason = REASONS.get(response.status, "")
-    start = f"HTTP/1.1 {response.status} {reason}".rstrip().encode("ascii")
+    start = f"HTTP/1.1 {response.status} {_reason(response.status)}".rstrip().encode("ascii")
     return _join(start, headers)
 
 
@@ -293,7 +299,7 @@ def simple_response(
     headers.append((b"content-length", str(len(body)).encode()))
     if close:
         headers.append((b"connection", b"close"))
-    start = f"HTTP/1.1 {status} {REASONS.get(status, '')}".rstrip().encode("ascii")
+    start = f"HTTP/1.1 {status} {_reason(status)}".rstrip().encode("ascii")
     return _join(start, headers) + body
 
 

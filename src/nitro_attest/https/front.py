@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -161,10 +162,15 @@ class _Stream:
         return data
 
     async def send(self, data: bytes, timeout: float) -> None:
+        """Write ``data``; wait (at most ``timeout``) only while the peer lags a piece behind."""
+        transport = self.writer.transport
+        if transport.is_closing():
+            raise _Closed("closing")
         try:
             self.writer.write(data)
-            async with asyncio.timeout(timeout):
-                await self.writer.drain()
+            if transport.get_write_buffer_size() > PIECE:
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError, RuntimeError) as exc:
             raise _Closed(type(exc).__name__) from None
 
@@ -256,6 +262,12 @@ class HttpsFront:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(_peer_text(writer), asyncio.current_task())
         self._admit(conn)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and one
+            # accepted from our listening socket (proto 0) is not: without it a response head
+            # and its body wait out the client's delayed ACK (40 ms) when written apart.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             try:
                 async with asyncio.timeout(self.config.header_timeout):
@@ -460,8 +472,8 @@ class HttpsFront:
         if framing == "close":
             framing = "chunked" if request.version == "HTTP/1.1" else "close"
             keep = keep and framing == "chunked"
-        await client.send(forward_response_head(response, framing=framing, keep_alive=keep), idle)
-        sent = await _relay_response_body(upstream, client, response, framing, idle)
+        head = forward_response_head(response, framing=framing, keep_alive=keep)
+        sent = await _relay_response_body(upstream, client, response, framing, idle, head)
         return response.status, sent, keep, response.keep_alive
 
     async def _read_response_head(self, upstream: _Stream, request: RequestHead) -> ResponseHead:
@@ -537,22 +549,33 @@ class _BodyRelay:
 
 
 async def _relay_response_body(
-    upstream: _Stream, client: _Stream, response: ResponseHead, framing: str, idle: float
+    upstream: _Stream, client: _Stream, response: ResponseHead, framing: str, idle: float,
+    head: bytes,
 ) -> int:
-    """Copy the app's body to the client, re-framed as ``framing``; the bytes of payload moved."""
+    """Send ``head`` and the app's body to the client, the body re-framed as ``framing``; the
+    bytes of payload moved. The head goes out with the body's first piece (one TLS record)."""
     sent = 0
     if response.framing == "none":
+        await client.send(head, idle)
         return 0
     if response.framing == "length":
         remaining = response.length
+        prefix = head
         while remaining:
             if not upstream.buffer:
+                if prefix:  # the body is not here yet: do not hold the head back for it
+                    await client.send(prefix, idle)
+                    prefix = b""
                 await upstream.fill(idle)
             piece = upstream.take(min(remaining, PIECE))
             remaining -= len(piece)
             sent += len(piece)
-            await client.send(piece, idle)
+            await client.send(prefix + piece if prefix else piece, idle)
+            prefix = b""
+        if prefix:
+            await client.send(prefix, idle)
         return sent
+    await client.send(head, idle)
     decoder = ChunkedDecoder() if response.framing == "chunked" else None
     while True:
         if not upstream.buffer:
