@@ -9,10 +9,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from nitro_attest._cli import expectations
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+
+if TYPE_CHECKING:
+    from nitro_attest._cli.serve_log import ServerLogHandler
 
 _SERVE_EPILOG = """\
 examples:
@@ -121,9 +124,12 @@ def _add_get(ops: Any) -> None:
 # --- serve --------------------------------------------------------------------------------------
 
 
-def _configure_logging() -> logging.Handler:
+def _configure_logging() -> ServerLogHandler:
     from nitro_attest._cli.serve_log import ServerLogHandler
 
+    logging.logThreads = False  # as serve: the log line is a good part of a request's CPU
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = ServerLogHandler(sys.stderr)
     logger = logging.getLogger("nitro_attest.https")
     for old in [h for h in logger.handlers if isinstance(h, ServerLogHandler)]:
@@ -175,9 +181,9 @@ def run_serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_header_bytes=args.max_header_bytes,
     )
-    front = HttpsFront(config, identity, attester)
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
+    front = HttpsFront(config, identity, attester, request_log=handler)
     try:
         asyncio.run(_serve(front, listen, args.drain_timeout, log))
     except AddressError as exc:

@@ -20,7 +20,7 @@ from nitro_attest.codec.http import (
     HandshakeError,
     header_field,
     is_token,
-    split_head,
+    split_fields,
 )
 
 Header = tuple[bytes, bytes]  # (name lowercased, value)
@@ -108,10 +108,6 @@ def _tokens(headers: Iterable[Header], name: bytes) -> set[bytes]:
     return out
 
 
-def _fields(lines: Sequence[bytes]) -> tuple[Header, ...]:
-    return tuple(header_field(line) for line in lines)
-
-
 def _body_framing(headers: Sequence[Header], version: str) -> tuple[Framing, int] | None:
     """Framing from Transfer-Encoding / Content-Length; None when neither is present."""
     codings = [v for k, v in headers if k == b"transfer-encoding"]
@@ -137,8 +133,8 @@ def _body_framing(headers: Sequence[Header], version: str) -> tuple[Framing, int
 def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHead:
     """A complete request head (through CRLF CRLF) of at most ``limit`` bytes and ``max_lines``
     header lines, or HandshakeError with the status to answer."""
-    lines = split_head(head, limit=limit, max_lines=max_lines)
-    parts = lines[0].split(b" ")
+    start, fields = split_fields(head, limit=limit, max_lines=max_lines)
+    parts = start.split(b" ")
     if len(parts) != 3 or not all(parts):
         raise HandshakeError(400, "request line is not 'METHOD TARGET HTTP/1.x'")
     method, target, version = parts
@@ -150,7 +146,7 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         raise HandshakeError(405, "CONNECT is not served")
     if not _TARGET.match(target) and not (target == b"*" and method == b"OPTIONS"):
         raise HandshakeError(400, "request target must be a path (origin-form)")
-    headers = _fields(lines[1:])
+    headers = tuple(fields)
     hosts = [v for k, v in headers if k == b"host"]
     if version == b"HTTP/1.1" and len(hosts) != 1:
         raise HandshakeError(400, "an HTTP/1.1 request needs exactly one Host")
@@ -181,13 +177,13 @@ def parse_response_head(
 ) -> ResponseHead:
     """A complete response head to a ``request_method`` request; its body's framing follows the
     RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close)."""
-    lines = split_head(head, limit=limit, max_lines=max_lines)
-    status_match = _STATUS.match(lines[0])
+    start, fields = split_fields(head, limit=limit, max_lines=max_lines)
+    status_match = _STATUS.match(start)
     if status_match is None:
         raise HandshakeError(502, "malformed status line")
     status = int(status_match.group(1))
-    version = lines[0][:8].decode("ascii")
-    headers = _fields(lines[1:])
+    version = start[:8].decode("ascii")
+    headers = tuple(fields)
     connection = _tokens(headers, b"connection")
     keep_alive = version == "HTTP/1.1" and b"close" not in connection
     framing: tuple[Framing, int]

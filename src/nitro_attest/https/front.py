@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import socket
 import ssl
@@ -22,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import unquote
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
@@ -69,6 +71,24 @@ class FrontConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_lines: int = DEFAULT_MAX_HEADER_LINES
     app_timeout: float = DEFAULT_APP_TIMEOUT
+
+
+class RequestLog(Protocol):
+    """Where the line per request goes: held by ``request``, written by ``flush``."""
+
+    def request(self, line: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class LoggingRequestLog:
+    """The default: each line an INFO record of this module's logger, at once."""
+
+    def request(self, line: str) -> None:
+        log.info("%s", line)
+
+    def flush(self) -> None:
+        pass
 
 
 class _Closed(Exception):
@@ -138,22 +158,28 @@ class Attester:
 class _Stream:
     """One side of a relay: a reader, a writer and what was read but not used yet."""
 
-    __slots__ = ("buffer", "reader", "writer")
+    __slots__ = ("buffer", "owner", "reader", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, owner: _Connection
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.owner = owner
         self.buffer = bytearray()
 
-    async def fill(self, timeout: float) -> None:
-        """Read more into the buffer; _Closed at EOF or after ``timeout`` seconds of silence."""
+    async def fill(self, timeout: float, *, head: bool = False) -> None:
+        """Read more into the buffer; _Closed at EOF, or once the front's sweep found nothing
+        arrived for ``timeout`` seconds (a deadline per connection, not a timer per read)."""
+        owner = self.owner
+        owner.deadline = time.monotonic() + timeout
+        owner.head = head
         try:
-            async with asyncio.timeout(timeout):
-                data = await self.reader.read(PIECE)
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
+            data = await self.reader.read(PIECE)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
             raise _Closed(type(exc).__name__) from None
         if not data:
-            raise _Closed("eof")
+            raise _Closed("expired" if owner.expired else "eof")
         self.buffer += data
 
     def take(self, n: int) -> bytes:
@@ -180,7 +206,7 @@ class _Stream:
 
 
 class _Connection:
-    __slots__ = ("busy", "client", "peer", "task", "upstream")
+    __slots__ = ("busy", "client", "deadline", "expired", "head", "peer", "task", "upstream")
 
     def __init__(self, peer: str, task: asyncio.Task[None] | None) -> None:
         self.peer = peer
@@ -188,6 +214,9 @@ class _Connection:
         self.client: _Stream | None = None
         self.upstream: _Stream | None = None
         self.busy = False
+        self.deadline = math.inf  # the TLS handshake has its own timeout
+        self.head = False  # waiting for the rest of a begun request head (expiry: 408)
+        self.expired = False
 
 
 def _peer_text(writer: asyncio.StreamWriter) -> str:
@@ -198,13 +227,23 @@ def _peer_text(writer: asyncio.StreamWriter) -> str:
 
 
 class HttpsFront:
-    def __init__(self, config: FrontConfig, identity: TlsIdentity, attester: Attester) -> None:
+    def __init__(
+        self,
+        config: FrontConfig,
+        identity: TlsIdentity,
+        attester: Attester,
+        request_log: RequestLog | None = None,
+    ) -> None:
         self.config = config
+        self._request_log = request_log or LoggingRequestLog()
+        self._flush_pending = False
         self._identity = identity
         self._attester = attester
         self._server: asyncio.Server | None = None
         self._connections: OrderedDict[_Connection, None] = OrderedDict()
         self._shed = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tick = min(0.25, config.header_timeout / 4, config.idle_timeout / 4)
 
     @property
     def active_connections(self) -> int:
@@ -216,6 +255,7 @@ class HttpsFront:
             self._server = await asyncio.start_unix_server(self._accept, sock=sock)
         else:
             self._server = await asyncio.start_server(self._accept, sock=sock)
+        self._sweeper = asyncio.ensure_future(self._sweep())
         name = sock.getsockname()
         if listen.scheme == "tcp":
             return Address("tcp", host=listen.host, port=int(name[1]))
@@ -236,7 +276,33 @@ class HttpsFront:
             await asyncio.sleep(0.05)
         for conn in list(self._connections):
             self._drop(conn)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._attester.close()
+
+    async def _sweep(self) -> None:
+        """Expire connections past their deadline, every tick (a quarter of the shortest
+        timeout at most): one timer for the front instead of one per read."""
+        while True:
+            await asyncio.sleep(self._tick)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if conn.deadline < now and not conn.expired:
+                    self._expire(conn)
+
+    def _expire(self, conn: _Connection) -> None:
+        conn.expired = True
+        for side in (conn.client, conn.upstream):
+            if side is None:
+                continue
+            if side is conn.client and conn.head:
+                # The head is late: stop reading, let _read_head answer 408, then close.
+                transport = side.writer.transport
+                if isinstance(transport, asyncio.ReadTransport):
+                    transport.pause_reading()
+            else:
+                side.close()
+            side.reader.feed_eof()  # wakes the read that waits
 
     def _drop(self, conn: _Connection) -> None:
         for side in (conn.client, conn.upstream):
@@ -252,7 +318,7 @@ class HttpsFront:
             if victim is None:
                 victim = next(iter(self._connections))
             self._shed += 1
-            log.info("https shed peer=%s (connections full)", victim.peer)
+            self._line(f"https shed peer={victim.peer} (connections full)")
             self._drop(victim)
         self._connections[conn] = None
 
@@ -274,7 +340,7 @@ class HttpsFront:
                     await writer.start_tls(self._identity.context)
             except (TimeoutError, ssl.SSLError, ConnectionError, OSError):
                 return
-            conn.client = _Stream(reader, writer)
+            conn.client = _Stream(reader, writer, conn)
             await self._serve(conn)
         except (_Closed, asyncio.CancelledError):
             pass
@@ -329,18 +395,24 @@ class HttpsFront:
             if now >= deadline:
                 raise _Refused(408, "request head not complete in time")
             try:
-                await client.fill(deadline - now)
+                await client.fill(deadline - now, head=True)
             except _Closed:
-                if time.monotonic() >= deadline:
+                if client.owner.expired:
                     raise _Refused(408, "request head not complete in time") from None
                 raise
 
     async def _answer_error(self, conn: _Connection, status: int, reason: str) -> None:
-        log.info("https peer=%s refused status=%d reason=%s", conn.peer, status, reason)
+        """Answer ``status`` and close, letting the answer reach the client first (at most 1 s)."""
+        self._line(f"https peer={conn.peer} refused status={status} reason={reason}")
         assert conn.client is not None
         body = f"{reason}\n".encode()
         with contextlib.suppress(_Closed):
-            await conn.client.send(simple_response(status, body, close=True), 5.0)
+            await conn.client.send(simple_response(status, body, close=True), 1.0)
+        writer = conn.client.writer
+        with contextlib.suppress(Exception):
+            writer.close()
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
 
     async def _attestation(self, conn: _Connection, request: RequestHead, started: float) -> bool:
         assert conn.client is not None
@@ -376,10 +448,21 @@ class HttpsFront:
     ) -> None:
         path = escape_untrusted(request.path[:200])
         ms = (time.monotonic() - started) * 1000
-        log.info(
-            "https peer=%s %s %s status=%d in=%d out=%d ms=%.1f",
-            conn.peer, request.method, path, status, got, sent, ms,
+        self._line(
+            f"https peer={conn.peer} {request.method} {path} status={status} in={got} "
+            f"out={sent} ms={ms:.1f}"
         )
+
+    def _line(self, line: str) -> None:
+        """The line per request: held by the request log and written once per loop turn."""
+        self._request_log.request(line)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._request_log.flush()
 
     async def _open_upstream(self, conn: _Connection) -> _Stream:
         if conn.upstream is not None:
@@ -393,7 +476,7 @@ class HttpsFront:
                     reader, writer = await asyncio.open_connection(app.host, app.port)
         except (TimeoutError, OSError) as exc:
             raise _Refused(502, f"app unreachable: {type(exc).__name__}") from None
-        conn.upstream = _Stream(reader, writer)
+        conn.upstream = _Stream(reader, writer, conn)
         return conn.upstream
 
     def _close_upstream(self, conn: _Connection) -> None:
@@ -613,5 +696,7 @@ __all__ = [
     "Attester",
     "FrontConfig",
     "HttpsFront",
+    "LoggingRequestLog",
+    "RequestLog",
     "seal_caller_key_pcr",
 ]
