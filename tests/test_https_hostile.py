@@ -148,3 +148,32 @@ def test_smuggling_head_is_refused_and_never_reaches_the_app(sim_state: Path) ->
         assert _read_all(sock, 5).startswith(b"HTTP/1.1 400 ")
         sock.close()
         assert app.seen == []
+
+
+def test_unix_listener_serves_and_removes_its_socket_file(sim_state: Path, tmp_path: Path) -> None:
+
+    from nitro_attest.https.front import Attester, FrontConfig, HttpsFront
+    from nitro_attest.https.identity import make_identity
+    from nitro_attest.wire.transport import parse_address
+
+    from .serverkit import loop_in_thread
+
+    path = tmp_path / "front.sock"
+    with running_app() as app:
+        identity = make_identity()
+        front = HttpsFront(FrontConfig(app=parse_address(app.address)), identity,
+                           Attester(sim(sim_state), identity.spki_der))
+        listen = parse_address(f"unix://{path}", role="listen")
+        with loop_in_thread(lambda: front.start(listen), lambda: front.shutdown(0.5),
+                            "nitro_attest.https"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(path))
+            from nitro_attest.https.client import client_context
+
+            tls = client_context().wrap_socket(sock, server_hostname=None)
+            tls.sendall(b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(tls, 5).endswith(b"hello /u\n")
+            tls.close()
+            assert path.exists()
+    assert not path.exists()
+    assert [s.path for s in app.seen] == ["/u"]
