@@ -149,8 +149,9 @@ def wrk(wrk_bin: str, port: int, seconds: float) -> float:
     return float(found.group(1))
 
 
-def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float]:
-    """Medians, in ms: attested connection; plain TLS handshake; one document verification."""
+def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float, float]:
+    """Medians, in ms: attested connection; plain TLS handshake; one document verification;
+    one document from the software NSM (the enclave's share, not among the target's parts)."""
     from nitro_attest.attestation.document import parse_document
     from nitro_attest.attestation.policy import Policy
     from nitro_attest.attestation.verifier import Verifier
@@ -166,7 +167,7 @@ def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float]:
     url = parse_url(f"https://127.0.0.1:{port}/")
     context = client_context()
 
-    attested, plain, verify = [], [], []
+    attested, plain, verify, signing = [], [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
         with AttestedConnection(url, verifier=verifier, policy=policy) as conn:
@@ -180,12 +181,16 @@ def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float]:
         tls.close()
         nonce = os.urandom(32)
         key = os.urandom(91)
+        t0 = time.perf_counter()
         document = nsm.attestation(nonce=nonce, public_key=key)
+        signing.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         verifier.verify(document, policy=Policy(pcr_sets=policy.pcr_sets, nonce=nonce,
                                                 public_key=key))
         verify.append(time.perf_counter() - t0)
-    return tuple(statistics.median(v) * 1000 for v in (attested, plain, verify))  # type: ignore
+    return tuple(  # type: ignore[return-value]
+        statistics.median(v) * 1000 for v in (attested, plain, verify, signing)
+    )
 
 
 def spread(values: list[float], best: float) -> float:
@@ -231,14 +236,15 @@ def main() -> None:
             wait_port(nginx_port, web, "nginx")
 
             rps: dict[str, list[float]] = {"ours": [], "nginx": []}
-            setups: list[tuple[float, float, float]] = []
+            setups: list[tuple[float, float, float, float]] = []
             for r in range(args.rounds):
                 for name, port in (("ours", ours_port), ("nginx", nginx_port)):
                     rps[name].append(wrk(wrk_bin, port, args.seconds))
                 setups.append(setup_costs(ours_port, state, args.setups))
                 print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s, nginx "
                       f"{rps['nginx'][-1]:.0f} req/s; setup {setups[-1][0]:.2f} ms vs TLS "
-                      f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms", file=sys.stderr)
+                      f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms (NSM document "
+                      f"{setups[-1][3]:.2f} ms)", file=sys.stderr)
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -253,13 +259,16 @@ def main() -> None:
                                     ("nginx      ", best_nginx, rps["nginx"])):
         print(f"throughput  {label} {best_rps:8.0f} req/s (spread {spread(values, best_rps):.0f}%)")
     print(f"            ratio {ratio:.2f}x  target >= 0.5x  {'MET' if ratio >= 0.5 else 'MISSED'}")
-    ratios = [a / (t + v) for a, t, v in setups]
+    ratios = [a / (t + v) for a, t, v, _ in setups]
     best = min(ratios)
-    a, t, v = setups[ratios.index(best)]
+    a, t, v, g = setups[ratios.index(best)]
     print(f"setup       attested {a:.2f} ms; parts: TLS handshake {t:.2f} ms + verification "
           f"{v:.2f} ms = {t + v:.2f} ms")
     print(f"            ratio {best:.2f}x (spread {spread(ratios, best):.0f}%)  target <= 1.2x  "
           f"{'MET' if best <= 1.2 else 'MISSED'}")
+    with_nsm = [a / (t + v + g) for a, t, v, g in setups]
+    print(f"            the NSM's document ({g:.2f} ms, software NSM) counted as a part too: "
+          f"{min(with_nsm):.2f}x (spread {spread(with_nsm, min(with_nsm)):.0f}%)")
 
 
 if __name__ == "__main__":
