@@ -55,7 +55,9 @@ _DIGITS = re.compile(rb"[0-9]{1,16}\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, a good part of the
+# cost of parsing a small head. Nothing mutates a parsed head.
+@dataclass(slots=True)
 class RequestHead:
     method: str
     target: str  # origin-form: path and query as sent
@@ -78,7 +80,7 @@ class RequestHead:
         return _get(self.headers, name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseHead:
     status: int
     version: str
@@ -100,18 +102,35 @@ def _get(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 def _tokens(headers: Iterable[Header], name: bytes) -> set[bytes]:
     """The comma-separated tokens of every ``name`` field, lowercased."""
+    return _split_tokens(v for k, v in headers if k == name)
+
+
+def _split_tokens(values: Iterable[bytes]) -> set[bytes]:
     out: set[bytes] = set()
-    for key, value in headers:
-        if key == name:
-            out.update(t.strip(b" \t").lower() for t in value.split(b","))
+    for value in values:
+        out.update(t.strip(b" \t").lower() for t in value.split(b","))
     out.discard(b"")
     return out
 
 
-def _body_framing(headers: Sequence[Header], version: str) -> tuple[Framing, int] | None:
+# The fields that decide framing and the connection's fate: gathered in one pass over a head.
+_FRAMING_FIELDS = frozenset(
+    (b"host", b"transfer-encoding", b"content-length", b"connection", b"expect")
+)
+
+
+def _gather(fields: Iterable[Header]) -> dict[bytes, list[bytes]]:
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        if name in _FRAMING_FIELDS:
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def _body_framing(found: dict[bytes, list[bytes]], version: str) -> tuple[Framing, int] | None:
     """Framing from Transfer-Encoding / Content-Length; None when neither is present."""
-    codings = [v for k, v in headers if k == b"transfer-encoding"]
-    lengths = [v for k, v in headers if k == b"content-length"]
+    codings = found.get(b"transfer-encoding")
+    lengths = found.get(b"content-length")
     if codings:
         if lengths:
             raise HandshakeError(400, "both Transfer-Encoding and Content-Length")
@@ -146,29 +165,30 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         raise HandshakeError(405, "CONNECT is not served")
     if not _TARGET.match(target) and not (target == b"*" and method == b"OPTIONS"):
         raise HandshakeError(400, "request target must be a path (origin-form)")
-    headers = tuple(fields)
-    hosts = [v for k, v in headers if k == b"host"]
+    found = _gather(fields)
+    hosts = found.get(b"host", ())
     if version == b"HTTP/1.1" and len(hosts) != 1:
         raise HandshakeError(400, "an HTTP/1.1 request needs exactly one Host")
     if len(hosts) > 1:
         raise HandshakeError(400, "more than one Host")
     text_version = version.decode("ascii")
-    framing = _body_framing(headers, text_version) or ("none", 0)
-    connection = _tokens(headers, b"connection")
+    framing = _body_framing(found, text_version) or ("none", 0)
     # HTTP/1.0: one request per connection, keep-alive asked or not.
-    keep_alive = text_version == "HTTP/1.1" and b"close" not in connection
-    expect = _get(headers, b"expect")
-    if expect is not None and expect.lower() != b"100-continue":
+    keep_alive = text_version == "HTTP/1.1" and (
+        b"connection" not in found or b"close" not in _split_tokens(found[b"connection"])
+    )
+    expects = found.get(b"expect")
+    if expects is not None and (len(expects) != 1 or expects[0].lower() != b"100-continue"):
         raise HandshakeError(400, "unsupported Expect")  # 417 is not worth its own code here
     return RequestHead(
         method=method.decode("ascii"),
         target=target.decode("ascii"),
         version=text_version,
-        headers=headers,
+        headers=tuple(fields),
         framing=framing[0],
         length=framing[1],
         keep_alive=keep_alive,
-        expect_continue=expect is not None and version == b"HTTP/1.1",
+        expect_continue=expects is not None and version == b"HTTP/1.1",
     )
 
 
@@ -184,14 +204,16 @@ def parse_response_head(
     status = int(status_match.group(1))
     version = start[:8].decode("ascii")
     headers = tuple(fields)
-    connection = _tokens(headers, b"connection")
-    keep_alive = version == "HTTP/1.1" and b"close" not in connection
+    found = _gather(fields)
+    keep_alive = version == "HTTP/1.1" and (
+        b"connection" not in found or b"close" not in _split_tokens(found[b"connection"])
+    )
     framing: tuple[Framing, int]
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         framing = ("none", 0)
     else:
-        found = _body_framing(headers, version)
-        framing = found if found is not None else ("close", 0)
+        framed = _body_framing(found, version)
+        framing = framed if framed is not None else ("close", 0)
     if framing[0] == "close":
         keep_alive = False
     return ResponseHead(status, version, headers, framing[0], framing[1], keep_alive)

@@ -42,7 +42,7 @@ from nitro_attest.codec.http1 import (
     parse_response_head,
     simple_response,
 )
-from nitro_attest.errors import ConfigurationError, NsmError
+from nitro_attest.errors import ConfigurationError, NsmError, TransportError
 from nitro_attest.https.defaults import (
     DEFAULT_APP_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -92,11 +92,13 @@ class LoggingRequestLog:
         pass
 
 
-class _Closed(Exception):
+class _Closed(TransportError):
     """The connection is over (peer gone, timeout, shed): no answer can be sent."""
 
 
-class _Refused(Exception):
+class _Refused(TransportError):
+    """The request is answered with ``status`` and the connection closed."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
