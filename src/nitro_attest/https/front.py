@@ -169,7 +169,7 @@ class _Stream:
     ``sslproto`` and streams, which copy every record through memory BIOs and Python layers.
     """
 
-    __slots__ = ("buffer", "closed", "fd", "loop", "owner", "sock", "waiter")
+    __slots__ = ("buffer", "closed", "fd", "loop", "owner", "readable", "sock", "writable")
 
     def __init__(self, sock: socket.socket, owner: _Connection) -> None:
         self.sock = sock
@@ -177,33 +177,45 @@ class _Stream:
         self.owner = owner
         self.loop = asyncio.get_running_loop()
         self.buffer = bytearray()
-        self.waiter: asyncio.Future[None] | None = None
+        # One waiter per direction: a request body may be read from this socket while the
+        # answer is written to it.
+        self.readable: asyncio.Future[None] | None = None
+        self.writable: asyncio.Future[None] | None = None
         self.closed = False
 
     async def wait(self, writable: bool) -> None:
-        """Until the socket is readable (or writable); _Closed if closed or expired meanwhile."""
+        """Until the socket is readable (or writable); _Closed if closed or expired meanwhile.
+        TLS asking the other direction than the caller's (a read needing a write) is rare and
+        would collide with the other direction's waiter, so it is polled instead."""
         if self.closed:
             raise _Closed("closed")
+        if (self.writable if writable else self.readable) is not None:
+            await asyncio.sleep(0.001)
+            return
         waiter = self.loop.create_future()
-        self.waiter = waiter
         if writable:
+            self.writable = waiter
             self.loop.add_writer(self.fd, _wake, waiter)
         else:
+            self.readable = waiter
             self.loop.add_reader(self.fd, _wake, waiter)
         try:
             await waiter
         finally:
-            self.waiter = None
-            if not self.closed:
-                if writable:
+            if writable:
+                self.writable = None
+                if not self.closed:
                     self.loop.remove_writer(self.fd)
-                else:
+            else:
+                self.readable = None
+                if not self.closed:
                     self.loop.remove_reader(self.fd)
 
     def interrupt(self) -> None:
-        """Wake a pending wait with _Closed (the connection expired)."""
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(_Closed("expired"))
+        """Wake pending waits with _Closed (the connection expired or is closing)."""
+        for waiter in (self.readable, self.writable):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_Closed("expired"))
 
     async def handshake(self) -> None:
         assert isinstance(self.sock, ssl.SSLSocket)
@@ -619,10 +631,13 @@ class HttpsFront:
             self._close_upstream(conn)
             try:
                 upstream = await self._open_upstream(conn)
+                await upstream.send(head, idle)
+            except _Closed:
+                await self._answer_error(conn, 502, "the app closed the connection")
+                return False
             except _Refused as exc:
                 await self._answer_error(conn, exc.status, exc.reason)
                 return False
-            await upstream.send(head, idle)
         if request.expect_continue:
             await client.send(b"HTTP/1.1 100 Continue\r\n\r\n", idle)
         body = _BodyRelay(client, upstream, request, idle)
