@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,3 +208,48 @@ def test_chunked_upload_and_keep_alive_on_one_connection(sim_state: Path) -> Non
             )
         assert len(front.attestation_lines()) == 1
         assert [s.path for s in app.seen][-1] == "/upload"
+
+
+def test_app_closing_its_idle_connection_is_reopened(sim_state: Path) -> None:
+    """An app that closes each connection after answering, without saying so (its keep-alive
+    timeout): the front notices before reusing it and opens a new one; no request is lost."""
+    import socket as socketlib
+
+    from .httpskit import sim as open_sim
+
+    listener = socketlib.create_server(("127.0.0.1", 0))
+    served: list[bytes] = []
+
+    def app() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                served.append(data.split(b" ")[1])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    threading.Thread(target=app, daemon=True).start()
+    address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with running_front(open_sim(sim_state), address) as front:
+            transport = AttestedTransport(
+                policy=POLICY, root=(sim_state / "root.pem").read_bytes()
+            )
+            with httpx.Client(transport=transport) as client:
+                for i in range(3):
+                    r = client.get(front.url + f"/r{i}")
+                    assert (r.status_code, r.text) == (200, "ok")
+                    wait_for(lambda n=i + 1: len(served) == n, 5, "the app's answer")
+                    time.sleep(0.05)  # the app's FIN reaches the front
+            assert served == [b"/r0", b"/r1", b"/r2"]
+            assert len(front.attestation_lines()) == 1  # one client connection throughout
+    finally:
+        listener.close()

@@ -304,6 +304,19 @@ class _Stream:
             self.sock.close()
 
 
+def _still_open(stream: _Stream) -> bool:
+    """A kept app connection that is neither closed by the app nor holding stray bytes."""
+    if stream.closed or stream.buffer:
+        return False
+    try:
+        stream.sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True  # nothing to read: open and quiet
+    except OSError:
+        return False
+    return False  # b"": the app closed it; or stray bytes nobody asked for
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -593,7 +606,9 @@ class HttpsFront:
 
     async def _open_upstream(self, conn: _Connection) -> _Stream:
         if conn.upstream is not None:
-            return conn.upstream
+            if _still_open(conn.upstream):
+                return conn.upstream
+            self._close_upstream(conn)  # the app closed its idle end (its keep-alive timeout)
         app = self.config.app
         assert self._loop is not None
         sock = socket.socket(app.family, socket.SOCK_STREAM)
