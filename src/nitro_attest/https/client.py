@@ -82,6 +82,17 @@ def client_context() -> ssl.SSLContext:
     return context
 
 
+_CONTEXT: list[ssl.SSLContext] = []
+
+
+def _shared_context() -> ssl.SSLContext:
+    """One client context for every AttestedConnection: building one costs about as much as a
+    handshake's own CPU, and a context holds no per-connection state (no session reuse)."""
+    if not _CONTEXT:
+        _CONTEXT.append(client_context())
+    return _CONTEXT[0]
+
+
 def _server_hostname(host: str) -> str | None:
     try:
         ipaddress.ip_address(host)
@@ -136,7 +147,7 @@ class AttestedConnection:
         except OSError as exc:
             raise TransportError(f"{where}: cannot connect: {_describe(exc)}") from None
         try:
-            self._sock = client_context().wrap_socket(
+            self._sock = _shared_context().wrap_socket(
                 raw, server_hostname=_server_hostname(self.url.host)
             )
         except (OSError, ssl.SSLError) as exc:
