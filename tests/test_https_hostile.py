@@ -177,3 +177,26 @@ def test_unix_listener_serves_and_removes_its_socket_file(sim_state: Path, tmp_p
             assert path.exists()
     assert not path.exists()
     assert [s.path for s in app.seen] == ["/u"]
+
+
+def test_a_connection_that_never_starts_tls_is_cut(sim_state: Path) -> None:
+    with running_app() as app, running_front(
+        sim(sim_state), app.address, header_timeout=0.5
+    ) as front:
+        silent = socket.create_connection((front.address.host, front.address.port))
+        silent.settimeout(3)
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the front, not by our timeout
+        assert time.monotonic() - started < 2.0
+        silent.close()
+        assert front.front.active_connections == 0
+
+
+def test_serve_refuses_bad_flags(sim_state: Path, capsys: object) -> None:
+    from nitro_attest._cli import main
+
+    base = ["https", "serve", "--listen", "tcp://127.0.0.1:0", "--nsm", "simulator",
+            "--state", str(sim_state)]
+    assert main([*base, "--to", "tcp://127.0.0.1:1", "--name", "bad name!"]) == 2
+    assert main([*base, "--to", "vsock://16:80"]) == 2
+    assert main([*base, "--to", "tcp://127.0.0.1:1", "--max-connections", "0"]) == 2

@@ -10,7 +10,6 @@ CA signed it (docs/https.md).
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import ssl
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from nitro_attest.codec.hosts import HostSyntaxError, parse_host
 from nitro_attest.errors import ConfigurationError
 
 DEFAULT_NAME = "nitro-enclave"
@@ -46,19 +46,20 @@ def _subject_names(names: Sequence[str]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for name in names:
         try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            try:
-                out.append(x509.DNSName(name.encode("idna").decode("ascii")))
-            except UnicodeError:
-                raise ConfigurationError(f"--name {name[:60]!r}: not a DNS name") from None
+            host = parse_host(name)
+        except HostSyntaxError as exc:
+            raise ConfigurationError(f"--name {name[:60]!r}: {exc}") from None
+        if host.ip is not None:
+            out.append(x509.IPAddress(host.ip))
+        else:
+            out.append(x509.DNSName(host.name))
     return out
 
 
 def _certificate(key: ec.EllipticCurvePrivateKey, names: Sequence[str]) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else
-                                            DEFAULT_NAME)])
+    common_name = names[0] if names else DEFAULT_NAME
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
