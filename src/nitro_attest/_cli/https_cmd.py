@@ -183,6 +183,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
+    _raise_fd_limit(args.max_connections, log)
     front = HttpsFront(config, identity, attester, request_log=handler)
     try:
         asyncio.run(_serve(front, listen, args.drain_timeout, log))
@@ -194,6 +195,22 @@ def run_serve(args: argparse.Namespace) -> int:
         handler.flush()
         backend.close()
     return EXIT_OK
+
+
+def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:
+    """Two descriptors per connection (client, app) and some spare, as far as the hard limit
+    allows; below what --max-connections needs, accepting pauses on EMFILE instead."""
+    import resource
+
+    want = 2 * max_connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning("open-file limit %d is below the %d that --max-connections %d needs",
+                    new, want, max_connections)
 
 
 async def _serve(front: Any, listen: Any, drain: float, log: logging.Logger) -> None:

@@ -165,8 +165,9 @@ class _Stream:
     plain one toward the app) and what was read but not used yet.
 
     TLS is OpenSSL's through ``SSLSocket`` itself, driven by the loop's reader and writer
-    callbacks only while a call would block: about half the CPU per request of asyncio's
-    ``sslproto`` and streams, which copy every record through memory BIOs and Python layers.
+    callbacks only while a call would block: some 15% less CPU per request (measured under wrk)
+    than asyncio's ``sslproto`` and streams, which pass every record through memory BIOs and
+    Python layers.
     """
 
     __slots__ = ("buffer", "closed", "fd", "loop", "owner", "readable", "sock", "writable")
