@@ -17,6 +17,7 @@ from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.https.client import fetch
 
 from .httpskit import POLICY, Front, running_app, running_front, sim, tls_connect
+from .serverkit import wait_for
 
 
 def _served(front: Front, state: Path, path: str = "/ok") -> bytes:
@@ -63,7 +64,7 @@ def test_slow_head_is_cut_while_others_are_served(sim_state: Path) -> None:
         assert served_meanwhile
         elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408 ")
-        assert elapsed < 3.0
+        assert elapsed < 6.0  # 1 s deadline, swept every 0.25 s; slack for a loaded machine
         slow.close()
         assert [s.path for s in app.seen] == ["/ok"]
 
@@ -187,9 +188,9 @@ def test_a_connection_that_never_starts_tls_is_cut(sim_state: Path) -> None:
         silent.settimeout(3)
         started = time.monotonic()
         assert silent.recv(1) == b""  # closed by the front, not by our timeout
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 5.0  # 0.5 s deadline; slack for a loaded machine
         silent.close()
-        assert front.front.active_connections == 0
+        wait_for(lambda: front.front.active_connections == 0, 5, "the connection forgotten")
 
 
 def test_serve_refuses_bad_flags(sim_state: Path, capsys: object) -> None:
