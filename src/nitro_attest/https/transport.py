@@ -15,6 +15,7 @@ document is available as ``response.extensions["network_stream"].get_extra_info(
 
 from __future__ import annotations
 
+import socket
 import ssl
 import typing
 from collections.abc import Iterable
@@ -148,7 +149,8 @@ class AttestedTransport(httpx.HTTPTransport):
         max_connections: int = 10,
         keepalive_expiry: float = 5.0,
     ) -> None:
-        super().__init__()
+        # httpx's default would load the CA store (tens of ms) for a pool replaced below.
+        super().__init__(verify=client_context())
         self._policy = check_policy(policy)
         self._verifier = verifier if verifier is not None else Verifier(root_pem=root)
         # httpx builds its own pool in __init__; ours differs only by the network backend and the
@@ -160,6 +162,8 @@ class AttestedTransport(httpx.HTTPTransport):
             http1=True,
             http2=False,
             network_backend=_Backend(self),
+            # TLS Finished, the attestation request and the request itself leave back to back.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
