@@ -147,6 +147,10 @@ CASES: dict[str, list[Case]] = {
     ],
     "proxy": [case(2, "proxy", "--listen", "tcp://127.0.0.1:0", "--to", "connect")],
     "kms": [case(2, "kms")],
+    "https": [
+        case(2, "https"),
+        case(2, "https", "get", "https://127.0.0.1:9/", "--pcr", "0=" + "00" * 48),
+    ],
 }
 
 

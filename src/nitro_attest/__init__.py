@@ -1,7 +1,8 @@
 """nitro-attest: remote attestation for AWS Nitro Enclaves.
 
 This module is the library's public surface (see docs/api.md): verifying documents, policies,
-results, errors, requesting a document from an enclave and sending it a secret, an EIF's
+results, errors, requesting a document from an enclave and sending it a secret, attested HTTPS
+(``AttestedTransport``, an httpx transport), an EIF's
 measurements, and the NSM for code running in an enclave. Every other module is importable but
 internal and may change. Only the error tree is imported eagerly: every other name in ``_LAZY``
 loads its module (the verifier and cryptography, asyncio, HPKE, EIF, NSM) on first use, so
@@ -44,10 +45,11 @@ if TYPE_CHECKING:
     from nitro_attest.attestation.verifier import VerifiedDocument, Verifier, verify
     from nitro_attest.channel.sender import send_secret
     from nitro_attest.eif import inspect_eif, measurements_from_eif
+    from nitro_attest.https.transport import AttestedTransport
     from nitro_attest.nsm import open_backend
     from nitro_attest.wire.client import request_attestation
 
-__version__ = "0.1.0"
+from nitro_attest.version import __version__
 
 _LAZY = {
     "AttestationDocument": "nitro_attest.attestation.document",
@@ -64,6 +66,7 @@ _LAZY = {
     "inspect_eif": "nitro_attest.eif",
     "measurements_from_eif": "nitro_attest.eif",
     "open_backend": "nitro_attest.nsm",
+    "AttestedTransport": "nitro_attest.https.transport",  # needs the https extra (httpx)
 }
 
 
@@ -85,6 +88,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AttestationDocument",
+    "AttestedTransport",
     "ChainError",
     "ChannelError",
     "ChannelFailure",

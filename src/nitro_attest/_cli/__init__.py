@@ -63,6 +63,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "proxy_cmd",
         "forward connections to or from the enclave (vsock/tcp/unix), or serve HTTP CONNECT",
     ),
+    "https": (
+        "https_cmd",
+        "attested HTTPS: TLS ending in the enclave (serve) and a client that checks it (get)",
+    ),
     "kms": (
         "kms_cmd",
         "AWS KMS with attestation (Recipient): enclave client, local KMS, key policies",

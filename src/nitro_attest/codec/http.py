@@ -19,17 +19,26 @@ MAX_HEAD_BYTES = 8192
 MAX_HEADER_LINES = 64
 HEAD_END = b"\r\n\r\n"
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+_NAME = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 token
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"  # no CR, LF, NUL or other control character
+_TOKEN = re.compile(_NAME + rb"\Z")
+_FIELD_VALUE = re.compile(_VALUE + rb"\Z")
+# A whole header block, each line NAME:VALUE CRLF: one C-level pass instead of one per line.
+_FIELD_BLOCK = re.compile(rb"(?:" + _NAME + rb":" + _VALUE + rb"\r\n)*\Z")
+_FIELD_LINE = re.compile(rb"(" + _NAME + rb"):(" + _VALUE + rb")\r\n")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 
-_REASONS = {
+REASONS = {
     200: "Connection established",
     400: "Bad Request",
     403: "Forbidden",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -37,7 +46,8 @@ _REASONS = {
 
 
 class HandshakeError(TransportError):
-    """The CONNECT request is refused with ``status``; ``reason`` is safe to log."""
+    """A request head (CONNECT here, any request in ``codec.http1``) is refused with ``status``;
+    ``reason`` is safe to log: it never quotes the request."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -56,31 +66,62 @@ class ConnectRequest:
         return f"{self.host}:{self.port}"
 
 
-def find_head_end(buffer: bytes | bytearray) -> int:
+def find_head_end(buffer: bytes | bytearray, limit: int = MAX_HEAD_BYTES) -> int:
     """Length of the request head in ``buffer`` (through the blank line), or -1 if incomplete.
 
-    Raises 431 once ``MAX_HEAD_BYTES`` have arrived without the end of the head.
+    Raises 431 once ``limit`` bytes have arrived without the end of the head.
     """
-    end = buffer.find(HEAD_END, 0, MAX_HEAD_BYTES)
+    end = buffer.find(HEAD_END, 0, limit)
     if end >= 0:
         return end + len(HEAD_END)
-    if len(buffer) >= MAX_HEAD_BYTES:
-        raise HandshakeError(431, f"request head longer than {MAX_HEAD_BYTES} bytes")
+    if len(buffer) >= limit:
+        raise HandshakeError(431, f"request head longer than {limit} bytes")
     return -1
+
+
+def split_fields(
+    head: bytes, *, limit: int = MAX_HEAD_BYTES, max_lines: int = MAX_HEADER_LINES
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A complete head's start line and its fields as (name lowercased, value without surrounding
+    blanks), refusing bare CR, LF, NUL, malformed lines (obs-fold and 'Name :' included) and more
+    than ``max_lines`` fields."""
+    if not head.endswith(HEAD_END) or len(head) > limit:
+        raise HandshakeError(400, "incomplete request head")
+    first = head.find(b"\r\n")
+    start = head[:first]
+    block = head[first + 2 : -2]
+    if b"\n" in start or b"\r" in start or b"\0" in start:
+        raise HandshakeError(400, "bare CR, LF or NUL in the request head")
+    if block.count(b"\r\n") > max_lines:
+        raise HandshakeError(431, f"more than {max_lines} header lines")
+    if _FIELD_BLOCK.match(block) is None:
+        raise HandshakeError(400, "malformed header line, or a bare CR, LF or control character")
+    fields = [(n.lower(), v.strip(b" \t")) for n, v in _FIELD_LINE.findall(block)]
+    return start, fields
+
+
+def header_field(line: bytes) -> tuple[bytes, bytes]:
+    """One header line as (name lowercased, value without surrounding blanks), strictly checked."""
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.match(name):
+        raise HandshakeError(400, "malformed header line")  # obs-fold and 'Name :' included
+    if not _FIELD_VALUE.match(value):
+        raise HandshakeError(400, "control character in a header value")
+    return name.lower(), value.strip(b" \t")
+
+
+def is_token(value: bytes) -> bool:
+    """Whether ``value`` is an HTTP token (RFC 9110): a method or a header name."""
+    return _TOKEN.match(value) is not None
 
 
 def parse_connect(head: bytes) -> ConnectRequest:
     """Parse a complete head (ending with CRLF CRLF) into the target it asks for."""
-    if not head.endswith(HEAD_END) or len(head) > MAX_HEAD_BYTES:
-        raise HandshakeError(400, "incomplete request head")
-    lines = head[: -len(HEAD_END)].split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line or b"\0" in line for line in lines):
-        raise HandshakeError(400, "bare CR, LF or NUL in the request head")
-    if len(lines) - 1 > MAX_HEADER_LINES:
-        raise HandshakeError(431, f"more than {MAX_HEADER_LINES} header lines")
-    request = _parse_request_line(lines[0])
-    for line in lines[1:]:
-        _check_header(line)
+    start, fields = split_fields(head)
+    request = _parse_request_line(start)
+    for name, value in fields:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            raise HandshakeError(400, "a CONNECT request has no body")
     return request
 
 
@@ -125,20 +166,9 @@ def _parse_authority(text: str) -> ConnectRequest:
     return ConnectRequest(host, int(port_text))
 
 
-def _check_header(line: bytes) -> None:
-    name, colon, value = line.partition(b":")
-    if not colon or not _TOKEN.match(name):
-        raise HandshakeError(400, "malformed header line")  # obs-fold and 'Name :' included
-    if not _FIELD_VALUE.match(value):
-        raise HandshakeError(400, "control character in a header value")
-    lowered = name.lower()
-    if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip() != b"0"):
-        raise HandshakeError(400, "a CONNECT request has no body")
-
-
 def response(status: int) -> bytes:
     """The proxy's whole answer: a status line, and for errors an empty body and a close."""
-    line = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+    line = f"HTTP/1.1 {status} {REASONS[status]}\r\n"
     if status == 200:
         return (line + "\r\n").encode("ascii")
     return (line + "Content-Length: 0\r\nConnection: close\r\n\r\n").encode("ascii")

@@ -30,7 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from nitro_attest import PolicyError, Verifier, __version__
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.errors import PolicyError
 from nitro_attest.service.api_shapes import (
     API,
     EVIDENCE_MEDIA_TYPE,
@@ -54,6 +55,7 @@ from nitro_attest.service.fastpath import FastPath, ServiceApp
 from nitro_attest.service.metrics import Metrics
 from nitro_attest.service.policies import PolicySet, load_policies
 from nitro_attest.service.sessions import Session, SessionStore, StoreError, StoreFullError
+from nitro_attest.version import __version__
 
 log = logging.getLogger("nitro_attest.service")
 

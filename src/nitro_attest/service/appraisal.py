@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nitro_attest import Verifier
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
 from nitro_attest.attestation.document import AttestationDocument
+from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.service.policies import NamedPolicy
 
 REQUIRED = (

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from nitro_attest import __version__
 from nitro_attest.errors import ConfigurationError
+from nitro_attest.version import __version__
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 EAR_MEDIA_TYPE = 'application/eat+jwt; eat_profile="tag:github.com,2023:veraison/ear"'

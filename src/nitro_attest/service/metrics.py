@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from nitro_attest import __version__
+from nitro_attest.version import __version__
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nitro_attest import Policy, PolicyError
-from nitro_attest.attestation.policy import PcrSet, document_kind, parse_expected_measurements
+from nitro_attest.attestation.policy import (
+    PcrSet,
+    Policy,
+    document_kind,
+    parse_expected_measurements,
+)
 from nitro_attest.codec import strict_json
+from nitro_attest.errors import PolicyError
 
 MAX_POLICIES_FILE = 1024 * 1024
 KINDS = ("enclave", "nitrotpm")

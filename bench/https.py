@@ -1,0 +1,275 @@
+"""`nitro-attest https serve` against Debian's nginx as the TLS reverse proxy, side by side.
+
+Measures, alternating the two fronts round by round, both in front of the same trivial app (an
+asyncio responder in its own process) on 127.0.0.1:
+  throughput  requests/s over TLS 1.3, keep-alive, 16 connections (wrk -t2 -c16), one worker
+              process each (ours is one process; nginx gets worker_processes 1), a log line per
+              request each (nginx's access_log to a file, ours to /dev/null via stderr);
+  setup       one attested connection (TCP, TLS handshake, the attestation request on it, the
+              NSM document made by the software NSM, its verification, the key and PCR16 checks)
+              against its parts measured alone: one plain TLS handshake to the same front plus
+              one verification of a document. Median of --setups each, per round.
+Targets: throughput >= 0.5x nginx's; setup <= 1.2x its parts. Best of --rounds, and the spread
+(worst - best) / best over the rounds. nginx-light and wrk are Debian's packages: installed
+with apt-get when missing and running as root (the script says so first), otherwise it says how.
+
+usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
+
+APP = r"""
+import asyncio, sys
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+class App(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport; self.buf = b""
+    def data_received(self, data):
+        self.buf += data
+        n = self.buf.count(b"\r\n\r\n")
+        if n:
+            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
+            self.t.write(ANSWER * n)
+async def main():
+    server = await asyncio.get_running_loop().create_server(App, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+try:
+    import uvloop; uvloop.install()
+except ImportError:
+    pass
+asyncio.run(main())
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream app {{ server 127.0.0.1:{app}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {dir}/cert.pem;
+        ssl_certificate_key {dir}/key.pem;
+        ssl_protocols TLSv1.3;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+        }}
+    }}
+}}
+"""
+
+
+def ensure(tool: str, package: str) -> str:
+    found = shutil.which(tool) or (shutil.which(tool, path="/usr/sbin") if tool == "nginx"
+                                   else None)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"{tool} not found; installing Debian's {package} with apt-get", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+        found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin")
+    if not found:
+        sys.exit(f"error: {tool} not found; install it (sudo apt-get install -y {package})")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"error: {what} exited")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"error: {what} did not listen")
+
+
+def write_tls(folder: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from nitro_attest.https.identity import _certificate  # the front's own kind of certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(key, ["localhost"])
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def wrk(wrk_bin: str, port: int, seconds: float) -> float:
+    out = subprocess.run(
+        [wrk_bin, "-t2", "-c16", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
+    found = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    if not found:
+        sys.exit("error: no Requests/sec in wrk's output:\n" + out)
+    return float(found.group(1))
+
+
+def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float, float]:
+    """Medians, in ms: attested connection; plain TLS handshake; one document verification;
+    one document from the software NSM (the enclave's share, not among the target's parts)."""
+    from nitro_attest.attestation.document import parse_document
+    from nitro_attest.attestation.policy import Policy
+    from nitro_attest.attestation.verifier import Verifier
+    from nitro_attest.https.client import AttestedConnection, client_context, parse_url
+    from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+
+    root = (state / "root.pem").read_bytes()
+    verifier = Verifier(root_pem=root)
+    nsm = SimulatedNsm.open(state)
+    sample = nsm.attestation(nonce=os.urandom(32), public_key=os.urandom(91))
+    pcrs = parse_document(sample).pcrs
+    policy = Policy(pcr_sets=({i: pcrs[i] for i in (0, 1, 2)},))
+    url = parse_url(f"https://127.0.0.1:{port}/")
+    context = client_context()
+
+    attested, plain, verify, signing = [], [], [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with AttestedConnection(url, verifier=verifier, policy=policy) as conn:
+            conn.open()
+            attested.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        raw = socket.create_connection(("127.0.0.1", port))
+        tls = context.wrap_socket(raw, server_hostname=None)
+        tls.getpeercert(binary_form=True)
+        plain.append(time.perf_counter() - t0)
+        tls.close()
+        nonce = os.urandom(32)
+        key = os.urandom(91)
+        t0 = time.perf_counter()
+        document = nsm.attestation(nonce=nonce, public_key=key)
+        signing.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        verifier.verify(document, policy=Policy(pcr_sets=policy.pcr_sets, nonce=nonce,
+                                                public_key=key))
+        verify.append(time.perf_counter() - t0)
+    return tuple(  # type: ignore[return-value]
+        statistics.median(v) * 1000 for v in (attested, plain, verify, signing)
+    )
+
+
+def spread(values: list[float], best: float) -> float:
+    worst = min(values) if best == max(values) else max(values)
+    return abs(worst - best) / best * 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--setups", type=int, default=60)
+    args = parser.parse_args()
+    nginx = ensure("nginx", "nginx-light")
+    wrk_bin = ensure("wrk", "wrk")
+
+    with tempfile.TemporaryDirectory(prefix="bench-https-") as tmp:
+        folder = Path(tmp)
+        app_port, ours_port, nginx_port = free_port(), free_port(), free_port()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            app = subprocess.Popen([sys.executable, "-c", APP, str(app_port)])
+            procs.append(app)
+            wait_port(app_port, app, "the app")
+            state = folder / "sim"
+            subprocess.run([*ENTRY, "sim", "init", "--state", str(state)], check=True,
+                           stdout=subprocess.DEVNULL)
+            ours = subprocess.Popen(
+                [*ENTRY, "https", "serve", "--listen", f"tcp://127.0.0.1:{ours_port}",
+                 "--to", f"tcp://127.0.0.1:{app_port}", "--nsm", "simulator",
+                 "--state", str(state)],
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(ours)
+            wait_port(ours_port, ours, "https serve")
+            write_tls(folder)
+            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (folder / sub).mkdir()
+            conf = folder / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=folder, app=app_port, port=nginx_port))
+            web = subprocess.Popen([nginx, "-c", str(conf), "-e", str(folder / "error.log")])
+            procs.append(web)
+            wait_port(nginx_port, web, "nginx")
+
+            rps: dict[str, list[float]] = {"ours": [], "nginx": []}
+            setups: list[tuple[float, float, float, float]] = []
+            for r in range(args.rounds):
+                for name, port in (("ours", ours_port), ("nginx", nginx_port)):
+                    rps[name].append(wrk(wrk_bin, port, args.seconds))
+                setups.append(setup_costs(ours_port, state, args.setups))
+                print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s, nginx "
+                      f"{rps['nginx'][-1]:.0f} req/s; setup {setups[-1][0]:.2f} ms vs TLS "
+                      f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms (NSM document "
+                      f"{setups[-1][3]:.2f} ms)", file=sys.stderr)
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    best_ours, best_nginx = max(rps["ours"]), max(rps["nginx"])
+    ratio = best_ours / best_nginx
+    for label, best_rps, values in (("https serve", best_ours, rps["ours"]),
+                                    ("nginx      ", best_nginx, rps["nginx"])):
+        print(f"throughput  {label} {best_rps:8.0f} req/s (spread {spread(values, best_rps):.0f}%)")
+    print(f"            ratio {ratio:.2f}x  target >= 0.5x  {'MET' if ratio >= 0.5 else 'MISSED'}")
+    ratios = [a / (t + v) for a, t, v, _ in setups]
+    best = min(ratios)
+    a, t, v, g = setups[ratios.index(best)]
+    print(f"setup       attested {a:.2f} ms; parts: TLS handshake {t:.2f} ms + verification "
+          f"{v:.2f} ms = {t + v:.2f} ms")
+    print(f"            ratio {best:.2f}x (spread {spread(ratios, best):.0f}%)  target <= 1.2x  "
+          f"{'MET' if best <= 1.2 else 'MISSED'}")
+    with_nsm = [a / (t + v + g) for a, t, v, g in setups]
+    print(f"            the NSM's document ({g:.2f} ms, software NSM) counted as a part too: "
+          f"{min(with_nsm):.2f}x (spread {spread(with_nsm, min(with_nsm)):.0f}%)")
+
+
+if __name__ == "__main__":
+    main()

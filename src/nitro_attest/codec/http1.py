@@ -1,0 +1,420 @@
+"""HTTP/1.1 messages for the attested HTTPS front and its client: heads, framing, chunked bodies.
+
+Pure: bytes in, parsed heads and encoded bytes out. Request heads come from the network (through
+the parent): they are capped, checked line by line with ``codec.http``'s header rules, and every
+ambiguity a request smuggler relies on is refused (Content-Length with Transfer-Encoding, two
+Content-Lengths, a coding other than ``chunked``, a missing or doubled Host). Response heads come
+from the app (trusted) or, on the client, from an attested server before it is attested; both
+are capped and strictly framed too. Error messages never quote the message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Literal
+
+from nitro_attest.codec.http import (
+    HandshakeError,
+    header_field,
+    is_token,
+    split_fields,
+)
+
+Header = tuple[bytes, bytes]  # (name lowercased, value)
+Framing = Literal["none", "length", "chunked", "close"]
+
+MAX_CONTENT_LENGTH = 1 << 53
+MAX_CHUNK_LINE = 1024  # a chunk-size line, extensions included
+MAX_TRAILER_BYTES = 8192
+
+# Connection-specific fields (RFC 9110 7.6.1): never forwarded by an intermediary.
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    )
+)
+# What the front says about the client: set by the front alone, never passed on from the client.
+FORWARDED = frozenset(
+    (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip")
+)
+
+_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+_STATUS = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\Z")
+_DIGITS = re.compile(rb"[0-9]{1,16}\Z")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
+
+
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, a good part of the
+# cost of parsing a small head. Nothing mutates a parsed head.
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head: its line, headers, and how its body is framed."""
+
+    method: str
+    target: str  # origin-form: path and query as sent
+    version: str  # "HTTP/1.1" or "HTTP/1.0"
+    headers: tuple[Header, ...]
+    framing: Framing  # "none", "length" or "chunked"
+    length: int  # for "length"
+    keep_alive: bool
+    expect_continue: bool
+
+    @property
+    def path(self) -> str:
+        """The target without its query."""
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        """The target's query, without the ``?``."""
+        return self.target.partition("?")[2]
+
+    def get(self, name: bytes) -> bytes | None:
+        """The value of header ``name`` (lower-case), or None."""
+        return _get(self.headers, name)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A parsed response head: status, headers, and how its body is framed."""
+
+    status: int
+    version: str
+    headers: tuple[Header, ...]
+    framing: Framing  # "none", "length", "chunked" or "close" (read to the end)
+    length: int
+    keep_alive: bool
+
+    def get(self, name: bytes) -> bytes | None:
+        """The value of header ``name`` (lower-case), or None."""
+        return _get(self.headers, name)
+
+
+def _get(headers: Iterable[Header], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _tokens(headers: Iterable[Header], name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every ``name`` field, lowercased."""
+    return _split_tokens(v for k, v in headers if k == name)
+
+
+def _split_tokens(values: Iterable[bytes]) -> set[bytes]:
+    out: set[bytes] = set()
+    for value in values:
+        out.update(t.strip(b" \t").lower() for t in value.split(b","))
+    out.discard(b"")
+    return out
+
+
+# The fields that decide framing and the connection's fate: gathered in one pass over a head.
+_FRAMING_FIELDS = frozenset(
+    (b"host", b"transfer-encoding", b"content-length", b"connection", b"expect")
+)
+
+
+def _gather(fields: Iterable[Header]) -> dict[bytes, list[bytes]]:
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        if name in _FRAMING_FIELDS:
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def _body_framing(found: dict[bytes, list[bytes]], version: str) -> tuple[Framing, int] | None:
+    """Framing from Transfer-Encoding / Content-Length; None when neither is present."""
+    codings = found.get(b"transfer-encoding")
+    lengths = found.get(b"content-length")
+    if codings:
+        if lengths:
+            raise HandshakeError(400, "both Transfer-Encoding and Content-Length")
+        if version != "HTTP/1.1":
+            raise HandshakeError(400, "Transfer-Encoding in an HTTP/1.0 message")
+        if len(codings) != 1 or codings[0].lower() != b"chunked":
+            raise HandshakeError(501, "only Transfer-Encoding: chunked is supported")
+        return "chunked", 0
+    if lengths:
+        if len(lengths) != 1 or not _DIGITS.match(lengths[0]):
+            raise HandshakeError(400, "Content-Length is not one decimal number")
+        length = int(lengths[0])
+        if length > MAX_CONTENT_LENGTH:
+            raise HandshakeError(413, "Content-Length too large")
+        return "length", length
+    return None
+
+
+def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHead:
+    """A complete request head (through CRLF CRLF) of at most ``limit`` bytes and ``max_lines``
+    header lines, or HandshakeError with the status to answer."""
+    start, fields = split_fields(head, limit=limit, max_lines=max_lines)
+    parts = start.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise HandshakeError(400, "request line is not 'METHOD TARGET HTTP/1.x'")
+    method, target, version = parts
+    if not is_token(method):
+        raise HandshakeError(400, "malformed method")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise HandshakeError(400, "not HTTP/1.0 or HTTP/1.1")
+    if method == b"CONNECT":
+        raise HandshakeError(405, "CONNECT is not served")
+    if not _TARGET.match(target) and not (target == b"*" and method == b"OPTIONS"):
+        raise HandshakeError(400, "request target must be a path (origin-form)")
+    found = _gather(fields)
+    hosts = found.get(b"host", ())
+    if version == b"HTTP/1.1" and len(hosts) != 1:
+        raise HandshakeError(400, "an HTTP/1.1 request needs exactly one Host")
+    if len(hosts) > 1:
+        raise HandshakeError(400, "more than one Host")
+    text_version = version.decode("ascii")
+    framing = _body_framing(found, text_version) or ("none", 0)
+    # HTTP/1.0: one request per connection, keep-alive asked or not.
+    keep_alive = text_version == "HTTP/1.1" and (
+        b"connection" not in found or b"close" not in _split_tokens(found[b"connection"])
+    )
+    expects = found.get(b"expect")
+    if expects is not None and (len(expects) != 1 or expects[0].lower() != b"100-continue"):
+        raise HandshakeError(400, "unsupported Expect")  # 417 is not worth its own code here
+    return RequestHead(
+        method=method.decode("ascii"),
+        target=target.decode("ascii"),
+        version=text_version,
+        headers=tuple(fields),
+        framing=framing[0],
+        length=framing[1],
+        keep_alive=keep_alive,
+        expect_continue=expects is not None and version == b"HTTP/1.1",
+    )
+
+
+def parse_response_head(
+    head: bytes, *, request_method: str, limit: int, max_lines: int
+) -> ResponseHead:
+    """A complete response head to a ``request_method`` request; its body's framing follows the
+    RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close)."""
+    start, fields = split_fields(head, limit=limit, max_lines=max_lines)
+    status_match = _STATUS.match(start)
+    if status_match is None:
+        raise HandshakeError(502, "malformed status line")
+    status = int(status_match.group(1))
+    version = start[:8].decode("ascii")
+    headers = tuple(fields)
+    found = _gather(fields)
+    keep_alive = version == "HTTP/1.1" and (
+        b"connection" not in found or b"close" not in _split_tokens(found[b"connection"])
+    )
+    framing: tuple[Framing, int]
+    if request_method == "HEAD" or status < 200 or status in (204, 304):
+        framing = ("none", 0)
+    else:
+        framed = _body_framing(found, version)
+        framing = framed if framed is not None else ("close", 0)
+    if framing[0] == "close":
+        keep_alive = False
+    return ResponseHead(status, version, headers, framing[0], framing[1], keep_alive)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _join(start: bytes, headers: Iterable[Header]) -> bytes:
+    out = [start]
+    for name, value in headers:
+        out.append(name + b": " + value)
+    out.append(b"\r\n")
+    return b"\r\n".join(out)
+
+
+def _connection_listed(headers: Sequence[Header]) -> set[bytes]:
+    return _tokens(headers, b"connection")
+
+
+def end_to_end(headers: Sequence[Header]) -> list[Header]:
+    """``headers`` without hop-by-hop fields, those the Connection field names, and the framing
+    (Content-Length: each hop frames the body itself)."""
+    listed = _connection_listed(headers)
+    return [
+        (k, v)
+        for k, v in headers
+        if k not in HOP_BY_HOP and k not in listed and k != b"content-length"
+    ]
+
+
+def forward_request_head(
+    request: RequestHead, *, client: str, host_fallback: bytes, keep_alive: bool = True
+) -> bytes:
+    """The head sent to the app: end-to-end fields, the client's Forwarded fields replaced by the
+    front's own, ``Expect`` answered by the front (dropped), the body re-framed the same way."""
+    headers = [
+        (k, v) for k, v in end_to_end(request.headers) if k not in FORWARDED and k != b"expect"
+    ]
+    host = request.get(b"host") or host_fallback
+    if request.get(b"host") is None:
+        headers.insert(0, (b"host", host))
+    quoted = f'"[{client}]"' if ":" in client else client
+    headers.append((b"forwarded", f"for={quoted};proto=https;host=".encode() + _quote(host)))
+    headers.append((b"x-forwarded-for", client.encode("ascii")))
+    headers.append((b"x-forwarded-proto", b"https"))
+    headers.append((b"x-forwarded-host", host))
+    if request.framing == "chunked":
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif request.framing == "length":
+        headers.append((b"content-length", str(request.length).encode()))
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    start = f"{request.method} {request.target} HTTP/1.1".encode("ascii")
+    return _join(start, headers)
+
+
+def _quote(value: bytes) -> bytes:
+    if is_token(value):
+        return value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def forward_response_head(
+    response: ResponseHead, *, framing: Framing, keep_alive: bool
+) -> bytes:
+    """The head sent to the client for the app's ``response``, relayed with ``framing``."""
+    headers = end_to_end(response.headers)
+    if framing == "chunked":
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif framing == "length":
+        headers.append((b"content-length", str(response.length).encode()))
+    elif response.status >= 200 and response.status not in (204, 304) and framing == "none":
+        # A HEAD answer keeps the app's Content-Length: it describes the GET's body.
+        length = response.get(b"content-length")
+        if length is not None:
+            headers.append((b"content-length", length))
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    start = f"HTTP/1.1 {response.status} {_reason(response.status)}".rstrip().encode("ascii")
+    return _join(start, headers)
+
+
+def simple_response(
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    extra: Sequence[Header] = (),
+    close: bool = False,
+) -> bytes:
+    """A whole response the front writes itself (errors, the attestation document)."""
+    headers: list[Header] = [(b"content-type", content_type), *extra]
+    headers.append((b"content-length", str(len(body)).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    start = f"HTTP/1.1 {status} {_reason(status)}".rstrip().encode("ascii")
+    return _join(start, headers) + body
+
+
+def request_head(
+    method: str, target: str, host: str, headers: Sequence[Header] = (), *, length: int | None
+) -> bytes:
+    """A client's request head; ``length`` None means no body."""
+    fields: list[Header] = [(b"host", host.encode("ascii"))]
+    fields.extend(headers)
+    if length is not None:
+        fields.append((b"content-length", str(length).encode()))
+    return _join(f"{method} {target} HTTP/1.1".encode("ascii"), fields)
+
+
+def chunk(data: bytes | memoryview) -> bytes:
+    """One chunk of a chunked body (never empty: the empty chunk ends the body)."""
+    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+# --- chunked decoding ---------------------------------------------------------------------------
+
+
+class ChunkedDecoder:
+    """Incremental decoder of a chunked body: ``feed`` bytes, get payload pieces back.
+
+    ``done`` once the last chunk and the trailer section were read; ``feed`` then returns the
+    bytes past the body's end as ``rest`` (the next message's, on a kept-alive connection).
+    Trailer fields are checked for syntax and dropped. Raises HandshakeError(400) when malformed.
+    """
+
+    __slots__ = ("_line", "_need", "_state", "_trailer", "done")
+
+    def __init__(self) -> None:
+        self._state = "size"  # size, data, data_end, trailer
+        self._need = 0
+        self._line = bytearray()
+        self._trailer = 0
+        self.done = False
+
+    def feed(self, data: bytes | memoryview) -> tuple[list[bytes], bytes]:
+        """Decode what ``data`` holds: (the body's chunks so far, bytes past the body's end)."""
+        view = memoryview(data)
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(view) and not self.done:
+            if self._state == "data":
+                take = min(self._need, len(view) - pos)
+                out.append(bytes(view[pos : pos + take]))
+                pos += take
+                self._need -= take
+                if self._need == 0:
+                    self._state = "data_end"
+                continue
+            end = bytes(view[pos : pos + MAX_CHUNK_LINE + 2]).find(b"\n")
+            if end < 0:
+                self._line += view[pos:]
+                pos = len(view)
+                if len(self._line) > MAX_CHUNK_LINE + 2:
+                    raise HandshakeError(400, "chunk line too long")
+                continue
+            self._line += view[pos : pos + end + 1]
+            pos += end + 1
+            line = bytes(self._line)
+            self._line.clear()
+            self._line_done(line)
+        return out, bytes(view[pos:])
+
+    def _line_done(self, line: bytes) -> None:
+        if len(line) > MAX_CHUNK_LINE + 2 or not line.endswith(b"\r\n"):
+            raise HandshakeError(400, "malformed chunk line")
+        text = line[:-2]
+        if self._state == "data_end":
+            if text:
+                raise HandshakeError(400, "chunk data longer than its size")
+            self._state = "size"
+        elif self._state == "size":
+            size_text = text.partition(b";")[0].rstrip(b" \t")
+            if not _HEX.match(size_text):
+                raise HandshakeError(400, "malformed chunk size")
+            self._need = int(size_text, 16)
+            self._state = "data" if self._need else "trailer"
+        else:  # trailer
+            if not text:
+                self.done = True
+                return
+            self._trailer += len(line)
+            if self._trailer > MAX_TRAILER_BYTES:
+                raise HandshakeError(431, "trailer section too large")
+            header_field(text)
