@@ -143,6 +143,11 @@ def _glob(pattern: str, ignore_case: bool = False) -> Callable[[str], bool]:
     return lambda text: compiled.fullmatch(text) is not None
 
 
+def glob_matches(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
+    """Whether ``text`` matches an IAM wildcard pattern (``*``, ``?``)."""
+    return _glob(pattern, ignore_case)(text)
+
+
 def arn_like(pattern: str, arn: str) -> bool:
     """ArnLike: each of the six colon-separated parts matched on its own, wildcards inside a
     part; a pattern that is not a six-part ARN (``*``) matches the whole string."""
