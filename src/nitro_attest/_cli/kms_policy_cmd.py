@@ -42,6 +42,7 @@ Findings (each with the statement's Sid or index and one line):
                        holds when the key is absent)
   attestation-optional ...IfExists on an attestation key: a request without attestation passes
   enclave-all-actions  an attested statement that grants kms:* or uses NotAction
+  debug-image          ImageSha384 or PCR0 pinned to zeros: any debug-mode enclave
   pcr16-pin            an attested statement without PCR16 pinned to zeros (warning)
 
 Exit status: 0 no finding, 1 findings (warnings included), 2 unreadable or malformed policy.
@@ -106,6 +107,9 @@ def _pcr_choices(args: argparse.Namespace, image: dict[int, bytes]) -> dict[int,
         if not index_text.isdigit() or int(index_text) > 31:
             raise CliError(f"--pcr {item[:40]!r}: expected N or N=HEX with N from 0 to 31")
         index = int(index_text)
+        if index == 16:
+            raise CliError("--pcr 16: PCR16 is always pinned to all zero (an enclave that signs "
+                           "caller-chosen keys marks it)")
         if index in pinned or index == 0:
             if index == 0:
                 continue  # PCR0 is ImageSha384, always pinned

@@ -20,6 +20,7 @@ from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VA
 from nitro_attest.kms.keypolicy.evaluate import glob_matches
 from nitro_attest.kms.keypolicy.keys import (
     ATTESTATION_PREFIX,
+    IMAGE_SHA384,
     PCR_HEX_LENGTH,
     all_names,
     is_attestation_value_key,
@@ -41,6 +42,10 @@ RECIPIENT_ACTIONS = (
     "kms:DeriveSharedSecret",
 )
 _PCR16 = f"{ATTESTATION_PREFIX}pcr{CALLER_KEY_PCR}"
+# Measurements that identify the enclave's code or its signer (PCR3/4 name the parent, PCR16 and
+# up are set by the enclave itself): a grant is bound to an image only through one of these.
+_IMAGE_KEYS = frozenset({IMAGE_SHA384} | {f"{ATTESTATION_PREFIX}pcr{i}" for i in (0, 1, 2, 8)})
+_TPM = f"{ATTESTATION_PREFIX}nitrotpmpcr"
 _HEX = re.compile(f"[0-9a-fA-F]{{{PCR_HEX_LENGTH}}}")
 _ACCOUNT = re.compile(r"[0-9]{12}|arn:aws[a-z-]*:iam::[0-9]{12}:root")
 _EQUALITY = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
@@ -85,23 +90,26 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
         return
     granted = [a for a in RECIPIENT_ACTIONS if _covers(st, a)]
     attested = any(_pins_attestation(c) for c in st.conditions)
+    pins = [c.key for c in st.conditions if _pins_attestation(c)]
+    bound = any(k in _IMAGE_KEYS or k.startswith(_TPM) for k in pins)
+    enclave = any(not k.startswith(_TPM) for k in pins)  # NitroTPM has no PCR16 mark
     if (st.principal.any or "*" in st.principal.aws) and not st.conditions:
         yield finding("principal-star", "error",
                       "Principal \"*\" without any Condition: every AWS account may use the key")
-    if granted and not attested:
+    if granted and not bound:
         named = ", ".join(a.removeprefix("kms:") for a in granted)
         if st.principal.any:
             yield finding("unattested-grant", "error",
                           f"grants {named} to any principal without a "
-                          "kms:RecipientAttestation condition")
+                          "kms:RecipientAttestation condition on the image")
         others = [p for p in st.principal.aws if p not in admins and not _ACCOUNT.fullmatch(p)]
         others += list(st.principal.services)
         roots = [p for p in st.principal.aws if p not in admins and _ACCOUNT.fullmatch(p)]
         if others:
             yield finding("unattested-grant", "error",
                           f"grants {named} to {others[0]} without a kms:RecipientAttestation "
-                          "condition: the secret leaves KMS in plaintext to whoever holds those "
-                          "credentials (sdk-c#157)")
+                          "condition on the image (ImageSha384, PCR0-2 or PCR8): the secret "
+                          "leaves KMS to whoever holds those credentials (sdk-c#157)")
         if roots:
             yield finding("root-delegation", "warning",
                           f"grants {named} to account {roots[0]} without attestation: any "
@@ -113,7 +121,7 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
                           "an attested statement grants every KMS action (kms:* or NotAction): "
                           "operations without Recipient ignore attestation; list the Recipient "
                           "operations")
-        if not _pins_pcr16(st):
+        if enclave and not _pins_pcr16(st):
             yield finding("pcr16-pin", "warning",
                           f"no kms:RecipientAttestation:PCR{CALLER_KEY_PCR} pinned to "
                           f"{PCR_HEX_LENGTH} zeros: documents of an enclave that signs "
@@ -163,6 +171,11 @@ def _lint_attestation_values(st: Statement, c: Condition, name: str,
             yield ("pcr-case-sensitive", "warning",
                    f"{where}: {c.base} is case-sensitive; AWS documents StringEqualsIgnoreCase "
                    "for measurements")
+    if c.key in (IMAGE_SHA384, f"{ATTESTATION_PREFIX}pcr0") and st.effect == "Allow" and any(
+        v.strip("0") == "" for v in c.values
+    ) and c.base in _EQUALITY | {"StringLike"}:
+        yield ("debug-image", "error",
+               f"{where}: PCR0 all zero is every debug-mode enclave, whose memory the parent reads")
     if c.base in STRING_OPERATORS:
         bad = [v for v in c.values if not _HEX.fullmatch(v) and "*" not in v and "?" not in v]
         if bad:
@@ -223,7 +236,6 @@ def _pins_attestation(c: Condition) -> bool:
 def _pins_pcr16(st: Statement) -> bool:
     zero = PRISTINE_PCR_VALUE.hex()
     return any(
-        c.key == _PCR16 and _pins_attestation(c) and c.base != "StringLike"
-        and all(v.lower() == zero for v in c.values)
+        c.key == _PCR16 and _pins_attestation(c) and all(v.lower() == zero for v in c.values)
         for c in st.conditions
     )
