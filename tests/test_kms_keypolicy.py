@@ -354,3 +354,63 @@ def test_statement_order_does_not_change_the_verdict(statements: list[dict[str, 
     first = evaluate(parse_policy(policy(*statements)), req)
     second = evaluate(parse_policy(policy(*shuffled)), req)
     assert first.allowed == second.allowed
+
+
+def test_request_key_names_ignore_case() -> None:
+    req = RequestContext("kms:Decrypt", ROLE, KEY,
+                         {"KMS:RecipientAttestation:ImageSha384": (IMAGE,)})
+    assert evaluate(parse_policy(policy(enclave_statement())), req).allowed
+
+
+def test_request_keys_differing_only_in_case_are_refused() -> None:
+    """A parent crafting {"Department": "IT", "department": "HR"}: whichever one the policy saw
+    would be a guess, so neither is chosen."""
+    text = policy(enclave_statement(Condition={
+        "StringEquals": {"kms:EncryptionContext:Department": "IT"}}))
+    req = RequestContext("kms:Decrypt", ROLE, KEY, {
+        "kms:encryptioncontext:department": ("IT",), "kms:EncryptionContext:Department": ("HR",)})
+    decision = evaluate(parse_policy(text), req)
+    assert not decision.allowed and "differ only in case" in decision.reason
+
+
+def test_sid_with_control_characters_refused() -> None:
+    with pytest.raises(KeyPolicyError, match="printable"):
+        parse_policy(policy(enclave_statement(Sid="a\u001b[2Jb")))
+
+
+OTHER_OPERATORS = [
+    ({"NumericLessThanEquals": {"kms:ScheduleKeyDeletionPendingWindowInDays": "30"}},
+     {"kms:schedulekeydeletionpendingwindowindays": "7"}, True),
+    ({"NumericLessThanEquals": {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}},
+     {"kms:schedulekeydeletionpendingwindowindays": "31"}, False),
+    ({"NumericNotEquals": {"kms:RotationPeriodInDays": ["90", "180"]}},
+     {"kms:rotationperiodindays": "180"}, False),
+    ({"DateLessThan": {"aws:CurrentTime": "2027-01-01T00:00:00Z"}},
+     {"aws:currenttime": "2026-12-06T07:00:00Z"}, True),
+    ({"DateGreaterThan": {"aws:CurrentTime": "2027-01-01T00:00:00Z"}},
+     {"aws:currenttime": "2026-12-06T07:00:00Z"}, False),
+    ({"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}, {"aws:sourceip": "203.0.113.9"}, True),
+    ({"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}, {"aws:sourceip": "198.51.100.1"}, False),
+    ({"NotIpAddress": {"aws:SourceIp": "203.0.113.0/24"}}, {}, True),
+    ({"ArnNotLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/data-*"}}, {}, False),
+    ({"BinaryEquals": {"aws:userid": "QUJD"}}, {"aws:userid": "QUJD"}, True),
+]
+
+
+@pytest.mark.parametrize(("condition", "keys", "allowed"), OTHER_OPERATORS)
+def test_numeric_date_ip_arn_binary_operators(condition: dict[str, Any], keys: dict[str, str],
+                                              allowed: bool) -> None:
+    req = RequestContext("kms:Decrypt", ROLE, KEY, {k: (v,) for k, v in keys.items()})
+    assert evaluate(parse_policy(policy(enclave_statement(Condition=condition))),
+                    req).allowed is allowed
+
+
+@pytest.mark.parametrize(("condition", "message"), [
+    ({"NumericEquals": {"kms:RotationPeriodInDays": "ninety"}}, "is not a number"),
+    ({"DateLessThan": {"aws:CurrentTime": "tomorrow"}}, "is not an ISO 8601 date"),
+    ({"IpAddress": {"aws:SourceIp": "10.0.0.0/33"}}, "is not an IP address"),
+])
+def test_values_an_operator_cannot_compare_are_malformed(condition: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises(KeyPolicyError, match=message):
+        parse_policy(policy(enclave_statement(Condition=condition)))

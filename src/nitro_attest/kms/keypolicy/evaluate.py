@@ -11,9 +11,11 @@ import base64
 import binascii
 import functools
 import ipaddress
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nitro_attest.kms.keypolicy.model import Condition, KeyPolicy, Principal, Statement
 from nitro_attest.kms.keypolicy.parse import (
@@ -51,6 +53,9 @@ class Decision:
 def evaluate(policy: KeyPolicy, request: RequestContext) -> Decision:
     """Allow or deny ``request`` under ``policy`` alone, with the statement that decided."""
     context = _context(request)
+    if context is None:
+        return Decision(False, "request has condition keys that differ only in case "
+                        "(AWS compares key names ignoring case): refused")
     allowed_by: Statement | None = None
     for statement in policy.statements:
         if not _applies(statement, request, context):
@@ -64,11 +69,18 @@ def evaluate(policy: KeyPolicy, request: RequestContext) -> Decision:
     return Decision(False, "no statement allows")
 
 
-def _context(request: RequestContext) -> dict[str, tuple[str, ...]]:
+def _context(request: RequestContext) -> dict[str, tuple[str, ...]] | None:
     """The request's condition keys, names lower-cased, empty values dropped, and the keys every
     request carries (aws:PrincipalArn, aws:PrincipalAccount, kms:CallerAccount) filled from the
-    principal when the caller did not give them."""
-    context = {k.lower(): tuple(v) for k, v in request.condition_keys.items() if v}
+    principal when the caller did not give them. None when two names differ only in case (an
+    encryption context {"Dept": "a", "dept": "b"}): which one a policy sees would be a guess."""
+    context: dict[str, tuple[str, ...]] = {}
+    for name, values in request.condition_keys.items():
+        key = name.lower()
+        if key in context:
+            return None
+        if values:
+            context[key] = tuple(values)
     parts = request.principal_arn.split(":", 5)
     if len(parts) == 6 and parts[0] == "arn" and parts[4]:
         context.setdefault("aws:principalaccount", (parts[4],))
@@ -161,47 +173,25 @@ def arn_like(pattern: str, arn: str) -> bool:
 
 
 def _compare(base: str) -> Callable[[str, str], bool]:
-    """The positive form of an operator family: (request value, policy value) -> match."""
-    positive = {
-        "StringEquals": lambda r, p: r == p,
-        "StringNotEquals": lambda r, p: r == p,
-        "StringEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
-        "StringNotEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
-        "StringLike": lambda r, p: _glob(p)(r),
-        "StringNotLike": lambda r, p: _glob(p)(r),
-        "ArnEquals": lambda r, p: arn_like(p, r),
-        "ArnLike": lambda r, p: arn_like(p, r),
-        "ArnNotEquals": lambda r, p: arn_like(p, r),
-        "ArnNotLike": lambda r, p: arn_like(p, r),
-        "Bool": lambda r, p: r.lower() == p.lower(),
-        "IpAddress": _in_network,
-        "NotIpAddress": _in_network,
-        "BinaryEquals": _same_binary,
-    }
-    if base in positive:
-        return positive[base]
-    if base.startswith("Numeric"):
-        return _ordered(base[len("Numeric"):], parse_number)
-    if base.startswith("Date"):
-        return _ordered(base[len("Date"):], parse_date)
-    raise AssertionError(f"operator family {base} has no comparison")  # parse refuses others
+    """The positive form of an operator family: (request value, policy value) -> match; the
+    caller negates for the Not operators."""
+    return _POSITIVE[base]
 
 
-def _ordered(relation: str, convert: Callable[[str], object]) -> Callable[[str, str], bool]:
+def _ordered(relation: str, convert: Callable[[str], Any]) -> Callable[[str, str], bool]:
+    test = _RELATIONS[relation]
+
     def compare(request_value: str, policy_value: str) -> bool:
         r, p = convert(request_value), convert(policy_value)
-        if r is None or p is None:
-            return False
-        tests: dict[str, Callable[[object, object], bool]] = {
-            "Equals": lambda a, b: a == b,
-            "NotEquals": lambda a, b: a == b,  # positive form; negation is applied by the caller
-            "LessThan": lambda a, b: a < b,  # type: ignore[operator]
-            "LessThanEquals": lambda a, b: a <= b,  # type: ignore[operator]
-            "GreaterThan": lambda a, b: a > b,  # type: ignore[operator]
-            "GreaterThanEquals": lambda a, b: a >= b,  # type: ignore[operator]
-        }
-        return tests[relation](r, p)
+        return r is not None and p is not None and test(r, p)
+
     return compare
+
+
+_RELATIONS: dict[str, Callable[[Any, Any], bool]] = {
+    "Equals": operator.eq, "NotEquals": operator.eq, "LessThan": operator.lt,
+    "LessThanEquals": operator.le, "GreaterThan": operator.gt, "GreaterThanEquals": operator.ge,
+}
 
 
 def _in_network(request_value: str, policy_value: str) -> bool:
@@ -219,6 +209,26 @@ def _same_binary(request_value: str, policy_value: str) -> bool:
             policy_value, validate=True)
     except (binascii.Error, ValueError):
         return False
+
+
+_POSITIVE: dict[str, Callable[[str, str], bool]] = {
+    "StringEquals": operator.eq,
+    "StringNotEquals": operator.eq,
+    "StringEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
+    "StringNotEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
+    "StringLike": lambda r, p: _glob(p)(r),
+    "StringNotLike": lambda r, p: _glob(p)(r),
+    "ArnEquals": lambda r, p: arn_like(p, r),
+    "ArnLike": lambda r, p: arn_like(p, r),
+    "ArnNotEquals": lambda r, p: arn_like(p, r),
+    "ArnNotLike": lambda r, p: arn_like(p, r),
+    "Bool": lambda r, p: r.lower() == p.lower(),
+    "IpAddress": _in_network,
+    "NotIpAddress": _in_network,
+    "BinaryEquals": _same_binary,
+    **{f"Numeric{rel}": _ordered(rel, parse_number) for rel in _RELATIONS},
+    **{f"Date{rel}": _ordered(rel, parse_date) for rel in _RELATIONS},
+}
 
 
 def condition_holds(condition: Condition, context: Mapping[str, tuple[str, ...]]) -> bool:

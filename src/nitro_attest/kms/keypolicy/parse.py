@@ -57,7 +57,7 @@ _STATEMENT_ELEMENTS = frozenset({
 })
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
 _ACCOUNT = re.compile(r"[0-9]{12}")
-_SID = re.compile(r"[A-Za-z0-9 ._:/=+@,-]*")  # AWS allows more in key policies than in IAM's
+_SID = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,256}")  # printable: reasons and findings quote it
 _MAX_TEXT = 40  # how much of an offending value an error message quotes
 
 
@@ -131,8 +131,8 @@ def _statement(index: int, raw: Any) -> Statement:
     sid = raw.get("Sid")
     if sid is not None:
         if not isinstance(sid, str) or not _SID.fullmatch(sid):
-            raise KeyPolicyError(f"key policy: {where}: Sid must be a string of letters, digits, "
-                                 "spaces and ._:/=+@,-")
+            raise KeyPolicyError(f"key policy: {where}: Sid must be a string of at most 256 "
+                                 "printable characters")
         where = f'Sid "{sid}"' if sid else where
     effect = raw.get("Effect")
     if effect not in ("Allow", "Deny"):
