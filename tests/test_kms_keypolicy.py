@@ -414,3 +414,17 @@ def test_values_an_operator_cannot_compare_are_malformed(condition: dict[str, An
                                                          message: str) -> None:
     with pytest.raises(KeyPolicyError, match=message):
         parse_policy(policy(enclave_statement(Condition=condition)))
+
+
+@pytest.mark.parametrize(("pattern", "text", "matches"), [
+    ("*", "", True), ("a*", "a", True), ("*a", "ba", True), ("a*a", "a", False),
+    ("a*b*c", "aXbYc", True), ("a*b*c", "acb", False), ("a?c", "abc", True), ("a?c", "ac", False),
+    ("*.amazonaws.com", "s3.amazonaws.com", True), ("a.b", "axb", False),
+    ("*ab*ab*", "abab", True), ("*ab*ab*", "aba", False), ("**", "x", True),
+    ("a*" * 12 + "b", "a" * 30, False),  # exponential for a backtracking regex
+    ("*a" * 200 + "*b", "a" * 8000 + "b", True),
+])
+def test_string_like_wildcards(pattern: str, text: str, matches: bool) -> None:
+    text_policy = policy(enclave_statement(Condition={"StringLike": {"kms:ViaService": pattern}}))
+    req = RequestContext("kms:Decrypt", ROLE, KEY, {"kms:viaservice": (text,)})
+    assert evaluate(parse_policy(text_policy), req).allowed is matches
