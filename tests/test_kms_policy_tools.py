@@ -273,6 +273,11 @@ LINTS: list[tuple[str, str, list[str]]] = [
         "kms:RecipientAttestation:PCR16": ZEROS}})), ["debug-image"]),
     ("NitroTPM PCR binds", doc(enclave(Condition={"StringEqualsIgnoreCase": {
         "kms:RecipientAttestation:NitroTPMPCR4": PCR1}})), []),
+    ("Null true and StringEquals on one key", doc(enclave(Condition={
+        **ATTESTED, "Null": {"kms:EncryptionContext:Purpose": "true"},
+        "StringEquals": {"kms:EncryptionContext:Purpose": "backup"}})), ["never-matches"]),
+    ("attested Encrypt never allowed", doc(enclave(Action=["kms:Decrypt", "kms:Encrypt"])),
+     ["never-matches"]),
     ("Deny statements are not grants", doc(enclave(), {
         "Sid": "DenyUnattested", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
         "Resource": "*", "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}}),

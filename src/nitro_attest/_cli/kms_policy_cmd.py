@@ -37,7 +37,8 @@ Findings (each with the statement's Sid or index and one line):
   pcr-case-sensitive   StringEquals/StringLike on a measurement (warning)
   unknown-key          a condition key KMS does not know (a typo: it never matches)
   never-matches        a condition no request can satisfy (a value that is not 96 hex digits,
-                       an operator of the wrong type, contradicting equalities)
+                       an operator of the wrong type, contradicting conditions), or an action
+                       without Recipient in an attested statement (warning)
   set-operator         ForAllValues/ForAnyValue misused (ForAllValues on a single-valued key
                        holds when the key is absent)
   attestation-optional ...IfExists on an attestation key: a request without attestation passes
