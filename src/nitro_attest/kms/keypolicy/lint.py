@@ -42,6 +42,8 @@ RECIPIENT_ACTIONS = (
     "kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair", "kms:GenerateRandom",
     "kms:DeriveSharedSecret",
 )
+# Operations that take no Recipient yet hand out what Decrypt would: never for a non-admin.
+_DECRYPT_EQUIVALENT = ("kms:ReEncryptFrom", "kms:CreateGrant")
 _RECIPIENT_LOWER = frozenset(a.lower() for a in RECIPIENT_ACTIONS)
 _PCR16 = f"{ATTESTATION_PREFIX}pcr{CALLER_KEY_PCR}"
 # Measurements that identify the enclave's code or its signer (PCR3/4 name the parent, PCR16 and
@@ -117,6 +119,17 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
                           f"grants {named} to account {roots[0]} without attestation: any "
                           "principal an IAM policy allows may decrypt outside the enclave "
                           "(grant key administration only, as `kms policy` does)")
+    # an attestation condition already stops them: no request for them carries attestation
+    escalations = [a for a in _DECRYPT_EQUIVALENT if _covers(st, a)] if not attested else []
+    if escalations:
+        outsiders = ["*"] if st.principal.any else []
+        outsiders += [p for p in st.principal.aws if p not in admins and not _ACCOUNT.fullmatch(p)]
+        outsiders += list(st.principal.services)
+        if outsiders:
+            yield finding("decrypt-equivalent", "error",
+                          f"grants {', '.join(a.removeprefix('kms:') for a in escalations)} to "
+                          f"{outsiders[0]}: re-encrypting this key's ciphertext to a key of the "
+                          "caller's choosing, or granting itself Decrypt, needs no attestation")
     if attested:
         if _covers_everything(st):
             yield finding("enclave-all-actions", "error",
