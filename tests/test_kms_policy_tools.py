@@ -134,12 +134,20 @@ def test_encryptors_encrypt_and_never_decrypt(build_json: Path,
         assert not evaluate(policy, attested(action, parent)).allowed, action
 
 
-def test_policy_from_an_eif_measures_it(capsys: pytest.CaptureFixture[str]) -> None:
-    doc = generate(capsys, "--eif", str(EIF_VECTORS / "v4_signed_2rd.eif"), "--principal", ROLE,
-                   "--pcr", "8")
+def test_policy_from_an_eif_measures_it(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    eif = str(EIF_VECTORS / "v4_signed_2rd.eif")
+    doc = generate(capsys, "--eif", eif, "--principal", ROLE, "--pcr", "8")
     values = doc["Statement"][1]["Condition"]["StringEqualsIgnoreCase"]
     assert values["kms:RecipientAttestation:ImageSha384"] == V4_PCR0
     assert values["kms:RecipientAttestation:PCR8"] == V4_PCR8
+    # the same policy from describe-eif's JSON (what nitro-cli describe-eif prints)
+    rc, described, _ = run(["eif", "describe", "--json", "--at", "2030-01-01T00:00:00Z", eif],
+                           capsys)
+    assert rc == 0
+    path = tmp_path / "describe.json"
+    path.write_text(described)
+    assert generate(capsys, "--measurements", str(path), "--principal", ROLE, "--pcr", "8") == doc
 
 
 @pytest.mark.parametrize(("argv", "message"), [

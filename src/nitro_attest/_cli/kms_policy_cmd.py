@@ -83,7 +83,8 @@ def add_operations(kms_sub: Any) -> None:
                    "repeatable")
     p.add_argument("--pcr", metavar="N[=HEX]", action="append", default=[],
                    help="also pin PCR N: 1, 2 or 8 from the image, or any PCR with its value "
-                   "(e.g. 3=HEX for the parent's role); repeatable")
+                   "(e.g. 3=HEX for the parent's role); repeatable. PCR0 is always pinned (as "
+                   "ImageSha384), PCR16 always to zeros")
     p.add_argument("--operations", metavar="OP", nargs="+", default=None,
                    help="operations the enclave may call (default: Decrypt GenerateDataKey "
                    "GenerateDataKeyPair GenerateRandom; DeriveSharedSecret for a key-agreement "
