@@ -314,6 +314,9 @@ LINTS: list[tuple[str, str, list[str]]] = [
         Principal={"AWS": ADMIN}, Condition={}, Action=["kms:Encrypt",
                                                       "kms:GenerateDataKeyWithoutPlaintext"])),
      []),
+    ("StringLike on an ARN key is fine", doc(enclave(Condition={
+        **ATTESTED, "StringLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/enc*"}})),
+     []),
     ("Deny statements are not grants", doc(enclave(), {
         "Sid": "DenyUnattested", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
         "Resource": "*", "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}}),

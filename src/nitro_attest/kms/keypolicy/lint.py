@@ -54,7 +54,7 @@ _HEX = re.compile(f"[0-9a-fA-F]{{{PCR_HEX_LENGTH}}}")
 _ACCOUNT = re.compile(r"[0-9]{12}|arn:aws[a-z-]*:iam::[0-9]{12}:root")
 _EQUALITY = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
 _OPERATOR_TYPES = {  # which key types each operator family can compare
-    **{op: ("string",) for op in STRING_OPERATORS},
+    **{op: ("string", "arn") for op in STRING_OPERATORS},  # AWS compares ARNs as text too
     **{op: ("arn", "string") for op in ARN_OPERATORS},
     **{op: ("numeric",) for op in NUMERIC_OPERATORS},
     **{op: ("date",) for op in DATE_OPERATORS},
