@@ -1,7 +1,9 @@
 """enclave_key_policy: the key policy that binds a KMS key to one enclave image (pure).
 
 Two statements. The administrators manage the key and never use it (no cryptographic action, no
-CreateGrant: a grant would let them hand Decrypt to anyone without attestation). The enclave's
+CreateGrant: a grant would let them hand Decrypt to anyone without attestation), and are never the
+enclave's principal, whatever IAM says (whoever holds its credentials, the parent, would rewrite
+the policy). The enclave's
 principal may call the Recipient operations only when the request carries an attestation
 document whose PCR0 (``ImageSha384``) and chosen PCRs equal the image's, and whose PCR16 is all
 zero: an enclave that signs public keys chosen by its callers (``serve
@@ -57,6 +59,38 @@ def account_root(principal: str) -> str:
     return f"{':'.join(parts[:2])}:iam::{parts[4]}:root"
 
 
+def principal_identity(arn: str) -> tuple[str, ...]:
+    """What IAM tells principals apart by: partition, account, kind and the name without its
+    path, lower-cased (IAM refuses two roles, or two users, whose names differ only in case or
+    path). An STS assumed-role session is its role."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6:
+        return (arn,)
+    resource = parts[5]
+    if parts[2] == "sts" and resource.startswith("assumed-role/"):
+        pieces = resource.split("/")
+        if len(pieces) == 3:
+            return (parts[1], parts[4], "role", pieces[1].lower())
+    kind, _, rest = resource.partition("/")
+    if kind in ("role", "user") and rest:
+        return (parts[1], parts[4], kind, rest.rsplit("/", 1)[-1].lower())
+    return (parts[1], parts[4], resource)
+
+
+def _not_the_enclave(principal: str) -> dict[str, Any]:
+    """The administrators' condition: never the enclave's role (nor its sessions). The default
+    administrator, the account root, covers every principal of the account that IAM lets in, the
+    enclave role included when its IAM policy says ``kms:*`` (and in the emulator, which has no
+    IAM, always): with ``PutKeyPolicy`` whoever holds the role's credentials, the parent, would
+    drop the attestation condition. ``aws:PrincipalArn`` is a role's ARN for its sessions too,
+    with its path (AWS) or without it (the session ARN has none): both are listed."""
+    partition, account, kind, _ = principal_identity(principal)
+    name = principal.rsplit("/", 1)[-1]
+    head = f"arn:{partition}:iam::{account}:{kind}/"
+    values = sorted({principal, f"{head}{name}", f"{head}*/{name}"})
+    return {"ArnNotLike": {"aws:PrincipalArn": values}}
+
+
 def enclave_key_policy(
     *,
     image_sha384: str,
@@ -78,7 +112,7 @@ def enclave_key_policy(
             if not _ADMIN.fullmatch(name):
                 raise KeyPolicyError(f"{role} {name[:80]!r}: expected an IAM role, user or "
                                      "account root ARN")
-    if principal in admins:
+    if any(principal_identity(a) == principal_identity(principal) for a in admins):
         raise KeyPolicyError("the enclave principal cannot also be an administrator (it could "
                              "rewrite the policy and drop the attestation condition)")
     chosen = _operations(operations)
@@ -97,6 +131,7 @@ def enclave_key_policy(
             "Principal": {"AWS": list(admins) if admins else account_root(principal)},
             "Action": list(ADMIN_ACTIONS),
             "Resource": "*",
+            "Condition": _not_the_enclave(principal),
         },
         {
             "Sid": ENCLAVE_SID,
