@@ -76,3 +76,70 @@ def test_generated_policy_excludes_the_enclave_role_under_a_path() -> None:
 def test_generator_refuses_the_enclave_role_as_admin_under_another_spelling(admin: str) -> None:
     with pytest.raises(KeyPolicyError, match="administrator"):
         enclave_key_policy(image_sha384=IMAGE, principal=ROLE, admins=[admin])
+
+
+# -- lint-policy: grants that let the enclave role (hence the parent) out of attestation ---------
+
+@pytest.mark.parametrize("action", ["kms:PutKeyPolicy", "kms:ReplicateKey", "kms:*Policy"])
+def test_lint_flags_policy_rewrite_by_the_attested_principal(action: str) -> None:
+    """The enclave statement is perfect, but the same role may rewrite the policy (or replicate
+    the key under a policy of its choosing) without any Recipient."""
+    text = doc(enclave(), {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": [ROLE]},
+                           "Action": [action, "kms:DescribeKey"], "Resource": "*"})
+    assert "policy-rewrite" in codes(text)
+
+
+def test_lint_flags_policy_rewrite_by_a_session_of_the_attested_role() -> None:
+    text = doc(enclave(), {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": SESSION},
+                           "Action": "kms:PutKeyPolicy", "Resource": "*"})
+    assert "policy-rewrite" in codes(text)
+
+
+def test_lint_flags_policy_rewrite_by_anyone() -> None:
+    text = doc(enclave(), {"Sid": "Anyone", "Effect": "Allow", "Principal": "*",
+                           "Action": "kms:PutKeyPolicy", "Resource": "*",
+                           "Condition": {"Bool": {"aws:SecureTransport": "true"}}})
+    assert "policy-rewrite" in codes(text)
+
+
+def test_lint_flags_policy_rewrite_by_a_non_admin_when_admins_are_named() -> None:
+    other = f"arn:aws:iam::{ACCOUNT}:role/ci"
+    text = doc(enclave(), {"Sid": "CI", "Effect": "Allow", "Principal": {"AWS": other},
+                           "Action": "kms:PutKeyPolicy", "Resource": "*"})
+    assert "policy-rewrite" in codes(text, admins=(ADMIN,))
+    assert "policy-rewrite" not in codes(text, admins=(other,))
+
+
+def test_lint_admin_rewriting_the_policy_is_its_business() -> None:
+    text = doc(enclave(), {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": ADMIN},
+                           "Action": "kms:PutKeyPolicy", "Resource": "*"})
+    assert codes(text) == []
+
+
+# -- lint-policy: measurements that do not identify an image -------------------------------------
+
+@pytest.mark.parametrize("keys", [
+    ["PCR1"],  # the kernel and bootstrap: the same for every image built by one nitro-cli
+    ["PCR2"],  # the application alone: runs on a kernel and init of the attacker's choosing
+    ["NitroTPMPCR0"],  # firmware: the same on every instance
+    ["NitroTPMPCR16"],  # debug PCR: reset and extended at will by the running OS
+    ["NitroTPMPCR23"],  # application PCR: idem
+])
+def test_lint_measurements_that_do_not_bind_an_image(keys: list[str]) -> None:
+    values = {f"kms:RecipientAttestation:{k}": IMAGE for k in keys}
+    if not keys[0].startswith("NitroTPM"):
+        values["kms:RecipientAttestation:PCR16"] = ZEROS
+    assert "unattested-grant" in codes(doc(enclave({"StringEqualsIgnoreCase": values})))
+
+
+@pytest.mark.parametrize("keys", [["PCR1", "PCR2"], ["PCR8"], ["ImageSha384"], ["PCR0"]])
+def test_lint_measurements_that_bind_an_enclave_image(keys: list[str]) -> None:
+    values = {f"kms:RecipientAttestation:{k}": IMAGE for k in keys}
+    values["kms:RecipientAttestation:PCR16"] = ZEROS
+    assert codes(doc(enclave({"StringEqualsIgnoreCase": values}))) == []
+
+
+@pytest.mark.parametrize("pcr", [4, 7, 12])  # AWS: PCR4 and PCR12 (boot) or PCR7 (Secure Boot)
+def test_lint_nitrotpm_measurements_aws_documents_bind(pcr: int) -> None:
+    condition = {"StringEqualsIgnoreCase": {f"kms:RecipientAttestation:NitroTPMPCR{pcr}": IMAGE}}
+    assert codes(doc(enclave(condition))) == []

@@ -32,10 +32,13 @@ examples:
 _LINT_EPILOG = """\
 Findings (each with the statement's Sid or index and one line):
   unattested-grant     Decrypt, GenerateDataKey*, GenerateRandom or DeriveSharedSecret granted
-                       without a kms:RecipientAttestation condition (aws-nitro-enclaves-sdk-c#157)
+                       without a kms:RecipientAttestation condition that names the image:
+                       ImageSha384, PCR8, PCR1 with PCR2, NitroTPMPCR4/7/12 (sdk-c#157)
   root-delegation      the same granted to an account root: IAM policies then decide (warning)
   decrypt-equivalent   ReEncryptFrom or CreateGrant granted to a principal other than an admin:
                        re-encrypting to the caller's key, or granting Decrypt, needs no Recipient
+  policy-rewrite       PutKeyPolicy or ReplicateKey granted to "*", to the principal of an
+                       attested statement (the enclave role), or to a non-admin (with --admin)
   principal-star       Principal "*" without any Condition
   pcr-wildcard         a wildcard in a measurement value
   pcr-case-sensitive   StringEquals/StringLike on a measurement (warning)

@@ -5,7 +5,9 @@ Each finding names the statement (Sid or index), a stable code and one line. Wha
 administrator without an attestation condition (the mistake of aws-nitro-enclaves-sdk-c#157),
 ``Principal: *`` without a condition, wildcard or case-sensitive attestation values, unknown
 condition keys, conditions that can never match, an attested statement granting every action,
-attestation conditions that a request without attestation passes, and a missing PCR16 pin.
+attestation conditions that a request without attestation passes, a missing PCR16 pin, and the
+policy's rewriting (or the key's replication under a new policy) left to the enclave's principal,
+to anyone, or to a non-administrator.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
 from nitro_attest.kms.keypolicy.evaluate import glob_matches
+from nitro_attest.kms.keypolicy.generate import principal_identity
 from nitro_attest.kms.keypolicy.keys import (
     ATTESTATION_PREFIX,
     IMAGE_SHA384,
@@ -46,10 +49,19 @@ RECIPIENT_ACTIONS = (
 _DECRYPT_EQUIVALENT = ("kms:ReEncryptFrom", "kms:CreateGrant")
 _RECIPIENT_LOWER = frozenset(a.lower() for a in RECIPIENT_ACTIONS)
 _PCR16 = f"{ATTESTATION_PREFIX}pcr{CALLER_KEY_PCR}"
-# Measurements that identify the enclave's code or its signer (PCR3/4 name the parent, PCR16 and
-# up are set by the enclave itself): a grant is bound to an image only through one of these.
-_IMAGE_KEYS = frozenset({IMAGE_SHA384} | {f"{ATTESTATION_PREFIX}pcr{i}" for i in (0, 1, 2, 8)})
+# Operations that replace the policy itself: PutKeyPolicy, and ReplicateKey (a replica shares the
+# key material under the policy its caller writes). An attestation condition cannot guard them.
+_POLICY_REWRITE = ("kms:PutKeyPolicy", "kms:ReplicateKey")
+# Measurements that identify the enclave's code or its signer: the whole image (PCR0), the
+# signer (PCR8), or kernel and application together. PCR1 alone is the same for every image built
+# by one nitro-cli; PCR2 alone lets a kernel and init of anyone's choosing run the application;
+# PCR3/4 name the parent; PCR16 and up are set by the enclave itself.
+_IMAGE_KEYS = frozenset({IMAGE_SHA384} | {f"{ATTESTATION_PREFIX}pcr{i}" for i in (0, 8)})
+_KERNEL_AND_APPLICATION = frozenset({f"{ATTESTATION_PREFIX}pcr{i}" for i in (1, 2)})
 _TPM = f"{ATTESTATION_PREFIX}nitrotpmpcr"
+# NitroTPM: AWS's reference measurements of an attestable AMI, PCR4 and PCR12 (boot) or PCR7
+# (Secure Boot). The firmware's PCRs are every instance's, and PCR16/PCR23 the running OS resets.
+_TPM_IMAGE_KEYS = frozenset({f"{_TPM}{i}" for i in (4, 7, 12)})
 _HEX = re.compile(f"[0-9a-fA-F]{{{PCR_HEX_LENGTH}}}")
 _ACCOUNT = re.compile(r"[0-9]{12}|arn:aws[a-z-]*:iam::[0-9]{12}:root")
 _EQUALITY = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
@@ -78,12 +90,19 @@ def lint_policy(policy: KeyPolicy, admins: Sequence[str] = ()) -> list[Finding]:
     """Every finding, statement by statement. ``admins`` are principals trusted to use the key
     without attestation (besides account roots, which delegate to IAM and get a warning)."""
     findings: list[Finding] = []
+    enclaves = frozenset(  # whoever an attested statement names is the enclave, or its parent
+        principal_identity(p)
+        for st in policy.statements if st.effect == "Allow"
+        and any(_pins_attestation(c) for c in st.conditions)
+        for p in st.principal.aws if not _ACCOUNT.fullmatch(p)
+    )
     for statement in policy.statements:
-        findings += _lint_statement(statement, frozenset(admins))
+        findings += _lint_statement(statement, frozenset(admins), enclaves)
     return findings
 
 
-def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
+def _lint_statement(st: Statement, admins: frozenset[str],
+                    enclaves: frozenset[tuple[str, ...]]) -> Iterable[Finding]:
     def finding(code: str, severity: Severity, message: str) -> Finding:
         return Finding(st.label, st.index, code, severity, message)
 
@@ -95,7 +114,8 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
     granted = [a for a in RECIPIENT_ACTIONS if _covers(st, a)]
     attested = any(_pins_attestation(c) for c in st.conditions)
     pins = [c.key for c in st.conditions if _pins_attestation(c)]
-    bound = any(k in _IMAGE_KEYS or k.startswith(_TPM) for k in pins)
+    bound = any(k in _IMAGE_KEYS or k in _TPM_IMAGE_KEYS for k in pins) or (
+        set(pins) >= _KERNEL_AND_APPLICATION)
     enclave = any(not k.startswith(_TPM) for k in pins)  # NitroTPM has no PCR16 mark
     if (st.principal.any or "*" in st.principal.aws) and not st.conditions:
         yield finding("principal-star", "error",
@@ -112,7 +132,7 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
         if others:
             yield finding("unattested-grant", "error",
                           f"grants {named} to {others[0]} without a kms:RecipientAttestation "
-                          "condition on the image (ImageSha384, PCR0-2 or PCR8): the secret "
+                          "condition on the image (ImageSha384, PCR8, PCR1 with PCR2): the secret "
                           "leaves KMS to whoever holds those credentials (sdk-c#157)")
         if roots:
             yield finding("root-delegation", "warning",
@@ -130,6 +150,20 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
                           f"grants {', '.join(a.removeprefix('kms:') for a in escalations)} to "
                           f"{outsiders[0]}: re-encrypting this key's ciphertext to a key of the "
                           "caller's choosing, or granting itself Decrypt, needs no attestation")
+    rewrites = [a for a in _POLICY_REWRITE if _covers(st, a)] if not attested else []
+    if rewrites:
+        writers = ["*"] if st.principal.any else []
+        writers += [p for p in st.principal.aws if principal_identity(p) in enclaves]
+        if admins:
+            writers += [p for p in st.principal.aws
+                        if p not in admins and not _ACCOUNT.fullmatch(p)]
+            writers += list(st.principal.services)
+        if writers:
+            yield finding("policy-rewrite", "error",
+                          f"grants {', '.join(a.removeprefix('kms:') for a in rewrites)} to "
+                          f"{writers[0]}: it may replace the policy (or replicate the key under "
+                          "its own) and drop every attestation condition; only administrators, "
+                          "never the enclave's principal")
     if attested:
         if _covers_everything(st):
             yield finding("enclave-all-actions", "error",
