@@ -143,3 +143,36 @@ def test_lint_measurements_that_bind_an_enclave_image(keys: list[str]) -> None:
 def test_lint_nitrotpm_measurements_aws_documents_bind(pcr: int) -> None:
     condition = {"StringEqualsIgnoreCase": {f"kms:RecipientAttestation:NitroTPMPCR{pcr}": IMAGE}}
     assert codes(doc(enclave(condition))) == []
+
+
+# -- evaluate: IgnoreCase is a case comparison, not Unicode case folding -------------------------
+
+@pytest.mark.parametrize(("policy_value", "request_value"), [
+    ("strasse", "straße"),  # casefold() turns ß into ss: a different string, a different length
+    ("STRASSE", "straße"),
+    ("fish", "\ufb01sh"),  # the ligature fi folds to two letters
+])
+def test_ignore_case_does_not_fold_to_other_strings(policy_value: str, request_value: str) -> None:
+    key = "kms:EncryptionContext:Department"
+    allow = parse_policy(doc({
+        "Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:Encrypt", "Resource": "*",
+        "Condition": {"StringEqualsIgnoreCase": {key: policy_value}}}))
+    ctx = RequestContext("kms:Encrypt", ROLE, KEY, {key.lower(): (request_value,)})
+    assert not evaluate(allow, ctx).allowed
+    # and the Deny that guards the same value still applies
+    deny = parse_policy(doc(
+        {"Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:Encrypt", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+         "Condition": {"StringNotEqualsIgnoreCase": {key: policy_value}}}))
+    assert not evaluate(deny, ctx).allowed
+
+
+def test_ignore_case_still_ignores_case() -> None:
+    key = "kms:RecipientAttestation:ImageSha384"
+    policy = parse_policy(doc(enclave({"StringEqualsIgnoreCase": {key: IMAGE.upper()}})))
+    assert evaluate(policy, RequestContext("kms:Decrypt", ROLE, KEY, {key.lower(): (IMAGE,)}))\
+        .allowed
+    ctx = RequestContext("kms:Decrypt", ROLE, KEY, {"kms:encryptioncontext:d": ("Straße",)})
+    policy = parse_policy(doc(enclave({"StringEqualsIgnoreCase": {
+        "kms:EncryptionContext:d": "STRAßE"}})))
+    assert evaluate(policy, ctx).allowed

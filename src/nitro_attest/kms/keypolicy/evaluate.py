@@ -229,6 +229,35 @@ def _in_network(request_value: str, policy_value: str) -> bool:
     return network is not None and address.version == network.version and address in network
 
 
+def _simple_upper(ch: str) -> str:
+    upper = ch.upper()
+    return upper if len(upper) == 1 else ch  # "ß".upper() is "SS": no one-character mapping
+
+
+def _simple_lower(ch: str) -> str:
+    lower = ch.lower()
+    if len(lower) == 1:
+        return lower
+    return "i" if ch == "\u0130" else ch  # "İ".lower() is "i" + a combining dot
+
+
+def equals_ignore_case(a: str, b: str) -> bool:
+    """``StringEqualsIgnoreCase``: the same characters up to case, one by one (Java's
+    ``equalsIgnoreCase``, which AWS's policy engine is written in), never Unicode case folding:
+    ``"straße".casefold() == "strasse"`` would let a request value the policy never named match."""
+    if a.isascii() and b.isascii():
+        return len(a) == len(b) and a.lower() == b.lower()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        ux, uy = _simple_upper(x), _simple_upper(y)
+        if ux != uy and _simple_lower(ux) != _simple_lower(uy):
+            return False
+    return True
+
+
 def _same_binary(request_value: str, policy_value: str) -> bool:
     try:
         return base64.b64decode(request_value, validate=True) == base64.b64decode(
@@ -240,8 +269,8 @@ def _same_binary(request_value: str, policy_value: str) -> bool:
 _POSITIVE: dict[str, Callable[[str, str], bool]] = {
     "StringEquals": operator.eq,
     "StringNotEquals": operator.eq,
-    "StringEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
-    "StringNotEqualsIgnoreCase": lambda r, p: r.casefold() == p.casefold(),
+    "StringEqualsIgnoreCase": equals_ignore_case,
+    "StringNotEqualsIgnoreCase": equals_ignore_case,
     "StringLike": lambda r, p: _glob(p)(r),
     "StringNotLike": lambda r, p: _glob(p)(r),
     "ArnEquals": lambda r, p: arn_like(p, r),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
-from nitro_attest.kms.keypolicy.evaluate import glob_matches
+from nitro_attest.kms.keypolicy.evaluate import equals_ignore_case, glob_matches
 from nitro_attest.kms.keypolicy.generate import principal_identity
 from nitro_attest.kms.keypolicy.keys import (
     ATTESTATION_PREFIX,
@@ -274,7 +274,7 @@ def _contradictions(st: Statement) -> Iterable[tuple[str, Severity, str]]:
 
 def _equal(condition: Condition, value: str, policy_value: str) -> bool:
     if condition.base == "StringEqualsIgnoreCase":
-        return value.casefold() == policy_value.casefold()
+        return equals_ignore_case(value, policy_value)
     return value == policy_value
 
 
