@@ -176,3 +176,38 @@ def test_ignore_case_still_ignores_case() -> None:
     policy = parse_policy(doc(enclave({"StringEqualsIgnoreCase": {
         "kms:EncryptionContext:d": "STRAßE"}})))
     assert evaluate(policy, ctx).allowed
+
+
+# -- evaluate: an unqualified operator on a multivalued key (AWS leaves it undocumented) ---------
+
+def _context_keys(*names: str) -> RequestContext:
+    return RequestContext("kms:Encrypt", ROLE, KEY, {"kms:encryptioncontextkeys": names})
+
+
+ALLOW_ENCRYPT = {"Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:Encrypt",
+                 "Resource": "*"}
+
+
+def test_unqualified_negated_deny_on_a_multivalued_key_denies_when_any_reading_does() -> None:
+    """'Deny unless the context keys are Purpose': one reading (some value is not Purpose, as
+    ForAnyValue) denies {Purpose, Evil}; the other (no value is Purpose) does not. Where AWS
+    says nothing, a Deny applies under either reading."""
+    policy = parse_policy(doc(ALLOW_ENCRYPT, {
+        "Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+        "Condition": {"StringNotEquals": {"kms:EncryptionContextKeys": "Purpose"}}}))
+    assert not evaluate(policy, _context_keys("Purpose", "Evil")).allowed
+    assert not evaluate(policy, _context_keys("Evil")).allowed
+    assert evaluate(policy, _context_keys("Purpose")).allowed
+    # absent: a negated operator holds, as AWS documents, and the Deny applies
+    assert not evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, {})).allowed
+
+
+def test_unqualified_allow_on_a_multivalued_key_allows_only_when_every_reading_does() -> None:
+    policy = parse_policy(doc(ALLOW_ENCRYPT | {
+        "Condition": {"StringEquals": {"kms:EncryptionContextKeys": "Purpose"}}}))
+    assert not evaluate(policy, _context_keys("Purpose", "Evil")).allowed
+    assert evaluate(policy, _context_keys("Purpose")).allowed
+    negated = parse_policy(doc(ALLOW_ENCRYPT | {
+        "Condition": {"StringNotEquals": {"kms:EncryptionContextKeys": "Secret"}}}))
+    assert not evaluate(negated, _context_keys("Secret", "Other")).allowed
+    assert evaluate(negated, _context_keys("Other", "Another")).allowed

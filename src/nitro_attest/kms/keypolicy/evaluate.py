@@ -109,7 +109,8 @@ def _applies(statement: Statement, request: RequestContext,
     resource = any(arn_like(r, request.key_arn) for r in statement.resources)
     if resource == statement.not_resource:
         return False
-    return all(condition_holds(c, context) for c in statement.conditions)
+    deny = statement.effect == "Deny"
+    return all(condition_holds(c, context, deny=deny) for c in statement.conditions)
 
 
 def principal_matches(principal: Principal, arn: str) -> bool:
@@ -286,14 +287,16 @@ _POSITIVE: dict[str, Callable[[str, str], bool]] = {
 }
 
 
-def condition_holds(condition: Condition, context: Mapping[str, tuple[str, ...]]) -> bool:
+def condition_holds(condition: Condition, context: Mapping[str, tuple[str, ...]], *,
+                    deny: bool) -> bool:
     """One key under one operator, as AWS defines it.
 
     Values listed in the policy are ORed (NORed for a negated operator). A key absent from the
     request: ``Null`` tests exactly that; ``...IfExists`` holds; ``ForAllValues`` holds (the
     empty set); ``ForAnyValue`` fails; otherwise a negated operator holds and any other fails.
-    A multivalued request key without a qualifier behaves as ForAnyValue for a positive operator
-    and as "no value matches" for a negated one.
+    A request key with several values under an unqualified operator is a case AWS does not
+    document (it tells authors to qualify): the two readings, ForAnyValue and ForAllValues,
+    differ, so a Deny applies when either holds and an Allow only when both hold.
     """
     present = context.get(condition.key)
     if condition.base == "Null":
@@ -315,5 +318,6 @@ def condition_holds(condition: Condition, context: Mapping[str, tuple[str, ...]]
         return all(matches(v) != negated for v in present)
     if condition.qualifier == "ForAnyValue":
         return any(matches(v) != negated for v in present)
-    hit = any(matches(v) for v in present)
-    return hit != negated
+    if deny:
+        return any(matches(v) != negated for v in present)
+    return all(matches(v) != negated for v in present)
