@@ -211,3 +211,50 @@ def test_unqualified_allow_on_a_multivalued_key_allows_only_when_every_reading_d
         "Condition": {"StringNotEquals": {"kms:EncryptionContextKeys": "Secret"}}}))
     assert not evaluate(negated, _context_keys("Secret", "Other")).allowed
     assert evaluate(negated, _context_keys("Other", "Another")).allowed
+
+
+# -- kms policy: measurements the operator reads one way and the command another ---------------
+
+A0, A1, A2, B0 = ("a0" * 48, "a1" * 48, "a2" * 48, "b0" * 48)
+_SET = f'{{"PCR0": "{A0}", "PCR1": "{A1}", "PCR2": "{A2}"'
+
+
+@pytest.mark.parametrize("text", [
+    # a reviewer reads the first PCR0, json.loads keeps the last
+    f'{{"Measurements": {_SET}, "PCR0": "{B0}"}}}}',
+    f'{{"Measurements": {_SET}}}, "Measurements": {{"PCR0": "{B0}", "PCR1": "{A1}", '
+    f'"PCR2": "{A2}"}}}}',
+])
+def test_policy_refuses_measurements_with_duplicate_keys(
+    text: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nitro_attest._cli import main
+
+    path = tmp_path / "build.json"
+    path.write_text(text)
+    rc = main(["kms", "policy", "--measurements", str(path), "--principal", ROLE])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "b0b0" not in out
+    assert "duplicate" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("principal", [
+    f"arn:aws:iam::{ACCOUNT}:role/enclave/",  # no name: the exclusion would name nobody
+    f"arn:aws:iam::{ACCOUNT}:role//enclave",
+    f"arn:aws:iam::{ACCOUNT}:role/\u00e9nclave",  # IAM names are ASCII
+])
+def test_generator_refuses_principals_iam_cannot_name(principal: str) -> None:
+    with pytest.raises(KeyPolicyError, match="expected an IAM role or user ARN"):
+        enclave_key_policy(image_sha384=IMAGE, principal=principal)
+
+
+def test_policy_refuses_measurements_nested_too_deeply(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nitro_attest._cli import main
+
+    path = tmp_path / "build.json"
+    path.write_text("[" * 60000)  # under the 64 KiB cap; json.loads raises RecursionError
+    rc = main(["kms", "policy", "--measurements", str(path), "--principal", ROLE])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "nested too deeply" in err and err.count("\n") == 1

@@ -137,6 +137,30 @@ def _pcr_choices(args: argparse.Namespace, image: dict[int, bytes]) -> dict[int,
     return pinned
 
 
+def _one_reading(data: bytes, path: str) -> None:
+    """Refuse a measurements file that reads two ways: a key given twice (a reviewer sees the
+    first PCR0, json.loads keeps the last, and the policy would pin an image nobody reviewed),
+    or nesting too deep to parse. Other defects are left to the parser, which names them."""
+    import json
+
+    from nitro_attest._cli.common import CliError
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise CliError(f"{path}: duplicate JSON key {key[:40]!r}: which value counts "
+                               "would be a guess")
+        return dict(pairs)
+
+    try:
+        json.loads(data, object_pairs_hook=unique)
+    except RecursionError:
+        raise CliError(f"{path}: measurements JSON nested too deeply") from None
+    except ValueError:  # not JSON: parse_measurements says so
+        pass
+
+
 def _image(args: argparse.Namespace) -> dict[int, bytes]:
     from nitro_attest._cli.common import CliError, peek_bytes, read_bytes
 
@@ -156,6 +180,7 @@ def _image(args: argparse.Namespace) -> dict[int, bytes]:
     )
 
     data = read_bytes(args.measurements, limit=MAX_MEASUREMENTS_FILE, what="measurements")
+    _one_reading(data, args.measurements)
     try:
         return parse_measurements(data)
     except MeasurementsError as exc:

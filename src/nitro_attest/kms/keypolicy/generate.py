@@ -48,8 +48,10 @@ ENCLAVE_SID = (
     "that signs caller-chosen keys"
 )
 
-_PRINCIPAL = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+")
-_ADMIN = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:((role|user)/[\w+=,.@/-]+|root)")
+# IAM's names and path segments: ASCII, non-empty; the name (after the last /) names the role.
+_NAME = r"([A-Za-z0-9_+=,.@-]+/)*[A-Za-z0-9_+=,.@-]+"
+_PRINCIPAL = re.compile(rf"arn:aws(-[a-z]+)*:iam::[0-9]{{12}}:(role|user)/{_NAME}")
+_ADMIN = re.compile(rf"arn:aws(-[a-z]+)*:iam::[0-9]{{12}}:((role|user)/{_NAME}|root)")
 _HEX = re.compile(f"[0-9a-f]{{{PCR_HEX_LENGTH}}}")
 
 
