@@ -258,3 +258,48 @@ def test_policy_refuses_measurements_nested_too_deeply(
     rc = main(["kms", "policy", "--measurements", str(path), "--principal", ROLE])
     _, err = capsys.readouterr()
     assert rc == 2 and "nested too deeply" in err and err.count("\n") == 1
+
+
+# -- evaluate: keys AWS puts in every request, that the caller did not supply --------------------
+
+GUARDS = [
+    {"DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00Z"}},  # the key expired
+    {"Bool": {"aws:SecureTransport": "false"}},  # AWS's "deny plain HTTP" statement
+    {"StringEquals": {"aws:PrincipalType": "AssumedRole"}},
+    {"NumericGreaterThan": {"aws:EpochTime": "1577836800"}},
+    {"Null": {"aws:RequestedRegion": "false"}},
+]
+
+
+@pytest.mark.parametrize("condition", GUARDS)
+def test_deny_on_a_key_aws_always_supplies_applies_when_the_request_lacks_it(
+    condition: dict[str, Any]
+) -> None:
+    """AWS has these keys in every request, so this Deny would apply there; a request context
+    without them must not let the Deny lapse (the key's value is unknown, not absent)."""
+    policy = parse_policy(doc(ALLOW_ENCRYPT, {
+        "Sid": "Guard", "Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+        "Condition": condition}))
+    decision = evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, {}))
+    assert not decision.allowed and "Guard" in decision.reason
+
+
+@pytest.mark.parametrize("condition", [
+    {"StringNotEquals": {"aws:PrincipalType": "Root"}},
+    {"DateLessThanIfExists": {"aws:CurrentTime": "2999-01-01T00:00:00Z"}},
+    {"ForAllValues:StringEquals": {"aws:RequestedRegion": "us-east-1"}},
+    {"Null": {"aws:SecureTransport": "true"}},
+])
+def test_allow_on_a_key_aws_always_supplies_needs_its_value(condition: dict[str, Any]) -> None:
+    policy = parse_policy(doc(ALLOW_ENCRYPT | {"Condition": condition}))
+    assert not evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, {})).allowed
+
+
+def test_keys_aws_always_supplies_are_evaluated_when_given() -> None:
+    policy = parse_policy(doc(ALLOW_ENCRYPT, {
+        "Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}))
+    https = {"aws:securetransport": ("true",)}
+    assert evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, https)).allowed
+    plain = {"aws:securetransport": ("false",)}
+    assert not evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, plain)).allowed

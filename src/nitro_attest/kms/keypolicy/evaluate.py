@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nitro_attest.kms.keypolicy.keys import ALWAYS_IN_AWS_REQUESTS
 from nitro_attest.kms.keypolicy.model import Condition, KeyPolicy, Principal, Statement
 from nitro_attest.kms.keypolicy.parse import (
     NEGATED_OPERATORS,
@@ -294,11 +295,18 @@ def condition_holds(condition: Condition, context: Mapping[str, tuple[str, ...]]
     Values listed in the policy are ORed (NORed for a negated operator). A key absent from the
     request: ``Null`` tests exactly that; ``...IfExists`` holds; ``ForAllValues`` holds (the
     empty set); ``ForAnyValue`` fails; otherwise a negated operator holds and any other fails.
+    A key AWS puts in every request (``aws:CurrentTime``, ``aws:SecureTransport``...) but the
+    request lacks is unknown: a Deny applies, an Allow does not.
     A request key with several values under an unqualified operator is a case AWS does not
     document (it tells authors to qualify): the two readings, ForAnyValue and ForAllValues,
     differ, so a Deny applies when either holds and an Allow only when both hold.
     """
     present = context.get(condition.key)
+    if not present and condition.key in ALWAYS_IN_AWS_REQUESTS:
+        # AWS always has a value here, one the request did not give: unknown, so whatever the
+        # operator, a Deny applies and an Allow does not (an absent aws:CurrentTime must not
+        # let "Deny after DATE" lapse)
+        return deny
     if condition.base == "Null":
         absent = not present
         return any((v.lower() == "true") == absent for v in condition.values)

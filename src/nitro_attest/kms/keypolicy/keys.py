@@ -112,6 +112,14 @@ KNOWN_KEYS: dict[str, KnownKey] = _table(
     KnownKey("aws:Ec2InstanceSourcePrivateIPv4", _I),
 )
 
+# Global keys IAM documents as "always included in the request context": on AWS a policy never
+# sees them absent. A request context without one (the emulator does not supply it) has an
+# unknown value, which the evaluator treats as failing closed, not as absent.
+ALWAYS_IN_AWS_REQUESTS = frozenset({
+    "aws:currenttime", "aws:epochtime", "aws:securetransport", "aws:principaltype",
+    "aws:requestedregion", "aws:userid", "aws:principalisawsservice", "aws:viaawsservice",
+})
+
 # Keys whose last part the user chooses: prefix (lower-cased) -> (canonical prefix, type).
 KNOWN_PREFIXES: dict[str, tuple[str, KeyType]] = {
     "kms:encryptioncontext:": ("kms:EncryptionContext:", "string"),
