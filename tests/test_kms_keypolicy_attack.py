@@ -303,3 +303,17 @@ def test_keys_aws_always_supplies_are_evaluated_when_given() -> None:
     assert evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, https)).allowed
     plain = {"aws:securetransport": ("false",)}
     assert not evaluate(policy, RequestContext("kms:Encrypt", ROLE, KEY, plain)).allowed
+
+
+@pytest.mark.parametrize("pcr", ["\u00b2", "\uff18", "1\u0663", "+1", " 1"])
+def test_policy_pcr_index_is_ascii_digits(pcr: str, tmp_path: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """'²'.isdigit() is True and int('²') raises: an internal error instead of a usage line;
+    other Unicode digits would name a PCR the operator did not type."""
+    from nitro_attest._cli import main
+
+    path = tmp_path / "build.json"
+    path.write_text(json.dumps({"Measurements": {"PCR0": A0, "PCR1": A1, "PCR2": A2}}))
+    rc = main(["kms", "policy", "--measurements", str(path), "--principal", ROLE, "--pcr", pcr])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "expected N or N=HEX" in err and err.count("\n") == 1

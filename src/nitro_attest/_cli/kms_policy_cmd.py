@@ -111,12 +111,14 @@ def add_operations(kms_sub: Any) -> None:
 
 
 def _pcr_choices(args: argparse.Namespace, image: dict[int, bytes]) -> dict[int, str]:
+    import re
+
     from nitro_attest._cli.common import CliError, parse_hex
 
     pinned: dict[int, str] = {}
     for item in args.pcr:
         index_text, sep, value = item.partition("=")
-        if not index_text.isdigit() or int(index_text) > 31:
+        if not re.fullmatch(r"[0-9]{1,2}", index_text) or int(index_text) > 31:
             raise CliError(f"--pcr {item[:40]!r}: expected N or N=HEX with N from 0 to 31")
         index = int(index_text)
         if index == 16:
