@@ -317,3 +317,19 @@ def test_policy_pcr_index_is_ascii_digits(pcr: str, tmp_path: Any,
     rc = main(["kms", "policy", "--measurements", str(path), "--principal", ROLE, "--pcr", pcr])
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and "expected N or N=HEX" in err and err.count("\n") == 1
+
+
+def test_encryption_context_names_differing_in_case_refused_even_when_merged_by_the_caller(
+) -> None:
+    """The emulator lower-cases context names into kms:EncryptionContext:<name> itself, so
+    {"Dept": "secret", "dept": "public"} reaches evaluate as one key (the last value) and the
+    documented refusal never triggered; kms:EncryptionContextKeys still lists both names."""
+    policy = parse_policy(doc({
+        "Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:Decrypt", "Resource": "*",
+        "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "public"}}}))
+    merged = {"kms:encryptioncontext:dept": ("public",),
+              "kms:encryptioncontextkeys": ("Dept", "dept")}
+    decision = evaluate(policy, RequestContext("kms:Decrypt", ROLE, KEY, merged))
+    assert not decision.allowed and "case" in decision.reason
+    single = {"kms:encryptioncontext:dept": ("public",), "kms:encryptioncontextkeys": ("dept",)}
+    assert evaluate(policy, RequestContext("kms:Decrypt", ROLE, KEY, single)).allowed

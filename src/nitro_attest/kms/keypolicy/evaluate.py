@@ -55,8 +55,8 @@ def evaluate(policy: KeyPolicy, request: RequestContext) -> Decision:
     """Allow or deny ``request`` under ``policy`` alone, with the statement that decided."""
     context = _context(request)
     if context is None:
-        return Decision(False, "request has condition keys that differ only in case "
-                        "(AWS compares key names ignoring case): refused")
+        return Decision(False, "request has condition keys (or encryption context names) that "
+                        "differ only in case (AWS compares key names ignoring case): refused")
     allowed_by: Statement | None = None
     for statement in policy.statements:
         if not _applies(statement, request, context):
@@ -74,7 +74,8 @@ def _context(request: RequestContext) -> dict[str, tuple[str, ...]] | None:
     """The request's condition keys, names lower-cased, empty values dropped, and the keys every
     request carries (aws:PrincipalArn, aws:PrincipalAccount, kms:CallerAccount) filled from the
     principal when the caller did not give them. None when two names differ only in case (an
-    encryption context {"Dept": "a", "dept": "b"}): which one a policy sees would be a guess."""
+    encryption context {"Dept": "a", "dept": "b"}, seen in the names or in
+    kms:EncryptionContextKeys): which one a policy sees would be a guess."""
     context: dict[str, tuple[str, ...]] = {}
     for name, values in request.condition_keys.items():
         key = name.lower()
@@ -82,6 +83,11 @@ def _context(request: RequestContext) -> dict[str, tuple[str, ...]] | None:
             return None
         if values:
             context[key] = tuple(values)
+    # a caller that lower-cases context names itself merges {"Dept", "dept"} into one
+    # kms:encryptioncontext:dept before we see it; the list of names still shows both
+    names = context.get("kms:encryptioncontextkeys", ())
+    if len({name.lower() for name in names}) != len(names):
+        return None
     parts = request.principal_arn.split(":", 5)
     if len(parts) == 6 and parts[0] == "arn" and parts[4]:
         context.setdefault("aws:principalaccount", (parts[4],))
