@@ -333,3 +333,31 @@ def test_encryption_context_names_differing_in_case_refused_even_when_merged_by_
     assert not decision.allowed and "case" in decision.reason
     single = {"kms:encryptioncontext:dept": ("public",), "kms:encryptioncontextkeys": ("dept",)}
     assert evaluate(policy, RequestContext("kms:Decrypt", ROLE, KEY, single)).allowed
+
+
+# -- lint-policy: a measurement pinned to zeros measures nothing ---------------------------------
+
+@pytest.mark.parametrize(("key", "what"), [
+    ("PCR8", "unsigned"),  # every image built without a signing certificate
+    ("NitroTPMPCR7", "zero"),
+])
+def test_lint_zero_measurement_does_not_bind(key: str, what: str) -> None:
+    values = {f"kms:RecipientAttestation:{key}": ZEROS}
+    if not key.startswith("NitroTPM"):
+        values["kms:RecipientAttestation:PCR16"] = ZEROS
+    findings = lint_policy(parse_policy(doc(enclave({"StringEqualsIgnoreCase": values}))))
+    assert "unattested-grant" in [f.code for f in findings]
+    assert any(f.code == "debug-image" and what in f.message for f in findings)
+
+
+def test_lint_pcr1_and_pcr2_zero_are_a_debug_image() -> None:
+    values = {"kms:RecipientAttestation:PCR1": ZEROS, "kms:RecipientAttestation:PCR2": ZEROS,
+              "kms:RecipientAttestation:PCR16": ZEROS}
+    got = codes(doc(enclave({"StringEqualsIgnoreCase": values})))
+    assert "unattested-grant" in got and got.count("debug-image") == 2
+
+
+def test_lint_zero_among_the_values_unbinds_the_condition() -> None:
+    values = {"kms:RecipientAttestation:PCR8": [IMAGE, ZEROS],
+              "kms:RecipientAttestation:PCR16": ZEROS}
+    assert "unattested-grant" in codes(doc(enclave({"StringEqualsIgnoreCase": values})))

@@ -292,7 +292,8 @@ LINTS: list[tuple[str, str, list[str]]] = [
         "kms:RecipientAttestation:PCR8": PCR1, "kms:RecipientAttestation:PCR16": ZEROS}})), []),
     ("debug image", doc(enclave(Condition={"StringEqualsIgnoreCase": {
         "kms:RecipientAttestation:ImageSha384": ZEROS,
-        "kms:RecipientAttestation:PCR16": ZEROS}})), ["debug-image"]),
+        "kms:RecipientAttestation:PCR16": ZEROS}})),
+     ["debug-image", "unattested-grant"]),  # zeros name every debug image: no binding
     ("NitroTPM PCR binds", doc(enclave(Condition={"StringEqualsIgnoreCase": {
         "kms:RecipientAttestation:NitroTPMPCR4": PCR1}})), []),
     ("Null true and StringEquals on one key", doc(enclave(Condition={

@@ -50,7 +50,8 @@ Findings (each with the statement's Sid or index and one line):
                        holds when the key is absent)
   attestation-optional ...IfExists on an attestation key: a request without attestation passes
   enclave-all-actions  an attested statement that grants kms:* or uses NotAction
-  debug-image          ImageSha384 or PCR0 pinned to zeros: any debug-mode enclave
+  debug-image          a measurement pinned to zeros: any debug-mode enclave (PCR0-2), any
+                       unsigned image (PCR8)
   pcr16-pin            an attested statement without PCR16 pinned to zeros (warning)
 
 Exit status: 0 no finding, 1 findings (warnings included), 2 unreadable or malformed policy.

@@ -62,6 +62,17 @@ _TPM = f"{ATTESTATION_PREFIX}nitrotpmpcr"
 # NitroTPM: AWS's reference measurements of an attestable AMI, PCR4 and PCR12 (boot) or PCR7
 # (Secure Boot). The firmware's PCRs are every instance's, and PCR16/PCR23 the running OS resets.
 _TPM_IMAGE_KEYS = frozenset({f"{_TPM}{i}" for i in (4, 7, 12)})
+# An all-zero value of a binding measurement names no image, it names a class of them.
+_DEBUG = "all zero is every debug-mode enclave, whose memory the parent reads"
+_ZERO_MEANS = {
+    IMAGE_SHA384: f"PCR0 {_DEBUG}",
+    f"{ATTESTATION_PREFIX}pcr0": f"PCR0 {_DEBUG}",
+    f"{ATTESTATION_PREFIX}pcr1": f"PCR1 {_DEBUG}",
+    f"{ATTESTATION_PREFIX}pcr2": f"PCR2 {_DEBUG}",
+    f"{ATTESTATION_PREFIX}pcr8": "PCR8 all zero is every unsigned image, anyone's",
+    **{k: "a NitroTPM PCR all zero was never extended: it measures nothing"
+       for k in _TPM_IMAGE_KEYS},
+}
 _HEX = re.compile(f"[0-9a-fA-F]{{{PCR_HEX_LENGTH}}}")
 _ACCOUNT = re.compile(r"[0-9]{12}|arn:aws[a-z-]*:iam::[0-9]{12}:root")
 _EQUALITY = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
@@ -114,8 +125,9 @@ def _lint_statement(st: Statement, admins: frozenset[str],
     granted = [a for a in RECIPIENT_ACTIONS if _covers(st, a)]
     attested = any(_pins_attestation(c) for c in st.conditions)
     pins = [c.key for c in st.conditions if _pins_attestation(c)]
-    bound = any(k in _IMAGE_KEYS or k in _TPM_IMAGE_KEYS for k in pins) or (
-        set(pins) >= _KERNEL_AND_APPLICATION)
+    binding = {c.key for c in st.conditions if _pins_attestation(c) and not _zero_among(c)}
+    bound = any(k in _IMAGE_KEYS or k in _TPM_IMAGE_KEYS for k in binding) or (
+        binding >= _KERNEL_AND_APPLICATION)
     enclave = any(not k.startswith(_TPM) for k in pins)  # NitroTPM has no PCR16 mark
     if (st.principal.any or "*" in st.principal.aws) and not st.conditions:
         yield finding("principal-star", "error",
@@ -227,11 +239,9 @@ def _lint_attestation_values(st: Statement, c: Condition, name: str,
             yield ("pcr-case-sensitive", "warning",
                    f"{where}: {c.base} is case-sensitive; AWS documents StringEqualsIgnoreCase "
                    "for measurements")
-    if c.key in (IMAGE_SHA384, f"{ATTESTATION_PREFIX}pcr0") and st.effect == "Allow" and any(
-        v.strip("0") == "" for v in c.values
-    ) and c.base in _EQUALITY | {"StringLike"}:
-        yield ("debug-image", "error",
-               f"{where}: PCR0 all zero is every debug-mode enclave, whose memory the parent reads")
+    if c.key in _ZERO_MEANS and st.effect == "Allow" and _zero_among(c) and (
+            c.base in _EQUALITY | {"StringLike"}):
+        yield ("debug-image", "error", f"{where}: {_ZERO_MEANS[c.key]}")
     if c.base in STRING_OPERATORS:
         bad = [v for v in c.values if not _HEX.fullmatch(v) and "*" not in v and "?" not in v]
         if bad:
@@ -295,6 +305,10 @@ def _pins_attestation(c: Condition) -> bool:
         and c.qualifier != "ForAllValues"
         and not c.if_exists
     )
+
+
+def _zero_among(c: Condition) -> bool:
+    return any(v.strip("0") == "" for v in c.values)
 
 
 def _pins_pcr16(st: Statement) -> bool:
