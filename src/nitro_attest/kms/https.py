@@ -23,6 +23,9 @@ from nitro_attest.kms.route import Route
 
 MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is ~10 KiB
 DEFAULT_TIMEOUT = 10.0
+# A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
+_CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+           ssl.SSLEOFError, ssl.SSLZeroReturnError)
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
 
 
@@ -148,14 +151,14 @@ class Connection:
         reused = self._http.sock is not None
         try:
             return self._exchange(method, path, headers, body)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        except _CLOSED:
             self.close()
             if not reused:
                 raise TransportError(f"{self.endpoint} closed the connection without answering"
                                      ) from None
         try:  # the kept-alive connection had been closed by the far side: once more, fresh
             return self._exchange(method, path, headers, body)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        except _CLOSED:
             self.close()
             raise TransportError(f"{self.endpoint} closed the connection without answering"
                                  ) from None
@@ -190,7 +193,7 @@ class Connection:
             if response.will_close:
                 self.close()
             return answer
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        except _CLOSED:
             raise
         except ssl.SSLCertVerificationError as exc:
             self.close()
