@@ -114,7 +114,7 @@ def test_every_operation_through_a_raw_forwarding_parent(
 def test_every_operation_through_a_connect_proxy(nsm: NsmBackend, pki: Pki, kms: FakeKms) -> None:
     allow = Allowlist.of([("127.0.0.1", kms.port)])
     config = ProxyConfig(parse_address("tcp://127.0.0.1:0", role="listen"), None, allowlist=allow)
-    with running_proxy(config) as (bound, _, logs):
+    with running_proxy(config) as (bound, _, _logs):
         via = f"connect://127.0.0.1:{bound.port}"
         with _client(nsm, pki, via, endpoint=f"https://127.0.0.1:{kms.port}") as client:
             _every_operation(client)
@@ -180,7 +180,7 @@ def test_a_fake_kms_with_another_cas_certificate_gets_no_request_byte(
     server (which holds the key of its certificate and would read anything sent) sees nothing."""
     with FakeKms(rogue) as fake, Recorder(("127.0.0.1", fake.port)) as parent:
         client = _client(nsm, pki, f"tcp://127.0.0.1:{parent.port}")
-        with pytest.raises(TransportError, match="certificate is not trusted.*nothing was sent"):
+        with pytest.raises(TransportError, match=r"certificate is not trusted.*nothing was sent"):
             client.decrypt(BLOB_PREFIX + b"s")
     assert fake.seen.requests == []
     assert any("unknown ca" in e.lower() for e in fake.seen.tls_errors), fake.seen.tls_errors
