@@ -148,6 +148,8 @@ def build_client(args: argparse.Namespace) -> tuple[Any, Any]:
     region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         raise CliError("--region is required (or set AWS_REGION)")
+    if args.endpoint is None and args.insecure_http:
+        raise CliError("--insecure-http needs --endpoint http://... (a local KMS)")
     route = parse_route(args.via)
     if args.credentials_from == "imds":
         imds_route = parse_route(args.imds_via) if args.imds_via else route
@@ -157,8 +159,6 @@ def build_client(args: argparse.Namespace) -> tuple[Any, Any]:
         credentials: Any = ImdsCredentials(imds_route, timeout=args.timeout)
     else:
         credentials = from_environment()
-    if args.endpoint is None and args.insecure_http:
-        raise CliError("--insecure-http needs --endpoint http://... (a local KMS)")
     nsm = open_nsm(args.nsm, Path(args.state) if args.state else None)
     try:
         client = KmsClient(
