@@ -264,7 +264,7 @@ def test_boto3_through_the_kms_proxy_gets_plaintexts(
 def test_the_kms_proxy_listens_on_loopback_only(listen: str) -> None:
     from nitro_attest.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="loopback|expected"):
+    with pytest.raises(ConfigurationError, match=r"loopback|expected"):
         loopback_listen(listen)
 
 
