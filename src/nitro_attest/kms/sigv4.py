@@ -60,6 +60,7 @@ class Authorization:
 
     @property
     def scope(self) -> str:
+        """The credential scope: ``date/region/service/aws4_request``."""
         return f"{self.date}/{self.region}/{self.service}/aws4_request"
 
 
@@ -73,6 +74,7 @@ def _encode(text: str) -> str:
 
 
 def canonical_path(path: str, *, normalize: bool = True) -> str:
+    """The canonical URI: ``path`` (decoded) normalized if asked, each segment encoded once."""
     if normalize:
         segments: list[str] = []
         for segment in path.split("/"):
@@ -89,10 +91,13 @@ def canonical_path(path: str, *, normalize: bool = True) -> str:
 
 
 def canonical_query(query: Sequence[Header]) -> str:
+    """The canonical query string: decoded pairs encoded, sorted, joined with ``&``."""
     return "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query))
 
 
 def canonical_headers(headers: Sequence[Header], signed: Sequence[str]) -> str:
+    """The canonical headers block for the ``signed`` names (lower-case, sorted): values
+    trimmed, inner spaces collapsed, repeated headers joined with commas."""
     values: dict[str, list[str]] = {}
     for name, value in headers:
         values.setdefault(name.lower(), []).append(_SPACES.sub(" ", value.strip()))
@@ -109,6 +114,7 @@ def canonical_request(
     *,
     normalize: bool = True,
 ) -> str:
+    """The canonical request: method, path, query, headers, signed header names, payload hash."""
     return "\n".join(
         (
             method.upper(),
@@ -122,11 +128,13 @@ def canonical_request(
 
 
 def string_to_sign(date_time: str, scope: str, request: str) -> str:
+    """The string to sign: algorithm, date, scope and the canonical request's SHA-256."""
     digest = hashlib.sha256(request.encode("utf-8")).hexdigest()
     return f"{ALGORITHM}\n{date_time}\n{scope}\n{digest}"
 
 
 def signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
+    """The key derived for one day, region and service (the HMAC chain of SigV4)."""
     key = ("AWS4" + secret_access_key).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
         key = hmac.digest(key, part.encode("utf-8"), "sha256")
