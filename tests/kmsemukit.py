@@ -86,6 +86,7 @@ class Emulator:
     endpoint: str
     proc: subprocess.Popen[bytes]
     ca: Path | None
+    log: str = ""  # what it printed, once stopped
 
     def client(self, cred: Cred = PARENT, **config: Any) -> Any:
         return client(self.endpoint, cred, verify=str(self.ca) if self.ca else None, **config)
@@ -153,12 +154,13 @@ def running(
     if tls:
         args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     proc = start(args, port)
+    scheme = "https" if tls else "http"
+    emulator = Emulator(f"{scheme}://127.0.0.1:{port}", proc, tls[2] if tls else None)
     try:
         wait_listening(proc, port)
-        scheme = "https" if tls else "http"
-        yield Emulator(f"{scheme}://127.0.0.1:{port}", proc, tls[2] if tls else None)
+        yield emulator
     finally:
-        stop(proc)
+        emulator.log = stop(proc)
 
 
 def make_tls(folder: Path) -> tuple[Path, Path, Path]:
@@ -244,3 +246,9 @@ def open_envelope(envelope: bytes, key: rsa.RSAPrivateKey) -> bytes:
     padded = decryptor.update(eci["encrypted_content"].native) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     return unpadder.update(padded) + unpadder.finalize()
+
+
+def pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
