@@ -85,18 +85,26 @@ class DocumentKindError(VerificationError):
 
 
 class PcrMismatchError(VerificationError):
+    """A PCR differs from every allowed set, or is absent."""
+
     check = Check.PCRS
 
 
 class NonceMismatchError(VerificationError):
+    """The nonce is absent or not the one expected (a replayed or stale document)."""
+
     check = Check.NONCE
 
 
 class UserDataMismatchError(VerificationError):
+    """The user data is absent or not the bytes expected."""
+
     check = Check.USER_DATA
 
 
 class PublicKeyMismatchError(VerificationError):
+    """The public key is absent or not the one expected."""
+
     check = Check.PUBLIC_KEY
 
 

@@ -35,6 +35,7 @@ _CACHE_LIMIT = 4096
 
 
 def fingerprint(der: bytes) -> str:
+    """The SHA-256 of a DER certificate, lower-case hex (how roots are named and pinned)."""
     return hashlib.sha256(der).hexdigest()
 
 
@@ -164,6 +165,7 @@ class CertInfo:
 
     @property
     def label(self) -> str:
+        """The certificate's subject (RFC 4514), read once; a placeholder if it cannot be read."""
         if self._label is None:
             try:
                 self._label = self.cert.subject.rfc4514_string() or "(empty subject)"
@@ -222,6 +224,7 @@ class ChainValidator:
         self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
+        """The parsed certificate for ``der``, from the cache or parsed once and kept."""
         info = self._certs.get(der)
         if info is None:
             info = CertInfo(der)

@@ -49,6 +49,9 @@ _KNOWN = frozenset(_REQUIRED + _OPTIONAL + tuple(_PCR_KEYS))
 
 @dataclass(frozen=True, slots=True)
 class AttestationDocument:
+    """A syntactically valid attestation document; nothing here is authenticated until a
+    ``Verifier`` has checked its signature and chain (``VerifiedDocument``)."""
+
     module_id: str
     digest: str
     timestamp: datetime

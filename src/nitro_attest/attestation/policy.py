@@ -235,6 +235,7 @@ def load_expected_measurements(path: str | Path) -> list[PcrSet]:
 
 
 def check_kind(doc: AttestationDocument, policy: Policy) -> str:
+    """The document is of the one kind the policy accepts (enclave or NitroTPM)."""
     if doc.kind is not policy.kind:
         raise DocumentKindError(
             f"{doc.kind.value} document (it carries {doc.pcr_field}), but the policy accepts "
@@ -246,6 +247,7 @@ def check_kind(doc: AttestationDocument, policy: Policy) -> str:
 
 
 def check_debug(doc: AttestationDocument, policy: Policy) -> str:
+    """A debug-mode enclave (or an unmeasured NitroTPM boot) fails unless the policy allows it."""
     if doc.kind is DocumentKind.ENCLAVE:
         what = "debug-mode enclave (PCR0 all zero or absent)"
         good = "production enclave (PCR0 is not all zero)"
@@ -262,6 +264,7 @@ def check_debug(doc: AttestationDocument, policy: Policy) -> str:
 
 
 def check_pcrs(doc: AttestationDocument, policy: Policy) -> str | None:
+    """Every PCR of at least one of the policy's sets matches; None when no set is given."""
     if not policy.pcr_sets:
         return None
     reports: list[list[str]] = []
@@ -300,18 +303,23 @@ def _check_field(
 
 
 def check_user_data(doc: AttestationDocument, policy: Policy) -> str | None:
+    """The document carries exactly the expected user data; None when none is expected."""
     return _check_field("user_data", doc.user_data, policy.user_data, UserDataMismatchError)
 
 
 def check_nonce(doc: AttestationDocument, policy: Policy) -> str | None:
+    """The document carries exactly the expected nonce; None when none is expected."""
     return _check_field("nonce", doc.nonce, policy.nonce, NonceMismatchError)
 
 
 def check_public_key(doc: AttestationDocument, policy: Policy) -> str | None:
+    """The document carries exactly the expected public key; None when none is expected."""
     return _check_field("public_key", doc.public_key, policy.public_key, PublicKeyMismatchError)
 
 
 def check_freshness(doc: AttestationDocument, policy: Policy, at: float) -> str | None:
+    """The document is at most ``max_age`` seconds old at ``at`` and not from the future
+    (both with the clock skew allowed); None when no age is set."""
     if policy.max_age is None:
         return None
     age = at - doc.timestamp_ms / 1000

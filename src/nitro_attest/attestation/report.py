@@ -32,6 +32,8 @@ CHECK_LABELS = {
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """One check's outcome: its name (a ``Check`` value), whether it passed, and why."""
+
     name: str
     ok: bool | None
     """True passed, False failed, None not run (no expectation given, or the document was not
@@ -39,6 +41,7 @@ class CheckResult:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON shape ``--json`` prints: name, ok, detail."""
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
@@ -58,6 +61,7 @@ class Report:
     claimed: AttestationDocument | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON shape ``verify --json`` prints for one document."""
         return {
             "verified": self.verified,
             "checks": [c.to_json() for c in self.checks],

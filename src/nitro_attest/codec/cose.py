@@ -26,6 +26,8 @@ HEADER_ALG = 1
 # NamedTuples, not dataclasses: on Python 3.11 a dataclass costs about 1 ms to define, which
 # every verifier process pays at start.
 class EcdsaAlgorithm(NamedTuple):
+    """A COSE ECDSA algorithm: its name, COSE id, curve, hash and r/s size in bytes."""
+
     name: str
     cose_id: int
     curve: type[ec.EllipticCurve]
@@ -37,6 +39,8 @@ ES256 = EcdsaAlgorithm("ES256", -7, ec.SECP256R1, hashes.SHA256, 32)
 ES384 = EcdsaAlgorithm("ES384", -35, ec.SECP384R1, hashes.SHA384, 48)
 ES512 = EcdsaAlgorithm("ES512", -36, ec.SECP521R1, hashes.SHA512, 66)
 ALGORITHMS = {alg.cose_id: alg for alg in (ES256, ES384, ES512)}
+# The signature-algorithm objects are immutable: one each, not one per verification.
+_ECDSA = {alg.cose_id: ec.ECDSA(alg.hash()) for alg in ALGORITHMS.values()}
 _ES384_ONLY = b"\xa1\x01\x38\x22"  # the protected header Nitro sends, {1: -35}: no need to decode
 
 
@@ -45,6 +49,8 @@ class CoseError(FormatError):
 
 
 class CoseSign1(NamedTuple):
+    """A decoded COSE_Sign1; ``protected`` and ``payload`` are the bytes as received."""
+
     protected: bytes
     """The protected header bstr's content, exactly as received."""
     protected_header: dict[Any, Any]
@@ -55,9 +61,11 @@ class CoseSign1(NamedTuple):
 
     @property
     def algorithm_id(self) -> Any:
+        """The protected header's algorithm (label 1), or None."""
         return self.protected_header.get(HEADER_ALG)
 
     def to_be_signed(self, external_aad: bytes = b"") -> bytes:
+        """The Sig_structure the signature covers."""
         return sig_structure(self.protected, self.payload, external_aad)
 
 
@@ -70,9 +78,31 @@ def _strip_tag(data: bytes) -> tuple[bytes, bool]:
     return data, False
 
 
+# Every Nitro document starts: array(4), bstr(4) {1: -35}, map(0), bstr with a 2-byte length.
+_NITRO_HEAD = b"\x84\x44" + _ES384_ONLY + b"\xa0\x59"
+_NITRO_SIGNATURE_HEAD = b"\x58\x60"  # bstr(96): ES384's r||s
+_ES384_HEADER = {HEADER_ALG: ES384.cose_id}
+
+
+def _nitro_layout(body: bytes, tagged: bool) -> CoseSign1 | None:
+    """The one layout the NSM emits, sliced without a CBOR decoder; None for any other layout,
+    which then goes through the strict decoder. It accepts exactly what the strict decoder would
+    for this layout: the lengths must add up to the whole input. The header dict is shared, so
+    callers must not mutate ``protected_header`` (none does)."""
+    if body[:8] != _NITRO_HEAD:
+        return None
+    end = 10 + int.from_bytes(body[8:10], "big")
+    if body[end : end + 2] != _NITRO_SIGNATURE_HEAD or len(body) != end + 98:
+        return None
+    return CoseSign1(_ES384_ONLY, _ES384_HEADER, {}, body[10:end], body[end + 2 :], tagged)
+
+
 def decode_sign1(data: bytes) -> CoseSign1:
     """Decode an untagged or tag-18 COSE_Sign1; any other shape raises CoseError."""
     body, tagged = _strip_tag(data)
+    fast = _nitro_layout(body, tagged)
+    if fast is not None:
+        return fast
     try:
         item = strict_loads(body)
     except CborError as exc:
@@ -119,6 +149,7 @@ def raw_to_der(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
 
 
 def der_to_raw(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
+    """A DER ECDSA signature as COSE's fixed-size r||s."""
     r, s = decode_dss_signature(signature)
     n = alg.coordinate_size
     return r.to_bytes(n, "big") + s.to_bytes(n, "big")
@@ -131,7 +162,7 @@ def verify_ecdsa(
     if not isinstance(key.curve, alg.curve):
         return False
     try:
-        key.verify(raw_to_der(signature, alg), message, ec.ECDSA(alg.hash()))
+        key.verify(raw_to_der(signature, alg), message, _ECDSA[alg.cose_id])
     except (InvalidSignature, CoseError):
         return False
     return True

@@ -47,6 +47,8 @@ class HandshakeError(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
+    """The target a CONNECT request asks for: a validated host and a port."""
+
     host: Host
     port: int
 

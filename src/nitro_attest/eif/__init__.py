@@ -46,6 +46,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class EifInfo:
+    """What ``inspect_eif`` found: the file's layout, PCRs, metadata and signature checks."""
+
     scan: EifScan
     metadata: dict[str, Any] | None
     certificate: x509.Certificate | None
@@ -58,23 +60,28 @@ class EifInfo:
 
     @property
     def header(self) -> EifHeader:
+        """The EIF's fixed header."""
         return self.scan.layout.header
 
     @property
     def signed(self) -> bool:
+        """Whether the image carries a signing certificate (and so a PCR8)."""
         return self.certificate is not None
 
     @property
     def crc_ok(self) -> bool:
+        """Whether the header's CRC32 matches the file."""
         return self.scan.crc_ok
 
     def pcrs(self) -> dict[str, bytes]:
+        """PCR0, PCR1, PCR2 (and PCR8 when signed) by their nitro-cli names."""
         out = {"PCR0": self.scan.pcr0, "PCR1": self.scan.pcr1, "PCR2": self.scan.pcr2}
         if self.pcr8 is not None:
             out["PCR8"] = self.pcr8
         return out
 
     def pcrs_hex(self) -> dict[str, str]:
+        """``pcrs()`` as hex, the shape of nitro-cli's "Measurements"."""
         return {name: value.hex() for name, value in self.pcrs().items()}
 
     def problems(self) -> list[str]:
