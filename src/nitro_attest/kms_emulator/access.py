@@ -25,8 +25,6 @@ from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.recipient import Recipient
 from nitro_attest.kms_emulator.store import KeyRecord
 
-MAX_POLICY_BYTES = 32 * 1024  # AWS's limit on a key policy
-
 
 def default_policy(account: str) -> str:
     """The key policy AWS gives a key created without one."""
@@ -50,11 +48,6 @@ def default_policy(account: str) -> str:
 
 def check_policy_text(text: str) -> KeyPolicy:
     """Parse a key policy given in a request; MalformedPolicyDocumentException if unusable."""
-    if len(text.encode()) > MAX_POLICY_BYTES:
-        raise KmsApiError(
-            "MalformedPolicyDocumentException",
-            f"the policy is larger than {MAX_POLICY_BYTES} bytes",
-        )
     try:
         return parse_policy(text)
     except KeyPolicyError as exc:
@@ -116,7 +109,7 @@ def authorize(
         policy,
         RequestContext(
             action=action,
-            principal_arn=principal.principal_arn,
+            principal_arn=principal.arn,
             key_arn=key.arn,
             condition_keys=keys,
         ),
@@ -129,7 +122,7 @@ def allowed(policy: KeyPolicy, principal: Principal, action: str, key_arn: str) 
     """Whether ``policy`` lets ``principal`` perform ``action`` (the lockout safety check)."""
     context = RequestContext(
         action=action,
-        principal_arn=principal.principal_arn,
+        principal_arn=principal.arn,
         key_arn=key_arn,
         condition_keys=request_keys(principal),
     )

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from nitro_attest.kms_emulator.auth import Authenticator, SignedRequest
 from nitro_attest.kms_emulator.errors import KmsApiError
@@ -130,8 +131,10 @@ class KmsApp:
         else:
             request = SignedRequest(
                 method=scope["method"],
-                path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
-                query=scope.get("query_string", b"").decode("latin-1"),
+                path=scope["path"],
+                query=parse_qsl(
+                    scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+                ),
                 headers=[
                     (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
                 ],

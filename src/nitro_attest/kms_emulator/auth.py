@@ -114,8 +114,8 @@ class SignedRequest:
     """What the SigV4 check needs: the request exactly as received."""
 
     method: str
-    path: str
-    query: str
+    path: str  # decoded, as SigV4's canonical form wants it
+    query: Sequence[tuple[str, str]]  # decoded pairs
     headers: Sequence[tuple[str, str]]  # names lower-case, in arrival order
     body: bytes
 
@@ -197,7 +197,7 @@ class Authenticator:
             request.method,
             request.path,
             request.query,
-            list(request.headers),
+            request.headers,
             request.body,
             principal.secret_access_key,
             auth,

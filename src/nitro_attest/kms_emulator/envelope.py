@@ -20,27 +20,45 @@ from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from nitro_attest.kms_emulator.ber_writer import write_definite, write_indefinite
-
-# DER encodings of the fixed parts (OIDs, algorithm identifiers), as KMS sends them.
-OID_ENVELOPED_DATA = bytes.fromhex("06092a864886f70d010703")  # 1.2.840.113549.1.7.3
-OID_DATA = bytes.fromhex("06092a864886f70d010701")  # 1.2.840.113549.1.7.1
-OID_AES256_CBC = bytes.fromhex("060960864801650304012a")  # 2.16.840.1.101.3.4.1.42
-_SHA256_NULL = bytes.fromhex("300d06096086480165030402010500")  # sha256, NULL
-_RSAES_OAEP = (
-    bytes.fromhex("06092a864886f70d010107")  # rsaesOaep 1.2.840.113549.1.1.7
-    + write_definite(
-        0x30,
-        write_definite(0xA0, _SHA256_NULL)
-        + write_definite(
-            0xA1,
-            write_definite(0x30, bytes.fromhex("06092a864886f70d010108") + _SHA256_NULL),  # mgf1
-        ),
-    )
+from nitro_attest.codec.ber import (
+    CONTEXT,
+    encode_indefinite,
+    encode_integer,
+    encode_null,
+    encode_octets,
+    encode_oid,
+    encode_sequence,
+    encode_set,
+    encode_tlv,
 )
-KEY_ENCRYPTION_ALGORITHM = write_definite(0x30, _RSAES_OAEP)
+
+OID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
+OID_DATA = "1.2.840.113549.1.7.1"
+OID_RSAES_OAEP = "1.2.840.113549.1.1.7"
+OID_MGF1 = "1.2.840.113549.1.1.8"
+OID_SHA256 = "2.16.840.1.101.3.4.2.1"
+OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+
+
+def _explicit(tag: int, inner: bytes) -> bytes:
+    return encode_tlv(tag, inner, cls=CONTEXT, constructed=True)
+
+
+# The fixed parts, encoded once: RSAES-OAEP(SHA-256, MGF1(SHA-256)), both with NULL parameters as
+# KMS sends them (OpenSSL omits the NULLs), and the two versions.
+_SHA256_NULL = encode_sequence(encode_oid(OID_SHA256), encode_null())
+KEY_ENCRYPTION_ALGORITHM = encode_sequence(
+    encode_oid(OID_RSAES_OAEP),
+    encode_sequence(
+        _explicit(0, _SHA256_NULL),
+        _explicit(1, encode_sequence(encode_oid(OID_MGF1), _SHA256_NULL)),
+    ),
+)
+_VERSION_2 = encode_integer(2)
+_DATA = encode_oid(OID_DATA)
+_AES256_CBC = encode_oid(OID_AES256_CBC)
+_ENVELOPED_DATA = encode_oid(OID_ENVELOPED_DATA)
 _OAEP = OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-_INTEGER_2 = bytes.fromhex("020102")
 
 
 def subject_key_identifier(public_key: rsa.RSAPublicKey) -> bytes:
@@ -61,20 +79,21 @@ def seal_for_recipient(
     encrypted_content = encryptor.update(padded) + encryptor.finalize()
     encrypted_key = public_key.encrypt(content_key, _OAEP)
     rid = ski if ski is not None else subject_key_identifier(public_key)
-    recipient_info = write_definite(
-        0x30,
-        _INTEGER_2
-        + write_definite(0x80, rid)  # [0] IMPLICIT SubjectKeyIdentifier
-        + KEY_ENCRYPTION_ALGORITHM
-        + write_definite(0x04, encrypted_key),
+    recipient_info = encode_sequence(
+        _VERSION_2,
+        encode_octets(rid, tag=0, cls=CONTEXT),  # rid: [0] IMPLICIT SubjectKeyIdentifier
+        KEY_ENCRYPTION_ALGORITHM,
+        encode_octets(encrypted_key),
     )
-    encrypted_content_info = write_indefinite(
-        0x30,
-        OID_DATA,
-        write_definite(0x30, OID_AES256_CBC + write_definite(0x04, iv)),
-        write_definite(0x80, encrypted_content),  # [0] IMPLICIT, primitive
+    encrypted_content_info = encode_sequence(
+        _DATA,
+        encode_sequence(_AES256_CBC, encode_octets(iv)),
+        encode_octets(encrypted_content, tag=0, cls=CONTEXT),  # [0] IMPLICIT, primitive
+        indefinite=True,
     )
-    enveloped_data = write_indefinite(
-        0x30, _INTEGER_2, write_definite(0x31, recipient_info), encrypted_content_info
+    enveloped_data = encode_sequence(
+        _VERSION_2, encode_set(recipient_info), encrypted_content_info, indefinite=True
     )
-    return write_indefinite(0x30, OID_ENVELOPED_DATA, write_indefinite(0xA0, enveloped_data))
+    return encode_sequence(
+        _ENVELOPED_DATA, encode_indefinite(0, [enveloped_data], cls=CONTEXT), indefinite=True
+    )
