@@ -1,0 +1,132 @@
+"""enclave_key_policy: the key policy that binds a KMS key to one enclave image (pure).
+
+Two statements. The administrators manage the key and never use it (no cryptographic action, no
+CreateGrant: a grant would let them hand Decrypt to anyone without attestation). The enclave's
+principal may call the Recipient operations only when the request carries an attestation
+document whose PCR0 (``ImageSha384``) and chosen PCRs equal the image's, and whose PCR16 is all
+zero: an enclave that signs public keys chosen by its callers (``serve
+--allow-caller-public-key``) marks PCR16 (``attestation.caller_keys``), and a document naming a
+caller's key must never release a KMS secret to that caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
+from nitro_attest.kms.keypolicy.keys import ENCLAVE_PCRS, PCR_HEX_LENGTH
+from nitro_attest.kms.keypolicy.model import KeyPolicyError
+
+# The operations that accept Recipient, hence the only ones an attestation condition can allow.
+RECIPIENT_OPERATIONS = (
+    "Decrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateRandom", "DeriveSharedSecret",
+)
+# DeriveSharedSecret needs an ECC key-agreement key; a SYMMETRIC_DEFAULT key does the others.
+DEFAULT_OPERATIONS = ("Decrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateRandom")
+
+# Key administration without any cryptographic operation and without CreateGrant.
+ADMIN_ACTIONS = (
+    "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy", "kms:ListKeyPolicies",
+    "kms:GetKeyRotationStatus", "kms:EnableKeyRotation", "kms:DisableKeyRotation",
+    "kms:RotateKeyOnDemand", "kms:ListKeyRotations", "kms:EnableKey", "kms:DisableKey",
+    "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion", "kms:TagResource", "kms:UntagResource",
+    "kms:ListResourceTags", "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias",
+    "kms:UpdateKeyDescription", "kms:ListGrants", "kms:RevokeGrant",
+)
+
+ADMIN_SID = "Key administration only, no cryptographic operation and no grants"
+ENCLAVE_SID = (
+    "Enclave use only with attestation of this image and PCR16 all zero, never from an enclave "
+    "that signs caller-chosen keys"
+)
+
+_PRINCIPAL = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+")
+_ADMIN = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:((role|user)/[\w+=,.@/-]+|root)")
+_HEX = re.compile(f"[0-9a-f]{{{PCR_HEX_LENGTH}}}")
+
+
+def account_root(principal: str) -> str:
+    """``arn:P:iam::ACCOUNT:root`` of an IAM principal ARN."""
+    parts = principal.split(":")
+    return f"{':'.join(parts[:2])}:iam::{parts[4]}:root"
+
+
+def enclave_key_policy(
+    *,
+    image_sha384: str,
+    principal: str,
+    admins: Sequence[str] = (),
+    pcrs: Mapping[int, str] | None = None,
+    operations: Sequence[str] = DEFAULT_OPERATIONS,
+) -> dict[str, Any]:
+    """The policy as a JSON-ready dict. ``image_sha384`` is PCR0 and ``pcrs`` the other pinned
+    PCRs, lower-case hex; ``admins`` default to the principal's account root (the account's IAM
+    then decides who administers, as in AWS's default key policy, but never who decrypts)."""
+    if not _PRINCIPAL.fullmatch(principal):
+        raise KeyPolicyError(f"principal {principal[:80]!r}: expected an IAM role or user ARN "
+                             "(arn:aws:iam::ACCOUNT:role/NAME), the enclave instance's role")
+    for admin in admins:
+        if not _ADMIN.fullmatch(admin):
+            raise KeyPolicyError(f"admin {admin[:80]!r}: expected an IAM role, user or account "
+                                 "root ARN")
+    if principal in admins:
+        raise KeyPolicyError("the enclave principal cannot also be an administrator (it could "
+                             "rewrite the policy and drop the attestation condition)")
+    chosen = _operations(operations)
+    values = {"kms:RecipientAttestation:ImageSha384": _hex("ImageSha384 (PCR0)", image_sha384)}
+    for index, value in sorted((pcrs or {}).items()):
+        if index not in ENCLAVE_PCRS:
+            raise KeyPolicyError(f"PCR{index}: an enclave has PCR0 to PCR31")
+        if index == CALLER_KEY_PCR:
+            raise KeyPolicyError(f"PCR{index} is always pinned to all zero (caller-chosen keys)")
+        values[f"kms:RecipientAttestation:PCR{index}"] = _hex(f"PCR{index}", value)
+    values[f"kms:RecipientAttestation:PCR{CALLER_KEY_PCR}"] = PRISTINE_PCR_VALUE.hex()
+    return {
+        "Version": "2012-10-17",
+        "Id": "nitro-attest-enclave-key-policy",
+        "Statement": [
+            {
+                "Sid": ADMIN_SID,
+                "Effect": "Allow",
+                "Principal": {"AWS": list(admins) if admins else account_root(principal)},
+                "Action": list(ADMIN_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                "Sid": ENCLAVE_SID,
+                "Effect": "Allow",
+                "Principal": {"AWS": principal},
+                "Action": [f"kms:{op}" for op in chosen],
+                "Resource": "*",
+                "Condition": {"StringEqualsIgnoreCase": values},
+            },
+        ],
+    }
+
+
+def _operations(operations: Sequence[str]) -> list[str]:
+    by_name = {op.lower(): op for op in RECIPIENT_OPERATIONS}
+    chosen: list[str] = []
+    for raw in operations:
+        name = raw.strip().removeprefix("kms:").lower()
+        if name not in by_name:
+            raise KeyPolicyError(
+                f"operation {raw[:40]!r}: only the operations that take a Recipient can be "
+                f"bound to attestation ({', '.join(RECIPIENT_OPERATIONS)})")
+        if by_name[name] not in chosen:
+            chosen.append(by_name[name])
+    if not chosen:
+        raise KeyPolicyError("no operation chosen (an empty grant is not a policy)")
+    return chosen
+
+
+def _hex(what: str, value: str) -> str:
+    text = value.lower()
+    if not _HEX.fullmatch(text):
+        raise KeyPolicyError(f"{what}: expected {PCR_HEX_LENGTH} hex digits, got {value[:40]!r}")
+    if what.startswith("ImageSha384") and text == "0" * PCR_HEX_LENGTH:
+        raise KeyPolicyError("ImageSha384 (PCR0) is all zero: that is a debug-mode enclave, "
+                             "whose documents prove nothing")
+    return text

@@ -1,0 +1,57 @@
+"""Build the emulator from its settings and serve it with uvicorn (HTTPS, or HTTP on request)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from nitro_attest.kms_emulator.app import KmsApp
+from nitro_attest.kms_emulator.auth import Authenticator, Principal
+from nitro_attest.kms_emulator.operations import Emulator
+from nitro_attest.kms_emulator.recipient import RecipientVerifier
+from nitro_attest.kms_emulator.store import StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorSettings:
+    host: str
+    port: int
+    state_dir: Path
+    principals: dict[str, Principal]
+    roots: tuple[bytes | None, ...]  # None: the AWS root
+    region: str = "us-east-1"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def build(settings: EmulatorSettings, store: StateStore) -> KmsApp:
+    emulator = Emulator(store, RecipientVerifier(settings.roots), settings.region)
+    return KmsApp(emulator, Authenticator(settings.principals, settings.region))
+
+
+def serve(settings: EmulatorSettings) -> int:
+    import uvicorn
+
+    store = StateStore(settings.state_dir)  # locks the folder first: one emulator per state
+    try:
+        config = uvicorn.Config(
+            build(settings, store),
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",
+            access_log=False,
+            log_level="info",
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+            timeout_graceful_shutdown=5,
+        )
+        logging.getLogger("nitro_attest.kms_emulator").setLevel(logging.INFO)
+        server = uvicorn.Server(config)
+        # uvicorn drains on SIGTERM then re-raises it; a requested stop exits 0
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        server.run()
+        return 0 if server.started else 2
+    finally:
+        store.close()
