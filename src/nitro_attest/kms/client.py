@@ -78,6 +78,10 @@ class KmsResponseError(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class KmsResult:
+    """One call's answer: ``fields`` as KMS would have sent them without a Recipient (binary
+    fields base64, the plaintext field filled in), what the AWS CLI prints; ``secret`` the raw
+    plaintext (``None`` for operations without one)."""
+
     operation: str
     fields: dict[str, Any]
     secret: bytes | None = None
@@ -145,6 +149,7 @@ class KmsClient:
         encryption_algorithm: str | None = None,
         grant_tokens: list[str] | None = None,
     ) -> KmsResult:
+        """Decrypt; ``secret`` is the Plaintext, opened from the envelope to this key."""
         body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext_blob)}
         _put(body, "KeyId", key_id)
         _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
@@ -160,6 +165,8 @@ class KmsClient:
         number_of_bytes: int | None = None,
         encryption_context: Mapping[str, str] | None = None,
     ) -> KmsResult:
+        """GenerateDataKey (``key_spec`` or ``number_of_bytes``); ``secret`` is the Plaintext,
+        ``fields["CiphertextBlob"]`` its encrypted copy."""
         if (key_spec is None) == (number_of_bytes is None):
             raise UsageError("generate_data_key needs exactly one of key_spec, number_of_bytes")
         body: dict[str, Any] = {"KeyId": key_id}
@@ -175,16 +182,20 @@ class KmsClient:
         *,
         encryption_context: Mapping[str, str] | None = None,
     ) -> KmsResult:
+        """GenerateDataKeyPair; ``secret`` is the PrivateKeyPlaintext (PKCS#8 DER)."""
         body: dict[str, Any] = {"KeyId": key_id, "KeyPairSpec": key_pair_spec}
         _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
         return self.call("GenerateDataKeyPair", body)
 
     def generate_random(self, number_of_bytes: int) -> KmsResult:
+        """GenerateRandom; ``secret`` holds the bytes."""
         return self.call("GenerateRandom", {"NumberOfBytes": number_of_bytes})
 
     def derive_shared_secret(
         self, key_id: str, public_key: bytes, *, key_agreement_algorithm: str = "ECDH"
     ) -> KmsResult:
+        """DeriveSharedSecret with the peer's ``public_key`` (SubjectPublicKeyInfo DER);
+        ``secret`` is the SharedSecret."""
         return self.call("DeriveSharedSecret", {
             "KeyId": key_id, "KeyAgreementAlgorithm": key_agreement_algorithm,
             "PublicKey": _b64(public_key),
@@ -273,6 +284,7 @@ class KmsClient:
         connection.close()
 
     def close(self) -> None:
+        """Close the kept-alive connections (the NSM stays open: it is the caller's)."""
         with self._lock:
             idle, self._idle = self._idle, []
         for connection in idle:
