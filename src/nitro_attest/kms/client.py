@@ -3,7 +3,8 @@
 For Decrypt, GenerateDataKey, GenerateDataKeyPair, GenerateRandom and DeriveSharedSecret the
 client asks the NSM for a document naming its own RSA-2048 key (made in this process, per client
 or per call; its SubjectPublicKeyInfo goes into the document's ``public_key`` by this code, not
-through the server's caller-key path), sends it as ``Recipient``, and opens the
+through the server's caller-key path; PCR16 locked first so the document shows the enclave signs
+no caller-chosen keys, ``lock_caller_key_pcr``), sends it as ``Recipient``, and opens the
 ``CiphertextForRecipient`` KMS returns. The request is KMS's JSON 1.1 protocol signed with SigV4;
 it travels through the route over TLS that ends here (``kms.https``). A Recipient answer that
 carries a plaintext field itself, or lacks the envelope, is refused: KMS never sends one.
@@ -30,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import ConfigurationError, TransportError, UsageError
 from nitro_attest.kms.credentials import CredentialSource
@@ -127,6 +129,7 @@ class KmsClient:
         if self.endpoint.tls:
             self._context = tls if tls is not None else tls_context(ca_bundle)
         self._nsm = nsm
+        lock_caller_key_pcr(nsm)
         self._credentials: CredentialSource = (
             (lambda: credentials) if isinstance(credentials, Credentials) else credentials
         )
@@ -295,6 +298,18 @@ class KmsClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def lock_caller_key_pcr(nsm: NsmBackend) -> None:
+    """Lock PCR16 (``caller_keys.CALLER_KEY_PCR``) as it stands, so every document names it.
+
+    Key policies from ``kms policy`` pin it to all zero: the enclave never let callers choose the
+    keys it attests. Locked already (by ``serve``, marked or not) it stays as it is; unlocked, it
+    is locked now, pristine unless something extended it, and a later
+    ``serve --allow-caller-public-key`` in this enclave can no longer mark it: fail closed.
+    """
+    if not nsm.describe_pcr(CALLER_KEY_PCR).locked:
+        nsm.lock_pcr(CALLER_KEY_PCR)
 
 
 def _b64(data: bytes) -> str:

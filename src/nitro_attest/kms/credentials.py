@@ -31,7 +31,7 @@ MAX_IMDS_ANSWER = 16 * 1024
 
 _KEY_ID = re.compile(r"[A-Z0-9]{16,128}\Z")
 _SECRET = re.compile(r"[\x21-\x7e]{1,256}\Z")
-_TOKEN = re.compile(r"[A-Za-z0-9+/=]{1,8192}\Z")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}\Z")  # header-safe: no space, no control
 _ROLE = re.compile(r"[\w+=,.@-]{1,128}\Z")
 _IMDS_TOKEN = re.compile(r"[\x21-\x7e]{1,512}\Z")
 
