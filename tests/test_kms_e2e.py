@@ -148,6 +148,35 @@ def test_a_key_bound_to_another_image_is_refused(
     assert refused.value.code == "AccessDeniedException"
 
 
+def test_an_enclave_that_signs_caller_keys_is_refused(
+    emu: kit.Emulator, keys: dict[str, str], sim_state: Path, via: str
+) -> None:
+    """PCR16 marked (serve --allow-caller-public-key ran in this enclave): the document says
+    anyone could have had a key of their choosing attested, and the key policy refuses it."""
+    from nitro_attest.attestation.caller_keys import CALLER_KEY_LABEL, CALLER_KEY_PCR
+
+    marked = open_backend("simulator", state_dir=sim_state)
+    try:
+        marked.extend_pcr(CALLER_KEY_PCR, CALLER_KEY_LABEL)
+        marked.lock_pcr(CALLER_KEY_PCR)
+        with _client(emu, marked, via) as client, pytest.raises(KmsError) as refused:
+            client.generate_data_key(keys["bound"], key_spec="AES_256")
+        assert refused.value.code == "AccessDeniedException"
+    finally:
+        marked.close()
+
+
+def test_the_client_locks_pcr16_pristine(emu: kit.Emulator, nsm: NsmBackend) -> None:
+    from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
+    from nitro_attest.attestation.document import parse_document
+
+    assert not nsm.describe_pcr(CALLER_KEY_PCR).locked
+    _client(emu, nsm, "direct").close()
+    assert nsm.describe_pcr(CALLER_KEY_PCR).locked
+    doc = parse_document(nsm.attestation(public_key=b"k"))
+    assert doc.pcrs[CALLER_KEY_PCR] == PRISTINE_PCR_VALUE
+
+
 def test_a_client_trusting_another_ca_sends_nothing(
     emu: kit.Emulator, nsm: NsmBackend, tmp_path: Path
 ) -> None:
