@@ -88,6 +88,7 @@ class KmsApp:
         try:
             return 200, json.dumps(self._dispatch(request)).encode()
         except KmsApiError as exc:
+            log.info("%s: %s", exc.type_name, exc.message)
             return exc.status, json.dumps(
                 {"__type": exc.type_name, "message": exc.message}
             ).encode()
@@ -107,7 +108,7 @@ class KmsApp:
         operation = target[len(TARGET_PREFIX) :]
         params = parse_json(request.body)
         response = self.emulator.call(operation, principal, params)
-        log.info("%s %s by %s", operation, "ok", principal.arn)
+        log.debug("%s by %s", operation, principal.arn)
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
