@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -578,3 +579,23 @@ def _replace_body(body: bytes) -> Any:
         request.data = body
 
     return hook
+
+
+def test_unusable_tls_files_and_busy_port(tmp_path: Path) -> None:
+    creds = kit.write_credentials(tmp_path / "creds.json")
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    base = ["--state", str(tmp_path / "state"), "--credentials", str(creds)]
+    proc = kit.start(
+        [*base, "--tls-cert", str(tmp_path / "bad.pem"), "--tls-key", str(tmp_path / "bad.pem")],
+        kit.free_port(),
+    )
+    assert proc.wait(30) == 2
+    out = kit.stop(proc)
+    assert "not a PEM certificate chain" in out and "Traceback" not in out
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = kit.start(base, busy.getsockname()[1])
+        assert proc.wait(30) == 2
+        out = kit.stop(proc)
+    assert "cannot listen on 127.0.0.1" in out and "Traceback" not in out
