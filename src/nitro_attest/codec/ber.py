@@ -74,9 +74,11 @@ class Tlv:
 
     @property
     def name(self) -> str:
+        """The item's tag as messages name it (``SEQUENCE``, ``[0]``)."""
         return describe(self.cls, self.tag)
 
     def is_(self, tag: int, cls: int = UNIVERSAL) -> bool:
+        """Whether the item has this tag number in this class."""
         return self.tag == tag and self.cls == cls
 
     def expect(
@@ -134,6 +136,7 @@ class Tlv:
         return int.from_bytes(data, "big", signed=True)
 
     def null(self, *, what: str = "") -> None:
+        """Check that the item is a NULL's empty contents."""
         if self._primitive(what or self.name):
             raise BerError(f"{what or self.name}: NULL with contents at offset {self.offset}")
 
@@ -319,27 +322,32 @@ def encode_indefinite(tag: int, parts: Iterable[bytes], *, cls: int = UNIVERSAL)
 
 
 def encode_sequence(*parts: bytes, indefinite: bool = False) -> bytes:
+    """A SEQUENCE of the encoded ``parts``, definite or indefinite."""
     if indefinite:
         return encode_indefinite(SEQUENCE, parts)
     return encode_tlv(SEQUENCE, b"".join(parts), constructed=True)
 
 
 def encode_set(*parts: bytes, indefinite: bool = False) -> bytes:
+    """A SET of the encoded ``parts`` in the order given, definite or indefinite."""
     if indefinite:
         return encode_indefinite(SET, parts)
     return encode_tlv(SET, b"".join(parts), constructed=True)
 
 
 def encode_integer(value: int) -> bytes:
+    """An INTEGER in its minimal two's-complement form."""
     size = (value + (value < 0)).bit_length() // 8 + 1
     return encode_tlv(INTEGER, value.to_bytes(size, "big", signed=True))
 
 
 def encode_null() -> bytes:
+    """NULL."""
     return b"\x05\x00"
 
 
 def encode_octets(value: bytes, *, tag: int = OCTET_STRING, cls: int = UNIVERSAL) -> bytes:
+    """A primitive OCTET STRING (or an implicitly tagged one, given ``tag`` and ``cls``)."""
     return encode_tlv(tag, value, cls=cls)
 
 
@@ -355,6 +363,7 @@ def encode_chunked_octets(
 
 
 def encode_oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form."""
     try:
         arcs = [int(arc) for arc in dotted.split(".")]
     except ValueError:

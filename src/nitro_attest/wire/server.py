@@ -319,10 +319,18 @@ class EnclaveServer:
     # --- requests -------------------------------------------------------------------------------
 
     def _queue_answer(self, conn: _Connection, answer: bytes) -> None:
-        if not self._answers:
-            assert self._loop is not None
-            self._loop.call_soon(self._end_turn)
         self._answers.append((conn, answer))
+        if len(self._answers) > 1:
+            return  # the turn's end is already scheduled
+        assert self._loop is not None
+        # asyncio's queue of callbacks for this pass of the loop (uvloop has none: always
+        # schedule). Empty means no other connection is ready in this pass: the turn ends here,
+        # without a second pass and its epoll_wait (what a lone client paid per request).
+        pending = getattr(self._loop, "_ready", None)
+        if pending is not None and not pending:
+            self._end_turn()
+        else:
+            self._loop.call_soon(self._end_turn)
 
     def _end_turn(self) -> None:
         """Write this turn's log lines, then send its answers."""
