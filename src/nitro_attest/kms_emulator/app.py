@@ -88,7 +88,8 @@ class KmsApp:
         try:
             return 200, json.dumps(self._dispatch(request)).encode()
         except KmsApiError as exc:
-            log.info("%s: %s", exc.type_name, exc.message)
+            if exc.type_name != "AccessDeniedException":  # logged with its reason by access
+                log.info("%s: %s", exc.type_name, exc.message)
             return exc.status, json.dumps(
                 {"__type": exc.type_name, "message": exc.message}
             ).encode()
