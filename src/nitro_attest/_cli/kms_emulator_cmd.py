@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401  (the server; checked here for a one-line error)
     except ImportError:
-        raise CliError("the emulator needs uvicorn: pip install 'nitro-attest[kms-emulator]'") from None
+        raise CliError(
+            "the emulator needs uvicorn: pip install 'nitro-attest[kms-emulator]'"
+        ) from None
     import logging
 
     from nitro_attest.errors import ConfigurationError, TrustRootError
