@@ -136,7 +136,7 @@ PY
             >/dev/null || return 2
     fi
     "$NA" kms policy --measurements "$EXPECTED" --principal "$ENCLAVE_ROLE" \
-        --admin "$PARENT_ROLE" >"$KMS/policy.json" || return 2
+        --admin "$PARENT_ROLE" --encryptor "$PARENT_ROLE" >"$KMS/policy.json" || return 2
     echo "   key policy from the image's measurements (kms policy) -> $KMS/policy.json"
 
     ports="$("$py" -c 'import socket
@@ -159,7 +159,7 @@ for _ in range(2):
     wait_port "$proxy_port" "$PROXY_PID" "$KMS/proxy.log" || return 2
     echo "   parent's proxy on tcp://127.0.0.1:$proxy_port -> the KMS (it sees only TLS bytes)"
 
-    # the parent creates the key with that policy (plus its own right to Encrypt) and encrypts
+    # the parent (key administrator and encryptor, never decryptor) creates the key, encrypts
     "$py" - "$KMS" "$kms_port" <<'PY' || return 2
 import base64, http.client, json, ssl, sys
 from datetime import UTC, datetime
@@ -183,11 +183,8 @@ def call(op, params):
     if answer.status != 200:
         sys.exit(f"{op}: {out['__type']}: {out['message']}")
     return out
-policy = json.loads((kms / "policy.json").read_text())
-policy["Statement"].append({"Sid": "The parent may encrypt, never decrypt", "Effect": "Allow",
-                            "Principal": {"AWS": parent["Arn"]}, "Action": "kms:Encrypt",
-                            "Resource": "*"})
-key = call("CreateKey", {"Policy": json.dumps(policy), "Description": "demo"})["KeyMetadata"]
+policy = (kms / "policy.json").read_text()
+key = call("CreateKey", {"Policy": policy, "Description": "demo"})["KeyMetadata"]
 secret = b"database password: correct horse battery staple"
 blob = call("Encrypt", {"KeyId": key["KeyId"], "Plaintext": base64.b64encode(secret).decode()})
 (kms / "secret.blob").write_bytes(base64.b64decode(blob["CiphertextBlob"]))
