@@ -357,6 +357,8 @@ def test_foreign_root_and_expired_chain_refused(
     )
     message = _refused(parent, symmetric_key, kit.recipient(foreign))
     assert "certificate_chain" in message and "trusted roots" in message
+    # an expired chain from an untrusted root; an expired chain under a trusted root is
+    # test_kms_emulator_parts.py::test_expired_chain_named_as_such
     expired = cf.chain().document(public_key=kit.spki(recipient_key))  # valid around 2025-01-01
     assert "certificate_chain" in _refused(parent, symmetric_key, kit.recipient(expired))
 
