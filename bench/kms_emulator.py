@@ -9,7 +9,8 @@
               the emulator's own work, without the HTTP server. Target: at most 1.5x the floor.
 - served:     the emulator process's own CPU (utime + stime from /proc) per request, over HTTP
               on 127.0.0.1 with a kept-alive connection (uvicorn + httptools included), as a
-              ratio to the floor.
+              ratio to the floor. Expect about 2x on a loaded machine: uvicorn adds ~65 us, and
+              the same work runs with colder caches between the client's turns (docs/kms.md).
 
 Best of --rounds rounds; the spread (worst/best) is printed beside each figure.
 Usage: python bench/kms_emulator.py [--rounds 5] [--seconds 2]
