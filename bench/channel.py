@@ -12,6 +12,10 @@ Usage: python bench/channel.py [--rounds N]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import tempfile

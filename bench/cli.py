@@ -16,6 +16,10 @@ usage: python bench/cli.py [--rounds N] [--doc FILE]
 
 from __future__ import annotations
 
+import _bootstrap  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import statistics
@@ -59,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--doc", type=Path, default=REAL / "signal_20230524_prod.cbor")
     args = parser.parse_args()
+    _bootstrap.need_file(args.doc, "the document to verify: --doc")
+    _bootstrap.need_file(ROOT_PEM, "the AWS root for the plain script")
     cmds = commands(args.doc)
     for name in ("plain", "cli"):  # warm-up, and proof that both verify the document
         out = subprocess.run(

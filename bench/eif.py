@@ -10,6 +10,10 @@ peak and the child's ru_maxrss growth. Both runs read a warm page cache; best of
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import json
 import os

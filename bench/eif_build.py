@@ -14,6 +14,10 @@ Prints the best round's ratios and the spread across rounds. Everything lives in
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import hashlib
 import io

@@ -19,11 +19,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 
 def main() -> int:
+    if len(sys.argv) != 3:
+        sys.exit("usage: python3 bench/plain_verify.py DOC ROOT_PEM")
     doc_path, root_path = sys.argv[1:3]
-    with open(doc_path, "rb") as f:
-        data = f.read()
-    with open(root_path, "rb") as f:
-        root = x509.load_pem_x509_certificate(f.read())
+    try:
+        with open(doc_path, "rb") as f:
+            data = f.read()
+        with open(root_path, "rb") as f:
+            root = x509.load_pem_x509_certificate(f.read())
+    except OSError as exc:
+        sys.exit(f"plain_verify.py: error: {exc.filename}: {exc.strerror}")
     cose = cbor2.loads(data)
     if isinstance(cose, cbor2.CBORTag):  # COSE_Sign1 may come tagged (18)
         cose = cose.value

@@ -15,6 +15,10 @@ usage: python bench/proxy.py [--rounds 5] [--gib 1] [--trips 5000]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import shutil

@@ -22,6 +22,10 @@ usage: python bench/server.py [--seconds 3] [--clients 1,8,64] [--rounds 3] [--n
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import statistics

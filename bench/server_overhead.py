@@ -14,6 +14,10 @@ usage: python bench/server_overhead.py [--seconds 3] [--clients 8,64] [--rounds 
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import subprocess

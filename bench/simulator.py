@@ -7,6 +7,10 @@ Target: <= 1.5x. Usage: python bench/simulator.py [--seconds S]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import tempfile

@@ -14,6 +14,10 @@ Usage: python bench/verify.py [--rounds N]
 
 from __future__ import annotations
 
+import _bootstrap  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import itertools
 import json
@@ -37,7 +41,7 @@ REAL = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "real"
 
 
 def load_docs() -> list[tuple[bytes, dict[str, object]]]:
-    index = json.loads((REAL / "index.json").read_text())
+    index = json.loads(_bootstrap.need_file(REAL / "index.json", "the vectors' index").read_text())
     return [((REAL / e["file"]).read_bytes(), e) for e in index["positive"]]
 
 

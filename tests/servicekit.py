@@ -5,6 +5,7 @@ library other than the PyJWT the service signs with)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -76,20 +77,25 @@ def wait_until(check: Any, timeout: float = 15.0, what: str = "condition") -> No
 
 
 @contextmanager
-def redis_server(tmp: Path) -> Iterator[str]:
-    """A throwaway redis-server (Debian's package, installed by test.sh) on a free port."""
+def redis_server(tmp: Path, *extra: str, port: int | None = None) -> Iterator[str]:
+    """A throwaway redis-server (Debian's package, installed by test.sh) on a free port, or on
+    ``port`` (to restart one empty where a service expects it); ``extra`` are server options
+    (``--maxmemory``, ``--requirepass``...). The URL it yields carries no password."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp)],
+         "--dir", str(tmp), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"redis-server exited {proc.returncode}")
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                answer = s.recv(64)
+                return answer.startswith((b"+PONG", b"-NOAUTH"))
 
         wait_until(up, what="redis-server")
         yield f"redis://127.0.0.1:{port}/0"
@@ -98,23 +104,31 @@ def redis_server(tmp: Path) -> Iterator[str]:
         proc.wait(10)
 
 
+def redis_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
 @contextmanager
 def service(
-    args: list[str], *, port: int | None = None
+    args: list[str], *, port: int | None = None, env: Mapping[str, str] | None = None,
+    ready: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``nitro-attest service`` in a child process; yields its base URL once /healthz is ready."""
+    """``nitro-attest service`` in a child process; yields its base URL once /healthz is ready
+    (or, with ``ready=False``, once it answers /healthz at all)."""
     port = port or free_port()
     proc = subprocess.Popen([*ENTRY, "service", "--listen", f"127.0.0.1:{port}", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
+        def answers() -> bool:
             if proc.poll() is not None:
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 raise AssertionError(f"service exited {proc.returncode}: {out}")
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            code = httpx.get(f"{base}/healthz", timeout=1).status_code
+            return code == 200 or not ready
 
-        wait_until(ready, what="service /healthz")
+        wait_until(answers, what="service /healthz")
         yield base, proc
     finally:
         if proc.poll() is None:

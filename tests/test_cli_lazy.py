@@ -14,6 +14,7 @@ import pytest
 
 from nitro_attest import _cli
 from nitro_attest._cli import COMMANDS, build_parser, parse_args
+from nitro_attest._cli.common import CliError
 
 SIGNAL = "signal_20230524_prod.cbor"
 
@@ -57,8 +58,10 @@ def _outcome(parser: argparse.ArgumentParser | None, argv: list[str], capsys: An
         ns = parse_args(argv) if parser is None else parser.parse_args(argv)
         result: Any = {k: v for k, v in vars(ns).items() if k != "func"}
         result["func"] = getattr(ns, "func", None)
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help
         result = ("exit", exc.code)
+    except CliError as exc:  # a usage error: main prints it (docs/cli.md)
+        result = ("usage", str(exc))
     out, err = capsys.readouterr()
     return result, out, err
 

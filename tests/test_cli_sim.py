@@ -103,7 +103,8 @@ def test_default_state_dir(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sim", "attest", "--nonce", "xyz"], "not valid hex"),
+        (["sim", "attest", "--nonce", "xyz!"], "neither hex nor base64url"),
+        (["sim", "attest", "--user-data", "xyz"], "not valid hex"),
         (["sim", "attest", "--user-data", ""], "empty"),
         (["sim", "attest", "--public-key", "00" * 1025], "at most 1024"),
         (["sim", "init", "--measurements", "MISSING"], "no such file"),
@@ -216,3 +217,33 @@ def test_measurements_prints_build_enclave_json(
     # Debug mode keeps the image's measurements; the documents carry zeros instead.
     rc, out, _ = run(["sim", "describe", "--state", str(state_dir)], capsys)
     assert json.loads(out)["pcrs"]["0"]["data"] == "00" * 48
+
+
+@pytest.mark.parametrize("form", ["hex", "base64url", "base64url-padded"])
+def test_attest_takes_the_nonce_as_hex_or_as_the_service_gives_it(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    import base64
+
+    nonce = bytes.fromhex("58823c1feb31e8ac547631b63752e165")
+    text = {
+        "hex": nonce.hex(),
+        "base64url": "WII8H-sx6KxUdjG2N1LhZQ",  # a Veraison newSession nonce, as printed
+        "base64url-padded": base64.urlsafe_b64encode(nonce).decode(),
+    }[form]
+    out = tmp_path / "doc.cbor"
+    rc, _, err = run(["sim", "attest", "--state", str(state), "--nonce", text, "--out", str(out)],
+                     capsys)  # fmt: skip
+    assert rc == 0, err
+    payload = cbor2.loads(cbor2.loads(out.read_bytes())[2])
+    assert payload["nonce"] == nonce
+
+
+@pytest.mark.parametrize("bad", ["not a nonce!", "x", "0x", "=="])
+def test_attest_refuses_a_nonce_in_neither_form(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    rc, _, err = run(["sim", "attest", "--state", str(state), "--nonce", bad,
+                      "--out", str(tmp_path / "d")], capsys)  # fmt: skip
+    assert rc == 2 and err.startswith("nitro-attest: error: --nonce") and "Traceback" not in err
+    assert not (tmp_path / "d").exists()

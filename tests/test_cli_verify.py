@@ -121,7 +121,7 @@ def test_base64_hex_and_stdin_inputs(
 
 def test_directory_of_documents(capsys: pytest.CaptureFixture[str], real_dir: Path) -> None:
     rc, out, _ = run(capsys, "verify", str(real_dir), "--at", "document", "--allow-debug", "--json")
-    results = json.loads(out)
+    results = [json.loads(line) for line in out.splitlines()]  # JSON Lines, one per document
     assert rc == 0
     assert len(results) == len(list(real_dir.glob("*.cbor"))) and all(
         r["verified"] for r in results

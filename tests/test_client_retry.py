@@ -215,3 +215,46 @@ def test_send_secret_cli_retries_busy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "not today" in out.out
     assert len(seen) == 3
     assert protocol.decode_body(seen[0][4:])["type"] == "channel_attest"
+
+
+def test_a_unix_socket_not_bound_yet_is_waited_for(tmp_path: Path) -> None:
+    """`serve --listen unix://... &` then `attest`: the socket file appears a moment later."""
+    path = tmp_path / "late.sock"
+    answer: Answer = lambda n, f: AttestationResponse(document=b"late document").encode()  # noqa: E731
+    result: list[bytes] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            client.request_attestation(f"unix://{path}", nonce=b"n", timeout=10)
+        )
+    )
+    waiter.start()
+    time.sleep(0.4)
+    assert not path.exists() and waiter.is_alive()
+    with scripted_server(path, answer):
+        waiter.join(10)
+    assert result == [b"late document"]
+
+
+def test_a_unix_socket_that_never_appears_fails_within_the_timeout(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(client.EnclaveUnreachableError, match="no such file"):
+        client.request_attestation(f"unix://{tmp_path}/never.sock", nonce=b"n", timeout=0.5)
+    assert time.monotonic() - started < 1.5
+
+
+def test_an_attempt_cut_short_by_the_deadline_reports_the_refusal(tmp_path: Path) -> None:
+    """Busy, then a server too slow to answer again before the deadline (a loaded machine): the
+    error is the busy refusal with its attempts, not a timeout that hides why."""
+    path = tmp_path / "s.sock"
+    busy = ErrorResponse("busy", "too many connections, retry later").encode()
+
+    def answer(number: int, frame: bytes) -> bytes | None:
+        if number > 0:
+            time.sleep(1.0)  # later than the client's whole deadline, which has then gone
+            return None
+        return busy
+
+    with scripted_server(path, answer), pytest.raises(client.EnclaveError) as info:
+        client.request_attestation(f"unix://{path}", nonce=b"n", timeout=0.6)
+    assert info.value.code == "busy"
+    assert f"unix://{path}" in str(info.value)

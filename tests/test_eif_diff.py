@@ -91,10 +91,13 @@ def test_metadata_only_difference_changes_no_pcr(
     assert "METADATA" in out and "BuildMetadata.BuildTime" in out and "RAMDISK" not in out
 
 
-def test_not_an_eif_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_an_eif_is_rejected_as_describe_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "x").write_bytes(b"nope" * 200)
-    assert main(["eif", "diff", str(tmp_path / "x"), str(tmp_path / "x")]) == 2
+    assert main(["eif", "diff", str(tmp_path / "x"), str(tmp_path / "x")]) == 1  # docs/cli.md
     assert "not an EIF" in capsys.readouterr().err
+    assert main(["eif", "describe", str(tmp_path / "x")]) == 1
 
 
 def test_hostile_metadata_does_not_crash_diff(

@@ -62,7 +62,7 @@ def test_dockerignore_sends_only_what_the_image_copies() -> None:
     assert lines[lines.index("*")] == "*"
     allowed = {ln[1:] for ln in lines if ln.startswith("!")}
     assert allowed == {"enclave/requirements.txt", "enclave/build-requirements.txt",
-                       "pyproject.toml", "README.md", "src/"}
+                       "pyproject.toml", "README.md", "LICENSE", "src/"}
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.M):
         for src in copied.split():
             assert src in allowed or src + "/" in allowed, src

@@ -81,3 +81,14 @@ def test_enclave_bridge_needs_no_yaml() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_unit_documentation_points_at_our_docs_installed_beside_it() -> None:
+    unit_text = (SYSTEMD / "nitro-attest-proxy@.service").read_text()
+    docs = _unit(SYSTEMD / "nitro-attest-proxy@.service")["Documentation"]
+    ours = [d for d in docs if d.startswith("file:///opt/nitro-attest/share/doc/nitro-attest/")]
+    assert ours, docs
+    for uri in ours:  # each page exists in the repo and the header's install line copies it
+        name = uri.rsplit("/", 1)[1]
+        assert (REPO / "docs" / name).is_file()
+        assert f"docs/{name}" in unit_text.split("[Unit]")[0]

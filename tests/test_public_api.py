@@ -57,3 +57,17 @@ def test_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["", "True"]
+
+
+def test_dir_and_help_show_the_lazy_names() -> None:
+    """The names loaded on first use are part of the API: dir() and help() list them too."""
+    code = (
+        "import nitro_attest, pydoc\n"
+        "listed = set(dir(nitro_attest))\n"
+        "text = pydoc.render_doc(nitro_attest, renderer=pydoc.plaintext)\n"
+        "print(sorted(set(nitro_attest.__all__) - listed))\n"
+        "print(sorted(n for n in nitro_attest.__all__ if n != '__version__' and n not in text))\n"
+        "print('VERSION' in text and nitro_attest.__version__ in text)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "[]", "True"]

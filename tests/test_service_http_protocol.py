@@ -176,9 +176,9 @@ def _appraised_in(monkeypatch: pytest.MonkeyPatch, sim: SimulatedNsm, tmp: Path)
     threads: list[str] = []
     original = app_module.appraise
 
-    def recording(*args: Any) -> Any:
+    def recording(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread().name)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(app_module, "appraise", recording)
     with TestClient(create_app(_config(sim, tmp))) as client:

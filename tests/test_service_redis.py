@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -142,9 +145,9 @@ def test_relying_party_nonce_reuse_across_replicas(replicas: tuple[str, str]) ->
 def test_redis_claim_is_atomic(setup: dict[str, Any]) -> None:
     async def run() -> list[str]:
         stores = [RedisStore(setup["url"]) for _ in range(4)]
-        session = Session("race-1", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
+        session = Session("race-1", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
         assert await stores[0].create(session, nonce_digest="d1", nonce_ttl=30)
-        again = Session("race-2", "bm9uY2U", time.time() + 30, "prod", (MEDIA,))
+        again = Session("race-2", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
         assert not await stores[1].create(again, nonce_digest="d1", nonce_ttl=30)
         assert await stores[1].get("race-2") is None  # a reused nonce stores nothing
         claims = await asyncio.gather(*(s.claim("race-1") for s in stores * 10))
@@ -199,3 +202,36 @@ def test_health_reports_store_down(setup: dict[str, Any]) -> None:
             assert r.status_code == 503
             metrics = httpx.get(f"{base}/metrics").text
             assert "nitro_attest_store_errors_total 0.0" not in metrics
+
+
+def _ss(*filters: str) -> str:
+    return subprocess.run(["ss", "-Htnp", *filters], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_workers_each_listen_and_share_connections(setup: dict[str, Any]) -> None:
+    """--workers N: one SO_REUSEPORT socket per worker, so the kernel spreads connections (one
+    shared socket let the busiest worker accept them all); a killed worker's replacement
+    serves its socket."""
+    with service([*setup["args"], "--workers", "3"]) as (base, proc):
+        port = int(base.rsplit(":", 1)[1])
+        wait_until(lambda: len(_ss("-l", f"( sport = :{port} )").splitlines()) == 3,
+                   what="three listening sockets")  # fmt: skip
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(24)]
+        try:
+            for s in socks:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert all(s.recv(4096).startswith(b"HTTP/1.1 200") for s in socks)
+            held = _ss("state", "established", f"( sport = :{port} )")
+            pids = set(re.findall(r"pid=(\d+)", held))
+            assert len(pids) >= 2, held  # 24 connections on one of 3 workers: p < 1e-10
+        finally:
+            for s in socks:
+                s.close()
+        victim = int(next(iter(pids)))
+        assert victim != proc.pid
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.5)  # the supervisor restarts it on the same socket
+        for _ in range(12):
+            assert httpx.get(f"{base}/healthz", headers={"Connection": "close"}).status_code == 200
+        assert len(_ss("-l", f"( sport = :{port} )").splitlines()) == 3

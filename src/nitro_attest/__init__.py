@@ -82,6 +82,11 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
+def __dir__() -> list[str]:
+    # The lazy names too, so dir() and help() show the whole public API (help() then loads them).
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "AttestationDocument",
     "ChainError",

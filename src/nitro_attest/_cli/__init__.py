@@ -1,8 +1,9 @@
 """The `nitro-attest` command line: parse flags, build objects, call the API, print.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds sets
-``func`` to a ``run(args) -> int`` callable. Exit codes everywhere: 0 success, 1 checked and
-rejected, 2 usage or I/O error.
+``func`` to a ``run(args) -> int`` callable. The output contract every command keeps (exit codes,
+the error line on stderr, JSON on failure) is docs/cli.md; ``main`` enforces it for every error
+that escapes a command, and tests/test_cli_contract.py checks it command by command.
 
 Only the chosen subcommand's module is imported: ``COMMANDS`` names each module and holds the
 one-line help that ``--help`` lists, so listing the commands imports none of them (the server,
@@ -18,7 +19,14 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
-from nitro_attest._cli.common import EXIT_USAGE, exit_code_for
+from nitro_attest import __version__
+from nitro_attest._cli.common import (
+    EXIT_USAGE,
+    CliError,
+    error_json,
+    exit_code_for,
+    print_error,
+)
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import NitroAttestError
 
@@ -90,7 +98,10 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        command = self.prog.removeprefix("nitro-attest").strip()
+        text = f"{command}: {message}" if command else message
+        # A CliError, not SystemExit: main prints it by the contract (and as JSON for --json).
+        raise CliError(f"{text} (see '{self.prog} --help')")
 
 
 def build_parser(
@@ -109,6 +120,7 @@ def build_parser(
     parser.add_argument(
         "--verbose", action="store_true", help="show a traceback when a command fails unexpectedly"
     )
+    parser.add_argument("--version", action="version", version=f"nitro-attest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, summary) in COMMANDS.items():
@@ -149,9 +161,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
+        args = parse_args(argv)
+    except CliError as exc:  # argparse's usage errors (_Parser.error)
+        print_error(str(exc))
+        if "--json" in argv:  # a --json caller reads stdout: it gets the failure there too
+            _print_json_failure(None, error_json(str(exc), "usage"))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version: printed, exit 0
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         rc: int = args.func(args)
@@ -159,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NitroAttestError as exc:
         # The tree decides the exit code: a rejected document is 1, every other branch
         # (configuration, transport, NSM, nitro-cli, channel, format) is 2.
-        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
+        print_error(str(exc))
+        _print_json_failure(args, error_json(str(exc), getattr(exc, "check", None)))
         if args.verbose:
             _print_traceback(exc)
         return exit_code_for(exc)
@@ -169,12 +188,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_USAGE
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
-        print(f"nitro-attest: internal error: {escape_untrusted(repr(exc))}", file=sys.stderr)
+        print_error(f"internal error: {exc!r}")
+        _print_json_failure(args, error_json(f"internal error: {exc!r}", "internal"))
         if args.verbose:
             _print_traceback(exc)
         else:
             print("nitro-attest: run with --verbose for the traceback", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _print_json_failure(args: argparse.Namespace | None, error: dict[str, Any]) -> None:
+    """With --json, the failure also goes to stdout in the command's own shape: its
+    ``json_failure`` template (every member of a success, unknown ones null) with ``error`` set,
+    one line for the commands that print JSON Lines (docs/cli.md)."""
+    if args is not None and not getattr(args, "json", False):
+        return
+    import json  # only on a failure with --json
+
+    template: dict[str, Any] = getattr(args, "json_failure", None) or {}
+    indent = None if getattr(args, "json_lines", False) or args is None else 2
+    print(json.dumps({**template, "error": error}, indent=indent), flush=True)
 
 
 def _print_traceback(exc: BaseException) -> None:

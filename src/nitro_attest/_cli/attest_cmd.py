@@ -15,6 +15,7 @@ from nitro_attest._cli.common import (
     EXIT_REJECTED,
     CliError,
     parse_hex,
+    print_error,
     read_bytes,
 )
 from nitro_attest.attestation.report import document_to_json, render_text
@@ -36,7 +37,7 @@ _EPILOG = """\
 examples:
   nitro-attest attest --connect vsock://16:5005 --expected client/expected-measurements.json \\
       --root client/root.pem
-  nitro-attest attest --connect unix://.demo/enclave.sock --root .demo/root.pem --pcr 0=HEX
+  nitro-attest attest --connect unix://.demo/enclave.sock --root .demo/sim/root.pem --pcr 0=HEX
 
 The enclave CID is shown by `nitro-cli describe-enclaves`. A fresh random 32-byte nonce is sent
 unless --nonce is given; the document must echo it (and the user data) to verify.
@@ -82,7 +83,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out-dir", default="client", metavar="DIR", help="where to save the document")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, json_failure=JSON_FAILURE)
 
 
 def _nonce(value: str) -> bytes:
@@ -115,6 +116,13 @@ def _refused_key_message(address: object, public_key: bytes | None) -> str:
         f"{address}: the enclave refuses caller-chosen public keys; its operator must start "
         "serve with --allow-caller-public-key (anyone reaching the port then gets any key attested)"
     )
+
+
+# docs/cli.md: a failure before any document (usage, connection) keeps the report's shape.
+JSON_FAILURE: dict[str, object] = {
+    "verified": False, "checks": [], "document": None, "verified_at": None,
+    "address": None, "files": [],
+}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,4 +195,8 @@ def run(args: argparse.Namespace) -> int:
                 "Note: no --expected/--pcr given, so PCR values are not compared", file=sys.stderr
             )
         print(render_text(report))
+    if not report.verified:
+        error = report.error
+        print_error(f"{address}: rejected: {error.check}: {error.message}" if error else
+                    f"{address}: rejected")  # fmt: skip
     return EXIT_OK if report.verified else EXIT_REJECTED

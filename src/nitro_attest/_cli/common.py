@@ -1,24 +1,49 @@
-"""Helpers shared by the subcommands: errors, hex parsing, reading document files."""
+"""Helpers shared by the subcommands: the output contract (docs/cli.md), hex parsing, files."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from nitro_attest.errors import NitroAttestError, UsageError, VerificationError
+from nitro_attest.attestation.untrusted_text import escape_untrusted
+from nitro_attest.errors import FormatError, NitroAttestError, UsageError, VerificationError
 
+# docs/cli.md, "Exit status": one meaning in every command.
 EXIT_OK = 0
-EXIT_REJECTED = 1
-EXIT_USAGE = 2
+EXIT_REJECTED = 1  # the input was read and checked, and the answer is no
+EXIT_USAGE = 2  # the check could not be made: usage, I/O, connection, configuration
+
+ERROR_PREFIX = "nitro-attest: error: "
 
 
 class CliError(UsageError):
     """A usage or I/O error: printed as one line, exit code 2."""
 
 
+class CliRejection(FormatError):
+    """An input that was read and checked and is refused (a malformed EIF, ...): exit code 1."""
+
+    def __init__(self, message: str, check: str | None = None) -> None:
+        super().__init__(message)
+        self.check = check
+
+
 def exit_code_for(exc: NitroAttestError) -> int:
     """The exit code for an error, read from the error tree (see nitro_attest.errors)."""
-    return EXIT_REJECTED if isinstance(exc, VerificationError) else EXIT_USAGE
+    if isinstance(exc, VerificationError | CliRejection):
+        return EXIT_REJECTED
+    return EXIT_USAGE
+
+
+def print_error(message: str) -> None:
+    """The contract's error line on stderr: every failing command prints at least one."""
+    print(ERROR_PREFIX + escape_untrusted(message), file=sys.stderr)
+
+
+def error_json(message: str, check: str | None = None) -> dict[str, Any]:
+    """The ``error`` member every --json object carries when it reports a failure."""
+    return {"check": None if check is None else str(check), "message": message}
 
 
 def parse_hex(value: str, what: str, *, max_bytes: int | None = None) -> bytes:

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, read_bytes
+from nitro_attest._cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    CliError,
+    CliRejection,
+    print_error,
+    read_bytes,
+)
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError
 
@@ -57,7 +64,7 @@ def register_build(sub: Any) -> None:
     b.add_argument("--signing-key", metavar="PEM", help="... and this EC private key")
     b.add_argument("--output", required=True, metavar="FILE", help="the EIF to write")
     b.add_argument("--json", action="store_true", help="JSON only (the default output too)")
-    b.set_defaults(func=run_build)
+    b.set_defaults(func=run_build, json_failure={"Measurements": None})
 
 
 def register_diff(sub: Any) -> None:
@@ -67,13 +74,14 @@ def register_diff(sub: Any) -> None:
         description="Compare two EIFs section by section. For ramdisks, list each path that was\n"
         "added, removed or changed, and how (content, mode, owner, link target, type, device,\n"
         "mtime). Use it when a rebuild does not reproduce PCR0.\n\n"
-        "exit 0: identical; 1: they differ; 2: usage or I/O error (or not an EIF).",
+        "exit 0: identical; 1: they differ, or one is not a well-formed EIF; 2: usage or I/O\n"
+        "error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("a", metavar="A.eif")
     d.add_argument("b", metavar="B.eif")
     d.add_argument("--json", action="store_true", help="print the differences as JSON")
-    d.set_defaults(func=run_diff)
+    d.set_defaults(func=run_diff, json_failure={"Identical": False})
 
 
 def _cmd(value: str) -> list[str]:
@@ -133,10 +141,8 @@ def run_build(args: argparse.Namespace) -> int:
             epoch=source_date_epoch(os.environ),
         )
         result = build_eif(opts)
-    except EifError as exc:
-        # names from the image are untrusted: no terminal control sequences reach the user
-        print(f"nitro-attest: error: {escape_untrusted(str(exc))}", file=sys.stderr)
-        return EXIT_REJECTED
+    except EifError as exc:  # the image was read and refused: exit 1; main escapes the names
+        raise CliRejection(str(exc), "image") from None
     except OSError as exc:
         raise CliError(f"{exc.filename or out}: {exc.strerror or exc}") from None
     if result.dropped_xattrs:
@@ -158,8 +164,8 @@ def run_diff(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: no such file")
     try:
         report = diff_eifs(Path(args.a), Path(args.b))
-    except EifError as exc:
-        raise CliError(escape_untrusted(str(exc))) from None
+    except EifError as exc:  # not an EIF, or a malformed one: exit 1, as in eif describe
+        raise CliRejection(str(exc), "eif") from None
     except OSError as exc:
         raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
     if args.json:
@@ -167,4 +173,6 @@ def run_diff(args: argparse.Namespace) -> int:
     else:  # paths come from the images: escape control characters line by line
         lines = report.text(args.a, args.b).splitlines()
         print("\n".join(escape_untrusted(line) for line in lines))
+    if not report.same:
+        print_error(f"{args.a} and {args.b} differ")
     return EXIT_OK if report.same else EXIT_REJECTED

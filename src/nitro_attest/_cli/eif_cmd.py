@@ -6,11 +6,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, file_error
+from nitro_attest._cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    CliError,
+    CliRejection,
+    error_json,
+    file_error,
+    print_error,
+)
 from nitro_attest._cli.eif_build_cmd import register_build, register_diff
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.eif import HASH_ALGORITHM, EifError, EifInfo, inspect_eif
@@ -50,7 +57,7 @@ def register(sub: Any) -> None:
         default="now",
         help="check the signing certificate's validity at this RFC 3339 time (default: now)",
     )
-    d.set_defaults(func=run_describe)
+    d.set_defaults(func=run_describe, json_failure={})
 
     m = eif_sub.add_parser(
         "measure",
@@ -110,8 +117,8 @@ def describe_json(info: EifInfo) -> dict[str, Any]:
 
 
 def _fail(path: str, exc: EifError) -> int:
-    print(escape_untrusted(f"nitro-attest: error: {path}: {exc}"), file=sys.stderr)
-    return EXIT_REJECTED
+    # Not an EIF, or a malformed one: read and refused, exit 1 (docs/cli.md); main prints it.
+    raise CliRejection(f"{path}: {exc}", "eif") from None
 
 
 def run_describe(args: argparse.Namespace) -> int:
@@ -121,11 +128,15 @@ def run_describe(args: argparse.Namespace) -> int:
     except EifError as exc:
         return _fail(args.file, exc)
     if args.json:
-        print(json.dumps(describe_json(info), indent=2))
+        out = describe_json(info)
+        problems = info.problems()
+        if problems:  # nitro-cli's shape, plus the contract's error member on failure
+            out["error"] = error_json(f"{args.file}: {problems[0]}", "eif")
+        print(json.dumps(out, indent=2))
     else:
         print(_describe_text(info))
     for problem in info.problems():
-        print(escape_untrusted(f"nitro-attest: error: {args.file}: {problem}"), file=sys.stderr)
+        print_error(f"{args.file}: {problem}")
     return EXIT_REJECTED if info.problems() else EXIT_OK
 
 
@@ -160,9 +171,7 @@ def run_measure(args: argparse.Namespace) -> int:
         return _fail(args.file, exc)
     if not info.crc_ok or info.signature_ok is False:
         # Expected measurements from a corrupt or mis-signed file would be worse than none.
-        problem = escape_untrusted(f"{args.file}: {info.problems()[0]}")
-        print(f"nitro-attest: error: {problem}", file=sys.stderr)
-        return EXIT_REJECTED
+        raise CliRejection(f"{args.file}: {info.problems()[0]}", "eif")
     text = json.dumps({"Measurements": measurements_json(info)}, indent=2)
     if args.write_expected:
         try:

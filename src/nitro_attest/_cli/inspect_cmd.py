@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError
+from nitro_attest._cli.common import EXIT_OK, CliError, CliRejection
 from nitro_attest._cli.docinput import read_inputs
 from nitro_attest.attestation.document import AttestationDocument, parse_document
 from nitro_attest.attestation.encoding import decode_document_input
@@ -23,11 +23,12 @@ def register(sub: Any) -> None:
         help="decode and show a document without verifying it",
         description="Decode an attestation document (raw CBOR, base64 or hex) and show its fields. "
         "Nothing is verified: use 'nitro-attest verify' for that. Syntax errors are reported "
-        "(exit 1). --json prints the format of client/attestation-document-json.json.",
+        "(exit 1). --json prints the format of client/attestation-document-json.json, with "
+        '"authenticated": false (nothing was verified) and "error" (null, or why it failed).',
     )
     p.add_argument("document", metavar="DOC", help="document file or '-' for standard input")
     p.add_argument("--json", action="store_true", help="print the decoded document as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, json_failure={"authenticated": False})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +38,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = parse_document(decode_document_input(item.data))
     except VerificationError as exc:
-        print(escape_untrusted(f"{item.name}: malformed: {exc.message}"))
-        return EXIT_REJECTED
+        raise CliRejection(f"{item.name}: malformed: {exc.message}", exc.check) from None
     if args.json:
-        print(json.dumps(document_to_json(doc), indent=2))
+        # As attest saves it: a decode is never taken for a verified document (threat model).
+        fields = {**document_to_json(doc), "authenticated": False, "error": None}
+        print(json.dumps(fields, indent=2))
     else:
         print(render_document(doc))
     return EXIT_OK

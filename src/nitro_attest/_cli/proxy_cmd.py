@@ -8,9 +8,12 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from nitro_attest._cli import observe
 from nitro_attest._cli.common import EXIT_OK, CliError
+from nitro_attest.logs import formatter
 from nitro_attest.proxy import (
     AllowlistError,
     ProxyConfig,
@@ -80,6 +83,7 @@ def register(sub: Any) -> None:
     )
     _number(p, "--drain-timeout", float, DEFAULT_DRAIN_TIMEOUT, "S", "after SIGTERM")
     p.add_argument("--no-splice", action="store_true", help=argparse.SUPPRESS)
+    observe.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -123,12 +127,10 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         raise CliError(str(exc)) from None
 
 
-def _configure_logging() -> tuple[logging.Logger, logging.Handler]:
+def _configure_logging(log_format: str = "text") -> tuple[logging.Logger, logging.Handler]:
     logger = logging.getLogger("nitro_attest.proxy")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    handler.setFormatter(formatter(log_format))  # UTC times; json: one object per line
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -152,9 +154,16 @@ def _raise_fd_limit(max_connections: int, logger: logging.Logger) -> None:
         )
 
 
-async def _serve(config: ProxyConfig, drain_timeout: float, logger: logging.Logger) -> None:
+async def _serve(
+    config: ProxyConfig,
+    drain_timeout: float,
+    logger: logging.Logger,
+    created: Callable[[ProxyServer], None] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     server = ProxyServer(config)
+    if created is not None:
+        created(server)
     bound = await server.start()
     where = "HTTP CONNECT" if config.target is None else str(config.target)
     if config.allowlist is not None:
@@ -187,14 +196,43 @@ async def _serve(config: ProxyConfig, drain_timeout: float, logger: logging.Logg
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    logger, handler = _configure_logging()
+    if args.metrics:
+        observe.parse_host_port(args.metrics)  # refused before anything starts
+    logger, handler = _configure_logging(args.log_format)
+    servers: list[ProxyServer] = []
+    endpoint = None
     try:
+        if args.metrics:
+            endpoint = observe.start_metrics(args.metrics, "proxy", lambda: _families(servers))
         _raise_fd_limit(config.max_connections, logger)
-        asyncio.run(_serve(config, args.drain_timeout, logger))
+        asyncio.run(_serve(config, args.drain_timeout, logger, servers.append))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"{config.listen}: cannot listen: {exc.strerror or exc}") from None
     finally:
+        if endpoint is not None:
+            endpoint.close()
         logger.removeHandler(handler)
     return EXIT_OK
+
+
+def _families(servers: list[ProxyServer]) -> list[observe.Family]:
+    """The proxy's counters, read at scrape time (prometheus-client is loaded by then)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    ended = CounterMetricFamily(
+        "nitro_attest_proxy_connections", "connections finished, by how they ended",
+        labels=["end"],
+    )  # fmt: skip
+    open_now = GaugeMetricFamily("nitro_attest_proxy_connections_open", "connections open")
+    moved = CounterMetricFamily(
+        "nitro_attest_proxy_bytes", "bytes forwarded, by direction", labels=["direction"]
+    )
+    for server in servers[-1:]:
+        for end, count in dict(server.ended).items():
+            ended.add_metric([end], count)
+        open_now.add_metric([], server.active)
+        moved.add_metric(["up"], server.bytes_up)
+        moved.add_metric(["down"], server.bytes_down)
+    return [ended, open_now, moved]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any, cast
 
 from nitro_attest._cli.common import (
@@ -10,6 +11,8 @@ from nitro_attest._cli.common import (
     EXIT_REJECTED,
     EXIT_USAGE,
     CliError,
+    error_json,
+    print_error,
     read_bytes,
 )
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
@@ -75,7 +78,28 @@ def register(sub: Any) -> None:
         "--timeout", metavar="SECONDS", type=float, default=10.0,
         help="give up on the enclave after this long (default 10)",
     )
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--json", action="store_true",
+        help="print the outcome as one JSON object (delivered, sent, enclave, error)",
+    )
+    p.set_defaults(func=run, json_failure=JSON_FAILURE)
+
+
+# docs/cli.md: one shape for every outcome. ``sent`` says whether the sealed message left (a
+# failure after it may leave the secret with the enclave: NOT CONFIRMED).
+JSON_FAILURE: dict[str, Any] = {
+    "delivered": False, "sent": False, "size": None, "suite": None, "kind": None,
+    "module_id": None, "pcr0": None, "signer": None, "sha256": None,
+}  # fmt: skip
+
+
+def _outcome(args: argparse.Namespace, text: str, *, sent: bool, error: dict[str, Any]) -> None:
+    """A failure: its text line (or JSON object) on stdout, the contract's line on stderr."""
+    if args.json:
+        print(json.dumps({**JSON_FAILURE, "sent": sent, "error": error}, indent=2))
+    else:
+        print(escape_untrusted(text))
+    print_error(error["message"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,21 +138,41 @@ def run(args: argparse.Namespace) -> int:
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
     except VerificationError as exc:
-        print(escape_untrusted(f"REFUSED (nothing sent): {exc.check}: {exc.message}"))
+        text = f"REFUSED (nothing sent): {exc.check}: {exc.message}"
+        message = f"{args.connect}: refused, nothing sent: {exc.check}: {exc.message}"
+        _outcome(args, text, sent=False, error=error_json(message, exc.check))
         return EXIT_REJECTED
     except ChannelError as exc:
         if exc.sent:  # only a matching acknowledgement is authenticated (docs/threat-model.md)
-            print(escape_untrusted(
+            text = (
                 "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
                 f"as any answer but its acknowledgement may be forged in transit): {exc.message}"
-            ))
+            )
+            message = f"{args.connect}: not confirmed (sent): {exc.message}"
+            _outcome(args, text, sent=True, error=error_json(message, "acknowledgement"))
             return EXIT_USAGE if exc.reason == "transport" else EXIT_REJECTED
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
-        print(escape_untrusted(f"REFUSED: {exc.message}"))
+        message = f"{args.connect}: refused: {exc.message}"
+        _outcome(args, f"REFUSED: {exc.message}", sent=False, error=error_json(message, "channel"))
         return EXIT_REJECTED
-    print(escape_untrusted(delivered_line(receipt)))  # delivered: nothing after it may fail it
+    if args.json:  # delivered: nothing after it may fail it
+        print(json.dumps(delivered_json(receipt), indent=2))
+    else:
+        print(escape_untrusted(delivered_line(receipt)))
     return EXIT_OK
+
+
+def delivered_json(receipt: channel_client.Receipt) -> dict[str, Any]:
+    doc = receipt.verified.document
+    pcr0 = doc.pcrs.get(0)
+    return {
+        "delivered": True, "sent": True, "size": receipt.size, "suite": receipt.suite.label,
+        "kind": doc.kind.value, "module_id": doc.module_id,
+        "pcr0": pcr0.hex() if pcr0 is not None else None,
+        "signer": receipt.signer.hex() if receipt.signer else None,
+        "sha256": receipt.sha256.hex(), "error": None,
+    }  # fmt: skip
 
 
 def delivered_line(receipt: channel_client.Receipt) -> str:

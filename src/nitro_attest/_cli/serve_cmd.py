@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nitro_attest._cli import observe
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
 from nitro_attest._cli.serve_log import ServerLogHandler
 from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
@@ -27,7 +28,7 @@ from nitro_attest.wire.admission import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from nitro_attest.wire.server import nsm_handlers, serve
+from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
 from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
@@ -126,6 +127,7 @@ def register(sub: Any) -> None:
         "(repeatable). Bake the file into the enclave image so PCR0 measures it. Without it every "
         "delivery is from an unauthenticated sender: anyone reaching the port, the parent included",
     )
+    observe.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -157,7 +159,7 @@ def open_nsm(kind: str, state: Path | None) -> NsmBackend:
     return backend
 
 
-def _configure_logging() -> ServerLogHandler:
+def _configure_logging(log_format: str = "text") -> ServerLogHandler:
     """One handler on stderr for the server's and the channel's loggers; returned for flushing."""
     # The log line per request is a good part of the server's own CPU per request; it names
     # neither thread, process nor source line, so logging need not look them up.
@@ -165,7 +167,7 @@ def _configure_logging() -> ServerLogHandler:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # skips findCaller's stack walk (documented in logging's source)
-    handler = ServerLogHandler(sys.stderr)
+    handler = ServerLogHandler(sys.stderr, log_format)
     for name in ("nitro_attest.wire.server", "nitro_attest.channel"):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, ServerLogHandler)]:
@@ -203,13 +205,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.frame_deadline > 0:
         raise CliError("--frame-deadline must be a positive number of seconds")
     socket_mode = parse_socket_mode(args.socket_mode)
+    if args.metrics:
+        observe.parse_host_port(args.metrics)  # refused before anything starts
     if args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
     if args.no_channel and args.sender_key:
         raise CliError("--sender-key pins senders of the attested channel; drop --no-channel")
     senders = [_sender_key(path) for path in args.sender_key]
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
-    log_handler = _configure_logging()
+    log_handler = _configure_logging(args.log_format)
     allow_key = bool(args.allow_caller_public_key)
     handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
@@ -226,7 +230,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("nitro_attest.wire.server").warning(
             "--allow-caller-public-key: anyone who reaches this port gets any public key attested"
         )
+    servers: list[EnclaveServer] = []
+    endpoint = None
     try:
+        if args.metrics:
+            endpoint = observe.start_metrics(args.metrics, "serve", lambda: _families(servers))
         asyncio.run(
             serve(
                 address,
@@ -236,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 max_connections=args.max_connections,
                 socket_mode=socket_mode,
                 request_log=log_handler,
+                created=servers.append,
             )
         )
     except AddressError as exc:
@@ -243,6 +252,32 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"{address}: cannot listen: {exc.strerror or exc}") from None
     finally:
+        if endpoint is not None:
+            endpoint.close()
         log_handler.flush()
         backend.close()
     return EXIT_OK
+
+
+def _families(servers: list[EnclaveServer]) -> list[observe.Family]:
+    """The server's counters, read at scrape time (prometheus-client is loaded by then)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    answered = CounterMetricFamily(
+        "nitro_attest_serve_requests", "requests answered, by type and outcome (ok or error code)",
+        labels=["type", "outcome"],
+    )  # fmt: skip
+    open_now = GaugeMetricFamily("nitro_attest_serve_connections", "connections open")
+    shed = CounterMetricFamily(
+        "nitro_attest_serve_connections_shed", "least recently active connections shed"
+    )
+    refused = CounterMetricFamily(
+        "nitro_attest_serve_connections_refused", "connections refused busy"
+    )
+    for server in servers[-1:]:
+        for (kind, outcome), count in dict(server.answered).items():
+            answered.add_metric([kind, outcome], count)
+        open_now.add_metric([], server.active_connections)
+        shed.add_metric([], server.shed.total)
+        refused.add_metric([], server.refused.total)
+    return [answered, open_now, shed, refused]

@@ -5,7 +5,8 @@ stamp is formatted once per second rather than once per line, and the server's l
 (``request``, the server's RequestLog) are held until it ends its turn and calls ``flush``, before
 the turn's answers are sent: one write per turn, not one per request, and the log never lags
 behind what clients saw. Every other record (startup, warnings, the channel's lines) is written
-at once.
+at once. Times are UTC; ``log_format="json"`` writes one JSON object per line
+(nitro_attest.logs).
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import logging
 import time
 from typing import TextIO
 
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+from nitro_attest.logs import json_line
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_REQUEST_LOGGER = "nitro_attest.wire.server"
 
 
 class ServerLogHandler(logging.Handler):
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, log_format: str = "text") -> None:
         super().__init__()
         self._stream = stream
+        self._json = log_format == "json"
         self._stamp_second = -1
         self._stamp = ""
         self._held: list[str] = []
@@ -28,14 +33,18 @@ class ServerLogHandler(logging.Handler):
     def _stamp_for(self, created: float) -> str:
         second = int(created)
         if second != self._stamp_second:  # strftime once per second, not once per line
-            self._stamp = time.strftime(_TIME_FORMAT, time.localtime(second))
+            self._stamp = time.strftime(_TIME_FORMAT, time.gmtime(second))
             self._stamp_second = second
         return self._stamp
 
     def format(self, record: logging.LogRecord) -> str:
+        exc = logging.Formatter().formatException(record.exc_info) if record.exc_info else None
+        if self._json:
+            message = record.getMessage()
+            return json_line(record.created, record.levelname, record.name, message, exc)
         line = f"{self._stamp_for(record.created)} {record.levelname} {record.getMessage()}"
-        if record.exc_info:
-            line += "\n" + logging.Formatter().formatException(record.exc_info)
+        if exc:
+            line += "\n" + exc
         return line
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -48,7 +57,10 @@ class ServerLogHandler(logging.Handler):
 
     def request(self, line: str) -> None:
         """The server's line per request (RequestLog): held until ``flush``."""
-        self._held.append(f"{self._stamp_for(time.time())} INFO {line}\n")
+        if self._json:
+            self._held.append(json_line(time.time(), "INFO", _REQUEST_LOGGER, line) + "\n")
+        else:
+            self._held.append(f"{self._stamp_for(time.time())} INFO {line}\n")
 
     def flush(self) -> None:
         if self._held:

@@ -37,7 +37,8 @@ kept in a state folder: verify them with `nitro-attest verify --root STATE/root.
 They never verify under the default AWS root.
 
 examples:
-  nitro-attest sim init --measurements build.json --role-arn arn:aws:iam::123456789012:role/app
+  nitro-attest sim init --measurements build/measurements.json \\
+      --role-arn arn:aws:iam::123456789012:role/app
   nitro-attest sim attest --nonce $(openssl rand -hex 32) --out doc.cbor
   nitro-attest verify --root ~/.local/share/nitro-attest/simulator/root.pem doc.cbor
 """
@@ -94,7 +95,12 @@ def register(sub: Any) -> None:
         "COSE_Sign1) to stdout or FILE. Creates a default state folder on first use.",
     )
     attest.add_argument("--state", metavar="DIR", help=state_help)
-    attest.add_argument("--nonce", metavar="HEX", help="nonce to embed (at most 1024 bytes)")
+    attest.add_argument(
+        "--nonce",
+        metavar="NONCE",
+        help="nonce to embed (at most 1024 bytes): hex, or base64url as a verification service's "
+        "session gives it (text that is not hex is read as base64url)",
+    )
     attest.add_argument("--user-data", metavar="HEX", help="user data (at most 1024 bytes)")
     attest.add_argument("--public-key", metavar="HEX", help="public key (at most 1024 bytes)")
     attest.add_argument("--out", metavar="FILE", help="write here instead of stdout")
@@ -194,10 +200,33 @@ def _hex_arg(value: str | None, what: str) -> bytes | None:
     return parse_hex(value, what, max_bytes=NSM_FIELD_BYTES)
 
 
+def parse_nonce(value: str) -> bytes:
+    """Hex, or base64url (padded or not): the service's newSession nonce pastes as it is."""
+    text = value.strip()
+    try:
+        return parse_hex(text, "--nonce", max_bytes=NSM_FIELD_BYTES)
+    except CliError:
+        if not text or text[:2].lower() == "0x":
+            raise
+    import base64
+    import binascii
+
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+    if not set(text) <= alphabet:
+        raise CliError(f"--nonce: neither hex nor base64url: {value[:40]!r}")
+    try:
+        data = base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise CliError(f"--nonce: neither hex nor base64url: {value[:40]!r}") from None
+    if not data or len(data) > NSM_FIELD_BYTES:
+        raise CliError(f"--nonce: {len(data)} bytes, 1 to {NSM_FIELD_BYTES} allowed")
+    return data
+
+
 def run_attest(args: argparse.Namespace) -> int:
     if not args.out and sys.stdout.isatty():
         raise CliError("refusing to write a binary document to a terminal: use --out FILE or >")
-    nonce = _hex_arg(args.nonce, "--nonce")
+    nonce = None if args.nonce is None else parse_nonce(args.nonce)
     user_data = _hex_arg(args.user_data, "--user-data")
     public_key = _hex_arg(args.public_key, "--public-key")
     nsm = _open(args)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE
+from nitro_attest._cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    error_json,
+    print_error,
+)
 from nitro_attest._cli.docinput import DOC_SUFFIXES, read_inputs
 from nitro_attest._cli.expectations import (
     add_field_flags,
@@ -23,7 +29,8 @@ from nitro_attest.errors import VerificationError
 
 EPILOG = """\
 exit status: 0 every document verified; 1 a document was checked and rejected (malformed
-included); 2 usage or I/O error (missing file, bad flag, unreadable --expected).
+included); 2 usage or I/O error (missing file, bad flag, unreadable --expected). Each failure
+also prints a line 'nitro-attest: error: ...' on stderr (docs/cli.md).
 
 examples:
   nitro-attest verify client/attestation-document.dat --expected client/expected-measurements.json
@@ -48,28 +55,34 @@ def register(sub: Any) -> None:
     add_pcr_flags(p)
     add_field_flags(p)
     add_time_flags(p)
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per document, one per line (JSON Lines)",
+    )
+    p.set_defaults(func=run, json_failure=JSON_FAILURE, json_lines=True)
+
+
+# docs/cli.md: one JSON object per input, one per line (JSON Lines), whatever the count.
+JSON_FAILURE: dict[str, Any] = {
+    "file": None, "verified": False, "checks": [], "document": None, "verified_at": None,
+}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     policy = build_policy(args)
     at = parse_at(args.at)
     verifier = build_verifier(args)
-    results: list[dict[str, Any]] = []
-    texts: list[str] = []
     status = EXIT_OK
+    separator = ""  # a blank line between two documents' text reports
     for item in read_inputs(args.documents):
         if item.data is None:
             status = EXIT_USAGE
-            results.append(
-                {
-                    "file": item.name,
-                    "verified": False,
-                    "error": {"check": "input", "message": item.problem},
-                }
-            )
-            texts.append(escape_untrusted(f"{item.name}: ERROR {item.problem}"))
+            problem = item.problem or f"{item.name}: cannot read"
+            print_error(problem)
+            if args.json:
+                error = error_json(problem, "input")
+                _print_json({**JSON_FAILURE, "file": item.name, "error": error})
             continue
         try:
             raw = decode_document_input(item.data)
@@ -78,21 +91,27 @@ def run(args: argparse.Namespace) -> int:
             report = Report(False, (failed,), None, exc, None)
         else:
             report = verifier.evaluate(raw, at=at, policy=policy)
-        if not report.verified and status == EXIT_OK:
-            status = EXIT_REJECTED
+        if not report.verified:
+            if status == EXIT_OK:
+                status = EXIT_REJECTED
+            failure = report.error
+            why = f"{failure.check}: {failure.message}" if failure else "not verified"
+            print_error(f"{item.name}: rejected: {why}")
         if args.json:
-            results.append({"file": item.name, **report.to_json()})
+            _print_json({"file": item.name, **report.to_json()})
             continue
         verdict = "VERIFIED" if report.verified else "REJECTED"
         body = render_text(report).splitlines()[:-1]
         name = escape_untrusted(item.name)
-        texts.append("\n".join([f"{name}: {verdict}", *("  " + line for line in body)]))
+        text = "\n".join([f"{name}: {verdict}", *("  " + line for line in body)])
         if not report.verified and report.error is not None:
-            texts[-1] += f"\n  reason: {escape_untrusted(report.error.message)}"
-    if args.json:
-        import json  # only for --json: the text report does not need it
-
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
-    else:
-        print("\n\n".join(texts))
+            text += f"\n  reason: {escape_untrusted(report.error.message)}"
+        print(separator + text, flush=True)
+        separator = "\n"
     return status
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    import json  # only for --json: the text report does not need it
+
+    print(json.dumps(obj), flush=True)

@@ -141,6 +141,10 @@ class ProxyServer:
         self._pipes = PipePool() if config.splice and HAVE_SPLICE else None
         self._idle: IdleWatch | None = None
         self.address: Address | None = None
+        # For --metrics, read at scrape time: connections by how they ended, bytes each way.
+        self.ended: dict[str, int] = {}
+        self.bytes_up = 0
+        self.bytes_down = 0
 
     @property
     def active(self) -> int:
@@ -375,6 +379,11 @@ class ProxyServer:
 
     def _log(self, record: _Record, up: int, down: int, reason: str) -> None:
         assert self._loop is not None
+        end = reason.split(":")[0].split(" ")[0]
+        end = end if end in _END_CLASSES else "other"
+        self.ended[end] = self.ended.get(end, 0) + 1
+        self.bytes_up += up
+        self.bytes_down += down
         address = f" address={record.address}" if record.address else ""
         log.info(
             "connection peer=%s target=%s%s up=%d down=%d duration=%.3fs end=%s",
@@ -386,6 +395,10 @@ class ProxyServer:
             self._loop.time() - record.started,
             reason,
         )
+
+
+# How a connection ended, for the metrics label (the log line keeps the whole reason).
+_END_CLASSES = frozenset({"closed", "idle", "refused", "error", "shutdown", "reset"})
 
 
 def _peer_name(sock: socket.socket, peer: object) -> tuple[str, str]:

@@ -29,7 +29,8 @@ SESSION_PREFIX = f"{API}/session/"
 
 class Evidence(BaseModel):
     type: str
-    value: str = Field(description="the document, standard base64")
+    sha256: str = Field(description="SHA-256 of the submitted bytes, hex (the bytes are not kept)")
+    size: int = Field(description="their length in bytes")
 
 
 class SessionBody(BaseModel):
@@ -60,6 +61,7 @@ class Problem(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ready", "unavailable"]
+    reason: str | None = Field(None, description="why the store cannot take a session now")
 
 
 class SessionResponse(JSONResponse):

@@ -9,7 +9,6 @@ one in one thread beside it (INLINE_APPRAISAL_MAX says why).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import secrets
@@ -54,7 +53,7 @@ from nitro_attest.service.ear import EarSigner, ear_claims
 from nitro_attest.service.fastpath import FastPath, ServiceApp
 from nitro_attest.service.metrics import Metrics
 from nitro_attest.service.policies import PolicySet, load_policies
-from nitro_attest.service.sessions import Session, SessionStore, StoreError
+from nitro_attest.service.sessions import Session, SessionStore, StoreError, StoreFullError
 
 log = logging.getLogger("nitro_attest.service")
 
@@ -76,9 +75,21 @@ class ServiceConfig:
     store_factory: Callable[[], SessionStore]
     root_pem: bytes | None = None
     session_ttl: float = 300.0
-    nonce_reuse_window: float = 86400.0
+    clock_skew: float = 60.0
+    """How far the enclave's (NSM's) clock may be behind the service's: a document made before
+    its session began, less this, is contraindicated (an old document, replayed)."""
     body_timeout: float = 10.0
     handle_sighup: bool = False
+    log_format: str = "text"  # or "json" (nitro_attest.logs); times in UTC either way
+
+    @property
+    def nonce_reuse_window(self) -> float:
+        """How long a relying party's nonce is remembered. A document affirmed in a session was
+        made at most session_ttl + skew after the session began (its NSM clock may run ahead by
+        the skew); a later session with the same nonce accepts it only if it began at most skew
+        after the document: so a reuse inside ttl + 2 * skew could take the same document again,
+        and one after it cannot. Longer records would add nothing but memory."""
+        return self.session_ttl + 2 * self.clock_skew
 
 
 class ServiceState:
@@ -117,6 +128,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         loop = asyncio.get_running_loop()
         if config.handle_sighup:
             loop.add_signal_handler(signal.SIGHUP, state.reload)
+        reason = await state.store.health()
+        if reason is not None:  # named now, not first as a client's 503
+            log.warning("session store not ready: %s", reason)
         try:
             yield
         finally:
@@ -144,7 +158,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @app.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
         log.warning("session store error: %s", exc)
-        return problem(503, "Service Unavailable", "the session store did not answer")
+        # The cause goes to the log; a client learns only whether the store is full (its own
+        # retry can wait) or unavailable, not the store's address or its error text.
+        detail = "the session store is full" if isinstance(exc, StoreFullError) else (
+            "the session store is unavailable")
+        return problem(503, "Service Unavailable", detail)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -227,10 +245,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
             digest: str | None = hashlib.sha256(raw).hexdigest()
         else:
             raw, digest = secrets.token_bytes(nonce_size), None
+        now = time.time()
         session = Session(
             id=str(uuid.uuid4()),
             nonce=b64url(raw),
-            expires_at=time.time() + config.session_ttl,
+            expires_at=now + config.session_ttl,
+            created_at=now,
             policy=chosen.name,
             accept=(EVIDENCE_MEDIA_TYPE,),
         )
@@ -298,7 +318,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return problem(409, "Conflict", "this session already took its evidence")
         if session is None:
             return problem(404, "Not Found", "no such session (unknown or expired)")
-        evidence = {"type": EVIDENCE_MEDIA_TYPE, "value": base64.b64encode(body).decode()}
+        # What the result needs of the evidence, not the bytes: 64 KiB of junk per session
+        # would otherwise sit in the store for the session's lifetime.
+        evidence = {"type": EVIDENCE_MEDIA_TYPE, "sha256": hashlib.sha256(body).hexdigest(),
+                    "size": len(body)}  # fmt: skip
         try:
             if len(body) <= INLINE_APPRAISAL_MAX:
                 ear, status = _appraise_and_sign(session, body)
@@ -327,7 +350,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 annotated=policy_missing)  # fmt: skip
             return state.signer.sign(claims), "contraindicated"
         nonce = b64url_decode(session.nonce) or b""
-        result = appraise(state.verifier, policy, nonce, body)
+        result = appraise(state.verifier, policy, nonce, body,
+                          not_before=session.created_at - config.clock_skew)  # fmt: skip
         claims = ear_claims(
             nonce=session.nonce,
             status=result.status,
@@ -346,10 +370,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
-        if await state.store.ping():
+        reason = await state.store.health()
+        if reason is None:
             return JSONResponse({"status": "ready"})
         state.metrics.store_errors.inc()
-        return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
 
     text = {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
 
@@ -376,6 +401,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.fast = FastPath(new_session, submit_evidence, _store_down)
+    app.responses = state.metrics.responses
     return app
 
 

@@ -3,10 +3,14 @@ and the annotated evidence out. Synchronous and CPU-bound: the app runs it off t
 
 The status is ``affirming`` only when every required check passed: format, COSE signature,
 certificate chain, document kind, debug mode, PCRs (one allowed release), nonce (the session's),
-and freshness when the policy sets max_age. A debug document the policy allows is a ``warning``.
-Anything else is ``contraindicated``, naming the first failed check. The checks are the
-verifier's report as ``verify --json`` gives them (a check not run after a failed signature or
-chain is ``ok: null``); an unauthenticated payload is never repeated in the signed result.
+and freshness when the policy sets max_age; then the service's own two: ``session_time`` (the
+document was made no earlier than the session began, less the clock skew: an old document fails
+even when the store forgot every record) and ``caller_key_mark`` (PCR16 not marked: an enclave
+that signs keys its callers chose never has a document affirmed). A debug document the policy
+allows is a ``warning``. Anything else is ``contraindicated``, naming the first failed check.
+The checks are the verifier's report as ``verify --json`` gives them, then the service's two (a
+check not run after a failed signature or chain is ``ok: null``); an unauthenticated payload
+is never repeated in the signed result.
 docs/service.md gives the trustworthiness-vector mapping.
 """
 
@@ -14,14 +18,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nitro_attest import Verifier
+from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
+from nitro_attest.attestation.document import AttestationDocument
 from nitro_attest.service.policies import NamedPolicy
 
 REQUIRED = (
     "format", "cose_signature", "certificate_chain", "document_kind", "debug_mode", "pcrs", "nonce",
+    "session_time", "caller_key_mark",
 )  # fmt: skip
+NOT_AUTHENTICATED = "not run: document not authenticated"
 
 # AR4SI values (draft-ietf-rats-ar4si) as Veraison's EAR library names them.
 UNEXPECTED_EVIDENCE = 1
@@ -48,10 +57,12 @@ class Appraisal:
 
 
 def appraise(
-    verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes
+    verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes, *, not_before: float
 ) -> Appraisal:
+    """``not_before``: the session's start less the clock skew (seconds since the epoch)."""
     report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
     checks = [c.to_json() for c in report.checks]
+    checks += service_checks(report.document, not_before)
     required = (*REQUIRED, "freshness") if policy.max_age is not None else REQUIRED
     outcome = {c["name"]: c["ok"] for c in checks}
     failed = next((c["name"] for c in checks if c["ok"] is False), None)
@@ -99,7 +110,7 @@ def trust_vector(
     if outcome.get("certificate_chain") is not True or outcome.get("cose_signature") is not True:
         return {"instance-identity": UNRECOGNIZED_INSTANCE, "hardware": UNRECOGNIZED_HARDWARE}
     vector = {"instance-identity": TRUSTWORTHY_INSTANCE, "hardware": GENUINE_HARDWARE}
-    if outcome.get("debug_mode") is False:
+    if outcome.get("debug_mode") is False or outcome.get("caller_key_mark") is False:
         vector["configuration"] = UNSUPPORTABLE_CONFIG
     elif debug:
         vector["configuration"] = UNSAFE_CONFIG
@@ -112,3 +123,38 @@ def trust_vector(
     if outcome.get("document_kind") is True and policy.kind == "enclave" and not debug:
         vector["runtime-opaque"] = ISOLATED_MEMORY
     return vector
+
+
+def service_checks(doc: AttestationDocument | None, not_before: float) -> list[dict[str, Any]]:
+    """The service's checks beyond the verifier's, in its report's shape; not run (``ok`` None)
+    on a document whose signature or chain failed."""
+    if doc is None:
+        return [{"name": name, "ok": None, "detail": NOT_AUTHENTICATED}
+                for name in ("session_time", "caller_key_mark")]  # fmt: skip
+    made = doc.timestamp_ms / 1000
+    if made < not_before:
+        time_check = {"name": "session_time", "ok": False, "detail": (
+            f"document made at {_utc(made)}, before the session began (less the clock skew, "
+            f"{_utc(not_before)}): an old document")}  # fmt: skip
+    else:
+        time_check = {"name": "session_time", "ok": True,
+                      "detail": f"made at {_utc(made)}, after the session began (less the skew)"}
+    if CALLER_KEY_PCR not in doc.pcrs:
+        # Unlocked, so absent: an enclave that signs caller-chosen keys locks it marked before
+        # the opt-in takes effect (attestation/caller_keys.py), and the image that would do so
+        # is the one PCR0 measures: absence says this image never opted in.
+        mark = {"name": "caller_key_mark", "ok": True,
+                "detail": f"PCR{CALLER_KEY_PCR} not locked: no caller-key mark"}
+    elif signs_caller_keys(doc.pcrs):  # marked, or any value but the pristine one
+        mark = {"name": "caller_key_mark", "ok": False, "detail": (
+            f"PCR{CALLER_KEY_PCR} is not pristine: the enclave may sign public keys its callers "
+            "chose (serve --allow-caller-public-key), so no key it names is the enclave's")}
+    else:
+        mark = {"name": "caller_key_mark", "ok": True,
+                "detail": f"PCR{CALLER_KEY_PCR} pristine: no caller-key mark"}
+    return [time_check, mark]
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

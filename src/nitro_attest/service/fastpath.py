@@ -5,10 +5,11 @@ cost about as much CPU as the handlers themselves (bench/service.py)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from nitro_attest.service.api_shapes import API, SESSION_PREFIX
 from nitro_attest.service.sessions import StoreError
@@ -54,7 +55,35 @@ class ServiceApp(FastAPI):
     """
 
     fast: FastPath | None = None
+    responses: Any = None  # the metrics' HTTP answers counter (endpoint, code), when set
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast is None or not await self.fast(scope, receive, send):
-            await super().__call__(scope, receive, send)
+        counter = self.responses
+        answer = send
+        if counter is not None and scope["type"] == "http":
+            endpoint = endpoint_label(scope["path"])
+
+            async def counted(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    counter.labels(endpoint, str(message["status"])).inc()
+                await send(message)
+
+            answer = counted
+        if self.fast is None or not await self.fast(scope, receive, answer):
+            await super().__call__(scope, receive, answer)
+
+
+def endpoint_label(path: str) -> str:
+    """A fixed name per route (a label per session id would grow without bound)."""
+    if path.startswith(SESSION_PREFIX):
+        return "session"
+    return _ENDPOINTS.get(path, "other")
+
+
+_ENDPOINTS = {
+    f"{API}/newSession": "newSession",
+    "/healthz": "healthz",
+    "/metrics": "metrics",
+    "/openapi.json": "openapi",
+    "/.well-known/veraison/verification": "discovery",
+}

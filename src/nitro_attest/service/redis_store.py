@@ -7,15 +7,19 @@ cannot both see ``waiting``, and a late ``finish`` cannot resurrect an expired k
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 from redis.exceptions import RedisError
 
-from nitro_attest.service.sessions import ClaimOutcome, Session, StoreError
+from nitro_attest.service.sessions import ClaimOutcome, Session, StoreError, StoreFullError
 
 PREFIX = "nitro-attest:"
+HEALTH_KEY = f"{PREFIX}health"
+_HEALTH_PROBE = b"\x00" * 1024
 
 # KEYS: the session, the nonce record ('' when the service chose the nonce).
 # ARGV: the session JSON, its expiry (ms since the epoch), the nonce record's lifetime (ms).
@@ -43,26 +47,62 @@ return 1
 """
 
 
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', for messages and logs."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
 def check_redis_url(url: str) -> str:
-    """Accept redis://HOST:PORT/DB (and rediss://); anything else is a one-line ValueError."""
+    """Accept redis://HOST:PORT/DB (and rediss://); anything else is a one-line ValueError
+    (which never repeats a password the URL carries)."""
     parts = urlsplit(url)
+    shown = redact_url(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(f"{url!r}: expected redis://HOST:PORT/DB")
+        raise ValueError(f"{shown!r}: expected redis://HOST:PORT/DB")
     try:
         _ = parts.port
     except ValueError:
-        raise ValueError(f"{url!r}: bad port") from None
+        raise ValueError(f"{shown!r}: bad port") from None
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number")
+        raise ValueError(f"{shown!r}: the database must be a number")
     return url
 
 
+def describe_redis_error(exc: BaseException) -> str:
+    """One line naming the cause: an operator must tell a wrong password from a full or a
+    stopped Redis (all three used to read "did not answer")."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, rx.AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail:
+        return f"redis refused the credentials: {detail}"
+    if isinstance(exc, rx.AuthorizationError) or "NOPERM" in detail:
+        return f"redis user lacks a permission: {detail}"
+    if isinstance(exc, rx.OutOfMemoryError) or detail.startswith("OOM"):
+        return f"redis refuses writes (maxmemory reached): {detail}"
+    if isinstance(exc, rx.ReadOnlyError):
+        return f"redis refuses writes (read-only replica): {detail}"
+    if isinstance(exc, rx.TimeoutError | TimeoutError):
+        return f"redis did not answer in time: {detail}"
+    if isinstance(exc, rx.ConnectionError | OSError):
+        return f"cannot reach redis: {detail}"
+    if isinstance(exc, rx.ResponseError):
+        return f"redis refused the command: {detail}"
+    return f"redis: {detail}"
+
+
+def _store_error(exc: RedisError) -> StoreError:
+    message = describe_redis_error(exc)
+    full = isinstance(exc, rx.OutOfMemoryError) or str(exc).startswith("OOM")
+    return StoreFullError(message) if full else StoreError(message)
+
+
 class RedisStore:
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
-        self._redis: Any = aioredis.from_url(
-            check_redis_url(url), socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+    def __init__(self, url: str, *, password: str | None = None, timeout: float = 2.0) -> None:
+        """``password`` applies when the URL carries none (it comes from the environment)."""
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if password is not None and urlsplit(url).password is None:
+            options["password"] = password
+        self._redis: Any = aioredis.from_url(check_redis_url(url), **options)
         self._create = self._redis.register_script(_CREATE)
         self._claim = self._redis.register_script(_CLAIM)
         self._finish = self._redis.register_script(_FINISH)
@@ -82,14 +122,14 @@ class RedisStore:
                       max(1, int(nonce_ttl * 1000))],
             )  # fmt: skip
         except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise _store_error(exc) from None
         return int(done) == 1
 
     async def get(self, session_id: str) -> Session | None:
         try:
             values = await self._redis.hmget(self._key(session_id), ["state", "session"])
         except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise _store_error(exc) from None
         state, body = values
         if state is None or body is None:
             return None
@@ -102,7 +142,7 @@ class RedisStore:
         try:
             outcome = await self._claim(keys=[self._key(session_id)])
         except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise _store_error(exc) from None
         if isinstance(outcome, bytes):
             return "claimed", Session.loads(outcome).processing()
         return ("missing", None) if int(outcome) == 0 else ("taken", None)
@@ -113,20 +153,25 @@ class RedisStore:
                 keys=[self._key(session.id)], args=[session.state, session.dumps()]
             )
         except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise _store_error(exc) from None
         return int(done) == 1
 
     async def delete(self, session_id: str) -> bool:
         try:
             return int(await self._redis.delete(self._key(session_id))) == 1
         except RedisError as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise _store_error(exc) from None
 
-    async def ping(self) -> bool:
+    async def health(self) -> str | None:
+        # A write, not a PING: a Redis at maxmemory (noeviction) still answers PING but refuses
+        # every new session, and a replica that lost its primary is read-only. As large as a
+        # session record: Redis counts the command's own bytes, so a tiny probe still fits
+        # when a session no longer does.
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
+            await self._redis.set(HEALTH_KEY, _HEALTH_PROBE, px=10_000)
+        except (RedisError, OSError) as exc:
+            return describe_redis_error(exc)
+        return None
 
     async def close(self) -> None:
         await self._redis.aclose()

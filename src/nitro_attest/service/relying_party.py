@@ -1,24 +1,34 @@
 """The relying party's side: run a challenge-response session against a verification service and
-check the EAR it returns with the key the service publishes.
+check the EAR it returns with the service's key, pinned.
 
 Standard library HTTP (urllib) and PyJWT only. The EAR is trusted only after its signature
-verifies with the discovered key (ES256/ES384 only), its profile is EAR's, and its ``eat_nonce``
-is this session's nonce: a result for some other session, or a replayed one, is refused.
+verifies with a pinned key (``ear_key`` PEM or ``ear_jwks``; ES256/ES384 only), its profile is
+EAR's, and its ``eat_nonce`` is this session's nonce: a result for some other session, or a
+replayed one, is refused. The key the service advertises is used only when the caller says so
+(``trust_advertised_key``): whoever answers for the service (the parent, a DNS or proxy in the
+way) would otherwise pick the key its own affirming EARs verify with. Plain ``http://`` is
+refused to anything but loopback (``insecure_http`` to allow it), and a redirect or a session
+``Location`` on another origin is never followed.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from http.client import HTTPMessage
+from typing import IO, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from nitro_attest.errors import TransportError
@@ -28,6 +38,37 @@ MAX_RESPONSE = 1024 * 1024
 EAR_ALGS = ("ES256", "ES384")
 WELL_KNOWN = "/.well-known/veraison/verification"
 _RANK = {"affirming": 0, "none": 1, "warning": 2, "contraindicated": 3}
+_CURVE_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "P-256": "ES256", "P-384": "ES384"}
+MAX_JWKS_KEYS = 64
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the origin it was sent to: a redirect elsewhere would
+    hand the session (and the choice of service) to whoever answered."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+        headers: HTTPMessage, newurl: str,
+    ) -> urllib.request.Request | None:  # fmt: skip
+        if origin(newurl) != origin(req.full_url):
+            raise ServiceClientError(
+                f"{req.full_url}: HTTP {code} redirect to another origin ({newurl}): refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class ServiceClientError(TransportError):
@@ -55,13 +96,25 @@ class Appraisal:
         return None
 
 
+class ServiceNotListeningError(ServiceClientError):
+    """The service's address refused the connection: not listening (yet)."""
+
+
 class ServiceClient:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = 10.0, insecure_http: bool = False
+    ) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServiceClientError(f"{base_url!r}: expected http(s)://HOST:PORT")
+        if parts.scheme == "http" and not insecure_http and not is_loopback(parts.hostname):
+            raise ServiceClientError(
+                f"{base_url}: plain http:// to another machine lets anyone on the path answer "
+                "for the service; use https://, or insecure_http (--insecure-http) to allow it")
         self.base_url = base_url.rstrip("/") + "/"
+        self.origin = origin(self.base_url)
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_SameOriginRedirects())
 
     def _call(
         self,
@@ -76,7 +129,7 @@ class ServiceClient:
         if content_type:
             request.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read(MAX_RESPONSE + 1)
                 status, location = response.status, response.headers.get("Location", "")
         except urllib.error.HTTPError as exc:
@@ -86,7 +139,12 @@ class ServiceClient:
             raise ServiceClientError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ServiceClientError(f"{url}: cannot reach the service: {reason}") from None
+            error = (
+                ServiceNotListeningError
+                if isinstance(reason, ConnectionRefusedError)
+                else ServiceClientError
+            )
+            raise error(f"{url}: cannot reach the service: {reason}") from None
         if status != expect:
             raise ServiceClientError(f"{method} {url}: HTTP {status}, expected {expect}")
         if len(raw) > MAX_RESPONSE:
@@ -119,7 +177,11 @@ class ServiceClient:
         body, location = self._call("POST", url, expect=201)
         if not location or not isinstance(body.get("nonce"), str):
             raise ServiceClientError("newSession: no Location or nonce in the answer")
-        return urljoin(url, location), body
+        session_url = urljoin(url, location)
+        if origin(session_url) != self.origin:  # the document would go elsewhere
+            raise ServiceClientError(
+                f"newSession: session Location {session_url} is on another origin: refused")
+        return session_url, body
 
     def submit(self, session_url: str, document: bytes, media_type: str) -> dict[str, Any]:
         body, _ = self._call("POST", session_url, body=document, content_type=media_type)
@@ -130,18 +192,68 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def verify_ear(token: str, jwk: dict[str, Any], nonce: str) -> dict[str, Any]:
-    """The EAR's claims, once its signature, profile and nonce check out; EarError otherwise."""
-    alg = jwk.get("alg")
-    if alg not in EAR_ALGS:
-        raise EarError(f"verification key algorithm {alg!r} is not ES256 or ES384")
+def load_ear_key(pem: bytes, source: str = "EAR key") -> dict[str, Any]:
+    """A pinned EAR key from a PEM public key (or certificate): its JWK with ``alg``."""
     try:
-        key = ECAlgorithm.from_jwk(json.dumps(jwk))
-        claims: dict[str, Any] = jwt.decode(
-            token, key, algorithms=[str(alg)], options={"require": ["iat"]}  # type: ignore[arg-type]
-        )
-    except (jwt.PyJWTError, ValueError) as exc:
-        raise EarError(f"EAR does not verify: {exc}") from None
+        if b"BEGIN CERTIFICATE" in pem:
+            from cryptography import x509
+
+            key: Any = x509.load_pem_x509_certificate(pem).public_key()
+        else:
+            key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise ServiceClientError(f"{source}: not a PEM public key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVE_ALGS:
+        raise ServiceClientError(f"{source}: not an EC P-256 or P-384 public key")
+    jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key))
+    jwk["alg"] = _CURVE_ALGS[key.curve.name]
+    return jwk
+
+
+def load_ear_jwks(jwks: Mapping[str, Any], source: str = "EAR JWKS") -> list[dict[str, Any]]:
+    """Pinned EAR keys from a JWK set (``{"keys": [...]}``): EC P-256/P-384 public keys."""
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list) or not keys or len(keys) > MAX_JWKS_KEYS:
+        raise ServiceClientError(f"{source}: expected {{\"keys\": [1..{MAX_JWKS_KEYS} JWKs]}}")
+    pinned: list[dict[str, Any]] = []
+    for i, jwk in enumerate(keys):
+        if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or "d" in jwk:
+            raise ServiceClientError(f"{source}: key {i} is not an EC public JWK")
+        alg = _CURVE_ALGS.get(str(jwk.get("crv")))
+        if alg is None or jwk.get("alg", alg) != alg:
+            raise ServiceClientError(f"{source}: key {i} is not ES256 on P-256 or ES384 on P-384")
+        try:
+            ECAlgorithm.from_jwk(json.dumps(jwk))
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise ServiceClientError(f"{source}: key {i}: {exc}") from None
+        pinned.append({**jwk, "alg": alg})
+    return pinned
+
+
+def verify_ear(
+    token: str, jwk: Mapping[str, Any] | Sequence[Mapping[str, Any]], nonce: str
+) -> dict[str, Any]:
+    """The EAR's claims, once its signature (by ``jwk``, or by one of several pinned keys),
+    profile and nonce check out; EarError otherwise."""
+    keys = [jwk] if isinstance(jwk, Mapping) else list(jwk)
+    if not keys:
+        raise EarError("no EAR verification key given")
+    failure = "no key"
+    for candidate in keys:
+        alg = candidate.get("alg")
+        if alg not in EAR_ALGS:
+            raise EarError(f"verification key algorithm {alg!r} is not ES256 or ES384")
+        try:
+            key = ECAlgorithm.from_jwk(json.dumps(dict(candidate)))
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[str(alg)], options={"require": ["iat"]}  # type: ignore[arg-type]
+            )
+            break
+        except (jwt.PyJWTError, ValueError) as exc:
+            failure = str(exc)
+    else:
+        which = "the key" if len(keys) == 1 else f"any of the {len(keys)} keys"
+        raise EarError(f"EAR does not verify with {which}: {failure}")
     if claims.get("eat_profile") != EAR_PROFILE:
         raise EarError(f"EAR profile is {claims.get('eat_profile')!r}, not {EAR_PROFILE}")
     if claims.get("eat_nonce") != nonce:
@@ -155,6 +267,21 @@ def verify_ear(token: str, jwk: dict[str, Any], nonce: str) -> dict[str, Any]:
     return claims
 
 
+def _discover_when_listening(client: ServiceClient, timeout: float) -> dict[str, Any]:
+    """Discovery, waiting within ``timeout`` for a service that is starting (connection refused,
+    as right after `nitro-attest service ... &`); any other failure ends at once."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return client.discover()
+        except ServiceNotListeningError:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def appraise(
     service_url: str,
     get_document: Callable[[bytes], bytes],
@@ -162,11 +289,29 @@ def appraise(
     policy: str | None = None,
     nonce_size: int = 32,
     timeout: float = 10.0,
+    ear_key: bytes | None = None,
+    ear_jwks: Mapping[str, Any] | None = None,
+    trust_advertised_key: bool = False,
+    insecure_http: bool = False,
 ) -> Appraisal:
     """Challenge-response: a nonce from the service, the document for it from ``get_document``
-    (an enclave asked with that nonce), and the EAR back, verified."""
-    client = ServiceClient(service_url, timeout=timeout)
-    discovery = client.discover()
+    (an enclave asked with that nonce), and the EAR back, verified with the pinned key.
+
+    ``ear_key`` (PEM public key) and/or ``ear_jwks`` (a JWK set) pin the service's EAR key; one
+    of them is required unless ``trust_advertised_key`` accepts whatever key the service (or
+    whoever answers for it) advertises. Production relying parties pin.
+    """
+    pinned: list[dict[str, Any]] = []
+    if ear_key is not None:
+        pinned.append(load_ear_key(ear_key))
+    if ear_jwks is not None:
+        pinned += load_ear_jwks(ear_jwks)
+    if not pinned and not trust_advertised_key:
+        raise ServiceClientError(
+            "no pinned EAR key: give ear_key (PEM) or ear_jwks, or trust_advertised_key=True "
+            "to accept whatever key the service advertises")
+    client = ServiceClient(service_url, timeout=timeout, insecure_http=insecure_http)
+    discovery = _discover_when_listening(client, timeout)
     media_types = discovery.get("media-types")
     if not isinstance(media_types, list) or not media_types:
         raise ServiceClientError("discovery: no media-types")
@@ -177,6 +322,12 @@ def appraise(
     token = done.get("result")
     if done.get("state") != "complete" or not isinstance(token, str):
         raise ServiceClientError(f"session ended {done.get('state')!r} without a result")
-    claims = verify_ear(token, discovery["ear-verification-key"], nonce)
+    if pinned:
+        try:
+            claims = verify_ear(token, pinned, nonce)
+        except EarError as exc:
+            raise EarError(f"{exc} (pinned EAR key: not the key that signed this EAR)") from None
+    else:
+        claims = verify_ear(token, discovery["ear-verification-key"], nonce)
     status = max((s["ear.status"] for s in claims["submods"].values()), key=_RANK.__getitem__)
     return Appraisal(status, claims, token, session_url)

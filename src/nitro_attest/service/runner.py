@@ -1,9 +1,15 @@
-"""Run the app under uvicorn: one process, or N forked workers sharing one listening socket.
+"""Run the app under uvicorn: one process, or N forked workers, each with a listening socket.
 
 uvicorn's own multi-process supervisor restarts every worker on SIGHUP, which would drop the
-"a failed reload keeps the old policies" promise; so with N workers this parent binds the socket,
-forks the workers, forwards SIGHUP (each worker reloads its policies itself) and SIGTERM (each
-worker drains in-flight requests and stops), and restarts a worker that dies unexpectedly.
+"a failed reload keeps the old policies" promise; so with N workers this parent binds the
+sockets, forks the workers, forwards SIGHUP (each worker reloads its policies itself) and SIGTERM
+(each worker drains in-flight requests and stops), and restarts a worker that dies unexpectedly.
+
+One socket per worker, bound with SO_REUSEPORT: the kernel spreads new connections across them
+by their addresses. With one shared socket every idle worker waits on it and the busiest tends
+to win the accept, so keep-alive connections piled onto one worker (17 of 17 in a soak). The
+parent keeps every socket open, so a dead worker's queued connections wait for its replacement
+instead of being reset. (Linux lets only the same user bind the port again with SO_REUSEPORT.)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from types import FrameType
 
 import uvicorn
 
+from nitro_attest.logs import uvicorn_log_config
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
 
@@ -34,6 +41,7 @@ def _uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Conf
         http=GatheringHttpToolsProtocol,
         access_log=False,
         log_level="info",
+        log_config=uvicorn_log_config(config.log_format),
         timeout_graceful_shutdown=GRACE_SECONDS,
         limit_concurrency=1024,
     )
@@ -46,18 +54,34 @@ def serve(config: ServiceConfig, host: str, port: int, workers: int = 1) -> int:
         _exit_zero_after_drain()
         server.run()
         return 0 if server.started else 2
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sockets = listening_sockets(host, port, workers)
     except OSError as exc:
         print(f"nitro-attest: error: cannot listen on {host}:{port}: {exc.strerror or exc}",
               file=sys.stderr)  # fmt: skip
         return 2
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return _Supervisor(config, sock, workers).run()
+    return _Supervisor(config, sockets).run()
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on one address with SO_REUSEPORT (port 0: the first one's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _exit_zero_after_drain() -> None:
@@ -67,14 +91,13 @@ def _exit_zero_after_drain() -> None:
 
 
 class _Supervisor:
-    def __init__(self, config: ServiceConfig, sock: socket.socket, workers: int) -> None:
+    def __init__(self, config: ServiceConfig, sockets: list[socket.socket]) -> None:
         self.config = config
-        self.sock = sock
-        self.workers = workers
-        self.children: set[int] = set()
+        self.sockets = sockets
+        self.children: dict[int, int] = {}  # pid -> index of the socket it serves
         self.stopping = False
 
-    def _spawn(self) -> None:
+    def _spawn(self, index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             for sig in (signal.SIGHUP, signal.SIGINT):
@@ -82,13 +105,17 @@ class _Supervisor:
             _exit_zero_after_drain()
             code = 1
             try:
-                host, port = self.sock.getsockname()[:2]
+                mine = self.sockets[index]
+                for i, other in enumerate(self.sockets):
+                    if i != index:
+                        other.close()
+                host, port = mine.getsockname()[:2]
                 server = uvicorn.Server(_uvicorn_config(self.config, host, port))
-                server.run(sockets=[self.sock])
+                server.run(sockets=[mine])
                 code = 0
             finally:
                 os._exit(code)
-        self.children.add(pid)
+        self.children[pid] = index
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -98,14 +125,15 @@ class _Supervisor:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
-                self.children.discard(pid)
+                self.children.pop(pid, 0)
 
     def run(self) -> int:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._forward)
-        for _ in range(self.workers):
-            self._spawn()
-        log.info("started %d workers on %s", self.workers, self.sock.getsockname())
+        for index in range(len(self.sockets)):
+            self._spawn(index)
+        log.info("started %d workers on %s, one SO_REUSEPORT socket each", len(self.sockets),
+                 self.sockets[0].getsockname())  # fmt: skip
         deadline: float | None = None
         while self.children:
             try:
@@ -120,10 +148,11 @@ class _Supervisor:
                         os.kill(child, signal.SIGKILL)
                 time.sleep(0.1)
                 continue
-            self.children.discard(pid)
-            if not self.stopping:
+            index = self.children.pop(pid, -1)
+            if index >= 0 and not self.stopping:
                 log.error("worker %d exited (status %d); starting another", pid, status)
                 time.sleep(0.5)
-                self._spawn()
-        self.sock.close()
+                self._spawn(index)
+        for sock in self.sockets:
+            sock.close()
         return 0

@@ -3,11 +3,17 @@
 A session is waiting -> processing -> complete (or failed). Moving out of ``waiting`` is one atomic
 compare-and-set in the store (``claim``), so one piece of evidence, on one replica, is ever
 appraised per session; every later submission is a conflict. Sessions vanish at their expiry.
+
+A session records when it began (``created_at``): the appraisal refuses a document made before
+that, less the stated clock skew, so an old document fails even after the store lost every
+record. Nonce records (relying parties' nonces, against reuse) are only needed that long.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -21,7 +27,11 @@ ClaimOutcome = Literal["claimed", "missing", "taken"]
 
 
 class StoreError(TransportError):
-    """The session store did not answer (network, timeout, server error)."""
+    """The session store did not answer (network, timeout, server error) or refused."""
+
+
+class StoreFullError(StoreError):
+    """The store is at its bound (memory store cap, Redis maxmemory): no new session now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +40,13 @@ class Session:
     nonce: str
     """base64url without padding, as the API shows it."""
     expires_at: float
+    created_at: float
+    """When the session began (service clock): documents made before it, less the skew, fail."""
     policy: str
     accept: tuple[str, ...]
     state: State = "waiting"
-    evidence: dict[str, str] | None = None
+    evidence: dict[str, Any] | None = None
+    """``{type, sha256, size}`` of what was submitted: the digest, never the bytes."""
     result: str | None = None
 
     @property
@@ -58,23 +71,27 @@ class Session:
         # By hand rather than dataclasses.asdict, which deep-copies the evidence and the EAR;
         # orjson, as json.dumps spent ~40 us escaping them (a Redis store writes this per step).
         return orjson.dumps({"id": self.id, "nonce": self.nonce, "expires_at": self.expires_at,
-                             "policy": self.policy, "accept": self.accept, "state": self.state,
+                             "created_at": self.created_at, "policy": self.policy,
+                             "accept": self.accept, "state": self.state,
                              "evidence": self.evidence, "result": self.result})  # fmt: skip
 
     @classmethod
     def loads(cls, text: str | bytes) -> Session:
         data = orjson.loads(text)
         data["accept"] = tuple(data["accept"])
+        # A record written before sessions carried their start: the strictest reading (only a
+        # document made in the session's last skew seconds passes), never "no bound".
+        data.setdefault("created_at", data["expires_at"])
         return cls(**data)
 
-    def finished(self, state: State, evidence: dict[str, str], result: str | None) -> Session:
+    def finished(self, state: State, evidence: dict[str, Any], result: str | None) -> Session:
         # Built directly: dataclasses.replace inspects the fields on every call (~10 us).
-        return Session(self.id, self.nonce, self.expires_at, self.policy, self.accept, state,
-                       evidence, result)  # fmt: skip
+        return Session(self.id, self.nonce, self.expires_at, self.created_at, self.policy,
+                       self.accept, state, evidence, result)  # fmt: skip
 
     def processing(self) -> Session:
-        return Session(self.id, self.nonce, self.expires_at, self.policy, self.accept,
-                       "processing", self.evidence, self.result)  # fmt: skip
+        return Session(self.id, self.nonce, self.expires_at, self.created_at, self.policy,
+                       self.accept, "processing", self.evidence, self.result)  # fmt: skip
 
 
 class SessionStore(Protocol):
@@ -96,20 +113,38 @@ class SessionStore(Protocol):
 
     async def delete(self, session_id: str) -> bool: ...
 
-    async def ping(self) -> bool: ...
+    async def health(self) -> str | None:
+        """None when the store can take a new session now; otherwise why not, in one line."""
 
     async def close(self) -> None: ...
 
 
 class MemoryStore:
-    """Sessions in this process only: one worker, no replicas (the CLI enforces it)."""
+    """Sessions in this process only: one worker, no replicas (the CLI enforces it).
+
+    Two separate bounds: ``max_sessions`` counts live sessions (a deleted or expired one frees
+    its slot at once), ``max_nonces`` the relying parties' nonce records, which outlive their
+    session by the reuse window. When the nonce records are full, a session with a relying-party
+    nonce is refused (503: forgetting a record would reopen a replay) while sessions with a
+    service-chosen nonce are still created.
+    """
 
     MAX_SESSIONS = 100_000
+    MAX_NONCES = 100_000
+    _FULL_SWEEP_INTERVAL = 1.0
 
-    def __init__(self, clock: Any = time.time) -> None:
-        self._sessions: dict[str, Session] = {}
-        self._nonces: dict[str, float] = {}
+    def __init__(
+        self, clock: Any = time.time, *, max_sessions: int = MAX_SESSIONS,
+        max_nonces: int = MAX_NONCES,
+    ) -> None:  # fmt: skip
+        # OrderedDicts: the sweep pops from the front, which a plain dict makes O(n) (its
+        # iteration skips every deleted slot until the next resize).
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._nonces: OrderedDict[str, float] = OrderedDict()
         self._clock = clock
+        self.max_sessions = max_sessions
+        self.max_nonces = max_nonces
+        self._last_full_sweep = -math.inf
 
     def _live(self, session_id: str) -> Session | None:
         session = self._sessions.get(session_id)
@@ -118,24 +153,42 @@ class MemoryStore:
             return None
         return session
 
-    def _sweep(self) -> None:
-        now = self._clock()
-        for sid in [s for s, v in self._sessions.items() if v.expires_at <= now]:
-            del self._sessions[sid]
-        for key in [k for k, t in self._nonces.items() if t <= now]:
-            del self._nonces[key]
+    def _sweep(self, now: float) -> None:
+        # Both are in insertion order and every entry of one kind lives as long as the
+        # others (one TTL per process), so the expired ones are at the front: O(expired), not
+        # O(n). After a clock step back the order can be off; a full sweep, at most once a
+        # second and only when a bound is reached, catches what the front sweep missed.
+        sessions, nonces = self._sessions, self._nonces
+        while sessions:
+            sid, first = next(iter(sessions.items()))
+            if first.expires_at > now:
+                break
+            sessions.popitem(last=False)
+        while nonces:
+            key, until = next(iter(nonces.items()))
+            if until > now:
+                break
+            nonces.popitem(last=False)
+        full = len(sessions) >= self.max_sessions or len(nonces) >= self.max_nonces
+        if full and now - self._last_full_sweep >= self._FULL_SWEEP_INTERVAL:
+            self._last_full_sweep = now
+            for sid in [s for s, v in sessions.items() if v.expires_at <= now]:
+                del sessions[sid]
+            for key in [k for k, t in nonces.items() if t <= now]:
+                del nonces[key]
 
     async def create(
         self, session: Session, *, nonce_digest: str | None = None, nonce_ttl: float = 0.0
     ) -> bool:
-        if len(self._sessions) >= self.MAX_SESSIONS or len(self._nonces) >= self.MAX_SESSIONS:
-            self._sweep()
-            if len(self._sessions) >= self.MAX_SESSIONS or len(self._nonces) >= self.MAX_SESSIONS:
-                raise StoreError(f"memory store full ({self.MAX_SESSIONS} live entries)")
+        now = self._clock()
+        self._sweep(now)
+        if len(self._sessions) >= self.max_sessions:
+            raise StoreFullError(f"memory store full ({self.max_sessions} live sessions)")
         if nonce_digest is not None:
-            now = self._clock()
             if self._nonces.get(nonce_digest, 0.0) > now:
                 return False
+            if len(self._nonces) >= self.max_nonces:
+                raise StoreFullError(f"memory store full ({self.max_nonces} nonce records)")
             self._nonces[nonce_digest] = now + nonce_ttl
         self._sessions[session.id] = session
         return True
@@ -164,8 +217,11 @@ class MemoryStore:
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
-    async def ping(self) -> bool:
-        return True
+    async def health(self) -> str | None:
+        self._sweep(self._clock())
+        if len(self._sessions) >= self.max_sessions:
+            return f"memory store full ({len(self._sessions)} live sessions)"
+        return None
 
     async def close(self) -> None:
         self._sessions.clear()

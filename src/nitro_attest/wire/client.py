@@ -71,11 +71,16 @@ def unreachable_hint(address: Address) -> str:
 
 
 # connect() errors that mean "not now" rather than "not there": retried until the timeout.
-RETRY_CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ECONNRESET})
+# ENOENT is a Unix socket whose server has not bound it yet (`serve ... &` then `attest`).
+RETRY_CONNECT_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EAGAIN, errno.ECONNRESET, errno.ENOENT}
+)
 # send() errors on a fresh connection: the server closed it (it was full) before our request.
 RETRY_SEND_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET})
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
+# An attempt that fails with less than this left of the deadline was cut short by it.
+_LATE = 0.05
 
 
 class Backoff:
@@ -193,18 +198,33 @@ class Connection:
     def request(self, request: Request) -> Response:
         """Send one request and return the response; an ErrorResponse raises EnclaveError."""
         frame = request.encode()
+        refused: _Retry | None = None  # the last "not now" answer, while retrying
         while True:
             try:
                 response = self._exchange(frame)
             except _Retry as retry:
+                refused = retry
                 backoff = self._backoff
                 assert backoff is not None
                 if not backoff.wait():
                     self._backoff = None
                     raise retry.final from None
                 self._sock.close()
-                self._sock = self._connect()
+                try:
+                    self._sock = self._connect()
+                except ClientError:
+                    self._backoff = None
+                    if backoff.remaining() < _LATE:  # the deadline ended it: report the refusal
+                        raise retry.final from None
+                    raise
                 continue
+            except ClientError:
+                # An attempt after a refusal cut short by the overall deadline (a loaded
+                # server answers late): the reason to report is the refusal, not the timeout.
+                self._backoff, backoff = None, self._backoff
+                if refused is not None and backoff is not None and backoff.remaining() < _LATE:
+                    raise refused.final from None
+                raise
             except BaseException:
                 self._backoff = None  # the first request is over: no retry after this
                 raise

@@ -197,6 +197,7 @@ class EnclaveServer:
         self._log = request_log or LoggingRequestLog()
         self._answers: list[tuple[_Connection, bytes]] = []  # this turn's, in request order
         self.requests_served = 0
+        self.answered: dict[tuple[str, str], int] = {}  # (request type, "ok" or error code)
         self.shed = RateLimitedCount(
             lambda n: log.warning(
                 "shed %d least recently active connection(s) to admit new ones (limit %d)",
@@ -368,6 +369,9 @@ class EnclaveServer:
             else:
                 response = self._run_handler(handler, request, peer)
         self.requests_served += 1
+        # For --metrics: answers by request type and outcome, read at scrape time.
+        outcome = (kind, response.code if isinstance(response, ErrorResponse) else "ok")
+        self.answered[outcome] = self.answered.get(outcome, 0) + 1
         elapsed = (time.perf_counter() - started) * 1000
         try:
             self._log.request(
@@ -591,10 +595,12 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     socket_mode: int = DEFAULT_SOCKET_MODE,
     request_log: RequestLog | None = None,
+    created: Callable[[EnclaveServer], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly.
 
-    ``request_log`` takes the line per request (default: INFO records of this module's logger).
+    ``request_log`` takes the line per request (default: INFO records of this module's logger);
+    ``created`` is handed the server before it listens (its counters feed ``serve --metrics``).
     """
     cap, fd_limit = descriptor_budget(max_connections)
     if cap < max_connections:
@@ -610,6 +616,8 @@ async def serve(
         socket_mode=socket_mode,
         request_log=request_log,
     )
+    if created is not None:
+        created(server)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
