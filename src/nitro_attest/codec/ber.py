@@ -59,10 +59,11 @@ def describe(cls: int, tag: int) -> str:
     return f"[{_CLASS_NAMES[cls].upper()} {tag}]"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ cost a third of the decode
 class Tlv:
-    """One decoded item. ``content`` holds a primitive's contents; ``children`` a constructed one's
-    items. ``offset`` is where the item starts in the input (for error messages)."""
+    """One decoded item (treat it as read-only). ``content`` holds a primitive's contents;
+    ``children`` a constructed one's items. ``offset`` is where the item starts in the input
+    (for error messages)."""
 
     cls: int
     tag: int
@@ -85,13 +86,13 @@ class Tlv:
         self, tag: int, *, cls: int = UNIVERSAL, constructed: bool | None = None, what: str = "",
     ) -> Tlv:
         """This item if it has the tag (and form, when given); else ``BerError`` naming ``what``."""
-        label = what or describe(cls, tag)
         if self.tag != tag or self.cls != cls:
-            raise BerError(f"{label}: expected {describe(cls, tag)}, found {self.name} "
-                           f"at offset {self.offset}")
+            raise BerError(f"{what or describe(cls, tag)}: expected {describe(cls, tag)}, found "
+                           f"{self.name} at offset {self.offset}")
         if constructed is not None and self.constructed != constructed:
             form = "constructed" if constructed else "primitive"
-            raise BerError(f"{label}: expected a {form} {self.name} at offset {self.offset}")
+            raise BerError(f"{what or describe(cls, tag)}: expected a {form} {self.name} at "
+                           f"offset {self.offset}")
         return self
 
     def items(self, count: int | None = None, *, what: str = "") -> tuple[Tlv, ...]:

@@ -180,7 +180,17 @@ def _content(info: ber.Tlv) -> tuple[bytes, bytes]:
     return iv_bytes, content
 
 
+_OID_CONTENTS = {
+    oid: ber.encode_oid(oid)[2:]  # each is shorter than 128 bytes: a two-byte header
+    for oid in (ID_ENVELOPED_DATA, ID_DATA, RSAES_OAEP, MGF1_OID, P_SPECIFIED, SHA256, AES256_CBC)
+}
+
+
 def _oid(item: ber.Tlv, expected: str, what: str) -> None:
+    if item.content == _OID_CONTENTS[expected] and item.is_(ber.OBJECT_IDENTIFIER) and (
+        not item.constructed
+    ):
+        return  # the common case, compared as bytes; decoded below only to say what was found
     found = item.expect(ber.OBJECT_IDENTIFIER, what=what).oid(what=what)
     if found != expected:
         raise ber.BerError(f"{what}: found {found}, expected {expected}")
