@@ -218,7 +218,9 @@ print(base64.b64decode(json.loads(sys.stdin.read())["Plaintext"]).decode())' <<<
     PROXY_PID=""
     KMS_PID=""
     echo "   KMS log:"
-    sed 's/^/     /' "$KMS/kms.log" | grep -v "^     INFO: *\(Started\|Waiting\|Application\|Uvicorn\|Shutting\|Finished\)"
+    grep -v -E " INFO (Started|Waiting|Application|Uvicorn|Shutting|Finished)" "$KMS/kms.log" \
+        | sed 's/^/     /'
+
     return 0
 }
 

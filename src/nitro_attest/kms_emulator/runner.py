@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import ssl
@@ -15,6 +14,7 @@ from nitro_attest.kms_emulator.auth import Authenticator, Principal
 from nitro_attest.kms_emulator.operations import Emulator
 from nitro_attest.kms_emulator.recipient import RecipientVerifier
 from nitro_attest.kms_emulator.store import StateStore
+from nitro_attest.logs import uvicorn_log_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class EmulatorSettings:
     region: str = "us-east-1"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    log_format: str = "text"  # or "json" (nitro_attest.logs)
 
 
 def build(settings: EmulatorSettings, store: StateStore) -> KmsApp:
@@ -79,8 +80,8 @@ def serve(settings: EmulatorSettings) -> int:
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             timeout_graceful_shutdown=5,
+            log_config=uvicorn_log_config(settings.log_format),
         )
-        logging.getLogger("nitro_attest.kms_emulator").setLevel(logging.INFO)
         server = uvicorn.Server(config)
         # uvicorn drains on SIGTERM then re-raises it; a requested stop exits 0
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
