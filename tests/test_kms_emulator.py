@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -356,6 +357,8 @@ def test_foreign_root_and_expired_chain_refused(
     )
     message = _refused(parent, symmetric_key, kit.recipient(foreign))
     assert "certificate_chain" in message and "trusted roots" in message
+    # an expired chain from an untrusted root; an expired chain under a trusted root is
+    # test_kms_emulator_parts.py::test_expired_chain_named_as_such
     expired = cf.chain().document(public_key=kit.spki(recipient_key))  # valid around 2025-01-01
     assert "certificate_chain" in _refused(parent, symmetric_key, kit.recipient(expired))
 
@@ -378,8 +381,7 @@ def test_unusable_recipient_keys_refused(parent: Any, symmetric_key: str, sim_st
     blob = parent.encrypt(KeyId=symmetric_key, Plaintext=b"x")["CiphertextBlob"]
     with pytest.raises(ClientError) as exc:
         parent.decrypt(CiphertextBlob=blob, Recipient={**good, "KeyEncryptionAlgorithm": "RSA"})
-    assert "Plaintext" not in exc.value.response
-    # boto3 checks the enum itself; a raw caller reaches the emulator's ValidationException
+    assert _code(exc) == "ValidationException" and "Plaintext" not in exc.value.response
 
 
 def test_garbage_document_refused(parent: Any, symmetric_key: str) -> None:
@@ -578,3 +580,141 @@ def _replace_body(body: bytes) -> Any:
         request.data = body
 
     return hook
+
+
+def test_unusable_tls_files_and_busy_port(tmp_path: Path) -> None:
+    creds = kit.write_credentials(tmp_path / "creds.json")
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    base = ["--state", str(tmp_path / "state"), "--credentials", str(creds)]
+    proc = kit.start(
+        [*base, "--tls-cert", str(tmp_path / "bad.pem"), "--tls-key", str(tmp_path / "bad.pem")],
+        kit.free_port(),
+    )
+    assert proc.wait(30) == 2
+    out = kit.stop(proc)
+    assert "not a PEM certificate chain" in out and "Traceback" not in out
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = kit.start(base, busy.getsockname()[1])
+        assert proc.wait(30) == 2
+        out = kit.stop(proc)
+    assert "cannot listen on 127.0.0.1" in out and "Traceback" not in out
+
+
+# --- the protocol, raw (the parent can send anything) -----------------------------------------
+
+
+def _raw(
+    emu: kit.Emulator,
+    target: str,
+    params: dict[str, Any],
+    *,
+    cred: kit.Cred = kit.PARENT,
+    service: str = "kms",
+    method: str = "POST",
+    tamper: Any = None,
+    sign: bool = True,
+    content_type: str = "application/x-amz-json-1.1",
+) -> tuple[int, dict[str, Any]]:
+    """One request signed with the project's own SigV4 signer, sent with http.client over TLS."""
+    import http.client
+    import ssl
+
+    from nitro_attest.kms.sigv4 import Credentials, sign_request
+
+    port = int(emu.endpoint.rsplit(":", 1)[1])
+    body = json.dumps(params).encode()
+    headers = [
+        ("Host", f"127.0.0.1:{port}"),
+        ("Content-Type", content_type),
+        ("X-Amz-Target", f"TrentService.{target}"),
+    ]
+    if sign:
+        credentials = Credentials(cred.access_key_id, cred.secret_access_key, cred.session_token)
+        headers += sign_request(
+            method,
+            "/",
+            [],
+            headers,
+            body,
+            credentials,
+            region=kit.REGION,
+            service=service,
+            when=dt.datetime.now(dt.UTC),
+        )
+    if tamper is not None:
+        body, headers = tamper(body, headers)
+    context = ssl.create_default_context(cafile=str(emu.ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        conn.request(method, "/", body, dict(headers))
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_raw_protocol_errors(emu: kit.Emulator, symmetric_key: str, sim_state: Path) -> None:
+    status, out = _raw(emu, "ListKeys", {})
+    assert status == 200 and "Keys" in out  # the project's signer and the emulator agree
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"sign": False}, "MissingAuthenticationTokenException"),
+        ({"service": "s3"}, "InvalidSignatureException"),
+        ({"method": "PUT"}, "UnknownOperationException"),
+        ({"content_type": "application/json"}, "SerializationException"),
+        (
+            {
+                "tamper": lambda b, h: (
+                    b,
+                    [
+                        (k, "TrentService.CreateKey") if k == "X-Amz-Target" else (k, v)
+                        for k, v in h
+                    ],
+                )
+            },
+            "InvalidSignatureException",
+        ),
+        (
+            {
+                "tamper": lambda b, h: (
+                    b,
+                    [
+                        (k, v.replace("Signature=", "Signature=0"))
+                        if k == "Authorization"
+                        else (k, v)
+                        for k, v in h
+                    ],
+                )
+            },
+            "IncompleteSignatureException",
+        ),
+    ]
+    for kwargs, code in cases:
+        status, out = _raw(emu, "ListKeys", {}, **kwargs)
+        assert (status, out["__type"]) == (400, code), kwargs
+    status, out = _raw(emu, "NoSuchOperation", {})
+    assert (status, out["__type"]) == (400, "UnknownOperationException")
+
+    blob = base64.b64encode(
+        emu.client().encrypt(KeyId=symmetric_key, Plaintext=b"s")["CiphertextBlob"]
+    ).decode()
+    doc = base64.b64encode(kit.document(sim_state, kit.spki(kit.rsa_key()))).decode()
+    for recipient, code in (
+        (
+            {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_1", "AttestationDocument": doc},
+            "ValidationException",
+        ),
+        ({"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}, "ValidationException"),
+        ({"AttestationDocument": "not base64!"}, "SerializationException"),
+        ({"AttestationDocument": doc, "Extra": 1}, "SerializationException"),
+        ("a string", "SerializationException"),
+    ):
+        status, out = _raw(emu, "Decrypt", {"CiphertextBlob": blob, "Recipient": recipient})
+        assert (status, out["__type"]) == (400, code), recipient
+        assert "Plaintext" not in out and "CiphertextForRecipient" not in out
+    # without KeyEncryptionAlgorithm, RSAES_OAEP_SHA_256 is meant: the envelope comes back
+    status, out = _raw(
+        emu, "Decrypt", {"CiphertextBlob": blob, "Recipient": {"AttestationDocument": doc}}
+    )
+    assert status == 200 and "CiphertextForRecipient" in out and "Plaintext" not in out

@@ -193,3 +193,17 @@ def test_nitrotpm_document_gives_its_own_condition_keys() -> None:
     assert keys["kms:recipientattestation:nitrotpmpcr7"] == (pcrs[7].hex(),)
     assert not any(k.startswith("kms:recipientattestation:pcr") for k in keys)
     assert "kms:recipientattestation:imagesha384" not in keys
+
+
+def test_expired_chain_named_as_such(sim_state: Path) -> None:
+    expired = cf.chain()  # valid around 2025-01-01 only
+    doc = expired.document(public_key=kit.spki(kit.rsa_key()))
+    for roots in ([expired.root_pem], [(sim_state / "root.pem").read_bytes(), expired.root_pem]):
+        with pytest.raises(KmsApiError) as exc:
+            RecipientVerifier(roots).verify(doc)
+        assert exc.value.type_name == "ValidationException"
+        assert "certificate_chain" in exc.value.message and "is not valid at" in exc.value.message
+        assert "does not chain" not in exc.value.message
+    with pytest.raises(KmsApiError) as exc:  # a root it does not chain to at all
+        RecipientVerifier([(sim_state / "root.pem").read_bytes()]).verify(doc)
+    assert "certificate_chain" in exc.value.message

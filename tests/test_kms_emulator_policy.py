@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR
+from nitro_attest.attestation.caller_keys import CALLER_KEY_LABEL, CALLER_KEY_PCR
 from nitro_attest.kms.keypolicy.generate import enclave_key_policy
 from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
@@ -58,11 +58,13 @@ def recipient_key() -> Any:
     return kit.rsa_key()
 
 
-def _document(state: Path, key: Any, *, mark_pcr16: bool = True) -> dict[str, Any]:
-    """A document as the enclave-side client makes it: PCR16 locked at zero (never marked)."""
+def _document(state: Path, key: Any, *, caller_keys: bool = False) -> dict[str, Any]:
+    """A document as the enclave-side client makes it (PCR16 locked as it stands, pristine), or,
+    with ``caller_keys``, from an enclave that marked PCR16 (it signs keys its callers choose)."""
     nsm = SimulatedNsm.open(state)
-    if mark_pcr16:
-        nsm.lock_pcr(CALLER_KEY_PCR)
+    if caller_keys:
+        nsm.extend_pcr(CALLER_KEY_PCR, CALLER_KEY_LABEL)
+    nsm.lock_pcr(CALLER_KEY_PCR)
     return kit.recipient(nsm.attestation(public_key=kit.spki(key)))
 
 
@@ -132,8 +134,8 @@ def test_generated_policy_binds_the_key_to_the_image(
     )
     other = _document(other_image, recipient_key)  # another image: other PCR0
     _denied(enclave.decrypt, CiphertextBlob=blob, Recipient=other)
-    unmarked = _document(sim_state, recipient_key, mark_pcr16=False)  # PCR16 not in the document
-    _denied(enclave.decrypt, CiphertextBlob=blob, Recipient=unmarked)
+    marked = _document(sim_state, recipient_key, caller_keys=True)  # signs callers' keys
+    _denied(enclave.decrypt, CiphertextBlob=blob, Recipient=marked)
     _denied(parent.decrypt, CiphertextBlob=blob, Recipient=good)  # the admin never decrypts
     _denied(emu.client(kit.STRANGER).decrypt, CiphertextBlob=blob, Recipient=good)
 

@@ -414,3 +414,56 @@ def test_values_an_operator_cannot_compare_are_malformed(condition: dict[str, An
                                                          message: str) -> None:
     with pytest.raises(KeyPolicyError, match=message):
         parse_policy(policy(enclave_statement(Condition=condition)))
+
+
+@pytest.mark.parametrize(("pattern", "text", "matches"), [
+    ("*", "", True), ("a*", "a", True), ("*a", "ba", True), ("a*a", "a", False),
+    ("a*b*c", "aXbYc", True), ("a*b*c", "acb", False), ("a?c", "abc", True), ("a?c", "ac", False),
+    ("*.amazonaws.com", "s3.amazonaws.com", True), ("a.b", "axb", False),
+    ("*ab*ab*", "abab", True), ("*ab*ab*", "aba", False), ("**", "x", True),
+    ("a*" * 12 + "b", "a" * 30, False),  # exponential for a backtracking regex
+    ("*a" * 200 + "*b", "a" * 8000 + "b", True),
+])
+def test_string_like_wildcards(pattern: str, text: str, matches: bool) -> None:
+    text_policy = policy(enclave_statement(Condition={"StringLike": {"kms:ViaService": pattern}}))
+    req = RequestContext("kms:Decrypt", ROLE, KEY, {"kms:viaservice": (text,)})
+    assert evaluate(parse_policy(text_policy), req).allowed is matches
+
+
+# -- hostile input: only KeyPolicyError escapes the parser, nothing escapes evaluate ------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False)
+    | st.sampled_from(["*", "Allow", "Deny", "kms:Decrypt", "kms:*", "2012-10-17", ROLE, ACCOUNT,
+                       "StringEquals", "kms:RecipientAttestation:ImageSha384", IMAGE, "", "a*?"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["Version", "Statement", "Effect", "Principal", "AWS", "Service",
+                         "Action", "NotAction", "Resource", "NotResource", "Condition", "Sid",
+                         "StringEquals", "ForAllValues:StringLike", "NullIfExists", "Null",
+                         "BoolIfExists", "kms:ViaService", "NumericLessThan", "DateEquals",
+                         "IpAddress"]),
+        children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json, _requests)
+def test_parser_and_evaluator_on_arbitrary_documents(value: Any, req: RequestContext) -> None:
+    if isinstance(value, dict):
+        value = {"Version": "2012-10-17", **value}
+    try:
+        parsed = parse_policy(json.dumps(value))
+    except KeyPolicyError as exc:
+        assert "\n" not in str(exc)
+        return
+    evaluate(parsed, req)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_parser_on_arbitrary_text(text: str) -> None:
+    try:
+        parse_policy(text)
+    except KeyPolicyError as exc:
+        assert "\n" not in str(exc)

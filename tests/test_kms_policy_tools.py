@@ -99,6 +99,7 @@ def test_generated_policy_binds_the_key_to_the_image(
 def test_generated_policy_lints_clean(build_json: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     for extra in ([], ["--admin", ADMIN, "--pcr", "2", "--operations", "Decrypt,GenerateRandom"],
+                  ["--encryptor", ADMIN, "--encryptor", f"arn:aws:iam::{ACCOUNT}:root"],
                   ["--operations", "DeriveSharedSecret"], ["--pcr", f"3={'ab' * 48}"]):
         doc = generate(capsys, "--measurements", str(build_json), "--principal", ROLE, *extra)
         path = tmp_path / "policy.json"
@@ -121,12 +122,32 @@ def test_default_admin_is_the_account_root_and_default_operations(
     assert not evaluate(policy, RequestContext("kms:Decrypt", ADMIN, KEY, {})).allowed
 
 
-def test_policy_from_an_eif_measures_it(capsys: pytest.CaptureFixture[str]) -> None:
-    doc = generate(capsys, "--eif", str(EIF_VECTORS / "v4_signed_2rd.eif"), "--principal", ROLE,
-                   "--pcr", "8")
+def test_encryptors_encrypt_and_never_decrypt(build_json: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    parent = f"arn:aws:iam::{ACCOUNT}:role/parent"
+    doc = generate(capsys, "--measurements", str(build_json), "--principal", ROLE,
+                   "--encryptor", parent)
+    assert doc["Statement"][2]["Principal"] == {"AWS": [parent]}
+    policy = parse_policy(json.dumps(doc))
+    assert evaluate(policy, RequestContext("kms:Encrypt", parent, KEY, {})).allowed
+    for action in ("kms:Decrypt", "kms:GenerateDataKey", "kms:ReEncryptFrom", "kms:CreateGrant"):
+        assert not evaluate(policy, attested(action, parent)).allowed, action
+
+
+def test_policy_from_an_eif_measures_it(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    eif = str(EIF_VECTORS / "v4_signed_2rd.eif")
+    doc = generate(capsys, "--eif", eif, "--principal", ROLE, "--pcr", "8")
     values = doc["Statement"][1]["Condition"]["StringEqualsIgnoreCase"]
     assert values["kms:RecipientAttestation:ImageSha384"] == V4_PCR0
     assert values["kms:RecipientAttestation:PCR8"] == V4_PCR8
+    # the same policy from describe-eif's JSON (what nitro-cli describe-eif prints)
+    rc, described, _ = run(["eif", "describe", "--json", "--at", "2030-01-01T00:00:00Z", eif],
+                           capsys)
+    assert rc == 0
+    path = tmp_path / "describe.json"
+    path.write_text(described)
+    assert generate(capsys, "--measurements", str(path), "--principal", ROLE, "--pcr", "8") == doc
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -139,6 +160,7 @@ def test_policy_from_an_eif_measures_it(capsys: pytest.CaptureFixture[str]) -> N
     (["--operations", "Encrypt"], "operation 'Encrypt': only the operations that take a Recipient"),
     (["--admin", ROLE], "cannot also be an administrator"),
     (["--admin", "arn:aws:iam::1:role/x"], "expected an IAM role, user or account root ARN"),
+    (["--encryptor", "*"], "encryptor '*': expected an IAM role, user or account root ARN"),
 ])
 def test_policy_usage_errors(build_json: Path, capsys: pytest.CaptureFixture[str],
                              argv: list[str], message: str) -> None:
@@ -273,6 +295,28 @@ LINTS: list[tuple[str, str, list[str]]] = [
         "kms:RecipientAttestation:PCR16": ZEROS}})), ["debug-image"]),
     ("NitroTPM PCR binds", doc(enclave(Condition={"StringEqualsIgnoreCase": {
         "kms:RecipientAttestation:NitroTPMPCR4": PCR1}})), []),
+    ("Null true and StringEquals on one key", doc(enclave(Condition={
+        **ATTESTED, "Null": {"kms:EncryptionContext:Purpose": "true"},
+        "StringEquals": {"kms:EncryptionContext:Purpose": "backup"}})), ["never-matches"]),
+    ("attested Encrypt never allowed", doc(enclave(Action=["kms:Decrypt", "kms:Encrypt"])),
+     ["never-matches"]),
+    ("ReEncryptFrom and CreateGrant to the enclave role", doc(enclave(
+        Condition={}, Action=["kms:Encrypt", "kms:ReEncrypt*", "kms:CreateGrant"])),
+     ["decrypt-equivalent"]),
+    ("attested CreateGrant never applies", doc(enclave(Action=["kms:Decrypt", "kms:CreateGrant"])),
+     ["never-matches"]),
+    ("ReEncrypt* to anyone", doc(enclave(Principal="*", Condition={}, Action="kms:ReEncrypt*")),
+     ["principal-star", "decrypt-equivalent"]),
+    ("CreateGrant to an admin is its business", doc(enclave(
+        Principal={"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, Condition={},
+        Action="kms:CreateGrant")), []),
+    ("Encrypt to a data producer is fine", doc(enclave(
+        Principal={"AWS": ADMIN}, Condition={}, Action=["kms:Encrypt",
+                                                      "kms:GenerateDataKeyWithoutPlaintext"])),
+     []),
+    ("StringLike on an ARN key is fine", doc(enclave(Condition={
+        **ATTESTED, "StringLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/enc*"}})),
+     []),
     ("Deny statements are not grants", doc(enclave(), {
         "Sid": "DenyUnattested", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
         "Resource": "*", "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}}),
@@ -280,7 +324,7 @@ LINTS: list[tuple[str, str, list[str]]] = [
 ]
 LINTS[2] = ("NotAction grants Decrypt", doc({
     "Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": ROLE}, "NotAction": "kms:Encrypt",
-    "Resource": "*"}), ["unattested-grant"])
+    "Resource": "*"}), ["unattested-grant", "decrypt-equivalent"])
 
 
 @pytest.mark.parametrize(("name", "text", "codes"), LINTS, ids=[c[0] for c in LINTS])

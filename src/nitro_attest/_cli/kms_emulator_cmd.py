@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest._cli.common import CliError, read_bytes
+from nitro_attest._cli.observe import add_flags
 
 EPILOG = """\
 The real AWS SDKs work against it unchanged (boto3 endpoint_url=..., aws --endpoint-url ...).
@@ -74,6 +75,7 @@ def add_operations(kms_sub: Any) -> None:
     )
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    add_flags(p, metrics=False)
     p.set_defaults(func=run)
 
 
@@ -91,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401  (the server; checked here for a one-line error)
     except ImportError:
-        raise CliError("the emulator needs uvicorn: pip install 'nitro-attest[service]'") from None
-    import logging
-
+        raise CliError(
+            "the emulator needs uvicorn: pip install 'nitro-attest[kms-emulator]'"
+        ) from None
     from nitro_attest.errors import ConfigurationError, TrustRootError
     from nitro_attest.kms_emulator.auth import CredentialsError, load_credentials
     from nitro_attest.kms_emulator.recipient import RecipientVerifier
@@ -125,9 +127,6 @@ def run(args: argparse.Namespace) -> int:
             "(plaintexts included) cross the network unencrypted; use it on loopback only",
             file=sys.stderr,
         )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s:     kms-emulator: %(message)s"))
-    logging.getLogger("nitro_attest.kms_emulator").addHandler(handler)
     settings = EmulatorSettings(
         host=host,
         port=port,
@@ -137,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         region=args.region,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
+        log_format=args.log_format,
     )
     try:
         return serve(settings)

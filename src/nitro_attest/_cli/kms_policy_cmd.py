@@ -15,13 +15,15 @@ document (Recipient) whose PCR0 (kms:RecipientAttestation:ImageSha384), and each
 image's, and whose PCR16 is all zero: an enclave that signs caller-chosen public keys
 (serve --allow-caller-public-key) marks PCR16, and its documents must never release a KMS secret.
 A request without Recipient is therefore denied, as on AWS. The administrators get key management
-only: no cryptographic operation, no CreateGrant.
+only: no cryptographic operation, no CreateGrant. Each --encryptor may Encrypt to the key (and
+GenerateDataKeyWithoutPlaintext), which reveals nothing.
 
 examples:
   nitro-cli build-enclave --docker-uri app:latest --output-file app.eif > build.json
   nitro-attest kms policy --measurements build.json \\
       --principal arn:aws:iam::111122223333:role/enclave-instance \\
-      --admin arn:aws:iam::111122223333:role/KMSAdmin --pcr 8 > policy.json
+      --admin arn:aws:iam::111122223333:role/KMSAdmin --pcr 8 \
+      --encryptor arn:aws:iam::111122223333:role/parent > policy.json
   nitro-attest kms policy --eif app.eif --principal arn:aws:iam::111122223333:role/app \\
       --operations Decrypt
   aws kms put-key-policy --key-id KEY --policy-name default --policy file://policy.json
@@ -32,12 +34,15 @@ Findings (each with the statement's Sid or index and one line):
   unattested-grant     Decrypt, GenerateDataKey*, GenerateRandom or DeriveSharedSecret granted
                        without a kms:RecipientAttestation condition (aws-nitro-enclaves-sdk-c#157)
   root-delegation      the same granted to an account root: IAM policies then decide (warning)
+  decrypt-equivalent   ReEncryptFrom or CreateGrant granted to a principal other than an admin:
+                       re-encrypting to the caller's key, or granting Decrypt, needs no Recipient
   principal-star       Principal "*" without any Condition
   pcr-wildcard         a wildcard in a measurement value
   pcr-case-sensitive   StringEquals/StringLike on a measurement (warning)
   unknown-key          a condition key KMS does not know (a typo: it never matches)
   never-matches        a condition no request can satisfy (a value that is not 96 hex digits,
-                       an operator of the wrong type, contradicting equalities)
+                       an operator of the wrong type, contradicting conditions), or an action
+                       without Recipient in an attested statement (warning)
   set-operator         ForAllValues/ForAnyValue misused (ForAllValues on a single-valued key
                        holds when the key is absent)
   attestation-optional ...IfExists on an attestation key: a request without attestation passes
@@ -73,9 +78,13 @@ def add_operations(kms_sub: Any) -> None:
                    help="the enclave instance's IAM role (the caller KMS sees)")
     p.add_argument("--admin", metavar="ARN", action="append", default=[],
                    help="key administrator (repeatable; default: the principal's account root)")
+    p.add_argument("--encryptor", metavar="ARN", action="append", default=[],
+                   help="a data producer allowed to Encrypt to the key (never to decrypt); "
+                   "repeatable")
     p.add_argument("--pcr", metavar="N[=HEX]", action="append", default=[],
                    help="also pin PCR N: 1, 2 or 8 from the image, or any PCR with its value "
-                   "(e.g. 3=HEX for the parent's role); repeatable")
+                   "(e.g. 3=HEX for the parent's role); repeatable. PCR0 is always pinned (as "
+                   "ImageSha384), PCR16 always to zeros")
     p.add_argument("--operations", metavar="OP", nargs="+", default=None,
                    help="operations the enclave may call (default: Decrypt GenerateDataKey "
                    "GenerateDataKeyPair GenerateRandom; DeriveSharedSecret for a key-agreement "
@@ -164,7 +173,8 @@ def run_policy(args: argparse.Namespace) -> int:
         operations = tuple(op for item in args.operations for op in item.split(",") if op)
     try:
         policy = enclave_key_policy(image_sha384=image[0].hex(), principal=args.principal,
-                                    admins=args.admin, pcrs=pcrs, operations=operations)
+                                    admins=args.admin, pcrs=pcrs, operations=operations,
+                                    encryptors=args.encryptor)
     except KeyPolicyError as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(policy, indent=2))

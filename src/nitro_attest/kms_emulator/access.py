@@ -10,6 +10,7 @@ account root (``arn:aws:iam::ACCOUNT:root``) stands for "IAM allows it" (docs/km
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from threading import Lock
 
@@ -24,6 +25,8 @@ from nitro_attest.kms_emulator.auth import Principal
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.recipient import Recipient
 from nitro_attest.kms_emulator.store import KeyRecord
+
+log = logging.getLogger("nitro_attest.kms_emulator")
 
 
 def default_policy(account: str) -> str:
@@ -104,6 +107,9 @@ def authorize(
     """Raise AccessDeniedException unless ``key``'s policy allows ``action`` in this context."""
     policy = policies.get(key)
     if isinstance(policy, KeyPolicyError):  # fail closed on a stored policy we cannot read
+        log.warning(
+            "key %s: stored policy unreadable, every request denied: %s", key.key_id, policy.message
+        )
         raise access_denied(principal, action, key, explicit=False)
     decision = evaluate(
         policy,
@@ -115,6 +121,7 @@ def authorize(
         ),
     )
     if not decision.allowed:
+        log.info("%s by %s on %s denied: %s", action, principal.arn, key.key_id, decision.reason)
         raise access_denied(principal, action, key, explicit="explicit" in decision.reason.lower())
 
 

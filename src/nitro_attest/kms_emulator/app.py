@@ -34,10 +34,6 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("nitro_attest.kms_emulator")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -88,6 +84,8 @@ class KmsApp:
         try:
             return 200, json.dumps(self._dispatch(request)).encode()
         except KmsApiError as exc:
+            if exc.type_name != "AccessDeniedException":  # logged with its reason by access
+                log.info("%s: %s", exc.type_name, exc.message)
             return exc.status, json.dumps(
                 {"__type": exc.type_name, "message": exc.message}
             ).encode()
@@ -107,7 +105,7 @@ class KmsApp:
         operation = target[len(TARGET_PREFIX) :]
         params = parse_json(request.body)
         response = self.emulator.call(operation, principal, params)
-        log.info("%s %s by %s", operation, "ok", principal.arn)
+        log.debug("%s by %s", operation, principal.arn)
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,16 +116,9 @@ class KmsApp:
             return
         try:
             body = await _read_body(scope, receive)
-        except BodyTooLarge:
-            status, payload = (
-                413,
-                json.dumps(
-                    {
-                        "__type": "SerializationException",
-                        "message": f"request body larger than {MAX_BODY_BYTES} bytes",
-                    }
-                ).encode(),
-            )
+        except KmsApiError as exc:
+            status = exc.status
+            payload = json.dumps({"__type": exc.type_name, "message": exc.message}).encode()
         else:
             request = SignedRequest(
                 method=scope["method"],
@@ -155,12 +146,18 @@ class KmsApp:
         await send({"type": "http.response.body", "body": payload})
 
 
+def _too_large() -> KmsApiError:
+    return KmsApiError(
+        "SerializationException", f"request body larger than {MAX_BODY_BYTES} bytes", status=413
+    )
+
+
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
     for name, value in scope["headers"]:
         if name.lower() == b"content-length" and (
             not value.isdigit() or int(value) > MAX_BODY_BYTES
         ):
-            raise BodyTooLarge
+            raise _too_large()
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -170,7 +167,7 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise BodyTooLarge
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from nitro_attest.errors import NitroAttestError
+from nitro_attest.errors import TransportError
 
 
-class KmsApiError(NitroAttestError):
-    """An error KMS answers with: ``__type`` is ``type_name``, HTTP ``status`` (400 unless the
-    service itself failed)."""
+class KmsApiError(TransportError):
+    """An error answer as KMS sends it: ``__type`` is ``type_name``, HTTP ``status`` (400 unless
+    the service itself failed). On the TransportError branch, like the client's ``KmsError``
+    that reads it."""
 
     def __init__(self, type_name: str, message: str, *, status: int = 400) -> None:
         super().__init__(message)

@@ -21,7 +21,12 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
-from nitro_attest.errors import ChainError, DocumentKindError, VerificationError
+from nitro_attest.errors import (
+    ChainError,
+    DocumentKindError,
+    ExpiredError,
+    VerificationError,
+)
 from nitro_attest.kms_emulator.errors import KmsApiError, validation
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
@@ -112,13 +117,16 @@ class RecipientVerifier:
                 chain_errors.append(exc)
             except VerificationError as exc:
                 raise invalid_document(f"{exc.check}: {exc.message}") from None
-        first = chain_errors[0]
-        roots = (
-            "the trusted root"
-            if len(self._verifiers) == 1
-            else (f"any of the {len(self._verifiers)} trusted roots")
+        # A chain that reached a root but has a certificate out of date says so; otherwise the
+        # document chains to none of the roots (the first one's reason is given).
+        expired = [e for e in chain_errors if isinstance(e, ExpiredError)]
+        if expired or len(chain_errors) == 1:
+            first = (expired or chain_errors)[0]
+            raise invalid_document(f"{first.check}: {first.message}")
+        raise invalid_document(
+            f"{chain_errors[0].check}: does not chain to any of the {len(chain_errors)} trusted "
+            f"roots: {chain_errors[0].message}"
         )
-        raise invalid_document(f"{first.check}: does not chain to {roots}: {first.message}")
 
 
 def condition_keys(verified: VerifiedDocument) -> dict[str, tuple[str, ...]]:

@@ -147,12 +147,38 @@ def _same_role(value: str, role: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _glob(pattern: str, ignore_case: bool = False) -> Callable[[str], bool]:
-    """IAM wildcards: ``*`` any run of characters, ``?`` one character, nothing else special."""
-    regex = "".join(
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    )
-    compiled = re.compile(regex, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-    return lambda text: compiled.fullmatch(text) is not None
+    """IAM wildcards: ``*`` any run of characters, ``?`` one character, nothing else special.
+
+    Not one regex: ``.*a.*a.*a...b`` backtracks exponentially on a long request value (a policy
+    may hold hundreds of ``*``, an encryption context value thousands of characters). The
+    pattern splits at ``*`` into fixed-length segments: the first anchored at the start, the
+    last at the end, each middle one at its leftmost place after the previous (leftmost is
+    never worse for globs), so matching is a few linear searches.
+    """
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    parts = pattern.split("*")
+    segments = [
+        re.compile("".join("." if ch == "?" else re.escape(ch) for ch in part), flags)
+        for part in parts
+    ]
+    if len(segments) == 1:
+        return lambda text: segments[0].fullmatch(text) is not None
+    head, middle, tail, tail_length = segments[0], segments[1:-1], segments[-1], len(parts[-1])
+
+    def match(text: str) -> bool:
+        start = head.match(text)
+        end = len(text) - tail_length
+        if start is None or end < start.end() or tail.fullmatch(text, end) is None:
+            return False
+        position = start.end()
+        for segment in middle:
+            found = segment.search(text, position, end)
+            if found is None:
+                return False
+            position = found.end()
+        return True
+
+    return match
 
 
 def glob_matches(pattern: str, text: str, *, ignore_case: bool = False) -> bool:

@@ -36,6 +36,10 @@ ADMIN_ACTIONS = (
     "kms:UpdateKeyDescription", "kms:ListGrants", "kms:RevokeGrant",
 )
 
+# Encrypting to the key releases nothing: data producers (the parent, a CI job) may do it.
+ENCRYPT_ACTIONS = ("kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext")
+
+ENCRYPT_SID = "Encrypt only, for data producers: nothing in this statement decrypts"
 ADMIN_SID = "Key administration only, no cryptographic operation and no grants"
 ENCLAVE_SID = (
     "Enclave use only with attestation of this image and PCR16 all zero, never from an enclave "
@@ -60,17 +64,20 @@ def enclave_key_policy(
     admins: Sequence[str] = (),
     pcrs: Mapping[int, str] | None = None,
     operations: Sequence[str] = DEFAULT_OPERATIONS,
+    encryptors: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The policy as a JSON-ready dict. ``image_sha384`` is PCR0 and ``pcrs`` the other pinned
     PCRs, lower-case hex; ``admins`` default to the principal's account root (the account's IAM
-    then decides who administers, as in AWS's default key policy, but never who decrypts)."""
+    then decides who administers, as in AWS's default key policy, but never who decrypts);
+    ``encryptors`` may Encrypt to the key (a third statement), which reveals nothing."""
     if not _PRINCIPAL.fullmatch(principal):
         raise KeyPolicyError(f"principal {principal[:80]!r}: expected an IAM role or user ARN "
                              "(arn:aws:iam::ACCOUNT:role/NAME), the enclave instance's role")
-    for admin in admins:
-        if not _ADMIN.fullmatch(admin):
-            raise KeyPolicyError(f"admin {admin[:80]!r}: expected an IAM role, user or account "
-                                 "root ARN")
+    for role, names in (("admin", admins), ("encryptor", encryptors)):
+        for name in names:
+            if not _ADMIN.fullmatch(name):
+                raise KeyPolicyError(f"{role} {name[:80]!r}: expected an IAM role, user or "
+                                     "account root ARN")
     if principal in admins:
         raise KeyPolicyError("the enclave principal cannot also be an administrator (it could "
                              "rewrite the policy and drop the attestation condition)")
@@ -83,27 +90,33 @@ def enclave_key_policy(
             raise KeyPolicyError(f"PCR{index} is always pinned to all zero (caller-chosen keys)")
         values[f"kms:RecipientAttestation:PCR{index}"] = _hex(f"PCR{index}", value)
     values[f"kms:RecipientAttestation:PCR{CALLER_KEY_PCR}"] = PRISTINE_PCR_VALUE.hex()
-    return {
-        "Version": "2012-10-17",
-        "Id": "nitro-attest-enclave-key-policy",
-        "Statement": [
-            {
-                "Sid": ADMIN_SID,
-                "Effect": "Allow",
-                "Principal": {"AWS": list(admins) if admins else account_root(principal)},
-                "Action": list(ADMIN_ACTIONS),
-                "Resource": "*",
-            },
-            {
-                "Sid": ENCLAVE_SID,
-                "Effect": "Allow",
-                "Principal": {"AWS": principal},
-                "Action": [f"kms:{op}" for op in chosen],
-                "Resource": "*",
-                "Condition": {"StringEqualsIgnoreCase": values},
-            },
-        ],
-    }
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": ADMIN_SID,
+            "Effect": "Allow",
+            "Principal": {"AWS": list(admins) if admins else account_root(principal)},
+            "Action": list(ADMIN_ACTIONS),
+            "Resource": "*",
+        },
+        {
+            "Sid": ENCLAVE_SID,
+            "Effect": "Allow",
+            "Principal": {"AWS": principal},
+            "Action": [f"kms:{op}" for op in chosen],
+            "Resource": "*",
+            "Condition": {"StringEqualsIgnoreCase": values},
+        },
+    ]
+    if encryptors:
+        statements.append({
+            "Sid": ENCRYPT_SID,
+            "Effect": "Allow",
+            "Principal": {"AWS": list(encryptors)},
+            "Action": list(ENCRYPT_ACTIONS),
+            "Resource": "*",
+        })
+    return {"Version": "2012-10-17", "Id": "nitro-attest-enclave-key-policy",
+            "Statement": statements}
 
 
 def _operations(operations: Sequence[str]) -> list[str]:

@@ -30,6 +30,7 @@ from nitro_attest.kms.keypolicy.model import Condition, KeyPolicy, Statement
 from nitro_attest.kms.keypolicy.parse import (
     ARN_OPERATORS,
     DATE_OPERATORS,
+    NEGATED_OPERATORS,
     NUMERIC_OPERATORS,
     STRING_OPERATORS,
 )
@@ -41,6 +42,9 @@ RECIPIENT_ACTIONS = (
     "kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair", "kms:GenerateRandom",
     "kms:DeriveSharedSecret",
 )
+# Operations that take no Recipient yet hand out what Decrypt would: never for a non-admin.
+_DECRYPT_EQUIVALENT = ("kms:ReEncryptFrom", "kms:CreateGrant")
+_RECIPIENT_LOWER = frozenset(a.lower() for a in RECIPIENT_ACTIONS)
 _PCR16 = f"{ATTESTATION_PREFIX}pcr{CALLER_KEY_PCR}"
 # Measurements that identify the enclave's code or its signer (PCR3/4 name the parent, PCR16 and
 # up are set by the enclave itself): a grant is bound to an image only through one of these.
@@ -50,7 +54,7 @@ _HEX = re.compile(f"[0-9a-fA-F]{{{PCR_HEX_LENGTH}}}")
 _ACCOUNT = re.compile(r"[0-9]{12}|arn:aws[a-z-]*:iam::[0-9]{12}:root")
 _EQUALITY = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
 _OPERATOR_TYPES = {  # which key types each operator family can compare
-    **{op: ("string",) for op in STRING_OPERATORS},
+    **{op: ("string", "arn") for op in STRING_OPERATORS},  # AWS compares ARNs as text too
     **{op: ("arn", "string") for op in ARN_OPERATORS},
     **{op: ("numeric",) for op in NUMERIC_OPERATORS},
     **{op: ("date",) for op in DATE_OPERATORS},
@@ -115,12 +119,30 @@ def _lint_statement(st: Statement, admins: frozenset[str]) -> Iterable[Finding]:
                           f"grants {named} to account {roots[0]} without attestation: any "
                           "principal an IAM policy allows may decrypt outside the enclave "
                           "(grant key administration only, as `kms policy` does)")
+    # an attestation condition already stops them: no request for them carries attestation
+    escalations = [a for a in _DECRYPT_EQUIVALENT if _covers(st, a)] if not attested else []
+    if escalations:
+        outsiders = ["*"] if st.principal.any else []
+        outsiders += [p for p in st.principal.aws if p not in admins and not _ACCOUNT.fullmatch(p)]
+        outsiders += list(st.principal.services)
+        if outsiders:
+            yield finding("decrypt-equivalent", "error",
+                          f"grants {', '.join(a.removeprefix('kms:') for a in escalations)} to "
+                          f"{outsiders[0]}: re-encrypting this key's ciphertext to a key of the "
+                          "caller's choosing, or granting itself Decrypt, needs no attestation")
     if attested:
         if _covers_everything(st):
             yield finding("enclave-all-actions", "error",
                           "an attested statement grants every KMS action (kms:* or NotAction): "
-                          "operations without Recipient ignore attestation; list the Recipient "
-                          "operations")
+                          "list the Recipient operations (loosen the condition later and "
+                          "PutKeyPolicy or ScheduleKeyDeletion go with it)")
+        else:
+            extra = [a for a in st.actions if not any(ch in a for ch in "*?")
+                     and a.lower() not in _RECIPIENT_LOWER]
+            if extra:
+                yield finding("never-matches", "warning",
+                              f"{extra[0]} takes no Recipient, so no request for it carries "
+                              "attestation: this statement never allows it")
         if enclave and not _pins_pcr16(st):
             yield finding("pcr16-pin", "warning",
                           f"no kms:RecipientAttestation:PCR{CALLER_KEY_PCR} pinned to "
@@ -188,7 +210,15 @@ def _lint_attestation_values(st: Statement, c: Condition, name: str,
 
 
 def _contradictions(st: Statement) -> Iterable[tuple[str, Severity, str]]:
-    """A single-valued key that two equality conditions require with no value in common."""
+    """A key required absent (Null true) and present by another operator, or a single-valued key
+    that two equality conditions require with no value in common."""
+    absent = {c.key for c in st.conditions if c.base == "Null" and c.values == ("true",)}
+    for c in st.conditions:
+        if (c.key in absent and c.base != "Null" and not c.if_exists and not c.qualifier
+                and c.base not in NEGATED_OPERATORS):
+            yield ("never-matches", "error",
+                   f"{c.operator} {c.key_as_written}: Null requires the key absent and "
+                   f"{c.operator} requires it present; the statement never applies")
     by_key: dict[str, list[Condition]] = {}
     for c in st.conditions:
         if c.base in _EQUALITY and not c.qualifier and not c.if_exists:
