@@ -20,6 +20,10 @@ Usage: python bench/kms.py [--rounds N] [--calls N]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import base64
 import datetime as dt
