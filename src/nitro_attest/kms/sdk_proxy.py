@@ -69,6 +69,7 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive for the SDK
+    timeout = 60  # a client silent this long (mid-request or idle between requests) is dropped
     server_version = "nitro-attest-kms-proxy"
     sys_version = ""
 
