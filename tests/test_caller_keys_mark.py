@@ -1,4 +1,5 @@
-"""Which documents count as signing caller-chosen keys (PCR16): absent or zero is pristine."""
+"""Which documents count as signing caller-chosen keys (PCR16): only PCR16 locked at zero is
+pristine (our servers lock it so at start)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from nitro_attest.attestation.pcr import extend
 BOOT = {i: bytes([i]) * 48 for i in range(16)}
 
 
-def test_pcr16_absent_or_zero_is_pristine() -> None:
-    assert not signs_caller_keys(BOOT)
+def test_only_pcr16_locked_at_zero_is_pristine() -> None:
     assert not signs_caller_keys({**BOOT, CALLER_KEY_PCR: PRISTINE_PCR_VALUE})
+    assert signs_caller_keys(BOOT)  # never locked: it could be marked later, fails closed
 
 
 def test_the_mark_and_any_other_value_are_refused() -> None:

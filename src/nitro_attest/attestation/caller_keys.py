@@ -2,15 +2,20 @@
 
 ``serve --allow-caller-public-key`` lets whoever reaches the port obtain a document naming any
 public key. Such a document must never pass for one naming a key the enclave itself holds (its
-attested-HTTPS certificate key, its KMS Recipient RSA key, its channel key). So before the opt-in
-takes effect the enclave extends ``CALLER_KEY_PCR`` with ``CALLER_KEY_LABEL`` and locks it. A
-document carries exactly the locked PCRs (0-15 from boot, and 16 once locked), so every document
-the enclave signs from then on shows ``MARKED_PCR_VALUE`` there. One that never opted in either
-lacks PCR16 or shows it locked at ``PRISTINE_PCR_VALUE``: the enclave-side servers that hold keys
-of their own (``https serve``, the KMS client) lock it at zero when they start, so the same boot
-can never opt in later. Every relying party of ours that trusts a key named by the enclave (the
-channel sender, the https client, the verification service) refuses a document that
-``signs_caller_keys``; ``kms policy`` requires PCR16 present and zero (our KMS client locks it).
+attested-HTTPS certificate key, its KMS Recipient RSA key, its channel key). A document carries
+exactly the locked PCRs (0-15 from boot, 16 once locked), so:
+
+- with the opt-in, ``serve`` extends ``CALLER_KEY_PCR`` with ``CALLER_KEY_LABEL`` and locks it
+  before it signs a single caller's key: every later document shows ``MARKED_PCR_VALUE``;
+- every enclave-side server of ours that holds keys (``serve`` without the opt-in, ``https
+  serve``, the KMS client) locks it untouched at start: its documents show
+  ``PRISTINE_PCR_VALUE``, and the same boot can never opt in afterwards.
+
+Our relying parties that trust a key the document names (the channel sender, the https client)
+therefore require PCR16 present and zero (``signs_caller_keys`` fails closed on absence), and
+``kms policy`` pins ``kms:RecipientAttestation:PCR16`` to zero. The verification service, which
+appraises enclaves not necessarily running our servers, accepts an absent PCR16 but refuses any
+locked value other than zero (docs/service.md).
 """
 
 from __future__ import annotations
@@ -26,9 +31,7 @@ MARKED_PCR_VALUE = extend(ZERO_PCR, CALLER_KEY_LABEL)
 
 
 def signs_caller_keys(pcrs: Mapping[int, bytes]) -> bool:
-    """True when the document's ``CALLER_KEY_PCR`` is locked at anything but zero: the mark, or
-    a value we cannot interpret, either of which may mean keys chosen by callers (fails closed).
-    Absent (never locked) or locked at zero is pristine: the opt-in locks the mark before it
-    signs a single caller's key, and a locked PCR cannot change until the enclave restarts."""
-    value = pcrs.get(CALLER_KEY_PCR)
-    return value is not None and value != PRISTINE_PCR_VALUE
+    """True unless the document's ``CALLER_KEY_PCR`` is locked at zero: the mark, any other
+    value, or no PCR16 at all (an enclave that never locked it could still opt in later, or run
+    a signer of callers' keys that is not ours) may mean keys chosen by callers. Fails closed."""
+    return pcrs.get(CALLER_KEY_PCR) != PRISTINE_PCR_VALUE
