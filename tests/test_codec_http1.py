@@ -176,8 +176,11 @@ def test_answers_in_pieces_and_keep_alive() -> None:
 ])
 def test_broken_answers_are_transport_errors(data: bytes, words: str) -> None:
     def answer(conn: socket.socket, n: int) -> None:
-        conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
+        try:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the client may hang up first (it refuses an answer over the cap)
 
     with server(answer) as connection, pytest.raises(TransportError, match=words):
         _post(connection)

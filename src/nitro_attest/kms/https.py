@@ -105,9 +105,12 @@ class Answer:
     body: bytes
 
 
-class _Stale(Exception):
+class _Stale(TransportError):
     """The far side closed the connection before any byte of the answer (a kept-alive
-    connection it had meanwhile dropped)."""
+    connection it had meanwhile dropped). Internal: ``request`` retries once or reports it."""
+
+    def __init__(self) -> None:
+        super().__init__("connection closed before the answer")
 
 
 class Connection:

@@ -137,7 +137,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class _Refusal(Exception):
+class _Refusal(TransportError):
+    """The answer the proxy gives instead of KMS's (internal: turned into a JSON error)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
