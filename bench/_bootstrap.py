@@ -24,6 +24,7 @@ _REEXEC = "NITRO_ATTEST_BENCH_REEXEC"
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "service.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
     "service_workers.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
+    "kms_emulator.py": (("uvicorn",), "kms-emulator"),
 }
 BASE = ("cbor2", "cryptography")
 
