@@ -18,6 +18,10 @@ Usage: python bench/kms_emulator.py [--rounds 5] [--seconds 2]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import base64
 import contextlib
