@@ -164,6 +164,7 @@ def test_chunked_bodies_within_the_cap() -> None:
     b"1;" + b"e" * MAX_CHUNK_LINE + b"\r\n",  # too long with its end
     b"0\r\nbad trailer\r\n\r\n",
     b"0\r\nX: \x01\r\n\r\n",
+    b"0\r\n" + b"X: y\r\n" * 2000,  # a trailer section without end: capped
 ])
 def test_chunked_refusals(wire: bytes) -> None:
     with pytest.raises(HandshakeError):

@@ -114,6 +114,9 @@ def test_answers_in_pieces_and_keep_alive() -> None:
     (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"Content-Length: 0\r\n\r\n",
      "more than 100 header lines"),
     (b"ICY 200 OK\r\n\r\n", "malformed status line"),
+    # trailer lines without end: the reader stops at 8 KiB instead of reading on for ever
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"X: y\r\n" * 5000,
+     "trailer section too large"),
 ])
 def test_broken_answers_are_transport_errors(data: bytes, words: str) -> None:
     def answer(conn: socket.socket, n: int) -> None:
