@@ -1,11 +1,13 @@
-"""HTTP/1.1 messages for the attested HTTPS front and its client: heads, framing, chunked bodies.
+"""HTTP/1.1 messages for the attested HTTPS front and its client, and the enclave's KMS client:
+heads, framing, body caps, chunked bodies.
 
 Pure: bytes in, parsed heads and encoded bytes out. Request heads come from the network (through
 the parent): they are capped, checked line by line with ``codec.http``'s header rules, and every
 ambiguity a request smuggler relies on is refused (Content-Length with Transfer-Encoding, two
 Content-Lengths, a coding other than ``chunked``, a missing or doubled Host). Response heads come
-from the app (trusted) or, on the client, from an attested server before it is attested; both
-are capped and strictly framed too. Error messages never quote the message.
+from the app (trusted) or, on a client, from a server through the parent (an attested server
+before it is attested, KMS behind TLS); both are capped (``max_body`` included) and strictly
+framed too. Error messages never quote the message.
 """
 
 from __future__ import annotations
