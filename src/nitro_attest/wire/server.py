@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -36,23 +37,18 @@ from nitro_attest.attestation.caller_keys import (
     PRISTINE_PCR_VALUE,
 )
 from nitro_attest.errors import ConfigurationError
-from nitro_attest.limits import MAX_FRAME_BYTES
 from nitro_attest.nsm.backend import NsmBackend, NsmError, PcrDescription
+from nitro_attest.server_limits import SERVE_LIMITS, Limits
 from nitro_attest.wire import protocol
 from nitro_attest.wire.admission import (
-    DEFAULT_FRAME_DEADLINE,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHED_GRACE,
-    DEFAULT_WRITE_TIMEOUT,
     FRAME,
     IDLE,
     STALLED,
     ConnectionTable,
-    Limits,
     Member,
     RateLimitedCount,
     descriptor_budget,
+    sweep_interval,
 )
 from nitro_attest.wire.protocol import (
     HEADER_SIZE,
@@ -71,7 +67,6 @@ from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, Address, start_serv
 
 log = logging.getLogger("nitro_attest.wire.server")
 
-DEFAULT_READ_TIMEOUT = DEFAULT_IDLE_TIMEOUT  # between requests
 _MAX_DESCRIBED_PCRS = 32
 
 
@@ -195,6 +190,20 @@ def nsm_handlers(
     return {AttestRequest.TYPE: attest, DescribeRequest.TYPE: describe}
 
 
+_OLD_NAMES = {"read_timeout": "idle_timeout", "max_frame_size": "max_frame_bytes"}
+
+
+def with_overrides(limits: Limits, overrides: Mapping[str, float]) -> Limits:
+    """``limits`` with single fields replaced (checked again); older keyword names accepted."""
+    if not overrides:
+        return limits
+    named = {_OLD_NAMES.get(k, k): v for k, v in overrides.items()}
+    unknown = sorted(set(named) - {f.name for f in dataclasses.fields(Limits)})
+    if unknown:
+        raise TypeError(f"unknown limit(s): {', '.join(unknown)}")
+    return dataclasses.replace(limits, **named)  # type: ignore[arg-type]
+
+
 def _size(value: bytes | None) -> str:
     return "-" if value is None else f"{len(value)}B"
 
@@ -225,30 +234,24 @@ class EnclaveServer:
         self,
         handlers: Mapping[str, RequestHandler],
         *,
-        read_timeout: float = DEFAULT_READ_TIMEOUT,
-        frame_deadline: float = DEFAULT_FRAME_DEADLINE,
-        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        shed_grace: float = DEFAULT_SHED_GRACE,
-        max_frame_size: int = MAX_FRAME_BYTES,
+        limits: Limits = SERVE_LIMITS,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         request_log: RequestLog | None = None,
+        **overrides: float,
     ) -> None:
+        """``limits``: what the server admits (fields it reads: max_connections, idle_timeout,
+        frame_deadline, write_timeout, shed_grace, max_frame_bytes). ``overrides``: single
+        fields by name (``max_connections=2``), or by their older names ``read_timeout``
+        (idle_timeout) and ``max_frame_size`` (max_frame_bytes)."""
         if not handlers:
             raise ValueError("an enclave server needs at least one request handler")
         self._handlers = dict(handlers)
-        self.limits = Limits(
-            idle_timeout=read_timeout,
-            frame_deadline=frame_deadline,
-            write_timeout=write_timeout,
-            max_connections=max_connections,
-            shed_grace=shed_grace,
-        )
+        self.limits = with_overrides(limits, overrides)
         self._table = ConnectionTable(self.limits)
-        self._max_frame = max_frame_size
+        self._max_frame = self.limits.max_frame_bytes
         # Every connection reads into this one buffer, then keeps only what it received; no
         # connection buffers more than one whole frame (the rest waits in the kernel).
-        self._scratch = memoryview(bytearray(HEADER_SIZE + max_frame_size))
+        self._scratch = memoryview(bytearray(HEADER_SIZE + self._max_frame))
         self._socket_mode = socket_mode
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -300,7 +303,7 @@ class EnclaveServer:
         if address.scheme == "unix":
             st = os.stat(address.path)
             self._unix_inode = (st.st_dev, st.st_ino)
-        self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
+        self._sweeper = self._loop.call_later(sweep_interval(self.limits), self._sweep)
         return self._address
 
     async def close(self, *, drain: float = 0.0) -> None:
@@ -385,7 +388,7 @@ class EnclaveServer:
         self.refused.flush(now)
         self.log_failures.flush(now)
         if not self._closing:
-            self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
+            self._sweeper = self._loop.call_later(sweep_interval(self.limits), self._sweep)
 
     def _closing_now(self, conn: _Connection) -> float:
         """``conn`` is being closed by us: out of the table, flushing; returns the time."""
@@ -500,7 +503,6 @@ def _failure(exc: Exception) -> str:
 
 
 _FLUSH_TIMEOUT = 1.0  # seconds a closed connection may take to flush its last answer
-DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds SIGTERM waits for requests already received
 _DRAIN_POLL = 0.01
 _BUSY = ErrorResponse("busy", "too many connections, retry later").encode()
 _TIMEOUT = ErrorResponse("timeout", "frame not completed in time").encode()
@@ -716,31 +718,29 @@ async def serve(
     *,
     ready: Callable[[Address], None] | None = None,
     stop: asyncio.Event | None = None,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    frame_deadline: float = DEFAULT_FRAME_DEADLINE,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    limits: Limits = SERVE_LIMITS,
     socket_mode: int = DEFAULT_SOCKET_MODE,
     request_log: RequestLog | None = None,
     created: Callable[[EnclaveServer], None] | None = None,
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    **overrides: float,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly: requests already
-    received are answered for up to ``drain_timeout`` seconds before connections close.
+    received are answered for up to ``limits.drain_timeout`` seconds before connections close.
 
     ``request_log`` takes the line per request (default: INFO records of this module's logger);
     ``created`` is handed the server before it listens (its counters feed ``serve --metrics``).
+    ``overrides`` as for EnclaveServer (``drain_timeout=0``...).
     """
-    cap, fd_limit = descriptor_budget(max_connections)
-    if cap < max_connections:
+    limits = with_overrides(limits, overrides)
+    cap, fd_limit = descriptor_budget(limits.max_connections)
+    if cap < limits.max_connections:
         log.warning(
             "open-file limit %d allows %d connections, not %d: serving %d",
-            fd_limit, cap, max_connections, cap,
+            fd_limit, cap, limits.max_connections, cap,
         )  # fmt: skip
     server = EnclaveServer(
         handlers,
-        read_timeout=read_timeout,
-        frame_deadline=frame_deadline,
-        max_connections=cap,
+        limits=dataclasses.replace(limits, max_connections=cap),
         socket_mode=socket_mode,
         request_log=request_log,
     )
@@ -767,4 +767,4 @@ async def serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-        await server.close(drain=drain_timeout)
+        await server.close(drain=limits.drain_timeout)
