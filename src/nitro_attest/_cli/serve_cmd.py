@@ -13,7 +13,8 @@ from nitro_attest._cli import observe
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
 from nitro_attest._cli.limit_flags import limits_from_args
 from nitro_attest._cli.serve_log import ServerLogHandler
-from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
+from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.channel.routes import enclave_routes
 from nitro_attest.channel.signing import (
     MAX_KEY_FILE_BYTES,
     SenderKeyError,
@@ -25,7 +26,7 @@ from nitro_attest.errors import ChannelKeyError, ConfigurationError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
 from nitro_attest.server_limits import SERVE_LIMITS
-from nitro_attest.wire.server import EnclaveServer, nsm_handlers, serve
+from nitro_attest.wire.server import EnclaveServer, serve
 from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
@@ -226,20 +227,19 @@ def run(args: argparse.Namespace) -> int:
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
     log_handler = _configure_logging(args.log_format)
     allow_key = bool(args.allow_caller_public_key)
-    try:  # settles PCR16 (the caller-key mark) before anything is served
-        handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
-    except (ConfigurationError, NsmError) as exc:
-        backend.close()
-        raise CliError(f"--allow-caller-public-key: {exc}" if allow_key else str(exc)) from None
+    receiver = None
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
         try:
             receiver = ChannelReceiver(senders=senders)
         except ChannelKeyError as exc:
             backend.close()
             raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
-        handlers.update(
-            channel_handlers(receiver, backend, allow_caller_public_key=allow_key)
-        )
+    try:  # settles PCR16 (the caller-key mark) before anything is served
+        routes = enclave_routes(backend, channel=receiver, allow_caller_public_key=allow_key)
+    except (ConfigurationError, NsmError) as exc:
+        backend.close()
+        raise CliError(f"--allow-caller-public-key: {exc}" if allow_key else str(exc)) from None
+    if receiver is not None:
         _log_senders(senders)
     if allow_key:
         logging.getLogger("nitro_attest.wire.server").warning(
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(
             serve(
                 address,
-                handlers,
+                routes,
                 limits=limits,
                 socket_mode=socket_mode,
                 request_log=log_handler,
