@@ -79,3 +79,15 @@ def test_the_older_dicts_still_serve() -> None:
     server = EnclaveServer(handlers)
     answer = server.dispatch(DescribeRequest().encode()[HEADER_SIZE:], "#4")
     assert answer.TYPE == "description"
+
+
+def test_the_parent_cannot_get_its_key_attested_through_the_table() -> None:
+    """As the parent: through serve's table (channel on), an attest naming a key of its own,
+    channel-shaped or plain, is refused without the opt-in; the NSM is never asked."""
+    nsm = FakeNsm(echo=True)
+    server = EnclaveServer(enclave_routes(nsm, channel=ChannelReceiver()))
+    asked = len(nsm.calls)
+    for key in (CHANNEL_KEY_PREFIX + b"1" + b"k" * 32, b"0Y0\x13" + b"p" * 60):
+        answer = server.dispatch(_body(AttestRequest(nonce=b"n" * 8, public_key=key)), "#p")
+        assert isinstance(answer, ErrorResponse) and answer.code == "public_key_refused"
+    assert len(nsm.calls) == asked
