@@ -1,0 +1,343 @@
+"""Red team of attested HTTPS: what a hostile client of the front, or the parent standing between
+client and enclave, tried and what it found (docs/https.md, "Red team").
+
+Each test here first failed against the code it names, then passed with the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from nitro_attest._cli import main
+from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.codec.http import HandshakeError
+from nitro_attest.codec.http1 import forward_request_head, parse_request_head, simple_response
+from nitro_attest.errors import NitroAttestError
+from nitro_attest.https import AttestedTransport
+from nitro_attest.https.attest import AttestationRefused
+from nitro_attest.https.client import fetch
+from nitro_attest.https.front import is_attestation_path
+from nitro_attest.https.identity import make_identity
+from nitro_attest.https.well_known import DOCUMENT_TYPE
+
+from .httpskit import POLICY, pcr_flags, running_front, sim, tls_connect
+
+LIMIT = dict(limit=16384, max_lines=100)
+
+
+def _req(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode() + b"\r\n"
+
+
+def _forwarded(text: str) -> bytes:
+    head = parse_request_head(_req(text), **LIMIT)
+    return forward_request_head(head, client="203.0.113.7", host_fallback=b"enclave").lower()
+
+
+# --- the front's forwarded head ----------------------------------------------------------------
+
+
+def test_forwarded_fields_cannot_be_spoofed_with_underscores_or_other_x_forwarded_names() -> None:
+    """Finding: the front replaced X-Forwarded-For but passed ``X_Forwarded_For`` (CGI and WSGI
+    servers map both to HTTP_X_FORWARDED_FOR, which is why nginx and Apache drop names with
+    underscores) and the X-Forwarded-* names it does not set (Port, Prefix, Ssl: Werkzeug's
+    ProxyFix and others read them). A client could thus tell the app a false address or origin."""
+    out = _forwarded(
+        "GET / HTTP/1.1\nHost: api\nX_Forwarded_For: 6.6.6.6\nX-Real_IP: 6.6.6.7\n"
+        "X-Forwarded-Port: 80\nX-Forwarded-Prefix: /admin\nX_Forwarded_Proto: http\n"
+        "X-Forwarded-Ssl: off\nFORWARDED: for=6.6.6.8\n"
+    )
+    for spoofed in (b"6.6.6.", b"x-forwarded-port", b"/admin", b"proto: http\r", b"ssl"):
+        assert spoofed not in out, spoofed
+    assert b"x-forwarded-for: 203.0.113.7\r\n" in out
+    assert out.count(b"x-forwarded-for") == 1
+
+
+def test_connection_cannot_strip_the_host_the_app_routes_by() -> None:
+    """Finding: ``Connection: host`` made the front drop Host as hop-by-hop and not put it back,
+    so the app got an HTTP/1.1 request without Host (while X-Forwarded-Host still named one)."""
+    out = _forwarded("GET / HTTP/1.1\nHost: api\nConnection: host, x-forwarded-host\n")
+    assert out.startswith(b"get / http/1.1\r\nhost: api\r\n")
+    assert out.count(b"\r\nhost: ") == 1
+    assert b"x-forwarded-host: api\r\n" in out
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example/x?", "a b", "a@b", "a,b", "[::1", "x:99999", "x:", "x:1:2", "\xe9.example"],
+)
+def test_invalid_host_is_refused(host: str) -> None:
+    """Finding: any field value passed as Host, and from it into X-Forwarded-Host and Forwarded
+    (RFC 9112 3.2: a server MUST answer 400 to an invalid Host)."""
+    with pytest.raises(HandshakeError) as caught:
+        parse_request_head(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1"), **LIMIT)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "host", ["api", "api:8443", "127.0.0.1", "127.0.0.1:443", "[::1]:443", "[::1]", "a-b.c_d"]
+)
+def test_valid_hosts_still_pass(host: str) -> None:
+    head = parse_request_head(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), **LIMIT)
+    assert head.get(b"host") == host.encode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/./.well-known/nitro-attestation",
+        "/.well-known/./nitro-attestation",
+        "/x/../.well-known/nitro-attestation",
+        "/%2e/.well-known/nitro-attestation",
+        "/.well-known/nitro-attestation/.",
+        "/.well-known/nitro-attestation;x",
+        "/.WELL-KNOWN/Nitro-Attestation",
+        "/.well-known\\nitro-attestation",
+        "/.well-known/%6eitro-attestation/./",
+    ],
+)
+def test_dot_segments_and_other_spellings_of_the_attestation_path_stay_at_the_front(
+    path: str,
+) -> None:
+    """Finding: dot segments, path parameters, case and backslashes, which servers and frameworks
+    commonly normalize away, took the attestation path past the front to the app."""
+    assert is_attestation_path(path)
+
+
+def test_paths_near_the_attestation_path_still_go_to_the_app() -> None:
+    for path in ("/.well-known/nitro-attestation-x", "/.well-known/nitro-attestation/x",
+                 "/.well-known", "/", "/x/.well-known/nitro-attestation"):
+        assert not is_attestation_path(path), path
+
+
+# --- the front end to end, against a raw app that records the exact head --------------------
+
+
+class RawApp:
+    """An app that records each request head it receives and answers ``answer``."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.heads: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        buffer = b""
+        with sock:
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end >= 0:
+                    self.heads.append(buffer[: end + 4])
+                    buffer = buffer[end + 4 :]
+                    sock.sendall(self.answer)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@contextmanager
+def raw_app(answer: bytes) -> Iterator[RawApp]:
+    app = RawApp(answer)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _read_all(sock: ssl.SSLSocket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    with contextlib.suppress(OSError):
+        while data := sock.recv(65536):
+            out += data
+    return out
+
+
+CHUNKED_ANSWER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+
+def test_http10_client_never_gets_a_chunked_body(sim_state: Path) -> None:
+    """Finding: the app's chunked answer went to an HTTP/1.0 client chunked (RFC 9112 7.1: a
+    client that did not announce 1.1 cannot decode it; it reads chunk sizes as data)."""
+    with raw_app(CHUNKED_ANSWER) as app, running_front(sim(sim_state), app.address) as front:
+        sock = tls_connect(front.address)
+        sock.sendall(b"GET /c HTTP/1.0\r\nHost: api\r\n\r\n")
+        answer = _read_all(sock)
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"transfer-encoding" not in head.lower()
+        assert body == b"hello"
+
+
+def test_spoofed_forwarded_fields_and_connection_host_end_to_end(sim_state: Path) -> None:
+    with raw_app(b"HTTP/1.1 204 No Content\r\n\r\n") as app, \
+            running_front(sim(sim_state), app.address) as front:
+        sock = tls_connect(front.address)
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: api\r\nConnection: host\r\n"
+                     b"X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-Port: 80\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 204 ")
+        sock.close()
+        (head,) = app.heads
+        lowered = head.lower()
+        assert b"\r\nhost: api\r\n" in lowered
+        assert b"6.6.6.6" not in lowered and b"x-forwarded-port" not in lowered
+
+
+# --- the client against a parent's malformed certificate -------------------------------------
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def _ber_certificate() -> bytes:
+    """A key and a self-signed certificate whose serial has a non-minimal (BER) length: OpenSSL
+    takes it, the strict DER parser of ``cryptography`` does not. PEM, key first."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "parent")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(0x1234)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    tbs = cert.tbs_certificate_bytes
+    header = 2 + (tbs[1] & 0x7F if tbs[1] & 0x80 else 0)
+    body = tbs[header:]
+    assert body.count(b"\x02\x02\x12\x34") == 1
+    new_tbs = _tlv(0x30, body.replace(b"\x02\x02\x12\x34", b"\x02\x81\x02\x12\x34"))
+    signature = key.sign(new_tbs, ec.ECDSA(hashes.SHA256()))
+    algorithm = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d040302")))  # ecdsa-with-SHA256
+    der = _tlv(0x30, new_tbs + algorithm + _tlv(0x03, b"\x00" + signature))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem + ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+@contextmanager
+def parent_with_certificate(
+    pem: bytes, tmp_path: Path, state: Path
+) -> Iterator[tuple[str, list[bytes]]]:
+    """A TLS server (the parent) with ``pem`` that answers the attestation path with a genuine
+    document for the caller's nonce (from the software NSM); records what else it was sent."""
+    path = tmp_path / "parent.pem"
+    path.write_bytes(pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(path))
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(raw, server_side=True) as tls:
+                    tls.settimeout(5)
+                    with contextlib.suppress(OSError):
+                        while data := tls.recv(65536):
+                            found = re.search(rb"nonce=([0-9a-f]+) ", data)
+                            if found is None:
+                                received.append(data)
+                                continue
+                            document = sim(state).attestation(
+                                nonce=bytes.fromhex(found.group(1).decode())
+                            )
+                            tls.sendall(simple_response(200, document, content_type=DOCUMENT_TYPE))
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", received
+    finally:
+        listener.close()
+
+
+def test_parents_unparsable_certificate_is_a_refusal_not_a_crash(
+    sim_state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding: a certificate OpenSSL accepts but ``cryptography`` cannot parse (a BER length)
+    made the client's key extraction raise ValueError: a traceback-class error out of the
+    library (the httpx transport raised it to the caller) instead of a refusal."""
+    root = (sim_state / "root.pem").read_bytes()
+    with parent_with_certificate(_ber_certificate(), tmp_path, sim_state) as (url, received):
+        with pytest.raises(AttestationRefused) as caught:
+            fetch(url + "/secret", verifier=Verifier(root_pem=root), policy=POLICY,
+                  sink=lambda _: None)
+        assert caught.value.check == "public_key"
+        transport = AttestedTransport(policy=POLICY, root=root)
+        with httpx.Client(transport=transport) as client, \
+                pytest.raises(NitroAttestError):
+            client.get(url + "/secret")
+        rc = main(["https", "get", url + "/secret", "--root", str(sim_state / "root.pem"),
+                   *pcr_flags()])
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        assert "attestation refused (public_key)" in err
+        assert not any(b"/secret" in data for data in received)
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+def test_tls12_front_refuses_client_renegotiation() -> None:
+    """Finding: with ``--tls12`` the front accepted client-initiated renegotiation, a full
+    handshake's CPU per request of a hostile client, on an otherwise idle connection."""
+    identity = make_identity(allow_tls12=True)
+    assert identity.context.options & ssl.OP_NO_RENEGOTIATION
+
+
+def test_client_requires_tls13() -> None:
+    """Hardening: our front always speaks TLS 1.3, so a client that settles for 1.2 can only be
+    talking to something else; the client no longer offers 1.2."""
+    from nitro_attest.https.client import client_context
+
+    assert client_context().minimum_version == ssl.TLSVersion.TLSv1_3
