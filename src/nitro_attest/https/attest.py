@@ -15,12 +15,19 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.codec.http import HandshakeError, find_head_end
 from nitro_attest.codec.http1 import parse_response_head, request_head
-from nitro_attest.errors import TransportError, UsageError, VerificationError
+from nitro_attest.errors import (
+    PublicKeyMismatchError,
+    TransportError,
+    UsageError,
+    VerificationError,
+)
 from nitro_attest.https.identity import spki_of
 from nitro_attest.https.well_known import DOCUMENT_TYPE, WELL_KNOWN
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
@@ -122,7 +129,15 @@ def check_document(
     where: str,
 ) -> VerifiedDocument:
     """Verify ``document`` for this connection, or raise AttestationRefused naming the check."""
-    expected = dataclasses.replace(policy, nonce=nonce, public_key=spki_of(certificate_der))
+    try:
+        spki = spki_of(certificate_der)
+    except (ValueError, UnsupportedAlgorithm):
+        # The server chose the certificate: OpenSSL took it, the strict DER parser did not (a
+        # BER length, an unsupported key). No key, so no document can name it.
+        raise AttestationRefused(
+            where, PublicKeyMismatchError("the server's certificate does not parse as DER")
+        ) from None
+    expected = dataclasses.replace(policy, nonce=nonce, public_key=spki)
     try:
         verified = verifier.verify(document, policy=expected)
         if signs_caller_keys(verified.document.pcrs):
