@@ -12,7 +12,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -341,3 +341,75 @@ def test_client_requires_tls13() -> None:
     from nitro_attest.https.client import client_context
 
     assert client_context().minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+# --- the parent dripping the attestation answer --------------------------------------------------
+
+
+@contextmanager
+def dripping_parent() -> Iterator[str]:
+    """The parent answering the attestation path one byte every 0.2 s, forever: each read gets
+    something well within any per-read timeout."""
+    own = make_identity()
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(raw,), daemon=True).start()
+
+    def drip(raw: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            raw.settimeout(5)
+            with own.context.wrap_socket(raw, server_side=True) as tls:
+                tls.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 5000:
+                    if stop.wait(0.2):
+                        return
+                    tls.sendall(bytes([byte]))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def _within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in a thread; the exception it raised, or AssertionError if still running."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise AssertionError(f"still waiting after {seconds} s")
+    return outcome[0]
+
+
+def test_dripped_attestation_answer_is_cut_at_the_timeout(sim_state: Path) -> None:
+    """Finding: ``timeout`` bounded each read, not the attestation exchange: a parent sending the
+    answer a byte at a time held ``https get`` and the httpx transport for as long as it liked
+    (8 KiB of head at one byte per read). Now the exchange as a whole ends at the timeout."""
+    root = (sim_state / "root.pem").read_bytes()
+    with dripping_parent() as url:
+        error = _within(8, lambda: fetch(url + "/x", verifier=Verifier(root_pem=root),
+                                         policy=POLICY, sink=lambda _: None, timeout=1.5))
+        assert isinstance(error, NitroAttestError) and "timed out" in str(error), error
+        transport = AttestedTransport(policy=POLICY, root=root)
+        client = httpx.Client(transport=transport, timeout=1.5)
+        error = _within(8, lambda: client.get(url + "/x"))
+        assert isinstance(error, NitroAttestError) and "timed out" in str(error), error
+        client.close()
