@@ -11,9 +11,12 @@ request is sent before ``check_document`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
@@ -68,6 +71,44 @@ def check_policy(policy: Policy) -> Policy:
             "the policy must not set nonce or public_key: each connection sets its own"
         )
     return policy
+
+
+@contextlib.contextmanager
+def attestation_deadline(
+    sock: socket.socket | None, seconds: float | None, where: str
+) -> Iterator[None]:
+    """Bound the whole TLS handshake and attestation exchange on ``sock`` to ``seconds``.
+
+    A per-read timeout does not: a parent sending a byte just within each read's timeout could
+    hold the client for as long as it liked. At the deadline the connection is shut down (through
+    a duplicate of the socket, so the shutdown never reaches a reused descriptor) and what the
+    block raised becomes a TransportError saying it timed out."""
+    if seconds is None or sock is None:
+        yield
+        return
+    handle = sock.dup()
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):
+            handle.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    message = f"{where}: timed out: no attested connection within {seconds:g} s"
+    try:
+        yield
+    except Exception:
+        if fired.is_set():
+            raise TransportError(message) from None
+        raise
+    finally:
+        timer.cancel()
+        handle.close()
+    if fired.is_set():  # attested at the very last moment, but the connection is cut
+        raise TransportError(message)
 
 
 def new_nonce() -> bytes:

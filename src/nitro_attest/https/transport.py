@@ -27,6 +27,7 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.errors import TransportError, UsageError
 from nitro_attest.https.attest import (
+    attestation_deadline,
     attestation_request,
     check_document,
     check_policy,
@@ -94,12 +95,15 @@ class _PlainStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
-        try:
-            verified = self._owner._attest(tls, server_hostname or "enclave", timeout)
-        except BaseException:
-            tls.close()
-            raise
+        host = server_hostname or "enclave"
+        # The connect timeout bounds the handshake and the attestation as a whole, not each read.
+        with attestation_deadline(self._inner.get_extra_info("socket"), timeout, host):
+            tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
+            try:
+                verified = self._owner._attest(tls, host, timeout)
+            except BaseException:
+                tls.close()
+                raise
         return _AttestedStream(tls, verified)
 
 
