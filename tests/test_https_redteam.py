@@ -27,7 +27,7 @@ from nitro_attest._cli import main
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.codec.http import HandshakeError
 from nitro_attest.codec.http1 import forward_request_head, parse_request_head, simple_response
-from nitro_attest.errors import NitroAttestError
+from nitro_attest.errors import NitroAttestError, UsageError
 from nitro_attest.https import AttestedTransport
 from nitro_attest.https.attest import AttestationRefused
 from nitro_attest.https.client import fetch
@@ -35,7 +35,7 @@ from nitro_attest.https.front import is_attestation_path
 from nitro_attest.https.identity import make_identity
 from nitro_attest.https.well_known import DOCUMENT_TYPE
 
-from .httpskit import POLICY, pcr_flags, running_front, sim, tls_connect
+from .httpskit import POLICY, pcr_flags, relaying_parent, running_front, sim, tls_connect
 
 LIMIT = dict(limit=16384, max_lines=100)
 
@@ -413,3 +413,48 @@ def test_dripped_attestation_answer_is_cut_at_the_timeout(sim_state: Path) -> No
         error = _within(8, lambda: client.get(url + "/x"))
         assert isinstance(error, NitroAttestError) and "timed out" in str(error), error
         client.close()
+
+
+# --- what held: the httpx transport's pool and redirects ----------------------------------------
+
+
+def test_redirect_to_the_parent_is_attested_and_refused(sim_state: Path) -> None:
+    """Held: an app (or anyone who can make it answer) redirecting the client to a host the
+    parent runs gets a new connection, attested like any other, and refused; a redirect to
+    http:// is refused before connecting. The request body never reaches the parent."""
+    root = (sim_state / "root.pem").read_bytes()
+    with raw_app(b"") as app, running_front(sim(sim_state), app.address) as front, \
+            relaying_parent(front.address) as (evil, _own, relayed):
+        app.answer = (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + evil.encode()
+                      + b"/steal\r\nContent-Length: 0\r\n\r\n")
+        transport = AttestedTransport(policy=POLICY, root=root)
+        with httpx.Client(transport=transport, follow_redirects=True) as client:
+            with pytest.raises(AttestationRefused) as caught:
+                client.post(front.url + "/pay", content=b"card=4111")
+            assert caught.value.check == "public_key"
+            assert len(app.heads) == 1  # the original request only
+            relayed_before = relayed[0]
+            app.answer = (b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/x\r\n"
+                          b"Content-Length: 0\r\n\r\n")
+            with pytest.raises(UsageError, match="not attested"):
+                client.get(front.url + "/again")
+            assert relayed[0] == relayed_before
+
+
+def test_pool_never_reuses_an_attested_connection_for_another_server(sim_state: Path) -> None:
+    """Held: a refused connection leaves nothing in the pool, the attested one serves its own
+    origin only, and a second refusal is a fresh attestation, not a cached verdict."""
+    root = (sim_state / "root.pem").read_bytes()
+    with raw_app(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as app, \
+            running_front(sim(sim_state), app.address) as front, \
+            relaying_parent(front.address) as (evil, _own, _relayed):
+        transport = AttestedTransport(policy=POLICY, root=root)
+        with httpx.Client(transport=transport) as client:
+            with pytest.raises(AttestationRefused):
+                client.get(evil + "/a")
+            assert client.get(front.url + "/b").text == "ok"
+            with pytest.raises(AttestationRefused):
+                client.get(evil + "/c")
+            assert client.get(front.url + "/d").text == "ok"
+        assert [h.split(b" ")[1] for h in app.heads] == [b"/b", b"/d"]
+        assert len(front.attestation_lines()) == 3  # /b once (pooled), twice for the relay
