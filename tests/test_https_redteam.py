@@ -30,7 +30,7 @@ from nitro_attest.codec.http1 import forward_request_head, parse_request_head, s
 from nitro_attest.errors import NitroAttestError, UsageError
 from nitro_attest.https import AttestedTransport
 from nitro_attest.https.attest import AttestationRefused
-from nitro_attest.https.client import fetch
+from nitro_attest.https.client import fetch, parse_url
 from nitro_attest.https.front import is_attestation_path
 from nitro_attest.https.identity import make_identity
 from nitro_attest.https.well_known import DOCUMENT_TYPE
@@ -458,3 +458,17 @@ def test_pool_never_reuses_an_attested_connection_for_another_server(sim_state: 
             assert client.get(front.url + "/d").text == "ok"
         assert [h.split(b" ")[1] for h in app.heads] == [b"/b", b"/d"]
         assert len(front.attestation_lines()) == 3  # /b once (pooled), twice for the relay
+
+
+def test_get_refuses_a_method_that_is_not_a_token_and_a_non_ascii_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Finding (usage): ``-X "GET /x HTTP/1.1"`` went into the request line as given (a line of
+    the caller's own making, but a malformed request all the same), and a non-ASCII host name
+    failed with a UnicodeEncodeError after the handshake. Both are now usage errors, before any
+    connection."""
+    rc = main(["https", "get", "https://127.0.0.1:1/", "-X", "GET /x HTTP/1.1", *pcr_flags()])
+    assert rc == 2
+    assert "-X" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="ASCII"):
+        parse_url("https://b\u00fccher.example/")
