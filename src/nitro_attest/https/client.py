@@ -62,6 +62,8 @@ def parse_url(text: str) -> Url:
         raise UsageError(f"{text[:80]!r}: only https:// URLs are attested")
     if not parts.hostname:
         raise UsageError(f"{text[:80]!r}: no host")
+    if not parts.hostname.isascii():
+        raise UsageError(f"{text[:80]!r}: give the host name in its ASCII (xn--) form")
     if parts.username is not None or parts.password is not None:
         raise UsageError(f"{text[:80]!r}: credentials in the URL are not supported")
     target = parts.path or "/"
