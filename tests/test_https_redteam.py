@@ -31,11 +31,19 @@ from nitro_attest.errors import NitroAttestError, UsageError
 from nitro_attest.https import AttestedTransport
 from nitro_attest.https.attest import AttestationRefused
 from nitro_attest.https.client import fetch, parse_url
-from nitro_attest.https.front import is_attestation_path
+from nitro_attest.https.front import (
+    Attester,
+    FrontConfig,
+    HttpsFront,
+    is_attestation_path,
+    seal_caller_key_pcr,
+)
 from nitro_attest.https.identity import make_identity
 from nitro_attest.https.well_known import DOCUMENT_TYPE
+from nitro_attest.wire.transport import parse_address
 
 from .httpskit import POLICY, pcr_flags, relaying_parent, running_front, sim, tls_connect
+from .serverkit import loop_in_thread
 
 LIMIT = dict(limit=16384, max_lines=100)
 
@@ -472,3 +480,23 @@ def test_get_refuses_a_method_that_is_not_a_token_and_a_non_ascii_host(
     assert "-X" in capsys.readouterr().err
     with pytest.raises(UsageError, match="ASCII"):
         parse_url("https://b\u00fccher.example/")
+
+
+def test_transport_to_an_ipv6_front_sends_a_bracketed_host(sim_state: Path) -> None:
+    """Regression guard for the Host check above: httpcore names an IPv6 origin without brackets,
+    and the transport put that in the attestation request's Host (``::1``), which is not a
+    valid Host; it now brackets it."""
+    identity = make_identity()
+    backend = sim(sim_state)
+    seal_caller_key_pcr(backend)
+    with raw_app(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as app:
+        front = HttpsFront(FrontConfig(app=parse_address(app.address)), identity,
+                           Attester(backend, identity.spki_der))
+        listen = parse_address("tcp://[::1]:0", role="listen")
+        with loop_in_thread(lambda: front.start(listen), lambda: front.shutdown(1.0),
+                            "nitro_attest.https") as (bound, _logs):
+            transport = AttestedTransport(policy=POLICY,
+                                          root=(sim_state / "root.pem").read_bytes())
+            with httpx.Client(transport=transport) as client:
+                assert client.get(f"https://[::1]:{bound.port}/v6").text == "ok"
+        assert app.heads[0].startswith(b"GET /v6 HTTP/1.1\r\nhost: [::1]:")
