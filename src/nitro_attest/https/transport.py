@@ -185,7 +185,8 @@ class AttestedTransport(httpx.HTTPTransport):
         if not certificate:
             raise TransportError(f"{host}: the server sent no certificate")
         nonce = new_nonce()
-        stream.write(attestation_request(host, nonce), timeout)
+        authority = f"[{host}]" if ":" in host else host  # httpcore names IPv6 without brackets
+        stream.write(attestation_request(authority, nonce), timeout)
         document = read_document(lambda: stream.read(_READ, timeout))
         return check_document(
             document,
