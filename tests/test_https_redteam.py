@@ -502,3 +502,51 @@ def test_transport_to_an_ipv6_front_sends_a_bracketed_host(sim_state: Path) -> N
             with httpx.Client(transport=transport) as client:
                 assert client.get(f"https://[::1]:{bound.port}/v6").text == "ok"
         assert app.heads[0].startswith(b"GET /v6 HTTP/1.1\r\nhost: [::1]:")
+
+
+# --- the front's deadlines -------------------------------------------------------------------------
+
+
+class SlowNsm:
+    """Takes ``delay`` seconds per document, as a queue of other clients' requests would."""
+
+    def __init__(self, inner: object, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+
+    def attestation(self, **fields: object) -> bytes:
+        threading.Event().wait(self._delay)
+        return self._inner.attestation(**fields)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_deadline_passing_during_the_nsm_call_does_not_exempt_the_connection(
+    sim_state: Path,
+) -> None:
+    """Finding: the header deadline passing while the attestation answer waited for the NSM (a
+    queue a client can build with other connections) marked the connection expired with nothing
+    to interrupt; the sweep skips expired connections, so from then on it never expired again
+    and could sit idle for good, immune to the idle timeout."""
+    with raw_app(b"") as app, running_front(
+        SlowNsm(sim(sim_state), 1.0), app.address, header_timeout=0.5, idle_timeout=1.0
+    ) as front:
+        sock = tls_connect(front.address)
+        # The head in two pieces: the front is then under the header deadline (0.5 s from the
+        # first byte), which passes while the NSM works.
+        sock.sendall(b"GET /.well-known/nitro-attestation?nonce=")
+        threading.Event().wait(0.1)
+        sock.sendall(b"ab" * 16 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        # Now idle: closed within the idle timeout (1 s) and a sweep or two, not left open.
+        sock.settimeout(6)
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+        assert front.front.active_connections == 0
+        sock.close()
