@@ -253,6 +253,7 @@ class _Stream:
         owner = self.owner
         owner.deadline = time.monotonic() + timeout
         owner.head = head
+        owner.expired = False
         while True:
             if self.closed:
                 raise _Closed("closed")
@@ -340,7 +341,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 class _Connection:
-    __slots__ = ("busy", "client", "deadline", "expired", "head", "peer", "task", "upstream")
+    __slots__ = (
+        "busy", "client", "deadline", "expired", "expired_deadline", "head", "peer", "task",
+        "upstream",
+    )
 
     def __init__(self, peer: str, task: asyncio.Task[None] | None) -> None:
         self.peer = peer
@@ -350,7 +354,8 @@ class _Connection:
         self.busy = False
         self.deadline = math.inf
         self.head = False  # waiting for the rest of a begun request head (expiry: 408)
-        self.expired = False
+        self.expired = False  # the current deadline passed (_read_head answers 408)
+        self.expired_deadline = math.nan  # the deadline last acted on: each acts once
 
 
 def _peer_text(address: object) -> str:
@@ -454,7 +459,10 @@ class HttpsFront:
             await asyncio.sleep(self._tick)
             now = time.monotonic()
             for conn in list(self._connections):
-                if conn.deadline < now and not conn.expired:
+                # Once per deadline, not once per connection: a deadline that passed while
+                # nothing waited (the NSM call) must not exempt the connection from later ones.
+                if conn.deadline < now and conn.deadline != conn.expired_deadline:
+                    conn.expired_deadline = conn.deadline
                     self._expire(conn)
 
     def _expire(self, conn: _Connection) -> None:
