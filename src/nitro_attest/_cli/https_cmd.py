@@ -118,8 +118,8 @@ def _add_get(ops: Any) -> None:
     p.add_argument("--data", "-d", metavar="TEXT|@FILE", help="request body")
     p.add_argument("--output", "-o", metavar="FILE", help="write the body here, not to stdout")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="bound on connecting, and on the TLS handshake and attestation together; "
-                   "then on each read of the answer (default 10)")
+                   help="bound on connecting, on the TLS handshake and on the attestation "
+                   "exchange, each as a whole; then on each read of the answer (default 10)")
     p.set_defaults(func=run_get)
 
 

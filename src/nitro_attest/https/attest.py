@@ -11,12 +11,10 @@ request is sent before ``check_document`` returns.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import socket
-import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
@@ -73,42 +71,30 @@ def check_policy(policy: Policy) -> Policy:
     return policy
 
 
-@contextlib.contextmanager
-def attestation_deadline(
-    sock: socket.socket | None, seconds: float | None, where: str
-) -> Iterator[None]:
-    """Bound the whole TLS handshake and attestation exchange on ``sock`` to ``seconds``.
+class Deadline:
+    """The time left for the attestation exchange, so that the timeout bounds it as a whole:
+    with a timeout per read, a parent sending a byte just within each could hold the client for
+    as long as it liked. (The TLS handshake before it is one call that CPython bounds as a whole
+    by the socket's timeout.) ``None``: no bound."""
 
-    A per-read timeout does not: a parent sending a byte just within each read's timeout could
-    hold the client for as long as it liked. At the deadline the connection is shut down (through
-    a duplicate of the socket, so the shutdown never reaches a reused descriptor) and what the
-    block raised becomes a TransportError saying it timed out."""
-    if seconds is None or sock is None:
-        yield
-        return
-    handle = sock.dup()
-    fired = threading.Event()
+    def __init__(self, seconds: float | None, where: str) -> None:
+        self._seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+        self._where = where
 
-    def cut() -> None:
-        fired.set()
-        with contextlib.suppress(OSError):
-            handle.shutdown(socket.SHUT_RDWR)
+    def left(self) -> float | None:
+        """Seconds left for the next read; TransportError once none are."""
+        if self._end is None:
+            return None
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
 
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    message = f"{where}: timed out: no attested connection within {seconds:g} s"
-    try:
-        yield
-    except Exception:
-        if fired.is_set():
-            raise TransportError(message) from None
-        raise
-    finally:
-        timer.cancel()
-        handle.close()
-    if fired.is_set():  # attested at the very last moment, but the connection is cut
-        raise TransportError(message)
+    def expired(self) -> TransportError:
+        return TransportError(
+            f"{self._where}: timed out: no attestation answer within {self._seconds:g} s"
+        )
 
 
 def new_nonce() -> bytes:

@@ -28,7 +28,7 @@ from nitro_attest.codec.http1 import (
 )
 from nitro_attest.errors import TransportError, UsageError
 from nitro_attest.https.attest import (
-    attestation_deadline,
+    Deadline,
     attestation_request,
     check_document,
     check_policy,
@@ -145,23 +145,14 @@ class AttestedConnection:
             raise TransportError(f"{self.url.authority}: {_describe(exc)}") from None
 
     def open(self) -> VerifiedDocument:
-        """Connect, handshake and attest, all within the timeout; raises AttestationRefused or
-        TransportError."""
+        """Connect, handshake and attest; raises AttestationRefused or TransportError. The
+        timeout bounds the connect, the handshake, and the attestation exchange, each as a
+        whole."""
         where = self.url.authority
         try:
             raw = socket.create_connection((self.url.host, self.url.port), timeout=self._timeout)
         except OSError as exc:
             raise TransportError(f"{where}: cannot connect: {_describe(exc)}") from None
-        try:
-            with attestation_deadline(raw, self._timeout, where):
-                return self._attest(raw)
-        except BaseException:
-            self.close()
-            raw.close()
-            raise
-
-    def _attest(self, raw: socket.socket) -> VerifiedDocument:
-        where = self.url.authority
         # The TLS Finished and the attestation request leave back to back: without NODELAY the
         # second waits for the server's delayed ACK (40 ms) when the server sends no tickets.
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -170,16 +161,31 @@ class AttestedConnection:
                 raw, server_hostname=_server_hostname(self.url.host)
             )
         except (OSError, ssl.SSLError) as exc:
+            raw.close()
             raise TransportError(f"{where}: TLS handshake failed: {_describe(exc)}") from None
         certificate = self._sock.getpeercert(binary_form=True)
         if not certificate:
             raise TransportError(f"{where}: the server sent no certificate")
         nonce = new_nonce()
         self._send(attestation_request(self.url.authority, nonce))
+        deadline = Deadline(self._timeout, where)
+        sock = self._sock
+
+        def recv() -> bytes:
+            sock.settimeout(deadline.left())
+            try:
+                return self._recv()
+            except TransportError:
+                deadline.left()  # timed out as a whole: say so
+                raise
+
         try:
-            document = read_document(self._recv)
+            document = read_document(recv)
         except TransportError as exc:
-            raise TransportError(f"{where}: {exc.message}") from None
+            raise TransportError(exc.message if exc.message.startswith(where)
+                                 else f"{where}: {exc.message}") from None
+        finally:
+            sock.settimeout(self._timeout)
         self.verified = check_document(
             document,
             certificate_der=certificate,

@@ -27,7 +27,7 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.errors import TransportError, UsageError
 from nitro_attest.https.attest import (
-    attestation_deadline,
+    Deadline,
     attestation_request,
     check_document,
     check_policy,
@@ -95,15 +95,12 @@ class _PlainStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        host = server_hostname or "enclave"
-        # The connect timeout bounds the handshake and the attestation as a whole, not each read.
-        with attestation_deadline(self._inner.get_extra_info("socket"), timeout, host):
-            tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
-            try:
-                verified = self._owner._attest(tls, host, timeout)
-            except BaseException:
-                tls.close()
-                raise
+        tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        try:
+            verified = self._owner._attest(tls, server_hostname or "enclave", timeout)
+        except BaseException:
+            tls.close()
+            raise
         return _AttestedStream(tls, verified)
 
 
@@ -187,7 +184,16 @@ class AttestedTransport(httpx.HTTPTransport):
         nonce = new_nonce()
         authority = f"[{host}]" if ":" in host else host  # httpcore names IPv6 without brackets
         stream.write(attestation_request(authority, nonce), timeout)
-        document = read_document(lambda: stream.read(_READ, timeout))
+        # The timeout bounds the exchange as a whole, not each read a dripping parent keeps alive.
+        deadline = Deadline(timeout, host)
+
+        def recv() -> bytes:
+            try:
+                return stream.read(_READ, deadline.left())
+            except httpcore.ReadTimeout:
+                raise deadline.expired() from None
+
+        document = read_document(recv)
         return check_document(
             document,
             certificate_der=certificate,
