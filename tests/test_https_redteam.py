@@ -553,3 +553,38 @@ def test_a_deadline_passing_during_the_nsm_call_does_not_exempt_the_connection(
         assert time.monotonic() - started < 5.0
         wait_for(lambda: front.front.active_connections == 0, 3, "the idle connection dropped")
         sock.close()
+
+
+def test_dripped_tls_handshake_is_cut_at_the_timeout(sim_state: Path) -> None:
+    """Held: the parent relaying the real front's handshake a byte every 0.2 s. CPython bounds
+    a handshake as a whole by the socket's timeout, so ``https get`` stops at its timeout."""
+    root = (sim_state / "root.pem").read_bytes()
+    with raw_app(b"") as app, running_front(sim(sim_state), app.address) as front:
+        listener = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def relay() -> None:
+            with contextlib.suppress(OSError):
+                client, _ = listener.accept()
+                upstream = socket.create_connection((front.address.host, front.address.port))
+                client.settimeout(0.05)
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        if data := client.recv(65536):
+                            upstream.sendall(data)
+                    upstream.settimeout(0.05)
+                    with contextlib.suppress(TimeoutError):
+                        for byte in upstream.recv(1):
+                            client.sendall(bytes([byte]))
+                            stop.wait(0.2)
+
+        threading.Thread(target=relay, daemon=True).start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/x"
+        try:
+            error = _within(8, lambda: fetch(url, verifier=Verifier(root_pem=root),
+                                             policy=POLICY, sink=lambda _: None, timeout=1.5))
+        finally:
+            stop.set()
+            listener.close()
+        assert isinstance(error, NitroAttestError) and "timed out" in str(error), error
+        assert app.heads == []
