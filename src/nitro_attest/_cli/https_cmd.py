@@ -117,7 +117,9 @@ def _add_get(ops: Any) -> None:
                    help="method (default GET, or POST with --data)")
     p.add_argument("--data", "-d", metavar="TEXT|@FILE", help="request body")
     p.add_argument("--output", "-o", metavar="FILE", help="write the body here, not to stdout")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="bound on connecting, on the TLS handshake and on the attestation "
+                   "exchange, each as a whole; then on each read of the answer (default 10)")
     p.set_defaults(func=run_get)
 
 
@@ -256,6 +258,10 @@ def run_get(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     body = _data(args.data)
     method = args.request or ("POST" if body is not None else "GET")
+    from nitro_attest.codec.http import is_token
+
+    if not is_token(method.encode("utf-8")):
+        raise CliError(f"-X {method[:40]!r}: a method is one token (GET, POST, PUT...)")
     out: BinaryIO
     with contextlib.ExitStack() as stack:
         if args.output:
