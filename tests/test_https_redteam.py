@@ -588,3 +588,16 @@ def test_dripped_tls_handshake_is_cut_at_the_timeout(sim_state: Path) -> None:
             listener.close()
         assert isinstance(error, NitroAttestError) and "timed out" in str(error), error
         assert app.heads == []
+
+
+def test_a_nitrotpm_policy_is_refused_before_connecting() -> None:
+    """https serve answers from an enclave's NSM; a NitroTPM document's PCR16 means nothing."""
+    from nitro_attest.attestation.document import DocumentKind
+    from nitro_attest.attestation.policy import Policy
+    from nitro_attest.errors import UsageError
+    from nitro_attest.https.attest import check_policy
+
+    policy = Policy(pcr_sets=({0: b"\x01" * 48},), kind=DocumentKind.NITROTPM)
+    with pytest.raises(UsageError, match="enclave documents only"):
+        check_policy(policy)
+    assert check_policy(Policy(pcr_sets=({0: b"\x01" * 48},))).kind is DocumentKind.ENCLAVE

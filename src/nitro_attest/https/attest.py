@@ -19,6 +19,7 @@ from collections.abc import Callable
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.codec.http import HandshakeError, find_head_end
@@ -68,6 +69,10 @@ def check_policy(policy: Policy) -> Policy:
         raise UsageError(
             "the policy must not set nonce or public_key: each connection sets its own"
         )
+    if policy.kind is not DocumentKind.ENCLAVE:
+        # https serve answers from an enclave's NSM; a NitroTPM document comes from an EC2
+        # host, whose PCR16 is a resettable TPM register, so the caller-key rule means nothing.
+        raise UsageError("attested HTTPS accepts enclave documents only (not --kind nitrotpm)")
     return policy
 
 
