@@ -27,13 +27,7 @@ from nitro_attest.codec.http1 import (
     request_head,
 )
 from nitro_attest.errors import TransportError, UsageError
-from nitro_attest.https.attest import (
-    attestation_request,
-    check_document,
-    check_policy,
-    new_nonce,
-    read_document,
-)
+from nitro_attest.https.attest import attest_connection, check_policy
 
 MAX_RESPONSE_HEAD = 64 * 1024
 PIECE = 64 * 1024
@@ -162,22 +156,13 @@ class AttestedConnection:
         except (OSError, ssl.SSLError) as exc:
             raw.close()
             raise TransportError(f"{where}: TLS handshake failed: {_describe(exc)}") from None
-        certificate = self._sock.getpeercert(binary_form=True)
-        if not certificate:
-            raise TransportError(f"{where}: the server sent no certificate")
-        nonce = new_nonce()
-        self._send(attestation_request(self.url.authority, nonce))
-        try:
-            document = read_document(self._recv)
-        except TransportError as exc:
-            raise TransportError(f"{where}: {exc.message}") from None
-        self.verified = check_document(
-            document,
-            certificate_der=certificate,
-            nonce=nonce,
+        self.verified = attest_connection(
+            self._send,
+            self._recv,
+            self._sock.getpeercert(binary_form=True),
+            authority=where,
             verifier=self._verifier,
             policy=self._policy,
-            where=f"https://{where}",
         )
         return self.verified
 

@@ -25,14 +25,8 @@ import httpx
 
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
-from nitro_attest.errors import TransportError, UsageError
-from nitro_attest.https.attest import (
-    attestation_request,
-    check_document,
-    check_policy,
-    new_nonce,
-    read_document,
-)
+from nitro_attest.errors import UsageError
+from nitro_attest.https.attest import attest_connection, check_policy
 from nitro_attest.https.client import client_context
 
 _SocketOption = typing.Any
@@ -177,17 +171,11 @@ class AttestedTransport(httpx.HTTPTransport):
         self, stream: httpcore.NetworkStream, host: str, timeout: float | None
     ) -> VerifiedDocument:
         ssl_object = stream.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(True) if ssl_object else None
-        if not certificate:
-            raise TransportError(f"{host}: the server sent no certificate")
-        nonce = new_nonce()
-        stream.write(attestation_request(host, nonce), timeout)
-        document = read_document(lambda: stream.read(_READ, timeout))
-        return check_document(
-            document,
-            certificate_der=certificate,
-            nonce=nonce,
+        return attest_connection(
+            lambda data: stream.write(data, timeout),
+            lambda: stream.read(_READ, timeout),
+            ssl_object.getpeercert(True) if ssl_object else None,
+            authority=host,
             verifier=self._verifier,
             policy=self._policy,
-            where=f"https://{host}",
         )
