@@ -47,6 +47,19 @@ def error_json(message: str, check: str | None = None) -> dict[str, Any]:
     return {"check": None if check is None else str(check), "message": message}
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``--listen [HOST:]PORT`` (the service, the KMS emulator): host 127.0.0.1 unless given,
+    IPv6 in brackets; a port outside 1..65535, or not ASCII digits, is a one-line CliError."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "", value
+    host = host.strip("[]") or "127.0.0.1"
+    # isascii: str.isdigit() is true of "²", which int() then refuses with a ValueError
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise CliError(f"--listen {value!r}: expected HOST:PORT with a port in 1..65535")
+    return host, int(port_text)
+
+
 def parse_hex(value: str, what: str, *, max_bytes: int | None = None) -> bytes:
     """Parse a hex flag value; '0x' prefix, ':' and whitespace separators are tolerated."""
     text = value.strip()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitro_attest._cli.common import CliError, read_bytes
+from nitro_attest._cli.common import CliError, parse_listen, read_bytes
 from nitro_attest._cli.observe import add_flags
 
 EPILOG = """\
@@ -79,16 +79,6 @@ def add_operations(kms_sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "", value
-    host = host.strip("[]") or "127.0.0.1"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CliError(f"--listen {value!r}: expected HOST:PORT with a port in 1..65535")
-    return host, int(port_text)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401  (the server; checked here for a one-line error)
@@ -101,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from nitro_attest.kms_emulator.recipient import RecipientVerifier
     from nitro_attest.kms_emulator.runner import EmulatorSettings, serve
 
-    host, port = _listen(args.listen)
+    host, port = parse_listen(args.listen)
     if not _REGION.match(args.region):
         raise CliError(f"--region {args.region!r}: not a region name (e.g. us-east-1)")
     if (args.tls_cert is None) != (args.tls_key is None):

@@ -144,23 +144,17 @@ def _one_reading(data: bytes, path: str) -> None:
     """Refuse a measurements file that reads two ways: a key given twice (a reviewer sees the
     first PCR0, json.loads keeps the last, and the policy would pin an image nobody reviewed),
     or nesting too deep to parse. Other defects are left to the parser, which names them."""
-    import json
-
     from nitro_attest._cli.common import CliError
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        for key in keys:
-            if keys.count(key) > 1:
-                raise CliError(f"{path}: duplicate JSON key {key[:40]!r}: which value counts "
-                               "would be a guess")
-        return dict(pairs)
+    from nitro_attest.codec import strict_json
 
     try:
-        json.loads(data, object_pairs_hook=unique)
-    except RecursionError:
+        strict_json.loads(data)
+    except strict_json.DuplicateKeyError as exc:
+        raise CliError(f"{path}: duplicate JSON key {exc.key[:40]!r}: which value counts "
+                       "would be a guess") from None
+    except strict_json.TooDeepError:
         raise CliError(f"{path}: measurements JSON nested too deeply") from None
-    except ValueError:  # not JSON: parse_measurements says so
+    except strict_json.JsonFormatError:  # not JSON, NaN, ...: parse_measurements says so
         pass
 
 

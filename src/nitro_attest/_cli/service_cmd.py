@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nitro_attest._cli import observe
-from nitro_attest._cli.common import CliError, read_bytes
+from nitro_attest._cli.common import CliError, parse_listen, read_bytes
 from nitro_attest._cli.expectations import load_root
 from nitro_attest.errors import PolicyError, TrustRootError
 
@@ -64,16 +64,6 @@ def register(sub: Any) -> None:
                    "before its session began, less this, is contraindicated (default %(default)g)")
     observe.add_flags(p, metrics=False)  # the service's metrics are its own /metrics
     p.set_defaults(func=run)  # fmt: skip
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "", value
-    host = host.strip("[]") or "127.0.0.1"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CliError(f"--listen {value!r}: expected HOST:PORT with a port in 1..65535")
-    return host, int(port_text)
 
 
 def run(args: argparse.Namespace) -> int:

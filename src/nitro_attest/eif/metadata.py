@@ -2,66 +2,36 @@
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
+from nitro_attest.codec import strict_json
 from nitro_attest.eif.format import EifError
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise EifError(f"metadata section: duplicate JSON key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise EifError(f"metadata section: {name} is not valid JSON")
-
-
-MAX_DIGITS = 4300
-"""Python's own limit for int(str) (sys.int_info.str_digits_check_threshold's default): past it
-json.loads raises a ValueError of its own; refuse before, and alike for floats."""
-
-
-def _number_text(text: str) -> None:
-    if len(text) > MAX_DIGITS:
-        raise EifError(f"metadata section: a number of {len(text)} digits (at most {MAX_DIGITS})")
-
-
-def _int(text: str) -> int:
-    _number_text(text)
-    return int(text)
-
-
-def _float(text: str) -> float:
-    _number_text(text)
-    value = float(text)
-    if math.isinf(value):
-        raise EifError(f"metadata section: number {text[:40]} is out of range")
-    return value
+MAX_DEPTH = 128
+"""serde_json's default recursion limit (nitro-cli, which writes this section, reads its
+--metadata file with serde_json); looser than a configuration file's 32 on purpose."""
 
 
 def parse_metadata(data: bytes) -> dict[str, Any]:
     """Parse and shape-check: ImageName, ImageVersion (strings), BuildMetadata (object),
     DockerInfo (any), CustomMetadata (object or null)."""
     try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_int=_int,
-            parse_float=_float,
-        )
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise EifError("metadata section: not UTF-8") from None
-    except RecursionError:
+    try:  # strict: a duplicate key, NaN, a number Python would not convert, deep nesting
+        value = strict_json.loads(text, max_depth=MAX_DEPTH)
+    except strict_json.DuplicateKeyError as exc:
+        raise EifError(f"metadata section: duplicate JSON key {exc.key[:40]!r}") from None
+    except strict_json.ConstantError as exc:
+        raise EifError(f"metadata section: {exc.name} is not valid JSON") from None
+    except strict_json.TooDeepError:
         raise EifError("metadata section: JSON nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise EifError(f"metadata section: invalid JSON: {exc.msg} at byte {exc.pos}") from None
+    except strict_json.JsonSyntaxError as exc:
+        where = "" if exc.pos is None else f" at byte {exc.pos}"
+        raise EifError(f"metadata section: invalid JSON: {exc.reason[:80]}{where}") from None
+    except strict_json.JsonFormatError as exc:  # a number too long or out of range
+        raise EifError(f"metadata section: {exc.message}") from None
     if not isinstance(value, dict):
         raise EifError("metadata section: expected a JSON object")
     for key in ("ImageName", "ImageVersion"):

@@ -151,6 +151,37 @@ def read_document(recv: Callable[[], bytes]) -> bytes:
     return bytes(body)
 
 
+def attest_connection(
+    send: Callable[[bytes], None],
+    recv: Callable[[], bytes],
+    certificate_der: bytes | None,
+    *,
+    authority: str,
+    verifier: Verifier,
+    policy: Policy,
+) -> VerifiedDocument:
+    """The attestation step on a TLS connection just made to ``authority`` (https get's
+    connection and AttestedTransport's stream alike): a fresh nonce sent, the document read with
+    ``recv``, checked against this connection's certificate. Nothing else is sent before it."""
+    if not certificate_der:
+        raise TransportError(f"{authority}: the server sent no certificate")
+    nonce = new_nonce()
+    send(attestation_request(authority, nonce))
+    try:
+        document = read_document(recv)
+    except TransportError as exc:
+        named = exc.message.startswith(authority)
+        raise TransportError(exc.message if named else f"{authority}: {exc.message}") from None
+    return check_document(
+        document,
+        certificate_der=certificate_der,
+        nonce=nonce,
+        verifier=verifier,
+        policy=policy,
+        where=f"https://{authority}",
+    )
+
+
 def check_document(
     document: bytes,
     *,

@@ -27,14 +27,7 @@ from nitro_attest.codec.http1 import (
     request_head,
 )
 from nitro_attest.errors import TransportError, UsageError
-from nitro_attest.https.attest import (
-    Deadline,
-    attestation_request,
-    check_document,
-    check_policy,
-    new_nonce,
-    read_document,
-)
+from nitro_attest.https.attest import Deadline, attest_connection, check_policy
 
 MAX_RESPONSE_HEAD = 64 * 1024
 PIECE = 64 * 1024
@@ -169,11 +162,6 @@ class AttestedConnection:
         except (OSError, ssl.SSLError) as exc:
             raw.close()
             raise TransportError(f"{where}: TLS handshake failed: {_describe(exc)}") from None
-        certificate = self._sock.getpeercert(binary_form=True)
-        if not certificate:
-            raise TransportError(f"{where}: the server sent no certificate")
-        nonce = new_nonce()
-        self._send(attestation_request(self.url.authority, nonce))
         deadline = Deadline(self._timeout, where)
         sock = self._sock
 
@@ -186,20 +174,16 @@ class AttestedConnection:
                 raise
 
         try:
-            document = read_document(recv)
-        except TransportError as exc:
-            raise TransportError(exc.message if exc.message.startswith(where)
-                                 else f"{where}: {exc.message}") from None
+            self.verified = attest_connection(
+                self._send,
+                recv,
+                sock.getpeercert(binary_form=True),
+                authority=where,
+                verifier=self._verifier,
+                policy=self._policy,
+            )
         finally:
             sock.settimeout(self._timeout)
-        self.verified = check_document(
-            document,
-            certificate_der=certificate,
-            nonce=nonce,
-            verifier=self._verifier,
-            policy=self._policy,
-            where=f"https://{where}",
-        )
         return self.verified
 
     def request(

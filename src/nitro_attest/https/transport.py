@@ -25,15 +25,8 @@ import httpx
 
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
-from nitro_attest.errors import TransportError, UsageError
-from nitro_attest.https.attest import (
-    Deadline,
-    attestation_request,
-    check_document,
-    check_policy,
-    new_nonce,
-    read_document,
-)
+from nitro_attest.errors import UsageError
+from nitro_attest.https.attest import Deadline, attest_connection, check_policy
 from nitro_attest.https.client import client_context
 
 _SocketOption = typing.Any
@@ -178,12 +171,7 @@ class AttestedTransport(httpx.HTTPTransport):
         self, stream: httpcore.NetworkStream, host: str, timeout: float | None
     ) -> VerifiedDocument:
         ssl_object = stream.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(True) if ssl_object else None
-        if not certificate:
-            raise TransportError(f"{host}: the server sent no certificate")
-        nonce = new_nonce()
         authority = f"[{host}]" if ":" in host else host  # httpcore names IPv6 without brackets
-        stream.write(attestation_request(authority, nonce), timeout)
         # The timeout bounds the exchange as a whole, not each read a dripping parent keeps alive.
         deadline = Deadline(timeout, host)
 
@@ -193,12 +181,11 @@ class AttestedTransport(httpx.HTTPTransport):
             except httpcore.ReadTimeout:
                 raise deadline.expired() from None
 
-        document = read_document(recv)
-        return check_document(
-            document,
-            certificate_der=certificate,
-            nonce=nonce,
+        return attest_connection(
+            lambda data: stream.write(data, timeout),
+            recv,
+            ssl_object.getpeercert(True) if ssl_object else None,
+            authority=authority,
             verifier=self._verifier,
             policy=self._policy,
-            where=f"https://{host}",
         )

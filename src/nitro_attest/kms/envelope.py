@@ -196,6 +196,17 @@ def _oid(item: ber.Tlv, expected: str, what: str) -> None:
         raise ber.BerError(f"{what}: found {found}, expected {expected}")
 
 
+def subject_key_identifier(public_key: rsa.RSAPublicKey) -> bytes:
+    """SHA-256 of the key's SubjectPublicKeyInfo: the 32-byte ``rid`` real KMS sends."""
+    from cryptography.hazmat.primitives import serialization
+
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return digest.finalize()
+
+
 def seal_envelope(
     plaintext: bytes,
     public_key: rsa.RSAPublicKey,
@@ -206,14 +217,8 @@ def seal_envelope(
     """An envelope of KMS's exact shape: indefinite lengths, NULL hash parameters, a 32-byte
     subjectKeyIdentifier (SHA-256 of the key's SubjectPublicKeyInfo unless given), the content
     primitive or, with ``chunk``, constructed of OCTET STRING chunks of that size."""
-    from cryptography.hazmat.primitives import serialization
-
     if subject_key_id is None:
-        spki = public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        digest = hashes.Hash(hashes.SHA256())
-        digest.update(spki)
-        subject_key_id = digest.finalize()
+        subject_key_id = subject_key_identifier(public_key)
     content_key = os.urandom(32)
     iv = os.urandom(16)
     padder = padding.PKCS7(128).padder()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from nitro_attest.codec import strict_json
 from nitro_attest.kms_emulator.auth import Authenticator, SignedRequest
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.operations import Emulator
@@ -34,35 +35,25 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("nitro_attest.kms_emulator")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The request body (capped before it was read) as a JSON object, read strictly."""
+    if not body.strip():
+        return {}
     try:
-        value = (
-            json.loads(
-                body.decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_constant=_reject_constant,
-            )
-            if body.strip()
-            else {}
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise KmsApiError("SerializationException", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise KmsApiError("SerializationException", "the body must be a JSON object")
-    return value
+        value = strict_json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        reason = str(exc)
+    except strict_json.DuplicateKeyError as exc:
+        reason = f"duplicate member {exc.key[:60]!r}"
+    except strict_json.JsonSyntaxError as exc:
+        reason = exc.detail
+    except strict_json.JsonFormatError as exc:  # NaN, a number out of range, too deep
+        reason = exc.message
+    else:
+        if not isinstance(value, dict):
+            raise KmsApiError("SerializationException", "the body must be a JSON object")
+        return value
+    raise KmsApiError("SerializationException", f"the body is not valid JSON: {reason}")
 
 
 class KmsApp:

@@ -10,12 +10,12 @@ half-understood.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
+from nitro_attest.codec import strict_json
 from nitro_attest.kms.keypolicy.model import (
     Condition,
     Effect,
@@ -65,19 +65,6 @@ def _quote(value: object) -> str:
     return repr(value) if len(repr(value)) <= _MAX_TEXT else repr(value)[:_MAX_TEXT] + "..."
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise KeyPolicyError(f"key policy: duplicate JSON key {_quote(key)}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise KeyPolicyError(f"key policy: {name} is not valid JSON")
-
-
 def parse_policy(text: str) -> KeyPolicy:
     """Parse a key policy document; ``KeyPolicyError`` (one line) says what is wrong."""
     if not isinstance(text, str):
@@ -85,16 +72,19 @@ def parse_policy(text: str) -> KeyPolicy:
     size = len(text) if len(text) > MAX_POLICY_BYTES else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_POLICY_BYTES:
         raise KeyPolicyError(f"key policy: larger than {MAX_POLICY_BYTES} bytes (AWS's limit)")
-    try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except RecursionError:
+    try:  # strict: duplicate keys at every level, NaN, deep nesting (codec.strict_json)
+        doc = strict_json.loads(text)
+    except strict_json.DuplicateKeyError as exc:
+        raise KeyPolicyError(f"key policy: duplicate JSON key {_quote(exc.key)}") from None
+    except strict_json.ConstantError as exc:
+        raise KeyPolicyError(f"key policy: {exc.name} is not valid JSON") from None
+    except strict_json.TooDeepError:
         raise KeyPolicyError("key policy: JSON nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise KeyPolicyError(
-            f"key policy: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except ValueError as exc:  # e.g. an integer longer than Python converts
-        raise KeyPolicyError(f"key policy: invalid JSON: {str(exc)[:80]}") from None
+    except strict_json.JsonSyntaxError as exc:
+        where = "" if exc.line is None else f" at line {exc.line} column {exc.column}"
+        raise KeyPolicyError(f"key policy: invalid JSON: {exc.reason[:80]}{where}") from None
+    except strict_json.JsonFormatError as exc:  # a number too long or out of range
+        raise KeyPolicyError(f"key policy: invalid JSON: {exc.message}") from None
     if not isinstance(doc, dict):
         raise KeyPolicyError("key policy: expected a JSON object")
     unknown = set(doc) - {"Version", "Id", "Statement"}
