@@ -1,0 +1,134 @@
+"""The parent instance against the enclave's KMS client: findings of the rt-kms red team.
+
+Each test is an attack that worked before its fix (docs/kms.md, "Red team").
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nitro_attest.errors import ConfigurationError, UsageError
+from nitro_attest.kms.client import KmsClient, KmsResponseError
+from nitro_attest.kms.credentials import ImdsCredentials
+from nitro_attest.kms.route import parse_route
+from nitro_attest.nsm import open_backend
+from nitro_attest.nsm.backend import NsmBackend
+from tests.kmsclientkit import BLOB_PREFIX, CREDS, KEY_ARN, REGION, FakeKms, Pki, make_pki
+
+OTHER_ACCOUNT_ARN = KEY_ARN.replace("111122223333", "444455556666")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def nsm(sim_state: Path) -> Iterator[NsmBackend]:
+    backend = open_backend("simulator", state_dir=sim_state)
+    yield backend
+    backend.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _imds_client(nsm: NsmBackend, pki: Pki, **kw: Any) -> KmsClient:
+    """Credentials from IMDS, which the parent answers: nothing listens here, so a call that
+    reached for credentials would fail with a CredentialsError, not the refusal expected."""
+    source = ImdsCredentials(parse_route("direct"), host="127.0.0.1", port=_closed_port(),
+                             timeout=1)
+    return KmsClient(region=REGION, nsm=nsm, credentials=source, ca_bundle=pki.ca,
+                     via="tcp://127.0.0.1:1", **kw)
+
+
+# --- 1. IMDS credentials of the parent's own account, and keys not named by full ARN ---------
+# The parent answers IMDS with credentials of an account it owns. An alias or bare key id then
+# resolves in that account; a Decrypt without KeyId opens whatever blob the parent put in the
+# enclave's storage, made under a key the parent owns. Either way the enclave gets a plaintext
+# the parent chose or can decrypt itself; an Encrypt passed through encrypts the enclave's
+# secret to the parent's key.
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.decrypt(BLOB_PREFIX + b"x"),
+    lambda c: c.decrypt(BLOB_PREFIX + b"x", key_id="alias/app"),
+    lambda c: c.generate_data_key("alias/app", key_spec="AES_256"),
+    lambda c: c.generate_data_key("1234abcd-12ab-34cd-56ef-1234567890ab", key_spec="AES_256"),
+    lambda c: c.generate_data_key(KEY_ARN.replace("us-east-1", "eu-west-1"), key_spec="AES_256"),
+    lambda c: c.generate_data_key_pair("arn:aws:kms:us-east-1:111122223333:alias/app",
+                                       "ECC_NIST_P256"),
+    lambda c: c.derive_shared_secret("alias/app", b"peer"),
+    lambda c: c.call("Encrypt", {"KeyId": "alias/app", "Plaintext": "c2VjcmV0"}),
+    lambda c: c.call("ReEncrypt", {"CiphertextBlob": "eA==", "DestinationKeyId": "alias/app"}),
+])
+def test_imds_credentials_need_every_key_named_by_full_arn(
+    nsm: NsmBackend, pki: Pki, call: Any
+) -> None:
+    with _imds_client(nsm, pki) as client, pytest.raises(UsageError, match="full key ARN"):
+        call(client)
+
+
+def test_require_key_arn_refuses_an_answer_for_another_key(
+    nsm: NsmBackend, pki: Pki
+) -> None:
+    with FakeKms(pki) as kms, KmsClient(
+        region=REGION, nsm=nsm, credentials=CREDS, ca_bundle=pki.ca,
+        via=f"tcp://127.0.0.1:{kms.port}", require_key_arn=True,
+    ) as client:
+        assert client.decrypt(BLOB_PREFIX + b"ok", key_id=KEY_ARN).secret == b"ok"
+        # the fake KMS answers with KEY_ARN whatever was asked: a key the request did not name
+        with pytest.raises(KmsResponseError, match="KeyId"):
+            client.generate_data_key(OTHER_ACCOUNT_ARN, key_spec="AES_256")
+        with pytest.raises(UsageError, match="full key ARN"):
+            client.decrypt(BLOB_PREFIX + b"x")
+
+
+def test_cli_imds_decrypt_without_key_arn_is_refused(
+    capsys: pytest.CaptureFixture[str], sim_state: Path, tmp_path: Path, pki: Pki
+) -> None:
+    from nitro_attest._cli import main
+
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(BLOB_PREFIX + b"x")
+    rc = main(["kms", "decrypt", "--ciphertext-blob", str(blob), "--region", REGION,
+               "--credentials-from", "imds", "--via", "direct", "--ca-bundle", str(pki.ca),
+               "--endpoint", "https://127.0.0.1:1", "--nsm", "simulator", "--state",
+               str(sim_state), "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "full key ARN" in err, err
+
+
+# --- 2. --insecure-http through the parent ---------------------------------------------------
+# Plain HTTP is for a local KMS on loopback; to any other host, or through a route (every route
+# is the parent), the parent reads the document in the request and answers with an envelope to
+# its key holding a plaintext of its choice.
+
+@pytest.mark.parametrize(("endpoint", "via"), [
+    ("http://kms.us-east-1.amazonaws.com", None),
+    ("http://10.0.0.1:8080", None),
+    ("http://127.0.0.1:4566", "vsock://3:8000"),
+    ("http://127.0.0.1:4566", "tcp://127.0.0.1:8000"),
+    ("http://localhost:4566", "connect://127.0.0.1:3128"),
+])
+def test_insecure_http_only_to_a_loopback_kms_without_a_route(
+    nsm: NsmBackend, endpoint: str, via: str | None
+) -> None:
+    with pytest.raises(ConfigurationError, match="loopback"):
+        KmsClient(region=REGION, nsm=nsm, credentials=CREDS, endpoint=endpoint, via=via,
+                  insecure_http=True)
+
+
+def test_insecure_http_to_a_loopback_kms_still_works(nsm: NsmBackend) -> None:
+    with FakeKms(None) as kms, KmsClient(
+        region=REGION, nsm=nsm, credentials=CREDS, insecure_http=True,
+        endpoint=f"http://localhost:{kms.port}",
+    ) as client:
+        assert len(client.generate_random(4).secret or b"") == 4
