@@ -132,3 +132,101 @@ def test_insecure_http_to_a_loopback_kms_still_works(nsm: NsmBackend) -> None:
         endpoint=f"http://localhost:{kms.port}",
     ) as client:
         assert len(client.generate_random(4).secret or b"") == 4
+
+
+# --- 3. A parent that never stops answering: endless 100 Continue, a trickled body or CONNECT ----
+# The timeout bounded each recv, not the answer: IMDS (the parent) sending "100 Continue" heads
+# forever, or a body a byte at a time, or a CONNECT proxy trickling its answer, held the client
+# (and the credentials lock every thread waits on) for hours. Now the whole answer must arrive
+# within the timeout.
+
+class _Trickler:
+    """A TCP server that answers every connection with ``pieces``, one per ``gap`` seconds,
+    for at most ``limit`` seconds, then closes."""
+
+    def __init__(self, pieces: Any, gap: float, limit: float = 12.0) -> None:
+        import threading
+
+        self._pieces, self._gap, self._limit = pieces, gap, limit
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(4)
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(1)
+                try:
+                    conn.recv(65536)
+                    end = time.monotonic() + self._limit
+                    for piece in self._pieces():
+                        if self._stop.is_set() or time.monotonic() > end:
+                            break
+                        conn.sendall(piece)
+                        time.sleep(self._gap)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+def _endless_continue() -> Iterator[bytes]:
+    while True:
+        yield b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _trickled_body() -> Iterator[bytes]:
+    yield b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    while True:
+        yield b"x"
+
+
+def _trickled_connect_answer() -> Iterator[bytes]:
+    yield b"HTTP/1.1 200 OK\r\n"
+    while True:
+        yield b"X-Pad: x\r\n"
+
+
+@pytest.mark.parametrize("pieces", [_endless_continue, _trickled_body])
+def test_imds_that_never_finishes_its_answer_times_out(pieces: Any) -> None:
+    import time
+
+    from nitro_attest.kms.credentials import CredentialsError
+
+    server = _Trickler(pieces, gap=0.2)
+    try:
+        source = ImdsCredentials(parse_route("direct"), host="127.0.0.1", port=server.port,
+                                 timeout=1)
+        started = time.monotonic()
+        with pytest.raises(CredentialsError, match=r"timed out|interim"):
+            source()
+        assert time.monotonic() - started < 4
+    finally:
+        server.close()
+
+
+def test_connect_proxy_that_trickles_its_answer_times_out() -> None:
+    import time
+
+    from nitro_attest.errors import TransportError
+
+    server = _Trickler(_trickled_connect_answer, gap=0.2)
+    try:
+        route = parse_route(f"connect://127.0.0.1:{server.port}")
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="timed out"):
+            route.dial("kms.us-east-1.amazonaws.com", 443, timeout=1)
+        assert time.monotonic() - started < 4
+    finally:
+        server.close()
