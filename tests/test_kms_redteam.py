@@ -230,3 +230,23 @@ def test_connect_proxy_that_trickles_its_answer_times_out() -> None:
         assert time.monotonic() - started < 4
     finally:
         server.close()
+
+
+# --- 4. The plaintext in a repr ----------------------------------------------------------------
+# KmsResult's default repr printed the secret and the base64 plaintext field: one
+# log.debug("%r", result), an assertion message or a traceback with locals put the data key in
+# a log the parent collects (Credentials already hid its secret the same way).
+
+def test_kms_result_repr_shows_no_plaintext(nsm: NsmBackend, pki: Pki) -> None:
+    import base64
+
+    with FakeKms(pki) as kms, KmsClient(
+        region=REGION, nsm=nsm, credentials=CREDS, ca_bundle=pki.ca,
+        via=f"tcp://127.0.0.1:{kms.port}",
+    ) as client:
+        result = client.decrypt(BLOB_PREFIX + b"TOPSECRET-data-key", key_id=KEY_ARN)
+    assert result.secret == b"TOPSECRET-data-key"
+    shown = repr(result) + str(result)
+    assert "TOPSECRET" not in shown
+    assert base64.b64encode(b"TOPSECRET-data-key").decode() not in shown
+    assert "Decrypt" in shown and KEY_ARN in shown  # the rest is still there to debug with

@@ -94,6 +94,13 @@ class KmsResult:
     fields: dict[str, Any]
     secret: bytes | None = None
 
+    def __repr__(self) -> str:
+        """Without the plaintext: a result logged or shown in a traceback leaks no secret."""
+        hidden = RECIPIENT_OPERATIONS.get(self.operation)
+        shown = {k: ("..." if k == hidden else v) for k, v in self.fields.items()}
+        secret = "None" if self.secret is None else f"<{len(self.secret)} bytes>"
+        return f"KmsResult(operation={self.operation!r}, fields={shown!r}, secret={secret})"
+
 
 class RecipientKey:
     """An RSA-2048 key made in this process; the private half never leaves it."""
