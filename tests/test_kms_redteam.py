@@ -250,3 +250,19 @@ def test_kms_result_repr_shows_no_plaintext(nsm: NsmBackend, pki: Pki) -> None:
     assert "TOPSECRET" not in shown
     assert base64.b64encode(b"TOPSECRET-data-key").decode() not in shown
     assert "Decrypt" in shown and KEY_ARN in shown  # the rest is still there to debug with
+
+
+# --- 5. A TLS context that checks nothing ------------------------------------------------------
+# KmsClient(tls=...) took any context: one made with ssl._create_unverified_context() (or
+# check_hostname off) let the parent answer in KMS's place with a certificate of its own, and
+# choose the plaintext. A context that does not verify the certificate and the name is refused.
+
+def test_a_tls_context_that_does_not_verify_is_refused(nsm: NsmBackend) -> None:
+    import ssl
+
+    unverified = ssl._create_unverified_context()
+    no_name = ssl.create_default_context()
+    no_name.check_hostname = False
+    for context in (unverified, no_name):
+        with pytest.raises(ConfigurationError, match="verif"):
+            KmsClient(region=REGION, nsm=nsm, credentials=CREDS, tls=context)

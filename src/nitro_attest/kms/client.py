@@ -152,6 +152,10 @@ class KmsClient:
             rf"arn:aws[a-z-]*:kms:{re.escape(region)}:[0-9]{{12}}:key/[A-Za-z0-9-]{{1,128}}\Z")
         self._context = None
         if self.endpoint.tls:
+            if tls is not None and (tls.verify_mode != ssl.CERT_REQUIRED or not tls.check_hostname):
+                raise ConfigurationError(
+                    "the TLS context does not verify KMS's certificate and host name: the parent "
+                    "could answer in KMS's place (use kms.https.tls_context or a default one)")
             self._context = tls if tls is not None else tls_context(ca_bundle)
         self._nsm = nsm
         lock_caller_key_pcr(nsm)
