@@ -266,3 +266,32 @@ def test_a_tls_context_that_does_not_verify_is_refused(nsm: NsmBackend) -> None:
     for context in (unverified, no_name):
         with pytest.raises(ConfigurationError, match="verif"):
             KmsClient(region=REGION, nsm=nsm, credentials=CREDS, tls=context)
+
+
+def test_kms_proxy_answers_a_key_arn_refusal_as_a_validation_error(
+    nsm: NsmBackend, pki: Pki
+) -> None:
+    """An SDK's Decrypt without KeyId, through `kms proxy` with IMDS credentials: refused as the
+    caller's mistake (400 ValidationException, which SDKs do not retry), not a 500."""
+    import json
+    import urllib.request
+
+    from nitro_attest.kms.sdk_proxy import KmsProxy
+
+    client = _imds_client(nsm, pki)
+    proxy = KmsProxy(client, ("127.0.0.1", 0))
+    proxy.start()
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{proxy.address[1]}/", method="POST",
+            data=json.dumps({"CiphertextBlob": "eA=="}).encode(),
+            headers={"X-Amz-Target": "TrentService.Decrypt",
+                     "Content-Type": "application/x-amz-json-1.1"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=5)
+        answer = json.loads(caught.value.read())
+        assert caught.value.code == 400
+        assert answer["__type"] == "ValidationException" and "full key ARN" in answer["message"]
+    finally:
+        proxy.close()
+        client.close()
