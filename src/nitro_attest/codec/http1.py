@@ -1,15 +1,18 @@
-"""HTTP/1.1 messages for the attested HTTPS front and its client: heads, framing, chunked bodies.
+"""HTTP/1.1 messages for the attested HTTPS front and its client, and the enclave's KMS client:
+heads, framing, body caps, chunked bodies.
 
 Pure: bytes in, parsed heads and encoded bytes out. Request heads come from the network (through
 the parent): they are capped, checked line by line with ``codec.http``'s header rules, and every
 ambiguity a request smuggler relies on is refused (Content-Length with Transfer-Encoding, two
 Content-Lengths, a coding other than ``chunked``, a missing or doubled Host). Response heads come
-from the app (trusted) or, on the client, from an attested server before it is attested; both
-are capped and strictly framed too. Error messages never quote the message.
+from the app (trusted) or, on a client, from a server through the parent (an attested server
+before it is attested, KMS behind TLS); both are capped (``max_body`` included) and strictly
+framed too. Error messages never quote the message.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Literal
 from nitro_attest.codec.http import (
     HandshakeError,
     header_field,
+    is_field_value,
     is_token,
     split_fields,
 )
@@ -48,10 +52,18 @@ HOP_BY_HOP = frozenset(
 FORWARDED = frozenset(
     (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip")
 )
+# Names the front owns or frames by. A client's field that spells one with underscores is dropped
+# (CGI and WSGI map "X_Forwarded_For" and "X-Forwarded-For" to the same HTTP_X_FORWARDED_FOR,
+# which is why nginx and Apache drop such names), and so is every other X-Forwarded-* (Port,
+# Prefix, Ssl...: proxy-fix middlewares read them as the front's word).
+_FRONT_OWNED = FORWARDED | HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
 _STATUS = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\Z")
 _DIGITS = re.compile(rb"[0-9]{1,16}\Z")
+# uri-host [":" port], narrowed: a reg-name of unreserved characters (no sub-delims: a comma would
+# read as a list in X-Forwarded-Host, ";" and "=" as Forwarded syntax) or a bracketed IPv6.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 
 
@@ -179,6 +191,8 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         raise HandshakeError(400, "an HTTP/1.1 request needs exactly one Host")
     if len(hosts) > 1:
         raise HandshakeError(400, "more than one Host")
+    if hosts and not _valid_host(hosts[0]):
+        raise HandshakeError(400, "malformed Host")
     text_version = version.decode("ascii")
     framing = _body_framing(found, text_version) or ("none", 0)
     # HTTP/1.0: one request per connection, keep-alive asked or not.
@@ -200,11 +214,30 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
     )
 
 
+def _valid_host(value: bytes) -> bool:
+    if not value:  # RFC 9112 3.2: empty when the target URI has no authority
+        return True
+    found = _HOST.match(value)
+    if found is None:
+        return False
+    literal, port = found.groups()
+    if port is not None and int(port) > 0xFFFF:
+        return False
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return True
+
+
 def parse_response_head(
-    head: bytes, *, request_method: str, limit: int, max_lines: int
+    head: bytes, *, request_method: str, limit: int, max_lines: int, max_body: int | None = None
 ) -> ResponseHead:
     """A complete response head to a ``request_method`` request; its body's framing follows the
-    RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close)."""
+    RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close).
+    ``max_body`` refuses a declared Content-Length above it (a chunked or read-to-close body is
+    capped by its reader: ``ChunkedDecoder(max_body=...)``)."""
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     status_match = _STATUS.match(start)
     if status_match is None:
@@ -222,6 +255,8 @@ def parse_response_head(
     else:
         framed = _body_framing(found, version)
         framing = framed if framed is not None else ("close", 0)
+        if max_body is not None and framing[1] > max_body:
+            raise HandshakeError(502, f"a body of {framing[1]} bytes, more than {max_body}")
     if framing[0] == "close":
         keep_alive = False
     return ResponseHead(status, version, headers, framing[0], framing[1], keep_alive)
@@ -265,12 +300,10 @@ def forward_request_head(
 ) -> bytes:
     """The head sent to the app: end-to-end fields, the client's Forwarded fields replaced by the
     front's own, ``Expect`` answered by the front (dropped), the body re-framed the same way."""
-    headers = [
-        (k, v) for k, v in end_to_end(request.headers) if k not in FORWARDED and k != b"expect"
-    ]
+    # Host first and always: a client's "Connection: host" must not take it away from the app.
     host = request.get(b"host") or host_fallback
-    if request.get(b"host") is None:
-        headers.insert(0, (b"host", host))
+    headers = [(b"host", host)]
+    headers.extend((k, v) for k, v in end_to_end(request.headers) if not _front_owned(k))
     quoted = f'"[{client}]"' if ":" in client else client
     headers.append((b"forwarded", f"for={quoted};proto=https;host=".encode() + _quote(host)))
     headers.append((b"x-forwarded-for", client.encode("ascii")))
@@ -284,6 +317,11 @@ def forward_request_head(
         headers.append((b"connection", b"close"))
     start = f"{request.method} {request.target} HTTP/1.1".encode("ascii")
     return _join(start, headers)
+
+
+def _front_owned(name: bytes) -> bool:
+    dashed = name.replace(b"_", b"-")
+    return dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
 
 
 def _quote(value: bytes) -> bytes:
@@ -340,6 +378,29 @@ def request_head(
     return _join(f"{method} {target} HTTP/1.1".encode("ascii"), fields)
 
 
+def checked_request_head(
+    method: str, target: str, headers: Sequence[tuple[str, str]], *, length: int | None
+) -> bytes:
+    """A client's request head from text parts sent as given (Host among ``headers``: a signed
+    request carries exactly what was signed); ``length`` None means no body. A part that could
+    break the framing (a method or name that is not a token, a target not in origin-form, CR, LF
+    or another control character, non-ASCII) is HandshakeError(400), naming no value."""
+    try:
+        method_b, target_b = method.encode("ascii"), target.encode("ascii")
+        fields = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers]
+    except UnicodeEncodeError:
+        raise HandshakeError(400, "non-ASCII request part") from None
+    if not is_token(method_b) or not _TARGET.match(target_b):
+        raise HandshakeError(400, "malformed request line")
+    for name, value in fields:
+        if not is_token(name) or not is_field_value(value):
+            raise HandshakeError(400, "a header that cannot be sent (bad name or control "
+                                 "character)")
+    if length is not None:
+        fields.append((b"Content-Length", str(length).encode()))
+    return _join(method_b + b" " + target_b + b" HTTP/1.1", fields)
+
+
 def chunk(data: bytes | memoryview) -> bytes:
     """One chunk of a chunked body (never empty: the empty chunk ends the body)."""
     return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
@@ -356,16 +417,20 @@ class ChunkedDecoder:
 
     ``done`` once the last chunk and the trailer section were read; ``feed`` then returns the
     bytes past the body's end as ``rest`` (the next message's, on a kept-alive connection).
-    Trailer fields are checked for syntax and dropped. Raises HandshakeError(400) when malformed.
+    Trailer fields are checked for syntax and dropped. Raises HandshakeError(400) when malformed,
+    (413) once the chunk sizes add up to more than ``max_body`` (checked at each size line,
+    before the data arrives).
     """
 
-    __slots__ = ("_line", "_need", "_state", "_trailer", "done")
+    __slots__ = ("_line", "_max_body", "_need", "_state", "_total", "_trailer", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_body: int | None = None) -> None:
         self._state = "size"  # size, data, data_end, trailer
         self._need = 0
         self._line = bytearray()
         self._trailer = 0
+        self._max_body = max_body
+        self._total = 0
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[bytes], bytes]:
@@ -409,6 +474,9 @@ class ChunkedDecoder:
             if not _HEX.match(size_text):
                 raise HandshakeError(400, "malformed chunk size")
             self._need = int(size_text, 16)
+            self._total += self._need
+            if self._max_body is not None and self._total > self._max_body:
+                raise HandshakeError(413, f"chunked body longer than {self._max_body} bytes")
             self._state = "data" if self._need else "trailer"
         else:  # trailer
             if not text:

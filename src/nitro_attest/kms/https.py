@@ -6,7 +6,8 @@ The certificate is checked against the CA bundle the image carries (``--ca-bundl
 certifi's, from the ``kms`` extra), with the endpoint's host name, before a byte of the request is
 written: ``connect`` completes the handshake first. One ``Connection`` is one kept-alive
 connection; a request on a connection the far side has meanwhile closed is sent again once on a
-fresh one. Answers are capped (``MAX_RESPONSE_BYTES``) before they are read whole.
+fresh one. Answers are capped before they are read whole: the head (``MAX_ANSWER_HEAD``,
+``MAX_ANSWER_LINES``) and the body (``MAX_RESPONSE_BYTES``, declared or chunked).
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nitro_attest.codec import http_answer as http1
+from nitro_attest.codec.http import HandshakeError, find_head_end
+from nitro_attest.codec.http1 import (
+    ChunkedDecoder,
+    Header,
+    ResponseHead,
+    checked_request_head,
+    parse_response_head,
+)
 from nitro_attest.errors import ConfigurationError, TransportError
 from nitro_attest.kms.route import Route
 
 MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is ~10 KiB
+MAX_ANSWER_HEAD = 16 * 1024
+MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
 MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
@@ -103,7 +113,7 @@ def tls_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
-    headers: dict[str, str]  # lower-case names; repeated ones joined by ", "
+    headers: tuple[Header, ...]  # (name lowercased, value), as received
     body: bytes
 
 
@@ -140,9 +150,8 @@ class Connection:
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
     ) -> Answer:
         """Send and read the whole answer. ``headers`` must hold Host (what was signed)."""
-        if body or method in ("POST", "PUT"):
-            headers = [*headers, ("Content-Length", str(len(body)))]
-        data = http1.request_head(method, path, headers) + body
+        length = len(body) if body or method in ("POST", "PUT") else None
+        data = checked_request_head(method, path, headers, length=length) + body
         reused = self._sock is not None
         try:
             return self._exchange(method, data)
@@ -176,7 +185,8 @@ class Connection:
                 self._sock = self._connect()
                 self._buffer.clear()
             elif self._buffer:  # bytes beyond the last answer: the far side is not speaking HTTP
-                raise http1.HttpError("unsolicited bytes after the previous answer")
+                raise TransportError(f"{self.endpoint}: unsolicited bytes after the previous "
+                                     "answer")
             sock = self._sock
             sock.settimeout(self._timeout)
             try:
@@ -186,21 +196,25 @@ class Connection:
             # the timeout bounds the whole answer, not each recv: a far side sending a byte at a
             # time, or interim answers without end, would otherwise hold the caller for hours
             self._deadline = time.monotonic() + self._timeout
-            head = self._head(sock)
+            head = self._head(sock, method)
             interim = 0
-            while 100 <= head.status < 200:  # interim answers (100, 103): the real one follows
+            while head.status < 200:  # interim answers (100, 103): the real one follows
                 if head.status == 101:
-                    raise http1.HttpError("answer switches protocols")
+                    raise TransportError(f"{self.endpoint}: the answer switches protocols")
                 interim += 1
                 if interim > MAX_INTERIM_ANSWERS:
-                    raise http1.HttpError(f"more than {MAX_INTERIM_ANSWERS} interim answers")
-                head = self._head(sock)
+                    raise TransportError(f"{self.endpoint}: more than {MAX_INTERIM_ANSWERS} "
+                                         "interim answers")
+                head = self._head(sock, method)
             body = self._body(sock, head)
             if not head.keep_alive:
                 self.close()
             return Answer(head.status, head.headers, body)
         except _Stale:
             raise
+        except HandshakeError as exc:  # the codec's refusal of the answer: the reason only
+            self.close()
+            raise TransportError(f"{self.endpoint}: malformed answer: {exc.reason}") from None
         except ssl.SSLCertVerificationError as exc:
             self.close()
             raise TransportError(f"TLS to {self.endpoint}: the certificate is not trusted "
@@ -234,9 +248,9 @@ class Connection:
             raise TransportError(f"{self.endpoint} closed the connection mid-answer")
         self._buffer += chunk
 
-    def _head(self, sock: socket.socket) -> http1.ResponseHead:
+    def _head(self, sock: socket.socket, method: str) -> ResponseHead:
         first = True
-        while (end := http1.find_head_end(self._buffer)) < 0:
+        while (end := self._head_end()) < 0:
             try:
                 self._fill(sock, stale_if_empty=first)
             except _CLOSED:
@@ -246,9 +260,17 @@ class Connection:
             first = False
         head = bytes(self._buffer[:end])
         del self._buffer[:end]
-        return http1.parse_response_head(head, max_body=MAX_RESPONSE_BYTES)
+        return parse_response_head(head, request_method=method, limit=MAX_ANSWER_HEAD,
+                                   max_lines=MAX_ANSWER_LINES, max_body=MAX_RESPONSE_BYTES)
 
-    def _body(self, sock: socket.socket, head: http1.ResponseHead) -> bytes:
+    def _head_end(self) -> int:
+        try:
+            return find_head_end(self._buffer, MAX_ANSWER_HEAD)
+        except HandshakeError:  # its reason speaks of a request head
+            raise TransportError(f"{self.endpoint}: answer head longer than {MAX_ANSWER_HEAD} "
+                                 "bytes") from None
+
+    def _body(self, sock: socket.socket, head: ResponseHead) -> bytes:
         if head.framing == "length":
             while len(self._buffer) < head.length:
                 self._fill(sock)
@@ -256,36 +278,25 @@ class Connection:
         if head.framing == "close":
             while True:
                 if len(self._buffer) > MAX_RESPONSE_BYTES:
-                    raise http1.HttpError(f"answer longer than {MAX_RESPONSE_BYTES} bytes")
+                    raise TransportError(f"{self.endpoint}: answer longer than "
+                                         f"{MAX_RESPONSE_BYTES} bytes")
                 chunk = self._recv(sock)
                 if not chunk:
                     return self._take(len(self._buffer))
                 self._buffer += chunk
+        if head.framing == "none":
+            return b""
+        decoder = ChunkedDecoder(max_body=MAX_RESPONSE_BYTES)
         parts: list[bytes] = []
-        total = 0
-        while True:
-            size = http1.parse_chunk_size(self._line(sock))
-            if size == 0:
-                while self._line(sock):  # trailers, up to the blank line
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > MAX_RESPONSE_BYTES:
-                raise http1.HttpError(f"answer longer than {MAX_RESPONSE_BYTES} bytes")
-            while len(self._buffer) < size + 2:
+        while not decoder.done:
+            if not self._buffer:
                 self._fill(sock)
-            parts.append(self._take(size))
-            if self._take(2) != b"\r\n":
-                raise http1.HttpError("chunk not followed by CRLF")
-
-    def _line(self, sock: socket.socket) -> bytes:
-        while (end := self._buffer.find(b"\r\n", 0, http1.MAX_CHUNK_LINE)) < 0:
-            if len(self._buffer) >= http1.MAX_CHUNK_LINE:
-                raise http1.HttpError("chunk line too long")
-            self._fill(sock)
-        line = self._take(end)
-        del self._buffer[:2]
-        return line
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            pieces, rest = decoder.feed(data)
+            parts.extend(pieces)
+            self._buffer += rest  # bytes past the body: refused as unsolicited next time
+        return b"".join(parts)
 
     def _take(self, count: int) -> bytes:
         taken = bytes(self._buffer[:count])
