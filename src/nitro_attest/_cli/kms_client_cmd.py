@@ -27,7 +27,8 @@ how the enclave reaches KMS (docs/kms.md):
     nitro-attest proxy --listen vsock://any:8000 --to tcp://kms.REGION.amazonaws.com:443
     nitro-attest proxy --listen vsock://any:8000 --to connect --allowlist allowlist.yaml
   in the enclave:
-    nitro-attest kms decrypt --region REGION --via vsock://3:8000 --ciphertext-blob blob.bin
+    nitro-attest kms decrypt --region REGION --via vsock://3:8000 --ciphertext-blob blob.bin \\
+        --key-id arn:aws:kms:REGION:ACCOUNT:key/ID
     nitro-attest kms generate-data-key --region REGION --via connect+vsock://3:8000 \\
         --key-id arn:aws:kms:REGION:ACCOUNT:key/ID --key-spec AES_256 --output-file key.bin
 
@@ -36,7 +37,9 @@ bundle, baked into the image so PCR0 measures it), so the parent can neither rea
 answer in KMS's place. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 AWS_SESSION_TOKEN or, with --credentials-from imds, from the instance role (IMDSv2, through
 --imds-via, default the --via route if it is CONNECT); never from the command line. Name keys by
-full ARN: credentials the parent hands out could otherwise point an alias at its own account.
+full ARN, a Decrypt too (--key-id): credentials the parent hands out could otherwise point an
+alias at its own account, and a blob it planted could open under its own key; with
+--credentials-from imds (or --require-key-arn) anything else is refused.
 The RSA key KMS encrypts to is made in this process and never leaves it (--key-per-call: one per
 call). --nsm simulator --state DIR runs the whole flow outside an enclave, against a local KMS.
 """
@@ -131,6 +134,10 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: /dev/nsm when present, else refuse (default); simulator: the "
                    "software NSM")
     p.add_argument("--state", metavar="DIR", help="software NSM state folder (sim init --state)")
+    p.add_argument("--require-key-arn", action="store_true",
+                   help="every key named by full key ARN, a Decrypt too, and the answer for "
+                   "that key (always on with --credentials-from imds: the parent's credentials "
+                   "could resolve an alias, or a blob without --key-id, in its own account)")
     p.add_argument("--key-per-call", action="store_true",
                    help="a new RSA key for every call (default: one per process)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -165,6 +172,7 @@ def build_client(args: argparse.Namespace) -> tuple[Any, Any]:
             region=region, nsm=nsm, credentials=credentials, endpoint=args.endpoint,
             via=route, ca_bundle=args.ca_bundle, insecure_http=args.insecure_http,
             key_per_call=args.key_per_call, timeout=args.timeout,
+            require_key_arn=True if args.require_key_arn else None,
         )
     except BaseException:
         nsm.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 import ssl
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.errors import ConfigurationError, TransportError, UsageError
-from nitro_attest.kms.credentials import CredentialSource
+from nitro_attest.kms.credentials import CredentialSource, ImdsCredentials
 from nitro_attest.kms.envelope import open_envelope
 from nitro_attest.kms.https import (
     DEFAULT_TIMEOUT,
@@ -60,6 +61,11 @@ KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_IDLE_CONNECTIONS = 4
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,4}\Z")
+# Operations that name a key; with require_key_arn they must name it by full key ARN.
+KEYED_OPERATIONS = frozenset({"Decrypt", "GenerateDataKey", "GenerateDataKeyPair",
+                              "DeriveSharedSecret"})
+_KEY_FIELDS = ("KeyId", "SourceKeyId", "DestinationKeyId")
+_LOOPBACK_NAMES = ("localhost", "localhost.")
 _OPERATION = re.compile(r"[A-Z][A-Za-z]{1,63}\Z")
 
 
@@ -87,6 +93,13 @@ class KmsResult:
     operation: str
     fields: dict[str, Any]
     secret: bytes | None = None
+
+    def __repr__(self) -> str:
+        """Without the plaintext: a result logged or shown in a traceback leaks no secret."""
+        hidden = RECIPIENT_OPERATIONS.get(self.operation)
+        shown = {k: ("..." if k == hidden else v) for k, v in self.fields.items()}
+        secret = "None" if self.secret is None else f"<{len(self.secret)} bytes>"
+        return f"KmsResult(operation={self.operation!r}, fields={shown!r}, secret={secret})"
 
 
 class RecipientKey:
@@ -118,6 +131,7 @@ class KmsClient:
         key_per_call: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], datetime] | None = None,
+        require_key_arn: bool | None = None,
     ) -> None:
         if not _REGION.match(region):
             raise ConfigurationError(f"--region {region[:40]!r}: not an AWS region name")
@@ -125,8 +139,23 @@ class KmsClient:
         self.endpoint = parse_endpoint(endpoint or default_endpoint(region),
                                        insecure_http=insecure_http)
         self.route = via if isinstance(via, Route) else parse_route(via)
+        if not self.endpoint.tls:
+            _check_plain_http(self.endpoint.host, self.route)
+        # Credentials from IMDS are the parent's to choose (it answers IMDS): they may be of an
+        # account it owns, where an alias or bare key id resolves to its key, and a Decrypt
+        # without KeyId opens a blob it made. So every key is then named by full ARN.
+        self.require_key_arn = (
+            isinstance(credentials, ImdsCredentials) if require_key_arn is None
+            else require_key_arn
+        )
+        self._key_arn = re.compile(
+            rf"arn:aws[a-z-]*:kms:{re.escape(region)}:[0-9]{{12}}:key/[A-Za-z0-9-]{{1,128}}\Z")
         self._context = None
         if self.endpoint.tls:
+            if tls is not None and (tls.verify_mode != ssl.CERT_REQUIRED or not tls.check_hostname):
+                raise ConfigurationError(
+                    "the TLS context does not verify KMS's certificate and host name: the parent "
+                    "could answer in KMS's place (use kms.https.tls_context or a default one)")
             self._context = tls if tls is not None else tls_context(ca_bundle)
         self._nsm = nsm
         lock_caller_key_pcr(nsm)
@@ -213,6 +242,8 @@ class KmsClient:
         if not _OPERATION.match(operation):
             raise UsageError(f"{operation[:64]!r} is not a KMS operation name")
         request = dict(body)
+        if self.require_key_arn:
+            self._check_key_arns(operation, request)
         field = RECIPIENT_OPERATIONS.get(operation)
         key = None
         if field is not None:
@@ -227,9 +258,30 @@ class KmsClient:
                              f"{MAX_REQUEST_BYTES}")
         answer = self._send(operation, payload)
         fields = _answer_fields(answer)
+        asked = request.get("KeyId")
+        if self.require_key_arn and operation in KEYED_OPERATIONS and (
+            fields.get("KeyId") != asked
+        ):
+            raise KmsResponseError(f"{operation}: the answer's KeyId is not the key asked for "
+                                   f"({escape_untrusted(str(fields.get('KeyId'))[:200])})")
         if key is None or field is None:
             return KmsResult(operation, fields)
         return self._open(operation, field, fields, key)
+
+    def _check_key_arns(self, operation: str, request: Mapping[str, Any]) -> None:
+        """Every key the request names is a full key ARN of this region (not an alias, a bare
+        key id, an alias ARN); a keyed operation names one (a Decrypt too)."""
+        for name in _KEY_FIELDS:
+            value = request.get(name)
+            if value is None and not (name == "KeyId" and operation in KEYED_OPERATIONS):
+                continue
+            if not isinstance(value, str) or not self._key_arn.match(value):
+                shown = "none" if value is None else repr(str(value)[:100])
+                raise UsageError(
+                    f"{operation}: {name} {shown} is not a full key ARN "
+                    f"(arn:aws:kms:{self.region}:ACCOUNT:key/ID); with credentials the parent "
+                    "hands out (IMDS) an alias, a bare key id or no KeyId could mean a key of "
+                    "the parent's own account")
 
     def _document(self, key: RecipientKey) -> bytes:
         with self._nsm_lock:  # one NSM (one /dev/nsm descriptor) for every thread
@@ -312,6 +364,20 @@ def lock_caller_key_pcr(nsm: NsmBackend) -> None:
         nsm.lock_pcr(CALLER_KEY_PCR)
 
 
+def _check_plain_http(host: str, route: Route) -> None:
+    """Plain HTTP only to a KMS on this machine's loopback, dialled directly: any route is the
+    parent, which would read the document in the request and answer with an envelope to its key
+    holding a plaintext of its choosing."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower() in _LOOPBACK_NAMES
+    if not loopback or route.kind != "direct":
+        raise ConfigurationError(
+            f"--insecure-http to {host[:80]} via {route}: plain HTTP is only for a local KMS on "
+            "loopback reached directly (through a route, the parent reads and answers it)")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -347,6 +413,7 @@ def _error(status: int, decoded: Any) -> KmsError:
 
 
 __all__ = [
+    "KEYED_OPERATIONS",
     "RECIPIENT_OPERATIONS",
     "KmsClient",
     "KmsError",

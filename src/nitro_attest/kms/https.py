@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is 
 MAX_ANSWER_HEAD = 16 * 1024
 MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
+MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
 _CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
@@ -142,6 +144,7 @@ class Connection:
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
+        self._deadline = 0.0  # the whole answer must arrive by then (monotonic clock)
 
     def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
@@ -185,14 +188,23 @@ class Connection:
                 raise TransportError(f"{self.endpoint}: unsolicited bytes after the previous "
                                      "answer")
             sock = self._sock
+            sock.settimeout(self._timeout)
             try:
                 sock.sendall(data)
             except _CLOSED:
                 raise _Stale() from None
+            # the timeout bounds the whole answer, not each recv: a far side sending a byte at a
+            # time, or interim answers without end, would otherwise hold the caller for hours
+            self._deadline = time.monotonic() + self._timeout
             head = self._head(sock, method)
+            interim = 0
             while head.status < 200:  # interim answers (100, 103): the real one follows
                 if head.status == 101:
                     raise TransportError(f"{self.endpoint}: the answer switches protocols")
+                interim += 1
+                if interim > MAX_INTERIM_ANSWERS:
+                    raise TransportError(f"{self.endpoint}: more than {MAX_INTERIM_ANSWERS} "
+                                         "interim answers")
                 head = self._head(sock, method)
             body = self._body(sock, head)
             if not head.keep_alive:
@@ -221,8 +233,15 @@ class Connection:
             self.close()
             raise TransportError(f"{self.endpoint}: {exc.strerror or exc}") from None
 
+    def _recv(self, sock: socket.socket) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        return sock.recv(65536)
+
     def _fill(self, sock: socket.socket, *, stale_if_empty: bool = False) -> None:
-        chunk = sock.recv(65536)
+        chunk = self._recv(sock)
         if not chunk:
             if stale_if_empty and not self._buffer:
                 raise _Stale()
@@ -261,7 +280,7 @@ class Connection:
                 if len(self._buffer) > MAX_RESPONSE_BYTES:
                     raise TransportError(f"{self.endpoint}: answer longer than "
                                          f"{MAX_RESPONSE_BYTES} bytes")
-                chunk = sock.recv(65536)
+                chunk = self._recv(sock)
                 if not chunk:
                     return self._take(len(self._buffer))
                 self._buffer += chunk

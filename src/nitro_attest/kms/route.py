@@ -16,6 +16,7 @@ the answer KMS's. This module only dials.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,26 +58,36 @@ class Route:
                                  f"{exc.strerror or exc}") from None
         if self.kind == "connect":
             try:
-                _tunnel(sock, host, port)
+                _tunnel(sock, host, port, timeout)
             except BaseException:
                 sock.close()
                 raise
         return sock
 
 
-def _tunnel(sock: socket.socket, host: str, port: int) -> None:
-    """Ask the proxy for ``host:port`` and read its answer; nothing may follow it (a TLS client
-    speaks first, so a byte from the far side before that is the proxy's, and wrong)."""
+def _tunnel(sock: socket.socket, host: str, port: int, timeout: float) -> None:
+    """Ask the proxy for ``host:port`` and read its answer, all of it within ``timeout`` (not
+    each recv: a proxy trickling its answer would hold the caller for hours); nothing may follow
+    it (a TLS client speaks first, so a byte from the far side before that is the proxy's, and
+    wrong)."""
+    deadline = time.monotonic() + timeout
     try:
         sock.sendall(connect_request(host, port))
         buffer = bytearray()
         while (end := find_head_end(buffer)) < 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
             chunk = sock.recv(4096)
             if not chunk:
                 raise ConnectError("proxy closed the connection before answering CONNECT")
             buffer += chunk
+    except TimeoutError:
+        raise ConnectError(f"CONNECT: the proxy's answer timed out after {timeout:g} s") from None
     except OSError as exc:
         raise ConnectError(f"CONNECT to the proxy failed: {exc.strerror or exc}") from None
+    sock.settimeout(timeout)
     parse_connect_response(bytes(buffer[:end]))
     if len(buffer) > end:
         raise ConnectError("proxy sent bytes after its CONNECT answer, before TLS began")

@@ -26,7 +26,12 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from nitro_attest.errors import ConfigurationError, NitroAttestError, TransportError
+from nitro_attest.errors import (
+    ConfigurationError,
+    NitroAttestError,
+    TransportError,
+    UsageError,
+)
 from nitro_attest.kms.client import (
     MAX_REQUEST_BYTES,
     RECIPIENT_OPERATIONS,
@@ -122,6 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(exc.status, exc.code, exc.kms_message) from None
         except TransportError as exc:
             raise _Refusal(502, "EnclaveProxyTransportException", str(exc)) from None
+        except UsageError as exc:  # the request's fault (a key not named by full ARN...)
+            raise _Refusal(400, "ValidationException", str(exc)) from None
         except NitroAttestError as exc:
             raise _Refusal(500, "EnclaveProxyException", str(exc)) from None
         return 200, result.fields
