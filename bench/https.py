@@ -4,7 +4,8 @@ Measures, alternating the two fronts round by round, both in front of the same t
 asyncio responder in its own process) on 127.0.0.1:
   throughput  requests/s over TLS 1.3, keep-alive, 16 connections (wrk -t2 -c16), one worker
               process each (ours is one process; nginx gets worker_processes 1), a log line per
-              request each (nginx's access_log to a file, ours to /dev/null via stderr);
+              request each (nginx's access_log to a file, ours to /dev/null via stderr); and each
+              front's CPU per request (/proc: user + system, nginx's master and worker);
   setup       one attested connection (TCP, TLS handshake, the attestation request on it, the
               NSM document made by the software NSM, its verification, the key and PCR16 checks)
               against its parts measured alone: one plain TLS handshake to the same front plus
@@ -135,18 +136,40 @@ def write_tls(folder: Path) -> None:
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def wrk(wrk_bin: str, port: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its direct children (nginx's workers), from /proc."""
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    total = own(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    total += own(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
+def wrk(wrk_bin: str, port: int, seconds: float, pid: int) -> tuple[float, float]:
+    """Requests/s, and the front's CPU per request in us (steadier than requests/s when other
+    work shares the cores: it does not count the time the front waited for a CPU)."""
+    before = cpu_seconds(pid)
     out = subprocess.run(
         [wrk_bin, "-t2", "-c16", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
+    used = cpu_seconds(pid) - before
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
     found = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if not found:
+    total = re.search(r"(\d+) requests in", out)
+    if not found or not total:
         sys.exit("error: no Requests/sec in wrk's output:\n" + out)
-    return float(found.group(1))
+    return float(found.group(1)), used / max(1, int(total.group(1))) * 1e6
 
 
 def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float, float]:
@@ -236,13 +259,18 @@ def main() -> None:
             wait_port(nginx_port, web, "nginx")
 
             rps: dict[str, list[float]] = {"ours": [], "nginx": []}
+            cpu: dict[str, list[float]] = {"ours": [], "nginx": []}
             setups: list[tuple[float, float, float, float]] = []
             for r in range(args.rounds):
-                for name, port in (("ours", ours_port), ("nginx", nginx_port)):
-                    rps[name].append(wrk(wrk_bin, port, args.seconds))
+                for name, port, pid in (("ours", ours_port, ours.pid),
+                                        ("nginx", nginx_port, web.pid)):
+                    got, us = wrk(wrk_bin, port, args.seconds, pid)
+                    rps[name].append(got)
+                    cpu[name].append(us)
                 setups.append(setup_costs(ours_port, state, args.setups))
-                print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s, nginx "
-                      f"{rps['nginx'][-1]:.0f} req/s; setup {setups[-1][0]:.2f} ms vs TLS "
+                print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s ({cpu['ours'][-1]:.0f} "
+                      f"us CPU/req), nginx {rps['nginx'][-1]:.0f} req/s ({cpu['nginx'][-1]:.0f} "
+                      f"us CPU/req); setup {setups[-1][0]:.2f} ms vs TLS "
                       f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms (NSM document "
                       f"{setups[-1][3]:.2f} ms)", file=sys.stderr)
         finally:
@@ -259,6 +287,12 @@ def main() -> None:
                                     ("nginx      ", best_nginx, rps["nginx"])):
         print(f"throughput  {label} {best_rps:8.0f} req/s (spread {spread(values, best_rps):.0f}%)")
     print(f"            ratio {ratio:.2f}x  target >= 0.5x  {'MET' if ratio >= 0.5 else 'MISSED'}")
+    least_ours, least_nginx = min(cpu["ours"]), min(cpu["nginx"])
+    print(f"CPU/request https serve {least_ours:.1f} us "
+          f"(spread {spread(cpu['ours'], least_ours):.0f}%), "
+          f"nginx {least_nginx:.1f} us (spread {spread(cpu['nginx'], least_nginx):.0f}%): "
+          f"nginx's CPU is {least_nginx / least_ours:.2f}x ours (the req/s ratio an unshared "
+          "core would give)")
     ratios = [a / (t + v) for a, t, v, _ in setups]
     best = min(ratios)
     a, t, v, g = setups[ratios.index(best)]
