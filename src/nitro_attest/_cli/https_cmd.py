@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -270,7 +271,7 @@ def _data(value: str | None) -> bytes | None:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from nitro_attest.https.client import fetch
+    from nitro_attest.https.client import NotListeningError, fetch
 
     if not args.timeout > 0:
         raise CliError("--timeout must be a positive number of seconds")
@@ -290,16 +291,24 @@ def run_get(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.output}: {exc.strerror or exc}") from None
         else:
             out = sys.stdout.buffer
-        response, verified = fetch(
-            args.url,
-            verifier=verifier,
-            policy=policy,
-            sink=out.write,
-            method=method,
-            headers=headers,
-            body=body,
-            timeout=args.timeout,
-        )
+        deadline = time.monotonic() + args.timeout
+        while True:  # a server still starting: wait for it within --timeout, as attest does
+            try:
+                response, verified = fetch(
+                    args.url,
+                    verifier=verifier,
+                    policy=policy,
+                    sink=out.write,
+                    method=method,
+                    headers=headers,
+                    body=body,
+                    timeout=args.timeout,
+                )
+                break
+            except NotListeningError:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
         out.flush()
     from nitro_attest.attestation.untrusted_text import escape_untrusted
 

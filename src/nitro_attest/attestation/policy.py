@@ -179,6 +179,17 @@ def _pcr_value(value: Any, what: str) -> bytes:
     return value
 
 
+# What nitro-cli describe-eif prints beside "Measurements" (nitro-spec.md section 5): its output
+# is accepted as a measurements file. Any other key beside "Measurements" (a PCR put outside it,
+# a typo) is refused, since it would otherwise be dropped without a word.
+DESCRIBE_EIF_KEYS = frozenset(
+    (
+        "EifVersion", "IsSigned", "SigningCertificate", "CheckCRC", "SignatureCheck",
+        "ImageName", "ImageVersion", "Metadata",
+    )
+)
+
+
 def parse_expected_measurements(text: bytes | str, source: str = "measurements") -> list[PcrSet]:
     """Parse nitro-cli's build-enclave JSON ({"Measurements": {"PCR0": hex, ...}}).
 
@@ -201,7 +212,7 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
-        beside = sorted(str(k) for k in entry if k != "Measurements")
+        beside = sorted(str(k) for k in entry if k != "Measurements" and k not in DESCRIBE_EIF_KEYS)
         if "Measurements" in entry and beside:  # {"Measurements": {..}, "PCR8": ..} drops PCR8
             raise PolicyError(
                 f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in beside[:3])} beside "
