@@ -14,7 +14,11 @@ Targets: throughput >= 0.5x nginx's; setup <= 1.2x its parts. Best of --rounds, 
 (worst - best) / best over the rounds. nginx-light and wrk are Debian's packages: installed
 with apt-get when missing and running as root (the script says so first), otherwise it says how.
 
-usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60]
+--baseline SRC also runs the `https serve` of another source tree (e.g. a checkout's src/) in the
+same rotation, for before/after CPU per request side by side (whole runs move too much on a
+shared machine to resolve 10%).
+
+usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -230,6 +234,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--setups", type=int, default=60)
+    parser.add_argument("--baseline", metavar="SRC", type=Path,
+                        help="also run this source tree's https serve, side by side")
     args = parser.parse_args()
     nginx = ensure("nginx", "nginx-light")
     wrk_bin = ensure("wrk", "wrk")
@@ -253,6 +259,19 @@ def main() -> None:
             )
             procs.append(ours)
             wait_port(ours_port, ours, "https serve")
+            fronts = [("ours", ours_port, ours.pid)]
+            if args.baseline is not None:
+                base_port = free_port()
+                env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+                base = subprocess.Popen(
+                    [*ENTRY, "https", "serve", "--listen", f"tcp://127.0.0.1:{base_port}",
+                     "--to", f"tcp://127.0.0.1:{app_port}", "--nsm", "simulator",
+                     "--state", str(state)],
+                    stderr=subprocess.DEVNULL, env=env,
+                )
+                procs.append(base)
+                wait_port(base_port, base, "the baseline's https serve")
+                fronts.append(("baseline", base_port, base.pid))
             write_tls(folder)
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 (folder / sub).mkdir()
@@ -262,12 +281,11 @@ def main() -> None:
             procs.append(web)
             wait_port(nginx_port, web, "nginx")
 
-            rps: dict[str, list[float]] = {"ours": [], "nginx": []}
-            cpu: dict[str, list[float]] = {"ours": [], "nginx": []}
+            rps: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
+            cpu: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
             setups: list[tuple[float, float, float, float]] = []
             for r in range(args.rounds):
-                for name, port, pid in (("ours", ours_port, ours.pid),
-                                        ("nginx", nginx_port, web.pid)):
+                for name, port, pid in (*fronts, ("nginx", nginx_port, web.pid)):
                     got, us = wrk(wrk_bin, port, args.seconds, pid)
                     rps[name].append(got)
                     cpu[name].append(us)
@@ -297,6 +315,11 @@ def main() -> None:
           f"nginx {least_nginx:.1f} us (spread {spread(cpu['nginx'], least_nginx):.0f}%): "
           f"nginx's CPU is {least_nginx / least_ours:.2f}x ours (the req/s ratio an unshared "
           "core would give)")
+    if rps["baseline"]:
+        least_base = min(cpu["baseline"])
+        print(f"baseline    {args.baseline}: {max(rps['baseline']):.0f} req/s, CPU/request "
+              f"{least_base:.1f} us (spread {spread(cpu['baseline'], least_base):.0f}%): ours "
+              f"is {least_ours / least_base:.2f}x its CPU per request")
     ratios = [a / (t + v) for a, t, v, _ in setups]
     best = min(ratios)
     a, t, v, g = setups[ratios.index(best)]
