@@ -60,14 +60,13 @@ def register(sub: Any) -> None:
     _add_get(ops)
 
 
+# The Limits fields https serve's flags set (_cli/limit_flags.py names their flags).
+_LIMIT_FIELDS = ("max_connections", "header_timeout", "idle_timeout", "max_header_bytes",
+                 "drain_timeout")
+
+
 def _add_serve(ops: Any) -> None:
-    from nitro_attest.https.defaults import (
-        DEFAULT_DRAIN_TIMEOUT,
-        DEFAULT_HEADER_TIMEOUT,
-        DEFAULT_IDLE_TIMEOUT,
-        DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_MAX_HEADER_BYTES,
-    )
+    from nitro_attest.server_limits import HTTPS_LIMITS as L
 
     p: argparse.ArgumentParser = ops.add_parser(
         "serve",
@@ -85,19 +84,19 @@ def _add_serve(ops: Any) -> None:
     p.add_argument("--name", action="append", default=[], metavar="DNS",
                    help="a name (or IP) for the certificate; repeatable")
     p.add_argument("--tls12", action="store_true", help="also accept TLS 1.2 (default 1.3 only)")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+    p.add_argument("--max-connections", type=int, default=L.max_connections, metavar="N",
                    help="open at once; a newcomer sheds the least recently active "
-                   f"(default {DEFAULT_MAX_CONNECTIONS})")
-    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="S",
+                   f"(default {L.max_connections})")
+    p.add_argument("--header-timeout", type=float, default=L.header_timeout, metavar="S",
                    help="TLS handshake, and each request head once begun "
-                   f"(default {DEFAULT_HEADER_TIMEOUT:g})")
-    p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="S",
-                   help=f"between requests and within bodies (default {DEFAULT_IDLE_TIMEOUT:g})")
-    p.add_argument("--max-header-bytes", type=int, default=DEFAULT_MAX_HEADER_BYTES,
-                   metavar="N", help=f"request head size (default {DEFAULT_MAX_HEADER_BYTES})")
-    p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="S",
+                   f"(default {L.header_timeout:g})")
+    p.add_argument("--idle-timeout", type=float, default=L.idle_timeout, metavar="S",
+                   help=f"between requests and within bodies (default {L.idle_timeout:g})")
+    p.add_argument("--max-header-bytes", type=int, default=L.max_header_bytes,
+                   metavar="N", help=f"request head size (default {L.max_header_bytes})")
+    p.add_argument("--drain-timeout", type=float, default=L.drain_timeout, metavar="S",
                    help="after SIGTERM, requests in flight may finish this long "
-                   f"(default {DEFAULT_DRAIN_TIMEOUT:g})")
+                   f"(default {L.drain_timeout:g})")
     p.set_defaults(func=run_serve)
 
 
@@ -119,7 +118,9 @@ def _add_get(ops: Any) -> None:
                    help="method (default GET, or POST with --data)")
     p.add_argument("--data", "-d", metavar="TEXT|@FILE", help="request body")
     p.add_argument("--output", "-o", metavar="FILE", help="write the body here, not to stdout")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="bound on connecting, on the TLS handshake and on the attestation "
+                   "exchange, each as a whole; then on each read of the answer (default 10)")
     p.set_defaults(func=run_get)
 
 
@@ -143,10 +144,12 @@ def _configure_logging() -> ServerLogHandler:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from nitro_attest._cli.limit_flags import limits_from_args
     from nitro_attest._cli.serve_cmd import open_nsm
     from nitro_attest.errors import ConfigurationError
     from nitro_attest.https.front import Attester, FrontConfig, HttpsFront, seal_caller_key_pcr
     from nitro_attest.https.identity import make_identity
+    from nitro_attest.server_limits import HTTPS_LIMITS
     from nitro_attest.wire.transport import AddressError, parse_address
 
     try:
@@ -156,15 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if app.scheme == "vsock":
         raise CliError("--to: the app is reached over tcp:// or unix:// inside the enclave")
-    for flag, value in (("--header-timeout", args.header_timeout),
-                        ("--idle-timeout", args.idle_timeout),
-                        ("--drain-timeout", args.drain_timeout)):
-        if not value > 0:
-            raise CliError(f"{flag} must be a positive number of seconds")
-    if args.max_connections < 1:
-        raise CliError("--max-connections must be at least 1")
-    if not 1024 <= args.max_header_bytes <= 1024 * 1024:
-        raise CliError("--max-header-bytes must be 1024..1048576")
+    limits = limits_from_args(args, HTTPS_LIMITS, _LIMIT_FIELDS)
     try:
         identity = make_identity(args.name, allow_tls12=args.tls12)
     except ConfigurationError as exc:
@@ -176,20 +171,14 @@ def run_serve(args: argparse.Namespace) -> int:
         backend.close()
         raise CliError(exc.message) from None
     attester = Attester(backend, identity.spki_der, on_loop=args.nsm == "simulator")
-    config = FrontConfig(
-        app=app,
-        max_connections=args.max_connections,
-        header_timeout=args.header_timeout,
-        idle_timeout=args.idle_timeout,
-        max_header_bytes=args.max_header_bytes,
-    )
+    config = FrontConfig(app=app, limits=limits)
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
-    _raise_fd_limit(args.max_connections, log)
+    _raise_fd_limit(limits.max_connections, log)
     front = HttpsFront(config, identity, attester, request_log=handler)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(front, listen, args.drain_timeout, log))
+            runner.run(_serve(front, listen, limits.drain_timeout, log))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -282,6 +271,10 @@ def run_get(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     body = _data(args.data)
     method = args.request or ("POST" if body is not None else "GET")
+    from nitro_attest.codec.http import is_token
+
+    if not is_token(method.encode("utf-8")):
+        raise CliError(f"-X {method[:40]!r}: a method is one token (GET, POST, PUT...)")
     out: BinaryIO
     with contextlib.ExitStack() as stack:
         if args.output:

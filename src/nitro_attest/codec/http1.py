@@ -13,6 +13,7 @@ framed too. Error messages never quote the message.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,10 +53,18 @@ HOP_BY_HOP = frozenset(
 FORWARDED = frozenset(
     (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip")
 )
+# Names the front owns or frames by. A client's field that spells one with underscores is dropped
+# (CGI and WSGI map "X_Forwarded_For" and "X-Forwarded-For" to the same HTTP_X_FORWARDED_FOR,
+# which is why nginx and Apache drop such names), and so is every other X-Forwarded-* (Port,
+# Prefix, Ssl...: proxy-fix middlewares read them as the front's word).
+_FRONT_OWNED = FORWARDED | HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
 _STATUS = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\Z")
 _DIGITS = re.compile(rb"[0-9]{1,16}\Z")
+# uri-host [":" port], narrowed: a reg-name of unreserved characters (no sub-delims: a comma would
+# read as a list in X-Forwarded-Host, ";" and "=" as Forwarded syntax) or a bracketed IPv6.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 
 
@@ -183,6 +192,8 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         raise HandshakeError(400, "an HTTP/1.1 request needs exactly one Host")
     if len(hosts) > 1:
         raise HandshakeError(400, "more than one Host")
+    if hosts and not _valid_host(hosts[0]):
+        raise HandshakeError(400, "malformed Host")
     text_version = version.decode("ascii")
     framing = _body_framing(found, text_version) or ("none", 0)
     # HTTP/1.0: one request per connection, keep-alive asked or not.
@@ -202,6 +213,23 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         keep_alive=keep_alive,
         expect_continue=expects is not None and version == b"HTTP/1.1",
     )
+
+
+def _valid_host(value: bytes) -> bool:
+    if not value:  # RFC 9112 3.2: empty when the target URI has no authority
+        return True
+    found = _HOST.match(value)
+    if found is None:
+        return False
+    literal, port = found.groups()
+    if port is not None and int(port) > 0xFFFF:
+        return False
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return True
 
 
 def parse_response_head(
@@ -268,11 +296,6 @@ def end_to_end(headers: Sequence[Header]) -> list[Header]:
     ]
 
 
-# Never passed on from the client: hop-by-hop, the front's own Forwarded fields, the framing (the
-# front re-frames the body) and Expect (the front answers it).
-_NOT_FORWARDED = HOP_BY_HOP | FORWARDED | {b"content-length", b"expect"}
-
-
 @functools.lru_cache(maxsize=1024)
 def _forwarded_for(client: str) -> tuple[bytes, bytes]:
     """The Forwarded field's start and the X-Forwarded-For line for ``client``: the same for
@@ -290,18 +313,17 @@ def forward_request_head(
     """The head sent to the app: end-to-end fields, the client's Forwarded fields replaced by the
     front's own, ``Expect`` answered by the front (dropped), the body re-framed the same way.
     One pass over the fields, straight to the lines (it runs for every relayed request)."""
+    # Host first and always: a client's "Connection: host" must not take it away from the app.
+    host = request.get(b"host") or host_fallback
     fields = request.headers
     listed = _connection_listed(fields)
-    host = request.get(b"host")
-    out = [f"{request.method} {request.target} HTTP/1.1".encode("ascii")]
-    if host is None:
-        out.append(b"host: " + host_fallback)
+    out = [f"{request.method} {request.target} HTTP/1.1".encode("ascii"), b"host: " + host]
+    # _front_owned covers what end_to_end drops too (hop-by-hop, Content-Length).
     out.extend(
         name + b": " + value
         for name, value in fields
-        if name not in _NOT_FORWARDED and name not in listed
+        if name not in listed and not _front_owned(name)
     )
-    host = host or host_fallback
     forwarded, forwarded_for = _forwarded_for(client)
     out.append(forwarded + _quote(host))
     out.append(forwarded_for)
@@ -315,6 +337,11 @@ def forward_request_head(
         out.append(b"connection: close")
     out.append(b"\r\n")
     return b"\r\n".join(out)
+
+
+def _front_owned(name: bytes) -> bool:
+    dashed = name.replace(b"_", b"-")
+    return dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
 
 
 def _quote(value: bytes) -> bytes:

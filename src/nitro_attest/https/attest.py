@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
+from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.codec.http import HandshakeError, find_head_end
 from nitro_attest.codec.http1 import parse_response_head, request_head
-from nitro_attest.errors import TransportError, UsageError, VerificationError
+from nitro_attest.errors import (
+    PublicKeyMismatchError,
+    TransportError,
+    UsageError,
+    VerificationError,
+)
 from nitro_attest.https.identity import spki_of
 from nitro_attest.https.well_known import DOCUMENT_TYPE, WELL_KNOWN
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
@@ -60,7 +69,37 @@ def check_policy(policy: Policy) -> Policy:
         raise UsageError(
             "the policy must not set nonce or public_key: each connection sets its own"
         )
+    if policy.kind is not DocumentKind.ENCLAVE:
+        # https serve answers from an enclave's NSM; a NitroTPM document comes from an EC2
+        # host, whose PCR16 is a resettable TPM register, so the caller-key rule means nothing.
+        raise UsageError("attested HTTPS accepts enclave documents only (not --kind nitrotpm)")
     return policy
+
+
+class Deadline:
+    """The time left for the attestation exchange, so that the timeout bounds it as a whole:
+    with a timeout per read, a parent sending a byte just within each could hold the client for
+    as long as it liked. (The TLS handshake before it is one call that CPython bounds as a whole
+    by the socket's timeout.) ``None``: no bound."""
+
+    def __init__(self, seconds: float | None, where: str) -> None:
+        self._seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+        self._where = where
+
+    def left(self) -> float | None:
+        """Seconds left for the next read; TransportError once none are."""
+        if self._end is None:
+            return None
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> TransportError:
+        return TransportError(
+            f"{self._where}: timed out: no attestation answer within {self._seconds:g} s"
+        )
 
 
 def new_nonce() -> bytes:
@@ -122,7 +161,15 @@ def check_document(
     where: str,
 ) -> VerifiedDocument:
     """Verify ``document`` for this connection, or raise AttestationRefused naming the check."""
-    expected = dataclasses.replace(policy, nonce=nonce, public_key=spki_of(certificate_der))
+    try:
+        spki = spki_of(certificate_der)
+    except (ValueError, UnsupportedAlgorithm):
+        # The server chose the certificate: OpenSSL took it, the strict DER parser did not (a
+        # BER length, an unsupported key). No key, so no document can name it.
+        raise AttestationRefused(
+            where, PublicKeyMismatchError("the server's certificate does not parse as DER")
+        ) from None
+    expected = dataclasses.replace(policy, nonce=nonce, public_key=spki)
     try:
         verified = verifier.verify(document, policy=expected)
         if signs_caller_keys(verified.document.pcrs):

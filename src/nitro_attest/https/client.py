@@ -28,6 +28,7 @@ from nitro_attest.codec.http1 import (
 )
 from nitro_attest.errors import TransportError, UsageError
 from nitro_attest.https.attest import (
+    Deadline,
     attestation_request,
     check_document,
     check_policy,
@@ -65,6 +66,8 @@ def parse_url(text: str) -> Url:
         raise UsageError(f"{text[:80]!r}: only https:// URLs are attested")
     if not parts.hostname:
         raise UsageError(f"{text[:80]!r}: no host")
+    if not parts.hostname.isascii():
+        raise UsageError(f"{text[:80]!r}: give the host name in its ASCII (xn--) form")
     if parts.username is not None or parts.password is not None:
         raise UsageError(f"{text[:80]!r}: credentials in the URL are not supported")
     target = parts.path or "/"
@@ -77,11 +80,13 @@ def parse_url(text: str) -> Url:
 
 
 def client_context() -> ssl.SSLContext:
-    """TLS without CA checks: the certificate is trusted only once a document names its key."""
+    """TLS 1.3 without CA checks: the certificate is trusted only once a document names its key.
+    The front always speaks 1.3 (``--tls12`` only adds 1.2), so a server that settles for 1.2
+    is not one; 1.3 also leaves no renegotiation to change the certificate after attestation."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -144,7 +149,9 @@ class AttestedConnection:
             raise TransportError(f"{self.url.authority}: {_describe(exc)}") from None
 
     def open(self) -> VerifiedDocument:
-        """Connect, handshake and attest; raises AttestationRefused or TransportError."""
+        """Connect, handshake and attest; raises AttestationRefused or TransportError. The
+        timeout bounds the connect, the handshake, and the attestation exchange, each as a
+        whole."""
         where = self.url.authority
         try:
             raw = socket.create_connection((self.url.host, self.url.port), timeout=self._timeout)
@@ -167,10 +174,24 @@ class AttestedConnection:
             raise TransportError(f"{where}: the server sent no certificate")
         nonce = new_nonce()
         self._send(attestation_request(self.url.authority, nonce))
+        deadline = Deadline(self._timeout, where)
+        sock = self._sock
+
+        def recv() -> bytes:
+            sock.settimeout(deadline.left())
+            try:
+                return self._recv()
+            except TransportError:
+                deadline.left()  # timed out as a whole: say so
+                raise
+
         try:
-            document = read_document(self._recv)
+            document = read_document(recv)
         except TransportError as exc:
-            raise TransportError(f"{where}: {exc.message}") from None
+            raise TransportError(exc.message if exc.message.startswith(where)
+                                 else f"{where}: {exc.message}") from None
+        finally:
+            sock.settimeout(self._timeout)
         self.verified = check_document(
             document,
             certificate_der=certificate,

@@ -43,17 +43,11 @@ from nitro_attest.codec.http1 import (
     simple_response,
 )
 from nitro_attest.errors import ConfigurationError, NsmError, TransportError
-from nitro_attest.https.defaults import (
-    DEFAULT_APP_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_LINES,
-)
+from nitro_attest.https.defaults import DEFAULT_APP_TIMEOUT
 from nitro_attest.https.identity import TlsIdentity
 from nitro_attest.https.well_known import DOCUMENT_TYPE, MAX_NONCE, MIN_NONCE, WELL_KNOWN
 from nitro_attest.nsm.backend import NsmBackend
+from nitro_attest.server_limits import HTTPS_LIMITS, Limits
 from nitro_attest.wire.transport import Address, listening_socket
 
 log = logging.getLogger("nitro_attest.https")
@@ -61,17 +55,43 @@ log = logging.getLogger("nitro_attest.https")
 PIECE = 64 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024  # from the app (trusted, but still bounded)
 _NONCE = re.compile(r"nonce=([0-9a-fA-F]*)\Z")
+_WELL_KNOWN_NAME = WELL_KNOWN.rpartition("/")[2]
 
 
 @dataclass(frozen=True, slots=True)
 class FrontConfig:
+    """The app behind the front, and the front's ``Limits`` (read here: max_connections,
+    header_timeout, idle_timeout, max_header_bytes, max_header_lines, drain_timeout)."""
+
     app: Address
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_header_lines: int = DEFAULT_MAX_HEADER_LINES
+    limits: Limits = HTTPS_LIMITS
     app_timeout: float = DEFAULT_APP_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise ConfigurationError("limits must be a nitro_attest.server_limits.Limits")
+        if not self.app_timeout > 0:
+            raise ConfigurationError("app_timeout must be a positive number of seconds")
+
+    @property
+    def max_connections(self) -> int:
+        return self.limits.max_connections
+
+    @property
+    def header_timeout(self) -> float:
+        return self.limits.header_timeout
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.limits.max_header_bytes
+
+    @property
+    def max_header_lines(self) -> int:
+        return self.limits.max_header_lines
 
 
 class RequestLog(Protocol):
@@ -106,12 +126,27 @@ class _Refused(TransportError):
 
 
 def is_attestation_path(path: str) -> bool:
-    """The front's own path, however it is spelled (percent-encoding, doubled slashes), so no
-    variant of it reaches the app."""
-    if "%" not in path and "//" not in path:  # the common case, without unquote and re.sub
-        return path.rstrip("/") == WELL_KNOWN
-    decoded = unquote(path)
-    return re.sub("/+", "/", decoded).rstrip("/") == WELL_KNOWN
+    """The front's own path, however it is spelled, so no variant of it reaches the app: percent-
+    encoding (decoded up to three times), backslashes, case, doubled slashes, ``;`` parameters
+    and dot segments, all of which some server or framework behind the front normalizes away."""
+    if "%" not in path and _WELL_KNOWN_NAME not in path.lower():
+        return False  # the common case: no spelling of the name at all
+    decoded = path
+    for _ in range(3):
+        if "%" not in decoded:
+            break
+        decoded = unquote(decoded)
+    segments: list[str] = []
+    for segment in decoded.replace("\\", "/").lower().split("/"):
+        segment = segment.partition(";")[0]
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments) == WELL_KNOWN
 
 
 def parse_nonce(query: str) -> bytes:
@@ -246,6 +281,7 @@ class _Stream:
         owner = self.owner
         owner.deadline = time.monotonic() + timeout
         owner.head = head
+        owner.expired = False
         while True:
             if self.closed:
                 raise _Closed("closed")
@@ -333,7 +369,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 class _Connection:
-    __slots__ = ("busy", "client", "deadline", "expired", "head", "peer", "task", "upstream")
+    __slots__ = (
+        "busy", "client", "deadline", "expired", "expired_deadline", "head", "peer", "task",
+        "upstream",
+    )
 
     def __init__(self, peer: str, task: asyncio.Task[None] | None) -> None:
         self.peer = peer
@@ -343,7 +382,8 @@ class _Connection:
         self.busy = False
         self.deadline = math.inf
         self.head = False  # waiting for the rest of a begun request head (expiry: 408)
-        self.expired = False
+        self.expired = False  # the current deadline passed (_read_head answers 408)
+        self.expired_deadline = math.nan  # the deadline last acted on: each acts once
 
 
 def _peer_text(address: object) -> str:
@@ -447,7 +487,10 @@ class HttpsFront:
             await asyncio.sleep(self._tick)
             now = time.monotonic()
             for conn in list(self._connections):
-                if conn.deadline < now and not conn.expired:
+                # Once per deadline, not once per connection: a deadline that passed while
+                # nothing waited (the NSM call) must not exempt the connection from later ones.
+                if conn.deadline < now and conn.deadline != conn.expired_deadline:
+                    conn.expired_deadline = conn.deadline
                     self._expire(conn)
 
     def _expire(self, conn: _Connection) -> None:
@@ -710,9 +753,11 @@ class HttpsFront:
             # Other interim answers (100 is the front's own, 103) are not passed on.
         framing = response.framing
         keep = response.keep_alive and request.keep_alive
-        if framing == "close":
-            framing = "chunked" if request.version == "HTTP/1.1" else "close"
-            keep = keep and framing == "chunked"
+        if request.version != "HTTP/1.1" and framing in ("chunked", "close"):
+            # A 1.0 client cannot decode chunks (RFC 9112 7.1): the body ends at the close.
+            framing, keep = "close", False
+        elif framing == "close":
+            framing = "chunked"
         head = forward_response_head(response, framing=framing, keep_alive=keep)
         sent = await _relay_response_body(upstream, client, response, framing, idle, head)
         return response.status, sent, keep, response.keep_alive

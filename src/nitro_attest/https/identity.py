@@ -105,6 +105,9 @@ def make_identity(names: Sequence[str] = (), *, allow_tls12: bool = False) -> Tl
     # attests (and no tickets to make: TLS 1.3 sends two per handshake by default).
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 0
+    # With --tls12: no renegotiation, a full handshake's CPU a client could ask for at will (off
+    # by default since OpenSSL 3.0, not in the 1.1.1 an enclave image may carry).
+    context.options |= ssl.OP_NO_RENEGOTIATION
     _load_in_memory(context, key_pem + cert.public_bytes(serialization.Encoding.PEM))
     der = cert.public_bytes(serialization.Encoding.DER)
     return TlsIdentity(der, spki_of(der), context)

@@ -27,6 +27,7 @@ from nitro_attest.attestation.policy import Policy
 from nitro_attest.attestation.verifier import VerifiedDocument, Verifier
 from nitro_attest.errors import TransportError, UsageError
 from nitro_attest.https.attest import (
+    Deadline,
     attestation_request,
     check_document,
     check_policy,
@@ -181,8 +182,18 @@ class AttestedTransport(httpx.HTTPTransport):
         if not certificate:
             raise TransportError(f"{host}: the server sent no certificate")
         nonce = new_nonce()
-        stream.write(attestation_request(host, nonce), timeout)
-        document = read_document(lambda: stream.read(_READ, timeout))
+        authority = f"[{host}]" if ":" in host else host  # httpcore names IPv6 without brackets
+        stream.write(attestation_request(authority, nonce), timeout)
+        # The timeout bounds the exchange as a whole, not each read a dripping parent keeps alive.
+        deadline = Deadline(timeout, host)
+
+        def recv() -> bytes:
+            try:
+                return stream.read(_READ, deadline.left())
+            except httpcore.ReadTimeout:
+                raise deadline.expired() from None
+
+        document = read_document(recv)
         return check_document(
             document,
             certificate_der=certificate,
