@@ -4,7 +4,8 @@ Measures, alternating the two fronts round by round, both in front of the same t
 asyncio responder in its own process) on 127.0.0.1:
   throughput  requests/s over TLS 1.3, keep-alive, 16 connections (wrk -t2 -c16), one worker
               process each (ours is one process; nginx gets worker_processes 1), a log line per
-              request each (nginx's access_log to a file, ours to /dev/null via stderr);
+              request each (nginx's access_log to a file, ours to /dev/null via stderr); and each
+              front's CPU per request (/proc: user + system, nginx's master and worker);
   setup       one attested connection (TCP, TLS handshake, the attestation request on it, the
               NSM document made by the software NSM, its verification, the key and PCR16 checks)
               against its parts measured alone: one plain TLS handshake to the same front plus
@@ -13,7 +14,11 @@ Targets: throughput >= 0.5x nginx's; setup <= 1.2x its parts. Best of --rounds, 
 (worst - best) / best over the rounds. nginx-light and wrk are Debian's packages: installed
 with apt-get when missing and running as root (the script says so first), otherwise it says how.
 
-usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60]
+--baseline SRC also runs the `https serve` of another source tree (e.g. a checkout's src/) in the
+same rotation, for before/after CPU per request side by side (whole runs move too much on a
+shared machine to resolve 10%).
+
+usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -139,18 +144,40 @@ def write_tls(folder: Path) -> None:
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def wrk(wrk_bin: str, port: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its direct children (nginx's workers), from /proc."""
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    total = own(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    total += own(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
+def wrk(wrk_bin: str, port: int, seconds: float, pid: int) -> tuple[float, float]:
+    """Requests/s, and the front's CPU per request in us (steadier than requests/s when other
+    work shares the cores: it does not count the time the front waited for a CPU)."""
+    before = cpu_seconds(pid)
     out = subprocess.run(
         [wrk_bin, "-t2", "-c16", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
+    used = cpu_seconds(pid) - before
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
     found = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if not found:
+    total = re.search(r"(\d+) requests in", out)
+    if not found or not total:
         sys.exit("error: no Requests/sec in wrk's output:\n" + out)
-    return float(found.group(1))
+    return float(found.group(1)), used / max(1, int(total.group(1))) * 1e6
 
 
 def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float, float]:
@@ -207,6 +234,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--setups", type=int, default=60)
+    parser.add_argument("--baseline", metavar="SRC", type=Path,
+                        help="also run this source tree's https serve, side by side")
     args = parser.parse_args()
     nginx = ensure("nginx", "nginx-light")
     wrk_bin = ensure("wrk", "wrk")
@@ -230,6 +259,19 @@ def main() -> None:
             )
             procs.append(ours)
             wait_port(ours_port, ours, "https serve")
+            fronts = [("ours", ours_port, ours.pid)]
+            if args.baseline is not None:
+                base_port = free_port()
+                env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+                base = subprocess.Popen(
+                    [*ENTRY, "https", "serve", "--listen", f"tcp://127.0.0.1:{base_port}",
+                     "--to", f"tcp://127.0.0.1:{app_port}", "--nsm", "simulator",
+                     "--state", str(state)],
+                    stderr=subprocess.DEVNULL, env=env,
+                )
+                procs.append(base)
+                wait_port(base_port, base, "the baseline's https serve")
+                fronts.append(("baseline", base_port, base.pid))
             write_tls(folder)
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 (folder / sub).mkdir()
@@ -239,14 +281,18 @@ def main() -> None:
             procs.append(web)
             wait_port(nginx_port, web, "nginx")
 
-            rps: dict[str, list[float]] = {"ours": [], "nginx": []}
+            rps: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
+            cpu: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
             setups: list[tuple[float, float, float, float]] = []
             for r in range(args.rounds):
-                for name, port in (("ours", ours_port), ("nginx", nginx_port)):
-                    rps[name].append(wrk(wrk_bin, port, args.seconds))
+                for name, port, pid in (*fronts, ("nginx", nginx_port, web.pid)):
+                    got, us = wrk(wrk_bin, port, args.seconds, pid)
+                    rps[name].append(got)
+                    cpu[name].append(us)
                 setups.append(setup_costs(ours_port, state, args.setups))
-                print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s, nginx "
-                      f"{rps['nginx'][-1]:.0f} req/s; setup {setups[-1][0]:.2f} ms vs TLS "
+                print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s ({cpu['ours'][-1]:.0f} "
+                      f"us CPU/req), nginx {rps['nginx'][-1]:.0f} req/s ({cpu['nginx'][-1]:.0f} "
+                      f"us CPU/req); setup {setups[-1][0]:.2f} ms vs TLS "
                       f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms (NSM document "
                       f"{setups[-1][3]:.2f} ms)", file=sys.stderr)
         finally:
@@ -263,6 +309,17 @@ def main() -> None:
                                     ("nginx      ", best_nginx, rps["nginx"])):
         print(f"throughput  {label} {best_rps:8.0f} req/s (spread {spread(values, best_rps):.0f}%)")
     print(f"            ratio {ratio:.2f}x  target >= 0.5x  {'MET' if ratio >= 0.5 else 'MISSED'}")
+    least_ours, least_nginx = min(cpu["ours"]), min(cpu["nginx"])
+    print(f"CPU/request https serve {least_ours:.1f} us "
+          f"(spread {spread(cpu['ours'], least_ours):.0f}%), "
+          f"nginx {least_nginx:.1f} us (spread {spread(cpu['nginx'], least_nginx):.0f}%): "
+          f"nginx's CPU is {least_nginx / least_ours:.2f}x ours (the req/s ratio an unshared "
+          "core would give)")
+    if rps["baseline"]:
+        least_base = min(cpu["baseline"])
+        print(f"baseline    {args.baseline}: {max(rps['baseline']):.0f} req/s, CPU/request "
+              f"{least_base:.1f} us (spread {spread(cpu['baseline'], least_base):.0f}%): ours "
+              f"is {least_ours / least_base:.2f}x its CPU per request")
     ratios = [a / (t + v) for a, t, v, _ in setups]
     best = min(ratios)
     a, t, v, g = setups[ratios.index(best)]

@@ -10,7 +10,7 @@ import http.server
 import logging
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -166,21 +166,28 @@ class Front:
 
 @contextmanager
 def running_front(
-    backend: NsmBackend, app: str, *, seal: bool = True, **config: Any
+    backend: NsmBackend,
+    app: str,
+    *,
+    seal: bool = True,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+    nsm_on_loop: bool = False,
+    **config: Any,
 ) -> Iterator[Front]:
-    """``HttpsFront`` on 127.0.0.1 in a thread over ``backend`` (PCR16 sealed unless told)."""
+    """``HttpsFront`` on 127.0.0.1 in a thread over ``backend`` (PCR16 sealed unless told), on
+    an event loop from ``new_loop``."""
     identity = make_identity(["localhost"])
     if seal:
         seal_caller_key_pcr(backend)
     front = HttpsFront(
         FrontConfig(app=parse_address(app), limits=replace(HTTPS_LIMITS, **config)),
         identity,
-        Attester(backend, identity.spki_der),
+        Attester(backend, identity.spki_der, on_loop=nsm_on_loop),
     )
     listen = parse_address("tcp://127.0.0.1:0", role="listen")
     with loop_in_thread(
         lambda: front.start(listen), lambda: front.shutdown(1.0), "nitro_attest.https",
-        logging.INFO,
+        logging.INFO, new_loop,
     ) as (bound, logs):
         yield Front(f"https://127.0.0.1:{bound.port}", bound, front, logs, identity)
 

@@ -40,6 +40,7 @@ def loop_in_thread(
     stop: Callable[[], Awaitable[object]],
     logger_name: str,
     level: int = logging.DEBUG,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
 ) -> Iterator[tuple[Address, LogCollector]]:
     """Run ``start()`` on a fresh event loop in a thread, then the loop until the block ends;
     ``stop()`` then closes the server and leftover tasks are cancelled, as asyncio.run does.
@@ -49,7 +50,7 @@ def loop_in_thread(
     logger.addHandler(collector)
     old_level = logger.level
     logger.setLevel(level)
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     started = threading.Event()
     bound: list[Address] = []
     errors: list[BaseException] = []

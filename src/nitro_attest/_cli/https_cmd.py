@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -169,14 +170,15 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         backend.close()
         raise CliError(exc.message) from None
-    attester = Attester(backend, identity.spki_der)
+    attester = Attester(backend, identity.spki_der, on_loop=args.nsm == "simulator")
     config = FrontConfig(app=app, limits=limits)
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
     _raise_fd_limit(limits.max_connections, log)
     front = HttpsFront(config, identity, attester, request_log=handler)
     try:
-        asyncio.run(_serve(front, listen, limits.drain_timeout, log))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(front, listen, limits.drain_timeout, log))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -185,6 +187,17 @@ def run_serve(args: argparse.Namespace) -> int:
         handler.flush()
         backend.close()
     return EXIT_OK
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the `https` extra brings it): some 5% less CPU
+    per relayed request than asyncio's own (bench/https.py); asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:

@@ -12,6 +12,7 @@ framed too. Error messages never quote the message.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -295,28 +296,47 @@ def end_to_end(headers: Sequence[Header]) -> list[Header]:
     ]
 
 
+@functools.lru_cache(maxsize=1024)
+def _forwarded_for(client: str) -> tuple[bytes, bytes]:
+    """The Forwarded field's start and the X-Forwarded-For line for ``client``: the same for
+    every request of a connection, so made once (bounded: one entry per recent client)."""
+    quoted = f'"[{client}]"' if ":" in client else client
+    return (
+        f"forwarded: for={quoted};proto=https;host=".encode(),
+        b"x-forwarded-for: " + client.encode("ascii"),
+    )
+
+
 def forward_request_head(
     request: RequestHead, *, client: str, host_fallback: bytes, keep_alive: bool = True
 ) -> bytes:
     """The head sent to the app: end-to-end fields, the client's Forwarded fields replaced by the
-    front's own, ``Expect`` answered by the front (dropped), the body re-framed the same way."""
+    front's own, ``Expect`` answered by the front (dropped), the body re-framed the same way.
+    One pass over the fields, straight to the lines (it runs for every relayed request)."""
     # Host first and always: a client's "Connection: host" must not take it away from the app.
     host = request.get(b"host") or host_fallback
-    headers = [(b"host", host)]
-    headers.extend((k, v) for k, v in end_to_end(request.headers) if not _front_owned(k))
-    quoted = f'"[{client}]"' if ":" in client else client
-    headers.append((b"forwarded", f"for={quoted};proto=https;host=".encode() + _quote(host)))
-    headers.append((b"x-forwarded-for", client.encode("ascii")))
-    headers.append((b"x-forwarded-proto", b"https"))
-    headers.append((b"x-forwarded-host", host))
+    fields = request.headers
+    listed = _connection_listed(fields)
+    out = [f"{request.method} {request.target} HTTP/1.1".encode("ascii"), b"host: " + host]
+    # _front_owned covers what end_to_end drops too (hop-by-hop, Content-Length).
+    out.extend(
+        name + b": " + value
+        for name, value in fields
+        if name not in listed and not _front_owned(name)
+    )
+    forwarded, forwarded_for = _forwarded_for(client)
+    out.append(forwarded + _quote(host))
+    out.append(forwarded_for)
+    out.append(b"x-forwarded-proto: https")
+    out.append(b"x-forwarded-host: " + host)
     if request.framing == "chunked":
-        headers.append((b"transfer-encoding", b"chunked"))
+        out.append(b"transfer-encoding: chunked")
     elif request.framing == "length":
-        headers.append((b"content-length", str(request.length).encode()))
+        out.append(b"content-length: %d" % request.length)
     if not keep_alive:
-        headers.append((b"connection", b"close"))
-    start = f"{request.method} {request.target} HTTP/1.1".encode("ascii")
-    return _join(start, headers)
+        out.append(b"connection: close")
+    out.append(b"\r\n")
+    return b"\r\n".join(out)
 
 
 def _front_owned(name: bytes) -> bool:
@@ -330,24 +350,40 @@ def _quote(value: bytes) -> bytes:
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+# What an intermediary never passes on from a response: hop-by-hop and the framing.
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
+
+
+@functools.lru_cache(maxsize=1000)
+def _status_line(status: int) -> bytes:
+    return f"HTTP/1.1 {status} {_reason(status)}".rstrip().encode("ascii")
+
+
 def forward_response_head(
     response: ResponseHead, *, framing: Framing, keep_alive: bool
 ) -> bytes:
     """The head sent to the client for the app's ``response``, relayed with ``framing``."""
-    headers = end_to_end(response.headers)
+    fields = response.headers
+    listed = _connection_listed(fields)
+    out = [_status_line(response.status)]
+    out.extend(
+        name + b": " + value
+        for name, value in fields
+        if name not in _NOT_RELAYED and name not in listed
+    )
     if framing == "chunked":
-        headers.append((b"transfer-encoding", b"chunked"))
+        out.append(b"transfer-encoding: chunked")
     elif framing == "length":
-        headers.append((b"content-length", str(response.length).encode()))
+        out.append(b"content-length: %d" % response.length)
     elif response.status >= 200 and response.status not in (204, 304) and framing == "none":
         # A HEAD answer keeps the app's Content-Length: it describes the GET's body.
         length = response.get(b"content-length")
         if length is not None:
-            headers.append((b"content-length", length))
+            out.append(b"content-length: " + length)
     if not keep_alive:
-        headers.append((b"connection", b"close"))
-    start = f"HTTP/1.1 {response.status} {_reason(response.status)}".rstrip().encode("ascii")
-    return _join(start, headers)
+        out.append(b"connection: close")
+    out.append(b"\r\n")
+    return b"\r\n".join(out)
 
 
 def simple_response(
