@@ -170,7 +170,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         backend.close()
         raise CliError(exc.message) from None
-    attester = Attester(backend, identity.spki_der, on_loop=args.nsm == "simulator")
+    # Off the loop for every backend: the simulator stands for /dev/nsm, so it must not stall
+    # other connections (nor flatter the setup figures) in a way the enclave cannot.
+    attester = Attester(backend, identity.spki_der)
     config = FrontConfig(app=app, limits=limits)
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
