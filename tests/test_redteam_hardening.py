@@ -1,0 +1,95 @@
+"""Red-team findings on the hardening wave (issues 21, 25 item 6, 26), each reproduced here as
+the parent or an operator would, before its fix."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from nitro_attest.service.ear import EarSigner, ear_claims
+from nitro_attest.service.relying_party import ServiceClientError, appraise
+
+MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
+
+
+# --- 1. appraise: the nonce the EAR is bound to must be the relying party's own -------------
+#
+# The parent (or whoever answers for the service) kept a genuine EAR, signed by the pinned key,
+# from an earlier session: an enclave that was affirmed then (an older image, since revoked, or
+# another instance). When the service picks the session nonce, the impostor picks that old
+# session's nonce, ignores the document and hands back the old EAR: its signature is the pinned
+# key's and its eat_nonce is "this session's", so the relying party reads "affirming" for an
+# enclave the service never saw.
+
+OLD_NONCE = "b2xkLXNlc3Npb24tbm9uY2UtMDEyMzQ1Njc4OWFiY2RlZg"
+
+
+@contextmanager
+def _replaying_service(signer: EarSigner, echo: bool) -> Iterator[tuple[str, list[bytes]]]:
+    old_ear = signer.sign(ear_claims(nonce=OLD_NONCE, status="affirming", vector={},
+                                     policy_id="policy:prod", annotated={}))  # fmt: skip
+    submitted: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _json(self, status: int, body: dict[str, Any], location: str = "") -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            if location:
+                self.send_header("Location", location)
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            self._json(200, {"ear-verification-key": signer.public_jwk(), "media-types": [MEDIA]})
+
+        def do_POST(self) -> None:
+            if "newSession" in self.path:
+                nonce = OLD_NONCE
+                if echo and "nonce=" in self.path:  # takes the caller's nonce, as ours does
+                    nonce = self.path.split("nonce=")[1].split("&")[0]
+                self._json(201, {"nonce": nonce, "state": "waiting", "accept": [MEDIA]},
+                           "/challenge-response/v1/session/1")  # fmt: skip
+                return
+            submitted.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self._json(200, {"state": "complete", "result": old_ear, "nonce": OLD_NONCE})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", submitted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["own-nonce", "echoes-ours"])
+def test_appraise_refuses_a_replayed_ear_for_a_nonce_it_did_not_choose(echo: bool) -> None:
+    signer = EarSigner.generate()  # the real service's key: the relying party pins it
+    pem = signer.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    asked: list[bytes] = []
+
+    def document(nonce: bytes) -> bytes:
+        asked.append(nonce)
+        return b"a document from whatever enclave the parent runs now"
+
+    with _replaying_service(signer, echo) as (url, _):
+        with pytest.raises(ServiceClientError) as caught:
+            appraise(url, document, ear_key=pem, timeout=5)
+    assert "nonce" in str(caught.value)
+    # Either the impostor's own nonce is refused before the enclave is asked, or the enclave
+    # is asked for ours, and the old EAR (for another nonce) fails.
+    assert asked == [] if not echo else len(asked) == 1
