@@ -86,9 +86,8 @@ def test_appraise_refuses_a_replayed_ear_for_a_nonce_it_did_not_choose(echo: boo
         asked.append(nonce)
         return b"a document from whatever enclave the parent runs now"
 
-    with _replaying_service(signer, echo) as (url, _):
-        with pytest.raises(ServiceClientError) as caught:
-            appraise(url, document, ear_key=pem, timeout=5)
+    with _replaying_service(signer, echo) as (url, _), pytest.raises(ServiceClientError) as caught:
+        appraise(url, document, ear_key=pem, timeout=5)
     assert "nonce" in str(caught.value)
     # Either the impostor's own nonce is refused before the enclave is asked, or the enclave
     # is asked for ours, and the old EAR (for another nonce) fails.

@@ -4,8 +4,9 @@ check the EAR it returns with the service's key, pinned.
 Standard library HTTP (urllib) and PyJWT only. The EAR is trusted only after its signature
 verifies with a pinned key (``ear_key`` PEM or ``ear_jwks``; ES256/ES384 only), its profile is
 EAR's, and its ``eat_nonce`` is this session's nonce: a result for some other session, or a
-replayed one, is refused: the nonce is the relying party's own (fresh random bytes sent with
-``newSession``), so whoever answers cannot choose an old session's nonce. The key the service advertises is used only when the caller says so
+replayed one, is refused. The nonce is the relying party's own (fresh random bytes sent with
+``newSession``), so whoever answers cannot name an old session's nonce and hand back that
+session's genuine EAR. The key the service advertises is used only when the caller says so
 (``trust_advertised_key``): whoever answers for the service (the parent, a DNS or proxy in the
 way) would otherwise pick the key its own affirming EARs verify with. Plain ``http://`` is
 refused to anything but loopback (``insecure_http`` to allow it), and a redirect or a session
