@@ -92,3 +92,42 @@ def test_appraise_refuses_a_replayed_ear_for_a_nonce_it_did_not_choose(echo: boo
     # Either the impostor's own nonce is refused before the enclave is asked, or the enclave
     # is asked for ours, and the old EAR (for another nonce) fails.
     assert asked == [] if not echo else len(asked) == 1
+
+
+# --- 2. strict JSON: a non-finite number written as an overflowing literal -------------------
+#
+# strict_json promises "a non-finite number is a JsonFormatError", but refused only the NaN and
+# Infinity words: 1e999 (or -1e999) reads as float inf, the very value a bound like max_age must
+# never take. And `appraise --ear-jwks` read its file with the lenient json module.
+
+
+@pytest.mark.parametrize("raw", [b'{"max_age": 1e999}', b"[-1e400]", b'{"a": {"b": 2E+308}}'])
+def test_strict_json_refuses_overflowing_numbers(raw: bytes) -> None:
+    from nitro_attest.codec.strict_json import JsonFormatError, loads
+
+    with pytest.raises(JsonFormatError, match="not a finite"):
+        loads(raw)
+
+
+def test_strict_json_keeps_large_finite_numbers() -> None:
+    from nitro_attest.codec.strict_json import loads
+
+    assert loads(b"[1.7976931348623157e308, 1e-400, 12345678901234567890]") == [
+        1.7976931348623157e308, 0.0, 12345678901234567890]  # fmt: skip
+
+
+def test_appraise_ear_jwks_file_is_read_strictly(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    signer = EarSigner.generate()
+    jwks = tmp_path / "ear.jwks"
+    key = json.dumps(signer.public_jwk())
+    jwks.write_text(f'{{"keys": [], "keys": [{key}]}}')  # which one did the operator mean?
+    done = subprocess.run(
+        [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()",
+         "appraise", "--service", "http://127.0.0.1:9", "--connect", "tcp://127.0.0.1:9",
+         "--ear-jwks", str(jwks)],
+        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "given twice" in done.stderr and "Traceback" not in done.stderr

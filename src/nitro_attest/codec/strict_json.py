@@ -1,14 +1,16 @@
 """JSON configuration read strictly: what a person wrote must mean one thing.
 
-Python's ``json`` lets a duplicate key silently win, reads ``NaN`` and ``Infinity``, and ends a
-deeply nested document in a RecursionError. Configuration files (``--expected``, the service's
-``--policies``) are read here instead: a duplicate key, a non-finite number or nesting deeper
-than ``MAX_DEPTH`` is a one-line ``JsonFormatError``.
+Python's ``json`` lets a duplicate key silently win, reads ``NaN``, ``Infinity`` and ``1e999``
+(as inf), and ends a deeply nested document in a RecursionError. Configuration files
+(``--expected``, the service's ``--policies``, ``appraise --ear-jwks``) are read here instead: a
+duplicate key, a non-finite number or nesting deeper than ``MAX_DEPTH`` is a one-line
+``JsonFormatError``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 from nitro_attest.errors import FormatError
@@ -33,10 +35,20 @@ def _constant(name: str) -> NoReturn:
     raise JsonFormatError(f"{name} is not a JSON number")
 
 
+def _float(text: str) -> float:
+    # 1e999 is valid JSON syntax but float() makes it inf: as non-finite as the word Infinity.
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonFormatError(f"{text[:40]} is not a finite number (beyond a double's range)")
+    return value
+
+
 def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse ``raw`` (UTF-8 bytes or text) strictly; raise JsonFormatError naming the problem."""
     try:
-        data = json.loads(raw, object_pairs_hook=_object, parse_constant=_constant)
+        data = json.loads(
+            raw, object_pairs_hook=_object, parse_constant=_constant, parse_float=_float
+        )
     except RecursionError:
         raise JsonFormatError(f"nested more than {max_depth} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
