@@ -131,3 +131,72 @@ def test_appraise_ear_jwks_file_is_read_strictly(tmp_path: Any) -> None:
         capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert "given twice" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- 3. a replica's clock must not decide how long a session lives --------------------------
+#
+# Operator fault: NTP steps a replica's clock (it ran a day ahead, or a day behind). Sessions
+# expired at an absolute time from that clock: in Redis (PEXPIREAT) a replica a day behind
+# created sessions already expired (every submission 404), one a day ahead kept each record a
+# day (Redis memory that should come back at the session TTL). The memory store judged expiry
+# by the wall clock too: after a day-ahead hour, everything created in it stayed live a day and
+# the store answered "full" (503) long after the clock was corrected.
+
+DAY = 86_400.0
+
+
+def _session(sid: str, clock_offset: float, ttl: float) -> Any:
+    import time
+
+    from nitro_attest.service.sessions import Session
+
+    now = time.time() + clock_offset  # the replica's clock
+    return Session(sid, "bm9uY2U", now + ttl, now, "prod", (MEDIA,))
+
+
+@pytest.mark.parametrize("offset", [-DAY, DAY], ids=["replica-behind", "replica-ahead"])
+def test_redis_session_lives_its_ttl_whatever_the_replica_clock(
+    offset: float, tmp_path: Any
+) -> None:
+    import asyncio
+
+    import redis
+
+    from nitro_attest.service.redis_store import RedisStore
+
+    from .servicekit import redis_port, redis_server
+
+    async def run(url: str) -> Any:
+        store = RedisStore(url)
+        try:
+            assert await store.create(_session("s1", offset, 300.0))
+            return await store.get("s1")
+        finally:
+            await store.close()
+
+    with redis_server(tmp_path) as url:
+        found = asyncio.run(run(url))
+        ttl_ms = redis.Redis(port=redis_port(url)).pttl("nitro-attest:session:s1")
+    assert found is not None and found.id == "s1"
+    assert 290_000 < ttl_ms <= 300_000, ttl_ms
+
+
+def test_memory_store_frees_sessions_made_while_the_clock_ran_ahead() -> None:
+    import asyncio
+    import time
+
+    from nitro_attest.service.sessions import MemoryStore
+
+    store = MemoryStore(max_sessions=2, max_nonces=2)
+
+    async def run() -> None:
+        # Made while the clock ran a day ahead; then NTP corrected it.
+        assert await store.create(_session("a", DAY, 0.2), nonce_digest="n1", nonce_ttl=0.2)
+        assert await store.create(_session("b", DAY, 0.2), nonce_digest="n2", nonce_ttl=0.2)
+        assert await store.health() is not None  # full, rightly, while they live
+        time.sleep(0.3)  # their TTL has passed
+        assert await store.get("a") is None
+        assert await store.health() is None
+        assert await store.create(_session("c", 0.0, 300.0), nonce_digest="n3", nonce_ttl=1)
+
+    asyncio.run(run())
