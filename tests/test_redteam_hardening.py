@@ -200,3 +200,49 @@ def test_memory_store_frees_sessions_made_while_the_clock_ran_ahead() -> None:
         assert await store.create(_session("c", 0.0, 300.0), nonce_digest="n3", nonce_ttl=1)
 
     asyncio.run(run())
+
+
+# --- 4. a policies file whose max_age is an integer too large for a float -------------------
+#
+# max_age 10**400 passes "a positive number" and then float() raises OverflowError: outside the
+# project's exceptions, so `service --policies` ended in "internal error" and a SIGHUP reload
+# raised out of reload() (a traceback, no "reload failed" line, no metric): the class of issue
+# 26 item 4, by a number rather than by nesting.
+
+_PCR0 = {"Measurements": {"PCR0": "00" * 48}}
+
+
+def _policies(max_age: Any) -> bytes:
+    policy = {"expected": [_PCR0], "max_age": max_age}
+    return json.dumps({"default": "p", "policies": {"p": policy}}).encode()
+
+
+@pytest.mark.parametrize("max_age", [10**400, -(10**400)], ids=["huge", "huge-negative"])
+def test_policies_with_an_overflowing_max_age_are_refused(max_age: int) -> None:
+    from nitro_attest.errors import PolicyError
+    from nitro_attest.service.policies import parse_policies
+
+    with pytest.raises(PolicyError, match="max_age"):
+        parse_policies(_policies(max_age))
+
+
+def test_library_policy_refuses_an_overflowing_max_age() -> None:
+    from nitro_attest.attestation.policy import Policy
+    from nitro_attest.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="max_age"):
+        Policy(max_age=10**400)  # type: ignore[arg-type]
+
+
+def test_sighup_reload_of_an_overflowing_max_age_keeps_the_old_policies(tmp_path: Any) -> None:
+    from nitro_attest.service.app import ServiceConfig, ServiceState
+    from nitro_attest.service.sessions import MemoryStore
+
+    path = tmp_path / "policies.json"
+    path.write_bytes(_policies(60))
+    state = ServiceState(ServiceConfig(path, EarSigner.generate(), MemoryStore))
+    path.write_bytes(_policies(10**400))
+    assert state.reload() is False
+    assert state.policies.policies["p"].max_age == 60.0
+    failed = state.metrics.reloads.labels("failed")._value.get()
+    assert failed == 1
