@@ -246,3 +246,101 @@ def test_sighup_reload_of_an_overflowing_max_age_keeps_the_old_policies(tmp_path
     assert state.policies.policies["p"].max_age == 60.0
     failed = state.metrics.reloads.labels("failed")._value.get()
     assert failed == 1
+
+
+# --- 5. send-secret: 2 only when nothing was sent -------------------------------------------
+#
+# Exit 2 tells a wrapper "nothing was sent, safe to retry". Three ways out after the sealed
+# message had left did not say 3 (or 0): stdout gone (a wrapper that closed the pipe, a dead log
+# collector) turned DELIVERED into 120 and NOT CONFIRMED into 2 or 120 (BrokenPipeError reads as
+# a usage error, a failed flush at exit as 120); an interrupt while waiting for the
+# acknowledgement was 130; and any unexpected error after sending would be "internal error", 2.
+
+SECRET = b"api token 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+
+def _send_secret_cmd(address: str, secret: Any, root: Any) -> list[str]:
+    import sys
+
+    from tests.fakes import MEASUREMENTS
+
+    return [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()",
+            "send-secret", "--connect", address, "--file", str(secret), "--suite", "x25519",
+            "--root", str(root), "--pcr", f"0={MEASUREMENTS[0].hex()}",
+            "--timeout", "20"]  # fmt: skip
+
+
+def _with_closed_stdout(cmd: list[str]) -> tuple[int, str]:
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # whoever read our output is gone
+    err = proc.stderr.read().decode()
+    return proc.wait(60), err
+
+
+def test_delivered_with_stdout_gone_still_exits_zero(sim_server: Any, sim_state: Any,
+                                                     tmp_path: Any) -> None:  # fmt: skip
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    rc, err = _with_closed_stdout(_send_secret_cmd(sim_server.address, secret,
+                                                   sim_state / "root.pem"))  # fmt: skip
+    assert sim_server.store.secrets == [SECRET]
+    assert rc == 0, err
+
+
+def _lying_relay(upstream: str, hang: Any = None) -> Any:
+    from tests.relay import Frame, Relay, Upstream
+
+    class Lying(Relay):
+        sealed_seen = threading.Event()
+
+        def handle(self, request: Frame, up: Upstream) -> Frame:
+            answer = up.call(request)
+            if request["type"] != "sealed_message":
+                return answer
+            self.sealed_seen.set()
+            if hang is not None:
+                hang.wait(30)  # hold the acknowledgement back
+            return {"v": 1, "type": "error", "code": "channel_refused", "message": "forged"}
+
+    return Lying(upstream)
+
+
+def test_not_confirmed_with_stdout_gone_still_exits_three(sim_server: Any, sim_state: Any,
+                                                          tmp_path: Any) -> None:  # fmt: skip
+    from tests.relay import relaying
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    with relaying(_lying_relay(sim_server.address), tmp_path / "r.sock") as address:
+        rc, err = _with_closed_stdout(_send_secret_cmd(address, secret, sim_state / "root.pem"))
+    assert sim_server.store.secrets == [SECRET]
+    assert rc == 3, err
+
+
+def test_interrupted_after_sending_exits_three(sim_server: Any, sim_state: Any,
+                                               tmp_path: Any) -> None:  # fmt: skip
+    import signal
+    import subprocess
+
+    from tests.relay import relaying
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    release = threading.Event()
+    relay = _lying_relay(sim_server.address, hang=release)
+    try:
+        with relaying(relay, tmp_path / "r.sock") as address:
+            cmd = _send_secret_cmd(address, secret, sim_state / "root.pem")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert relay.sealed_seen.wait(60)
+            proc.send_signal(signal.SIGINT)  # the operator (or a wrapper's timeout) gives up
+            out, err = proc.communicate(timeout=60)
+            release.set()
+    finally:
+        release.set()
+    assert sim_server.store.secrets == [SECRET]
+    assert proc.returncode == 3, (out, err)
+    assert out.startswith("NOT CONFIRMED") and "DELIVERED" not in out

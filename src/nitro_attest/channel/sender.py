@@ -142,6 +142,7 @@ def deliver_secret(
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str = DocumentKind.ENCLAVE,
+    on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
 
@@ -153,6 +154,8 @@ def deliver_secret(
     sent), ChannelError when the enclave refuses or the acknowledgement is wrong; its ``sent``
     says whether the sealed message had left (then the enclave may hold the secret: only a
     matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
+    ``on_send`` is called just before the sealed message goes out: from then on any way out,
+    an interrupt or an unexpected error included, may leave the secret with the enclave.
     """
     want = _preflight(secret, expected_pcrs, unsafe_any_enclave, suite)
     nonce = os.urandom(NONCE_BYTES)
@@ -183,6 +186,8 @@ def deliver_secret(
     message = SealedMessageRequest(
         nonce=nonce, sealed=sealed.sealed, signer=signer, signature=signature
     )
+    if on_send is not None:
+        on_send()
     try:
         ack = _expect(exchange(message), SealedAckResponse)
     except ChannelError as exc:
@@ -273,6 +278,7 @@ def send_secret(
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str = DocumentKind.ENCLAVE,
+    on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
@@ -298,4 +304,5 @@ def send_secret(
             user_data=user_data,
             signing_key=signing_key,
             kind=kind,
+            on_send=on_send,
         )
