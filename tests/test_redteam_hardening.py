@@ -344,3 +344,31 @@ def test_interrupted_after_sending_exits_three(sim_server: Any, sim_state: Any,
     assert sim_server.store.secrets == [SECRET]
     assert proc.returncode == 3, (out, err)
     assert out.startswith("NOT CONFIRMED") and "DELIVERED" not in out
+
+
+# --- 6. SO_REUSEPORT must not let a second service share the port ---------------------------
+#
+# Operator fault: the old `service --workers N` did not exit (a hung stop, a second unit, a
+# deploy that started the new one first). The new one bound the same port without a word, and
+# the kernel split connections between both: half the relying parties appraised under the old
+# policies (a revoked release still affirming) and the old signing key. A second service must
+# fail to listen, as a plain bind would.
+
+
+def test_second_service_on_the_same_port_cannot_listen() -> None:
+    import errno
+
+    from nitro_attest.service.runner import listening_sockets
+
+    first = listening_sockets("127.0.0.1", 0, 2)
+    try:
+        port = first[0].getsockname()[1]
+        assert first[1].getsockname()[1] == port  # ours share it
+        with pytest.raises(OSError) as caught:
+            second = listening_sockets("127.0.0.1", port, 2)
+            for sock in second:
+                sock.close()
+        assert caught.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in first:
+            sock.close()

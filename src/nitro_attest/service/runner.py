@@ -9,7 +9,8 @@ One socket per worker, bound with SO_REUSEPORT: the kernel spreads new connectio
 by their addresses. With one shared socket every idle worker waits on it and the busiest tends
 to win the accept, so keep-alive connections piled onto one worker (17 of 17 in a soak). The
 parent keeps every socket open, so a dead worker's queued connections wait for its replacement
-instead of being reset. (Linux lets only the same user bind the port again with SO_REUSEPORT.)
+instead of being reset. (Linux lets only the same user bind the port again with SO_REUSEPORT;
+a plain bind first refuses a port another service of ours already listens on.)
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def serve(config: ServiceConfig, host: str, port: int, workers: int = 1) -> int:
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """``count`` sockets listening on one address with SO_REUSEPORT (port 0: the first one's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would also let us join a service of the same user already listening
+        # there (one that did not stop, a second unit): the kernel would then split relying
+        # parties between its policies and key and ours. A plain bind first fails as it would
+        # without SO_REUSEPORT (EADDRINUSE); closed again before our sockets bind.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
