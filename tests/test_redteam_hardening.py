@@ -372,3 +372,27 @@ def test_second_service_on_the_same_port_cannot_listen() -> None:
     finally:
         for sock in first:
             sock.close()
+
+
+# --- 7. /healthz while the nonce records are full --------------------------------------------
+#
+# The memory store refuses every relying-party nonce (503) once its nonce records are full, the
+# path `appraise` now always takes; /healthz still said "ready", so a load balancer kept sending
+# relying parties to a service that could not take their sessions.
+
+
+def test_health_names_full_nonce_records() -> None:
+    import asyncio
+
+    from nitro_attest.service.sessions import MemoryStore, StoreFullError
+
+    store = MemoryStore(max_sessions=10, max_nonces=1)
+
+    async def run() -> None:
+        assert await store.create(_session("a", 0.0, 300.0), nonce_digest="n1", nonce_ttl=300)
+        with pytest.raises(StoreFullError):
+            await store.create(_session("b", 0.0, 300.0), nonce_digest="n2", nonce_ttl=300)
+        reason = await store.health()
+        assert reason is not None and "nonce records" in reason
+
+    asyncio.run(run())

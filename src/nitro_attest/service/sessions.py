@@ -233,6 +233,8 @@ class MemoryStore:
         self._sweep(self._clock())
         if len(self._sessions) >= self.max_sessions:
             return f"memory store full ({len(self._sessions)} live sessions)"
+        if len(self._nonces) >= self.max_nonces:  # every relying-party nonce gets 503 now
+            return f"memory store full ({len(self._nonces)} nonce records)"
         return None
 
     async def close(self) -> None:
