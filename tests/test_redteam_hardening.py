@@ -3,6 +3,7 @@ the parent or an operator would, before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -396,3 +397,50 @@ def test_health_names_full_nonce_records() -> None:
         assert reason is not None and "nonce records" in reason
 
     asyncio.run(run())
+
+
+# --- 8. a worker that dies after a failed reload must come back ------------------------------
+#
+# Operator fault: the policies file is broken (a bad edit), SIGHUP is sent (every worker keeps
+# its policies, as promised), then a worker dies (OOM killer, a crash). Its replacement read the
+# broken file at start, failed, and was restarted every 0.5 s for ever; the supervisor kept its
+# socket open, so the kernel went on queueing 1/N of the new connections there, never accepted:
+# those relying parties hung until the file was fixed.
+
+
+def test_worker_restarted_after_a_failed_reload_serves(sim_state: Any, tmp_path: Any) -> None:
+    import os
+    import signal
+    import socket
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from nitro_attest.nsm.simulator import SimulatedNsm
+
+    from .servicekit import redis_server, service, write_policies
+
+    (tmp_path / "root.pem").write_bytes(SimulatedNsm.open(sim_state).root_pem)
+    policies = write_policies(tmp_path / "policies.json")
+    args = ["--policies", str(policies), "--root", str(tmp_path / "root.pem")]
+    with redis_server(tmp_path) as url, service([*args, "--sessions", url, "--workers", "2"]) as (
+        base, proc):  # fmt: skip
+        policies.write_text('{"default": "prod", "policies": {}}')  # a bad edit
+        os.kill(proc.pid, signal.SIGHUP)  # reload fails: every worker keeps its policies
+        time.sleep(0.5)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+        time.sleep(2.0)  # the supervisor restarts it on the same socket
+        port = int(base.rsplit(":", 1)[1])
+        answered = 0
+        for _ in range(16):  # new connections: the kernel spreads them over both sockets
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                s.settimeout(3)
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                with contextlib.suppress(TimeoutError):  # queued where no worker accepts
+                    answered += s.recv(4096).startswith(b"HTTP/1.1 200")
+        assert answered == 16
+        r = httpx.post(f"{base}/challenge-response/v1/newSession?nonceSize=16")
+        assert r.status_code == 201  # the old policies, on every worker

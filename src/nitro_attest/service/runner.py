@@ -15,6 +15,7 @@ a plain bind first refuses a port another service of ours already listens on.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,9 +26,11 @@ from types import FrameType
 
 import uvicorn
 
+from nitro_attest.errors import PolicyError
 from nitro_attest.logs import uvicorn_log_config
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
+from nitro_attest.service.policies import load_policies
 
 log = logging.getLogger("nitro_attest.service")
 GRACE_SECONDS = 10
@@ -105,6 +108,15 @@ class _Supervisor:
         self.sockets = sockets
         self.children: dict[int, int] = {}  # pid -> index of the socket it serves
         self.stopping = False
+        # The last policies that loaded, handed to every worker it forks: a worker restarted
+        # after a failed reload would otherwise read the broken file, fail, and be restarted
+        # for ever while its socket queues connections nobody accepts.
+        self.config.policies = load_policies(config.policies_path)
+
+    def _reload(self) -> None:
+        # A failure: each worker logs it and keeps its policies; so do we.
+        with contextlib.suppress(PolicyError):
+            self.config.policies = load_policies(self.config.policies_path)
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -127,6 +139,8 @@ class _Supervisor:
         self.children[pid] = index
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload()
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
             signum = signal.SIGTERM
