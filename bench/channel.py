@@ -40,7 +40,7 @@ from nitro_attest.channel.signing import SenderPrivateKey
 from nitro_attest.nsm.simulator.nsm import SimulatedNsm, package_measurements
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
 from nitro_attest.wire.protocol import Request, Response
-from nitro_attest.wire.server import settle_caller_key_pcr
+from nitro_attest.wire.routes import settle_caller_key_pcr
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> float:

@@ -18,6 +18,10 @@ usage: python bench/https.py [--rounds 3] [--seconds 5] [--setups 60]
 
 from __future__ import annotations
 
+import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from a clone
+
+# isort: split
+
 import argparse
 import os
 import re

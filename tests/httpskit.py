@@ -12,7 +12,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from nitro_attest.https.front import Attester, FrontConfig, HttpsFront, seal_cal
 from nitro_attest.https.identity import TlsIdentity, make_identity
 from nitro_attest.nsm.backend import NsmBackend
 from nitro_attest.nsm.simulator.nsm import SimulatedNsm
+from nitro_attest.server_limits import HTTPS_LIMITS
 from nitro_attest.wire.transport import Address, parse_address
 from tests.fakes import MEASUREMENTS
 from tests.serverkit import LogCollector, loop_in_thread
@@ -172,7 +173,7 @@ def running_front(
     if seal:
         seal_caller_key_pcr(backend)
     front = HttpsFront(
-        FrontConfig(app=parse_address(app), **config),
+        FrontConfig(app=parse_address(app), limits=replace(HTTPS_LIMITS, **config)),
         identity,
         Attester(backend, identity.spki_der),
     )

@@ -260,3 +260,18 @@ def no_accept(listener: socket.socket) -> bool:
         return True
     conn.close()
     return False
+
+
+def proxy_kw(kw: dict[str, Any]) -> dict[str, Any]:
+    """ProxyConfig keywords with limit fields (``max_connections=1``, ``handshake_timeout``...)
+    gathered into its ``limits``."""
+    import dataclasses
+
+    from nitro_attest.server_limits import PROXY_LIMITS, Limits
+
+    names = {f.name for f in dataclasses.fields(Limits)}
+    renamed = {"handshake_timeout": "header_timeout"}
+    limits = {renamed.get(k, k): kw.pop(k) for k in list(kw) if renamed.get(k, k) in names}
+    if limits:
+        kw["limits"] = dataclasses.replace(PROXY_LIMITS, **limits)
+    return kw

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nitro_attest.server_limits import LimitsError
 from nitro_attest.wire import client, protocol
 from nitro_attest.wire.admission import (
     FD_HEADROOM,
@@ -221,9 +222,9 @@ def test_table_expires_by_state_deadline() -> None:
 
 
 def test_limits_refuse_nonsense() -> None:
-    with pytest.raises(ValueError, match="frame_deadline"):
+    with pytest.raises(LimitsError, match=r"^frame_deadline "):
         Limits(frame_deadline=0)
-    with pytest.raises(ValueError, match="max_connections"):
+    with pytest.raises(LimitsError, match=r"^max_connections "):
         Limits(max_connections=0)
 
 

@@ -48,6 +48,16 @@ def test_expected_measurements_strict(text: str, message: str) -> None:
     assert message in info.value.message and "\n" not in info.value.message
 
 
+def test_describe_eif_output_is_a_measurements_file() -> None:
+    """nitro-cli describe-eif's own keys may sit beside Measurements; anything else may not."""
+    described = {"EifVersion": 4, "Measurements": {"PCR0": PCR}, "IsSigned": False,
+                 "CheckCRC": True, "ImageName": "app", "ImageVersion": "1", "Metadata": {}}
+    (only,) = parse_expected_measurements(json.dumps(described), "d.json")
+    assert dict(only) == {0: bytes.fromhex(PCR)}
+    with pytest.raises(PolicyError, match="'Pcr8'"):
+        parse_expected_measurements(json.dumps({**described, "Pcr8": PCR}), "d.json")
+
+
 def test_expected_file_on_the_command_line(
     tmp_path: Path, real_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

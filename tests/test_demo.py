@@ -31,6 +31,10 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
         "Result: VERIFIED",
         "DELIVERED",
         "signed by",
+        "enclave (this image): kms decrypt with a Recipient document -> database password",
+        "enclave (other image, PCR0 b0b0...): refused: AccessDeniedException: User: ",
+        "because no resource-based policy allows the kms:Decrypt action",
+        "KMS released its secret to this image only",
     ):
         assert line in done.stdout
     doc = json.loads((out_dir / "attestation-document-json.json").read_text())
@@ -42,3 +46,15 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
         ["pgrep", "-f", f"serve --listen unix://{demo_dir}"], capture_output=True, text=True
     )
     assert running.stdout == "", "demo.sh left its server running"
+    for name in ("kms.pid", "proxy.pid"):  # the local KMS and the parent's proxy it started
+        pid = int((demo_dir / "kms" / name).read_text())
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"{name} left"
+    secret = (demo_dir / "kms" / "secret.blob").read_bytes()
+    assert b"database password" not in secret  # the parent holds only the ciphertext
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"

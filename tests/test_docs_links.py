@@ -15,9 +15,6 @@ PAGES = sorted(
 )
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 EXTERNAL = ("http://", "https://", "mailto:")
-# Pages other helpers of this wave write (merged with them): a link to one of these is checked
-# like any other once the file exists, and tolerated only while it does not.
-PENDING = {"docs/kms.md", "docs/https.md"}
 
 
 def _slug(heading: str) -> str:
@@ -60,8 +57,7 @@ def test_relative_links_resolve(page: Path) -> None:
         if not resolved.is_relative_to(REPO):
             broken.append(f"{name} (outside the repository)")
         elif not resolved.exists():
-            if str(resolved.relative_to(REPO)) not in PENDING:
-                broken.append(f"{name} (no such file)")
+            broken.append(f"{name} (no such file)")
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(f"{name} (no heading #{anchor})")
     assert broken == []

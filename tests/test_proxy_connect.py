@@ -20,7 +20,7 @@ from nitro_attest.proxy.dial import SockAddr, system_dial
 from nitro_attest.proxy.hosts import IPAddress
 from nitro_attest.wire.transport import Address, connect, listening_socket, parse_address
 
-from .proxykit import ExchangeTarget, no_accept, running_proxy, sha, wait_for
+from .proxykit import ExchangeTarget, no_accept, proxy_kw, running_proxy, sha, wait_for
 
 LISTEN = parse_address("tcp://127.0.0.1:0", role="listen")
 
@@ -34,7 +34,7 @@ def silent() -> Iterator[tuple[socket.socket, int]]:
 
 
 def _connect_config(*pairs: tuple[str, int], **kw: Any) -> ProxyConfig:
-    return ProxyConfig(LISTEN, None, allowlist=Allowlist.of(pairs), **kw)
+    return ProxyConfig(LISTEN, None, allowlist=Allowlist.of(pairs), **proxy_kw(kw))
 
 
 def _ask(address: Address, request: bytes, *, timeout: float = 10) -> tuple[socket.socket, bytes]:

@@ -16,7 +16,7 @@ from nitro_attest.proxy import ProxyConfig
 from nitro_attest.proxy import pump as pump_module
 from nitro_attest.wire.transport import connect, listening_socket, parse_address
 
-from .proxykit import ExchangeTarget, exchange, running_proxy, sha, wait_for
+from .proxykit import ExchangeTarget, exchange, proxy_kw, running_proxy, sha, wait_for
 
 MIB = 1 << 20
 SIZES = [0, 1, 4099, 65536, 65537, MIB + 7, 64 * MIB]
@@ -40,7 +40,8 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
 
 
 def _config(listen: str, to: str, **kw: object) -> ProxyConfig:
-    return ProxyConfig(parse_address(listen, role="listen"), parse_address(to), **kw)  # type: ignore[arg-type]
+    listening = parse_address(listen, role="listen")
+    return ProxyConfig(listening, parse_address(to), **proxy_kw(dict(kw)))
 
 
 def test_byte_exact_both_ways(pair: tuple[str, ExchangeTarget], blob: bytes) -> None:

@@ -15,6 +15,7 @@ import pytest
 from nitro_attest._cli.proxy_cmd import build_config, register
 from nitro_attest.proxy import Allowlist, ProxyConfig
 from nitro_attest.proxy.hosts import refused_for_names
+from nitro_attest.server_limits import PROXY_IDLE_TIMEOUT, Limits
 from nitro_attest.wire.transport import connect, parse_address
 
 from .proxykit import ExchangeTarget, running_proxy, sha, wait_for
@@ -25,8 +26,11 @@ LISTEN = parse_address("tcp://127.0.0.1:0", role="listen")
 def test_default_per_peer_limit_is_a_quarter_of_the_connections() -> None:
     config = ProxyConfig(LISTEN, None, unsafe_any_host=True)
     assert config.max_per_peer == 256 and config.max_connections == 1024
-    assert ProxyConfig(LISTEN, None, unsafe_any_host=True, max_connections=3).max_per_peer == 1
-    assert ProxyConfig(LISTEN, None, unsafe_any_host=True, max_per_peer=0).max_per_peer == 0
+    three = Limits(max_connections=3)
+    assert ProxyConfig(LISTEN, None, unsafe_any_host=True, limits=three).max_per_peer == 1
+    unlimited = Limits(max_per_peer=0)
+    assert ProxyConfig(LISTEN, None, unsafe_any_host=True, limits=unlimited).max_per_peer == 0
+    assert config.idle_timeout == PROXY_IDLE_TIMEOUT == 300  # opaque tunnels (server_limits)
 
 
 def test_cli_default_per_peer_limit() -> None:
@@ -44,7 +48,7 @@ def test_one_peer_cannot_hold_every_slot() -> None:
     """The greedy enclave side opens connections and holds them: past its share it gets 503
     while slots remain for everyone else."""
     config = ProxyConfig(LISTEN, None, allowlist=Allowlist.of([("127.0.0.1", 9)]),
-                         max_connections=8)  # fmt: skip
+                         limits=Limits(max_connections=8))  # fmt: skip
     held = []
     with running_proxy(config) as (address, server, logs):
         for _ in range(2):

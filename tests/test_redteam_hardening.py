@@ -419,7 +419,7 @@ def test_worker_restarted_after_a_failed_reload_serves(sim_state: Any, tmp_path:
 
     from nitro_attest.nsm.simulator import SimulatedNsm
 
-    from .servicekit import redis_server, service, write_policies
+    from .servicekit import redis_server, service, wait_until, write_policies
 
     (tmp_path / "root.pem").write_bytes(SimulatedNsm.open(sim_state).root_pem)
     policies = write_policies(tmp_path / "policies.json")
@@ -432,12 +432,17 @@ def test_worker_restarted_after_a_failed_reload_serves(sim_state: Any, tmp_path:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert len(children) == 2
         os.kill(int(children[0]), signal.SIGKILL)
-        time.sleep(2.0)  # the supervisor restarts it on the same socket
+
+        def replaced() -> bool:  # the supervisor restarts it on the same socket
+            now = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            return len(now) == 2 and children[0] not in now
+
+        wait_until(replaced, what="a new worker")
         port = int(base.rsplit(":", 1)[1])
         answered = 0
         for _ in range(16):  # new connections: the kernel spreads them over both sockets
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-                s.settimeout(3)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.settimeout(10)  # a worker starting under load accepts late; a dead one never
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 with contextlib.suppress(TimeoutError):  # queued where no worker accepts
                     answered += s.recv(4096).startswith(b"HTTP/1.1 200")

@@ -58,8 +58,8 @@ def turn_server(
     with loop_in_thread(
         lambda: server.start(listen), server.close, "asyncio", logging.WARNING
     ) as (addr, errors):
-        assert server._loop is not None
-        yield addr, server, server._loop, errors
+        assert server.loop is not None
+        yield addr, server, server.loop, errors
 
 
 def frame(nonce: bytes) -> bytes:
@@ -156,7 +156,7 @@ def test_server_closing_while_an_answer_waits_drops_it_cleanly() -> None:
                 data += chunk
         assert b"never sent" not in data
         assert server.active_connections == 0
-        assert server._table.expired(float("inf")) == []  # no stale entry left to sweep
+        assert server.table.expired(float("inf")) == []  # no stale entry left to sweep
     assert not errors.records
 
 

@@ -40,8 +40,8 @@ def attack_server(
     listen = parse_address("tcp://127.0.0.1:0", role="listen")
     name = "nitro_attest.wire.server"
     with loop_in_thread(lambda: server.start(listen), server.close, name) as (addr, logs):
-        assert server._loop is not None
-        yield addr, server, server._loop, logs
+        assert server.loop is not None
+        yield addr, server, server.loop, logs
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T], passes: int = 8) -> T:
@@ -57,8 +57,8 @@ def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T], passes: int 
 
 def bookkeeping(server: EnclaveServer) -> tuple[int, int, int, int]:
     """(open connections, flushing, table members, table waiting entries): all 0 when idle."""
-    waiting = len(server._table.expired(float("inf")))
-    return len(server._connections), len(server._finishing), len(server._table), waiting
+    waiting = len(server.table.expired(float("inf")))
+    return len(server._connections), len(server._finishing), len(server.table), waiting
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -86,7 +86,7 @@ def test_a_reset_that_fails_the_queued_answers_write_leaves_no_bookkeeping() -> 
     with attack_server({"attest": resetting_attest}) as (addr, server, loop, logs):
         sock = socket.create_connection((addr.host, addr.port), timeout=10)
         victims.append(sock)
-        wait_until(lambda: on_loop(loop, lambda: len(server._table)) == 1)
+        wait_until(lambda: on_loop(loop, lambda: len(server.table)) == 1)
         loop.call_soon_threadsafe(time.sleep, 0.3)  # both frames and the FIN arrive together
         time.sleep(0.1)
         sock.sendall(frame(b"first---") + frame(b"second--"))
@@ -120,7 +120,7 @@ def test_a_failing_request_log_strands_no_answer_and_stops_no_deadline() -> None
     with attack_server(request_log=broken, frame_deadline=0.3) as (addr, server, loop, logs):
         socks = [socket.create_connection((addr.host, addr.port), timeout=5) for _ in range(3)]
         try:
-            wait_until(lambda: on_loop(loop, lambda: len(server._table)) == 3)
+            wait_until(lambda: on_loop(loop, lambda: len(server.table)) == 3)
             loop.call_soon_threadsafe(time.sleep, 0.3)  # both requests end in one turn
             time.sleep(0.1)
             socks[0].sendall(frame(b"request0"))
@@ -165,18 +165,18 @@ def test_an_answer_too_large_to_frame_is_an_internal_error_and_the_connection_go
 def test_a_failure_sending_one_answer_does_not_strand_the_rest_of_the_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from nitro_attest.wire import server as server_module
+    from nitro_attest.wire import connection as connection_module
 
-    real = server_module._Connection.send_answer
+    real = connection_module.Connection.send_answer
     failed: list[bool] = []
 
-    def first_fails(self: server_module._Connection, answer: bytes) -> None:
+    def first_fails(self: connection_module.Connection, answer: bytes) -> None:
         if not failed:
             failed.append(True)
             raise RuntimeError("a bug on this connection")
         real(self, answer)
 
-    monkeypatch.setattr(server_module._Connection, "send_answer", first_fails)
+    monkeypatch.setattr(connection_module.Connection, "send_answer", first_fails)
     with attack_server() as (addr, _, loop, logs):
         socks = [socket.create_connection((addr.host, addr.port), timeout=10) for _ in range(3)]
         try:

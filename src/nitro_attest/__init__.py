@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from nitro_attest.channel.sender import send_secret
     from nitro_attest.eif import inspect_eif, measurements_from_eif
     from nitro_attest.https.transport import AttestedTransport
+    from nitro_attest.kms.client import KmsClient
+    from nitro_attest.kms.envelope import open_envelope
     from nitro_attest.nsm import open_backend
     from nitro_attest.wire.client import request_attestation
 
@@ -67,6 +69,8 @@ _LAZY = {
     "measurements_from_eif": "nitro_attest.eif",
     "open_backend": "nitro_attest.nsm",
     "AttestedTransport": "nitro_attest.https.transport",  # needs the https extra (httpx)
+    "KmsClient": "nitro_attest.kms.client",
+    "open_envelope": "nitro_attest.kms.envelope",
 }
 
 
@@ -100,6 +104,7 @@ __all__ = [
     "DocumentKindError",
     "ExpiredError",
     "FormatError",
+    "KmsClient",
     "MalformedDocumentError",
     "NitroAttestError",
     "NitroCliError",
@@ -123,6 +128,7 @@ __all__ = [
     "inspect_eif",
     "measurements_from_eif",
     "open_backend",
+    "open_envelope",
     "parse_document",
     "request_attestation",
     "send_secret",

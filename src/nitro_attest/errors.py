@@ -49,6 +49,9 @@ class Check(StrEnum):
     FRESHNESS = "freshness"
     CHANNEL_KEY = "channel_key"
     CALLER_KEYS = "caller_keys"
+    # The verification service's own two, after the verifier's (service.appraisal).
+    SESSION_TIME = "session_time"
+    CALLER_KEY_MARK = "caller_key_mark"
 
 
 class VerificationError(NitroAttestError):

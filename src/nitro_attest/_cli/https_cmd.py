@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -58,14 +59,13 @@ def register(sub: Any) -> None:
     _add_get(ops)
 
 
+# The Limits fields https serve's flags set (_cli/limit_flags.py names their flags).
+_LIMIT_FIELDS = ("max_connections", "header_timeout", "idle_timeout", "max_header_bytes",
+                 "drain_timeout")
+
+
 def _add_serve(ops: Any) -> None:
-    from nitro_attest.https.defaults import (
-        DEFAULT_DRAIN_TIMEOUT,
-        DEFAULT_HEADER_TIMEOUT,
-        DEFAULT_IDLE_TIMEOUT,
-        DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_MAX_HEADER_BYTES,
-    )
+    from nitro_attest.server_limits import HTTPS_LIMITS as L
 
     p: argparse.ArgumentParser = ops.add_parser(
         "serve",
@@ -83,19 +83,19 @@ def _add_serve(ops: Any) -> None:
     p.add_argument("--name", action="append", default=[], metavar="DNS",
                    help="a name (or IP) for the certificate; repeatable")
     p.add_argument("--tls12", action="store_true", help="also accept TLS 1.2 (default 1.3 only)")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+    p.add_argument("--max-connections", type=int, default=L.max_connections, metavar="N",
                    help="open at once; a newcomer sheds the least recently active "
-                   f"(default {DEFAULT_MAX_CONNECTIONS})")
-    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="S",
+                   f"(default {L.max_connections})")
+    p.add_argument("--header-timeout", type=float, default=L.header_timeout, metavar="S",
                    help="TLS handshake, and each request head once begun "
-                   f"(default {DEFAULT_HEADER_TIMEOUT:g})")
-    p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="S",
-                   help=f"between requests and within bodies (default {DEFAULT_IDLE_TIMEOUT:g})")
-    p.add_argument("--max-header-bytes", type=int, default=DEFAULT_MAX_HEADER_BYTES,
-                   metavar="N", help=f"request head size (default {DEFAULT_MAX_HEADER_BYTES})")
-    p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="S",
+                   f"(default {L.header_timeout:g})")
+    p.add_argument("--idle-timeout", type=float, default=L.idle_timeout, metavar="S",
+                   help=f"between requests and within bodies (default {L.idle_timeout:g})")
+    p.add_argument("--max-header-bytes", type=int, default=L.max_header_bytes,
+                   metavar="N", help=f"request head size (default {L.max_header_bytes})")
+    p.add_argument("--drain-timeout", type=float, default=L.drain_timeout, metavar="S",
                    help="after SIGTERM, requests in flight may finish this long "
-                   f"(default {DEFAULT_DRAIN_TIMEOUT:g})")
+                   f"(default {L.drain_timeout:g})")
     p.set_defaults(func=run_serve)
 
 
@@ -141,10 +141,12 @@ def _configure_logging() -> ServerLogHandler:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from nitro_attest._cli.limit_flags import limits_from_args
     from nitro_attest._cli.serve_cmd import open_nsm
     from nitro_attest.errors import ConfigurationError
     from nitro_attest.https.front import Attester, FrontConfig, HttpsFront, seal_caller_key_pcr
     from nitro_attest.https.identity import make_identity
+    from nitro_attest.server_limits import HTTPS_LIMITS
     from nitro_attest.wire.transport import AddressError, parse_address
 
     try:
@@ -154,15 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if app.scheme == "vsock":
         raise CliError("--to: the app is reached over tcp:// or unix:// inside the enclave")
-    for flag, value in (("--header-timeout", args.header_timeout),
-                        ("--idle-timeout", args.idle_timeout),
-                        ("--drain-timeout", args.drain_timeout)):
-        if not value > 0:
-            raise CliError(f"{flag} must be a positive number of seconds")
-    if args.max_connections < 1:
-        raise CliError("--max-connections must be at least 1")
-    if not 1024 <= args.max_header_bytes <= 1024 * 1024:
-        raise CliError("--max-header-bytes must be 1024..1048576")
+    limits = limits_from_args(args, HTTPS_LIMITS, _LIMIT_FIELDS)
     try:
         identity = make_identity(args.name, allow_tls12=args.tls12)
     except ConfigurationError as exc:
@@ -174,19 +168,13 @@ def run_serve(args: argparse.Namespace) -> int:
         backend.close()
         raise CliError(exc.message) from None
     attester = Attester(backend, identity.spki_der)
-    config = FrontConfig(
-        app=app,
-        max_connections=args.max_connections,
-        header_timeout=args.header_timeout,
-        idle_timeout=args.idle_timeout,
-        max_header_bytes=args.max_header_bytes,
-    )
+    config = FrontConfig(app=app, limits=limits)
     handler = _configure_logging()
     log = logging.getLogger("nitro_attest.https")
-    _raise_fd_limit(args.max_connections, log)
+    _raise_fd_limit(limits.max_connections, log)
     front = HttpsFront(config, identity, attester, request_log=handler)
     try:
-        asyncio.run(_serve(front, listen, args.drain_timeout, log))
+        asyncio.run(_serve(front, listen, limits.drain_timeout, log))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -257,7 +245,7 @@ def _data(value: str | None) -> bytes | None:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from nitro_attest.https.client import fetch
+    from nitro_attest.https.client import NotListeningError, fetch
 
     if not args.timeout > 0:
         raise CliError("--timeout must be a positive number of seconds")
@@ -277,16 +265,24 @@ def run_get(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.output}: {exc.strerror or exc}") from None
         else:
             out = sys.stdout.buffer
-        response, verified = fetch(
-            args.url,
-            verifier=verifier,
-            policy=policy,
-            sink=out.write,
-            method=method,
-            headers=headers,
-            body=body,
-            timeout=args.timeout,
-        )
+        deadline = time.monotonic() + args.timeout
+        while True:  # a server still starting: wait for it within --timeout, as attest does
+            try:
+                response, verified = fetch(
+                    args.url,
+                    verifier=verifier,
+                    policy=policy,
+                    sink=out.write,
+                    method=method,
+                    headers=headers,
+                    body=body,
+                    timeout=args.timeout,
+                )
+                break
+            except NotListeningError:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
         out.flush()
     from nitro_attest.attestation.untrusted_text import escape_untrusted
 

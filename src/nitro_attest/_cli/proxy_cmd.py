@@ -13,6 +13,7 @@ from typing import Any
 
 from nitro_attest._cli import observe
 from nitro_attest._cli.common import EXIT_OK, CliError
+from nitro_attest._cli.limit_flags import limits_from_args
 from nitro_attest.logs import formatter
 from nitro_attest.proxy import (
     AllowlistError,
@@ -22,16 +23,15 @@ from nitro_attest.proxy import (
     load_allowlist,
 )
 from nitro_attest.proxy.allowlist import describe
-from nitro_attest.proxy.server import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    default_max_per_peer,
-)
+from nitro_attest.proxy.server import DEFAULT_CONNECT_TIMEOUT
+from nitro_attest.server_limits import PROXY_LIMITS as L
+from nitro_attest.server_limits import default_max_per_peer
 from nitro_attest.wire.transport import AddressError, parse_address
 
+# The Limits fields the proxy's flags set; the CONNECT head's deadline keeps its own flag name.
+_LIMIT_FIELDS = ("max_connections", "max_per_peer", "idle_timeout", "header_timeout",
+                 "drain_timeout")
+_RENAMED = {"header_timeout": "--handshake-timeout"}
 _FDS_PER_CONNECTION = 6  # two sockets, and two pipes while both directions are busy
 
 _EPILOG = """\
@@ -72,22 +72,22 @@ def register(sub: Any) -> None:
         help="outbound without an allowlist: the enclave may reach any host",
     )
     _number(
-        p, "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "N", "open at once; more are refused"
+        p, "--max-connections", int, L.max_connections, "N", "open at once; more are refused"
     )
     p.add_argument(
         "--max-per-peer", type=int, default=None, metavar="N",
         help="open at once from one IP, CID or uid; 0: no limit (default a quarter of "
-        f"--max-connections: {default_max_per_peer(DEFAULT_MAX_CONNECTIONS)}; raise it behind a "
+        f"--max-connections: {default_max_per_peer(L.max_connections)}; raise it behind a "
         "load balancer that hides client addresses)",
     )
     _number(
-        p, "--idle-timeout", float, DEFAULT_IDLE_TIMEOUT, "S", "close a tunnel silent this long"
+        p, "--idle-timeout", float, L.idle_timeout, "S", "close a tunnel silent this long"
     )
     _number(p, "--connect-timeout", float, DEFAULT_CONNECT_TIMEOUT, "S", "resolve and connect")
     _number(
-        p, "--handshake-timeout", float, DEFAULT_HANDSHAKE_TIMEOUT, "S", "CONNECT request deadline"
+        p, "--handshake-timeout", float, L.header_timeout, "S", "CONNECT request deadline"
     )
-    _number(p, "--drain-timeout", float, DEFAULT_DRAIN_TIMEOUT, "S", "after SIGTERM")
+    _number(p, "--drain-timeout", float, L.drain_timeout, "S", "after SIGTERM")
     p.add_argument("--no-splice", action="store_true", help=argparse.SUPPRESS)
     observe.add_flags(p)
     p.set_defaults(func=run)
@@ -114,19 +114,15 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
             allowlist = load_allowlist(args.allowlist)
         except AllowlistError as exc:
             raise CliError(f"--allowlist {exc}") from None
-    if not args.drain_timeout >= 0:
-        raise CliError("--drain-timeout must be zero or more seconds")
+    limits = limits_from_args(args, L, _LIMIT_FIELDS, _RENAMED)
     try:
         return ProxyConfig(
             listen,
             target,
             allowlist=allowlist,
             unsafe_any_host=args.unsafe_any_host,
-            max_connections=args.max_connections,
-            max_per_peer=args.max_per_peer,
-            idle_timeout=args.idle_timeout,
+            limits=limits,
             connect_timeout=args.connect_timeout,
-            handshake_timeout=args.handshake_timeout,
             splice=not args.no_splice,
         )
     except ProxyConfigError as exc:
@@ -211,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         if args.metrics:
             endpoint = observe.start_metrics(args.metrics, "proxy", lambda: _families(servers))
         _raise_fd_limit(config.max_connections, logger)
-        asyncio.run(_serve(config, args.drain_timeout, logger, servers.append))
+        asyncio.run(_serve(config, config.limits.drain_timeout, logger, servers.append))
     except AddressError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

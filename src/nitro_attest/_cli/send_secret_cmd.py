@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from nitro_attest._cli.common import (
     EXIT_OK,
@@ -20,7 +20,7 @@ from nitro_attest._cli.common import (
     read_bytes,
 )
 from nitro_attest._cli.expectations import add_pcr_flags, add_trust_flags, load_root, pcr_sets
-from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.attestation.policy import Policy, document_kind
 from nitro_attest.attestation.untrusted_text import escape_untrusted
 from nitro_attest.channel import sender as channel_client
 from nitro_attest.channel.keys import SUITE_LABELS
@@ -172,17 +172,17 @@ def run(args: argparse.Namespace) -> int:
         sent = True
 
     try:
+        policy = Policy(pcr_sets=tuple(sets), allow_debug=args.allow_debug,
+                        kind=document_kind(args.kind))  # fmt: skip
         receipt = channel_client.send_secret(
             args.connect,
             secret,
             root_pem=root,
-            expected_pcrs=cast("list[PcrSpec]", sets) or None,  # PcrSet is a PcrSpec
-            allow_debug=args.allow_debug,
             suite=args.suite,
             timeout=args.timeout,
             unsafe_any_enclave=args.unsafe_any_enclave,
             signing_key=signing_key,
-            kind=args.kind,
+            policy=policy,
             on_send=sending,
         )
     except (TrustRootError, PolicyError) as exc:

@@ -11,8 +11,10 @@ from typing import Any
 
 from nitro_attest._cli import observe
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+from nitro_attest._cli.limit_flags import limits_from_args
 from nitro_attest._cli.serve_log import ServerLogHandler
-from nitro_attest.channel.receiver import ChannelReceiver, channel_handlers
+from nitro_attest.channel.receiver import ChannelReceiver
+from nitro_attest.channel.routes import enclave_routes
 from nitro_attest.channel.signing import (
     MAX_KEY_FILE_BYTES,
     SenderKeyError,
@@ -23,15 +25,14 @@ from nitro_attest.channel.signing import (
 from nitro_attest.errors import ChannelKeyError, ConfigurationError
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend, NsmError
-from nitro_attest.wire.admission import (
-    DEFAULT_FRAME_DEADLINE,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-)
-from nitro_attest.wire.server import DEFAULT_DRAIN_TIMEOUT, EnclaveServer, nsm_handlers, serve
+from nitro_attest.server_limits import SERVE_LIMITS
+from nitro_attest.wire.server import EnclaveServer, serve
 from nitro_attest.wire.transport import DEFAULT_SOCKET_MODE, AddressError, parse_address
 
 DEVICE_PATH = Path("/dev/nsm")
+# The Limits fields serve's flags set; idle_timeout keeps its older flag name.
+_LIMIT_FIELDS = ("idle_timeout", "frame_deadline", "max_connections", "drain_timeout")
+_RENAMED = {"idle_timeout": "--read-timeout"}
 
 _EPILOG = """\
 examples:
@@ -86,34 +87,34 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--read-timeout",
         type=float,
-        default=DEFAULT_IDLE_TIMEOUT,
+        default=SERVE_LIMITS.idle_timeout,
         metavar="SECONDS",
         help="drop a client idle between requests for this long "
-        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
+        f"(default {SERVE_LIMITS.idle_timeout:g})",
     )
     p.add_argument(
         "--frame-deadline",
         type=float,
-        default=DEFAULT_FRAME_DEADLINE,
+        default=SERVE_LIMITS.frame_deadline,
         metavar="SECONDS",
         help="a request, once its first byte arrived, must be complete within this long, or "
-        f"the client gets 'timeout' and is dropped (default {DEFAULT_FRAME_DEADLINE:g})",
+        f"the client gets 'timeout' and is dropped (default {SERVE_LIMITS.frame_deadline:g})",
     )
     p.add_argument(
         "--max-connections",
         type=int,
-        default=DEFAULT_MAX_CONNECTIONS,
+        default=SERVE_LIMITS.max_connections,
         metavar="N",
         help="connections held open at once; when full the least recently active one is shed "
-        f"for a newcomer (default {DEFAULT_MAX_CONNECTIONS})",
+        f"for a newcomer (default {SERVE_LIMITS.max_connections})",
     )
     p.add_argument(
         "--drain-timeout",
         type=float,
-        default=DEFAULT_DRAIN_TIMEOUT,
+        default=SERVE_LIMITS.drain_timeout,
         metavar="SECONDS",
         help="on SIGTERM, answer requests already received for up to this long before closing "
-        f"(default {DEFAULT_DRAIN_TIMEOUT:g}; 0 drops them at once)",
+        f"(default {SERVE_LIMITS.drain_timeout:g}; 0 drops them at once)",
     )
     p.add_argument(
         "--socket-mode",
@@ -216,37 +217,29 @@ def run(args: argparse.Namespace) -> int:
         address = parse_address(args.listen, role="listen")
     except AddressError as exc:
         raise CliError(str(exc)) from None
-    if not args.read_timeout > 0:
-        raise CliError("--read-timeout must be a positive number of seconds")
-    if not args.frame_deadline > 0:
-        raise CliError("--frame-deadline must be a positive number of seconds")
-    if not 0 <= args.drain_timeout < float("inf"):
-        raise CliError("--drain-timeout must be zero or more seconds")
+    limits = limits_from_args(args, SERVE_LIMITS, _LIMIT_FIELDS, _RENAMED)
     socket_mode = parse_socket_mode(args.socket_mode)
     if args.metrics:
         observe.parse_host_port(args.metrics)  # refused before anything starts
-    if args.max_connections < 1:
-        raise CliError("--max-connections must be at least 1")
     if args.no_channel and args.sender_key:
         raise CliError("--sender-key pins senders of the attested channel; drop --no-channel")
     senders = [_sender_key(path) for path in args.sender_key]
     backend = open_nsm(args.nsm, Path(args.state) if args.state else None)
     log_handler = _configure_logging(args.log_format)
     allow_key = bool(args.allow_caller_public_key)
-    try:  # settles PCR16 (the caller-key mark) before anything is served
-        handlers = nsm_handlers(backend, allow_caller_public_key=allow_key)
-    except (ConfigurationError, NsmError) as exc:
-        backend.close()
-        raise CliError(f"--allow-caller-public-key: {exc}" if allow_key else str(exc)) from None
+    receiver = None
     if not args.no_channel:  # a fresh HPKE key pair per start, in memory only (docs/channel.md)
         try:
             receiver = ChannelReceiver(senders=senders)
         except ChannelKeyError as exc:
             backend.close()
             raise CliError(f"attested channel: {exc.message}; serve with --no-channel") from None
-        handlers.update(
-            channel_handlers(receiver, backend, allow_caller_public_key=allow_key)
-        )
+    try:  # settles PCR16 (the caller-key mark) before anything is served
+        routes = enclave_routes(backend, channel=receiver, allow_caller_public_key=allow_key)
+    except (ConfigurationError, NsmError) as exc:
+        backend.close()
+        raise CliError(f"--allow-caller-public-key: {exc}" if allow_key else str(exc)) from None
+    if receiver is not None:
         _log_senders(senders)
     if allow_key:
         logging.getLogger("nitro_attest.wire.server").warning(
@@ -261,14 +254,11 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(
             serve(
                 address,
-                handlers,
-                read_timeout=args.read_timeout,
-                frame_deadline=args.frame_deadline,
-                max_connections=args.max_connections,
+                routes,
+                limits=limits,
                 socket_mode=socket_mode,
                 request_log=log_handler,
                 created=servers.append,
-                drain_timeout=args.drain_timeout,
             )
         )
     except AddressError as exc:

@@ -25,7 +25,7 @@ from nitro_attest._cli.expectations import (
 from nitro_attest.attestation.encoding import decode_document_input
 from nitro_attest.attestation.report import CheckResult, Report, render_text
 from nitro_attest.attestation.untrusted_text import escape_untrusted
-from nitro_attest.errors import VerificationError
+from nitro_attest.errors import Check, VerificationError
 
 EPILOG = """\
 exit status: 0 every document verified; 1 a document was checked and rejected (malformed
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             raw = decode_document_input(item.data)
         except VerificationError as exc:
-            failed = CheckResult("format", False, exc.message)
+            failed = CheckResult(Check.FORMAT, False, exc.message)
             report = Report(False, (failed,), None, exc, None)
         else:
             report = verifier.evaluate(raw, at=at, policy=policy)

@@ -11,7 +11,7 @@ import hmac
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -103,6 +103,26 @@ class Policy:
         if not 0 <= self.clock_skew < math.inf:
             raise PolicyError(f"clock_skew must be finite and >= 0 seconds, got {self.clock_skew}")
 
+    def with_nonce(self, nonce: bytes | None) -> Policy:
+        """A copy expecting this nonce (None: not checked), checked like any expectation."""
+        return replace(self, nonce=nonce)
+
+    def with_public_key(self, public_key: bytes | None) -> Policy:
+        """A copy expecting this public_key (None: not checked)."""
+        return replace(self, public_key=public_key)
+
+    def with_user_data(self, user_data: bytes | None) -> Policy:
+        """A copy expecting this user_data (None: not checked)."""
+        return replace(self, user_data=user_data)
+
+    def with_max_age(self, max_age: float | None) -> Policy:
+        """A copy accepting documents at most ``max_age`` seconds old (None: age not checked)."""
+        return replace(self, max_age=max_age)
+
+    def refusing_caller_keys(self) -> Policy:
+        """A copy that refuses documents of an enclave that attests caller-chosen keys."""
+        return self if self.refuse_caller_keys else replace(self, refuse_caller_keys=True)
+
     @classmethod
     def build(
         cls,
@@ -189,6 +209,17 @@ def _pcr_value(value: Any, what: str) -> bytes:
     return value
 
 
+# What nitro-cli describe-eif prints beside "Measurements" (nitro-spec.md section 5): its output
+# is accepted as a measurements file. Any other key beside "Measurements" (a PCR put outside it,
+# a typo) is refused, since it would otherwise be dropped without a word.
+DESCRIBE_EIF_KEYS = frozenset(
+    (
+        "EifVersion", "IsSigned", "SigningCertificate", "CheckCRC", "SignatureCheck",
+        "ImageName", "ImageVersion", "Metadata",
+    )
+)
+
+
 def parse_expected_measurements(text: bytes | str, source: str = "measurements") -> list[PcrSet]:
     """Parse nitro-cli's build-enclave JSON ({"Measurements": {"PCR0": hex, ...}}).
 
@@ -211,7 +242,7 @@ def parse_expected_measurements(text: bytes | str, source: str = "measurements")
         where = source if len(entries) == 1 else f"{source}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a JSON object")
-        beside = sorted(str(k) for k in entry if k != "Measurements")
+        beside = sorted(str(k) for k in entry if k != "Measurements" and k not in DESCRIBE_EIF_KEYS)
         if "Measurements" in entry and beside:  # {"Measurements": {..}, "PCR8": ..} drops PCR8
             raise PolicyError(
                 f"{where}: unexpected key(s) {', '.join(repr(k[:40]) for k in beside[:3])} beside "

@@ -13,21 +13,21 @@ from typing import Any
 
 from nitro_attest.attestation.document import AttestationDocument
 from nitro_attest.attestation.untrusted_text import escape_untrusted
-from nitro_attest.errors import VerificationError
+from nitro_attest.errors import Check, VerificationError
 
 # Check names in the order they run, with the tutorial's labels.
-CHECK_LABELS = {
-    "format": "Attestation Document (CBOR/COSE)",
-    "cose_signature": "COSE Signature",
-    "certificate_chain": "Certificate Chain",
-    "document_kind": "Document Kind",
-    "debug_mode": "Debug Mode",
-    "pcrs": "PCR Values",
-    "user_data": "User Data",
-    "nonce": "Nonce",
-    "public_key": "Public Key",
-    "caller_keys": "Enclave's Own Keys Only (PCR16)",
-    "freshness": "Freshness",
+CHECK_LABELS: dict[Check, str] = {
+    Check.FORMAT: "Attestation Document (CBOR/COSE)",
+    Check.COSE_SIGNATURE: "COSE Signature",
+    Check.CERTIFICATE_CHAIN: "Certificate Chain",
+    Check.DOCUMENT_KIND: "Document Kind",
+    Check.DEBUG_MODE: "Debug Mode",
+    Check.PCRS: "PCR Values",
+    Check.USER_DATA: "User Data",
+    Check.NONCE: "Nonce",
+    Check.PUBLIC_KEY: "Public Key",
+    Check.CALLER_KEYS: "Enclave's Own Keys Only (PCR16)",
+    Check.FRESHNESS: "Freshness",
 }
 
 
@@ -35,7 +35,7 @@ CHECK_LABELS = {
 class CheckResult:
     """One check's outcome: its name (a ``Check`` value), whether it passed, and why."""
 
-    name: str
+    name: Check
     ok: bool | None
     """True passed, False failed, None not run (no expectation given, or the document was not
     authenticated, or could not be read: ``detail`` says which)."""
@@ -43,7 +43,7 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape ``--json`` prints: name, ok, detail."""
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return {"name": str(self.name), "ok": self.ok, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,14 @@ class Report:
     error: VerificationError | None
     at: datetime | None
     claimed: AttestationDocument | None = None
+
+    def result(self, check: Check) -> CheckResult | None:
+        """The outcome of ``check``, or None when this report has no such check."""
+        return next((c for c in self.checks if c.name == check), None)
+
+    def outcome(self) -> dict[Check, bool | None]:
+        """Each check's ``ok`` by its ``Check``: True passed, False failed, None not run."""
+        return {Check(c.name): c.ok for c in self.checks}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape ``verify --json`` prints for one document."""
@@ -111,7 +119,7 @@ def render_text(report: Report, *, title: str | None = None) -> str:
         label = CHECK_LABELS.get(check.name, check.name)
         detail = escape_untrusted(check.detail)
         # One line per PCR problem; only there, as other details may quote document text.
-        split = check.ok is False and check.name == "pcrs"
+        split = check.ok is False and check.name is Check.PCRS
         detail_lines = detail.split("; ") if split else [detail]
         lines.append(f"{_MARK[check.ok]} {label}: {detail_lines[0]}")
         lines.extend(f"     {extra}" for extra in detail_lines[1:])

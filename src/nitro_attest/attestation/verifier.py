@@ -31,7 +31,7 @@ from nitro_attest.attestation.policy import (
 )
 from nitro_attest.attestation.report import CheckResult, Report
 from nitro_attest.codec.cose import ES384, sig_structure, verify_ecdsa
-from nitro_attest.errors import PolicyError, SignatureError, VerificationError
+from nitro_attest.errors import Check, PolicyError, SignatureError, VerificationError
 
 At = datetime | Literal["document", "now"] | None
 
@@ -100,7 +100,7 @@ class Verifier:
         doc = parse_document(document)
         when = _resolve_at(at, doc)
         ts = when.timestamp()
-        results = [CheckResult("format", True, _format_detail(doc))]
+        results = [CheckResult(Check.FORMAT, True, _format_detail(doc))]
         for name, step in _STEPS:
             detail = step(self, doc, policy, ts)
             results.append(_result(name, detail))
@@ -122,7 +122,7 @@ class Verifier:
         except VerificationError as exc:
             skipped = tuple(CheckResult(n, None, "not run: document unreadable") for n, _ in _STEPS)
             return Report(
-                False, (CheckResult("format", False, exc.message), *skipped), None, exc, None
+                False, (CheckResult(Check.FORMAT, False, exc.message), *skipped), None, exc, None
             )
         when = _resolve_at(at, doc)
         ts = when.timestamp()
@@ -137,7 +137,7 @@ class Verifier:
             errors.extend(outcome[1:])
         if errors:
             results.extend(CheckResult(n, None, NOT_AUTHENTICATED) for n, _ in _PAYLOAD_STEPS)
-            format_ok = CheckResult("format", True, _format_detail(doc, authenticated=False))
+            format_ok = CheckResult(Check.FORMAT, True, _format_detail(doc, authenticated=False))
             reported_at = None if at == "document" else when  # not a time the payload sets
             return Report(False, (format_ok, *results), None, errors[0], reported_at, claimed=doc)
         for name, step in _PAYLOAD_STEPS:
@@ -148,7 +148,7 @@ class Verifier:
             outcome = _run(name, step, self, doc, policy, ts)
             results.append(outcome[0])
             errors.extend(outcome[1:])
-        format_ok = CheckResult("format", True, _format_detail(doc))
+        format_ok = CheckResult(Check.FORMAT, True, _format_detail(doc))
         first = errors[0] if errors else None
         return Report(first is None, (format_ok, *results), doc, first, when)
 
@@ -173,19 +173,19 @@ class Verifier:
 # The checks after parsing, in order: signature and chain authenticate the payload, every later
 # step reads it. Module-level rather than built per Verifier: a fresh Verifier per document (the
 # one-shot path) then costs one object, and holds no reference cycle.
-_AUTH_STEPS: tuple[tuple[str, _Step], ...] = (
-    ("cose_signature", Verifier._check_signature),
-    ("certificate_chain", Verifier._check_chain),
+_AUTH_STEPS: tuple[tuple[Check, _Step], ...] = (
+    (Check.COSE_SIGNATURE, Verifier._check_signature),
+    (Check.CERTIFICATE_CHAIN, Verifier._check_chain),
 )
-_PAYLOAD_STEPS: tuple[tuple[str, _Step], ...] = (
-    ("document_kind", lambda v, d, p, at: check_kind(d, p)),
-    ("debug_mode", lambda v, d, p, at: check_debug(d, p)),
-    ("pcrs", lambda v, d, p, at: check_pcrs(d, p)),
-    ("user_data", lambda v, d, p, at: check_user_data(d, p)),
-    ("nonce", lambda v, d, p, at: check_nonce(d, p)),
-    ("public_key", lambda v, d, p, at: check_public_key(d, p)),
-    ("caller_keys", lambda v, d, p, at: check_caller_keys(d, p)),
-    ("freshness", lambda v, d, p, at: check_freshness(d, p, at)),
+_PAYLOAD_STEPS: tuple[tuple[Check, _Step], ...] = (
+    (Check.DOCUMENT_KIND, lambda v, d, p, at: check_kind(d, p)),
+    (Check.DEBUG_MODE, lambda v, d, p, at: check_debug(d, p)),
+    (Check.PCRS, lambda v, d, p, at: check_pcrs(d, p)),
+    (Check.USER_DATA, lambda v, d, p, at: check_user_data(d, p)),
+    (Check.NONCE, lambda v, d, p, at: check_nonce(d, p)),
+    (Check.PUBLIC_KEY, lambda v, d, p, at: check_public_key(d, p)),
+    (Check.CALLER_KEYS, lambda v, d, p, at: check_caller_keys(d, p)),
+    (Check.FRESHNESS, lambda v, d, p, at: check_freshness(d, p, at)),
 )
 _STEPS = _AUTH_STEPS + _PAYLOAD_STEPS
 
@@ -248,7 +248,12 @@ def _check_time_policy(at: At, policy: Policy) -> None:
 
 
 def _run(
-    name: str, step: _Step, verifier: Verifier, doc: AttestationDocument, policy: Policy, ts: float
+    name: Check,
+    step: _Step,
+    verifier: Verifier,
+    doc: AttestationDocument,
+    policy: Policy,
+    ts: float,
 ) -> tuple[CheckResult] | tuple[CheckResult, VerificationError]:
     try:
         return (_result(name, step(verifier, doc, policy, ts)),)
@@ -271,7 +276,7 @@ def _resolve_at(at: At, doc: AttestationDocument) -> datetime:
         raise PolicyError(f"at {at.isoformat()} is out of range in UTC") from None
 
 
-def _result(name: str, detail: str | None) -> CheckResult:
+def _result(name: Check, detail: str | None) -> CheckResult:
     if detail is None:
         return _NOT_CHECKED[name]
     key = (name, detail)
@@ -286,7 +291,7 @@ def _result(name: str, detail: str | None) -> CheckResult:
 # Passed results repeat from document to document (the same signature, chain and policy
 # details), and are immutable: shared, as a bounded table filled on first use (~3 us per
 # document less than building ten).
-_PASSED: dict[tuple[str, str], CheckResult] = {}
+_PASSED: dict[tuple[Check, str], CheckResult] = {}
 _PASSED_MAX = 4096
 
 

@@ -1,7 +1,7 @@
 """Enclave side of the attested channel: key pairs, channel documents, sealed-message receipt.
 
 ``ChannelReceiver`` works on plain values; the two ``handle_*`` functions take and return the
-typed messages of ``channel.messages``; ``channel_handlers`` binds them to the enclave server.
+typed messages of ``channel.messages``; ``channel_routes`` binds them to the enclave server.
 
 Flow: the client asks for a channel document with a fresh nonce and a suite; the enclave has the
 NSM sign a document whose public_key names its key for that suite, remembers the nonce, and
@@ -51,11 +51,16 @@ from nitro_attest.wire.protocol import (
     AttestationResponse,
     AttestRequest,
     ProtocolError,
-    Request,
     RequestHandler,
     Response,
 )
-from nitro_attest.wire.server import PcrRegisters, check_caller_public_key, settle_caller_key_pcr
+from nitro_attest.wire.routes import (
+    PcrRegisters,
+    Route,
+    Routes,
+    check_caller_public_key,
+    settle_caller_key_pcr,
+)
 
 log = logging.getLogger("nitro_attest.channel")
 
@@ -319,41 +324,39 @@ def _refusal(exc: ChannelError) -> ProtocolError:
     return ChannelRefusedError(exc.message)
 
 
-def channel_handlers(
+def channel_routes(
     receiver: ChannelReceiver,
     nsm: ServingNsm,
     *,
     key_in_attest: bool = True,
     allow_caller_public_key: bool = False,
-) -> dict[str, RequestHandler]:
-    """Server handlers for the channel's request types.
+) -> Routes:
+    """The server's routes for the channel's request types.
 
-    With ``key_in_attest`` the standard ``attest`` handler is replaced too: a request that brings
-    no public_key of its own gets a document naming the enclave's default channel key (and its
+    With ``key_in_attest`` the channel answers ``attest`` too (the table then takes the NSM's
+    routes without theirs: ``channel.routes.enclave_routes``): a request that brings no
+    public_key of its own gets a document naming the enclave's default channel key (and its
     nonce is remembered), so every document the enclave hands out carries its channel key. A
     request with its own public_key is refused unless ``allow_caller_public_key`` (and a
-    channel-shaped one always is): see ``wire.server.check_caller_public_key``. PCR16 is settled
-    first, as ``nsm_handlers`` does (``wire.server.settle_caller_key_pcr``): with the opt-in every
+    channel-shaped one always is): see ``wire.routes.check_caller_public_key``. PCR16 is settled
+    first, as ``nsm_routes`` does (``wire.routes.settle_caller_key_pcr``): with the opt-in every
     document, the channel's own included, carries the caller-key mark and senders refuse it.
     """
     settle_caller_key_pcr(nsm, allow=allow_caller_public_key)
 
-    def channel_attest(request: Request) -> Response:
-        assert isinstance(request, ChannelAttestRequest)
+    def channel_attest(request: ChannelAttestRequest) -> Response:
         try:
             return handle_channel_attest(receiver, nsm, request)
         except ChannelError as exc:
             raise _refusal(exc) from None
 
-    def sealed_message(request: Request) -> Response:
-        assert isinstance(request, SealedMessageRequest)
+    def sealed_message(request: SealedMessageRequest) -> Response:
         try:
             return handle_sealed_message(receiver, request)
         except ChannelError as exc:
             raise _refusal(exc) from None
 
-    def attest(request: Request) -> Response:
-        assert isinstance(request, AttestRequest)
+    def attest(request: AttestRequest) -> Response:
         check_caller_public_key(request.public_key, allow=allow_caller_public_key)
         if request.public_key is not None:
             document = nsm.attestation(
@@ -365,13 +368,27 @@ def channel_handlers(
             )
         return AttestationResponse(document=document)
 
-    handlers: dict[str, RequestHandler] = {
-        ChannelAttestRequest.TYPE: channel_attest,
-        SealedMessageRequest.TYPE: sealed_message,
-    }
+    routes: list[Route[Any]] = [
+        Route(ChannelAttestRequest, channel_attest),
+        Route(SealedMessageRequest, sealed_message),
+    ]
     if key_in_attest:
-        handlers[AttestRequest.TYPE] = attest
-    return handlers
+        routes.insert(0, Route(AttestRequest, attest))
+    return Routes(routes)
+
+
+def channel_handlers(
+    receiver: ChannelReceiver,
+    nsm: ServingNsm,
+    *,
+    key_in_attest: bool = True,
+    allow_caller_public_key: bool = False,
+) -> dict[str, RequestHandler]:
+    """``channel_routes`` as the older dict of handlers (merged over ``nsm_handlers``' dict,
+    its ``attest`` replaces theirs; ``channel.routes.enclave_routes`` says so explicitly)."""
+    return channel_routes(
+        receiver, nsm, key_in_attest=key_in_attest, allow_caller_public_key=allow_caller_public_key
+    ).handlers()
 
 
 def _check_nonce(nonce: Any) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nitro_attest.attestation.document import DocumentKind
-from nitro_attest.attestation.policy import PcrSpec
+from nitro_attest.attestation.policy import PcrSpec, Policy
 from nitro_attest.attestation.verifier import At, VerifiedDocument, Verifier
 from nitro_attest.channel.keys import (
     ALL_SUITES,
@@ -141,10 +141,18 @@ def deliver_secret(
     at: At = None,
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
-    kind: DocumentKind | str = DocumentKind.ENCLAVE,
+    kind: DocumentKind | str | None = None,
+    policy: Policy | None = None,
     on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
+
+    The expectations are ``policy`` (PCR sets, kind, debug, max_age, user_data, which is also
+    sent in the request), or the older loose keywords (``expected_pcrs``, ``allow_debug``,
+    ``max_age``, ``user_data``, ``kind``; enclave when None), never both (PolicyError). Either
+    way the sender adds the delivery's fresh nonce and refuses an enclave that attests
+    caller-chosen keys; a policy naming a nonce or a public_key is refused (the nonce is the
+    sender's, the key the channel's).
 
     With ``signing_key`` (Ed25519 or P-256) the message is signed for an enclave that pins the
     matching public key (docs/channel.md, "Sender authentication").
@@ -157,24 +165,23 @@ def deliver_secret(
     ``on_send`` is called just before the sealed message goes out: from then on any way out,
     an interrupt or an unexpected error included, may leave the secret with the enclave.
     """
-    want = _preflight(secret, expected_pcrs, unsafe_any_enclave, suite)
+    expect = channel_policy(
+        policy,
+        expected_pcrs=expected_pcrs,
+        allow_debug=allow_debug,
+        max_age=max_age,
+        user_data=user_data,
+        kind=kind,
+        unsafe_any_enclave=unsafe_any_enclave,
+    )
+    want = _preflight(secret, suite)
     nonce = os.urandom(NONCE_BYTES)
     offer = _expect(
-        exchange(ChannelAttestRequest(nonce=nonce, suite=want.label, user_data=user_data)),
+        exchange(ChannelAttestRequest(nonce=nonce, suite=want.label, user_data=expect.user_data)),
         ChannelOfferResponse,
     )
     document, offered_key = offer.document, offer.public_key
-    verified = verifier.verify(
-        document,
-        at=at,
-        expected_pcrs=expected_pcrs,
-        nonce=nonce,
-        user_data=user_data,
-        max_age=max_age,
-        allow_debug=allow_debug,
-        kind=kind,
-        refuse_caller_keys=True,  # a key an oracle enclave named may be the parent's own
-    )
+    verified = verifier.verify(document, at=at, policy=expect.with_nonce(nonce))
     sealed = seal_for_document(
         verified, secret, nonce=nonce, suite=want, offered_key=offered_key
     )
@@ -200,16 +207,52 @@ def deliver_secret(
     return Receipt(verified, want, hashlib.sha256(secret).digest(), len(secret), signer)
 
 
-def _preflight(
-    secret: Any,
-    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None,
-    unsafe_any_enclave: bool,
-    suite: str | SuiteId,
-) -> SuiteId:
-    """Everything refused before the enclave is contacted; the suite to use."""
+def channel_policy(
+    policy: Policy | None,
+    *,
+    expected_pcrs: PcrSpec | Sequence[PcrSpec] | None = None,
+    allow_debug: bool = False,
+    max_age: float | None = None,
+    user_data: bytes | None = None,
+    kind: DocumentKind | str | None = None,
+    unsafe_any_enclave: bool = False,
+) -> Policy:
+    """The delivery's expectations as one Policy (refusing caller-key enclaves), checked
+    before the enclave is contacted: ``policy`` or the loose keywords, not both."""
+    loose = (expected_pcrs, max_age, user_data, kind)
+    if policy is not None:
+        if not isinstance(policy, Policy):
+            raise PolicyError(f"policy must be a Policy, got {type(policy).__name__}")
+        if any(v is not None for v in loose) or allow_debug:
+            raise PolicyError(
+                "give either policy= or the individual expectations (expected_pcrs, "
+                "allow_debug, max_age, user_data, kind), not both"
+            )
+        if policy.nonce is not None:
+            raise PolicyError("the sender picks each delivery's nonce: give a policy without one")
+        if policy.public_key is not None:
+            raise PolicyError(
+                "a channel document names the enclave's channel key: give a policy without "
+                "public_key"
+            )
+    else:
+        policy = Policy.build(
+            expected_pcrs=expected_pcrs,
+            user_data=user_data,
+            max_age=max_age,
+            allow_debug=allow_debug,
+            kind=DocumentKind.ENCLAVE if kind is None else kind,
+        )
+    if not policy.pcr_sets and not unsafe_any_enclave:
+        require_pcr_expectation(None, unsafe_any_enclave)
+    # A key an oracle enclave named may be the parent's own (attestation.caller_keys).
+    return policy.refusing_caller_keys()
+
+
+def _preflight(secret: Any, suite: str | SuiteId) -> SuiteId:
+    """The secret and the suite, refused before the enclave is contacted; the suite to use."""
     want = suite_of(suite)
     _check_secret(secret)
-    require_pcr_expectation(expected_pcrs, unsafe_any_enclave)
     require_suite_available(want)
     return want
 
@@ -277,16 +320,27 @@ def send_secret(
     max_age: float | None = None,
     user_data: bytes | None = None,
     signing_key: SenderPrivateKey | None = None,
-    kind: DocumentKind | str = DocumentKind.ENCLAVE,
+    kind: DocumentKind | str | None = None,
+    policy: Policy | None = None,
     on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
     ``root_pem=None`` trusts the embedded AWS Nitro root; give the simulator's root.pem to talk to
-    a simulated enclave. See ``deliver_secret`` for what is raised.
+    a simulated enclave. Expectations: ``policy`` or the loose keywords, as ``deliver_secret``
+    takes them; see it for what is raised.
     """
     verifier = Verifier(root_pem=root_pem)
-    want = _preflight(secret, expected_pcrs, unsafe_any_enclave, suite)  # before connecting
+    expect = channel_policy(  # before connecting
+        policy,
+        expected_pcrs=expected_pcrs,
+        allow_debug=allow_debug,
+        max_age=max_age,
+        user_data=user_data,
+        kind=kind,
+        unsafe_any_enclave=unsafe_any_enclave,
+    )
+    want = _preflight(secret, suite)
     try:
         connection = Connection(address, timeout=timeout)
     except ClientError as exc:  # unreachable; a malformed address stays an AddressError
@@ -296,13 +350,9 @@ def send_secret(
             ConnectionExchange(connection),
             secret,
             verifier=verifier,
-            expected_pcrs=expected_pcrs,
-            allow_debug=allow_debug,
             suite=want,
             unsafe_any_enclave=unsafe_any_enclave,
-            max_age=max_age,
-            user_data=user_data,
             signing_key=signing_key,
-            kind=kind,
+            policy=expect,
             on_send=on_send,
         )

@@ -115,6 +115,12 @@ def is_token(value: bytes) -> bool:
     return _TOKEN.match(value) is not None
 
 
+def is_field_value(value: bytes) -> bool:
+    """Whether ``value`` can be sent as a header value: no CR, LF, NUL or other control
+    character but tab."""
+    return _FIELD_VALUE.match(value) is not None
+
+
 def parse_connect(head: bytes) -> ConnectRequest:
     """Parse a complete head (ending with CRLF CRLF) into the target it asks for."""
     start, fields = split_fields(head)

@@ -1,11 +1,13 @@
-"""HTTP/1.1 messages for the attested HTTPS front and its client: heads, framing, chunked bodies.
+"""HTTP/1.1 messages for the attested HTTPS front and its client, and the enclave's KMS client:
+heads, framing, body caps, chunked bodies.
 
 Pure: bytes in, parsed heads and encoded bytes out. Request heads come from the network (through
 the parent): they are capped, checked line by line with ``codec.http``'s header rules, and every
 ambiguity a request smuggler relies on is refused (Content-Length with Transfer-Encoding, two
 Content-Lengths, a coding other than ``chunked``, a missing or doubled Host). Response heads come
-from the app (trusted) or, on the client, from an attested server before it is attested; both
-are capped and strictly framed too. Error messages never quote the message.
+from the app (trusted) or, on a client, from a server through the parent (an attested server
+before it is attested, KMS behind TLS); both are capped (``max_body`` included) and strictly
+framed too. Error messages never quote the message.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Literal
 from nitro_attest.codec.http import (
     HandshakeError,
     header_field,
+    is_field_value,
     is_token,
     split_fields,
 )
@@ -201,10 +204,12 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
 
 
 def parse_response_head(
-    head: bytes, *, request_method: str, limit: int, max_lines: int
+    head: bytes, *, request_method: str, limit: int, max_lines: int, max_body: int | None = None
 ) -> ResponseHead:
     """A complete response head to a ``request_method`` request; its body's framing follows the
-    RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close)."""
+    RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close).
+    ``max_body`` refuses a declared Content-Length above it (a chunked or read-to-close body is
+    capped by its reader: ``ChunkedDecoder(max_body=...)``)."""
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     status_match = _STATUS.match(start)
     if status_match is None:
@@ -222,6 +227,8 @@ def parse_response_head(
     else:
         framed = _body_framing(found, version)
         framing = framed if framed is not None else ("close", 0)
+        if max_body is not None and framing[1] > max_body:
+            raise HandshakeError(502, f"a body of {framing[1]} bytes, more than {max_body}")
     if framing[0] == "close":
         keep_alive = False
     return ResponseHead(status, version, headers, framing[0], framing[1], keep_alive)
@@ -340,6 +347,29 @@ def request_head(
     return _join(f"{method} {target} HTTP/1.1".encode("ascii"), fields)
 
 
+def checked_request_head(
+    method: str, target: str, headers: Sequence[tuple[str, str]], *, length: int | None
+) -> bytes:
+    """A client's request head from text parts sent as given (Host among ``headers``: a signed
+    request carries exactly what was signed); ``length`` None means no body. A part that could
+    break the framing (a method or name that is not a token, a target not in origin-form, CR, LF
+    or another control character, non-ASCII) is HandshakeError(400), naming no value."""
+    try:
+        method_b, target_b = method.encode("ascii"), target.encode("ascii")
+        fields = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers]
+    except UnicodeEncodeError:
+        raise HandshakeError(400, "non-ASCII request part") from None
+    if not is_token(method_b) or not _TARGET.match(target_b):
+        raise HandshakeError(400, "malformed request line")
+    for name, value in fields:
+        if not is_token(name) or not is_field_value(value):
+            raise HandshakeError(400, "a header that cannot be sent (bad name or control "
+                                 "character)")
+    if length is not None:
+        fields.append((b"Content-Length", str(length).encode()))
+    return _join(method_b + b" " + target_b + b" HTTP/1.1", fields)
+
+
 def chunk(data: bytes | memoryview) -> bytes:
     """One chunk of a chunked body (never empty: the empty chunk ends the body)."""
     return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
@@ -356,16 +386,20 @@ class ChunkedDecoder:
 
     ``done`` once the last chunk and the trailer section were read; ``feed`` then returns the
     bytes past the body's end as ``rest`` (the next message's, on a kept-alive connection).
-    Trailer fields are checked for syntax and dropped. Raises HandshakeError(400) when malformed.
+    Trailer fields are checked for syntax and dropped. Raises HandshakeError(400) when malformed,
+    (413) once the chunk sizes add up to more than ``max_body`` (checked at each size line,
+    before the data arrives).
     """
 
-    __slots__ = ("_line", "_need", "_state", "_trailer", "done")
+    __slots__ = ("_line", "_max_body", "_need", "_state", "_total", "_trailer", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_body: int | None = None) -> None:
         self._state = "size"  # size, data, data_end, trailer
         self._need = 0
         self._line = bytearray()
         self._trailer = 0
+        self._max_body = max_body
+        self._total = 0
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[bytes], bytes]:
@@ -409,6 +443,9 @@ class ChunkedDecoder:
             if not _HEX.match(size_text):
                 raise HandshakeError(400, "malformed chunk size")
             self._need = int(size_text, 16)
+            self._total += self._need
+            if self._max_body is not None and self._total > self._max_body:
+                raise HandshakeError(413, f"chunked body longer than {self._max_body} bytes")
             self._state = "data" if self._need else "trailer"
         else:  # trailer
             if not text:

@@ -39,6 +39,10 @@ MAX_RESPONSE_HEAD = 64 * 1024
 PIECE = 64 * 1024
 
 
+class NotListeningError(TransportError):
+    """Nothing listens at the server's address (yet): no byte was sent, so retrying is safe."""
+
+
 @dataclass(frozen=True, slots=True)
 class Url:
     host: str
@@ -144,6 +148,8 @@ class AttestedConnection:
         where = self.url.authority
         try:
             raw = socket.create_connection((self.url.host, self.url.port), timeout=self._timeout)
+        except ConnectionRefusedError as exc:
+            raise NotListeningError(f"{where}: cannot connect: {_describe(exc)}") from None
         except OSError as exc:
             raise TransportError(f"{where}: cannot connect: {_describe(exc)}") from None
         # The TLS Finished and the attestation request leave back to back: without NODELAY the

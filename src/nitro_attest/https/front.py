@@ -43,17 +43,11 @@ from nitro_attest.codec.http1 import (
     simple_response,
 )
 from nitro_attest.errors import ConfigurationError, NsmError, TransportError
-from nitro_attest.https.defaults import (
-    DEFAULT_APP_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_LINES,
-)
+from nitro_attest.https.defaults import DEFAULT_APP_TIMEOUT
 from nitro_attest.https.identity import TlsIdentity
 from nitro_attest.https.well_known import DOCUMENT_TYPE, MAX_NONCE, MIN_NONCE, WELL_KNOWN
 from nitro_attest.nsm.backend import NsmBackend
+from nitro_attest.server_limits import HTTPS_LIMITS, Limits
 from nitro_attest.wire.transport import Address, listening_socket
 
 log = logging.getLogger("nitro_attest.https")
@@ -65,13 +59,38 @@ _NONCE = re.compile(r"nonce=([0-9a-fA-F]*)\Z")
 
 @dataclass(frozen=True, slots=True)
 class FrontConfig:
+    """The app behind the front, and the front's ``Limits`` (read here: max_connections,
+    header_timeout, idle_timeout, max_header_bytes, max_header_lines, drain_timeout)."""
+
     app: Address
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_header_lines: int = DEFAULT_MAX_HEADER_LINES
+    limits: Limits = HTTPS_LIMITS
     app_timeout: float = DEFAULT_APP_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise ConfigurationError("limits must be a nitro_attest.server_limits.Limits")
+        if not self.app_timeout > 0:
+            raise ConfigurationError("app_timeout must be a positive number of seconds")
+
+    @property
+    def max_connections(self) -> int:
+        return self.limits.max_connections
+
+    @property
+    def header_timeout(self) -> float:
+        return self.limits.header_timeout
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.limits.max_header_bytes
+
+    @property
+    def max_header_lines(self) -> int:
+        return self.limits.max_header_lines
 
 
 class RequestLog(Protocol):

@@ -43,24 +43,16 @@ from nitro_attest.proxy.dial import (
 from nitro_attest.proxy.hosts import HostSyntaxError, parse_host
 from nitro_attest.proxy.idle import IdleWatch
 from nitro_attest.proxy.pump import HAVE_SPLICE, IDLE_TICKS, PipePool, Tunnel
+from nitro_attest.server_limits import PROXY_LIMITS, Limits
 from nitro_attest.wire.transport import Address, bound_address, listening_socket
 
 log = logging.getLogger("nitro_attest.proxy")
 
-DEFAULT_MAX_CONNECTIONS = 1024
-DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-DEFAULT_DRAIN_TIMEOUT = 10.0
+DEFAULT_DRAIN_TIMEOUT = PROXY_LIMITS.drain_timeout
 _ACCEPTS_PER_WAKEUP = 64
 _LINGER_SECONDS = 1.0  # after an error answer, read and drop input briefly so the answer arrives
 _LINGER_BYTES = 1 << 16
-
-
-def default_max_per_peer(max_connections: int) -> int:
-    """A quarter of the connections: one client (one IP, CID or uid) cannot hold every slot,
-    and an enclave's own outbound connections (one CID) still get hundreds at the default."""
-    return max(1, max_connections // 4)
 
 
 class ProxyConfigError(UsageError):
@@ -73,12 +65,28 @@ class ProxyConfig:
     target: Address | None  # None: speak HTTP CONNECT
     allowlist: Allowlist | None = None
     unsafe_any_host: bool = False
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_per_peer: int | None = None  # None: default_max_per_peer(max_connections); 0: no limit
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    # Read here: max_connections, max_per_peer, idle_timeout, header_timeout (the CONNECT
+    # handshake), drain_timeout (the CLI's SIGTERM). Checked by Limits itself.
+    limits: Limits = PROXY_LIMITS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     splice: bool = True
+
+    @property
+    def max_connections(self) -> int:
+        return self.limits.max_connections
+
+    @property
+    def max_per_peer(self) -> int:
+        """Connections from one IP, CID or uid (0: no limit; a quarter by default)."""
+        return self.limits.per_peer
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.limits.header_timeout
 
     @property
     def outbound(self) -> bool:
@@ -88,15 +96,10 @@ class ProxyConfig:
         return self.listen.scheme == "vsock" and self.target.scheme == "tcp"
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ProxyConfigError("--max-connections must be at least 1")
-        if self.max_per_peer is None:
-            object.__setattr__(self, "max_per_peer", default_max_per_peer(self.max_connections))
-        elif self.max_per_peer < 0:
-            raise ProxyConfigError("--max-per-peer must be 0 (no limit) or more")
-        for name in ("idle_timeout", "connect_timeout", "handshake_timeout"):
-            if not getattr(self, name) > 0:
-                raise ProxyConfigError(f"--{name.replace('_', '-')} must be a positive number")
+        if not isinstance(self.limits, Limits):
+            raise ProxyConfigError("limits must be a nitro_attest.server_limits.Limits")
+        if not self.connect_timeout > 0:
+            raise ProxyConfigError("--connect-timeout must be a positive number")
         if self.allowlist is not None and self.unsafe_any_host:
             raise ProxyConfigError("--allowlist and --unsafe-any-host contradict each other")
         if self.outbound and self.allowlist is None and not self.unsafe_any_host:

@@ -32,6 +32,7 @@ from starlette.routing import Match
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.errors import PolicyError
+from nitro_attest.server_limits import SERVICE_LIMITS
 from nitro_attest.service.api_shapes import (
     API,
     EVIDENCE_MEDIA_TYPE,
@@ -80,7 +81,7 @@ class ServiceConfig:
     clock_skew: float = 60.0
     """How far the enclave's (NSM's) clock may be behind the service's: a document made before
     its session began, less this, is contraindicated (an old document, replayed)."""
-    body_timeout: float = 10.0
+    body_timeout: float = SERVICE_LIMITS.header_timeout  # the evidence body, once the head came
     handle_sighup: bool = False
     log_format: str = "text"  # or "json" (nitro_attest.logs); times in UTC either way
     policies: PolicySet | None = None

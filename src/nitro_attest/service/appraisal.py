@@ -17,18 +17,21 @@ docs/service.md gives the trustworthiness-vector mapping.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, signs_caller_keys
 from nitro_attest.attestation.document import AttestationDocument
+from nitro_attest.attestation.report import CheckResult
 from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.errors import Check
 from nitro_attest.service.policies import NamedPolicy
 
 REQUIRED = (
-    "format", "cose_signature", "certificate_chain", "document_kind", "debug_mode", "pcrs", "nonce",
-    "session_time", "caller_key_mark",
+    Check.FORMAT, Check.COSE_SIGNATURE, Check.CERTIFICATE_CHAIN, Check.DOCUMENT_KIND,
+    Check.DEBUG_MODE, Check.PCRS, Check.NONCE, Check.SESSION_TIME, Check.CALLER_KEY_MARK,
 )  # fmt: skip
 NOT_AUTHENTICATED = "not run: document not authenticated"
 
@@ -61,11 +64,10 @@ def appraise(
 ) -> Appraisal:
     """``not_before``: the session's start less the clock skew (seconds since the epoch)."""
     report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
-    checks = [c.to_json() for c in report.checks]
-    checks += service_checks(report.document, not_before)
-    required = (*REQUIRED, "freshness") if policy.max_age is not None else REQUIRED
-    outcome = {c["name"]: c["ok"] for c in checks}
-    failed = next((c["name"] for c in checks if c["ok"] is False), None)
+    results = (*report.checks, *service_checks(report.document, not_before))
+    required = (*REQUIRED, Check.FRESHNESS) if policy.max_age is not None else REQUIRED
+    outcome = {Check(c.name): c.ok for c in results}
+    failed = next((c.name for c in results if c.ok is False), None)
     if failed is None:
         failed = next((name for name in required if outcome.get(name) is not True), None)
     doc = report.document  # None unless the signature and the chain verified
@@ -80,8 +82,8 @@ def appraise(
         error: dict[str, str] | None = {"check": report.error.check,
                                         "message": report.error.message}  # fmt: skip
     elif failed is not None:
-        detail = next((c["detail"] for c in checks if c["name"] == failed), "not checked")
-        error = {"check": failed, "message": detail}
+        detail = next((c.detail for c in results if c.name == failed), "not checked")
+        error = {"check": str(failed), "message": detail}
     else:
         error = None
     annotated: dict[str, Any] = {
@@ -90,68 +92,70 @@ def appraise(
         "timestamp": doc.timestamp.isoformat().replace("+00:00", "Z") if doc else None,
         "pcrs": {str(i): v.hex() for i, v in doc.pcrs.items()} if doc else None,
         "document_sha256": hashlib.sha256(document).hexdigest(),
-        "checks": checks,
+        "checks": [c.to_json() for c in results],
         "error": error,
         "verified_at": report.at.isoformat() if report.at else None,
     }
-    return Appraisal(status, trust_vector(outcome, debug, policy), annotated, failed)
+    failed_name = None if failed is None else str(failed)
+    return Appraisal(status, trust_vector(outcome, debug, policy), annotated, failed_name)
 
 
 def trust_vector(
-    outcome: dict[str, bool | None], debug: bool, policy: NamedPolicy
+    outcome: Mapping[Check, bool | None], debug: bool, policy: NamedPolicy
 ) -> dict[str, int]:
     """AR4SI claims for what a Nitro document proves; categories it says nothing about are left
     out. Claims read from the payload count only once the signature and chain hold."""
-    if outcome.get("format") is not True:
+    if outcome.get(Check.FORMAT) is not True:
         return {"instance-identity": UNEXPECTED_EVIDENCE, "hardware": UNEXPECTED_EVIDENCE}
-    if outcome.get("cose_signature") is False:
+    if outcome.get(Check.COSE_SIGNATURE) is False:
         return {"instance-identity": CRYPTO_VALIDATION_FAILED,
                 "hardware": CRYPTO_VALIDATION_FAILED}  # fmt: skip
-    if outcome.get("certificate_chain") is not True or outcome.get("cose_signature") is not True:
+    authentic = (outcome.get(Check.CERTIFICATE_CHAIN), outcome.get(Check.COSE_SIGNATURE))
+    if authentic != (True, True):
         return {"instance-identity": UNRECOGNIZED_INSTANCE, "hardware": UNRECOGNIZED_HARDWARE}
     vector = {"instance-identity": TRUSTWORTHY_INSTANCE, "hardware": GENUINE_HARDWARE}
-    if outcome.get("debug_mode") is False or outcome.get("caller_key_mark") is False:
+    if outcome.get(Check.DEBUG_MODE) is False or outcome.get(Check.CALLER_KEY_MARK) is False:
         vector["configuration"] = UNSUPPORTABLE_CONFIG
     elif debug:
         vector["configuration"] = UNSAFE_CONFIG
-    elif outcome.get("debug_mode") is True:
+    elif outcome.get(Check.DEBUG_MODE) is True:
         vector["configuration"] = APPROVED_CONFIG
-    if outcome.get("pcrs") is True and not debug:
+    if outcome.get(Check.PCRS) is True and not debug:
         vector["executables"] = APPROVED_RUNTIME
-    elif outcome.get("pcrs") is False or debug:
+    elif outcome.get(Check.PCRS) is False or debug:
         vector["executables"] = UNRECOGNIZED_RUNTIME
-    if outcome.get("document_kind") is True and policy.kind == "enclave" and not debug:
+    if outcome.get(Check.DOCUMENT_KIND) is True and policy.kind == "enclave" and not debug:
         vector["runtime-opaque"] = ISOLATED_MEMORY
     return vector
 
 
-def service_checks(doc: AttestationDocument | None, not_before: float) -> list[dict[str, Any]]:
-    """The service's checks beyond the verifier's, in its report's shape; not run (``ok`` None)
-    on a document whose signature or chain failed."""
+def service_checks(doc: AttestationDocument | None, not_before: float) -> list[CheckResult]:
+    """The service's checks beyond the verifier's, as the report's results; not run (``ok``
+    None) on a document whose signature or chain failed."""
     if doc is None:
-        return [{"name": name, "ok": None, "detail": NOT_AUTHENTICATED}
-                for name in ("session_time", "caller_key_mark")]  # fmt: skip
+        return [CheckResult(name, None, NOT_AUTHENTICATED)
+                for name in (Check.SESSION_TIME, Check.CALLER_KEY_MARK)]  # fmt: skip
     made = doc.timestamp_ms / 1000
     if made < not_before:
-        time_check = {"name": "session_time", "ok": False, "detail": (
+        time_check = CheckResult(Check.SESSION_TIME, False, (
             f"document made at {_utc(made)}, before the session began (less the clock skew, "
-            f"{_utc(not_before)}): an old document")}  # fmt: skip
+            f"{_utc(not_before)}): an old document"))  # fmt: skip
     else:
-        time_check = {"name": "session_time", "ok": True,
-                      "detail": f"made at {_utc(made)}, after the session began (less the skew)"}
+        time_check = CheckResult(Check.SESSION_TIME, True,
+                                 f"made at {_utc(made)}, after the session began (less the skew)")
     if CALLER_KEY_PCR not in doc.pcrs:
         # Unlocked, so absent: an enclave that signs caller-chosen keys locks it marked before
         # the opt-in takes effect (attestation/caller_keys.py), and the image that would do so
         # is the one PCR0 measures: absence says this image never opted in.
-        mark = {"name": "caller_key_mark", "ok": True,
-                "detail": f"PCR{CALLER_KEY_PCR} not locked: no caller-key mark"}
+        mark = CheckResult(Check.CALLER_KEY_MARK, True,
+                           f"PCR{CALLER_KEY_PCR} not locked: no caller-key mark")
     elif signs_caller_keys(doc.pcrs):  # marked, or any value but the pristine one
-        mark = {"name": "caller_key_mark", "ok": False, "detail": (
+        mark = CheckResult(Check.CALLER_KEY_MARK, False, (
             f"PCR{CALLER_KEY_PCR} is not pristine: the enclave may sign public keys its callers "
-            "chose (serve --allow-caller-public-key), so no key it names is the enclave's")}
+            "chose (serve --allow-caller-public-key), so no key it names is the enclave's"))
     else:
-        mark = {"name": "caller_key_mark", "ok": True,
-                "detail": f"PCR{CALLER_KEY_PCR} pristine: no caller-key mark"}
+        mark = CheckResult(Check.CALLER_KEY_MARK, True,
+                           f"PCR{CALLER_KEY_PCR} pristine: no caller-key mark")
     return [time_check, mark]
 
 

@@ -28,12 +28,13 @@ import uvicorn
 
 from nitro_attest.errors import PolicyError
 from nitro_attest.logs import uvicorn_log_config
+from nitro_attest.server_limits import SERVICE_LIMITS
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
 from nitro_attest.service.policies import load_policies
 
 log = logging.getLogger("nitro_attest.service")
-GRACE_SECONDS = 10
+GRACE_SECONDS = int(SERVICE_LIMITS.drain_timeout)
 
 
 def _uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Config:
@@ -47,7 +48,8 @@ def _uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Conf
         log_level="info",
         log_config=uvicorn_log_config(config.log_format),
         timeout_graceful_shutdown=GRACE_SECONDS,
-        limit_concurrency=1024,
+        limit_concurrency=SERVICE_LIMITS.max_connections,
+        timeout_keep_alive=int(SERVICE_LIMITS.idle_timeout),  # uvicorn's own default, said here
     )
 
 

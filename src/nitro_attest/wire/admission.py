@@ -20,20 +20,18 @@ from __future__ import annotations
 import resource
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from nitro_attest.server_limits import SERVE_LIMITS, Limits
 
 IDLE = "idle"
 FRAME = "frame"
 STALLED = "stalled"
 WAITING_STATES = (IDLE, FRAME, STALLED)
 
-DEFAULT_IDLE_TIMEOUT = 30.0
-DEFAULT_FRAME_DEADLINE = 5.0
-DEFAULT_WRITE_TIMEOUT = 10.0
-DEFAULT_SHED_GRACE = 0.5
-# An idle connection costs ~2 KB of server RSS and ~2 KB of kernel socket (docs/protocol.md); the
-# cap bounds the worst case, every slot mid-frame holding up to 64 KiB: 64 MiB.
-DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_IDLE_TIMEOUT = SERVE_LIMITS.idle_timeout
+DEFAULT_FRAME_DEADLINE = SERVE_LIMITS.frame_deadline
+DEFAULT_WRITE_TIMEOUT = SERVE_LIMITS.write_timeout
+DEFAULT_SHED_GRACE = SERVE_LIMITS.shed_grace
 LISTEN_BACKLOG = socket.SOMAXCONN
 # Connections asyncio accepts per readiness event: reads of connected clients interleave with a
 # connect flood instead of waiting behind thousands of accepts.
@@ -43,34 +41,18 @@ ACCEPT_BATCH = 128
 FD_HEADROOM = ACCEPT_BATCH + 128
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    frame_deadline: float = DEFAULT_FRAME_DEADLINE
-    write_timeout: float = DEFAULT_WRITE_TIMEOUT
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    shed_grace: float = DEFAULT_SHED_GRACE
+def timeout_of(limits: Limits, state: str) -> float:
+    """How long a connection may wait in ``state``."""
+    if state == IDLE:
+        return limits.idle_timeout
+    if state == FRAME:
+        return limits.frame_deadline
+    return limits.write_timeout
 
-    def __post_init__(self) -> None:
-        for name in ("idle_timeout", "frame_deadline", "write_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
-        if self.max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        if self.shed_grace < 0:
-            raise ValueError("shed_grace must not be negative")
 
-    def timeout_of(self, state: str) -> float:
-        if state == IDLE:
-            return self.idle_timeout
-        if state == FRAME:
-            return self.frame_deadline
-        return self.write_timeout
-
-    @property
-    def sweep_interval(self) -> float:
-        """How often deadlines are checked: a deadline is enforced at most this late."""
-        return min(1.0, max(0.02, min(self.frame_deadline, self.idle_timeout) / 8))
+def sweep_interval(limits: Limits) -> float:
+    """How often deadlines are checked: a deadline is enforced at most this late."""
+    return min(1.0, max(0.02, min(limits.frame_deadline, limits.idle_timeout) / 8))
 
 
 class Member:
@@ -134,7 +116,7 @@ class ConnectionTable:
         """Connections whose state's deadline has passed (each list is oldest first)."""
         out: list[Member] = []
         for state, members in self._states.items():
-            limit = now - self.limits.timeout_of(state)
+            limit = now - timeout_of(self.limits, state)
             for member in members:
                 if member.since > limit:
                     break

@@ -1,0 +1,356 @@
+"""``KmsClient``: AWS KMS called from inside the enclave, with a Recipient.
+
+For Decrypt, GenerateDataKey, GenerateDataKeyPair, GenerateRandom and DeriveSharedSecret the
+client asks the NSM for a document naming its own RSA-2048 key (made in this process, per client
+or per call; its SubjectPublicKeyInfo goes into the document's ``public_key`` by this code, not
+through the server's caller-key path; PCR16 locked first so the document shows the enclave signs
+no caller-chosen keys, ``lock_caller_key_pcr``), sends it as ``Recipient``, and opens the
+``CiphertextForRecipient`` KMS returns. The request is KMS's JSON 1.1 protocol signed with SigV4;
+it travels through the route over TLS that ends here (``kms.https``). A Recipient answer that
+carries a plaintext field itself, or lacks the envelope, is refused: KMS never sends one.
+
+Results are ``KmsResult``: ``fields`` is the JSON KMS would have answered without a Recipient
+(binary fields base64, the plaintext field filled from the envelope), what the AWS CLI prints;
+``secret`` is the raw plaintext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR
+from nitro_attest.attestation.untrusted_text import escape_untrusted
+from nitro_attest.errors import ConfigurationError, TransportError, UsageError
+from nitro_attest.kms.credentials import CredentialSource
+from nitro_attest.kms.envelope import open_envelope
+from nitro_attest.kms.https import (
+    DEFAULT_TIMEOUT,
+    Answer,
+    Connection,
+    default_endpoint,
+    parse_endpoint,
+    tls_context,
+)
+from nitro_attest.kms.route import Route, parse_route
+from nitro_attest.kms.sigv4 import Credentials, sign_request
+from nitro_attest.nsm.backend import NsmBackend
+
+# The operations that take a Recipient, and the field its envelope stands for.
+RECIPIENT_OPERATIONS: dict[str, str] = {
+    "Decrypt": "Plaintext",
+    "GenerateDataKey": "Plaintext",
+    "GenerateDataKeyPair": "PrivateKeyPlaintext",
+    "GenerateRandom": "Plaintext",
+    "DeriveSharedSecret": "SharedSecret",
+}
+KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_IDLE_CONNECTIONS = 4
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,4}\Z")
+_OPERATION = re.compile(r"[A-Z][A-Za-z]{1,63}\Z")
+
+
+class KmsError(TransportError):
+    """KMS answered with an error: ``code`` is its ``__type`` (without a namespace), ``status``
+    the HTTP status. ``str()`` is one line: ``code: message``."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.kms_message = message
+        self.status = status
+
+
+class KmsResponseError(TransportError):
+    """An answer that is not what KMS sends (not JSON, no envelope, a plaintext beside one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KmsResult:
+    """One call's answer: ``fields`` as KMS would have sent them without a Recipient (binary
+    fields base64, the plaintext field filled in), what the AWS CLI prints; ``secret`` the raw
+    plaintext (``None`` for operations without one)."""
+
+    operation: str
+    fields: dict[str, Any]
+    secret: bytes | None = None
+
+
+class RecipientKey:
+    """An RSA-2048 key made in this process; the private half never leaves it."""
+
+    __slots__ = ("private_key", "spki")
+
+    def __init__(self) -> None:
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.spki = self.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+class KmsClient:
+    """AWS KMS with attestation, from the enclave. Thread-safe; keeps connections alive."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        nsm: NsmBackend,
+        credentials: Credentials | CredentialSource,
+        endpoint: str | None = None,
+        via: Route | str | None = None,
+        ca_bundle: str | Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        insecure_http: bool = False,
+        key_per_call: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not _REGION.match(region):
+            raise ConfigurationError(f"--region {region[:40]!r}: not an AWS region name")
+        self.region = region
+        self.endpoint = parse_endpoint(endpoint or default_endpoint(region),
+                                       insecure_http=insecure_http)
+        self.route = via if isinstance(via, Route) else parse_route(via)
+        self._context = None
+        if self.endpoint.tls:
+            self._context = tls if tls is not None else tls_context(ca_bundle)
+        self._nsm = nsm
+        lock_caller_key_pcr(nsm)
+        self._credentials: CredentialSource = (
+            (lambda: credentials) if isinstance(credentials, Credentials) else credentials
+        )
+        self._key_per_call = key_per_call
+        self._key = None if key_per_call else RecipientKey()
+        self._timeout = timeout
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+        self._nsm_lock = threading.Lock()
+        self._idle: list[Connection] = []
+
+    # --- the five Recipient operations, shaped like boto3's ------------------------------------
+
+    def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        *,
+        key_id: str | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+        encryption_algorithm: str | None = None,
+        grant_tokens: list[str] | None = None,
+    ) -> KmsResult:
+        """Decrypt; ``secret`` is the Plaintext, opened from the envelope to this key."""
+        body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext_blob)}
+        _put(body, "KeyId", key_id)
+        _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
+        _put(body, "EncryptionAlgorithm", encryption_algorithm)
+        _put(body, "GrantTokens", grant_tokens)
+        return self.call("Decrypt", body)
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        *,
+        key_spec: str | None = None,
+        number_of_bytes: int | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> KmsResult:
+        """GenerateDataKey (``key_spec`` or ``number_of_bytes``); ``secret`` is the Plaintext,
+        ``fields["CiphertextBlob"]`` its encrypted copy."""
+        if (key_spec is None) == (number_of_bytes is None):
+            raise UsageError("generate_data_key needs exactly one of key_spec, number_of_bytes")
+        body: dict[str, Any] = {"KeyId": key_id}
+        _put(body, "KeySpec", key_spec)
+        _put(body, "NumberOfBytes", number_of_bytes)
+        _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
+        return self.call("GenerateDataKey", body)
+
+    def generate_data_key_pair(
+        self,
+        key_id: str,
+        key_pair_spec: str,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> KmsResult:
+        """GenerateDataKeyPair; ``secret`` is the PrivateKeyPlaintext (PKCS#8 DER)."""
+        body: dict[str, Any] = {"KeyId": key_id, "KeyPairSpec": key_pair_spec}
+        _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
+        return self.call("GenerateDataKeyPair", body)
+
+    def generate_random(self, number_of_bytes: int) -> KmsResult:
+        """GenerateRandom; ``secret`` holds the bytes."""
+        return self.call("GenerateRandom", {"NumberOfBytes": number_of_bytes})
+
+    def derive_shared_secret(
+        self, key_id: str, public_key: bytes, *, key_agreement_algorithm: str = "ECDH"
+    ) -> KmsResult:
+        """DeriveSharedSecret with the peer's ``public_key`` (SubjectPublicKeyInfo DER);
+        ``secret`` is the SharedSecret."""
+        return self.call("DeriveSharedSecret", {
+            "KeyId": key_id, "KeyAgreementAlgorithm": key_agreement_algorithm,
+            "PublicKey": _b64(public_key),
+        })
+
+    # --- any operation -------------------------------------------------------------------------
+
+    def call(self, operation: str, body: Mapping[str, Any]) -> KmsResult:
+        """Send ``operation`` with ``body`` (KMS's JSON, binary fields base64). For the five
+        Recipient operations a Recipient is added (replacing any given) and the envelope opened;
+        other operations go as they are, signed."""
+        if not _OPERATION.match(operation):
+            raise UsageError(f"{operation[:64]!r} is not a KMS operation name")
+        request = dict(body)
+        field = RECIPIENT_OPERATIONS.get(operation)
+        key = None
+        if field is not None:
+            key = self._key or RecipientKey()
+            request["Recipient"] = {
+                "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+                "AttestationDocument": _b64(self._document(key)),
+            }
+        payload = json.dumps(request, separators=(",", ":")).encode("utf-8")
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise UsageError(f"{operation} request of {len(payload)} bytes, more than "
+                             f"{MAX_REQUEST_BYTES}")
+        answer = self._send(operation, payload)
+        fields = _answer_fields(answer)
+        if key is None or field is None:
+            return KmsResult(operation, fields)
+        return self._open(operation, field, fields, key)
+
+    def _document(self, key: RecipientKey) -> bytes:
+        with self._nsm_lock:  # one NSM (one /dev/nsm descriptor) for every thread
+            return self._nsm.attestation(public_key=key.spki)
+
+    def _send(self, operation: str, payload: bytes) -> Answer:
+        headers = [
+            ("Host", self.endpoint.host_header),
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", f"TrentService.{operation}"),
+        ]
+        headers += sign_request(
+            "POST", "/", [], headers, payload, self._credentials(),
+            region=self.region, service="kms", when=self._clock(),
+        )
+        connection = self._acquire()
+        try:
+            answer = connection.request("POST", "/", headers, payload)
+        except BaseException:
+            connection.close()
+            raise
+        self._release(connection)
+        return answer
+
+    def _open(
+        self, operation: str, field: str, fields: dict[str, Any], key: RecipientKey
+    ) -> KmsResult:
+        envelope_text = fields.pop("CiphertextForRecipient", None)
+        if fields.get(field) is not None:
+            raise KmsResponseError(f"{operation}: the answer to a Recipient request carries "
+                                   f"{field} itself; KMS never does (refused)")
+        if not isinstance(envelope_text, str) or not envelope_text:
+            raise KmsResponseError(f"{operation}: the answer has no CiphertextForRecipient")
+        try:
+            envelope = base64.b64decode(envelope_text, validate=True)
+        except (binascii.Error, ValueError):
+            raise KmsResponseError(f"{operation}: CiphertextForRecipient is not base64") from None
+        secret = open_envelope(envelope, key.private_key)
+        fields[field] = _b64(secret)
+        return KmsResult(operation, fields, secret)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _acquire(self) -> Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return Connection(self.endpoint, self.route, self._context, timeout=self._timeout)
+
+    def _release(self, connection: Connection) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close the kept-alive connections (the NSM stays open: it is the caller's)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def __enter__(self) -> KmsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_caller_key_pcr(nsm: NsmBackend) -> None:
+    """Lock PCR16 (``caller_keys.CALLER_KEY_PCR``) as it stands, so every document names it.
+
+    Key policies from ``kms policy`` pin it to all zero: the enclave never let callers choose the
+    keys it attests. Locked already (by ``serve``, marked or not) it stays as it is; unlocked, it
+    is locked now, pristine unless something extended it, and a later
+    ``serve --allow-caller-public-key`` in this enclave can no longer mark it: fail closed.
+    """
+    if not nsm.describe_pcr(CALLER_KEY_PCR).locked:
+        nsm.lock_pcr(CALLER_KEY_PCR)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _put(body: dict[str, Any], name: str, value: Any) -> None:
+    if value is not None:
+        body[name] = value
+
+
+def _answer_fields(answer: Answer) -> dict[str, Any]:
+    """The JSON object of a 200 answer; a ``KmsError`` for KMS's error answers."""
+    try:
+        decoded = json.loads(answer.body) if answer.body else None
+    except (ValueError, RecursionError):
+        decoded = None
+    if answer.status != 200:
+        raise _error(answer.status, decoded)
+    if not isinstance(decoded, dict):
+        raise KmsResponseError("KMS's answer is not a JSON object")
+    return decoded
+
+
+def _error(status: int, decoded: Any) -> KmsError:
+    """KMS's ``{"__type": ..., "message": ...}`` (botocore also reads ``Message``), one line."""
+    code = message = ""
+    if isinstance(decoded, dict):
+        raw_type = decoded.get("__type")
+        raw_message = decoded.get("message", decoded.get("Message"))
+        code = raw_type.rpartition("#")[2] if isinstance(raw_type, str) else ""
+        message = raw_message if isinstance(raw_message, str) else ""
+    code = escape_untrusted(code[:128]) or f"HTTP{status}"
+    return KmsError(code, escape_untrusted(message[:500]), status)
+
+
+__all__ = [
+    "RECIPIENT_OPERATIONS",
+    "KmsClient",
+    "KmsError",
+    "KmsResponseError",
+    "KmsResult",
+    "RecipientKey",
+]

@@ -1,0 +1,292 @@
+"""HTTPS to KMS with TLS ending in the enclave: stdlib ``ssl`` and a strict HTTP/1.1 exchange
+(``codec.http1``) over a socket the route dials (no botocore, no httpx in the enclave; not
+http.client either, which cost 5-6x the CPU per exchange: docs/kms.md, "Speed").
+
+The certificate is checked against the CA bundle the image carries (``--ca-bundle``; default
+certifi's, from the ``kms`` extra), with the endpoint's host name, before a byte of the request is
+written: ``connect`` completes the handshake first. One ``Connection`` is one kept-alive
+connection; a request on a connection the far side has meanwhile closed is sent again once on a
+fresh one. Answers are capped before they are read whole: the head (``MAX_ANSWER_HEAD``,
+``MAX_ANSWER_LINES``) and the body (``MAX_RESPONSE_BYTES``, declared or chunked).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from nitro_attest.codec.http import HandshakeError, find_head_end
+from nitro_attest.codec.http1 import (
+    ChunkedDecoder,
+    Header,
+    ResponseHead,
+    checked_request_head,
+    parse_response_head,
+)
+from nitro_attest.errors import ConfigurationError, TransportError
+from nitro_attest.kms.route import Route
+
+MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is ~10 KiB
+MAX_ANSWER_HEAD = 16 * 1024
+MAX_ANSWER_LINES = 100
+DEFAULT_TIMEOUT = 10.0
+# A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
+_CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: str  # https, or http with --insecure-http
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host_header}"
+
+
+def default_endpoint(region: str) -> str:
+    return f"https://kms.{region}.amazonaws.com"
+
+
+def parse_endpoint(url: str, *, insecure_http: bool = False) -> Endpoint:
+    """``https://HOST[:PORT]`` (or ``http://`` only with ``insecure_http``); no path, query,
+    user or fragment: KMS's JSON protocol posts to ``/``."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"--endpoint {url[:100]!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise ConfigurationError(f"--endpoint {url[:100]!r}: expected https://HOST[:PORT]")
+    if scheme == "http" and not insecure_http:
+        raise ConfigurationError(
+            f"--endpoint {url[:100]!r}: plain HTTP lets the parent read and answer every request "
+            "(it could hand the enclave a plaintext of its choosing); pass --insecure-http only "
+            "for a local KMS on loopback")
+    host = parts.hostname or ""
+    if not host or not (_HOST.match(host) or ":" in host) or parts.username or parts.password:
+        raise ConfigurationError(f"--endpoint {url[:100]!r}: bad host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(f"--endpoint {url[:100]!r}: no path, query or fragment")
+    return Endpoint(scheme, host, port or (443 if scheme == "https" else 80))
+
+
+def tls_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
+    """A client context that trusts only ``ca_bundle`` (default certifi's), checks the host name,
+    and speaks TLS 1.2 or later."""
+    if ca_bundle is None:
+        try:
+            import certifi
+        except ImportError:
+            raise ConfigurationError(
+                "no CA bundle: pass --ca-bundle PEM or install nitro-attest[kms] (certifi)"
+            ) from None
+        ca_bundle = certifi.where()
+    try:
+        context = ssl.create_default_context(cafile=str(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"--ca-bundle {ca_bundle}: cannot load: {exc}") from None
+    if not context.get_ca_certs():
+        raise ConfigurationError(f"--ca-bundle {ca_bundle}: holds no CA certificate")
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: tuple[Header, ...]  # (name lowercased, value), as received
+    body: bytes
+
+
+class _Stale(TransportError):
+    """The far side closed the connection before any byte of the answer (a kept-alive
+    connection it had meanwhile dropped). Internal: ``request`` retries once or reports it."""
+
+    def __init__(self) -> None:
+        super().__init__("connection closed before the answer")
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection through the route (not thread-safe: one per thread)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        route: Route,
+        context: ssl.SSLContext | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if endpoint.tls and context is None:
+            raise ConfigurationError("an https endpoint needs a TLS context")
+        self.endpoint = endpoint
+        self._route = route
+        self._context = context if endpoint.tls else None
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+
+    def request(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> Answer:
+        """Send and read the whole answer. ``headers`` must hold Host (what was signed)."""
+        length = len(body) if body or method in ("POST", "PUT") else None
+        data = checked_request_head(method, path, headers, length=length) + body
+        reused = self._sock is not None
+        try:
+            return self._exchange(method, data)
+        except _Stale:
+            self.close()
+            if not reused:
+                raise TransportError(f"{self.endpoint} closed the connection without answering"
+                                     ) from None
+        try:  # the kept-alive connection had been closed by the far side: once more, fresh
+            return self._exchange(method, data)
+        except _Stale:
+            self.close()
+            raise TransportError(f"{self.endpoint} closed the connection without answering"
+                                 ) from None
+
+    def _connect(self) -> socket.socket:
+        sock = self._route.dial(self.endpoint.host, self.endpoint.port, timeout=self._timeout)
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:  # the handshake completes here, before any request
+                sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _exchange(self, method: str, data: bytes) -> Answer:
+        try:
+            if self._sock is None:
+                self._sock = self._connect()
+                self._buffer.clear()
+            elif self._buffer:  # bytes beyond the last answer: the far side is not speaking HTTP
+                raise TransportError(f"{self.endpoint}: unsolicited bytes after the previous "
+                                     "answer")
+            sock = self._sock
+            try:
+                sock.sendall(data)
+            except _CLOSED:
+                raise _Stale() from None
+            head = self._head(sock, method)
+            while head.status < 200:  # interim answers (100, 103): the real one follows
+                if head.status == 101:
+                    raise TransportError(f"{self.endpoint}: the answer switches protocols")
+                head = self._head(sock, method)
+            body = self._body(sock, head)
+            if not head.keep_alive:
+                self.close()
+            return Answer(head.status, head.headers, body)
+        except _Stale:
+            raise
+        except HandshakeError as exc:  # the codec's refusal of the answer: the reason only
+            self.close()
+            raise TransportError(f"{self.endpoint}: malformed answer: {exc.reason}") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise TransportError(f"TLS to {self.endpoint}: the certificate is not trusted "
+                                 f"({exc.verify_message}); nothing was sent") from None
+        except ssl.SSLError as exc:
+            self.close()
+            raise TransportError(f"TLS to {self.endpoint}: {exc.reason or exc}") from None
+        except TransportError:
+            self.close()
+            raise
+        except TimeoutError:
+            self.close()
+            raise TransportError(f"{self.endpoint}: timed out after {self._timeout:g} s"
+                                 ) from None
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"{self.endpoint}: {exc.strerror or exc}") from None
+
+    def _fill(self, sock: socket.socket, *, stale_if_empty: bool = False) -> None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            if stale_if_empty and not self._buffer:
+                raise _Stale()
+            raise TransportError(f"{self.endpoint} closed the connection mid-answer")
+        self._buffer += chunk
+
+    def _head(self, sock: socket.socket, method: str) -> ResponseHead:
+        first = True
+        while (end := self._head_end()) < 0:
+            try:
+                self._fill(sock, stale_if_empty=first)
+            except _CLOSED:
+                if first and not self._buffer:
+                    raise _Stale() from None
+                raise
+            first = False
+        head = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return parse_response_head(head, request_method=method, limit=MAX_ANSWER_HEAD,
+                                   max_lines=MAX_ANSWER_LINES, max_body=MAX_RESPONSE_BYTES)
+
+    def _head_end(self) -> int:
+        try:
+            return find_head_end(self._buffer, MAX_ANSWER_HEAD)
+        except HandshakeError:  # its reason speaks of a request head
+            raise TransportError(f"{self.endpoint}: answer head longer than {MAX_ANSWER_HEAD} "
+                                 "bytes") from None
+
+    def _body(self, sock: socket.socket, head: ResponseHead) -> bytes:
+        if head.framing == "length":
+            while len(self._buffer) < head.length:
+                self._fill(sock)
+            return self._take(head.length)
+        if head.framing == "close":
+            while True:
+                if len(self._buffer) > MAX_RESPONSE_BYTES:
+                    raise TransportError(f"{self.endpoint}: answer longer than "
+                                         f"{MAX_RESPONSE_BYTES} bytes")
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return self._take(len(self._buffer))
+                self._buffer += chunk
+        if head.framing == "none":
+            return b""
+        decoder = ChunkedDecoder(max_body=MAX_RESPONSE_BYTES)
+        parts: list[bytes] = []
+        while not decoder.done:
+            if not self._buffer:
+                self._fill(sock)
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            pieces, rest = decoder.feed(data)
+            parts.extend(pieces)
+            self._buffer += rest  # bytes past the body: refused as unsolicited next time
+        return b"".join(parts)
+
+    def _take(self, count: int) -> bytes:
+        taken = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return taken
+
+    def close(self) -> None:
+        """Close the connection; the next request opens a new one."""
+        sock, self._sock = self._sock, None
+        self._buffer.clear()
+        if sock is not None:
+            sock.close()

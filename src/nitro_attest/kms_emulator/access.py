@@ -1,0 +1,151 @@
+"""Key-policy decisions for a request: build KMS's request context, evaluate, deny as AWS words it.
+
+The condition keys come from three places only: the authenticated signer (``aws:PrincipalArn``,
+``kms:CallerAccount``), the request's encryption context, and a Recipient document that verified
+(``kms:RecipientAttestation:*``). A key absent from the request stays absent, and the policy
+evaluator fails its condition, as on AWS. The emulator has no IAM: a key policy statement for the
+account root (``arn:aws:iam::ACCOUNT:root``) stands for "IAM allows it" (docs/kms.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from threading import Lock
+
+from nitro_attest.kms.keypolicy import (
+    KeyPolicy,
+    KeyPolicyError,
+    RequestContext,
+    evaluate,
+    parse_policy,
+)
+from nitro_attest.kms_emulator.auth import Principal
+from nitro_attest.kms_emulator.errors import KmsApiError
+from nitro_attest.kms_emulator.recipient import Recipient
+from nitro_attest.kms_emulator.store import KeyRecord
+
+log = logging.getLogger("nitro_attest.kms_emulator")
+
+
+def default_policy(account: str) -> str:
+    """The key policy AWS gives a key created without one."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Id": "key-default-1",
+            "Statement": [
+                {
+                    "Sid": "Enable IAM User Permissions",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                }
+            ],
+        },
+        indent=2,
+    )
+
+
+def check_policy_text(text: str) -> KeyPolicy:
+    """Parse a key policy given in a request; MalformedPolicyDocumentException if unusable."""
+    try:
+        return parse_policy(text)
+    except KeyPolicyError as exc:
+        raise KmsApiError("MalformedPolicyDocumentException", exc.message) from None
+
+
+def request_keys(
+    principal: Principal,
+    context: Mapping[str, str] | None = None,
+    recipient: Recipient | None = None,
+) -> dict[str, tuple[str, ...]]:
+    keys: dict[str, tuple[str, ...]] = {
+        "aws:principalarn": (principal.principal_arn,),
+        "kms:calleraccount": (principal.account,),
+    }
+    if context:
+        for name, value in context.items():
+            keys[f"kms:encryptioncontext:{name.lower()}"] = (value,)
+        keys["kms:encryptioncontextkeys"] = tuple(context)
+    if recipient is not None:
+        keys.update(recipient.condition_keys)
+    return keys
+
+
+class PolicyCache:
+    """Parsed key policies, by key id and text; a stored policy that no longer parses denies."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[str, KeyPolicy | KeyPolicyError]] = {}
+        self._lock = Lock()
+
+    def get(self, key: KeyRecord) -> KeyPolicy | KeyPolicyError:
+        with self._lock:
+            cached = self._parsed.get(key.key_id)
+            if cached is not None and cached[0] == key.policy:
+                return cached[1]
+        parsed: KeyPolicy | KeyPolicyError
+        try:
+            parsed = parse_policy(key.policy)
+        except KeyPolicyError as exc:
+            parsed = exc
+        with self._lock:
+            self._parsed[key.key_id] = (key.policy, parsed)
+        return parsed
+
+
+def authorize(
+    policies: PolicyCache,
+    principal: Principal,
+    action: str,
+    key: KeyRecord,
+    keys: Mapping[str, tuple[str, ...]],
+) -> None:
+    """Raise AccessDeniedException unless ``key``'s policy allows ``action`` in this context."""
+    policy = policies.get(key)
+    if isinstance(policy, KeyPolicyError):  # fail closed on a stored policy we cannot read
+        log.warning(
+            "key %s: stored policy unreadable, every request denied: %s", key.key_id, policy.message
+        )
+        raise access_denied(principal, action, key, explicit=False)
+    decision = evaluate(
+        policy,
+        RequestContext(
+            action=action,
+            principal_arn=principal.arn,
+            key_arn=key.arn,
+            condition_keys=keys,
+        ),
+    )
+    if not decision.allowed:
+        log.info("%s by %s on %s denied: %s", action, principal.arn, key.key_id, decision.reason)
+        raise access_denied(principal, action, key, explicit="explicit" in decision.reason.lower())
+
+
+def allowed(policy: KeyPolicy, principal: Principal, action: str, key_arn: str) -> bool:
+    """Whether ``policy`` lets ``principal`` perform ``action`` (the lockout safety check)."""
+    context = RequestContext(
+        action=action,
+        principal_arn=principal.arn,
+        key_arn=key_arn,
+        condition_keys=request_keys(principal),
+    )
+    return evaluate(policy, context).allowed
+
+
+def access_denied(
+    principal: Principal, action: str, key: KeyRecord, *, explicit: bool
+) -> KmsApiError:
+    why = (
+        "with an explicit deny in a resource-based policy"
+        if explicit
+        else f"because no resource-based policy allows the {action} action"
+    )
+    return KmsApiError(
+        "AccessDeniedException",
+        f"User: {principal.arn} is not authorized to perform: {action} on resource: {key.arn} "
+        f"{why}",
+    )
