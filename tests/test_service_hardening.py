@@ -166,7 +166,7 @@ def test_evidence_is_kept_as_digest_and_size(client: TestClient) -> None:
     done = _submit(client, r.headers["location"], junk)
     assert done["evidence"] == {"type": MEDIA, "sha256": hashlib.sha256(junk).hexdigest(),
                                 "size": len(junk)}  # fmt: skip
-    stored: Session = store._sessions[r.headers["location"].rsplit("/", 1)[1]]
+    stored: Session = store._sessions[r.headers["location"].rsplit("/", 1)[1]][1]
     assert len(stored.dumps()) < 4096
     assert client.get(r.headers["location"]).json()["evidence"]["size"] == len(junk)
 

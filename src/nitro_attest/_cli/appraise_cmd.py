@@ -14,6 +14,7 @@ from typing import Any
 
 from nitro_attest._cli.common import EXIT_OK, EXIT_REJECTED, CliError, print_error, read_bytes
 from nitro_attest.attestation.untrusted_text import escape_untrusted
+from nitro_attest.codec import strict_json
 
 EPILOG = """\
 Pin the service's EAR key: whoever answers for the service (a DNS, a proxy, the parent on the
@@ -76,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     ear_jwks = None
     if args.ear_jwks:
         raw = read_bytes(args.ear_jwks, limit=MAX_KEY_FILE, what="EAR JWKS")
-        try:
-            ear_jwks = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CliError(f"--ear-jwks {args.ear_jwks}: not JSON ({exc})") from None
+        try:  # strictly: a duplicate "keys" must not silently pick which keys are pinned
+            ear_jwks = strict_json.loads(raw)
+        except strict_json.JsonFormatError as exc:
+            raise CliError(f"--ear-jwks {args.ear_jwks}: {exc.message}") from None
     if ear_key is None and ear_jwks is None:
         print("nitro-attest: warning: --trust-advertised-key: the EAR is checked with whatever "
               "key the service advertises; anyone who answers for it can affirm anything",

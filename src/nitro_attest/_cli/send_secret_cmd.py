@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from nitro_attest._cli.common import (
@@ -33,8 +37,9 @@ when any check fails. At most {MAX_SECRET_BYTES} bytes.
 exit status: 0 delivered and acknowledged; 1 refused (the enclave did not verify, or refused
 before anything was sent: nothing sent); 2 usage, I/O or connection error before anything was
 sent (safe to retry); 3 NOT CONFIRMED: the sealed message was sent, then the answer was a
-refusal, a wrong acknowledgement, a broken answer or none (only a matching acknowledgement is
-authenticated, so the enclave may hold the secret: check before sending it again).
+refusal, a wrong acknowledgement, a broken answer or none, or an interrupt while waiting (only
+a matching acknowledgement is authenticated, so the enclave may hold the secret: check before
+sending it again). Once the message has left, a stdout that is gone never changes 0 or 3.
 
 The enclave's default secret store (InMemorySecretStore) lives in its memory only: when the
 parent restarts the enclave, every delivered secret is gone and the enclave comes back with new
@@ -102,11 +107,42 @@ JSON_FAILURE: dict[str, Any] = {
 
 def _outcome(args: argparse.Namespace, text: str, *, sent: bool, error: dict[str, Any]) -> None:
     """A failure: its text line (or JSON object) on stdout, the contract's line on stderr."""
-    if args.json:
-        print(json.dumps({**JSON_FAILURE, "sent": sent, "error": error}, indent=2))
+
+    def write() -> None:
+        if args.json:
+            print(json.dumps({**JSON_FAILURE, "sent": sent, "error": error}, indent=2))
+        else:
+            print(escape_untrusted(text))
+        print_error(error["message"])
+
+    if sent:
+        _say(write)
     else:
-        print(escape_untrusted(text))
-    print_error(error["message"])
+        write()
+
+
+def _say(write: Callable[[], None]) -> None:
+    """Output once the sealed message has left: the exit code (0 or 3) is the answer that
+    matters, and must survive a stdout that is gone (a closed pipe read as "usage error, 2"
+    would tell a wrapper nothing was sent; a failed flush at exit would make it 120)."""
+    try:
+        write()
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # later writes and the exit flush: nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def _not_confirmed(args: argparse.Namespace, why: str) -> int:
+    text = (
+        "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
+        f"as any answer but its acknowledgement may be forged in transit): {why}"
+    )
+    message = f"{args.connect}: not confirmed (sent): {why}"
+    _outcome(args, text, sent=True, error=error_json(message, "acknowledgement"))
+    return EXIT_UNCONFIRMED
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
             signing_key = load_private_key(raw)
         except SenderKeyError as exc:
             raise CliError(f"--sign-with {args.sign_with}: {exc}") from None
+    sent = False
+
+    def sending() -> None:
+        nonlocal sent
+        sent = True
+
     try:
         policy = Policy(pcr_sets=tuple(sets), allow_debug=args.allow_debug,
                         kind=document_kind(args.kind))  # fmt: skip
@@ -141,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             unsafe_any_enclave=args.unsafe_any_enclave,
             signing_key=signing_key,
             policy=policy,
+            on_send=sending,
         )
     except (TrustRootError, PolicyError) as exc:
         raise CliError(str(exc)) from None
@@ -151,22 +194,23 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_REJECTED
     except ChannelError as exc:
         if exc.sent:  # only a matching acknowledgement is authenticated (docs/threat-model.md)
-            text = (
-                "NOT CONFIRMED (the sealed message was sent; the enclave may hold the secret, "
-                f"as any answer but its acknowledgement may be forged in transit): {exc.message}"
-            )
-            message = f"{args.connect}: not confirmed (sent): {exc.message}"
-            _outcome(args, text, sent=True, error=error_json(message, "acknowledgement"))
-            return EXIT_UNCONFIRMED
+            return _not_confirmed(args, exc.message)
         if exc.reason == "transport":
             raise CliError(f"{args.connect}: {exc.message}") from None
         message = f"{args.connect}: refused: {exc.message}"
         _outcome(args, f"REFUSED: {exc.message}", sent=False, error=error_json(message, "channel"))
         return EXIT_REJECTED
-    if args.json:  # delivered: nothing after it may fail it
-        print(json.dumps(delivered_json(receipt), indent=2))
+    except BaseException as exc:
+        if not sent:
+            raise
+        # An interrupt (or a bug) once the sealed message had left: not "nothing was sent".
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        return _not_confirmed(args, "interrupted" if interrupted else f"internal error: {exc!r}")
+    # Delivered: nothing after it may fail it, a stdout that is gone included.
+    if args.json:
+        _say(lambda: print(json.dumps(delivered_json(receipt), indent=2)))
     else:
-        print(escape_untrusted(delivered_line(receipt)))
+        _say(lambda: print(escape_untrusted(delivered_line(receipt))))
     return EXIT_OK
 
 

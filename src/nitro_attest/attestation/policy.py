@@ -85,6 +85,16 @@ class Policy:
             if len(value) > NSM_FIELD_BYTES:
                 raise PolicyError(f"{name} expectation is {len(value)} bytes; a document holds "
                                   f"at most {NSM_FIELD_BYTES}")
+        # As floats now: an integer beyond a float's range (10**400) passes the comparisons
+        # below and raises OverflowError later, outside the project's errors.
+        for name in ("max_age", "clock_skew"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                object.__setattr__(self, name, float(value))
+            except (OverflowError, TypeError, ValueError):
+                raise PolicyError(f"{name} must be a finite number of seconds") from None
         # Finite too: an infinite bound would pass any replayed document as fresh.
         if self.max_age is not None and not 0 < self.max_age < math.inf:
             raise PolicyError(

@@ -143,6 +143,7 @@ def deliver_secret(
     signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str | None = None,
     policy: Policy | None = None,
+    on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Request a channel document, verify it fully, seal, send, check the acknowledgement.
 
@@ -161,6 +162,8 @@ def deliver_secret(
     sent), ChannelError when the enclave refuses or the acknowledgement is wrong; its ``sent``
     says whether the sealed message had left (then the enclave may hold the secret: only a
     matching acknowledgement is authenticated, a refusal may be forged by whoever relays).
+    ``on_send`` is called just before the sealed message goes out: from then on any way out,
+    an interrupt or an unexpected error included, may leave the secret with the enclave.
     """
     expect = channel_policy(
         policy,
@@ -190,6 +193,8 @@ def deliver_secret(
     message = SealedMessageRequest(
         nonce=nonce, sealed=sealed.sealed, signer=signer, signature=signature
     )
+    if on_send is not None:
+        on_send()
     try:
         ack = _expect(exchange(message), SealedAckResponse)
     except ChannelError as exc:
@@ -317,6 +322,7 @@ def send_secret(
     signing_key: SenderPrivateKey | None = None,
     kind: DocumentKind | str | None = None,
     policy: Policy | None = None,
+    on_send: Callable[[], None] | None = None,
 ) -> Receipt:
     """Deliver ``secret`` to the enclave at ``address`` only if its attestation verifies.
 
@@ -348,4 +354,5 @@ def send_secret(
             unsafe_any_enclave=unsafe_any_enclave,
             signing_key=signing_key,
             policy=expect,
+            on_send=on_send,
         )

@@ -3,9 +3,10 @@
 Python's ``json`` lets a duplicate key silently win, reads ``NaN`` and ``Infinity``, turns
 ``1e999`` into ``inf``, converts numbers only up to a process-wide digit limit, and ends a deeply
 nested document in a RecursionError. Configuration files (``--expected``, the service's
-``--policies``), key policies, the KMS emulator's request bodies and EIF metadata are read here
-instead: each of those is a one-line ``JsonFormatError``, of a subclass that says which (and
-carries what a caller needs to word it its own way: the key, the constant, the position).
+``--policies``, ``appraise --ear-jwks``), key policies, the KMS emulator's request bodies and EIF
+metadata are read here instead: each of those is a one-line ``JsonFormatError``, of a subclass
+that says which (and carries what a caller needs to word it its own way: the key, the constant,
+the position).
 """
 
 from __future__ import annotations

@@ -84,6 +84,9 @@ class ServiceConfig:
     body_timeout: float = SERVICE_LIMITS.header_timeout  # the evidence body, once the head came
     handle_sighup: bool = False
     log_format: str = "text"  # or "json" (nitro_attest.logs); times in UTC either way
+    policies: PolicySet | None = None
+    """Policies already loaded (a supervisor's last good ones, for a worker it restarts); None:
+    read ``policies_path`` at start."""
 
     @property
     def nonce_reuse_window(self) -> float:
@@ -100,7 +103,9 @@ class ServiceState:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.policies: PolicySet = load_policies(config.policies_path)
+        self.policies: PolicySet = (
+            config.policies if config.policies is not None else load_policies(config.policies_path)
+        )
         self.verifier = Verifier(root_pem=config.root_pem)
         self.signer = config.signer
         self.store: SessionStore = config.store_factory()

@@ -105,10 +105,13 @@ def _policy(name: str, body: Any, where: str) -> NamedPolicy:
     if not isinstance(allow_debug, bool):
         raise PolicyError(f"{where}: 'allow_debug' must be true or false")
     max_age = body.get("max_age")
-    if max_age is not None and (
-        isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age > 0
-    ):
-        raise PolicyError(f"{where}: 'max_age' must be a positive number of seconds")
-    policy = NamedPolicy(name, sets, kind, allow_debug, None if max_age is None else float(max_age))
+    if max_age is not None:
+        if isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age > 0:
+            raise PolicyError(f"{where}: 'max_age' must be a positive number of seconds")
+        try:  # 10**400 is a positive JSON integer, and beyond a float's range
+            max_age = float(max_age)
+        except OverflowError:
+            raise PolicyError(f"{where}: 'max_age' is beyond any number of seconds") from None
+    policy = NamedPolicy(name, sets, kind, allow_debug, max_age)
     policy.with_nonce(b"\x00" * 8)  # let Policy's own validation run now, not per request
     return policy

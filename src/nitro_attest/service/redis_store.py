@@ -22,13 +22,15 @@ HEALTH_KEY = f"{PREFIX}health"
 _HEALTH_PROBE = b"\x00" * 1024
 
 # KEYS: the session, the nonce record ('' when the service chose the nonce).
-# ARGV: the session JSON, its expiry (ms since the epoch), the nonce record's lifetime (ms).
+# ARGV: the session JSON, its lifetime (ms), the nonce record's lifetime (ms). Lifetimes, not
+# instants: Redis counts them on its own clock, so a replica whose clock was stepped a day
+# either way neither creates sessions already expired nor keeps records a day.
 _CREATE = """
 if KEYS[2] ~= '' then
     if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'state', 'waiting', 'session', ARGV[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -118,7 +120,7 @@ class RedisStore:
         try:
             done = await self._create(
                 keys=[self._key(session.id), nonce_key],
-                args=[session.dumps(), int(session.expires_at * 1000),
+                args=[session.dumps(), max(1, int(session.lifetime * 1000)),
                       max(1, int(nonce_ttl * 1000))],
             )  # fmt: skip
         except RedisError as exc:

@@ -4,7 +4,9 @@ check the EAR it returns with the service's key, pinned.
 Standard library HTTP (urllib) and PyJWT only. The EAR is trusted only after its signature
 verifies with a pinned key (``ear_key`` PEM or ``ear_jwks``; ES256/ES384 only), its profile is
 EAR's, and its ``eat_nonce`` is this session's nonce: a result for some other session, or a
-replayed one, is refused. The key the service advertises is used only when the caller says so
+replayed one, is refused. The nonce is the relying party's own (fresh random bytes sent with
+``newSession``), so whoever answers cannot name an old session's nonce and hand back that
+session's genuine EAR. The key the service advertises is used only when the caller says so
 (``trust_advertised_key``): whoever answers for the service (the parent, a DNS or proxy in the
 way) would otherwise pick the key its own affirming EARs verify with. Plain ``http://`` is
 refused to anything but loopback (``insecure_http`` to allow it), and a redirect or a session
@@ -17,6 +19,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -315,9 +318,19 @@ def appraise(
     media_types = discovery.get("media-types")
     if not isinstance(media_types, list) or not media_types:
         raise ServiceClientError("discovery: no media-types")
-    session_url, session = client.new_session(nonce_size=nonce_size, policy=policy)
-    nonce = session["nonce"]
-    document = get_document(b64url_decode(nonce))
+    # Our own nonce, never the service's pick: whoever answers for the service could otherwise
+    # name an old session's nonce and hand back that session's genuine EAR (signed by the pinned
+    # key, eat_nonce matching), for a document it never appraised.
+    if not 8 <= nonce_size <= 64:
+        raise ServiceClientError(f"nonce_size {nonce_size}: must be 8..64 bytes")
+    ours = secrets.token_bytes(nonce_size)
+    nonce = base64.urlsafe_b64encode(ours).rstrip(b"=").decode()
+    session_url, session = client.new_session(nonce=ours, policy=policy)
+    if session["nonce"] != nonce:
+        raise ServiceClientError(
+            "newSession: the session's nonce is not the one we sent: refused (a result for it "
+            "could be another session's)")
+    document = get_document(ours)
     done = client.submit(session_url, document, str(media_types[0]))
     token = done.get("result")
     if done.get("state") != "complete" or not isinstance(token, str):

@@ -9,11 +9,13 @@ One socket per worker, bound with SO_REUSEPORT: the kernel spreads new connectio
 by their addresses. With one shared socket every idle worker waits on it and the busiest tends
 to win the accept, so keep-alive connections piled onto one worker (17 of 17 in a soak). The
 parent keeps every socket open, so a dead worker's queued connections wait for its replacement
-instead of being reset. (Linux lets only the same user bind the port again with SO_REUSEPORT.)
+instead of being reset. (Linux lets only the same user bind the port again with SO_REUSEPORT;
+a plain bind first refuses a port another service of ours already listens on.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,10 +26,12 @@ from types import FrameType
 
 import uvicorn
 
+from nitro_attest.errors import PolicyError
 from nitro_attest.logs import uvicorn_log_config
 from nitro_attest.server_limits import SERVICE_LIMITS
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.http_protocol import GatheringHttpToolsProtocol
+from nitro_attest.service.policies import load_policies
 
 log = logging.getLogger("nitro_attest.service")
 GRACE_SECONDS = int(SERVICE_LIMITS.drain_timeout)
@@ -68,6 +72,14 @@ def serve(config: ServiceConfig, host: str, port: int, workers: int = 1) -> int:
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """``count`` sockets listening on one address with SO_REUSEPORT (port 0: the first one's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would also let us join a service of the same user already listening
+        # there (one that did not stop, a second unit): the kernel would then split relying
+        # parties between its policies and key and ours. A plain bind first fails as it would
+        # without SO_REUSEPORT (EADDRINUSE); closed again before our sockets bind.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -98,6 +110,15 @@ class _Supervisor:
         self.sockets = sockets
         self.children: dict[int, int] = {}  # pid -> index of the socket it serves
         self.stopping = False
+        # The last policies that loaded, handed to every worker it forks: a worker restarted
+        # after a failed reload would otherwise read the broken file, fail, and be restarted
+        # for ever while its socket queues connections nobody accepts.
+        self.config.policies = load_policies(config.policies_path)
+
+    def _reload(self) -> None:
+        # A failure: each worker logs it and keeps its policies; so do we.
+        with contextlib.suppress(PolicyError):
+            self.config.policies = load_policies(self.config.policies_path)
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -120,6 +141,8 @@ class _Supervisor:
         self.children[pid] = index
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload()
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
             signum = signal.SIGTERM

@@ -50,6 +50,12 @@ class Session:
     result: str | None = None
 
     @property
+    def lifetime(self) -> float:
+        """Seconds from creation to expiry: what a store counts on its own clock (both ends
+        come from one reading of the service's clock, so a stepped clock does not change it)."""
+        return self.expires_at - self.created_at
+
+    @property
     def expiry(self) -> str:
         return datetime.fromtimestamp(self.expires_at, UTC).isoformat().replace("+00:00", "Z")
 
@@ -127,6 +133,10 @@ class MemoryStore:
     session by the reuse window. When the nonce records are full, a session with a relying-party
     nonce is refused (503: forgetting a record would reopen a replay) while sessions with a
     service-chosen nonce are still created.
+
+    Both expire by ``clock``, monotonic by default: a session lives its ``lifetime`` from when it
+    was stored, so a wall clock stepped forward (then corrected) does not keep what was made
+    meanwhile alive, and the store full, for as long as the step.
     """
 
     MAX_SESSIONS = 100_000
@@ -134,12 +144,12 @@ class MemoryStore:
     _FULL_SWEEP_INTERVAL = 1.0
 
     def __init__(
-        self, clock: Any = time.time, *, max_sessions: int = MAX_SESSIONS,
+        self, clock: Any = time.monotonic, *, max_sessions: int = MAX_SESSIONS,
         max_nonces: int = MAX_NONCES,
     ) -> None:  # fmt: skip
         # OrderedDicts: the sweep pops from the front, which a plain dict makes O(n) (its
         # iteration skips every deleted slot until the next resize).
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()  # (deadline, _)
         self._nonces: OrderedDict[str, float] = OrderedDict()
         self._clock = clock
         self.max_sessions = max_sessions
@@ -147,21 +157,23 @@ class MemoryStore:
         self._last_full_sweep = -math.inf
 
     def _live(self, session_id: str) -> Session | None:
-        session = self._sessions.get(session_id)
-        if session is not None and session.expires_at <= self._clock():
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
             del self._sessions[session_id]
             return None
-        return session
+        return entry[1]
 
     def _sweep(self, now: float) -> None:
         # Both are in insertion order and every entry of one kind lives as long as the
         # others (one TTL per process), so the expired ones are at the front: O(expired), not
-        # O(n). After a clock step back the order can be off; a full sweep, at most once a
-        # second and only when a bound is reached, catches what the front sweep missed.
+        # O(n). Should the clock not be monotonic (one given by a test), a full sweep, at most
+        # once a second and only when a bound is reached, catches what the front sweep missed.
         sessions, nonces = self._sessions, self._nonces
         while sessions:
-            sid, first = next(iter(sessions.items()))
-            if first.expires_at > now:
+            sid, (deadline, _) = next(iter(sessions.items()))
+            if deadline > now:
                 break
             sessions.popitem(last=False)
         while nonces:
@@ -172,7 +184,7 @@ class MemoryStore:
         full = len(sessions) >= self.max_sessions or len(nonces) >= self.max_nonces
         if full and now - self._last_full_sweep >= self._FULL_SWEEP_INTERVAL:
             self._last_full_sweep = now
-            for sid in [s for s, v in sessions.items() if v.expires_at <= now]:
+            for sid in [s for s, (deadline, _) in sessions.items() if deadline <= now]:
                 del sessions[sid]
             for key in [k for k, t in nonces.items() if t <= now]:
                 del nonces[key]
@@ -190,7 +202,7 @@ class MemoryStore:
             if len(self._nonces) >= self.max_nonces:
                 raise StoreFullError(f"memory store full ({self.max_nonces} nonce records)")
             self._nonces[nonce_digest] = now + nonce_ttl
-        self._sessions[session.id] = session
+        self._sessions[session.id] = (now + session.lifetime, session)
         return True
 
     async def get(self, session_id: str) -> Session | None:
@@ -204,14 +216,14 @@ class MemoryStore:
         if session.state != "waiting":
             return "taken", None
         claimed = session.processing()
-        self._sessions[session_id] = claimed
+        self._sessions[session_id] = (self._sessions[session_id][0], claimed)
         return "claimed", claimed
 
     async def finish(self, session: Session) -> bool:
         current = self._live(session.id)
         if current is None or current.state != "processing":
             return False
-        self._sessions[session.id] = session
+        self._sessions[session.id] = (self._sessions[session.id][0], session)
         return True
 
     async def delete(self, session_id: str) -> bool:
@@ -221,6 +233,8 @@ class MemoryStore:
         self._sweep(self._clock())
         if len(self._sessions) >= self.max_sessions:
             return f"memory store full ({len(self._sessions)} live sessions)"
+        if len(self._nonces) >= self.max_nonces:  # every relying-party nonce gets 503 now
+            return f"memory store full ({len(self._nonces)} nonce records)"
         return None
 
     async def close(self) -> None:
