@@ -408,7 +408,7 @@ def test_key_files_not_world_readable_even_with_loose_umask(tmp_path: Path) -> N
 
 def test_concurrent_first_use_shares_one_hierarchy(tmp_path: Path) -> None:
     """Several boots racing to create the same fresh state folder end up on one root."""
-    state_dir = tmp_path / "shared"
+    state_dir = tmp_path / "common"
     sims: list[SimulatedNsm] = []
     errors: list[BaseException] = []
 

@@ -42,11 +42,11 @@ def test_created_parents_are_private_under_umask_000(tmp_path: Path) -> None:
 
 
 def test_existing_parent_left_alone(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o755)
-    init_state(shared / "state", CONFIG)
-    assert _mode(shared) == 0o755 and _mode(shared / "state") == 0o700
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    os.chmod(existing, 0o755)
+    init_state(existing / "state", CONFIG)
+    assert _mode(existing) == 0o755 and _mode(existing / "state") == 0o700
 
 
 @pytest.mark.parametrize("mode", [0o750, 0o705, 0o777, 0o701])
