@@ -207,3 +207,33 @@ def test_expired_chain_named_as_such(sim_state: Path) -> None:
     with pytest.raises(KmsApiError) as exc:  # a root it does not chain to at all
         RecipientVerifier([(sim_state / "root.pem").read_bytes()]).verify(doc)
     assert "certificate_chain" in exc.value.message
+
+
+def test_a_full_disk_answers_500_and_keeps_no_half_made_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operator fault: the state cannot be saved (ENOSPC). The caller gets KMSInternalException
+    (HTTP 500), the key does not exist in memory either, and the state on disk is unchanged."""
+    import errno
+
+    from nitro_attest.kms_emulator.auth import Principal
+    from nitro_attest.kms_emulator.operations import Emulator
+
+    store = StateStore(tmp_path / "state")
+    kms = Emulator(store, RecipientVerifier([None]), "us-east-1")
+    admin = Principal("AKIDADMIN", "secret", "arn:aws:iam::111122223333:root", None)
+    kept = kms.call("CreateKey", admin, {})["KeyMetadata"]["KeyId"]
+    on_disk = (tmp_path / "state" / "state.json").read_bytes()
+
+    def full(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("nitro_attest.kms_emulator.store.write_file", full)
+    with pytest.raises(KmsApiError) as info:
+        kms.call("CreateKey", admin, {})
+    assert info.value.type_name == "KMSInternalException" and info.value.status == 500
+    assert "No space left on device" in info.value.message
+    assert [k for k in store.state.keys] == [kept]
+    assert (tmp_path / "state" / "state.json").read_bytes() == on_disk
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.endswith(".tmp")]
+    store.close()

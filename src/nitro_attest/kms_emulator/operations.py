@@ -29,6 +29,7 @@ from nitro_attest.kms_emulator.envelope import seal_for_recipient
 from nitro_attest.kms_emulator.errors import KmsApiError, not_found, validation
 from nitro_attest.kms_emulator.recipient import Recipient, RecipientVerifier
 from nitro_attest.kms_emulator.store import AliasRecord, KeyRecord, StateStore
+from nitro_attest.safe_write import UnsafeFolderError
 
 Params = Mapping[str, Any]
 Response = dict[str, Any]
@@ -190,11 +191,12 @@ class Emulator:
     def _commit(self, undo: Callable[[], object]) -> None:
         try:
             self.store.save()
-        except OSError as exc:
+        except (OSError, UnsafeFolderError) as exc:  # a full disk, a folder opened to others
             undo()
+            reason = exc.message if isinstance(exc, UnsafeFolderError) else exc.strerror or exc
             raise KmsApiError(
                 "KMSInternalException",
-                f"the emulator could not save its state: {exc.strerror or exc}",
+                f"the emulator could not save its state: {reason}",
                 status=500,
             ) from None
 

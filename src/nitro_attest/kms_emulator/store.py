@@ -10,7 +10,6 @@ Key material is stored unencrypted: the emulator is a test double, not a vault (
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_attest.errors import ConfigurationError
+from nitro_attest.safe_write import write_file
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -163,7 +163,8 @@ class StateStore:
 
     def save(self) -> None:
         data = json.dumps(self.state.to_json(), indent=1, sort_keys=True).encode()
-        _write_atomic(self.path / STATE_FILE, data)
+        # O_EXCL|O_NOFOLLOW temporary name, fsync, rename, the folder checked on its descriptor.
+        write_file(self.path / STATE_FILE, data, mode=0o600)
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -202,25 +203,3 @@ def _lock(path: Path) -> int:
             f"{path.name}); two would overwrite each other's keys"
         ) from None
     return fd
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
