@@ -18,9 +18,9 @@ from nitro_attest.channel.messages import (
 from nitro_attest.wire.protocol import (
     AttestationResponse,
     AttestRequest,
-    ProtocolError,
     Request,
     RequestHandler,
+    RequestRefused,
     Response,
 )
 
@@ -43,11 +43,12 @@ def parent_serving(
     def answer(request: Request) -> Response:
         parent.seen.append(request.TYPE)
         if error is not None:
-            raise ProtocolError(error)  # sent back verbatim as the "enclave's" error message
+            # sent back verbatim as the "enclave's" error message
+            raise RequestRefused(error, code="bad_request")
         if isinstance(request, ChannelAttestRequest):
             return ChannelOfferResponse(document, b"\x01" * 32)
         if isinstance(request, SealedMessageRequest):
-            raise ProtocolError("the parent swallowed a sealed message")
+            raise RequestRefused("the parent swallowed a sealed message")
         return AttestationResponse(document=document)
 
     handlers: dict[str, RequestHandler] = {

@@ -25,6 +25,7 @@ from nitro_attest.limits import MAX_DOCUMENT_BYTES
 from nitro_attest.wire.protocol import (
     ProtocolError,
     Request,
+    RequestRefused,
     Response,
     register_request,
     register_response,
@@ -40,7 +41,7 @@ MAX_ACK_BYTES = 64
 _MAX_SEALED = max(max_sealed_bytes(s) for s in SuiteId)
 
 
-class ChannelRefusedError(ProtocolError):
+class ChannelRefusedError(RequestRefused):
     """The enclave refused a channel request (sent back as an ``error`` with this code)."""
 
     code = CHANNEL_REFUSED

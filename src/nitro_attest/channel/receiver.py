@@ -50,8 +50,8 @@ from nitro_attest.errors import ChannelError, ChannelFailure
 from nitro_attest.wire.protocol import (
     AttestationResponse,
     AttestRequest,
-    ProtocolError,
     RequestHandler,
+    RequestRefused,
     Response,
 )
 from nitro_attest.wire.routes import (
@@ -318,9 +318,9 @@ def handle_sealed_message(
     return SealedAckResponse(ack)
 
 
-def _refusal(exc: ChannelError) -> ProtocolError:
-    if exc.reason is ChannelFailure.REQUEST:
-        return ProtocolError(f"{exc.message}")
+def _refusal(exc: ChannelError) -> RequestRefused:
+    if exc.reason is ChannelFailure.REQUEST:  # a request the channel cannot take as asked
+        return RequestRefused(exc.message, code="bad_request")
     return ChannelRefusedError(exc.message)
 
 

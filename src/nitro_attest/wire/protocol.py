@@ -33,6 +33,18 @@ class ProtocolError(TransportError):
     code = "bad_request"
 
 
+class RequestRefused(TransportError):
+    """A well-formed request its handler will not serve (the server answers an ``error`` with
+    ``code``). Not a ProtocolError: the bytes were fine, the handler said no."""
+
+    code = "refused"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
 class MalformedFrameError(ProtocolError):
     code = "bad_frame"
 
@@ -49,7 +61,7 @@ class UnknownTypeError(ProtocolError):
     code = "unknown_type"
 
 
-class PublicKeyRefusedError(ProtocolError):
+class PublicKeyRefusedError(RequestRefused):
     """An `attest` request named a public_key this server will not have the NSM attest."""
 
     code = "public_key_refused"
@@ -412,7 +424,7 @@ def decode_response(body: bytes) -> Response:
     return cls.from_fields(obj)
 
 
-def error_for(exc: ProtocolError) -> ErrorResponse:
+def error_for(exc: ProtocolError | RequestRefused) -> ErrorResponse:
     return ErrorResponse(code=exc.code, message=str(exc))
 
 

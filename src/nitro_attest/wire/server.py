@@ -46,6 +46,7 @@ from nitro_attest.wire.protocol import (
     ProtocolError,
     Request,
     RequestHandler,
+    RequestRefused,
     Response,
 )
 from nitro_attest.wire.routes import PcrRegisters as PcrRegisters  # re-exported: their home
@@ -370,7 +371,7 @@ class EnclaveServer:
             return route.handle(request)
         except NsmError as exc:
             return ErrorResponse("nsm_error", str(exc))
-        except ProtocolError as exc:
+        except RequestRefused as exc:
             return protocol.error_for(exc)
         except Exception as exc:
             log.error("%s handler %s failed: %s", peer, request.TYPE, _failure(exc))
