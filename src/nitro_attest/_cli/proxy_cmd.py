@@ -22,7 +22,7 @@ from nitro_attest.proxy import (
     ProxyServer,
     load_allowlist,
 )
-from nitro_attest.proxy.allowlist import describe
+from nitro_attest.proxy.allowlist import summarize_allowlist
 from nitro_attest.proxy.server import DEFAULT_CONNECT_TIMEOUT
 from nitro_attest.server_limits import PROXY_LIMITS as L
 from nitro_attest.server_limits import default_max_per_peer
@@ -169,7 +169,7 @@ async def _serve(
     bound = await server.start()
     where = "HTTP CONNECT" if config.target is None else str(config.target)
     if config.allowlist is not None:
-        policy = f"allowlist: {describe(config.allowlist)}"
+        policy = f"allowlist: {summarize_allowlist(config.allowlist)}"
     elif config.unsafe_any_host:
         policy = "UNSAFE: any host (no allowlist)"
     else:

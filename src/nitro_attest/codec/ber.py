@@ -50,7 +50,7 @@ class BerError(FormatError):
     """The bytes are not the single, well-formed BER item expected."""
 
 
-def describe(cls: int, tag: int) -> str:
+def tag_name(cls: int, tag: int) -> str:
     """A tag as messages name it: ``SEQUENCE``, ``[0]``, ``[APPLICATION 3]``."""
     if cls == UNIVERSAL:
         return _UNIVERSAL_NAMES.get(tag, f"[UNIVERSAL {tag}]")
@@ -76,7 +76,7 @@ class Tlv:
     @property
     def name(self) -> str:
         """The item's tag as messages name it (``SEQUENCE``, ``[0]``)."""
-        return describe(self.cls, self.tag)
+        return tag_name(self.cls, self.tag)
 
     def is_(self, tag: int, cls: int = UNIVERSAL) -> bool:
         """Whether the item has this tag number in this class."""
@@ -87,11 +87,11 @@ class Tlv:
     ) -> Tlv:
         """This item if it has the tag (and form, when given); else ``BerError`` naming ``what``."""
         if self.tag != tag or self.cls != cls:
-            raise BerError(f"{what or describe(cls, tag)}: expected {describe(cls, tag)}, found "
+            raise BerError(f"{what or tag_name(cls, tag)}: expected {tag_name(cls, tag)}, found "
                            f"{self.name} at offset {self.offset}")
         if constructed is not None and self.constructed != constructed:
             form = "constructed" if constructed else "primitive"
-            raise BerError(f"{what or describe(cls, tag)}: expected a {form} {self.name} at "
+            raise BerError(f"{what or tag_name(cls, tag)}: expected a {form} {self.name} at "
                            f"offset {self.offset}")
         return self
 
@@ -243,9 +243,9 @@ class _Reader:
             return None, pos
         if cls == UNIVERSAL:
             if constructed and tag in _ALWAYS_PRIMITIVE:
-                raise BerError(f"constructed {describe(cls, tag)} at offset {start}")
+                raise BerError(f"constructed {tag_name(cls, tag)} at offset {start}")
             if not constructed and tag in _ALWAYS_CONSTRUCTED:
-                raise BerError(f"primitive {describe(cls, tag)} at offset {start}")
+                raise BerError(f"primitive {tag_name(cls, tag)} at offset {start}")
         if indefinite:
             children: list[Tlv] = []
             while True:
@@ -256,7 +256,7 @@ class _Reader:
             return Tlv(cls, tag, True, b"", tuple(children), True, start), pos
         stop = pos + length
         if stop > end:
-            raise BerError(f"truncated: {describe(cls, tag)} at offset {start} claims {length} "
+            raise BerError(f"truncated: {tag_name(cls, tag)} at offset {start} claims {length} "
                            f"bytes, {end - pos} remain")
         if not constructed:
             return Tlv(cls, tag, False, data[pos:stop], (), False, start), stop

@@ -67,14 +67,14 @@ def strict_loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except CborError:
         raise
     except Exception as exc:  # cbor2 raises several types on hostile input; only ours escape
-        raise CborError(_describe(exc)) from None
+        raise CborError(_error_text(exc)) from None
     end = stream.tell()
     if end != len(data):
         raise CborError(f"{len(data) - end} trailing byte(s) after the CBOR item")
     return value
 
 
-def _describe(exc: Exception) -> str:
+def _error_text(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, CborError):

@@ -132,14 +132,14 @@ class AttestedConnection:
         try:
             return self._sock.recv(PIECE)
         except (OSError, ssl.SSLError) as exc:
-            raise TransportError(f"{self.url.authority}: {_describe(exc)}") from None
+            raise TransportError(f"{self.url.authority}: {_error_text(exc)}") from None
 
     def _send(self, data: bytes) -> None:
         assert self._sock is not None
         try:
             self._sock.sendall(data)
         except (OSError, ssl.SSLError) as exc:
-            raise TransportError(f"{self.url.authority}: {_describe(exc)}") from None
+            raise TransportError(f"{self.url.authority}: {_error_text(exc)}") from None
 
     def open(self) -> VerifiedDocument:
         """Connect, handshake and attest; raises AttestationRefused or TransportError. The
@@ -149,9 +149,9 @@ class AttestedConnection:
         try:
             raw = socket.create_connection((self.url.host, self.url.port), timeout=self._timeout)
         except ConnectionRefusedError as exc:
-            raise NotListeningError(f"{where}: cannot connect: {_describe(exc)}") from None
+            raise NotListeningError(f"{where}: cannot connect: {_error_text(exc)}") from None
         except OSError as exc:
-            raise TransportError(f"{where}: cannot connect: {_describe(exc)}") from None
+            raise TransportError(f"{where}: cannot connect: {_error_text(exc)}") from None
         # The TLS Finished and the attestation request leave back to back: without NODELAY the
         # second waits for the server's delayed ACK (40 ms) when the server sends no tickets.
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -161,7 +161,7 @@ class AttestedConnection:
             )
         except (OSError, ssl.SSLError) as exc:
             raw.close()
-            raise TransportError(f"{where}: TLS handshake failed: {_describe(exc)}") from None
+            raise TransportError(f"{where}: TLS handshake failed: {_error_text(exc)}") from None
         deadline = Deadline(self._timeout, where)
         sock = self._sock
 
@@ -267,7 +267,7 @@ class AttestedConnection:
             yield from (p for p in pieces if p)
 
 
-def _describe(exc: BaseException) -> str:
+def _error_text(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(exc, ssl.SSLError):

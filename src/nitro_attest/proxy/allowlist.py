@@ -120,6 +120,6 @@ def _strict_loader() -> Any:
     return StrictLoader
 
 
-def describe(allowlist: Allowlist) -> str:
+def summarize_allowlist(allowlist: Allowlist) -> str:
     """One line listing the entries, for the start-up log."""
     return ", ".join(sorted(f"{h}:{p}" for h, p in allowlist.entries)) or "(none)"

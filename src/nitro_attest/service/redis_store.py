@@ -71,7 +71,7 @@ def check_redis_url(url: str) -> str:
     return url
 
 
-def describe_redis_error(exc: BaseException) -> str:
+def redis_error_reason(exc: BaseException) -> str:
     """One line naming the cause: an operator must tell a wrong password from a full or a
     stopped Redis (all three used to read "did not answer")."""
     detail = str(exc) or type(exc).__name__
@@ -93,7 +93,7 @@ def describe_redis_error(exc: BaseException) -> str:
 
 
 def _store_error(exc: RedisError) -> StoreError:
-    message = describe_redis_error(exc)
+    message = redis_error_reason(exc)
     full = isinstance(exc, rx.OutOfMemoryError) or str(exc).startswith("OOM")
     return StoreFullError(message) if full else StoreError(message)
 
@@ -172,7 +172,7 @@ class RedisStore:
         try:
             await self._redis.set(HEALTH_KEY, _HEALTH_PROBE, px=10_000)
         except (RedisError, OSError) as exc:
-            return describe_redis_error(exc)
+            return redis_error_reason(exc)
         return None
 
     async def close(self) -> None:

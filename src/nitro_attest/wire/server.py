@@ -96,7 +96,7 @@ def _size(value: bytes | None) -> str:
     return "-" if value is None else f"{len(value)}B"
 
 
-def describe_request(request: Request) -> str:
+def summarize_request(request: Request) -> str:
     """What a log line may say about a request: sizes only, never the values."""
     if isinstance(request, AttestRequest):
         return (
@@ -106,7 +106,7 @@ def describe_request(request: Request) -> str:
     return ""
 
 
-def describe_response(response: Response) -> str:
+def summarize_response(response: Response) -> str:
     if isinstance(response, AttestationResponse):
         digest = hashlib.sha256(response.document).hexdigest()[:16]
         return f"attestation {len(response.document)}B sha256:{digest}"
@@ -339,7 +339,7 @@ class EnclaveServer:
             kind = "?"
         else:
             kind = request.TYPE
-            detail = describe_request(request)
+            detail = summarize_request(request)
             route = self._routes.get(kind)
             if route is None:
                 response = ErrorResponse("unknown_type", f"this server does not serve {kind!r}")
@@ -352,7 +352,7 @@ class EnclaveServer:
         elapsed = (time.perf_counter() - started) * 1000
         try:
             self._log.request(
-                f"{peer} {kind} {detail or '-'} -> {describe_response(response)} {elapsed:.1f}ms"
+                f"{peer} {kind} {detail or '-'} -> {summarize_response(response)} {elapsed:.1f}ms"
             )
         except Exception:
             self.log_failures.add(time.monotonic())
