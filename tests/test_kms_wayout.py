@@ -94,7 +94,7 @@ def test_any_answer_is_accepted_or_a_connect_error(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "kind", "shown"),
+    ("text", "mode", "shown"),
     [
         (None, "direct", "direct"),
         ("direct", "direct", "direct"),
@@ -106,9 +106,9 @@ def test_any_answer_is_accepted_or_a_connect_error(raw: bytes) -> None:
         ("connect+unix:///run/p.sock", "connect", "connect+unix:///run/p.sock"),
     ],
 )
-def test_routes_parse(text: str | None, kind: str, shown: str) -> None:
+def test_routes_parse(text: str | None, mode: str, shown: str) -> None:
     route = parse_route(text)
-    assert route.kind == kind
+    assert route.mode == mode
     assert str(route) == shown
 
 

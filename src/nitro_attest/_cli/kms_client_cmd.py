@@ -160,7 +160,7 @@ def build_client(args: argparse.Namespace) -> tuple[Any, Any]:
     route = parse_route(args.via)
     if args.credentials_from == "imds":
         imds_route = parse_route(args.imds_via) if args.imds_via else route
-        if imds_route.kind == "forward":
+        if imds_route.mode == "forward":
             raise CliError("--credentials-from imds: a raw forwarder reaches only KMS; give "
                            "--imds-via (a forwarder to 169.254.169.254:80, or a CONNECT proxy)")
         credentials: Any = ImdsCredentials(imds_route, timeout=args.timeout)

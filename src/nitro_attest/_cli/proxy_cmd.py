@@ -94,10 +94,10 @@ def register(sub: Any) -> None:
 
 
 def _number(
-    p: argparse.ArgumentParser, flag: str, kind: type, default: float, meta: str, what: str
+    p: argparse.ArgumentParser, flag: str, convert: type, default: float, meta: str, what: str
 ) -> None:
     p.add_argument(
-        flag, type=kind, default=default, metavar=meta, help=f"{what} (default {default:g})"
+        flag, type=convert, default=default, metavar=meta, help=f"{what} (default {default:g})"
     )
 
 

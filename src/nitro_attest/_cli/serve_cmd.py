@@ -161,18 +161,18 @@ def parse_socket_mode(text: str) -> int:
     return mode
 
 
-def open_nsm(kind: str, state: Path | None) -> NsmBackend:
-    if kind == "auto" and not DEVICE_PATH.exists():
+def open_nsm(name: str, state: Path | None) -> NsmBackend:
+    if name == "auto" and not DEVICE_PATH.exists():
         raise CliError(
             f"{DEVICE_PATH} not found: this is not a Nitro Enclave. To run with the software NSM "
             "use --nsm simulator --state DIR (after `nitro-attest sim init --state DIR`)"
         )
     try:
-        backend = open_backend(kind, state_dir=state)
+        backend = open_backend(name, state_dir=state)
     except NsmError as exc:
-        raise CliError(f"cannot open the NSM ({kind}): {exc}") from None
+        raise CliError(f"cannot open the NSM ({name}): {exc}") from None
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot open the NSM ({kind}): {exc}") from None
+        raise CliError(f"cannot open the NSM ({name}): {exc}") from None
     return backend
 
 
@@ -289,8 +289,8 @@ def _families(servers: list[EnclaveServer]) -> list[observe.Family]:
         "nitro_attest_serve_connections_refused", "connections refused busy"
     )
     for server in servers[-1:]:
-        for (kind, outcome), count in dict(server.answered).items():
-            answered.add_metric([kind, outcome], count)
+        for (request_type, outcome), count in dict(server.answered).items():
+            answered.add_metric([request_type, outcome], count)
         open_now.add_metric([], server.active_connections)
         shed.add_metric([], server.shed.total)
         refused.add_metric([], server.refused.total)

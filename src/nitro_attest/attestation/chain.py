@@ -117,10 +117,10 @@ class CertInfo:
             # Exact types, not isinstance: cryptography builds these very classes from their OIDs,
             # and an isinstance check against its abstract base costs more than the rest here.
             value = ext.value
-            kind = type(value)
-            if kind is x509.BasicConstraints:
+            ext_type = type(value)
+            if ext_type is x509.BasicConstraints:
                 basic, basic_critical = value, ext.critical
-            elif kind is x509.KeyUsage:
+            elif ext_type is x509.KeyUsage:
                 usage = value
             elif ext.critical:  # any critical extension but those two is not understood here
                 unhandled.append(ext.oid.dotted_string)

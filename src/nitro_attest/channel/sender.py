@@ -280,10 +280,10 @@ def _check_secret(secret: Any) -> None:
 R = TypeVar("R", bound=Response)
 
 
-def _expect(response: Response, kind: type[R]) -> R:
-    if not isinstance(response, kind):
+def _expect(response: Response, expected: type[R]) -> R:
+    if not isinstance(response, expected):
         raise ChannelError(
-            f"the enclave answered {response.TYPE!r}, expected {kind.TYPE!r}", reason="response"
+            f"the enclave answered {response.TYPE!r}, expected {expected.TYPE!r}", reason="response"
         )
     return response
 

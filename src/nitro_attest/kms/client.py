@@ -372,7 +372,7 @@ def _check_plain_http(host: str, route: Route) -> None:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host.lower() in _LOOPBACK_NAMES
-    if not loopback or route.kind != "direct":
+    if not loopback or route.mode != "direct":
         raise ConfigurationError(
             f"--insecure-http to {host[:80]} via {route}: plain HTTP is only for a local KMS on "
             "loopback reached directly (through a route, the parent reads and answers it)")

@@ -29,18 +29,18 @@ from nitro_attest.codec.connect import (
 from nitro_attest.errors import TransportError
 from nitro_attest.wire.transport import Address, AddressError, connect, parse_address
 
-Kind = Literal["direct", "forward", "connect"]
+Mode = Literal["direct", "forward", "connect"]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    kind: Kind
+    mode: Mode
     address: Address | None = None
 
     def __str__(self) -> str:
-        if self.kind == "direct" or self.address is None:
+        if self.mode == "direct" or self.address is None:
             return "direct"
-        if self.kind == "forward":
+        if self.mode == "forward":
             return str(self.address)
         if self.address.scheme == "tcp":
             return "connect://" + str(self.address).removeprefix("tcp://")
@@ -50,13 +50,13 @@ class Route:
         """A connected stream socket whose far end is ``host:port`` (as far as the route goes:
         a raw forwarder reaches its own fixed target). Failures are ``TransportError``."""
         try:
-            if self.kind == "direct" or self.address is None:
+            if self.mode == "direct" or self.address is None:
                 return socket.create_connection((host, port), timeout=timeout)
             sock = connect(self.address, timeout=timeout)
         except OSError as exc:
             raise TransportError(f"cannot reach {host}:{port} via {self}: "
                                  f"{exc.strerror or exc}") from None
-        if self.kind == "connect":
+        if self.mode == "connect":
             try:
                 _tunnel(sock, host, port, timeout)
             except BaseException:

@@ -14,7 +14,7 @@ from pathlib import Path
 from nitro_attest.nsm.backend import NsmBackend, NsmDescription, NsmError, PcrDescription
 
 __all__ = [
-    "BACKEND_KINDS",
+    "BACKEND_NAMES",
     "NsmBackend",
     "NsmDescription",
     "NsmError",
@@ -22,10 +22,10 @@ __all__ = [
     "open_backend",
 ]
 
-BACKEND_KINDS = ("auto", "device", "simulator")
+BACKEND_NAMES = ("auto", "device", "simulator")
 
 
-def open_backend(kind: str, *, state_dir: Path | None = None) -> NsmBackend:
+def open_backend(name: str, *, state_dir: Path | None = None) -> NsmBackend:
     """Open an NSM backend.
 
     ``device``: the real /dev/nsm. ``simulator``: the software NSM whose state (CA hierarchy,
@@ -35,19 +35,19 @@ def open_backend(kind: str, *, state_dir: Path | None = None) -> NsmBackend:
     """
     from nitro_attest.nsm import device
 
-    if kind == "auto":
+    if name == "auto":
         if not os.path.exists(device.DEVICE_PATH):
             raise NsmError(
                 "InternalError",
                 f"no {device.DEVICE_PATH}: not running inside a Nitro Enclave; "
                 "pass --nsm simulator to use the software NSM",
             )
-        kind = "device"
-    if kind == "device":
+        name = "device"
+    if name == "device":
         return device.open_device()
-    if kind == "simulator":
+    if name == "simulator":
         from nitro_attest.nsm.simulator.nsm import SimulatedNsm
         from nitro_attest.nsm.simulator.state import default_state_dir
 
         return SimulatedNsm.open(state_dir if state_dir is not None else default_state_dir())
-    raise ValueError(f"unknown NSM backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")
+    raise ValueError(f"unknown NSM backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")

@@ -317,15 +317,15 @@ def decode_response(data: bytes) -> Response:
 R = TypeVar("R")
 
 
-def expect(response: Response, kind: type[R]) -> R:
-    """Return ``response`` if it is a ``kind``; raise the NSM's error, or InvalidResponse."""
-    if isinstance(response, kind):
+def expect(response: Response, expected: type[R]) -> R:
+    """Return ``response`` if it is an ``expected``; raise the NSM's error, or InvalidResponse."""
+    if isinstance(response, expected):
         return response
     if isinstance(response, ErrorResponse):
         raise NsmError(response.code, "the NSM refused the request")
     raise NsmError(
         "InvalidResponse",
-        f"expected a {kind.__name__}, the NSM answered {type(response).__name__}",
+        f"expected a {expected.__name__}, the NSM answered {type(response).__name__}",
     )
 
 

@@ -336,23 +336,26 @@ class EnclaveServer:
             request = self._routes.decode(body)
         except ProtocolError as exc:
             response: Response = protocol.error_for(exc)
-            kind = "?"
+            request_type = "?"
         else:
-            kind = request.TYPE
+            request_type = request.TYPE
             detail = summarize_request(request)
-            route = self._routes.get(kind)
+            route = self._routes.get(request_type)
             if route is None:
-                response = ErrorResponse("unknown_type", f"this server does not serve {kind!r}")
+                response = ErrorResponse(
+                    "unknown_type", f"this server does not serve {request_type!r}"
+                )
             else:
                 response = self._run_handler(route, request, peer)
         self.requests_served += 1
         # For --metrics: answers by request type and outcome, read at scrape time.
-        outcome = (kind, response.code if isinstance(response, ErrorResponse) else "ok")
+        outcome = (request_type, response.code if isinstance(response, ErrorResponse) else "ok")
         self.answered[outcome] = self.answered.get(outcome, 0) + 1
         elapsed = (time.perf_counter() - started) * 1000
         try:
             self._log.request(
-                f"{peer} {kind} {detail or '-'} -> {summarize_response(response)} {elapsed:.1f}ms"
+                f"{peer} {request_type} {detail or '-'} -> {summarize_response(response)} "
+                f"{elapsed:.1f}ms"
             )
         except Exception:
             self.log_failures.add(time.monotonic())
