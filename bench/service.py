@@ -192,7 +192,7 @@ def appraisal_parts(
 ) -> dict[str, float]:
     """The service's appraisal step by step, in process: what it costs beyond a verify."""
     from nitro_attest.service.api_shapes import b64url
-    from nitro_attest.service.appraisal import appraise
+    from nitro_attest.service.appraisal import appraise_evidence
     from nitro_attest.service.ear import EarSigner, ear_claims
     from nitro_attest.service.policies import load_policies
 
@@ -203,13 +203,13 @@ def appraisal_parts(
                for c, k in (("ES256", ec.SECP256R1()), ("ES384", ec.SECP384R1()))}  # fmt: skip
 
     def claims(nonce: bytes, doc: bytes) -> dict[str, object]:
-        r = appraise(verifier, policy, nonce, doc, not_before=0.0)
+        r = appraise_evidence(verifier, policy, nonce, doc, not_before=0.0)
         return ear_claims(nonce=b64url(nonce), status=r.status, vector=r.vector,
                           policy_id="policy:prod", annotated=r.annotated)  # fmt: skip
 
     example = claims(*docs[0])
     steps = {
-        "appraise (evaluate + annotated evidence)": lambda n, d: appraise(
+        "appraise (evaluate + annotated evidence)": lambda n, d: appraise_evidence(
             verifier, policy, n, d, not_before=0.0),
         "EAR sign alone, ES256": lambda n, d: signers["ES256"].sign(example),
         "EAR sign alone, ES384": lambda n, d: signers["ES384"].sign(example),

@@ -14,7 +14,7 @@ from nitro_attest.channel.receiver import ChannelReceiver, InMemorySecretStore
 from nitro_attest.channel.sender import deliver_secret
 from nitro_attest.errors import Check, PcrMismatchError, PolicyError, UserDataMismatchError
 from nitro_attest.nsm import open_backend
-from nitro_attest.service.appraisal import REQUIRED, appraise
+from nitro_attest.service.appraisal import REQUIRED, appraise_evidence
 from nitro_attest.service.policies import NamedPolicy
 
 from .channel_helpers import LocalExchange
@@ -109,14 +109,14 @@ def test_check_keys_the_report_and_the_appraisal(sim_state: Path) -> None:
     assert type(result.to_json()["name"]) is str  # JSON shape unchanged: plain strings
     assert Check.SESSION_TIME in REQUIRED and Check.CALLER_KEY_MARK in REQUIRED
     named = NamedPolicy("p", Policy.build(expected_pcrs={0: pcr0}).pcr_sets)
-    appraisal = appraise(verifier, named, b"s" * 16, document, not_before=0.0)
+    appraisal = appraise_evidence(verifier, named, b"s" * 16, document, not_before=0.0)
     assert appraisal.status == "affirming", appraisal.annotated["error"]
     assert appraisal.failed is None and appraisal.vector["executables"] == 2
     names = [c["name"] for c in appraisal.annotated["checks"]]
     assert names[-2:] == ["session_time", "caller_key_mark"]
     assert all(type(n) is str for n in names)
-    late = appraise(verifier, named, b"s" * 16, document, not_before=4e9)
+    late = appraise_evidence(verifier, named, b"s" * 16, document, not_before=4e9)
     assert late.status == "contraindicated" and late.failed == "session_time"
     assert type(late.failed) is str and late.annotated["error"]["check"] == "session_time"
-    other = appraise(verifier, named, b"t" * 16, document, not_before=0.0)
+    other = appraise_evidence(verifier, named, b"t" * 16, document, not_before=0.0)
     assert other.failed == "nonce"

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from nitro_attest.relying_party.client import request_appraisal
+from nitro_attest.relying_party.errors import ServiceClientError
 from nitro_attest.service.ear import EarSigner, ear_claims
-from nitro_attest.service.relying_party import ServiceClientError, appraise
 
 MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
 
@@ -88,7 +89,7 @@ def test_appraise_refuses_a_replayed_ear_for_a_nonce_it_did_not_choose(echo: boo
         return b"a document from whatever enclave the parent runs now"
 
     with _replaying_service(signer, echo) as (url, _), pytest.raises(ServiceClientError) as caught:
-        appraise(url, document, ear_key=pem, timeout=5)
+        request_appraisal(url, document, ear_key=pem, timeout=5)
     assert "nonce" in str(caught.value)
     # Either the impostor's own nonce is refused before the enclave is asked, or the enclave
     # is asked for ours, and the old EAR (for another nonce) fails.

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.relying_party.client import request_appraisal
+from nitro_attest.relying_party.errors import EarError, ServiceClientError
 from nitro_attest.service.ear import EarSigner
-from nitro_attest.service.relying_party import EarError, ServiceClientError, appraise
 from nitro_attest.wire.server import nsm_handlers
 from tests.serverkit import running_server
 
@@ -92,18 +93,18 @@ def test_library_pins_too(stack: dict[str, Any]) -> None:
     def document(nonce: bytes) -> bytes:
         return sim.attestation(nonce=nonce)
 
-    assert appraise(stack["real"], document, ear_key=pem).status == "affirming"
+    assert request_appraisal(stack["real"], document, ear_key=pem).status == "affirming"
     with pytest.raises(EarError, match="pinned"):
-        appraise(stack["fake"], document, ear_key=pem)
+        request_appraisal(stack["fake"], document, ear_key=pem)
     jwks = json.loads(Path(stack["jwks"]).read_text())
     with pytest.raises(EarError):
-        appraise(stack["fake"], document, ear_jwks=jwks)
+        request_appraisal(stack["fake"], document, ear_jwks=jwks)
     with pytest.raises(ServiceClientError, match="trust_advertised_key"):
-        appraise(stack["real"], document)
+        request_appraisal(stack["real"], document)
     other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
     with pytest.raises(EarError):
-        appraise(stack["real"], document, ear_key=other)  # the real service, another pin
+        request_appraisal(stack["real"], document, ear_key=other)  # the real service, another pin
 
 
 @pytest.mark.parametrize("url", ["http://example.com:8080", "http://10.0.0.1:8080",
@@ -111,7 +112,7 @@ def test_library_pins_too(stack: dict[str, Any]) -> None:
 def test_plain_http_off_the_machine_is_refused(url: str, stack: dict[str, Any]) -> None:
     pem = Path(stack["pub"]).read_bytes()
     with pytest.raises(ServiceClientError, match="insecure_http"):
-        appraise(url, lambda n: b"", ear_key=pem)  # refused before any connection
+        request_appraisal(url, lambda n: b"", ear_key=pem)  # refused before any connection
     done = _run("appraise", "--service", url, "--connect", stack["enclave"],
                 "--ear-key", stack["pub"])  # fmt: skip
     assert done.returncode == 2 and "--insecure-http" in done.stderr
@@ -163,7 +164,7 @@ def test_redirect_to_another_origin_is_not_followed(
 ) -> None:
     base, handler = redirector
     with pytest.raises(ServiceClientError, match="another origin"):
-        appraise(base, lambda n: b"", trust_advertised_key=True)
+        request_appraisal(base, lambda n: b"", trust_advertised_key=True)
     handler.mode = "location"
     with pytest.raises(ServiceClientError, match="another origin"):
-        appraise(base, lambda n: b"", trust_advertised_key=True)
+        request_appraisal(base, lambda n: b"", trust_advertised_key=True)

@@ -18,9 +18,10 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.relying_party.ear_check import verify_ear
+from nitro_attest.relying_party.errors import EarError
 from nitro_attest.service.app import ServiceConfig, create_app
 from nitro_attest.service.ear import EarSigner, ear_claims
-from nitro_attest.service.relying_party import EarError, verify_ear
 from nitro_attest.service.sessions import MemoryStore
 
 from .servicekit import MEDIA, free_port, wait_until, write_policies

@@ -174,13 +174,13 @@ def test_writes_of_one_loop_iteration_go_out_as_one() -> None:
 
 def _appraised_in(monkeypatch: pytest.MonkeyPatch, sim: SimulatedNsm, tmp: Path) -> str:
     threads: list[str] = []
-    original = app_module.appraise
+    original = app_module.appraise_evidence
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "appraise", recording)
+    monkeypatch.setattr(app_module, "appraise_evidence", recording)
     with TestClient(create_app(_config(sim, tmp))) as client:
         jwk = client.get("/.well-known/veraison/verification").json()["ear-verification-key"]
         r = client.post(NEW)

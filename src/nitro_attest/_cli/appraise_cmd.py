@@ -62,7 +62,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from nitro_attest.service.relying_party import ServiceClientError, appraise
+        from nitro_attest.relying_party.client import request_appraisal
+        from nitro_attest.relying_party.errors import ServiceClientError
     except ImportError as exc:
         raise CliError(f"appraise needs the service extra ({exc.name} is missing): "
                        "pip install 'nitro-attest[service]'") from None  # fmt: skip
@@ -90,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
         return request_attestation(args.connect, nonce=nonce, timeout=args.timeout)
 
     try:
-        result = appraise(args.service, document, policy=args.policy,
-                          nonce_size=args.nonce_size, timeout=args.timeout, ear_key=ear_key,
-                          ear_jwks=ear_jwks, trust_advertised_key=args.trust_advertised_key,
-                          insecure_http=args.insecure_http)  # fmt: skip
+        result = request_appraisal(
+            args.service, document, policy=args.policy, nonce_size=args.nonce_size,
+            timeout=args.timeout, ear_key=ear_key, ear_jwks=ear_jwks,
+            trust_advertised_key=args.trust_advertised_key,
+            insecure_http=args.insecure_http)  # fmt: skip
     except (ServiceClientError, TransportError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if args.json:

@@ -4,6 +4,6 @@ Needs the ``service`` extra (FastAPI, uvicorn, redis, PyJWT, prometheus-client).
 (the ASGI app), ``api_shapes`` (media types, limits, documented models), ``fastpath`` (the two hot
 endpoints served straight from ASGI), ``sessions`` and ``redis_store`` (session stores),
 ``appraisal`` (one document against one policy), ``ear`` (claims and signing), ``policies`` (the
-policies file), ``runner`` (uvicorn and workers), ``relying_party`` (the client side: appraise
-and check the EAR).
+policies file), ``runner`` (uvicorn and workers). The client side (ask for an appraisal, check
+the EAR) is ``nitro_attest.relying_party``.
 """

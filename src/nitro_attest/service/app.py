@@ -50,7 +50,7 @@ from nitro_attest.service.api_shapes import (
     problems,
     read_capped,
 )
-from nitro_attest.service.appraisal import appraise
+from nitro_attest.service.appraisal import appraise_evidence
 from nitro_attest.service.ear import EarSigner, ear_claims
 from nitro_attest.service.fastpath import FastPath, ServiceApp
 from nitro_attest.service.metrics import Metrics
@@ -358,7 +358,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 annotated=policy_missing)  # fmt: skip
             return state.signer.sign(claims), "contraindicated"
         nonce = b64url_decode(session.nonce) or b""
-        result = appraise(state.verifier, policy, nonce, body,
+        result = appraise_evidence(state.verifier, policy, nonce, body,
                           not_before=session.created_at - config.clock_skew)  # fmt: skip
         claims = ear_claims(
             nonce=session.nonce,

@@ -59,7 +59,7 @@ class Appraisal:
     """Name of the first failed (or missing) required check; None when affirming or warning."""
 
 
-def appraise(
+def appraise_evidence(
     verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes, *, not_before: float
 ) -> Appraisal:
     """``not_before``: the session's start less the clock skew (seconds since the epoch)."""

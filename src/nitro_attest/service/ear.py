@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from nitro_attest.errors import ConfigurationError
+from nitro_attest.relying_party.ear_check import EAR_PROFILE
 from nitro_attest.version import __version__
 
-EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 EAR_MEDIA_TYPE = 'application/eat+jwt; eat_profile="tag:github.com,2023:veraison/ear"'
 SUBMOD = "aws-nitro"
 VERIFIER_ID = {"developer": "nitro-attest", "build": f"nitro-attest {__version__}"}

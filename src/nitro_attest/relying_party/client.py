@@ -23,35 +23,40 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPMessage
 from typing import IO, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
-
-from nitro_attest.errors import TransportError
-from nitro_attest.service.ear import EAR_PROFILE
+from nitro_attest.relying_party.ear_check import (
+    EAR_ALGS,
+    STATUS_RANK,
+    load_ear_jwks,
+    load_ear_key,
+    verify_ear,
+)
+from nitro_attest.relying_party.errors import (
+    EarError,
+    ServiceClientError,
+    ServiceNotListeningError,
+)
 
 MAX_RESPONSE = 1024 * 1024
-EAR_ALGS = ("ES256", "ES384")
 WELL_KNOWN = "/.well-known/veraison/verification"
-_RANK = {"affirming": 0, "none": 1, "warning": 2, "contraindicated": 3}
-_CURVE_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "P-256": "ES256", "P-384": "ES384"}
-MAX_JWKS_KEYS = 64
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, lowercased host and port (the scheme's default when absent): what a redirect or a
+    session ``Location`` must keep."""
     parts = urlsplit(url)
     default = {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (localhost or a loopback address): where plain HTTP
+    is allowed without ``insecure_http``."""
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
@@ -74,16 +79,10 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-class ServiceClientError(TransportError):
-    """The service could not be reached, answered with an error, or sent something unusable."""
-
-
-class EarError(ServiceClientError):
-    """The EAR did not verify: bad signature, wrong profile, or another session's nonce."""
-
-
 @dataclass(frozen=True, slots=True)
 class Appraisal:
+    """A verified EAR: its worst status, its claims, the token and the session it came from."""
+
     status: str
     """The worst ``ear.status`` over the submodules."""
     claims: dict[str, Any]
@@ -92,6 +91,7 @@ class Appraisal:
 
     @property
     def failed_check(self) -> str | None:
+        """The check the service named as failed in the EAR's annotated evidence, if any."""
         for submod in self.claims.get("submods", {}).values():
             error = submod.get("ear.veraison.annotated-evidence", {}).get("error")
             if isinstance(error, dict) and isinstance(error.get("check"), str):
@@ -99,11 +99,10 @@ class Appraisal:
         return None
 
 
-class ServiceNotListeningError(ServiceClientError):
-    """The service's address refused the connection: not listening (yet)."""
-
-
 class ServiceClient:
+    """The verification service's challenge-response API over urllib: discovery, newSession and
+    submission, answers size-capped, redirects kept to the service's own origin."""
+
     def __init__(
         self, base_url: str, *, timeout: float = 10.0, insecure_http: bool = False
     ) -> None:
@@ -161,6 +160,7 @@ class ServiceClient:
         return data, location
 
     def discover(self) -> dict[str, Any]:
+        """The well-known discovery document; it must advertise an ES256/ES384 EAR key."""
         data, _ = self._call("GET", urljoin(self.base_url, WELL_KNOWN.lstrip("/")))
         key = data.get("ear-verification-key")
         if not isinstance(key, dict) or key.get("alg") not in EAR_ALGS:
@@ -169,6 +169,8 @@ class ServiceClient:
 
     def new_session(self, *, nonce: bytes | None = None, nonce_size: int = 32,
                     policy: str | None = None) -> tuple[str, dict[str, Any]]:  # fmt: skip
+        """A new session (with ``nonce``, or one of ``nonce_size`` bytes the service picks): its
+        URL, on the service's origin, and the session object."""
         query: dict[str, str] = {}
         if nonce is not None:
             query["nonce"] = base64.urlsafe_b64encode(nonce).rstrip(b"=").decode()
@@ -187,87 +189,9 @@ class ServiceClient:
         return session_url, body
 
     def submit(self, session_url: str, document: bytes, media_type: str) -> dict[str, Any]:
+        """Submit the evidence; the session object with its ``result`` (an EAR) comes back."""
         body, _ = self._call("POST", session_url, body=document, content_type=media_type)
         return body
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def load_ear_key(pem: bytes, source: str = "EAR key") -> dict[str, Any]:
-    """A pinned EAR key from a PEM public key (or certificate): its JWK with ``alg``."""
-    try:
-        if b"BEGIN CERTIFICATE" in pem:
-            from cryptography import x509
-
-            key: Any = x509.load_pem_x509_certificate(pem).public_key()
-        else:
-            key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise ServiceClientError(f"{source}: not a PEM public key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVE_ALGS:
-        raise ServiceClientError(f"{source}: not an EC P-256 or P-384 public key")
-    jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key))
-    jwk["alg"] = _CURVE_ALGS[key.curve.name]
-    return jwk
-
-
-def load_ear_jwks(jwks: Mapping[str, Any], source: str = "EAR JWKS") -> list[dict[str, Any]]:
-    """Pinned EAR keys from a JWK set (``{"keys": [...]}``): EC P-256/P-384 public keys."""
-    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
-    if not isinstance(keys, list) or not keys or len(keys) > MAX_JWKS_KEYS:
-        raise ServiceClientError(f"{source}: expected {{\"keys\": [1..{MAX_JWKS_KEYS} JWKs]}}")
-    pinned: list[dict[str, Any]] = []
-    for i, jwk in enumerate(keys):
-        if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or "d" in jwk:
-            raise ServiceClientError(f"{source}: key {i} is not an EC public JWK")
-        alg = _CURVE_ALGS.get(str(jwk.get("crv")))
-        if alg is None or jwk.get("alg", alg) != alg:
-            raise ServiceClientError(f"{source}: key {i} is not ES256 on P-256 or ES384 on P-384")
-        try:
-            ECAlgorithm.from_jwk(json.dumps(jwk))
-        except (jwt.PyJWTError, ValueError) as exc:
-            raise ServiceClientError(f"{source}: key {i}: {exc}") from None
-        pinned.append({**jwk, "alg": alg})
-    return pinned
-
-
-def verify_ear(
-    token: str, jwk: Mapping[str, Any] | Sequence[Mapping[str, Any]], nonce: str
-) -> dict[str, Any]:
-    """The EAR's claims, once its signature (by ``jwk``, or by one of several pinned keys),
-    profile and nonce check out; EarError otherwise."""
-    keys = [jwk] if isinstance(jwk, Mapping) else list(jwk)
-    if not keys:
-        raise EarError("no EAR verification key given")
-    failure = "no key"
-    for candidate in keys:
-        alg = candidate.get("alg")
-        if alg not in EAR_ALGS:
-            raise EarError(f"verification key algorithm {alg!r} is not ES256 or ES384")
-        try:
-            key = ECAlgorithm.from_jwk(json.dumps(dict(candidate)))
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[str(alg)], options={"require": ["iat"]}  # type: ignore[arg-type]
-            )
-            break
-        except (jwt.PyJWTError, ValueError) as exc:
-            failure = str(exc)
-    else:
-        which = "the key" if len(keys) == 1 else f"any of the {len(keys)} keys"
-        raise EarError(f"EAR does not verify with {which}: {failure}")
-    if claims.get("eat_profile") != EAR_PROFILE:
-        raise EarError(f"EAR profile is {claims.get('eat_profile')!r}, not {EAR_PROFILE}")
-    if claims.get("eat_nonce") != nonce:
-        raise EarError("EAR nonce is not this session's nonce (a result for another session)")
-    submods = claims.get("submods")
-    if not isinstance(submods, dict) or not submods:
-        raise EarError("EAR has no submodules")
-    for name, submod in submods.items():
-        if not isinstance(submod, dict) or submod.get("ear.status") not in _RANK:
-            raise EarError(f"EAR submodule {name!r} has no valid ear.status")
-    return claims
 
 
 def _discover_when_listening(client: ServiceClient, timeout: float) -> dict[str, Any]:
@@ -285,7 +209,7 @@ def _discover_when_listening(client: ServiceClient, timeout: float) -> dict[str,
         delay = min(delay * 2, 0.5)
 
 
-def appraise(
+def request_appraisal(
     service_url: str,
     get_document: Callable[[bytes], bytes],
     *,
@@ -342,5 +266,5 @@ def appraise(
             raise EarError(f"{exc} (pinned EAR key: not the key that signed this EAR)") from None
     else:
         claims = verify_ear(token, discovery["ear-verification-key"], nonce)
-    status = max((s["ear.status"] for s in claims["submods"].values()), key=_RANK.__getitem__)
+    status = max((s["ear.status"] for s in claims["submods"].values()), key=STATUS_RANK.__getitem__)
     return Appraisal(status, claims, token, session_url)
