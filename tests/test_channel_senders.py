@@ -85,7 +85,7 @@ def test_signed_by_pinned_key_delivered(kind: str, suite: str) -> None:
     signer = key_id(PINNED[kind].public_key())
     assert receipt.signer == signer
     assert store.secrets == [SECRET]
-    assert store.deliveries[0].authenticated and store.deliveries[0].sender == signer.hex()
+    assert store.deliveries[0].authenticated and store.deliveries[0].signer == signer
 
 
 @pytest.mark.parametrize("signing_key", [None, UNPINNED], ids=["unsigned", "unpinned"])
@@ -222,14 +222,14 @@ def test_without_pinned_keys_every_delivery_is_unauthenticated(
     ex, verifier, store = _enclave(pinned=False)
     _deliver(ex, verifier, signing_key=signing_key)
     (delivery,) = store.deliveries
-    assert delivery.authenticated is False and delivery.sender is None
+    assert delivery.authenticated is False and delivery.signer is None
 
 
 def test_store_bounded_per_sender_never_evicts() -> None:
     """Threat: junk pushes a real secret out of the store. Now junk is refused, nothing evicted."""
     store = InMemorySecretStore(per_sender=2, bytes_per_sender=100)
     anon = Delivery(SuiteId.X25519, b"n" * 32, bytes(32))
-    alice = Delivery(SuiteId.X25519, b"n" * 32, bytes(32), sender="aa" * 32, authenticated=True)
+    alice = Delivery(SuiteId.X25519, b"n" * 32, bytes(32), signer=b"\xaa" * 32, authenticated=True)
     store(b"real", anon)
     store(b"junk", anon)
     with pytest.raises(ChannelError, match="store is full for unauthenticated") as info:

@@ -85,15 +85,16 @@ class Delivery:
     """What the plaintext handler learns besides the plaintext.
 
     ``authenticated`` is true only when the server pins sender keys and the message carried a
-    valid signature by one of them; ``sender`` is then that key's id (SHA-256 of its
-    SubjectPublicKeyInfo, hex). Otherwise the secret may come from anyone who reaches the port,
-    the parent instance included (docs/threat-model.md).
+    valid signature by one of them; ``signer`` is then that key's id (SHA-256 of its
+    SubjectPublicKeyInfo, 32 bytes: the same value and name as the message's ``signer`` field and
+    the sender's ``Receipt.signer``). Otherwise the secret may come from anyone who reaches the
+    port, the parent instance included (docs/threat-model.md).
     """
 
     suite: SuiteId
     nonce: bytes
     sha256: bytes
-    sender: str | None = None
+    signer: bytes | None = None
     authenticated: bool = False
 
 
@@ -123,21 +124,21 @@ class InMemorySecretStore:
         self._per_sender = per_sender
         self._bytes = bytes_per_sender
         self._items: list[tuple[Delivery, bytes]] = []
-        self._used: dict[str | None, tuple[int, int]] = {}
+        self._used: dict[bytes | None, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, plaintext: bytes, delivery: Delivery) -> None:
         with self._lock:
-            count, size = self._used.get(delivery.sender, (0, 0))
+            count, size = self._used.get(delivery.signer, (0, 0))
             if count + 1 > self._per_sender or size + len(plaintext) > self._bytes:
-                who = delivery.sender[:16] if delivery.sender else "unauthenticated senders"
+                who = delivery.signer.hex()[:16] if delivery.signer else "unauthenticated senders"
                 raise ChannelError(
                     f"the enclave's secret store is full for {who} ({count} secret(s), "
                     f"{size} bytes; limit {self._per_sender} and {self._bytes} bytes): "
                     "not stored",
                     reason=ChannelFailure.STORE_FULL,
                 )
-            self._used[delivery.sender] = (count + 1, size + len(plaintext))
+            self._used[delivery.signer] = (count + 1, size + len(plaintext))
             self._items.append((delivery, plaintext))
 
     @property
@@ -241,7 +242,7 @@ class ChannelReceiver:
         keys = self.keys(issued.advertised.suite)
         if len(sealed) > max_sealed_bytes(keys.suite):
             raise ChannelError(f"sealed message too long ({len(sealed)} bytes)", reason="size")
-        sender = self._check_sender(
+        pinned = self._check_sender(
             keys.suite, nonce, issued.document_sha384, sealed, signer, signature
         )
         try:
@@ -253,7 +254,7 @@ class ChannelReceiver:
         self._ledger.consume(nonce)  # raises if another delivery won the race
         digest = hashlib.sha256(plaintext).digest()
         delivery = Delivery(
-            keys.suite, nonce, digest, sender=sender, authenticated=sender is not None
+            keys.suite, nonce, digest, signer=pinned, authenticated=pinned is not None
         )
         try:
             self.handler(plaintext, delivery)
@@ -267,7 +268,7 @@ class ChannelReceiver:
             keys.suite.label,
             nonce[:4].hex(),
             len(plaintext),
-            sender[:16] if sender else "unauthenticated",
+            pinned.hex()[:16] if pinned else "unauthenticated",
         )
         return acknowledgement(ack_key, plaintext)
 
@@ -279,7 +280,7 @@ class ChannelReceiver:
         sealed: bytes,
         signer: bytes | None,
         signature: bytes | None,
-    ) -> str | None:
+    ) -> bytes | None:
         """The pinned key id that signed this message; None when no keys are pinned."""
         if not self._senders:
             return None  # a signature, if any, proves nothing without a pinned key to check
@@ -292,7 +293,7 @@ class ChannelReceiver:
         ):
             reason = "the sender signature does not verify for this message"
         else:
-            return signer.hex()
+            return signer
         log.warning("sealed message refused: nonce=%s...: %s", nonce[:4].hex(), reason)
         raise ChannelError(f"sealed message refused: {reason}", reason=ChannelFailure.SENDER)
 
