@@ -81,6 +81,7 @@ class Receipt:
 
 
 def suite_of(suite: str | SuiteId) -> SuiteId:
+    """The suite named by its label (``x25519``...) or given; ChannelError if unknown."""
     if isinstance(suite, SuiteId):
         return suite
     try:
@@ -295,6 +296,7 @@ class ConnectionExchange:
         self._conn = connection
 
     def __call__(self, request: Request) -> Response:
+        """Send ``request``, return the answer; an enclave error answer becomes a ChannelError."""
         try:
             return self._conn.request(request)
         except EnclaveError as exc:

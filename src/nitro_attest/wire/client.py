@@ -63,6 +63,8 @@ class EnclaveError(ClientError):
 
 
 def unreachable_hint(address: Address) -> str:
+    """What to check when ``address`` refuses or times out (for vsock: the CID, the port, and
+    whether this machine is the enclave's parent)."""
     if address.scheme == "vsock":
         return (
             "is the enclave running? check `nitro-cli describe-enclaves` (CID and state) "
@@ -95,6 +97,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def remaining(self) -> float:
+        """Seconds left before the deadline (negative once it passed)."""
         return self.deadline - time.monotonic()
 
     def wait(self) -> bool:
@@ -112,6 +115,7 @@ class Backoff:
         return True
 
     def tried(self) -> str:
+        """How long and how many times connecting was tried, for the error message."""
         elapsed = time.monotonic() - self.started
         if self.attempts <= 1:
             return "1 attempt"
@@ -174,6 +178,7 @@ class Connection:
         self.close()
 
     def close(self) -> None:
+        """Close the connection's socket."""
         self._sock.close()
 
     def _recv_exactly(self, n: int, what: str) -> bytes:
@@ -279,6 +284,8 @@ class Connection:
         user_data: bytes | None = None,
         public_key: bytes | None = None,
     ) -> bytes:
+        """An attestation document for ``nonce`` (and ``user_data``; ``public_key`` only where
+        the server allows caller keys), as the enclave's bytes: verify it before trusting it."""
         response = self.request(
             AttestRequest(nonce=nonce, user_data=user_data, public_key=public_key)
         )
@@ -289,6 +296,7 @@ class Connection:
         return response.document
 
     def describe(self) -> DescriptionResponse:
+        """The enclave's ``describe`` answer: its NSM description and every PCR, locked or not."""
         response = self.request(DescribeRequest())
         if not isinstance(response, DescriptionResponse):
             raise ClientProtocolError(f"{self.address}: expected description, got {response.TYPE}")
@@ -314,6 +322,7 @@ def request_attestation(
 
 
 def describe_enclave(address: str, *, timeout: float = 10.0) -> DescriptionResponse:
+    """One ``describe`` request to the enclave at ``address`` on a connection of its own."""
     with Connection(address, timeout=timeout) as conn:
         return conn.describe()
 
