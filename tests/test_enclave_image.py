@@ -46,7 +46,7 @@ def test_every_pip_install_is_hash_pinned_or_the_local_project() -> None:
 
 def test_runtime_requirements_match_pyproject() -> None:
     reqs = _requirements("requirements.txt")
-    assert set(reqs) == {"cbor2", "cryptography", "cffi", "pycparser"}
+    assert set(reqs) == {"cbor2", "cryptography", "cffi", "pycparser", "certifi"}
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     floors = dict(re.fullmatch(r"([a-z0-9]+)>=([\d.]+)", d).groups() for d in deps)  # type: ignore[union-attr]
     for name, floor in floors.items():
@@ -55,6 +55,16 @@ def test_runtime_requirements_match_pyproject() -> None:
     for name in ("cbor2", "cryptography", "cffi"):  # one wheel per architecture (x86_64, arm64)
         assert len(set(reqs[name][1])) == 2, name
     assert set(_requirements("build-requirements.txt")) == {"setuptools"}
+
+
+def test_the_image_carries_the_kms_clients_default_ca_bundle() -> None:
+    """TLS to KMS ends in the enclave: the default --ca-bundle (certifi's) must be in the image,
+    at a version the kms extra accepts."""
+    version = _requirements("requirements.txt")["certifi"][0]
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    floor = next(d for d in extra["kms"] if d.startswith("certifi>="))[len("certifi>="):]
+    release = tuple(int(x) for x in version.split(".")[:3])
+    assert release >= tuple(int(x) for x in floor.split(".")), version
 
 
 def test_dockerignore_sends_only_what_the_image_copies() -> None:
