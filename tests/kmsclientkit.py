@@ -181,8 +181,10 @@ class FakeKms:
         headers = [(k, v) for k, v in handler.headers.items() if k.lower() in auth.signed_headers]
         want = expected_signature("POST", "/", [], headers, body, CREDS.secret_access_key, auth,
                                   handler.headers["X-Amz-Date"])
-        if auth.access_key_id != CREDS.access_key_id or not hmac.compare_digest(
-                want, auth.signature):
+        if auth.access_key_id != CREDS.access_key_id:  # as KMS answers an unknown key id
+            return 400, {"__type": "UnrecognizedClientException",
+                         "message": "The security token included in the request is invalid."}
+        if not hmac.compare_digest(want, auth.signature):
             return 400, {"__type": "InvalidSignatureException", "message": "bad signature"}
         if request.get("KeyId") == "missing":
             return 400, {"__type": "com.amazonaws.kms#NotFoundException",

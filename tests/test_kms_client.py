@@ -20,6 +20,7 @@ from nitro_attest.attestation.document import parse_document
 from nitro_attest.errors import TransportError
 from nitro_attest.kms.client import KmsClient, KmsError, KmsResponseError
 from nitro_attest.kms.envelope import EnvelopeKeyError, seal_envelope
+from nitro_attest.kms.sigv4 import Credentials
 from nitro_attest.nsm import open_backend
 from nitro_attest.nsm.backend import NsmBackend
 from nitro_attest.proxy import ProxyConfig
@@ -28,6 +29,7 @@ from nitro_attest.wire.transport import parse_address
 from tests.kmsclientkit import (
     BLOB_PREFIX,
     CREDS,
+    KEY_ARN,
     KMS_HOST,
     REGION,
     FakeKms,
@@ -291,3 +293,56 @@ def test_a_reused_connection_closed_by_kms_is_retried_once(nsm: NsmBackend, pki:
         assert client.generate_random(4).secret is not None
     assert len(kms.seen.requests) == 3
     assert kms.seen.connections == 3
+
+
+class _Rotating:
+    """An IMDS-like source whose first credentials the role has already replaced."""
+
+    def __init__(self) -> None:
+        self.current = Credentials("ASIASTALE00000000001", "old-secret", "old-token")
+        self.calls = self.invalidated = 0
+
+    def __call__(self) -> Credentials:
+        self.calls += 1
+        return self.current
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+        self.current = CREDS
+
+
+def test_stale_instance_credentials_are_fetched_again_once(nsm: NsmBackend, pki: Pki) -> None:
+    """KMS refuses the cached token (UnrecognizedClientException): the client forgets it, fetches
+    fresh credentials and sends once more; the secret arrives."""
+    source = _Rotating()
+    with FakeKms(pki) as kms, KmsClient(region=REGION, nsm=nsm, credentials=source,
+                                         via=f"tcp://127.0.0.1:{kms.port}",
+                                         ca_bundle=pki.ca) as client:  # fmt: skip
+        assert client.decrypt(BLOB_PREFIX + b"s3", key_id=KEY_ARN).secret == b"s3"
+    assert (source.invalidated, source.calls, len(kms.seen.requests)) == (1, 2, 2)
+
+
+def test_credentials_that_stay_refused_fail_after_one_retry(
+    nsm: NsmBackend, pki: Pki, kms: FakeKms
+) -> None:
+    source = _Rotating()
+    source.invalidate = lambda: None  # type: ignore[method-assign]  # IMDS keeps the old ones
+    with KmsClient(region=REGION, nsm=nsm, credentials=source, via=f"tcp://127.0.0.1:{kms.port}",
+                   ca_bundle=pki.ca) as client, pytest.raises(
+        KmsError, match="UnrecognizedClientException"
+    ):
+        client.decrypt(BLOB_PREFIX + b"s3", key_id=KEY_ARN)
+    assert len(kms.seen.requests) == 2
+
+
+def test_fixed_credentials_refused_are_not_retried(
+    nsm: NsmBackend, pki: Pki, kms: FakeKms
+) -> None:
+    """Credentials from the environment cannot be refreshed: one request, KMS's error."""
+    wrong = Credentials("AKIAWRONG00000000001", "x", None)
+    with KmsClient(region=REGION, nsm=nsm, credentials=wrong, via=f"tcp://127.0.0.1:{kms.port}",
+                   ca_bundle=pki.ca) as client, pytest.raises(
+        KmsError, match="UnrecognizedClientException"
+    ):
+        client.generate_random(4)
+    assert len(kms.seen.requests) == 1

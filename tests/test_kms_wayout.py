@@ -238,6 +238,32 @@ def test_imds_credentials_refresh_before_expiry(
         imds.close()
 
 
+def test_imds_credentials_kept_at_most_max_cache_by_the_monotonic_clock(
+    imds_answers: dict[str, tuple[int, bytes]]
+) -> None:
+    """A wall clock stepped back keeps the expiry far away; the monotonic bound still refreshes,
+    and invalidate() (KMS refused the token) forgets them at once."""
+    from nitro_attest.kms.credentials import MAX_CACHE_SECONDS
+
+    imds = Imds(imds_answers)
+    ticks = [1000.0]
+    try:
+        source = ImdsCredentials(parse_route("direct"), host="127.0.0.1", port=imds.port,
+                                 clock=lambda: 946684800.0, monotonic=lambda: ticks[0])
+        source()
+        ticks[0] += MAX_CACHE_SECONDS - 1
+        source()
+        assert len(imds.seen) == 3  # still cached
+        ticks[0] += 2
+        source()
+        assert len(imds.seen) == 6  # past the monotonic bound: fetched again
+        source.invalidate()
+        source()
+        assert len(imds.seen) == 9
+    finally:
+        imds.close()
+
+
 @pytest.mark.parametrize(
     ("path", "answer", "words"),
     [

@@ -69,6 +69,10 @@ _LOOPBACK_NAMES = ("localhost", "localhost.")
 _OPERATION = re.compile(r"[A-Z][A-Za-z]{1,63}\Z")
 
 
+# KMS's answers that fresh credentials from IMDS may cure (the client retries once).
+STALE_CREDENTIALS = frozenset({"ExpiredTokenException", "UnrecognizedClientException"})
+
+
 class KmsError(TransportError):
     """KMS answered with an error: ``code`` is its ``__type`` (without a namespace), ``status``
     the HTTP status. ``str()`` is one line: ``code: message``."""
@@ -257,7 +261,16 @@ class KmsClient:
             raise UsageError(f"{operation} request of {len(payload)} bytes, more than "
                              f"{MAX_REQUEST_BYTES}")
         answer = self._send(operation, payload)
-        fields = _answer_fields(answer)
+        try:
+            fields = _answer_fields(answer)
+        except KmsError as exc:
+            # Only KMS can say this (TLS ends here): the cached IMDS credentials were replaced
+            # or the clock kept them too long. Fetch them again and send once more.
+            invalidate = getattr(self._credentials, "invalidate", None)
+            if exc.code not in STALE_CREDENTIALS or invalidate is None:
+                raise
+            invalidate()
+            fields = _answer_fields(self._send(operation, payload))
         asked = request.get("KeyId")
         if self.require_key_arn and operation in KEYED_OPERATIONS and (
             fields.get("KeyId") != asked

@@ -27,6 +27,9 @@ IMDS_HOST = "169.254.169.254"
 IMDS_PORT = 80
 TOKEN_TTL_SECONDS = 21600
 REFRESH_BEFORE_SECONDS = 300  # fetch new credentials this long before the old ones expire
+# Kept at most this long by the monotonic clock too: the expiry is wall-clock time from IMDS, and
+# a wall clock stepped back would otherwise keep credentials the role has already replaced.
+MAX_CACHE_SECONDS = 900
 MAX_IMDS_ANSWER = 16 * 1024
 
 _KEY_ID = re.compile(r"[A-Z0-9]{16,128}\Z")
@@ -66,27 +69,39 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Credentials:
 
 class ImdsCredentials:
     """The instance role's credentials from IMDSv2 (token PUT, then GET), kept until shortly
-    before they expire. Callable: a ``CredentialSource``. Thread-safe."""
+    before they expire and at most MAX_CACHE_SECONDS, or until ``invalidate()`` (the client calls
+    it when KMS says the token expired or is unknown). Callable: a ``CredentialSource``.
+    Thread-safe."""
 
     def __init__(
         self, route: Route, *, host: str = IMDS_HOST, port: int = IMDS_PORT,
         timeout: float = 2.0, clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connection = Connection(Endpoint("http", host, port), route, None, timeout=timeout)
         self._host = host if port == 80 else f"{host}:{port}"
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._cached: tuple[Credentials, float] | None = None
+        self._cached: tuple[Credentials, float, float] | None = None  # wall and monotonic ends
 
     def __call__(self) -> Credentials:
         with self._lock:
-            now = self._clock()
-            if self._cached is not None and now < self._cached[1]:
-                return self._cached[0]
+            cached = self._cached
+            if (cached is not None and self._clock() < cached[1]
+                    and self._monotonic() < cached[2]):  # fmt: skip
+                return cached[0]
+            self._cached = None
             credentials, expires = self._fetch()
-            self._cached = (credentials, expires - REFRESH_BEFORE_SECONDS)
+            self._cached = (credentials, expires - REFRESH_BEFORE_SECONDS,
+                            self._monotonic() + MAX_CACHE_SECONDS)  # fmt: skip
             self._connection.close()
             return credentials
+
+    def invalidate(self) -> None:
+        """Forget the cached credentials: the next call fetches from IMDS again."""
+        with self._lock:
+            self._cached = None
 
     def _get(self, method: str, path: str, headers: list[tuple[str, str]]) -> str:
         try:
