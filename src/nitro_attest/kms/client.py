@@ -57,6 +57,16 @@ RECIPIENT_OPERATIONS: dict[str, str] = {
     "GenerateRandom": "Plaintext",
     "DeriveSharedSecret": "SharedSecret",
 }
+# Each answer's fields in the order of KMS's output shape (the API model), which is the order
+# the AWS CLI prints them in whatever order the JSON came: our output matches it text for text.
+OUTPUT_ORDER: dict[str, tuple[str, ...]] = {
+    "Decrypt": ("KeyId", "Plaintext", "EncryptionAlgorithm", "KeyMaterialId"),
+    "GenerateDataKey": ("CiphertextBlob", "Plaintext", "KeyId", "KeyMaterialId"),
+    "GenerateDataKeyPair": ("PrivateKeyCiphertextBlob", "PrivateKeyPlaintext", "PublicKey",
+                            "KeyId", "KeyPairSpec", "KeyMaterialId"),
+    "GenerateRandom": ("Plaintext",),
+    "DeriveSharedSecret": ("KeyId", "SharedSecret", "KeyAgreementAlgorithm", "KeyOrigin"),
+}
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_IDLE_CONNECTIONS = 4
@@ -334,7 +344,10 @@ class KmsClient:
             raise KmsResponseError(f"{operation}: CiphertextForRecipient is not base64") from None
         secret = open_envelope(envelope, key.private_key)
         fields[field] = _b64(secret)
-        return KmsResult(operation, fields, secret)
+        order = OUTPUT_ORDER[operation]
+        rank = {name: i for i, name in enumerate(order)}
+        ordered = dict(sorted(fields.items(), key=lambda item: rank.get(item[0], len(order))))
+        return KmsResult(operation, ordered, secret)
 
     # --- connections ---------------------------------------------------------------------------
 
