@@ -47,7 +47,7 @@ class CpioHeader:
     rdevminor: int = 0
 
     @property
-    def kind(self) -> int:
+    def file_type(self) -> int:
         return stat.S_IFMT(self.mode)
 
     def pack(self) -> bytes:

@@ -24,7 +24,7 @@ MAX_ENTRIES = 2_000_000
 @dataclass(slots=True)
 class SectionDiff:
     index: int
-    kind: str
+    section_type: str
     summary: str
     details: list[str] = field(default_factory=list)
     truncated: int = 0
@@ -49,7 +49,7 @@ class DiffReport:
             "Sections": [
                 {
                     "Index": s.index,
-                    "Type": s.kind,
+                    "Type": s.section_type,
                     "Summary": s.summary,
                     "Details": s.details,
                     "NotListed": s.truncated,
@@ -64,7 +64,7 @@ class DiffReport:
         lines = [f"{a} and {b} differ" + (f" ({', '.join(self.pcrs)} differ)" if self.pcrs else "")]
         lines += [f"  header: {h}" for h in self.header]
         for s in self.sections:
-            lines.append(f"  section {s.index} {s.kind}: {s.summary}")
+            lines.append(f"  section {s.index} {s.section_type}: {s.summary}")
             lines += [f"    {d}" for d in s.details]
             if s.truncated:
                 lines.append(f"    ... and {s.truncated} more")
@@ -73,7 +73,7 @@ class DiffReport:
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    kind: int
+    file_type: int
     mode: int
     uid: int
     gid: int
@@ -102,7 +102,7 @@ def _cpio_records(fh: BinaryIO, section: Section) -> dict[bytes, _Record]:
     targets: dict[bytes, bytes] = {}
 
     def on_data(entry: CpioEntry, block: bytes) -> None:
-        if entry.header.kind == stat.S_IFLNK:
+        if entry.header.file_type == stat.S_IFLNK:
             targets[entry.header.name] = targets.get(entry.header.name, b"") + block[:4096]
         else:
             hashes.setdefault(entry.header.name, hashlib.sha256()).update(block)
@@ -112,9 +112,9 @@ def _cpio_records(fh: BinaryIO, section: Section) -> dict[bytes, _Record]:
     for entry in iter_cpio(fh, section.size, on_data):
         h = entry.header
         digest = hashes.pop(h.name, hashlib.sha256())
-        if h.kind == stat.S_IFLNK:
+        if h.file_type == stat.S_IFLNK:
             content = "-> " + targets.pop(h.name, b"").decode("utf-8", "backslashreplace")
-        elif h.kind == stat.S_IFREG:
+        elif h.file_type == stat.S_IFREG:
             content = digest.hexdigest()
             if h.nlink > 1:  # later names of a hard-linked file carry no data
                 content = by_ino.setdefault(h.ino, content) if h.size else by_ino.get(h.ino, "")
@@ -125,12 +125,12 @@ def _cpio_records(fh: BinaryIO, section: Section) -> dict[bytes, _Record]:
         if len(records) >= MAX_ENTRIES:
             raise CpioError(f"cpio: more than {MAX_ENTRIES} entries")
         records[h.name] = _Record(
-            h.kind, h.mode & 0o7777, h.uid, h.gid, h.mtime, content, (h.rdevmajor, h.rdevminor)
+            h.file_type, h.mode & 0o7777, h.uid, h.gid, h.mtime, content, (h.rdevmajor, h.rdevminor)
         )
     return records
 
 
-def _kind_name(kind: int) -> str:
+def _file_type_name(file_type: int) -> str:
     return {
         stat.S_IFDIR: "directory",
         stat.S_IFREG: "file",
@@ -138,15 +138,15 @@ def _kind_name(kind: int) -> str:
         stat.S_IFCHR: "char device",
         stat.S_IFBLK: "block device",
         stat.S_IFIFO: "fifo",
-    }.get(kind, f"type {kind:o}")
+    }.get(file_type, f"type {file_type:o}")
 
 
 def _compare_records(a: _Record, b: _Record) -> list[str]:
-    if a.kind != b.kind:
-        return [f"type {_kind_name(a.kind)} -> {_kind_name(b.kind)}"]
+    if a.file_type != b.file_type:
+        return [f"type {_file_type_name(a.file_type)} -> {_file_type_name(b.file_type)}"]
     how = []
     if a.content != b.content:
-        if a.kind == stat.S_IFLNK:
+        if a.file_type == stat.S_IFLNK:
             how.append(f"link target {a.content[3:]} -> {b.content[3:]}")
         else:
             how.append(f"content (sha256 {a.content[:12]} -> {b.content[:12]})")
@@ -262,11 +262,11 @@ def diff_eifs(a: Path, b: Path) -> DiffReport:
                 continue
             if sa.size == sb.size and _sha256(fa, sa) == _sha256(fb, sb):
                 continue
-            kind = sa.type.name
+            name = sa.type.name
             if sa.type == SectionType.RAMDISK:
-                kind += " (bootstrap)" if ramdisk_no == 1 else " (customer)"
+                name += " (bootstrap)" if ramdisk_no == 1 else " (customer)"
             diff = SectionDiff(
-                i, kind, f"size {sa.size} -> {sb.size}" if sa.size != sb.size else "content differs"
+                i, name, f"size {sa.size} -> {sb.size}" if sa.size != sb.size else "content differs"
             )
             if sa.type == SectionType.RAMDISK:
                 _diff_ramdisk(fa, sa, fb, sb, diff)

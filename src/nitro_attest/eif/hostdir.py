@@ -19,7 +19,7 @@ from nitro_attest.eif.blobs import FileCache, ImageError
 from nitro_attest.eif.layer import Limits, Totals
 from nitro_attest.eif.rootfs import Dir, HostFile, Inode, RootFs, check_symlink
 
-_KINDS = (stat.S_IFREG, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
+_FILE_TYPES = (stat.S_IFREG, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
 
 
 def _xattrs(dir_fd: int, name: bytes) -> int:
@@ -72,31 +72,31 @@ def _scan(
         totals.entries += 1
         if totals.entries > limits.max_entries:
             raise ImageError(f"{chain.root_name}: more than {limits.max_entries} entries")
-        kind = stat.S_IFMT(st.st_mode)
+        file_type = stat.S_IFMT(st.st_mode)
         xattrs = _xattrs(fd, name)
         totals.xattrs += xattrs
         mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
-        if kind == stat.S_IFDIR:
+        if file_type == stat.S_IFDIR:
             child = Dir(mode, st.st_uid, st.st_gid, mtime, xattrs=xattrs)
             node.children[name] = child
             subdirs.append((child_parts, child, (st.st_dev, st.st_ino)))
             continue
-        if kind not in _KINDS:
+        if file_type not in _FILE_TYPES:
             where = chain.where(child_parts)
             raise ImageError(f"{where}: socket or unknown file type; cannot be imaged")
         key = (st.st_dev, st.st_ino)
-        if kind == stat.S_IFREG and st.st_nlink > 1 and key in links:
+        if file_type == stat.S_IFREG and st.st_nlink > 1 and key in links:
             node.children[name] = links[key]
             continue
-        inode = Inode(kind, mode, st.st_uid, st.st_gid, mtime, xattrs=xattrs)
-        if kind == stat.S_IFREG:
+        inode = Inode(file_type, mode, st.st_uid, st.st_gid, mtime, xattrs=xattrs)
+        if file_type == stat.S_IFREG:
             totals.bytes += st.st_size
             if totals.bytes > limits.max_bytes:
                 raise ImageError(f"{chain.root_name}: more than {limits.max_bytes} bytes")
             inode.size, inode.host = st.st_size, HostFile(b"/".join(child_parts), *key)
             if st.st_nlink > 1:
                 links[key] = inode
-        elif kind == stat.S_IFLNK:
+        elif file_type == stat.S_IFLNK:
             target = os.readlink(name, dir_fd=fd)
             check_symlink(child_parts, target, chain.root_name)
             inode.size, inode.target = len(target), target

@@ -19,7 +19,7 @@ from nitro_attest.eif.tar import (
     iter_members,
 )
 
-_KINDS = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+_DEVICE_TYPES = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +116,11 @@ def _apply(fs: RootFs, parts: list[bytes], m: TarMember, blob: Blob) -> None:
 def _inode(parts: list[bytes], m: TarMember, blob: Blob, where: str) -> Inode:
     inode = Inode(0, m.mode, m.uid, m.gid, m.mtime, xattrs=len(m.xattrs))
     if m.is_regular:
-        inode.kind, inode.size, inode.blob, inode.offset = stat.S_IFREG, m.size, blob, m.data_offset
+        inode.file_type, inode.size = stat.S_IFREG, m.size
+        inode.blob, inode.offset = blob, m.data_offset
     elif m.type == SYMLINK:
         check_symlink(parts, m.linkname, where)
-        inode.kind, inode.size, inode.target = stat.S_IFLNK, len(m.linkname), m.linkname
+        inode.file_type, inode.size, inode.target = stat.S_IFLNK, len(m.linkname), m.linkname
     else:
-        inode.kind, inode.rdev = _KINDS[m.type], (m.devmajor, m.devminor)
+        inode.file_type, inode.rdev = _DEVICE_TYPES[m.type], (m.devmajor, m.devminor)
     return inode

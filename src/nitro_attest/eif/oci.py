@@ -75,12 +75,12 @@ class _TarIndex:
         found = self.members.get(key)
         if found is None:
             raise ImageError(f"{self.blob.name}: {what} {key} is missing")
-        offset, size, kind, link = found
-        if kind == SYMLINK and depth < 8:  # legacy docker save links duplicate layers
+        offset, size, member_type, link = found
+        if member_type == SYMLINK and depth < 8:  # legacy docker save links duplicate layers
             base = key.rsplit("/", 1)[0] if "/" in key else ""
             target = link.decode("utf-8", "replace")
             return self.get(os.path.normpath(os.path.join(base, target)), what, depth + 1)
-        if kind not in (b"0", b"\0", b"7"):
+        if member_type not in (b"0", b"\0", b"7"):
             raise ImageError(f"{self.blob.name}: {what} {key} is not a regular file")
         return Blob(self.blob.path, self.blob.offset + offset, size, f"{what} ({key})")
 

@@ -172,7 +172,7 @@ def _link_counts(fs: RootFs) -> dict[int, int]:
     """Names per regular-file inode (only those with more than one)."""
     counts: dict[int, int] = {}
     for _, node in walk(fs.root):
-        if isinstance(node, Inode) and node.kind == stat.S_IFREG:
+        if isinstance(node, Inode) and node.file_type == stat.S_IFREG:
             counts[id(node)] = counts.get(id(node), 0) + 1
     return {k: v for k, v in counts.items() if v > 1}
 
@@ -204,11 +204,11 @@ def _tree_entries(fs: RootFs, epoch: int, links: dict[int, int]) -> Iterator[Ent
             continue
         if nlink > 1:
             seen[id(node)] = ino
-        if node.kind == stat.S_IFREG and node.size > MAX_CPIO_FILE:
+        if node.file_type == stat.S_IFREG and node.size > MAX_CPIO_FILE:
             raise ImageError(f"/{display(list(path))}: {node.size} bytes; newc cpio holds < 4 GiB")
-        if node.kind == stat.S_IFLNK:
+        if node.file_type == stat.S_IFLNK:
             yield Entry(_leaf_header(name, node, 1, ino, epoch, len(node.target)), node.target)
-        elif node.kind == stat.S_IFREG:
+        elif node.file_type == stat.S_IFREG:
             yield Entry(_leaf_header(name, node, nlink, ino, epoch, node.size), node)
         else:
             yield Entry(_leaf_header(name, node, 1, ino, epoch, 0), None)
@@ -219,7 +219,7 @@ def _leaf_header(
 ) -> CpioHeader:
     return CpioHeader(
         name,
-        node.kind | node.mode,
+        node.file_type | node.mode,
         node.uid,
         node.gid,
         nlink,

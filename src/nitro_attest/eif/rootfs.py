@@ -41,7 +41,7 @@ class HostFile:
 class Inode:
     """One file's metadata and where its bytes are; hard links share one Inode."""
 
-    kind: int
+    file_type: int
     """stat.S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK or S_IFIFO."""
     mode: int
     """Permission bits including setuid, setgid and sticky (0o7777)."""
@@ -142,7 +142,8 @@ class RootFs:
             if not isinstance(child, Dir):
                 raise ImageError(
                     f"{where}: {display(parts)}: parent {display(parts[: i + 1])} is a "
-                    f"{_kind_name(child.kind)}, not a directory (refusing to write through it)"
+                    f"{_file_type_name(child.file_type)}, not a directory "
+                    "(refusing to write through it)"
                 )
             node = child
         self._last = (dirs, node)
@@ -232,11 +233,11 @@ def walk(d: Dir) -> Iterator[tuple[tuple[bytes, ...], Node]]:
             stack.append((path, child, sorted(child.children, reverse=True)))
 
 
-def _kind_name(kind: int) -> str:
+def _file_type_name(file_type: int) -> str:
     return {
         stat.S_IFLNK: "symlink",
         stat.S_IFREG: "regular file",
         stat.S_IFCHR: "character device",
         stat.S_IFBLK: "block device",
         stat.S_IFIFO: "FIFO",
-    }.get(kind, "non-directory")
+    }.get(file_type, "non-directory")

@@ -74,8 +74,8 @@ def parse_signature_section(data: bytes) -> PcrSignature:
 
 def _uint_array(value: Any, field: str, limit: int) -> bytes:
     if not isinstance(value, list):
-        kind = "a byte string" if isinstance(value, bytes) else type(value).__name__
-        raise EifError(f"signature section: {field} must be an array of uints, got {kind}")
+        got = "a byte string" if isinstance(value, bytes) else type(value).__name__
+        raise EifError(f"signature section: {field} must be an array of uints, got {got}")
     if not value or len(value) > limit:
         raise EifError(f"signature section: {field} has {len(value)} bytes (allowed 1..{limit})")
     if not all(type(b) is int and 0 <= b <= 255 for b in value):

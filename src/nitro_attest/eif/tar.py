@@ -194,10 +194,10 @@ def iter_members(
             pos = end
             continue
         if typeflag not in _KNOWN:
-            kind = {b"S": "GNU sparse file", b"V": "volume label", b"M": "multi-volume"}.get(
+            what = {b"S": "GNU sparse file", b"V": "volume label", b"M": "multi-volume"}.get(
                 typeflag, f"type {typeflag!r}"
             )
-            raise ImageError(f"{where}: unsupported tar member ({kind})")
+            raise ImageError(f"{where}: unsupported tar member ({what})")
         count += 1
         if count > max_members:
             raise ImageError(f"{blob.name}: more than {max_members} tar members")

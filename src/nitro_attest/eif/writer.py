@@ -125,18 +125,20 @@ def write_eif(
     with opened as fh, HashingSink(fh, crc) as sink:
         fh.write(bytes(HEADER_SIZE))
 
-        def section(kind: SectionType, source: Source, here: list[Any], there: list[Any]) -> None:
+        def section(
+            section_type: SectionType, source: Source, here: list[Any], there: list[Any]
+        ) -> None:
             offsets.append(HEADER_SIZE + sum(SECTION_HEADER_SIZE + n for n in sizes))
             size = _size_of(source)
             sink.begin([], [])
-            sink.write(SectionHeader(int(kind), 0, size).pack())
+            sink.write(SectionHeader(int(section_type), 0, size).pack())
             sink.begin(here, there)
             _produce(sink, source)
             produced = sink.count
             sink.begin([], [])
             if produced != size:
                 raise EifError(
-                    f"{kind.name} section: {produced} bytes produced, {size} declared "
+                    f"{section_type.name} section: {produced} bytes produced, {size} declared "
                     "(input changed while being written?)"
                 )
             sizes.append(size)
