@@ -62,9 +62,9 @@ def account_root(principal: str) -> str:
 
 
 def principal_identity(arn: str) -> tuple[str, ...]:
-    """What IAM tells principals apart by: partition, account, kind and the name without its
-    path, lower-cased (IAM refuses two roles, or two users, whose names differ only in case or
-    path). An STS assumed-role session is its role."""
+    """What IAM tells principals apart by: partition, account, resource type (role or user) and
+    the name without its path, lower-cased (IAM refuses two roles, or two users, whose names
+    differ only in case or path). An STS assumed-role session is its role."""
     parts = arn.split(":", 5)
     if len(parts) != 6:
         return (arn,)
@@ -73,9 +73,9 @@ def principal_identity(arn: str) -> tuple[str, ...]:
         pieces = resource.split("/")
         if len(pieces) == 3:
             return (parts[1], parts[4], "role", pieces[1].lower())
-    kind, _, rest = resource.partition("/")
-    if kind in ("role", "user") and rest:
-        return (parts[1], parts[4], kind, rest.rsplit("/", 1)[-1].lower())
+    resource_type, _, rest = resource.partition("/")
+    if resource_type in ("role", "user") and rest:
+        return (parts[1], parts[4], resource_type, rest.rsplit("/", 1)[-1].lower())
     return (parts[1], parts[4], resource)
 
 
@@ -86,9 +86,9 @@ def _not_the_enclave(principal: str) -> dict[str, Any]:
     IAM, always): with ``PutKeyPolicy`` whoever holds the role's credentials, the parent, would
     drop the attestation condition. ``aws:PrincipalArn`` is a role's ARN for its sessions too,
     with its path (AWS) or without it (the session ARN has none): both are listed."""
-    partition, account, kind, _ = principal_identity(principal)
+    partition, account, resource_type, _ = principal_identity(principal)
     name = principal.rsplit("/", 1)[-1]
-    head = f"arn:{partition}:iam::{account}:{kind}/"
+    head = f"arn:{partition}:iam::{account}:{resource_type}/"
     values = sorted({principal, f"{head}{name}", f"{head}*/{name}"})
     return {"ArnNotLike": {"aws:PrincipalArn": values}}
 

@@ -165,8 +165,8 @@ def lookup(key: str) -> tuple[str, KeyType, bool] | None:
             return canonical + key[len(prefix):], ktype, False
     pcr = pcr_key(key)
     if pcr is not None:
-        kind, index = pcr
-        name = "PCR" if kind == "pcr" else "NitroTPMPCR"
+        bank, index = pcr
+        name = "PCR" if bank == "pcr" else "NitroTPMPCR"
         return f"kms:RecipientAttestation:{name}{index}", "string", False
     return None
 
