@@ -124,3 +124,6 @@ SERVE_LIMITS = Limits()
 PROXY_LIMITS = Limits(idle_timeout=PROXY_IDLE_TIMEOUT, drain_timeout=10.0)
 HTTPS_LIMITS = Limits(drain_timeout=10.0)
 SERVICE_LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, drain_timeout=10.0)
+# The local KMS (kms_emulator.front): uvicorn's keep-alive of 5 s, which it had before, and
+# boto3's pool reconnects after; the other fields as every HTTP server here.
+EMULATOR_LIMITS = Limits(idle_timeout=5.0, drain_timeout=5.0)
