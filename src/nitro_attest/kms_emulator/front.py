@@ -30,7 +30,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import parse_qsl, unquote
 
 from nitro_attest.codec.http import HandshakeError, find_head_end
@@ -40,7 +40,7 @@ from nitro_attest.codec.http1 import (
     parse_request_head,
     simple_response,
 )
-from nitro_attest.kms_emulator.app import MAX_BODY_BYTES, KmsApp, error_body
+from nitro_attest.kms_emulator.app import MAX_BODY_BYTES, error_body
 from nitro_attest.kms_emulator.auth import SignedRequest
 from nitro_attest.server_limits import EMULATOR_LIMITS, Limits
 
@@ -53,6 +53,12 @@ _REASONS = {
     413: b"Payload Too Large",
     500: b"Internal Server Error",
 }
+
+
+class Handler(Protocol):
+    """What the front calls for each whole request (``app.KmsApp``); it never raises."""
+
+    def handle(self, request: SignedRequest) -> tuple[int, bytes]: ...
 
 
 class _DateHeader:
@@ -262,7 +268,7 @@ class _Connection(asyncio.Protocol):
 class EmulatorFront:
     """The listening side: admission, deadlines, and the app every request goes to."""
 
-    def __init__(self, app: KmsApp, limits: Limits = EMULATOR_LIMITS) -> None:
+    def __init__(self, app: Handler, limits: Limits = EMULATOR_LIMITS) -> None:
         if not isinstance(limits, Limits):
             raise TypeError("limits must be a nitro_attest.server_limits.Limits")
         self.app = app
@@ -335,4 +341,4 @@ class EmulatorFront:
                     conn.expire()
 
 
-__all__ = ["EmulatorFront", "answer_bytes"]
+__all__ = ["EmulatorFront", "Handler", "answer_bytes"]
