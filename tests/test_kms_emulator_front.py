@@ -261,6 +261,22 @@ def test_full_table_sheds_the_least_recently_active() -> None:
             second.close()
 
 
+def test_full_table_sheds_an_idle_connection_before_one_mid_request() -> None:
+    with serving(Limits(max_connections=2)) as (front, app, port):
+        busy = connect(port)
+        busy.sendall(request(b'{"k": 1}')[:30])  # a request under way, the least recent
+        time.sleep(0.2)
+        idle = connect(port)
+        time.sleep(0.2)
+        with busy, idle, connect(port) as third:
+            assert closed(idle)
+            busy.sendall(request(b'{"k": 1}')[30:])
+            assert json.loads(read_answer(busy)[2]) == {"n": 1, "size": 8}
+            third.sendall(request())
+            assert read_answer(third)[0] == b"HTTP/1.1 200 OK"
+            assert front.shed == 1 and len(app.requests) == 2
+
+
 def test_stop_closes_connections() -> None:
     with serving() as (_front, _, port):
         conn = connect(port)

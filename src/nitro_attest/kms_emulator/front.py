@@ -43,6 +43,7 @@ from nitro_attest.codec.http1 import (
 from nitro_attest.kms_emulator.app import MAX_BODY_BYTES, error_body
 from nitro_attest.kms_emulator.auth import SignedRequest
 from nitro_attest.server_limits import EMULATOR_LIMITS, Limits
+from nitro_attest.wire.admission import RateLimitedCount
 
 log = logging.getLogger("nitro_attest.kms_emulator")
 
@@ -278,6 +279,12 @@ class EmulatorFront:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.shed = 0
+        self._shed_log = RateLimitedCount(
+            lambda n: log.warning(
+                "%d connection(s) closed to admit newer ones (--max-connections %d)",
+                n, limits.max_connections,
+            )
+        )
 
     @property
     def active_connections(self) -> int:
@@ -314,11 +321,13 @@ class EmulatorFront:
 
     def admit(self, conn: _Connection) -> None:
         while len(self._connections) >= self.limits.max_connections:
-            victim = next(iter(self._connections))  # the least recently active
+            # the least recently active connection between requests, else the least recent
+            victim = next((c for c in self._connections if not c.begun), None)
+            if victim is None:
+                victim = next(iter(self._connections))
             self._connections.pop(victim, None)
             self.shed += 1
-            log.warning("connections full (%d): the least recently active one is closed",
-                        self.limits.max_connections)
+            self._shed_log.add(time.monotonic())
             victim.abort()
         self._connections[conn] = None
 
