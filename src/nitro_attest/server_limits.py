@@ -20,6 +20,9 @@ where that server's traffic differs. Every value is checked here, once, and a ba
 | shed_grace        | yes   |       |       |         |
 | drain_timeout     | yes   | yes   | yes   | yes     |
 
+The local KMS (kms_emulator.front, ``EMULATOR_LIMITS``) reads what https serve reads, plus
+max_header_lines; its header_timeout bounds a whole request (head and body) once begun.
+
 ``header_timeout`` bounds a head once begun: the proxy's CONNECT request, the front's TLS
 handshake and request head, the service's evidence body; ``max_connections`` is uvicorn's
 ``limit_concurrency`` in the service.

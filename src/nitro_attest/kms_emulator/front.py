@@ -2,8 +2,8 @@
 called inline on the loop, each answer written in one send.
 
 It replaced uvicorn + httptools + ASGI, which cost some 60-100 us of the emulator's CPU per
-Decrypt with Recipient (a third of what the emulator spent beyond its own work, bench/
-kms_emulator.py) and wrote every answer in two sends, each waking the client. The request head is
+Decrypt with Recipient beyond a bare server (bench/kms_emulator.py; docs/kms.md, the emulator's
+"Speed") and wrote every answer in two sends, each waking the client. The request head is
 read by the codec every HTTP server and client of the project uses (a head of at most
 ``max_header_bytes`` and ``max_header_lines``, no bare CR/LF/NUL, one Host, one Content-Length
 or ``chunked`` alone); the body is capped at ``MAX_BODY_BYTES`` before it is read (413 when

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -97,10 +96,6 @@ async def _run(front: EmulatorFront, sock: socket.socket, tls: ssl.SSLContext | 
     await front.start(sock, tls)
     host, port = sock.getsockname()[:2]
     log.info("KMS emulator listening on %s://%s:%d", "https" if tls else "http", host, port)
-    # What start-up made lives as long as the process: out of the collector's way, so its
-    # full collections walk only what requests make (docs/kms.md, "Speed").
-    gc.collect()
-    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
