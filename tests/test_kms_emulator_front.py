@@ -138,8 +138,10 @@ def test_chunked_body_joined_and_next_request_kept() -> None:
         body = b'3\r\n{"a\r\n3\r\n": \r\n2\r\n1}\r\n0\r\n\r\n'
         conn.sendall(chunked.removesuffix(b"{}") + body)
         conn.sendall(request(b"{}"))
-        assert json.loads(read_answer(conn)[2]) == {"n": 1, "size": 8}
-        assert json.loads(read_answer(conn)[2]) == {"n": 2, "size": 2}
+        pending = bytearray()
+        assert json.loads(read_answer(conn, pending)[2]) == {"n": 1, "size": 8}
+        assert json.loads(read_answer(conn, pending)[2]) == {"n": 2, "size": 2}
+        assert not pending
         assert app.requests[0].body == b'{"a": 1}'
 
 
