@@ -174,6 +174,24 @@ def test_body_over_the_cap_refused_before_it_is_read() -> None:
         assert not app.requests
 
 
+def test_refusal_reaches_a_client_still_sending_its_body() -> None:
+    """The 413 comes after the head while the client is still writing its 300 KiB body and a
+    second request: the client reads the whole answer, then the end, and nothing after the
+    refusal reaches the app. (Why the front drops input for a second before closing, rather than
+    closing at once: front._linger. Linux's loopback keeps a reset's received data readable, so
+    this test cannot tell the two apart here.)"""
+    body = b" " * (300 * 1024)
+    with serving() as (_, app, port):
+        for _ in range(5):
+            with connect(port) as conn:
+                conn.sendall(request(body) + request(b"{}"))
+                status, headers, answer = read_answer(conn)
+                assert status.startswith(b"HTTP/1.1 413") and headers[b"connection"] == b"close"
+                assert json.loads(answer)["__type"] == "SerializationException"
+                assert closed(conn)
+        assert not app.requests
+
+
 @pytest.mark.parametrize(
     ("wire", "status"),
     [
@@ -226,10 +244,10 @@ def test_slow_request_cut_at_the_header_timeout() -> None:
         conn.sendall(request(b"{}" * 10)[:-5])
         started = time.monotonic()
         with pytest.raises(OSError):  # cut: a byte now and then does not reset the deadline
-            for _ in range(30):
+            for _ in range(60):  # 408 at 0.4 s, input dropped for a second, then the close
                 time.sleep(0.1)
                 conn.sendall(b" ")
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 4.5
         assert not app.requests
 
 

@@ -48,6 +48,7 @@ from nitro_attest.wire.admission import RateLimitedCount
 log = logging.getLogger("nitro_attest.kms_emulator")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER = 1.0  # seconds a refused connection drops input before it is closed
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -106,6 +107,7 @@ class _Connection(asyncio.Protocol):
         self.deadline = math.inf
         self.closing = False
         self.paused = False  # the client does not read its answers: stop reading its requests
+        self.discarding = False  # refused: what still arrives is dropped until the close
 
     # -- asyncio's calls
 
@@ -120,7 +122,7 @@ class _Connection(asyncio.Protocol):
         self.front.forget(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.discarding:
             return
         self.buffer += data
         self.front.touch(self)
@@ -154,7 +156,7 @@ class _Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         limits = self.front.limits
-        while not self.closing and not self.paused:
+        while not self.closing and not self.paused and not self.discarding:
             if self.head is None:
                 if not self.buffer:
                     return
@@ -246,10 +248,25 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(answer_bytes(413, payload, date, close=True))
             else:
                 self.transport.write(simple_response(status, f"{reason}\n".encode(), close=True))
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """After a refusal, drop what still arrives (the rest of a body, say) for up to
+        ``LINGER`` seconds before closing: a close with unread bytes resets the connection, and
+        the reset can destroy the answer before the client has read it."""
+        self.discarding = True
+        self.buffer.clear()
+        self.head = None
+        self.decoder = None
+        self.chunks = []
+        self.deadline = time.monotonic() + LINGER
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()  # plain TCP: the client sees the end after the answer
 
     def expire(self) -> None:
-        if self.begun and not self.paused:
+        if self.discarding:
+            self.close()
+        elif self.begun and not self.paused:
             self._refuse(408, "request not complete in time")
         else:
             self.abort()
