@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "$0")" && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
-nitro_attest_ensure_venv "$ROOT" kms-emulator   # the local KMS serves with uvicorn
+nitro_attest_ensure_venv "$ROOT" kms-emulator   # the local KMS serves on uvloop
 
 NA="$ROOT/.venv/bin/nitro-attest"
 DEMO="${DEMO_DIR:-.demo}"           # relative by default: keeps the socket path short

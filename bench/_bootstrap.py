@@ -25,7 +25,6 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "service.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
     "service_workers.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
     "service_soak.py": (("fastapi", "uvicorn", "redis", "jwt", "httpx"), "dev"),
-    "kms_emulator.py": (("uvicorn",), "kms-emulator"),
 }
 BASE = ("cbor2", "cryptography")
 

@@ -20,6 +20,9 @@ where that server's traffic differs. Every value is checked here, once, and a ba
 | shed_grace        | yes   |       |       |         |
 | drain_timeout     | yes   | yes   | yes   | yes     |
 
+The local KMS (kms_emulator.front, ``EMULATOR_LIMITS``) reads what https serve reads, plus
+max_header_lines; its header_timeout bounds a whole request (head and body) once begun.
+
 ``header_timeout`` bounds a head once begun: the proxy's CONNECT request, the front's TLS
 handshake and request head, the service's evidence body; ``max_connections`` is uvicorn's
 ``limit_concurrency`` in the service.
@@ -124,3 +127,6 @@ SERVE_LIMITS = Limits()
 PROXY_LIMITS = Limits(idle_timeout=PROXY_IDLE_TIMEOUT, drain_timeout=10.0)
 HTTPS_LIMITS = Limits(drain_timeout=10.0)
 SERVICE_LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, drain_timeout=10.0)
+# The local KMS (kms_emulator.front): uvicorn's keep-alive of 5 s, which it had before, and
+# boto3's pool reconnects after; the other fields as every HTTP server here.
+EMULATOR_LIMITS = Limits(idle_timeout=5.0, drain_timeout=5.0)

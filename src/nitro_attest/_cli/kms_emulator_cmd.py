@@ -75,22 +75,45 @@ def add_operations(kms_sub: Any) -> None:
     )
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    _add_limit_flags(p)
     add_flags(p, metrics=False)
     p.set_defaults(func=run)
 
 
+# The Limits fields the emulator's flags set (_cli/limit_flags.py names their flags).
+_LIMIT_FIELDS = ("max_connections", "header_timeout", "idle_timeout", "max_header_bytes",
+                 "max_header_lines", "drain_timeout")
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    from nitro_attest.server_limits import EMULATOR_LIMITS as L
+
+    p.add_argument("--max-connections", type=int, default=L.max_connections, metavar="N",
+                   help="open at once; a newcomer closes the least recently active "
+                   f"(default {L.max_connections})")
+    p.add_argument("--header-timeout", type=float, default=L.header_timeout, metavar="S",
+                   help="TLS handshake, and each request (head and body) once begun "
+                   f"(default {L.header_timeout:g})")
+    p.add_argument("--idle-timeout", type=float, default=L.idle_timeout, metavar="S",
+                   help=f"between requests on a kept-alive connection (default {L.idle_timeout:g})")
+    p.add_argument("--max-header-bytes", type=int, default=L.max_header_bytes, metavar="N",
+                   help=f"request head size (default {L.max_header_bytes})")
+    p.add_argument("--max-header-lines", type=int, default=L.max_header_lines, metavar="N",
+                   help=f"request header lines (default {L.max_header_lines})")
+    p.add_argument("--drain-timeout", type=float, default=L.drain_timeout, metavar="S",
+                   help="after SIGTERM, answers may be written this long "
+                   f"(default {L.drain_timeout:g})")
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn  # noqa: F401  (the server; checked here for a one-line error)
-    except ImportError:
-        raise CliError(
-            "the emulator needs uvicorn: pip install 'nitro-attest[kms-emulator]'"
-        ) from None
+    from nitro_attest._cli.limit_flags import limits_from_args
     from nitro_attest.errors import ConfigurationError, TrustRootError
     from nitro_attest.kms_emulator.auth import CredentialsError, load_credentials
     from nitro_attest.kms_emulator.recipient import RecipientVerifier
     from nitro_attest.kms_emulator.runner import EmulatorSettings, serve
+    from nitro_attest.server_limits import EMULATOR_LIMITS
 
+    limits = limits_from_args(args, EMULATOR_LIMITS, _LIMIT_FIELDS)
     host, port = parse_listen(args.listen)
     if not _REGION.match(args.region):
         raise CliError(f"--region {args.region!r}: not a region name (e.g. us-east-1)")
@@ -127,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         log_format=args.log_format,
+        limits=limits,
     )
     try:
         return serve(settings)

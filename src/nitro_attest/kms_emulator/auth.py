@@ -27,6 +27,7 @@ SERVICE = "kms"
 _ARN = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::(\d{12}):[\x21-\x7e]{1,2000}$")
 _ASSUMED_ROLE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/[^/]+$")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE_SHAPE = re.compile(r"[0-9]{8}T[0-9]{6}Z\Z")
 
 BAD_SIGNATURE = (
     "The request signature we calculated does not match the signature you provided. Check your "
@@ -209,9 +210,14 @@ class Authenticator:
 
 
 def _parse_amz_date(value: str | None) -> datetime | None:
-    if value is None or len(value) != 16:
+    """``YYYYMMDDTHHMMSSZ`` exactly (ASCII digits), or None. Read by hand: strptime cost some
+    15 us a request, and accepted one-digit fields besides."""
+    if value is None or not _AMZ_DATE_SHAPE.match(value):
         return None
     try:
-        return datetime.strptime(value, _AMZ_DATE).replace(tzinfo=UTC)
-    except ValueError:
+        return datetime(
+            int(value[0:4]), int(value[4:6]), int(value[6:8]),
+            int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
+        )
+    except ValueError:  # a 13th month, a 61st second
         return None

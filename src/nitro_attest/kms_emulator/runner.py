@@ -1,20 +1,28 @@
-"""Build the emulator from its settings and serve it with uvicorn (HTTPS, or HTTP on request)."""
+"""Build the emulator from its settings and serve it (HTTPS, or HTTP on request) with front.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import signal
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nitro_attest.errors import ConfigurationError
 from nitro_attest.kms_emulator.app import KmsApp
 from nitro_attest.kms_emulator.auth import Authenticator, Principal
+from nitro_attest.kms_emulator.front import EmulatorFront
 from nitro_attest.kms_emulator.operations import Emulator
 from nitro_attest.kms_emulator.recipient import RecipientVerifier
 from nitro_attest.kms_emulator.store import StateStore
-from nitro_attest.logs import uvicorn_log_config
+from nitro_attest.logs import formatter
+from nitro_attest.server_limits import EMULATOR_LIMITS, Limits
+
+log = logging.getLogger("nitro_attest.kms_emulator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +36,7 @@ class EmulatorSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_format: str = "text"  # or "json" (nitro_attest.logs)
+    limits: Limits = field(default=EMULATOR_LIMITS)
 
 
 def build(settings: EmulatorSettings, store: StateStore) -> KmsApp:
@@ -39,14 +48,16 @@ class ListenError(ConfigurationError):
     """The address cannot be listened on, or the TLS certificate and key do not load."""
 
 
-def check_tls(cert: Path, key: Path) -> None:
+def check_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
         raise ListenError(
             f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate chain and its private "
             f"key ({getattr(exc, 'reason', None) or exc})"
         ) from None
+    return context
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -62,30 +73,55 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: EmulatorSettings) -> int:
-    import uvicorn
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when installed (the kms-emulator extra brings it), asyncio's else."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
+
+def _configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(log_format))
+    logger = logging.getLogger("nitro_attest")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+async def _run(front: EmulatorFront, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+    await front.start(sock, tls)
+    host, port = sock.getsockname()[:2]
+    log.info("KMS emulator listening on %s://%s:%d", "https" if tls else "http", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await front.stop()
+        log.info("KMS emulator stopped")
+
+
+def serve(settings: EmulatorSettings) -> int:
+    """Serve until SIGTERM or SIGINT (then 0)."""
+    tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
-        check_tls(settings.tls_cert, settings.tls_key)
+        tls = check_tls(settings.tls_cert, settings.tls_key)
     store = StateStore(settings.state_dir)  # locks the folder first: one emulator per state
     try:
         sock = _bind(settings.host, settings.port)
-        config = uvicorn.Config(
-            build(settings, store),
-            host=settings.host,
-            port=settings.port,
-            lifespan="on",
-            access_log=False,
-            log_level="info",
-            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-            timeout_graceful_shutdown=5,
-            log_config=uvicorn_log_config(settings.log_format),
-        )
-        server = uvicorn.Server(config)
-        # uvicorn drains on SIGTERM then re-raises it; a requested stop exits 0
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        server.run(sockets=[sock])
-        return 0 if server.started else 2
+        _configure_logging(settings.log_format)
+        front = EmulatorFront(build(settings, store), settings.limits)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(front, sock, tls))
+        return 0
     finally:
         store.close()
