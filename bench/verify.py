@@ -154,8 +154,10 @@ def main() -> None:
 
     warm_ok = best["warm"] / best["floor"] <= WARM_TARGET
     cold_ok = best["cold"] / best["naive"] <= COLD_TARGET
-    print(f"warm / floor = {ratio('warm', 'floor')}  (target <= {WARM_TARGET:.2f}) {_verdict(warm_ok)}")
-    print(f"cold / naive = {ratio('cold', 'naive')}  (target <= {COLD_TARGET:.2f}) {_verdict(cold_ok)}")
+    warm_line = f"(target <= {WARM_TARGET:.2f}) {_verdict(warm_ok)}"
+    cold_line = f"(target <= {COLD_TARGET:.2f}) {_verdict(cold_ok)}"
+    print(f"warm / floor = {ratio('warm', 'floor')}  {warm_line}")
+    print(f"cold / naive = {ratio('cold', 'naive')}  {cold_line}")
     print(f"naive / floor = {ratio('naive', 'floor')}")
 
 
