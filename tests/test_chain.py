@@ -126,6 +126,39 @@ def test_cached_link_still_checks_validity_time() -> None:
         verifier.verify(chain.document(), at=cf.T0 + dt.timedelta(days=2))
 
 
+def test_cached_path_is_valid_only_where_every_certificate_is() -> None:
+    # The leaf lives T0-1min..T0+3h inside longer-lived CAs: a path that validated at T0 is
+    # remembered with that window and no wider, on both sides.
+    chain = cf.chain()
+    verifier = Verifier(root_pem=chain.root_pem)
+    verifier.verify(chain.document(), at=cf.T0)
+    assert len(verifier._chain._paths) == 1  # the cache is the point of this test
+    verifier.verify(chain.document(), at=cf.T0 + dt.timedelta(hours=2, minutes=59))
+    for outside in (cf.T0 - dt.timedelta(minutes=2), cf.T0 + dt.timedelta(hours=3, minutes=1)):
+        with pytest.raises(ExpiredError, match="leaf certificate"):
+            verifier.verify(chain.document(), at=outside)
+
+
+def test_cached_path_does_not_vouch_for_another_bundle_with_the_same_leaf() -> None:
+    # The parent replays a good document's leaf with an intermediate dropped: the remembered path
+    # is keyed on the whole bundle, so this one is validated in full and refused.
+    chain = cf.chain()
+    verifier = Verifier(root_pem=chain.root_pem)
+    verifier.verify(chain.document(), at=cf.T0)
+    data = cf.sign_document(
+        cbor2.dumps(
+            cf.payload_map(chain.ders, cabundle=[chain.ders[0], chain.ders[1], chain.ders[3]])
+        ),
+        chain.leaf_key,
+    )
+    with pytest.raises(ChainError):
+        verifier.verify(data, at=cf.T0)
+    # A different trust root never sees the first validator's paths.
+    other = cf.chain()
+    with pytest.raises(ChainError):
+        Verifier(root_pem=other.root_pem).verify(chain.document(), at=cf.T0)
+
+
 def test_root_pem_rules() -> None:
     chain = cf.chain()
     with pytest.raises(TrustRootError, match="exactly one"):

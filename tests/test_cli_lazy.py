@@ -16,6 +16,8 @@ from nitro_attest import _cli
 from nitro_attest._cli import COMMANDS, build_parser, parse_args
 from nitro_attest._cli.common import CliError
 
+from .paths import REAL
+
 SIGNAL = "signal_20230524_prod.cbor"
 
 # Heavy code the verifier never needs: the asyncio server, the channel, the simulator, the EIF code.
@@ -150,3 +152,43 @@ def test_placeholder_reached_loads_the_command(
         parse_args(["verify", "-h"])
     assert exc.value.code == 0
     assert "--expected" in capsys.readouterr().out
+
+
+def _gc_report(argv: list[str]) -> tuple[int, list[str]]:
+    """Run ``nitro-attest ARGV`` through entrypoint in a fresh process; the exit code and what it
+    says of the collector (enabled while the command runs, enabled at exit)."""
+    script = (
+        "import gc, sys\n"
+        "from nitro_attest import _cli\n"
+        "from nitro_attest._cli import verify_cmd\n"
+        "real = verify_cmd.run\n"
+        "def run(args):\n"
+        "    print('during', gc.isenabled(), len(gc.get_objects()) < gc.get_freeze_count())\n"
+        "    return real(args)\n"
+        "verify_cmd.run = run\n"
+        "import atexit\n"
+        "atexit.register(lambda: print('exit', gc.isenabled()))\n"
+        "sys.argv = ['nitro-attest', *sys.argv[1:]]\n"
+        "_cli.entrypoint()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60
+    )
+    return proc.returncode, [
+        line for line in proc.stdout.splitlines() if line.startswith(("during", "exit"))
+    ]
+
+
+def test_entrypoint_resumes_the_collector_before_the_command_runs() -> None:
+    # The collector is paused only while the command's modules import: the command itself (a
+    # server runs for days) runs with it on, the imports' objects frozen out of its way.
+    code, lines = _gc_report(["verify", str(REAL / SIGNAL), "--at", "document"])
+    assert code == 0
+    assert lines == ["during True True", "exit True"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["verify", "--no-such-flag"], ["verify"]])
+def test_entrypoint_resumes_the_collector_when_parsing_stops(argv: list[str]) -> None:
+    code, lines = _gc_report(argv)
+    assert code in (0, 2)
+    assert lines == ["exit True"]

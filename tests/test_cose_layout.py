@@ -64,3 +64,42 @@ def test_a_changed_byte_never_makes_the_paths_disagree(position: int, value: int
         return
     if fast is not None:
         assert tuple(fast)[:5] == strict
+
+
+# sig_structure and raw_to_der are written by hand (no CBOR encoder, no ints): their bytes must be
+# exactly what cbor2 and cryptography's encode_dss_signature give, at every length boundary.
+_SIZES = (0, 1, 23, 24, 255, 256, 4096, 65535, 65536)
+
+
+@pytest.mark.parametrize("size", _SIZES)
+def test_sig_structure_is_cbor2s_encoding(size: int) -> None:
+    from nitro_attest.codec.cose import sig_structure
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for protected in (b"", b"\xa1\x01\x38\x22", bytes(30)):
+        for aad in (b"", b"aad", bytes(300)):
+            expected = cbor2.dumps(["Signature1", protected, aad, payload])
+            assert sig_structure(protected, payload, aad) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(("ES256", "ES384", "ES512")), st.data())
+def test_raw_to_der_is_encode_dss_signature(name: str, data: st.DataObject) -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from nitro_attest.codec.cose import ALGORITHMS, raw_to_der
+
+    alg = next(a for a in ALGORITHMS.values() if a.name == name)
+    n = alg.coordinate_size
+    edge = st.sampled_from((bytes(n), b"\x80" + bytes(n - 1), bytes(n - 1) + b"\x01", b"\xff" * n))
+    r = data.draw(st.one_of(edge, st.binary(min_size=n, max_size=n)))
+    s = data.draw(st.one_of(edge, st.binary(min_size=n, max_size=n)))
+    expected = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+    assert raw_to_der(r + s, alg) == expected
+
+
+def test_raw_to_der_refuses_a_wrong_length() -> None:
+    from nitro_attest.codec.cose import ES384, raw_to_der
+
+    with pytest.raises(CoseError, match="96 bytes"):
+        raw_to_der(bytes(95), ES384)

@@ -205,3 +205,87 @@ def test_attest_request_with_an_extra_field_is_refused_by_name() -> None:
     body = cbor2.dumps({"v": 1, "type": "attest", "nonce": b"n", "sneaky": 1})
     with pytest.raises(ProtocolError, match=r"unexpected field.*sneaky"):
         protocol.decode_request(body)
+
+
+# --- the attest layout read without a CBOR decoder (protocol.decode_attest_layout) ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NULLS = {"nonce": None, "user_data": None, "public_key": None}
+_FIELD = st.one_of(st.none(), st.binary(max_size=40), st.binary(min_size=1000, max_size=1100))
+
+
+def _strict(body: bytes) -> object:
+    """What the strict path makes of ``body``: the request, or the error's type and text."""
+    try:
+        return protocol.decode_request(body)
+    except protocol.ProtocolError as exc:
+        return (type(exc), str(exc))
+
+
+def _layout(body: bytes) -> object:
+    try:
+        return protocol.decode_attest_layout(body)
+    except protocol.ProtocolError as exc:
+        return (type(exc), str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_FIELD, _FIELD, _FIELD)
+def test_attest_layout_reads_what_clients_send_as_the_strict_decoder_does(
+    nonce: bytes | None, user_data: bytes | None, public_key: bytes | None
+) -> None:
+    fields = {"nonce": nonce, "user_data": user_data, "public_key": public_key}
+    body = cbor2.dumps({"v": protocol.PROTOCOL_VERSION, "type": "attest", **fields})
+    got = _layout(body)
+    assert got is not None  # the layout every client writes is taken
+    assert got == _strict(body)  # the same request, or the same refusal (a field over its cap)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_FIELD, _FIELD, _FIELD, st.data())
+def test_attest_layout_never_accepts_what_the_strict_decoder_reads_otherwise(
+    nonce: bytes | None, user_data: bytes | None, public_key: bytes | None, data: st.DataObject
+) -> None:
+    # The parent rewrites the request: flipped, inserted, dropped or appended bytes. The layout
+    # reader either steps aside (None: the strict decoder decides) or gives the strict result.
+    fields = {"nonce": nonce, "user_data": user_data, "public_key": public_key}
+    body = bytearray(cbor2.dumps({"v": protocol.PROTOCOL_VERSION, "type": "attest", **fields}))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(body)))
+        action = data.draw(st.sampled_from(("flip", "insert", "drop", "append", "truncate")))
+        if action == "flip" and at < len(body):
+            body[at] = data.draw(st.integers(0, 255))
+        elif action == "insert":
+            body[at:at] = bytes([data.draw(st.integers(0, 255))])
+        elif action == "drop" and at < len(body):
+            del body[at]
+        elif action == "append":
+            body += data.draw(st.binary(min_size=1, max_size=3))
+        elif action == "truncate":
+            del body[at:]
+    got = _layout(bytes(body))
+    if got is not None:
+        assert got == _strict(bytes(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # keys in another order, a duplicate key, an indefinite byte string, a 4-byte length,
+        # version 2, another type, a trailing byte: all left to the strict decoder
+        cbor2.dumps({"v": 1, "type": "attest", "user_data": None, "nonce": None, "public_key": 0}),
+        bytes.fromhex("a6617601647479706566617474657374656e6f6e6365f6656e6f6e6365f6")
+        + bytes.fromhex("69757365725f64617461f66a7075626c69635f6b6579f6"),
+        bytes.fromhex("a5617601647479706566617474657374656e6f6e63655f4161ff")
+        + bytes.fromhex("69757365725f64617461f66a7075626c69635f6b6579f6"),
+        bytes.fromhex("a5617601647479706566617474657374656e6f6e63655a0000000161")
+        + bytes.fromhex("69757365725f64617461f66a7075626c69635f6b6579f6"),
+        cbor2.dumps({"v": 2, "type": "attest", **_NULLS}),
+        cbor2.dumps({"v": 1, "type": "attesT", **_NULLS}),
+        cbor2.dumps({"v": 1, "type": "attest", **_NULLS}) + b"\x00",
+    ],
+)
+def test_attest_layout_steps_aside_for_other_shapes(body: bytes) -> None:
+    assert protocol.decode_attest_layout(body) is None

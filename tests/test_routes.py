@@ -91,3 +91,30 @@ def test_the_parent_cannot_get_its_key_attested_through_the_table() -> None:
         answer = server.dispatch(_body(AttestRequest(nonce=b"n" * 8, public_key=key)), "#p")
         assert isinstance(answer, ErrorResponse) and answer.code == "public_key_refused"
     assert len(nsm.calls) == asked
+
+
+def test_routes_read_the_attest_layout_only_for_the_class_it_decodes_to() -> None:
+    from dataclasses import dataclass
+
+    from nitro_attest.wire import protocol
+    from nitro_attest.wire.protocol import AttestRequest
+
+    body = AttestRequest(nonce=b"n" * 16, user_data=b"u").encode()[protocol.HEADER_SIZE :]
+
+    def answer(request: AttestRequest) -> ErrorResponse:
+        return ErrorResponse("internal", "unused")
+
+    plain = Routes([Route(AttestRequest, answer)])
+    assert plain._attest_layout  # the path under test
+    assert plain.decode(body) == AttestRequest(nonce=b"n" * 16, user_data=b"u")
+
+    @dataclass(frozen=True, slots=True)
+    class Stricter(AttestRequest):  # a route's own class decodes its own requests
+        @classmethod
+        def from_fields(cls, obj: object) -> AttestRequest:
+            raise protocol.ProtocolError("refused by the route's class")
+
+    custom = Routes([Route(Stricter, answer)])
+    assert not custom._attest_layout
+    with pytest.raises(protocol.ProtocolError, match="route's class"):
+        custom.decode(body)

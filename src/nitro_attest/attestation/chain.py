@@ -7,7 +7,8 @@ issuer/subject name and signature, with basicConstraints, keyUsage and pathLen c
 
 Parsed certificates and verified links are cached by DER bytes: a signature verified once stays
 verified, so documents that share intermediates (all from one instance do) cost one ECDSA check.
-Validity periods are still checked on every call, against the caller's time.
+Validity periods are still checked on every call, against the caller's time; a whole path that
+validated is remembered with the window in which all its certificates are valid.
 """
 
 from __future__ import annotations
@@ -221,6 +222,10 @@ class ChainValidator:
         self.root_sha256 = self.root.sha256
         self._certs: dict[bytes, CertInfo] = {root_der: self.root.info}
         self._links: set[tuple[bytes, bytes]] = set()
+        # Whole paths that validated, by (leaf, cabundle): the window in which every certificate
+        # on the path is valid. Every other check depends on those bytes and the root alone, so a
+        # path seen before costs one lookup (documents from one enclave share leaf and bundle).
+        self._paths: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, float]] = {}
         self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
@@ -246,6 +251,10 @@ class ChainValidator:
 
     def validate(self, leaf_der: bytes, cabundle: tuple[bytes, ...], at: float) -> None:
         """Raise ChainError (ExpiredError for time) unless leaf chains to the root at ``at``."""
+        path = (leaf_der, tuple(cabundle))
+        window = self._paths.get(path)
+        if window is not None and window[0] <= at <= window[1]:
+            return
         if cabundle[0] != self.root_der:
             first = self._label_or_hex(cabundle[0])
             raise ChainError(
@@ -283,6 +292,12 @@ class ChainValidator:
                 )
         for depth in range(len(chain) - 1):
             self._check_link(chain[depth], chain[depth + 1], depth, top)
+        valid_from = max(info.not_before for info in chain)
+        valid_to = min(info.not_after for info in chain)
+        with self._lock:
+            if len(self._paths) >= _CACHE_LIMIT:
+                self._paths.clear()
+            self._paths[path] = (valid_from, valid_to)
 
     def _check_link(self, child: CertInfo, issuer: CertInfo, depth: int, top: int) -> None:
         key = (issuer.der, child.der)

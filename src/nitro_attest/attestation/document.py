@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nitro_attest.codec.cbor import CborError, strict_loads
-from nitro_attest.codec.cose import CoseError, decode_sign1
+from nitro_attest.codec.cose import CoseError, CoseSign1, decode_sign1
 from nitro_attest.errors import MalformedDocumentError
 from nitro_attest.limits import (
     MAX_CERT_BYTES,
@@ -120,18 +120,10 @@ def parse_document(data: bytes) -> AttestationDocument:
         raise MalformedDocumentError(f"payload: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedDocumentError(f"payload must be a map, got {_kind(body)}")
-    fields = _check_fields(body)
-    return AttestationDocument(
-        **fields,
-        protected=sign1.protected,
-        payload=sign1.payload,
-        signature=sign1.signature,
-        raw=data,
-        tagged=sign1.tagged,
-    )
+    return _check_fields(body, sign1, data)
 
 
-def _check_fields(body: dict[Any, Any]) -> dict[str, Any]:
+def _check_fields(body: dict[Any, Any], sign1: CoseSign1, data: bytes) -> AttestationDocument:
     if not _KNOWN.issuperset(body):  # then find the first offending key, to name it
         for key in body:
             if not isinstance(key, str):
@@ -165,19 +157,25 @@ def _check_fields(body: dict[Any, Any]) -> dict[str, Any]:
     except OverflowError:
         raise MalformedDocumentError(f"timestamp {timestamp_ms} ms is out of range") from None
 
-    return {
-        "module_id": module_id,
-        "digest": digest,
-        "timestamp": timestamp,
-        "timestamp_ms": timestamp_ms,
-        "pcrs": _check_pcrs(pcr_key, body[pcr_key]),
-        "certificate": _check_bytes("certificate", body["certificate"], 1, MAX_CERT_BYTES),
-        "cabundle": _check_cabundle(body["cabundle"]),
-        "public_key": _optional_bytes("public_key", body.get("public_key")),
-        "user_data": _optional_bytes("user_data", body.get("user_data")),
-        "nonce": _optional_bytes("nonce", body.get("nonce")),
-        "kind": _PCR_KEYS[pcr_key],
-    }
+    # Built here, positionally, in the fields' order: no dict of keyword arguments per document.
+    return AttestationDocument(
+        module_id,
+        digest,
+        timestamp,
+        timestamp_ms,
+        _check_pcrs(pcr_key, body[pcr_key]),
+        _check_bytes("certificate", body["certificate"], 1, MAX_CERT_BYTES),
+        _check_cabundle(body["cabundle"]),
+        _optional_bytes("public_key", body.get("public_key")),
+        _optional_bytes("user_data", body.get("user_data")),
+        _optional_bytes("nonce", body.get("nonce")),
+        _PCR_KEYS[pcr_key],
+        sign1.protected,
+        sign1.payload,
+        sign1.signature,
+        data,
+        sign1.tagged,
+    )
 
 
 def _check_pcrs(name: str, value: Any) -> Mapping[int, bytes]:

@@ -85,6 +85,7 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
+        self._chain_details: dict[int, str] = {}
 
     @property
     def root_sha256(self) -> str:
@@ -164,10 +165,13 @@ class Verifier:
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
         chain = self._chain
         chain.validate(doc.certificate, doc.cabundle, at)
-        return (
-            f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
-            f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
-        )
+        detail = self._chain_details.get(len(doc.cabundle))
+        if detail is None:  # one string per bundle length, not one per document
+            detail = self._chain_details[len(doc.cabundle)] = (
+                f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
+                f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
+            )
+        return detail
 
 
 # The checks after parsing, in order: signature and chain authenticate the payload, every later

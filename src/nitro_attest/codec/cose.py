@@ -12,10 +12,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from nitro_attest.codec.cbor import CborError, strict_loads
 from nitro_attest.errors import FormatError
@@ -133,19 +130,58 @@ def decode_sign1(data: bytes) -> CoseSign1:
     return CoseSign1(protected, header, unprotected, payload, signature, tagged)
 
 
+def _bstr_head(n: int) -> bytes:
+    """The shortest CBOR head of a byte string of ``n`` bytes (what cbor2 writes)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")
+
+
+_SIG1_HEAD = b"\x84\x6aSignature1"  # array(4), text(10) "Signature1"
+
+
 def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
-    """The CBOR Sig_structure for COSE_Sign1: ["Signature1", protected, external_aad, payload]."""
-    return cbor2.dumps(["Signature1", protected, external_aad, payload])
+    """The CBOR Sig_structure for COSE_Sign1: ["Signature1", protected, external_aad, payload].
+
+    Written directly (the bytes cbor2.dumps gives, tests/test_cose_layout.py): one join instead of a
+    CBOR encoder, on the path of every verification."""
+    return b"".join(
+        (
+            _SIG1_HEAD,
+            _bstr_head(len(protected)),
+            protected,
+            _bstr_head(len(external_aad)),
+            external_aad,
+            _bstr_head(len(payload)),
+            payload,
+        )
+    )
+
+
+def _der_integer(magnitude: bytes) -> bytes:
+    """A DER INTEGER of a non-negative big-endian number: no leading zero bytes, one 0x00 when
+    the top bit is set (it would read as negative)."""
+    digits = magnitude.lstrip(b"\0") or b"\0"
+    if digits[0] & 0x80:
+        digits = b"\0" + digits
+    return b"\x02" + bytes((len(digits),)) + digits
 
 
 def raw_to_der(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
-    """COSE's raw r||s to the DER form cryptography verifies."""
+    """COSE's raw r||s to the DER form cryptography verifies (encode_dss_signature's bytes,
+    built directly: no round trip through two Python ints)."""
     n = alg.coordinate_size
     if len(signature) != 2 * n:
         raise CoseError(f"{alg.name} signature must be {2 * n} bytes, got {len(signature)}")
-    return encode_dss_signature(
-        int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
-    )
+    body = _der_integer(signature[:n]) + _der_integer(signature[n:])
+    size = len(body)  # at most 2 * (66 + 3) for P-521: one length byte, long form past 127
+    return (b"\x30" + bytes((size,)) if size < 0x80 else b"\x30\x81" + bytes((size,))) + body
 
 
 def der_to_raw(signature: bytes, alg: EcdsaAlgorithm) -> bytes:
