@@ -3,7 +3,9 @@
 - verify:  CPU seconds of one warm in-process ``Verifier.verify`` (same kind of document)
 - service: the server processes' own CPU seconds (utime + stime from /proc, workers included)
            per completed session (newSession plus evidence), as a ratio to ``verify``.
-           Target: at most 2.0.
+           Targets (issue 24): at most 2.0 with Redis sessions, 1.6 with memory sessions.
+           redis-server's own CPU is not in that ratio: it is printed apart, and again added in
+           the last column ("+redis"), the whole CPU a session costs on this machine.
 - load:    sessions/s and p50/p99 session latency (both requests) with 16 concurrent keep-alive
            clients against 2 workers: with memory sessions (two single-worker processes, each
            client pinned to one, as a load balancer with affinity would) and with Redis (one
@@ -300,13 +302,14 @@ def main() -> int:
     print(f"warm in-process Verifier.verify: {verify * 1000:.3f} ms CPU "
           f"(spread {max(verify_rounds) / verify:.2f}x)")  # fmt: skip
     print(f"{'configuration':<22} {'sessions/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU ms/session':>15} {'ratio':>6} {'redis CPU ms':>13}")  # fmt: skip
+          f"{'CPU ms/session':>15} {'ratio':>6} {'redis CPU ms':>13} {'+redis':>7}")  # fmt: skip
     for name, r in results.items():
         best = max(range(len(r["rate"])), key=lambda i: r["rate"][i])
         cpu = min(r["cpu"])
+        both = min(c + x for c, x in zip(r["cpu"], r["redis"], strict=True))
         print(f"{name:<22} {r['rate'][best]:>11.1f} {r['p50'][best]:>8.2f} "
               f"{r['p99'][best]:>8.2f} {cpu * 1000:>15.3f} {cpu / verify:>6.2f} "
-              f"{min(r['redis']) * 1000:>13.3f}")  # fmt: skip
+              f"{min(r['redis']) * 1000:>13.3f} {both / verify:>7.2f}")  # fmt: skip
         print(f"{'  spread (worst/best)':<22} {max(r['rate']) / min(r['rate']):>10.2f}x "
               f"{max(r['p50']) / min(r['p50']):>7.2f}x {max(r['p99']) / min(r['p99']):>7.2f}x "
               f"{max(r['cpu']) / cpu:>14.2f}x")  # fmt: skip
@@ -317,7 +320,8 @@ def main() -> int:
     print(f"  {'HTTP, sessions, metrics (memory: rest)':<44} "
           f"{(mem - parts['appraise + EAR claims + sign (ES256)']) * 1000:7.3f}  "
           f"({(mem - parts['appraise + EAR claims + sign (ES256)']) / verify:.2f}x verify)")
-    print("target: CPU per session / warm verify <= 2.0")
+    print("target: server CPU per session / warm verify <= 2.0 with Redis, <= 1.6 in memory "
+          "(ratio column; +redis adds redis-server's CPU)")
     _ = statistics  # figures are best-of-rounds, spreads printed beside them
     return 0
 
