@@ -229,6 +229,38 @@ def appraisal_parts(
     return out
 
 
+def store_parts(url: str) -> dict[int, float]:
+    """RedisStore alone, in process: CPU per session (create, claim, finish) with 1 and with 8
+    sessions in flight (calls made in one loop iteration share a pipeline)."""
+    from nitro_attest.service.redis_store import RedisStore
+    from nitro_attest.service.sessions import Session
+
+    async def run(concurrent: int, total: int) -> float:
+        store = RedisStore(url)
+        best = float("inf")
+        for r in range(3):
+            async def one(prefix: str, n: int) -> None:
+                for k in range(n):
+                    sid = f"{prefix}-{k}"
+                    now = time.time()
+                    session = Session(sid, "bm9uY2U", now + 30, now, "prod", (MEDIA,))
+                    assert await store.create(session, nonce_digest=sid, nonce_ttl=30)
+                    outcome, claimed = await store.claim(sid)
+                    assert outcome == "claimed" and claimed is not None
+                    assert await store.finish(claimed.finished("complete", {}, "e" * 600))
+
+            c0 = time.process_time()
+            await asyncio.gather(*(one(f"bench-{concurrent}-{r}-{i}", total // concurrent)
+                                   for i in range(concurrent)))  # fmt: skip
+            best = min(best, (time.process_time() - c0) / total)
+        await store.close()
+        return best
+
+    import uvloop
+
+    return {c: uvloop.run(run(c, 1600)) for c in (1, 8)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -292,6 +324,7 @@ def main() -> int:
         with process([redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                       "--appendonly", "no", "--dir", str(tmp)], None) as redis:  # fmt: skip
             time.sleep(0.3)
+            store = store_parts(f"redis://127.0.0.1:{rport}/0")
             with process([*ENTRY, "service", "--listen", f"127.0.0.1:{sport}", *common,
                           "--sessions", f"redis://127.0.0.1:{rport}/0", "--workers", "2"],
                          f"http://127.0.0.1:{sport}/healthz") as svc:  # fmt: skip
@@ -316,6 +349,9 @@ def main() -> int:
     print("per-session CPU in process (ms, best of rounds), what the service adds to a verify:")
     for name, value in parts.items():
         print(f"  {name:<44} {value * 1000:7.3f}  ({value / verify:.2f}x verify)")
+    for concurrent, value in store.items():
+        print(f"  {f'RedisStore alone, {concurrent} in flight (3 calls)':<44} "
+              f"{value * 1000:7.3f}  ({value / verify:.2f}x verify)")  # fmt: skip
     mem = min(next(iter(results.values()))["cpu"])
     print(f"  {'HTTP, sessions, metrics (memory: rest)':<44} "
           f"{(mem - parts['appraise + EAR claims + sign (ES256)']) * 1000:7.3f}  "
