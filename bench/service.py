@@ -353,7 +353,7 @@ def main() -> int:
         print(f"  {f'RedisStore alone, {concurrent} in flight (3 calls)':<44} "
               f"{value * 1000:7.3f}  ({value / verify:.2f}x verify)")  # fmt: skip
     mem = min(next(iter(results.values()))["cpu"])
-    print(f"  {'HTTP, sessions, metrics (memory: rest)':<44} "
+    print(f"  {'memory: rest (HTTP, store, metrics, in situ)':<44} "
           f"{(mem - parts['appraise + EAR claims + sign (ES256)']) * 1000:7.3f}  "
           f"({(mem - parts['appraise + EAR claims + sign (ES256)']) / verify:.2f}x verify)")
     print("target: server CPU per session / warm verify <= 2.0 with Redis, <= 1.6 in memory "
