@@ -104,13 +104,14 @@ def test_scripts_loaded_again_after_redis_forgot_them(url: str, batched: bool) -
         try:
             assert await store.create(_session(f"f-{batched}-1"))
             _admin(url).script_flush()  # as a Redis restarted empty would have
+            outcomes: list[Any] = []
             if batched:
-                outcomes = await asyncio.gather(
-                    store.claim(f"f-{batched}-1"), store.create(_session(f"f-{batched}-2")))
+                outcomes.extend(await asyncio.gather(
+                    store.claim(f"f-{batched}-1"), store.create(_session(f"f-{batched}-2"))))
             else:
-                outcomes = (await store.claim(f"f-{batched}-1"),)
+                outcomes.append(await store.claim(f"f-{batched}-1"))
             assert sizes == ([2] if batched else [])
-            return list(outcomes)
+            return outcomes
         finally:
             await store.close()
 
@@ -129,15 +130,14 @@ def test_session_expiring_between_claim_and_finish_is_not_resurrected(url: str) 
             assert await store.create(_session("x-1"))
             assert await store.create(_session("x-2"))
             assert await store.create(_session("x-3"))
-            claimed = await asyncio.gather(*(store.claim(f"x-{i}") for i in (1, 2, 3)))
-            assert [outcome for outcome, _ in claimed] == ["claimed"] * 3
+            claims = await asyncio.gather(*(store.claim(f"x-{i}") for i in (1, 2, 3)))
+            done = [s.finished("complete", {}, "ear") for _, s in claims if s is not None]
+            assert len(done) == 3 and [outcome for outcome, _ in claims] == ["claimed"] * 3
             admin.pexpire("nitro-attest:session:x-1", 1)  # expires during the appraisal
             admin.pexpire("nitro-attest:session:x-3", 1)
             time.sleep(0.05)
-            alone = await store.finish(claimed[0][1].finished("complete", {}, "ear"))  # type: ignore[union-attr]
-            two, three = await asyncio.gather(
-                *(store.finish(s.finished("complete", {}, "ear")) for _, s in claimed[1:]  # type: ignore[union-attr]
-                  ))  # fmt: skip
+            alone = await store.finish(done[0])  # a call of its own
+            two, three = await asyncio.gather(store.finish(done[1]), store.finish(done[2]))
             return alone, two, three, await store.get("x-2")
         finally:
             await store.close()
@@ -187,13 +187,10 @@ def test_cancelled_leader_still_answers_its_followers(url: str) -> None:
     assert isinstance(outcome, StoreError)  # an answer (503), not a wait for ever
 
 
-def test_restarted_empty_redis_refuses_a_replay_of_the_nonce_only_while_it_remembers(
-    tmp_path: Path,
-) -> None:
-    """After a restart the nonce record is gone, so the store takes the nonce again: what
-    refuses the old document then is the new session's start time (test_service_redis_faults
-    drives that end to end); here, that the batched create reloads its script and records the
-    nonce anew."""
+def test_batched_creates_on_a_fresh_redis_take_a_nonce_once(tmp_path: Path) -> None:
+    """A fresh Redis has no scripts: a batched create loads them and still records the nonce
+    once. (After the restart the record is gone and the nonce is taken again; what refuses an
+    old document then is the session's start time, test_service_redis_faults end to end.)"""
     port = free_port()
 
     async def create(session_id: str) -> bool:
