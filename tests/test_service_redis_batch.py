@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -19,6 +19,8 @@ from nitro_attest.service.redis_store import RedisStore
 from nitro_attest.service.sessions import Session, StoreError
 
 from .servicekit import MEDIA, free_port, redis_port, redis_server
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,11 @@ def _spy_batches(store: RedisStore) -> list[int]:
     return sizes
 
 
+def _within(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``, failing (not hanging) if some call never gets its answer."""
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
 def _admin(url: str) -> redis.Redis:
     return redis.Redis(port=redis_port(url))
 
@@ -67,7 +74,7 @@ def test_one_iteration_one_pipeline_each_call_its_own_outcome(url: str) -> None:
         finally:
             await store.close()
 
-    outcomes, sizes, waiting = asyncio.run(run())
+    outcomes, sizes, waiting = _within(run())
     assert sizes == [6]
     (first, a), (second, b), (third, c), finished, reused, fresh = outcomes
     assert first == "claimed" and a is not None and a.state == "processing" and a.id == "b-1"
@@ -91,7 +98,7 @@ def test_one_call_failing_in_a_batch_fails_alone(url: str) -> None:
         finally:
             await store.close()
 
-    wrong, right = asyncio.run(run())
+    wrong, right = _within(run())
     assert isinstance(wrong, StoreError) and "WRONGTYPE" in str(wrong)
     assert right[0] == "claimed"
 
@@ -115,7 +122,7 @@ def test_scripts_loaded_again_after_redis_forgot_them(url: str, batched: bool) -
         finally:
             await store.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = _within(run())
     assert outcomes[0][0] == "claimed"
     if batched:
         assert outcomes[1] is True
@@ -142,7 +149,7 @@ def test_session_expiring_between_claim_and_finish_is_not_resurrected(url: str) 
         finally:
             await store.close()
 
-    alone, two, three, done = asyncio.run(run())
+    alone, two, three, done = _within(run())
     assert (alone, two, three) == (False, True, False)
     assert done is not None and done.state == "complete" and done.result == "ear"
     assert admin.pttl("nitro-attest:session:x-1") == -2  # gone, not written back without a TTL
@@ -160,7 +167,7 @@ def test_lost_connection_fails_every_call_of_the_batch() -> None:
         finally:
             await store.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = _within(run())
     assert len(outcomes) == 3
     for outcome in outcomes:
         assert isinstance(outcome, StoreError), outcome
@@ -182,7 +189,7 @@ def test_cancelled_leader_still_answers_its_followers(url: str) -> None:
         finally:
             await store.close()
 
-    cancelled, outcome = asyncio.run(run())
+    cancelled, outcome = _within(run())
     assert cancelled
     assert isinstance(outcome, StoreError)  # an answer (503), not a wait for ever
 
@@ -204,6 +211,6 @@ def test_batched_creates_on_a_fresh_redis_take_a_nonce_once(tmp_path: Path) -> N
             await store.close()
 
     with redis_server(tmp_path, port=port):
-        assert asyncio.run(create("r-1"))
+        assert _within(create("r-1"))
     with redis_server(tmp_path, port=port):
-        assert asyncio.run(create("r-2"))
+        assert _within(create("r-2"))
