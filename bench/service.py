@@ -3,7 +3,9 @@
 - verify:  CPU seconds of one warm in-process ``Verifier.verify`` (same kind of document)
 - service: the server processes' own CPU seconds (utime + stime from /proc, workers included)
            per completed session (newSession plus evidence), as a ratio to ``verify``.
-           Target: at most 2.0.
+           Targets (issue 24): at most 2.0 with Redis sessions, 1.6 with memory sessions.
+           redis-server's own CPU is not in that ratio: it is printed apart, and again added in
+           the last column ("+redis"), the whole CPU a session costs on this machine.
 - load:    sessions/s and p50/p99 session latency (both requests) with 16 concurrent keep-alive
            clients against 2 workers: with memory sessions (two single-worker processes, each
            client pinned to one, as a load balancer with affinity would) and with Redis (one
@@ -227,6 +229,38 @@ def appraisal_parts(
     return out
 
 
+def store_parts(url: str) -> dict[int, float]:
+    """RedisStore alone, in process: CPU per session (create, claim, finish) with 1 and with 8
+    sessions in flight (calls made in one loop iteration share a pipeline)."""
+    from nitro_attest.service.redis_store import RedisStore
+    from nitro_attest.service.sessions import Session
+
+    async def run(concurrent: int, total: int) -> float:
+        store = RedisStore(url)
+        best = float("inf")
+        for r in range(3):
+            async def one(prefix: str, n: int) -> None:
+                for k in range(n):
+                    sid = f"{prefix}-{k}"
+                    now = time.time()
+                    session = Session(sid, "bm9uY2U", now + 30, now, "prod", (MEDIA,))
+                    assert await store.create(session, nonce_digest=sid, nonce_ttl=30)
+                    outcome, claimed = await store.claim(sid)
+                    assert outcome == "claimed" and claimed is not None
+                    assert await store.finish(claimed.finished("complete", {}, "e" * 600))
+
+            c0 = time.process_time()
+            await asyncio.gather(*(one(f"bench-{concurrent}-{r}-{i}", total // concurrent)
+                                   for i in range(concurrent)))  # fmt: skip
+            best = min(best, (time.process_time() - c0) / total)
+        await store.close()
+        return best
+
+    import uvloop
+
+    return {c: uvloop.run(run(c, 1600)) for c in (1, 8)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -290,6 +324,7 @@ def main() -> int:
         with process([redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                       "--appendonly", "no", "--dir", str(tmp)], None) as redis:  # fmt: skip
             time.sleep(0.3)
+            store = store_parts(f"redis://127.0.0.1:{rport}/0")
             with process([*ENTRY, "service", "--listen", f"127.0.0.1:{sport}", *common,
                           "--sessions", f"redis://127.0.0.1:{rport}/0", "--workers", "2"],
                          f"http://127.0.0.1:{sport}/healthz") as svc:  # fmt: skip
@@ -300,24 +335,29 @@ def main() -> int:
     print(f"warm in-process Verifier.verify: {verify * 1000:.3f} ms CPU "
           f"(spread {max(verify_rounds) / verify:.2f}x)")  # fmt: skip
     print(f"{'configuration':<22} {'sessions/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU ms/session':>15} {'ratio':>6} {'redis CPU ms':>13}")  # fmt: skip
+          f"{'CPU ms/session':>15} {'ratio':>6} {'redis CPU ms':>13} {'+redis':>7}")  # fmt: skip
     for name, r in results.items():
         best = max(range(len(r["rate"])), key=lambda i: r["rate"][i])
         cpu = min(r["cpu"])
+        both = min(c + x for c, x in zip(r["cpu"], r["redis"], strict=True))
         print(f"{name:<22} {r['rate'][best]:>11.1f} {r['p50'][best]:>8.2f} "
               f"{r['p99'][best]:>8.2f} {cpu * 1000:>15.3f} {cpu / verify:>6.2f} "
-              f"{min(r['redis']) * 1000:>13.3f}")  # fmt: skip
+              f"{min(r['redis']) * 1000:>13.3f} {both / verify:>7.2f}")  # fmt: skip
         print(f"{'  spread (worst/best)':<22} {max(r['rate']) / min(r['rate']):>10.2f}x "
               f"{max(r['p50']) / min(r['p50']):>7.2f}x {max(r['p99']) / min(r['p99']):>7.2f}x "
               f"{max(r['cpu']) / cpu:>14.2f}x")  # fmt: skip
     print("per-session CPU in process (ms, best of rounds), what the service adds to a verify:")
     for name, value in parts.items():
         print(f"  {name:<44} {value * 1000:7.3f}  ({value / verify:.2f}x verify)")
+    for concurrent, value in store.items():
+        print(f"  {f'RedisStore alone, {concurrent} in flight (3 calls)':<44} "
+              f"{value * 1000:7.3f}  ({value / verify:.2f}x verify)")  # fmt: skip
     mem = min(next(iter(results.values()))["cpu"])
-    print(f"  {'HTTP, sessions, metrics (memory: rest)':<44} "
+    print(f"  {'memory: rest (HTTP, store, metrics, in situ)':<44} "
           f"{(mem - parts['appraise + EAR claims + sign (ES256)']) * 1000:7.3f}  "
           f"({(mem - parts['appraise + EAR claims + sign (ES256)']) / verify:.2f}x verify)")
-    print("target: CPU per session / warm verify <= 2.0")
+    print("target: server CPU per session / warm verify <= 2.0 with Redis, <= 1.6 in memory "
+          "(ratio column; +redis adds redis-server's CPU)")
     _ = statistics  # figures are best-of-rounds, spreads printed beside them
     return 0
 

@@ -156,6 +156,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
     )
     app.state.service = state
 
+    # The hot paths' series, resolved once (labels() takes a lock and builds a key per call).
+    sessions_created = state.metrics.sessions
+    new_session_latency = state.metrics.latency.labels("newSession")
+    evidence_latency = state.metrics.latency.labels("evidence")
+
     async def store_call(awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
@@ -266,8 +271,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                      nonce_ttl=config.nonce_reuse_window)  # fmt: skip
         if not await store_call(created):
             return problem(409, "Conflict", "this nonce was already used; pick a fresh one")
-        state.metrics.sessions.inc()
-        state.metrics.latency.labels("newSession").observe(time.perf_counter() - started)
+        sessions_created.inc()
+        new_session_latency.observe(time.perf_counter() - started)
         return SessionResponse(
             session.to_api(), status_code=201, headers={"Location": f"{API}/session/{session.id}"}
         )
@@ -345,7 +350,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if not await store_call(state.store.finish(done)):
             return problem(404, "Not Found", "the session expired during the appraisal")
         state.metrics.results.labels(status).inc()
-        state.metrics.latency.labels("evidence").observe(time.perf_counter() - started)
+        evidence_latency.observe(time.perf_counter() - started)
         return SessionResponse(done.to_api())
 
     def _appraise_and_sign(session: Session, body: bytes) -> tuple[str, str]:

@@ -57,15 +57,26 @@ class ServiceApp(FastAPI):
     fast: FastPath | None = None
     responses: Any = None  # the metrics' HTTP answers counter (endpoint, code), when set
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The counter's children by (endpoint, code): prometheus_client's labels() takes a lock
+        # and builds its key on every call.
+        self._children: dict[tuple[str, int], Any] = {}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         counter = self.responses
         answer = send
         if counter is not None and scope["type"] == "http":
             endpoint = endpoint_label(scope["path"])
+            children = self._children
 
             async def counted(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    counter.labels(endpoint, str(message["status"])).inc()
+                    key = (endpoint, message["status"])
+                    child = children.get(key)
+                    if child is None:  # bounded: fixed endpoint names times status codes
+                        child = children[key] = counter.labels(endpoint, str(key[1]))
+                    child.inc()
                 await send(message)
 
             answer = counted
