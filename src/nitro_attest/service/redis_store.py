@@ -3,15 +3,11 @@
 The hash holds ``state`` and ``session`` (the JSON). State changes run as Lua scripts, so the
 check and the write are one atomic step on the server: two replicas racing to claim a session
 cannot both see ``waiting``, and a late ``finish`` cannot resurrect an expired key without a TTL.
-The scripts one worker calls in the same loop iteration share a pipeline (one round trip, one
-pass through redis-py): redis-py's per-call overhead was most of a Redis session's extra CPU.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,11 +47,6 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'session', ARGV[2])
 return 1
 """
-
-
-_Call = tuple[Any, Sequence[str], Sequence[Any], "asyncio.Future[Any] | None"]
-"""A script call waiting for its batch: the script, its keys, its arguments, where its answer
-goes (None for the leader, which takes its own from the results)."""
 
 
 def redact_url(url: str) -> str:
@@ -107,24 +98,6 @@ def _store_error(exc: RedisError) -> StoreError:
     return StoreFullError(message) if full else StoreError(message)
 
 
-def _answer(batch: list[_Call], results: list[Any], error: BaseException | None) -> None:
-    """Each follower's outcome from the pipeline's results; when the pipeline failed as a whole
-    (a lost connection, the leader cancelled) every follower fails too: a 503, never a guess."""
-    for i, (_, _, _, future) in enumerate(batch):
-        if future is None or future.done():
-            continue
-        if i < len(results):
-            outcome = results[i]
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-        elif isinstance(error, RedisError):
-            future.set_exception(_store_error(error))
-        else:
-            future.set_exception(StoreError("redis: the pipeline carrying this call stopped"))
-
-
 class RedisStore:
     def __init__(self, url: str, *, password: str | None = None, timeout: float = 2.0) -> None:
         """``password`` applies when the URL carries none (it comes from the environment)."""
@@ -135,63 +108,6 @@ class RedisStore:
         self._create = self._redis.register_script(_CREATE)
         self._claim = self._redis.register_script(_CLAIM)
         self._finish = self._redis.register_script(_FINISH)
-        self._gathering: list[_Call] | None = None
-
-    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        """One script call. Calls made in the same loop iteration (other sessions' steps) go to
-        Redis as one pipeline: one round trip and one pass through redis-py for all of them.
-        Each is still its own script, atomic on the server; a pipeline is not a transaction,
-        so one call's error is its own, and a lost connection fails every call it carried."""
-        pending = self._gathering
-        if pending is not None:  # a leader is gathering this iteration's calls: join it
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            pending.append((script, keys, args, future))
-            return await future
-        batch: list[_Call] = [(script, keys, args, None)]
-        self._gathering = batch
-        results: list[Any] = []
-        error: BaseException | None = None
-        try:
-            try:
-                await asyncio.sleep(0)  # the callbacks ready now run, and their calls join
-            finally:
-                self._gathering = None
-            if len(batch) == 1:
-                return await self._call(script, keys, args)
-            results = await self._pipeline(batch)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if len(batch) > 1:  # every follower gets an answer, whatever became of the leader
-                _answer(batch, results, error)
-        if isinstance(results[0], BaseException):
-            raise results[0]
-        return results[0]
-
-    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA of a registered script, loading it first when Redis does not know it (a
-        restarted or flushed Redis)."""
-        try:
-            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-        except rx.NoScriptError:
-            script.sha = await self._redis.script_load(script.script)
-            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        """The calls' outcomes, in order: a value or the RedisError that call met."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, outcome in enumerate(results):
-            if isinstance(outcome, rx.NoScriptError):  # never ran: safe to run again
-                script, keys, args, _ = batch[i]
-                try:
-                    results[i] = await self._call(script, keys, args)
-                except RedisError as exc:
-                    results[i] = exc
-        return results
 
     @staticmethod
     def _key(session_id: str) -> str:
@@ -202,10 +118,10 @@ class RedisStore:
     ) -> bool:
         nonce_key = f"{PREFIX}nonce:{nonce_digest}" if nonce_digest else ""
         try:
-            done = await self._run(
-                self._create, (self._key(session.id), nonce_key),
-                (session.dumps(), max(1, int(session.lifetime * 1000)),
-                 max(1, int(nonce_ttl * 1000))),
+            done = await self._create(
+                keys=[self._key(session.id), nonce_key],
+                args=[session.dumps(), max(1, int(session.lifetime * 1000)),
+                      max(1, int(nonce_ttl * 1000))],
             )  # fmt: skip
         except RedisError as exc:
             raise _store_error(exc) from None
@@ -226,7 +142,7 @@ class RedisStore:
 
     async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
         try:
-            outcome = await self._run(self._claim, (self._key(session_id),))
+            outcome = await self._claim(keys=[self._key(session_id)])
         except RedisError as exc:
             raise _store_error(exc) from None
         if isinstance(outcome, bytes):
@@ -235,8 +151,8 @@ class RedisStore:
 
     async def finish(self, session: Session) -> bool:
         try:
-            done = await self._run(
-                self._finish, (self._key(session.id),), (session.state, session.dumps())
+            done = await self._finish(
+                keys=[self._key(session.id)], args=[session.state, session.dumps()]
             )
         except RedisError as exc:
             raise _store_error(exc) from None
