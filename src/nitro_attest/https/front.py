@@ -216,8 +216,8 @@ class _Stream(asyncio.Protocol):
     """
 
     __slots__ = (
-        "blocked", "buffer", "closed", "eof", "gone", "loop", "owner", "paused", "readable",
-        "transport", "writable",
+        "blocked", "buffer", "closed", "eof", "gone", "hook", "loop", "owner", "paused",
+        "readable", "received", "transport", "writable",
     )
 
     def __init__(self, owner: _Connection) -> None:
@@ -234,6 +234,10 @@ class _Stream(asyncio.Protocol):
         self.paused = False  # reading paused: the buffer is full
         self.blocked = False  # writing paused: the transport's buffer is full
         self.gone: asyncio.Future[None] = self.loop.create_future()  # the transport closed
+        self.received = 0  # bytes ever read: tells new data from a wake-up without any
+        # The front's callback path (HttpsFront._fast_request, _fast_response): told of every
+        # event first; True when it took care of it, so no waiting coroutine needs waking.
+        self.hook: Callable[[], bool] | None = None
 
     # --- the transport's callbacks
 
@@ -243,14 +247,17 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.received += len(data)
         if len(self.buffer) >= PIECE and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        _wake(self.readable)
+        if self.hook is None or not self.hook():
+            _wake(self.readable)
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        _wake(self.readable)
+        if self.hook is None or not self.hook():
+            _wake(self.readable)
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -258,6 +265,8 @@ class _Stream(asyncio.Protocol):
         self.closed = True
         self.interrupt()
         _wake(self.gone)
+        if self.hook is not None:
+            self.hook()
 
     def pause_writing(self) -> None:
         self.blocked = True
@@ -287,14 +296,14 @@ class _Stream(asyncio.Protocol):
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        before = len(self.buffer)
+        before = self.received
         waiter = self.loop.create_future()
         self.readable = waiter
         try:
             await waiter
         finally:
             self.readable = None
-        if len(self.buffer) == before:  # woken by the end of the stream
+        if self.received == before and owner.handoff is None:  # woken by the end of the stream
             raise _Closed("eof")
 
     def take(self, n: int) -> bytes:
@@ -360,8 +369,8 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 class _Connection:
     __slots__ = (
-        "busy", "client", "deadline", "expired", "expired_deadline", "head", "peer", "task",
-        "upstream",
+        "busy", "client", "deadline", "expired", "expired_deadline", "handoff", "head",
+        "inflight", "parked", "peer", "served", "task", "upstream",
     )
 
     def __init__(self, peer: str, task: asyncio.Task[None] | None) -> None:
@@ -374,6 +383,13 @@ class _Connection:
         self.head = False  # waiting for the rest of a begun request head (expiry: 408)
         self.expired = False  # the current deadline passed (_read_head answers 408)
         self.expired_deadline = math.nan  # the deadline last acted on: each acts once
+        # The callback path: the coroutine waits for a head in _read_head (parked), a request
+        # relayed by callbacks waits for the app's answer (inflight), or one the callbacks
+        # passed back to the coroutine at its answer (handoff).
+        self.parked = False
+        self.inflight: tuple[RequestHead, float] | None = None
+        self.handoff: tuple[RequestHead, float] | None = None
+        self.served = 0  # requests the callback path answered
 
 
 def _peer_text(address: object) -> str:
@@ -550,10 +566,17 @@ class HttpsFront:
         while True:
             conn.busy = False
             try:
-                head = await self._read_head(client)
+                head = await self._read_head(conn, client)
             except _Refused as exc:
                 await self._answer_error(conn, exc.status, exc.reason)
                 return
+            if head is None:  # the callbacks relayed a request and passed its answer here
+                assert conn.handoff is not None and conn.upstream is not None
+                request, started = conn.handoff
+                conn.handoff = None
+                if not await self._answer(conn, conn.upstream, request, started, None, None):
+                    return
+                continue
             conn.busy = True
             self._touch(conn)
             started = time.monotonic()
@@ -573,10 +596,17 @@ class HttpsFront:
             if not keep:
                 return
 
-    async def _read_head(self, client: _Stream) -> bytes:
+    async def _read_head(self, conn: _Connection, client: _Stream) -> bytes | None:
+        """The next request head; None when the callback path relayed a request meanwhile and
+        passed its answer to the coroutine (``conn.handoff``)."""
         limit = self.config.max_header_bytes
         deadline: float | None = None
+        served = conn.served
         while True:
+            if conn.handoff is not None:
+                return None
+            if conn.served != served:  # the head begun before was served by the callbacks
+                served, deadline = conn.served, None
             try:
                 end = find_head_end(client.buffer, limit)
             except HandshakeError as exc:
@@ -586,17 +616,113 @@ class HttpsFront:
             now = time.monotonic()
             if client.buffer and deadline is None:
                 deadline = now + self.config.header_timeout
-            if deadline is None:
-                await client.fill(self.config.idle_timeout)
-                continue
-            if now >= deadline:
-                raise _Refused(408, "request head not complete in time")
+            conn.parked = True
+            client.hook = lambda: self._fast_request(conn)
             try:
-                await client.fill(deadline - now, head=True)
-            except _Closed:
-                if client.owner.expired:
-                    raise _Refused(408, "request head not complete in time") from None
-                raise
+                if deadline is None:
+                    await client.fill(self.config.idle_timeout)
+                    continue
+                if now >= deadline:
+                    raise _Refused(408, "request head not complete in time")
+                try:
+                    await client.fill(deadline - now, head=True)
+                except _Closed:
+                    if client.owner.expired:
+                        raise _Refused(408, "request head not complete in time") from None
+                    raise
+            finally:
+                conn.parked = False
+                if conn.inflight is None:
+                    client.hook = None
+
+    # --- the callback path: a plain request and its whole answer relayed from the transports'
+    # callbacks, with no coroutine woken; anything else is left to (or passed back to) the
+    # coroutine at the step it reached. Same checks, same bytes, same log line.
+
+    def _fast_request(self, conn: _Connection) -> bool:
+        """A complete head in the client's buffer while the coroutine waits for one: relay it
+        now if it is a body-less request to the app on a kept app connection. False leaves
+        the buffer to the coroutine (which parses it again and answers any error)."""
+        client = conn.client
+        assert client is not None
+        if conn.inflight is not None:  # an answer is awaited: keep what follows for later
+            return not (client.closed or client.eof)
+        upstream = conn.upstream
+        if (not conn.parked or conn.expired or client.closed or upstream is None
+                or not _still_open(upstream) or self._listener is None):
+            return False
+        try:
+            end = find_head_end(client.buffer, self.config.max_header_bytes)
+            if end < 0:
+                return False
+            request = parse_request_head(
+                bytes(client.buffer[:end]),
+                limit=self.config.max_header_bytes,
+                max_lines=self.config.max_header_lines,
+            )
+        except HandshakeError:
+            return False
+        if (request.framing != "none" or not request.keep_alive
+                or is_attestation_path(request.path)):
+            return False
+        del client.buffer[:end]
+        started = time.monotonic()
+        conn.busy = True
+        self._touch(conn)
+        conn.inflight = (request, started)
+        conn.deadline = started + self.config.app_timeout
+        conn.head = False
+        assert upstream.transport is not None
+        upstream.transport.write(
+            forward_request_head(request, client=conn.peer, host_fallback=b"enclave")
+        )
+        upstream.hook = lambda: self._fast_response(conn)
+        return True
+
+    def _fast_response(self, conn: _Connection) -> bool:
+        """The app's answer to the request in flight: relayed now when all of it is here
+        (a final status, a length or no body); otherwise passed to the coroutine."""
+        upstream, client = conn.upstream, conn.client
+        assert upstream is not None and client is not None and conn.inflight is not None
+        request, started = conn.inflight
+        response: ResponseHead | None = None
+        end = -1
+        if not upstream.closed and not client.closed:
+            try:
+                end = find_head_end(upstream.buffer, MAX_RESPONSE_HEAD)
+                if end >= 0:
+                    response = parse_response_head(
+                        bytes(upstream.buffer[:end]), request_method=request.method,
+                        limit=MAX_RESPONSE_HEAD, max_lines=1000,
+                    )
+            except HandshakeError:
+                response = None
+        if (response is None or response.status < 200 or response.framing not in
+                ("none", "length") or len(upstream.buffer) - end < response.length):
+            # Not all here, or not plain: the coroutine reads it from the buffers as they are.
+            upstream.hook = None
+            conn.inflight = None
+            conn.handoff = (request, started)
+            _wake(client.readable)
+            return True
+        upstream.hook = None
+        conn.inflight = None
+        conn.served += 1
+        keep = response.keep_alive  # the request kept alive: only those come here
+        body = bytes(upstream.buffer[end : end + response.length])
+        del upstream.buffer[: end + response.length]
+        head = forward_response_head(response, framing=response.framing, keep_alive=keep)
+        assert client.transport is not None
+        client.transport.write(head + body)
+        self._log(conn, request, response.status, 0, len(body), started)
+        if not keep:
+            self._drop(conn)  # the answer flushed, then closed
+            return True
+        conn.busy = False
+        conn.deadline = time.monotonic() + self.config.idle_timeout
+        if client.buffer and not self._fast_request(conn):
+            _wake(client.readable)  # the rest is the coroutine's
+        return True
 
     async def _answer_error(self, conn: _Connection, status: int, reason: str) -> None:
         """Answer ``status`` and close, letting the answer reach the client first (at most 1 s)."""
@@ -713,10 +839,21 @@ class HttpsFront:
                 return False
         if request.expect_continue:
             await client.send(b"HTTP/1.1 100 Continue\r\n\r\n", idle)
-        body = _BodyRelay(client, upstream, request, idle)
-        task = asyncio.ensure_future(body.run()) if request.framing != "none" else None
-        if task is not None:  # a client gone mid-body: stop waiting for the app's answer
+        body: _BodyRelay | None = None
+        task: asyncio.Future[None] | None = None
+        if request.framing != "none":
+            body = _BodyRelay(client, upstream, request, idle)
+            task = asyncio.ensure_future(body.run())
+            # a client gone mid-body: stop waiting for the app's answer
             task.add_done_callback(lambda t: _abort_on_failure(t, upstream))
+        return await self._answer(conn, upstream, request, started, body, task)
+
+    async def _answer(
+        self, conn: _Connection, upstream: _Stream, request: RequestHead, started: float,
+        body: _BodyRelay | None, task: asyncio.Future[None] | None,
+    ) -> bool:
+        """Relay the app's answer to a forwarded request (its body, if any, moving in ``task``);
+        whether the client connection stays open."""
         try:
             status, sent, keep, app_keep = await self._relay_response(conn, upstream, request)
         except _Refused as exc:
@@ -737,7 +874,7 @@ class HttpsFront:
                 body_done = False
             else:
                 body_done = task.exception() is None
-        self._log(conn, request, status, body.moved, sent, started)
+        self._log(conn, request, status, 0 if body is None else body.moved, sent, started)
         if not (app_keep and body_done):
             self._close_upstream(conn)
         return keep and body_done

@@ -1,0 +1,306 @@
+"""The front's callback path (a body-less request and its whole answer relayed from the
+transports' callbacks, no coroutine woken) answers as the coroutine does, and passes every
+other case back to it at the step it reached: answers not all there at once, chunked, interim,
+closing, or followed by stray bytes; bodies, the attestation path and bad heads after requests
+it served; pipelined requests in order; the header deadline after it served requests.
+
+Threat model: anyone who reaches the port, the parent included, sends anything (pipelined heads,
+a smuggling attempt right behind a plain request, slow heads); the app is trusted but answers in
+every legal shape."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from .httpskit import Front, running_front, sim, tls_connect
+
+ANSWERS = {
+    b"/plain": [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nplain\n"],
+    # head and body apart: the callbacks see the head first, and pass the rest on
+    b"/split": [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n", b"split\n"],
+    b"/chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n"],
+    b"/interim": [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninterim\n"],
+    b"/close": [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\nclose\n"],
+    b"/stray": [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstray\nHTTP/1.1 200 OK\r\n"
+                b"Content-Length: 6\r\n\r\nWRONG\n"],
+    b"/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
+}
+
+
+@dataclass
+class RawApp:
+    """An HTTP/1.1 app answering each path with fixed bytes, written as given (one write per
+    piece); POST bodies are read by Content-Length and answered with their size."""
+
+    heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        buffer = b""
+        with sock:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                method, path = head.split(b" ")[:2]
+                if method == b"POST":
+                    length = int(head.lower().partition(b"content-length: ")[2].split(b"\r")[0])
+                    while len(buffer) < length:
+                        buffer += sock.recv(65536)
+                    buffer = buffer[length:]
+                    body = b"%d" % length
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                 + body)
+                    continue
+                pieces = ANSWERS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                            % (len(path) + 1) + path + b"\n"])
+                for i, piece in enumerate(pieces):
+                    if i:
+                        time.sleep(0.05)
+                    sock.sendall(piece)
+                if path == b"/close":
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@contextmanager
+def raw_app() -> Iterator[RawApp]:
+    app = RawApp()
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _served(front: Front) -> int:
+    return sum(conn.served for conn in list(front.front._connections))
+
+
+def _answer(sock: ssl.SSLSocket, buffer: bytearray, *, head_request: bool = False
+            ) -> tuple[bytes, bytes]:
+    """One whole answer (head, body) from ``sock``: Content-Length or chunked bodies."""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(65536)
+        assert data, bytes(buffer)
+        buffer += data
+    end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:end])
+    del buffer[:end]
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        while not buffer.endswith(b"0\r\n\r\n"):
+            buffer += sock.recv(65536)
+        body = bytes(buffer)
+        buffer.clear()
+        return head, body
+    length = int(lower.partition(b"content-length: ")[2].split(b"\r")[0] or b"0")
+    if head_request:
+        length = 0
+    while len(buffer) < length:
+        data = sock.recv(65536)
+        assert data
+        buffer += data
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return head, body
+
+
+def _get(path: bytes) -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: app.example\r\n\r\n"
+
+
+@contextmanager
+def _front(sim_state: Path, loop: str, **config: object) -> Iterator[tuple[RawApp, Front]]:
+    new_loop = uvloop.new_event_loop if loop == "uvloop" else None
+    extra = {"new_loop": new_loop} if new_loop else {}
+    with raw_app() as app, running_front(sim(sim_state), app.address, **extra,
+                                         **config) as front:  # type: ignore[arg-type]
+        yield app, front
+
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_keep_alive_requests_are_answered_by_the_callbacks(sim_state: Path, loop: str) -> None:
+    with _front(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        for _ in range(4):
+            conn.sendall(_get(b"/plain"))
+            head, body = _answer(conn, buffer)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"plain\n"
+            assert b"content-length: 6\r\n" in head and b"content-type: text/plain" in head
+        assert _served(front) == 3  # the first opened the app connection: the coroutine's
+        assert app.connections == 1
+        # the same forwarded head as the coroutine's: Host first, the front's own fields
+        assert len(set(app.heads)) == 1
+        assert app.heads[0].startswith(b"GET /plain HTTP/1.1\r\nhost: app.example\r\n")
+        assert b"x-forwarded-for: 127.0.0.1" in app.heads[0]
+    assert sum("GET /plain status=200" in line for line in front.logs.lines()) == 4
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_pipelined_requests_are_answered_in_order(sim_state: Path, loop: str) -> None:
+    with _front(sim_state, loop) as (_app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        paths = [b"/a", b"/split", b"/b", b"/chunked", b"/c", b"/interim", b"/d"]
+        conn.sendall(b"".join(_get(p) for p in paths))
+        bodies = [_answer(conn, buffer)[1] for _ in paths]
+        assert bodies[0] == b"/a\n" and bodies[2] == b"/b\n" and bodies[4] == b"/c\n"
+        assert bodies[1] == b"split\n" and bodies[5] == b"interim\n" and bodies[6] == b"/d\n"
+        assert bodies[3] == b"4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n"
+        # /a by the callbacks; the coroutine takes over at /split and serves what it finds
+        # already buffered behind it
+        assert _served(front) >= 1
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_answers_not_whole_at_once_are_passed_to_the_coroutine(sim_state: Path,
+                                                               loop: str) -> None:
+    with _front(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        for path, want in ((b"/split", b"split\n"), (b"/interim", b"interim\n"),
+                           (b"/plain", b"plain\n")):
+            conn.sendall(_get(path))
+            head, body = _answer(conn, buffer)
+            assert body == want and b" 103 " not in head, path
+        conn.sendall(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _answer(conn, buffer, head_request=True)
+        assert b"content-length: 99" in head and body == b""  # the GET's length, no body
+        # stray bytes after an answer: the app connection is not used again
+        before = app.connections
+        conn.sendall(_get(b"/stray"))
+        assert _answer(conn, buffer)[1] == b"stray\n"
+        conn.sendall(_get(b"/after"))
+        assert _answer(conn, buffer)[1] == b"/after\n"
+        assert app.connections == before + 1
+        # an app that closes: the client gets the answer, then the close
+        conn.sendall(_get(b"/close"))
+        head, body = _answer(conn, buffer)
+        assert body == b"close\n" and b"connection: close" in head
+        conn.settimeout(5)
+        with contextlib.suppress(ssl.SSLError, OSError):
+            assert conn.recv(65536) == b""
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_bad_head_right_behind_a_served_request_is_refused(sim_state: Path,
+                                                             loop: str) -> None:
+    """The parent's smuggling attempt: a plain request, and in the same bytes one with both
+    Content-Length and Transfer-Encoding. The first is answered, the second refused (400) and
+    the connection closed; the app never sees it."""
+    with _front(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        conn.sendall(_get(b"/a") + b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")
+        assert _answer(conn, buffer)[1] == b"/a\n"
+        head, _ = _answer(conn, buffer)
+        assert head.startswith(b"HTTP/1.1 400 ")
+        conn.settimeout(5)
+        with contextlib.suppress(ssl.SSLError, OSError):
+            while conn.recv(65536):
+                pass
+    assert not any(b"/smuggled" in h or h.startswith(b"POST") for h in app.heads)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_bodies_and_attestation_after_served_requests(sim_state: Path, loop: str) -> None:
+    with _front(sim_state, loop) as (_app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        for _ in range(2):
+            conn.sendall(_get(b"/plain"))
+            _answer(conn, buffer)
+        conn.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"
+                     + b"b" * 70000)
+        assert _answer(conn, buffer)[1] == b"70000"
+        conn.sendall(_get(b"/.well-known/nitro-attestation?nonce=" + b"ab" * 16))
+        head, body = _answer(conn, buffer)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"attestation-document+cose" in head and len(body) > 1000
+        conn.sendall(_get(b"/plain"))
+        assert _answer(conn, buffer)[1] == b"plain\n"
+        assert _served(front) >= 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_slow_head_after_served_requests_still_gets_408(sim_state: Path, loop: str) -> None:
+    with _front(sim_state, loop, header_timeout=0.5) as (_app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        for _ in range(3):
+            conn.sendall(_get(b"/plain"))
+            _answer(conn, buffer)
+        assert _served(front) == 2
+        conn.sendall(b"GET /never HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        head, _ = _answer(conn, buffer)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_gone_while_its_answer_is_awaited_is_dropped(sim_state: Path,
+                                                              loop: str) -> None:
+    with _front(sim_state, loop) as (_app, front):
+        conn = tls_connect(front.address)
+        buffer = bytearray()
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        conn.sendall(_get(b"/split"))  # its body comes 50 ms after its head
+        conn.close()
+        deadline = time.monotonic() + 5
+        while front.front.active_connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert front.front.active_connections == 0
