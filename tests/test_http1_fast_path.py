@@ -125,3 +125,18 @@ def test_response_heads_parse_as_the_general_path_does(seed: int) -> None:
     for case, a, b in zip(cases, fast, general, strict=True):
         assert a == b, case
     assert sum(not isinstance(o, tuple) for o in fast) > 300
+
+
+def test_the_front_owned_memo_is_bounded_and_answers_the_same_past_its_bound() -> None:
+    """Header names are the client's choice: the memo of which the front owns stops growing,
+    and names past its bound are still judged (X_Forwarded_For never reaches the app)."""
+    for i in range(http1._OWNED_MAX + 100):
+        assert not http1._front_owned(b"x-filler-%d" % i)
+    assert len(http1._OWNED) <= http1._OWNED_MAX
+    assert http1._front_owned(b"x_forwarded_for") and http1._front_owned(b"x-forwarded-zzz")
+    request = http1.parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX-Keep: 1\r\n\r\n",
+        limit=16384, max_lines=100,
+    )
+    forwarded = http1.forward_request_head(request, client="10.0.0.1", host_fallback=b"e")
+    assert b"6.6.6.6" not in forwarded and b"x-keep: 1" in forwarded

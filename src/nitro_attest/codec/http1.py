@@ -380,9 +380,18 @@ def forward_request_head(
     return b"\r\n".join(out)
 
 
+_OWNED: dict[bytes, bool] = {}  # header names seen, and whether the front owns each
+_OWNED_MAX = 4096  # names are the client's choice: the memo stops growing here
+
+
 def _front_owned(name: bytes) -> bool:
-    dashed = name.replace(b"_", b"-")
-    return dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
+    owned = _OWNED.get(name)
+    if owned is None:
+        dashed = name.replace(b"_", b"-")
+        owned = dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
+        if len(_OWNED) < _OWNED_MAX:
+            _OWNED[name] = owned
+    return owned
 
 
 def _quote(value: bytes) -> bytes:
