@@ -140,3 +140,90 @@ def test_the_front_owned_memo_is_bounded_and_answers_the_same_past_its_bound() -
     )
     forwarded = http1.forward_request_head(request, client="10.0.0.1", host_fallback=b"e")
     assert b"6.6.6.6" not in forwarded and b"x-keep: 1" in forwarded
+
+
+# The forwarding functions as they were before their fast paths (the _connection_listed
+# shortcut, the _front_owned memo): the reference the current ones must match byte for byte.
+def _ref_tokens(headers: tuple[tuple[bytes, bytes], ...], name: bytes) -> set[bytes]:
+    out: set[bytes] = set()
+    for value in (v for k, v in headers if k == name):
+        out.update(t.strip(b" \t").lower() for t in value.split(b","))
+    out.discard(b"")
+    return out
+
+
+def _ref_owned(name: bytes) -> bool:
+    dashed = name.replace(b"_", b"-")
+    return dashed in http1._FRONT_OWNED or dashed.startswith(b"x-forwarded-")
+
+
+def _ref_forward_request(request: http1.RequestHead, client: str, keep_alive: bool) -> bytes:
+    host = request.get(b"host") or b"fallback"
+    listed = _ref_tokens(request.headers, b"connection")
+    out = [f"{request.method} {request.target} HTTP/1.1".encode("ascii"), b"host: " + host]
+    out.extend(n + b": " + v for n, v in request.headers
+               if n not in listed and not _ref_owned(n))
+    forwarded, forwarded_for = http1._forwarded_for(client)
+    out += [forwarded + http1._quote(host), forwarded_for, b"x-forwarded-proto: https",
+            b"x-forwarded-host: " + host]
+    if request.framing == "chunked":
+        out.append(b"transfer-encoding: chunked")
+    elif request.framing == "length":
+        out.append(b"content-length: %d" % request.length)
+    if not keep_alive:
+        out.append(b"connection: close")
+    out.append(b"\r\n")
+    return b"\r\n".join(out)
+
+
+def _ref_forward_response(response: http1.ResponseHead, framing: str, keep: bool) -> bytes:
+    listed = _ref_tokens(response.headers, b"connection")
+    out = [http1._status_line(response.status)]
+    out.extend(n + b": " + v for n, v in response.headers
+               if n not in http1._NOT_RELAYED and n not in listed)
+    if framing == "chunked":
+        out.append(b"transfer-encoding: chunked")
+    elif framing == "length":
+        out.append(b"content-length: %d" % response.length)
+    elif response.status >= 200 and response.status not in (204, 304) and framing == "none":
+        length = response.get(b"content-length")
+        if length is not None:
+            out.append(b"content-length: " + length)
+    if not keep:
+        out.append(b"connection: close")
+    out.append(b"\r\n")
+    return b"\r\n".join(out)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_forwarded_heads_are_the_reference_bytes(seed: int) -> None:
+    rng = random.Random(200 + seed)
+    requests = responses = 0
+    for _ in range(4000):
+        start = b" ".join((rng.choice(METHODS[:4]), rng.choice(TARGETS[:2]), b"HTTP/1.1"))
+        lines = [b"Host: " + rng.choice(VALUES[1:4]), *_fields(rng)]
+        rng.shuffle(lines)
+        try:
+            request = http1.parse_request_head(_head(start, lines, rng), limit=16384,
+                                               max_lines=100)
+        except HandshakeError:
+            pass
+        else:
+            requests += 1
+            keep = rng.random() < 0.8
+            client = rng.choice(("10.0.0.1", "::1"))
+            assert http1.forward_request_head(
+                request, client=client, host_fallback=b"fallback", keep_alive=keep
+            ) == _ref_forward_request(request, client, keep)
+        try:
+            response = http1.parse_response_head(
+                _head(rng.choice(STATUSES), _fields(rng), rng),
+                request_method=rng.choice(("GET", "HEAD")), limit=65536, max_lines=1000)
+        except HandshakeError:
+            continue
+        responses += 1
+        framing = rng.choice(("length", "chunked", "none", "close"))
+        keep = rng.random() < 0.8
+        assert http1.forward_response_head(response, framing=framing, keep_alive=keep) == (
+            _ref_forward_response(response, framing, keep))
+    assert requests > 500 and responses > 500

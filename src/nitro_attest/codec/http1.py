@@ -196,7 +196,20 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
     if common is not None and head.count(b"\r\n") - 2 <= max_lines:
         method, target, block = common.groups()
         if method != b"CONNECT":
-            return _request(method, target, b"HTTP/1.1", _fields(block))
+            fields = _fields(block)
+            # The commonest meaning too: one valid Host and no other framing field, so no body,
+            # kept alive, nothing expected. Anything else: _request checks it all.
+            host = None
+            for name, value in fields:
+                if name in _FRAMING_FIELDS:
+                    if name != b"host" or host is not None:
+                        break
+                    host = value
+            else:
+                if host is not None and _valid_host(host):
+                    return RequestHead(method.decode("ascii"), target.decode("ascii"),
+                                       "HTTP/1.1", tuple(fields), "none", 0, True, False)
+            return _request(method, target, b"HTTP/1.1", fields)
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     parts = start.split(b" ")
     if len(parts) != 3 or not all(parts):
@@ -270,9 +283,23 @@ def parse_response_head(
     capped by its reader: ``ChunkedDecoder(max_body=...)``)."""
     common = _COMMON_RESPONSE.match(head) if len(head) <= limit else None
     if common is not None and head.count(b"\r\n") - 2 <= max_lines:
-        return _response(
-            int(common.group(1)), "HTTP/1.1", _fields(common.group(2)), request_method, max_body
-        )
+        status = int(common.group(1))
+        fields = _fields(common.group(2))
+        # The commonest meaning too: a final status with a body of one Content-Length and no
+        # other framing field. Anything else: _response checks it all.
+        length = None
+        for name, value in fields:
+            if name in _FRAMING_FIELDS:
+                if name != b"content-length" or length is not None:
+                    break
+                length = value
+        else:
+            if (length is not None and _DIGITS.match(length) and request_method != "HEAD"
+                    and status >= 200 and status not in (204, 304)):
+                size = int(length)
+                if size <= MAX_CONTENT_LENGTH and (max_body is None or size <= max_body):
+                    return ResponseHead(status, "HTTP/1.1", tuple(fields), "length", size, True)
+        return _response(status, "HTTP/1.1", fields, request_method, max_body)
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     status_match = _STATUS.match(start)
     if status_match is None:
@@ -323,7 +350,10 @@ def _join(start: bytes, headers: Iterable[Header]) -> bytes:
 
 
 def _connection_listed(headers: Sequence[Header]) -> set[bytes]:
-    return _tokens(headers, b"connection")
+    for name, _ in headers:
+        if name == b"connection":
+            return _tokens(headers, b"connection")
+    return set()  # the common case: no Connection field, nothing to split
 
 
 def end_to_end(headers: Sequence[Header]) -> list[Header]:
