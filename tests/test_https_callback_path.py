@@ -64,34 +64,37 @@ class RawApp:
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
+        with sock, contextlib.suppress(OSError):  # the front may cut it (a client gone)
+            self._answer_all(sock)
+
+    def _answer_all(self, sock: socket.socket) -> None:
         buffer = b""
-        with sock:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                self.heads.append(head)
-                method, path = head.split(b" ")[:2]
-                if method == b"POST":
-                    length = int(head.lower().partition(b"content-length: ")[2].split(b"\r")[0])
-                    while len(buffer) < length:
-                        buffer += sock.recv(65536)
-                    buffer = buffer[length:]
-                    body = b"%d" % length
-                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-                                 + body)
-                    continue
-                pieces = ANSWERS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
-                                            % (len(path) + 1) + path + b"\n"])
-                for i, piece in enumerate(pieces):
-                    if i:
-                        time.sleep(0.05)
-                    sock.sendall(piece)
-                if path == b"/close":
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                data = sock.recv(65536)
+                if not data:
                     return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            method, path = head.split(b" ")[:2]
+            if method == b"POST":
+                length = int(head.lower().partition(b"content-length: ")[2].split(b"\r")[0])
+                while len(buffer) < length:
+                    buffer += sock.recv(65536)
+                buffer = buffer[length:]
+                body = b"%d" % length
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                             + body)
+                continue
+            pieces = ANSWERS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                        % (len(path) + 1) + path + b"\n"])
+            for i, piece in enumerate(pieces):
+                if i:
+                    time.sleep(0.05)
+                sock.sendall(piece)
+            if path == b"/close":
+                return
 
     def close(self) -> None:
         self.listener.close()

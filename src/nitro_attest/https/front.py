@@ -418,6 +418,9 @@ class HttpsFront:
         self._shed = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tick = min(0.25, config.header_timeout / 4, config.idle_timeout / 4)
+        # Read once per request by the callback path (FrontConfig's are properties).
+        self._max_head = config.max_header_bytes
+        self._max_lines = config.max_header_lines
 
     @property
     def active_connections(self) -> int:
@@ -651,24 +654,24 @@ class HttpsFront:
         if (not conn.parked or conn.expired or client.closed or upstream is None
                 or not _still_open(upstream) or self._listener is None):
             return False
+        buffer = client.buffer
+        end = buffer.find(b"\r\n\r\n", 0, self._max_head)  # as find_head_end; no 431 here
+        if end < 0:
+            return False
+        end += 4
         try:
-            end = find_head_end(client.buffer, self.config.max_header_bytes)
-            if end < 0:
-                return False
             request = parse_request_head(
-                bytes(client.buffer[:end]),
-                limit=self.config.max_header_bytes,
-                max_lines=self.config.max_header_lines,
+                bytes(memoryview(buffer)[:end]), limit=self._max_head, max_lines=self._max_lines
             )
         except HandshakeError:
             return False
         if (request.framing != "none" or not request.keep_alive
                 or is_attestation_path(request.path)):
             return False
-        del client.buffer[:end]
+        del buffer[:end]
         started = time.monotonic()
         conn.busy = True
-        self._touch(conn)
+        self._connections.move_to_end(conn)
         conn.inflight = (request, started)
         conn.deadline = started + self.config.app_timeout
         conn.head = False
@@ -686,19 +689,19 @@ class HttpsFront:
         assert upstream is not None and client is not None and conn.inflight is not None
         request, started = conn.inflight
         response: ResponseHead | None = None
-        end = -1
-        if not upstream.closed and not client.closed:
+        buffer = upstream.buffer
+        end = buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+        if end >= 0 and not upstream.closed and not client.closed:
+            end += 4
             try:
-                end = find_head_end(upstream.buffer, MAX_RESPONSE_HEAD)
-                if end >= 0:
-                    response = parse_response_head(
-                        bytes(upstream.buffer[:end]), request_method=request.method,
-                        limit=MAX_RESPONSE_HEAD, max_lines=1000,
-                    )
+                response = parse_response_head(
+                    bytes(memoryview(buffer)[:end]), request_method=request.method,
+                    limit=MAX_RESPONSE_HEAD, max_lines=1000,
+                )
             except HandshakeError:
                 response = None
         if (response is None or response.status < 200 or response.framing not in
-                ("none", "length") or len(upstream.buffer) - end < response.length):
+                ("none", "length") or len(buffer) - end < response.length):
             # Not all here, or not plain: the coroutine reads it from the buffers as they are.
             upstream.hook = None
             conn.inflight = None
@@ -709,12 +712,12 @@ class HttpsFront:
         conn.inflight = None
         conn.served += 1
         keep = response.keep_alive  # the request kept alive: only those come here
-        body = bytes(upstream.buffer[end : end + response.length])
-        del upstream.buffer[: end + response.length]
+        stop = end + response.length
         head = forward_response_head(response, framing=response.framing, keep_alive=keep)
         assert client.transport is not None
-        client.transport.write(head + body)
-        self._log(conn, request, response.status, 0, len(body), started)
+        client.transport.write(head + memoryview(buffer)[end:stop])
+        del buffer[:stop]
+        self._log(conn, request, response.status, 0, response.length, started)
         if not keep:
             self._drop(conn)  # the answer flushed, then closed
             return True
