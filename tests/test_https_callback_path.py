@@ -37,6 +37,7 @@ ANSWERS = {
     b"/stray": [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstray\nHTTP/1.1 200 OK\r\n"
                 b"Content-Length: 6\r\n\r\nWRONG\n"],
     b"/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
+    b"/big": [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"B" * 200000],
 }
 
 
@@ -307,3 +308,31 @@ def test_a_client_gone_while_its_answer_is_awaited_is_dropped(sim_state: Path,
         while front.front.active_connections and time.monotonic() < deadline:
             time.sleep(0.05)
         assert front.front.active_connections == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_more_than_a_buffer_of_pipelined_requests_and_big_answers_keep_flowing(
+    sim_state: Path, loop: str
+) -> None:
+    """Reading pauses once 64 KiB wait in a buffer; the callback path must resume it when it
+    empties the buffer, or the connection would stall (client side: 80 KiB of pipelined heads;
+    app side: an answer larger than the buffer, arriving at once or not)."""
+    with _front(sim_state, loop) as (_app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.settimeout(10)
+        for _ in range(2):
+            conn.sendall(_get(b"/big"))
+            assert _answer(conn, buffer)[1] == b"B" * 200000
+            conn.sendall(_get(b"/plain"))
+            assert _answer(conn, buffer)[1] == b"plain\n"
+        burst = _get(b"/p")
+        count = 80 * 1024 // len(burst) + 1
+        sender = threading.Thread(target=conn.sendall, args=(burst * count,))
+        sender.start()
+        for _ in range(count):
+            assert _answer(conn, buffer)[1] == b"/p\n"
+        sender.join(10)
+        conn.sendall(_get(b"/plain"))
+        assert _answer(conn, buffer)[1] == b"plain\n"

@@ -306,6 +306,13 @@ class _Stream(asyncio.Protocol):
         if self.received == before and owner.handoff is None:  # woken by the end of the stream
             raise _Closed("eof")
 
+    def resume(self) -> None:
+        """Read again if reading paused and the buffer has room (the callback path, which
+        takes from the buffer without calling ``fill``)."""
+        if self.paused and len(self.buffer) < PIECE and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
     def take(self, n: int) -> bytes:
         data = bytes(self.buffer[:n])
         del self.buffer[:n]
@@ -680,6 +687,7 @@ class HttpsFront:
             forward_request_head(request, client=conn.peer, host_fallback=b"enclave")
         )
         upstream.hook = lambda: self._fast_response(conn)
+        upstream.resume()  # a big answer before may have left it paused, and empty now
         return True
 
     def _fast_response(self, conn: _Connection) -> bool:
@@ -717,6 +725,8 @@ class HttpsFront:
         assert client.transport is not None
         client.transport.write(head + memoryview(buffer)[end:stop])
         del buffer[:stop]
+        upstream.resume()
+        client.resume()
         self._log(conn, request, response.status, 0, response.length, started)
         if not keep:
             self._drop(conn)  # the answer flushed, then closed
