@@ -38,6 +38,8 @@ ANSWERS = {
                 b"Content-Length: 6\r\n\r\nWRONG\n"],
     b"/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
     b"/big": [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"B" * 200000],
+    b"/big-then-idle-close": [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n"
+                              + b"B" * 200000],
 }
 
 
@@ -94,7 +96,9 @@ class RawApp:
                 if i:
                     time.sleep(0.05)
                 sock.sendall(piece)
-            if path == b"/close":
+            if path in (b"/close", b"/big-then-idle-close"):
+                if path == b"/big-then-idle-close":
+                    time.sleep(0.1)  # the app's keep-alive timeout, shortened
                 return
 
     def close(self) -> None:
@@ -336,3 +340,24 @@ def test_more_than_a_buffer_of_pipelined_requests_and_big_answers_keep_flowing(
         sender.join(10)
         conn.sendall(_get(b"/plain"))
         assert _answer(conn, buffer)[1] == b"plain\n"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_app_closing_its_kept_connection_after_a_big_answer_is_not_reused(
+    sim_state: Path, loop: str
+) -> None:
+    """After an answer larger than the buffer the app connection must still be read, so the
+    app's idle close is seen and the next request goes on a new connection, not to a dead one
+    (a 502)."""
+    with _front(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.settimeout(10)
+        conn.sendall(_get(b"/big-then-idle-close"))
+        assert len(_answer(conn, buffer)[1]) == 200000
+        time.sleep(0.5)
+        conn.sendall(_get(b"/plain"))
+        head, body = _answer(conn, buffer)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"plain\n"
+        assert app.connections == 2

@@ -890,6 +890,8 @@ class HttpsFront:
         self._log(conn, request, status, 0 if body is None else body.moved, sent, started)
         if not (app_keep and body_done):
             self._close_upstream(conn)
+        else:  # kept: reading on, so the app's close (or stray bytes) is seen before reuse
+            upstream.resume()
         return keep and body_done
 
     async def _relay_response(
