@@ -428,6 +428,7 @@ class HttpsFront:
         # Read once per request by the callback path (FrontConfig's are properties).
         self._max_head = config.max_header_bytes
         self._max_lines = config.max_header_lines
+        self._idle = config.idle_timeout
 
     @property
     def active_connections(self) -> int:
@@ -732,7 +733,7 @@ class HttpsFront:
             self._drop(conn)  # the answer flushed, then closed
             return True
         conn.busy = False
-        conn.deadline = time.monotonic() + self.config.idle_timeout
+        conn.deadline = time.monotonic() + self._idle
         if client.buffer and not self._fast_request(conn):
             _wake(client.readable)  # the rest is the coroutine's
         return True
@@ -790,7 +791,7 @@ class HttpsFront:
         self._request_log.request(line)
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
