@@ -38,6 +38,7 @@ ANSWERS = {
                 b"Content-Length: 6\r\n\r\nWRONG\n"],
     b"/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
     b"/big": [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"B" * 200000],
+    b"/kb": [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"k" * 1000],
     b"/big-then-idle-close": [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n"
                               + b"B" * 200000],
 }
@@ -361,3 +362,42 @@ def test_an_app_closing_its_kept_connection_after_a_big_answer_is_not_reused(
         head, body = _answer(conn, buffer)
         assert head.startswith(b"HTTP/1.1 200 ") and body == b"plain\n"
         assert app.connections == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_does_not_read_its_answers_is_held_to_the_write_buffer(
+    sim_state: Path, loop: str
+) -> None:
+    """The parent pipelines requests and never reads: the front must stop taking requests once
+    its write buffer toward that client is full (as the coroutine's send does), not buffer
+    every answer (its deadlines then cut it, as for a coroutine's send)."""
+    with _front(sim_state, loop) as (_app, front):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(10)
+        raw.connect((front.address.host, front.address.port))
+        from nitro_attest.https.client import client_context
+
+        conn = client_context().wrap_socket(raw, server_hostname=None)
+        buffer = bytearray()
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        burst = _get(b"/kb") * 10000  # 10 MB of answers asked for
+        threading.Thread(target=_send_quietly, args=(conn, burst), daemon=True).start()
+        most = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for c in list(front.front._connections):
+                if c.client is not None and c.client.transport is not None:
+                    most = max(most, c.client.transport.get_write_buffer_size())
+            time.sleep(0.02)
+        assert most < 1 << 20, most
+        with contextlib.closing(tls_connect(front.address)) as other:  # others still served
+            other.sendall(_get(b"/plain"))
+            assert _answer(other, bytearray())[1] == b"plain\n"
+        conn.close()
+
+
+def _send_quietly(conn: ssl.SSLSocket, data: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        conn.sendall(data)

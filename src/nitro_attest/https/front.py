@@ -659,8 +659,10 @@ class HttpsFront:
         if conn.inflight is not None:  # an answer is awaited: keep what follows for later
             return not (client.closed or client.eof)
         upstream = conn.upstream
-        if (not conn.parked or conn.expired or client.closed or upstream is None
-                or not _still_open(upstream) or self._listener is None):
+        # client.blocked: the client is not taking its answers; the coroutine's send waits
+        # for it (back-pressure, under the idle deadline) where a callback cannot.
+        if (not conn.parked or conn.expired or client.closed or client.blocked
+                or upstream is None or not _still_open(upstream) or self._listener is None):
             return False
         buffer = client.buffer
         end = buffer.find(b"\r\n\r\n", 0, self._max_head)  # as find_head_end; no 431 here
