@@ -10,6 +10,7 @@ every legal shape."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
@@ -401,3 +402,69 @@ def test_a_client_that_does_not_read_its_answers_is_held_to_the_write_buffer(
 def _send_quietly(conn: ssl.SSLSocket, data: bytes) -> None:
     with contextlib.suppress(OSError, ValueError):
         conn.sendall(data)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_request_with_a_body_right_behind_a_served_one_is_answered(sim_state: Path,
+                                                                     loop: str) -> None:
+    """The callbacks answer the first request, find the next one is not theirs (a body) and
+    wake the coroutine for what is already buffered: no new bytes came, and that is no EOF."""
+    with _front(sim_state, loop) as (_app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        buffer = bytearray()
+        conn.settimeout(10)
+        conn.sendall(_get(b"/warm"))
+        _answer(conn, buffer)
+        conn.sendall(_get(b"/a") + b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert _answer(conn, buffer)[1] == b"/a\n"
+        assert _answer(conn, buffer)[1] == b"3"
+        assert _served(front) == 1
+
+
+class _FakeTransport:
+    """Delivers data from within resume_reading, as uvloop's TLS transport may."""
+
+    def __init__(self) -> None:
+        self.stream: object = None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        self.stream.data_received(b"more")  # type: ignore[attr-defined]
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_fill_tells_data_a_poke_and_the_end_apart() -> None:
+    """Bytes delivered within resume_reading are new data (not an EOF once the wait ends); a
+    poke (buffered bytes left to the coroutine) is not an EOF; the end of the stream is."""
+    from nitro_attest.https.front import _Closed, _Connection, _Stream
+
+    async def scenario() -> None:
+        conn = _Connection("peer", None)
+        stream = _Stream(conn)
+        transport = _FakeTransport()
+        transport.stream = stream
+        stream.connection_made(transport)  # type: ignore[arg-type]
+        stream.paused = True
+        await asyncio.wait_for(stream.fill(1.0), 1.0)
+        assert stream.buffer == b"more" and not stream.paused
+        waiting = asyncio.ensure_future(stream.fill(1.0))
+        await asyncio.sleep(0)
+        stream.poke()
+        await asyncio.wait_for(waiting, 1.0)  # no _Closed
+        waiting = asyncio.ensure_future(stream.fill(1.0))
+        await asyncio.sleep(0)
+        stream.eof_received()
+        with pytest.raises(_Closed):
+            await asyncio.wait_for(waiting, 1.0)
+
+    for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
+        loop = new_loop()
+        try:
+            loop.run_until_complete(scenario())
+        finally:
+            loop.close()

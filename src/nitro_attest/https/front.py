@@ -217,7 +217,7 @@ class _Stream(asyncio.Protocol):
 
     __slots__ = (
         "blocked", "buffer", "closed", "eof", "gone", "hook", "loop", "owner", "paused",
-        "readable", "received", "transport", "writable",
+        "poked", "readable", "received", "transport", "writable",
     )
 
     def __init__(self, owner: _Connection) -> None:
@@ -235,6 +235,7 @@ class _Stream(asyncio.Protocol):
         self.blocked = False  # writing paused: the transport's buffer is full
         self.gone: asyncio.Future[None] = self.loop.create_future()  # the transport closed
         self.received = 0  # bytes ever read: tells new data from a wake-up without any
+        self.poked = False  # woken to look at what is buffered already (see ``poke``)
         # The front's callback path (HttpsFront._fast_request, _fast_response): told of every
         # event first; True when it took care of it, so no waiting coroutine needs waking.
         self.hook: Callable[[], bool] | None = None
@@ -293,18 +294,28 @@ class _Stream(asyncio.Protocol):
         owner.expired = False
         if self.closed or self.eof:
             raise _Closed("closed" if self.closed else "eof")
+        # Counted before reading resumes: the loop may deliver data (and run the callback
+        # path) within resume_reading itself.
+        before = self.received
+        self.poked = False
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        before = self.received
-        waiter = self.loop.create_future()
-        self.readable = waiter
-        try:
-            await waiter
-        finally:
-            self.readable = None
-        if self.received == before and owner.handoff is None:  # woken by the end of the stream
-            raise _Closed("eof")
+        if self.received == before and not self.poked and owner.handoff is None:
+            waiter = self.loop.create_future()
+            self.readable = waiter
+            try:
+                await waiter
+            finally:
+                self.readable = None
+        if self.received == before and not self.poked and owner.handoff is None:
+            raise _Closed("eof")  # woken by the end of the stream
+
+    def poke(self) -> None:
+        """Wake a ``fill`` to look at the buffer again though nothing new came (the callback
+        path left a buffered request to the coroutine)."""
+        self.poked = True
+        _wake(self.readable)
 
     def resume(self) -> None:
         """Read again if reading paused and the buffer has room (the callback path, which
@@ -737,7 +748,7 @@ class HttpsFront:
         conn.busy = False
         conn.deadline = time.monotonic() + self._idle
         if client.buffer and not self._fast_request(conn):
-            _wake(client.readable)  # the rest is the coroutine's
+            client.poke()  # the rest is the coroutine's
         return True
 
     async def _answer_error(self, conn: _Connection, status: int, reason: str) -> None:
