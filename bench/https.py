@@ -30,6 +30,7 @@ import _bootstrap  # noqa: F401  # first: runnable as python3 bench/NAME.py from
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -161,15 +162,26 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(wrk_bin: str, port: int, seconds: float, pid: int) -> tuple[float, float]:
-    """Requests/s, and the front's CPU per request in us (steadier than requests/s when other
-    work shares the cores: it does not count the time the front waited for a CPU)."""
-    before = cpu_seconds(pid)
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk(
+    wrk_bin: str, port: int, seconds: float, pid: int, app_pid: int
+) -> tuple[float, float, float, float]:
+    """Requests/s; the front's CPU per request in us (steadier than requests/s when other
+    work shares the cores: it does not count the time the front waited for a CPU); and wrk's
+    and the app's CPU per request in us, to show what the load generator and the app take of
+    the same two cores."""
+    before, app_before, wrk_before = cpu_seconds(pid), cpu_seconds(app_pid), _children_cpu()
     out = subprocess.run(
         [wrk_bin, "-t2", "-c16", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
     used = cpu_seconds(pid) - before
+    app_used = cpu_seconds(app_pid) - app_before
+    wrk_used = _children_cpu() - wrk_before
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
@@ -177,7 +189,9 @@ def wrk(wrk_bin: str, port: int, seconds: float, pid: int) -> tuple[float, float
     total = re.search(r"(\d+) requests in", out)
     if not found or not total:
         sys.exit("error: no Requests/sec in wrk's output:\n" + out)
-    return float(found.group(1)), used / max(1, int(total.group(1))) * 1e6
+    count = max(1, int(total.group(1)))
+    return (float(found.group(1)), used / count * 1e6, wrk_used / count * 1e6,
+            app_used / count * 1e6)
 
 
 def setup_costs(port: int, state: Path, n: int) -> tuple[float, float, float, float]:
@@ -244,6 +258,8 @@ def main() -> None:
         folder = Path(tmp)
         app_port, ours_port, nginx_port = free_port(), free_port(), free_port()
         procs: list[subprocess.Popen[bytes]] = []
+        # Our log line per request goes to a file, as nginx's access_log does.
+        ours_log = (folder / "https.log").open("wb")  # closed in finally
         try:
             app = subprocess.Popen([sys.executable, "-c", APP, str(app_port)])
             procs.append(app)
@@ -255,7 +271,7 @@ def main() -> None:
                 [*ENTRY, "https", "serve", "--listen", f"tcp://127.0.0.1:{ours_port}",
                  "--to", f"tcp://127.0.0.1:{app_port}", "--nsm", "simulator",
                  "--state", str(state)],
-                stderr=subprocess.DEVNULL,
+                stderr=ours_log,
             )
             procs.append(ours)
             wait_port(ours_port, ours, "https serve")
@@ -267,7 +283,7 @@ def main() -> None:
                     [*ENTRY, "https", "serve", "--listen", f"tcp://127.0.0.1:{base_port}",
                      "--to", f"tcp://127.0.0.1:{app_port}", "--nsm", "simulator",
                      "--state", str(state)],
-                    stderr=subprocess.DEVNULL, env=env,
+                    stderr=ours_log, env=env,
                 )
                 procs.append(base)
                 wait_port(base_port, base, "the baseline's https serve")
@@ -283,16 +299,21 @@ def main() -> None:
 
             rps: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
             cpu: dict[str, list[float]] = {"ours": [], "nginx": [], "baseline": []}
+            others: dict[str, list[tuple[float, float]]] = {"ours": [], "nginx": [],
+                                                            "baseline": []}
             setups: list[tuple[float, float, float, float]] = []
             for r in range(args.rounds):
                 for name, port, pid in (*fronts, ("nginx", nginx_port, web.pid)):
-                    got, us = wrk(wrk_bin, port, args.seconds, pid)
+                    got, us, wrk_us, app_us = wrk(wrk_bin, port, args.seconds, pid, app.pid)
                     rps[name].append(got)
                     cpu[name].append(us)
+                    others[name].append((wrk_us, app_us))
                 setups.append(setup_costs(ours_port, state, args.setups))
                 print(f"round {r + 1}: ours {rps['ours'][-1]:.0f} req/s ({cpu['ours'][-1]:.0f} "
-                      f"us CPU/req), nginx {rps['nginx'][-1]:.0f} req/s ({cpu['nginx'][-1]:.0f} "
-                      f"us CPU/req); setup {setups[-1][0]:.2f} ms vs TLS "
+                      f"us CPU/req; wrk {others['ours'][-1][0]:.0f}, app "
+                      f"{others['ours'][-1][1]:.0f}), nginx {rps['nginx'][-1]:.0f} req/s "
+                      f"({cpu['nginx'][-1]:.0f} us CPU/req; wrk {others['nginx'][-1][0]:.0f}, "
+                      f"app {others['nginx'][-1][1]:.0f}); setup {setups[-1][0]:.2f} ms vs TLS "
                       f"{setups[-1][1]:.2f} + verify {setups[-1][2]:.2f} ms (NSM document "
                       f"{setups[-1][3]:.2f} ms)", file=sys.stderr)
         finally:
@@ -302,6 +323,7 @@ def main() -> None:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            ours_log.close()
 
     best_ours, best_nginx = max(rps["ours"]), max(rps["nginx"])
     ratio = best_ours / best_nginx
@@ -315,6 +337,11 @@ def main() -> None:
           f"nginx {least_nginx:.1f} us (spread {spread(cpu['nginx'], least_nginx):.0f}%): "
           f"nginx's CPU is {least_nginx / least_ours:.2f}x ours (the req/s ratio an unshared "
           "core would give)")
+    for label, name in (("https serve", "ours"), ("nginx", "nginx")):
+        wrk_us = min(w for w, _ in others[name])
+        app_us = min(a for _, a in others[name])
+        print(f"            with {label}: wrk {wrk_us:.1f} us and the app {app_us:.1f} us CPU per "
+              "request (the same two cores)")
     if rps["baseline"]:
         least_base = min(cpu["baseline"])
         print(f"baseline    {args.baseline}: {max(rps['baseline']):.0f} req/s, CPU/request "

@@ -24,7 +24,8 @@ _VALUE = rb"[\t\x20-\x7e\x80-\xff]*"  # no CR, LF, NUL or other control characte
 _TOKEN = re.compile(_NAME + rb"\Z")
 _FIELD_VALUE = re.compile(_VALUE + rb"\Z")
 # A whole header block, each line NAME:VALUE CRLF: one C-level pass instead of one per line.
-_FIELD_BLOCK = re.compile(rb"(?:" + _NAME + rb":" + _VALUE + rb"\r\n)*\Z")
+FIELD_LINES = rb"(?:" + _NAME + rb":" + _VALUE + rb"\r\n)*"
+_FIELD_BLOCK = re.compile(FIELD_LINES + rb"\Z")
 _FIELD_LINE = re.compile(rb"(" + _NAME + rb"):(" + _VALUE + rb")\r\n")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 

@@ -21,6 +21,7 @@ from http import HTTPStatus
 from typing import Literal
 
 from nitro_attest.codec.http import (
+    FIELD_LINES,
     HandshakeError,
     header_field,
     is_field_value,
@@ -66,6 +67,18 @@ _DIGITS = re.compile(rb"[0-9]{1,16}\Z")
 # read as a list in X-Forwarded-Host, ";" and "=" as Forwarded syntax) or a bracketed IPv6.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
+# The common heads, each checked whole in one C-level match: a method of capitals, an origin-form
+# target and HTTP/1.1 (a request); HTTP/1.1 and a status (a response); then well-formed field
+# lines. What passes meets every check of the general path's line and field rules (split_fields,
+# the request or status line), so only the checks on the fields' meaning remain; anything else
+# takes the general path, which says what is wrong.
+_COMMON_REQUEST = re.compile(
+    rb"([A-Z]{1,20}) (/[\x21-\x7e]*) HTTP/1\.1\r\n(" + FIELD_LINES + rb")\r\n\Z"
+)
+_COMMON_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n(" + FIELD_LINES + rb")\r\n\Z"
+)
+_FIELD_LINE = re.compile(rb"([^:]+):([^\r]*)\r\n")  # on lines already checked by FIELD_LINES
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, a good part of the
@@ -170,9 +183,33 @@ def _body_framing(found: dict[bytes, list[bytes]], version: str) -> tuple[Framin
     return None
 
 
+def _fields(block: bytes) -> list[Header]:
+    """Checked field lines as (name lowercased, value without surrounding blanks)."""
+    return [(n.lower(), v.strip(b" \t")) for n, v in _FIELD_LINE.findall(block)]
+
+
 def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHead:
     """A complete request head (through CRLF CRLF) of at most ``limit`` bytes and ``max_lines``
     header lines, or HandshakeError with the status to answer."""
+    common = _COMMON_REQUEST.match(head) if len(head) <= limit else None
+    # k field lines: the request line's CRLF, k CRLFs, the blank line's.
+    if common is not None and head.count(b"\r\n") - 2 <= max_lines:
+        method, target, block = common.groups()
+        if method != b"CONNECT":
+            fields = _fields(block)
+            # The commonest meaning too: one valid Host and no other framing field, so no body,
+            # kept alive, nothing expected. Anything else: _request checks it all.
+            host = None
+            for name, value in fields:
+                if name in _FRAMING_FIELDS:
+                    if name != b"host" or host is not None:
+                        break
+                    host = value
+            else:
+                if host is not None and _valid_host(host):
+                    return RequestHead(method.decode("ascii"), target.decode("ascii"),
+                                       "HTTP/1.1", tuple(fields), "none", 0, True, False)
+            return _request(method, target, b"HTTP/1.1", fields)
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     parts = start.split(b" ")
     if len(parts) != 3 or not all(parts):
@@ -186,6 +223,11 @@ def parse_request_head(head: bytes, *, limit: int, max_lines: int) -> RequestHea
         raise HandshakeError(405, "CONNECT is not served")
     if not _TARGET.match(target) and not (target == b"*" and method == b"OPTIONS"):
         raise HandshakeError(400, "request target must be a path (origin-form)")
+    return _request(method, target, version, fields)
+
+
+def _request(method: bytes, target: bytes, version: bytes, fields: list[Header]) -> RequestHead:
+    """The request head from its checked line and fields: what the fields mean, checked."""
     found = _gather(fields)
     hosts = found.get(b"host", ())
     if version == b"HTTP/1.1" and len(hosts) != 1:
@@ -239,12 +281,38 @@ def parse_response_head(
     RFC 9112 6.3 order (HEAD, 1xx, 204 and 304 have none; chunked; Content-Length; to close).
     ``max_body`` refuses a declared Content-Length above it (a chunked or read-to-close body is
     capped by its reader: ``ChunkedDecoder(max_body=...)``)."""
+    common = _COMMON_RESPONSE.match(head) if len(head) <= limit else None
+    if common is not None and head.count(b"\r\n") - 2 <= max_lines:
+        status = int(common.group(1))
+        fields = _fields(common.group(2))
+        # The commonest meaning too: a final status with a body of one Content-Length and no
+        # other framing field. Anything else: _response checks it all.
+        length = None
+        for name, value in fields:
+            if name in _FRAMING_FIELDS:
+                if name != b"content-length" or length is not None:
+                    break
+                length = value
+        else:
+            if (length is not None and _DIGITS.match(length) and request_method != "HEAD"
+                    and status >= 200 and status not in (204, 304)):
+                size = int(length)
+                if size <= MAX_CONTENT_LENGTH and (max_body is None or size <= max_body):
+                    return ResponseHead(status, "HTTP/1.1", tuple(fields), "length", size, True)
+        return _response(status, "HTTP/1.1", fields, request_method, max_body)
     start, fields = split_fields(head, limit=limit, max_lines=max_lines)
     status_match = _STATUS.match(start)
     if status_match is None:
         raise HandshakeError(502, "malformed status line")
     status = int(status_match.group(1))
     version = start[:8].decode("ascii")
+    return _response(status, version, fields, request_method, max_body)
+
+
+def _response(
+    status: int, version: str, fields: list[Header], request_method: str, max_body: int | None
+) -> ResponseHead:
+    """The response head from its checked status line and fields: framing and keep-alive."""
     headers = tuple(fields)
     found = _gather(fields)
     keep_alive = version == "HTTP/1.1" and (
@@ -282,7 +350,10 @@ def _join(start: bytes, headers: Iterable[Header]) -> bytes:
 
 
 def _connection_listed(headers: Sequence[Header]) -> set[bytes]:
-    return _tokens(headers, b"connection")
+    for name, _ in headers:
+        if name == b"connection":
+            return _tokens(headers, b"connection")
+    return set()  # the common case: no Connection field, nothing to split
 
 
 def end_to_end(headers: Sequence[Header]) -> list[Header]:
@@ -339,9 +410,18 @@ def forward_request_head(
     return b"\r\n".join(out)
 
 
+_OWNED: dict[bytes, bool] = {}  # header names seen, and whether the front owns each
+_OWNED_MAX = 4096  # names are the client's choice: the memo stops growing here
+
+
 def _front_owned(name: bytes) -> bool:
-    dashed = name.replace(b"_", b"-")
-    return dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
+    owned = _OWNED.get(name)
+    if owned is None:
+        dashed = name.replace(b"_", b"-")
+        owned = dashed in _FRONT_OWNED or dashed.startswith(b"x-forwarded-")
+        if len(_OWNED) < _OWNED_MAX:
+            _OWNED[name] = owned
+    return owned
 
 
 def _quote(value: bytes) -> bytes:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import unquote
 
 from nitro_attest.attestation.caller_keys import CALLER_KEY_PCR, PRISTINE_PCR_VALUE
@@ -53,6 +53,7 @@ from nitro_attest.wire.transport import Address, listening_socket
 log = logging.getLogger("nitro_attest.https")
 
 PIECE = 64 * 1024
+CLOSE_LINGER = 1.0  # a closing TLS connection's last answer, close_notify and unread input
 MAX_RESPONSE_HEAD = 64 * 1024  # from the app (trusted, but still bounded)
 _NONCE = re.compile(r"nonce=([0-9a-fA-F]*)\Z")
 _WELL_KNOWN_NAME = WELL_KNOWN.rpartition("/")[2]
@@ -204,57 +205,78 @@ class Attester:
         self._pool.shutdown(wait=False)
 
 
-class _Stream:
-    """One side of a relay over a non-blocking socket (an ``ssl.SSLSocket`` toward the client, a
-    plain one toward the app) and what was read but not used yet.
+class _Stream(asyncio.Protocol):
+    """One side of a relay: the protocol of an asyncio transport (TLS toward the client, plain
+    toward the app) and what was read but not used yet.
 
-    TLS is OpenSSL's through ``SSLSocket`` itself, driven by the loop's reader and writer
-    callbacks only while a call would block: some 15% less CPU per request (measured under wrk)
-    than asyncio's ``sslproto`` and streams, which pass every record through memory BIOs and
-    Python layers.
+    TLS is the loop's own transport (uvloop's, in C, when installed): records are read as they
+    come, into ``buffer``, and reading pauses once it holds ``PIECE`` bytes until a reader asks
+    for more (``fill``), so a peer can make the front hold only so much. Writes go to the
+    transport's buffer; ``send`` waits while the transport says it is full (back-pressure).
     """
 
-    __slots__ = ("buffer", "closed", "fd", "loop", "owner", "readable", "sock", "writable")
+    __slots__ = (
+        "blocked", "buffer", "closed", "eof", "gone", "hook", "loop", "owner", "paused",
+        "poked", "readable", "received", "transport", "writable",
+    )
 
-    def __init__(self, sock: socket.socket, owner: _Connection) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+    def __init__(self, owner: _Connection) -> None:
         self.owner = owner
         self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        # One waiter per direction: a request body may be read from this socket while the
-        # answer is written to it.
+        # One waiter per direction: a request body may be read from this side while the answer
+        # is written to it.
         self.readable: asyncio.Future[None] | None = None
         self.writable: asyncio.Future[None] | None = None
-        self.closed = False
+        self.closed = False  # closed by the front or lost: nothing more comes or goes
+        self.eof = False  # the peer finished sending
+        self.paused = False  # reading paused: the buffer is full
+        self.blocked = False  # writing paused: the transport's buffer is full
+        self.gone: asyncio.Future[None] = self.loop.create_future()  # the transport closed
+        self.received = 0  # bytes ever read: tells new data from a wake-up without any
+        self.poked = False  # woken to look at what is buffered already (see ``poke``)
+        # The front's callback path (HttpsFront._fast_request, _fast_response): told of every
+        # event first; True when it took care of it, so no waiting coroutine needs waking.
+        self.hook: Callable[[], bool] | None = None
 
-    async def wait(self, writable: bool) -> None:
-        """Until the socket is readable (or writable); _Closed if closed or expired meanwhile.
-        TLS asking the other direction than the caller's (a read needing a write) is rare and
-        would collide with the other direction's waiter, so it is polled instead."""
-        if self.closed:
-            raise _Closed("closed")
-        if (self.writable if writable else self.readable) is not None:
-            await asyncio.sleep(0.001)
-            return
-        waiter = self.loop.create_future()
-        if writable:
-            self.writable = waiter
-            self.loop.add_writer(self.fd, _wake, waiter)
-        else:
-            self.readable = waiter
-            self.loop.add_reader(self.fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            if writable:
-                self.writable = None
-                if not self.closed:
-                    self.loop.remove_writer(self.fd)
-            else:
-                self.readable = None
-                if not self.closed:
-                    self.loop.remove_reader(self.fd)
+    # --- the transport's callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.received += len(data)
+        if len(self.buffer) >= PIECE and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        if self.hook is None or not self.hook():
+            _wake(self.readable)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.hook is None or not self.hook():
+            _wake(self.readable)
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.closed = True
+        self.interrupt()
+        _wake(self.gone)
+        if self.hook is not None:
+            self.hook()
+
+    def pause_writing(self) -> None:
+        self.blocked = True
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        _wake(self.writable)
+
+    # --- the relay's side
 
     def interrupt(self) -> None:
         """Wake pending waits with _Closed (the connection expired or is closing)."""
@@ -262,43 +284,45 @@ class _Stream:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(_Closed("expired"))
 
-    async def handshake(self) -> None:
-        assert isinstance(self.sock, ssl.SSLSocket)
-        while True:
-            try:
-                self.sock.do_handshake()
-                return
-            except ssl.SSLWantReadError:
-                await self.wait(False)
-            except ssl.SSLWantWriteError:
-                await self.wait(True)
-            except (ssl.SSLError, OSError) as exc:
-                raise _Closed(type(exc).__name__) from None
-
     async def fill(self, timeout: float, *, head: bool = False) -> None:
-        """Read more into the buffer; _Closed at EOF, or once the front's sweep found nothing
-        arrived for ``timeout`` seconds (a deadline per connection, not a timer per read)."""
+        """Wait until more is in the buffer; _Closed at EOF, or once the front's sweep found
+        nothing arrived for ``timeout`` seconds (a deadline per connection, not a timer per
+        read). Callers call it only when the buffer does not hold what they need."""
         owner = self.owner
         owner.deadline = time.monotonic() + timeout
         owner.head = head
         owner.expired = False
-        while True:
-            if self.closed:
-                raise _Closed("closed")
+        if self.closed or self.eof:
+            raise _Closed("closed" if self.closed else "eof")
+        # Counted before reading resumes: the loop may deliver data (and run the callback
+        # path) within resume_reading itself.
+        before = self.received
+        self.poked = False
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.received == before and not self.poked and owner.handoff is None:
+            waiter = self.loop.create_future()
+            self.readable = waiter
             try:
-                data = self.sock.recv(PIECE)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                await self.wait(False)
-                continue
-            except ssl.SSLWantWriteError:
-                await self.wait(True)
-                continue
-            except (ssl.SSLError, OSError) as exc:
-                raise _Closed(type(exc).__name__) from None
-            if not data:
-                raise _Closed("eof")
-            self.buffer += data
-            return
+                await waiter
+            finally:
+                self.readable = None
+        if self.received == before and not self.poked and owner.handoff is None:
+            raise _Closed("eof")  # woken by the end of the stream
+
+    def poke(self) -> None:
+        """Wake a ``fill`` to look at the buffer again though nothing new came (the callback
+        path left a buffered request to the coroutine)."""
+        self.poked = True
+        _wake(self.readable)
+
+    def resume(self) -> None:
+        """Read again if reading paused and the buffer has room (the callback path, which
+        takes from the buffer without calling ``fill``)."""
+        if self.paused and len(self.buffer) < PIECE and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
 
     def take(self, n: int) -> bytes:
         data = bytes(self.buffer[:n])
@@ -307,71 +331,64 @@ class _Stream:
 
     async def send(self, data: bytes, timeout: float) -> None:
         """Write all of ``data``; a peer that takes nothing for ``timeout`` seconds is cut."""
-        view = memoryview(data)
-        owner = self.owner
-        while view:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise _Closed("closed")
+        transport.write(data)
+        while self.blocked:
+            owner = self.owner
+            owner.deadline = max(owner.deadline, time.monotonic() + timeout)
+            waiter = self.loop.create_future()
+            self.writable = waiter
+            try:
+                await waiter
+            finally:
+                self.writable = None
             if self.closed:
                 raise _Closed("closed")
-            try:
-                n = self.sock.send(view)
-            except (BlockingIOError, ssl.SSLWantWriteError):
-                owner.deadline = max(owner.deadline, time.monotonic() + timeout)
-                await self.wait(True)
-                continue
-            except ssl.SSLWantReadError:
-                await self.wait(False)
-                continue
-            except (ssl.SSLError, OSError) as exc:
-                raise _Closed(type(exc).__name__) from None
-            view = view[n:]
 
     async def finish(self) -> None:
-        """After a last answer: half-close and discard input for up to 1 s before closing, so
-        unread bytes do not turn the close into a reset that destroys the answer."""
-        with contextlib.suppress(OSError, ValueError):
-            self.sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 1.0
+        """After a last answer: close gracefully (the answer flushed, TLS close_notify, input
+        discarded meanwhile, so unread bytes do not turn the close into a reset that destroys
+        the answer), for at most ``CLOSE_LINGER`` seconds, then cut."""
         self.owner.deadline = math.inf
-        with contextlib.suppress(_Closed, TimeoutError):
-            async with asyncio.timeout(1.0):
-                while time.monotonic() < deadline:
-                    self.buffer.clear()
-                    await self.fill(1.0)
         self.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_LINGER):
+                await asyncio.shield(self.gone)
+        self.abort()
 
     def close(self) -> None:
+        """Close once what was written is sent (bounded by ``CLOSE_LINGER`` for TLS)."""
         if self.closed:
             return
         self.interrupt()
         self.closed = True
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever was not sent yet."""
+        self.interrupt()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def _still_open(stream: _Stream) -> bool:
     """A kept app connection that is neither closed by the app nor holding stray bytes."""
-    if stream.closed or stream.buffer:
-        return False
-    try:
-        stream.sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True  # nothing to read: open and quiet
-    except OSError:
-        return False
-    return False  # b"": the app closed it; or stray bytes nobody asked for
+    return not (stream.closed or stream.eof or stream.buffer)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
         waiter.set_result(None)
 
 
 class _Connection:
     __slots__ = (
-        "busy", "client", "deadline", "expired", "expired_deadline", "head", "peer", "task",
-        "upstream",
+        "busy", "client", "deadline", "expired", "expired_deadline", "handoff", "head",
+        "inflight", "parked", "peer", "served", "task", "upstream",
     )
 
     def __init__(self, peer: str, task: asyncio.Task[None] | None) -> None:
@@ -384,6 +401,13 @@ class _Connection:
         self.head = False  # waiting for the rest of a begun request head (expiry: 408)
         self.expired = False  # the current deadline passed (_read_head answers 408)
         self.expired_deadline = math.nan  # the deadline last acted on: each acts once
+        # The callback path: the coroutine waits for a head in _read_head (parked), a request
+        # relayed by callbacks waits for the app's answer (inflight), or one the callbacks
+        # passed back to the coroutine at its answer (handoff).
+        self.parked = False
+        self.inflight: tuple[RequestHead, float] | None = None
+        self.handoff: tuple[RequestHead, float] | None = None
+        self.served = 0  # requests the callback path answered
 
 
 def _peer_text(address: object) -> str:
@@ -412,6 +436,10 @@ class HttpsFront:
         self._shed = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tick = min(0.25, config.header_timeout / 4, config.idle_timeout / 4)
+        # Read once per request by the callback path (FrontConfig's are properties).
+        self._max_head = config.max_header_bytes
+        self._max_lines = config.max_header_lines
+        self._idle = config.idle_timeout
 
     @property
     def active_connections(self) -> int:
@@ -500,14 +528,20 @@ class HttpsFront:
             return
         for side in (conn.client, conn.upstream):
             if side is not None:
-                side.close()
+                side.abort()
         if conn.client is None and conn.task is not None:  # still in the TLS handshake
             conn.task.cancel()
 
-    def _drop(self, conn: _Connection) -> None:
-        for side in (conn.client, conn.upstream):
-            if side is not None:
-                side.close()
+    def _drop(self, conn: _Connection, *, cut: bool = False) -> None:
+        """Forget ``conn``: its app side cut, its client side closed once what was written is
+        sent (at most CLOSE_LINGER), or at once with ``cut``."""
+        if conn.upstream is not None:
+            conn.upstream.abort()
+        if conn.client is not None:
+            if cut:
+                conn.client.abort()
+            else:
+                conn.client.close()
         if conn.task is not None and conn.task is not asyncio.current_task():
             conn.task.cancel()
         self._connections.pop(conn, None)
@@ -519,28 +553,32 @@ class HttpsFront:
                 victim = next(iter(self._connections))
             self._shed += 1
             self._line(f"https shed peer={victim.peer} (connections full)")
-            self._drop(victim)
+            self._drop(victim, cut=True)
         self._connections[conn] = None
 
     def _touch(self, conn: _Connection) -> None:
         self._connections.move_to_end(conn)
 
     async def _connection(self, conn: _Connection, sock: socket.socket) -> None:
+        assert self._loop is not None
         try:
-            try:
-                tls = self._identity.context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-            except (ssl.SSLError, OSError):
-                sock.close()
-                return
-            client = _Stream(tls, conn)
-            conn.client = client
             conn.deadline = time.monotonic() + self.config.header_timeout
-            await client.handshake()
+            # The protocol made here, not the one returned (uvloop returns its TLS layer's).
+            client = _Stream(conn)
+            try:
+                await self._loop.connect_accepted_socket(
+                    lambda: client, sock, ssl=self._identity.context,
+                    ssl_handshake_timeout=self.config.header_timeout,
+                    ssl_shutdown_timeout=CLOSE_LINGER,
+                )
+            except (ssl.SSLError, OSError):  # TimeoutError included
+                with contextlib.suppress(OSError):
+                    sock.close()  # the loop closed it already (a no-op then)
+                return
+            conn.client = client
             await self._serve(conn)
         except (_Closed, asyncio.CancelledError):
-            pass
+            pass  # cut mid-handshake: the loop closed the socket
         finally:
             self._drop(conn)
 
@@ -550,10 +588,17 @@ class HttpsFront:
         while True:
             conn.busy = False
             try:
-                head = await self._read_head(client)
+                head = await self._read_head(conn, client)
             except _Refused as exc:
                 await self._answer_error(conn, exc.status, exc.reason)
                 return
+            if head is None:  # the callbacks relayed a request and passed its answer here
+                assert conn.handoff is not None and conn.upstream is not None
+                request, started = conn.handoff
+                conn.handoff = None
+                if not await self._answer(conn, conn.upstream, request, started, None, None):
+                    return
+                continue
             conn.busy = True
             self._touch(conn)
             started = time.monotonic()
@@ -573,10 +618,17 @@ class HttpsFront:
             if not keep:
                 return
 
-    async def _read_head(self, client: _Stream) -> bytes:
+    async def _read_head(self, conn: _Connection, client: _Stream) -> bytes | None:
+        """The next request head; None when the callback path relayed a request meanwhile and
+        passed its answer to the coroutine (``conn.handoff``)."""
         limit = self.config.max_header_bytes
         deadline: float | None = None
+        served = conn.served
         while True:
+            if conn.handoff is not None:
+                return None
+            if conn.served != served:  # the head begun before was served by the callbacks
+                served, deadline = conn.served, None
             try:
                 end = find_head_end(client.buffer, limit)
             except HandshakeError as exc:
@@ -586,17 +638,118 @@ class HttpsFront:
             now = time.monotonic()
             if client.buffer and deadline is None:
                 deadline = now + self.config.header_timeout
-            if deadline is None:
-                await client.fill(self.config.idle_timeout)
-                continue
-            if now >= deadline:
-                raise _Refused(408, "request head not complete in time")
+            conn.parked = True
+            client.hook = lambda: self._fast_request(conn)
             try:
-                await client.fill(deadline - now, head=True)
-            except _Closed:
-                if client.owner.expired:
-                    raise _Refused(408, "request head not complete in time") from None
-                raise
+                if deadline is None:
+                    await client.fill(self.config.idle_timeout)
+                    continue
+                if now >= deadline:
+                    raise _Refused(408, "request head not complete in time")
+                try:
+                    await client.fill(deadline - now, head=True)
+                except _Closed:
+                    if client.owner.expired:
+                        raise _Refused(408, "request head not complete in time") from None
+                    raise
+            finally:
+                conn.parked = False
+                if conn.inflight is None:
+                    client.hook = None
+
+    # --- the callback path: a plain request and its whole answer relayed from the transports'
+    # callbacks, with no coroutine woken; anything else is left to (or passed back to) the
+    # coroutine at the step it reached. Same checks, same bytes, same log line.
+
+    def _fast_request(self, conn: _Connection) -> bool:
+        """A complete head in the client's buffer while the coroutine waits for one: relay it
+        now if it is a body-less request to the app on a kept app connection. False leaves
+        the buffer to the coroutine (which parses it again and answers any error)."""
+        client = conn.client
+        assert client is not None
+        if conn.inflight is not None:  # an answer is awaited: keep what follows for later
+            return not (client.closed or client.eof)
+        upstream = conn.upstream
+        # client.blocked: the client is not taking its answers; the coroutine's send waits
+        # for it (back-pressure, under the idle deadline) where a callback cannot.
+        if (not conn.parked or conn.expired or client.closed or client.blocked
+                or upstream is None or not _still_open(upstream) or self._listener is None):
+            return False
+        buffer = client.buffer
+        end = buffer.find(b"\r\n\r\n", 0, self._max_head)  # as find_head_end; no 431 here
+        if end < 0:
+            return False
+        end += 4
+        try:
+            request = parse_request_head(
+                bytes(memoryview(buffer)[:end]), limit=self._max_head, max_lines=self._max_lines
+            )
+        except HandshakeError:
+            return False
+        if (request.framing != "none" or not request.keep_alive
+                or is_attestation_path(request.path)):
+            return False
+        del buffer[:end]
+        started = time.monotonic()
+        conn.busy = True
+        self._connections.move_to_end(conn)
+        conn.inflight = (request, started)
+        conn.deadline = started + self.config.app_timeout
+        conn.head = False
+        assert upstream.transport is not None
+        upstream.transport.write(
+            forward_request_head(request, client=conn.peer, host_fallback=b"enclave")
+        )
+        upstream.hook = lambda: self._fast_response(conn)
+        upstream.resume()  # a big answer before may have left it paused, and empty now
+        return True
+
+    def _fast_response(self, conn: _Connection) -> bool:
+        """The app's answer to the request in flight: relayed now when all of it is here
+        (a final status, a length or no body); otherwise passed to the coroutine."""
+        upstream, client = conn.upstream, conn.client
+        assert upstream is not None and client is not None and conn.inflight is not None
+        request, started = conn.inflight
+        response: ResponseHead | None = None
+        buffer = upstream.buffer
+        end = buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+        if end >= 0 and not upstream.closed and not client.closed:
+            end += 4
+            try:
+                response = parse_response_head(
+                    bytes(memoryview(buffer)[:end]), request_method=request.method,
+                    limit=MAX_RESPONSE_HEAD, max_lines=1000,
+                )
+            except HandshakeError:
+                response = None
+        if (response is None or response.status < 200 or response.framing not in
+                ("none", "length") or len(buffer) - end < response.length):
+            # Not all here, or not plain: the coroutine reads it from the buffers as they are.
+            upstream.hook = None
+            conn.inflight = None
+            conn.handoff = (request, started)
+            _wake(client.readable)
+            return True
+        upstream.hook = None
+        conn.inflight = None
+        conn.served += 1
+        keep = response.keep_alive  # the request kept alive: only those come here
+        stop = end + response.length
+        head = forward_response_head(response, framing=response.framing, keep_alive=keep)
+        assert client.transport is not None
+        client.transport.write(head + memoryview(buffer)[end:stop])
+        del buffer[:stop]
+        upstream.resume()
+        client.resume()
+        self._log(conn, request, response.status, 0, response.length, started)
+        if not keep:
+            self._drop(conn)  # the answer flushed, then closed
+            return True
+        conn.busy = False
+        conn.deadline = time.monotonic() + self._idle
+        if client.buffer and not self._fast_request(conn):
+            client.poke()  # the rest is the coroutine's
+        return True
 
     async def _answer_error(self, conn: _Connection, status: int, reason: str) -> None:
         """Answer ``status`` and close, letting the answer reach the client first (at most 1 s)."""
@@ -651,7 +804,7 @@ class HttpsFront:
         self._request_log.request(line)
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -664,22 +817,27 @@ class HttpsFront:
             self._close_upstream(conn)  # the app closed its idle end (its keep-alive timeout)
         app = self.config.app
         assert self._loop is not None
+        loop = self._loop
         sock = socket.socket(app.family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        upstream = _Stream(conn)
         try:
             async with asyncio.timeout(self.config.app_timeout):
-                await self._loop.sock_connect(sock, app.sockaddr)
+                await loop.sock_connect(sock, app.sockaddr)
+                if app.scheme == "tcp":
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    await loop.create_connection(lambda: upstream, sock=sock)
+                else:
+                    await loop.create_unix_connection(lambda: upstream, sock=sock)
         except (TimeoutError, OSError) as exc:
             sock.close()
             raise _Refused(502, f"app unreachable: {type(exc).__name__}") from None
-        if app.scheme == "tcp":
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.upstream = _Stream(sock, conn)
-        return conn.upstream
+        conn.upstream = upstream
+        return upstream
 
     def _close_upstream(self, conn: _Connection) -> None:
         if conn.upstream is not None:
-            conn.upstream.close()
+            conn.upstream.abort()
             conn.upstream = None
 
     async def _relay(self, conn: _Connection, request: RequestHead, started: float) -> bool:
@@ -708,10 +866,21 @@ class HttpsFront:
                 return False
         if request.expect_continue:
             await client.send(b"HTTP/1.1 100 Continue\r\n\r\n", idle)
-        body = _BodyRelay(client, upstream, request, idle)
-        task = asyncio.ensure_future(body.run()) if request.framing != "none" else None
-        if task is not None:  # a client gone mid-body: stop waiting for the app's answer
+        body: _BodyRelay | None = None
+        task: asyncio.Future[None] | None = None
+        if request.framing != "none":
+            body = _BodyRelay(client, upstream, request, idle)
+            task = asyncio.ensure_future(body.run())
+            # a client gone mid-body: stop waiting for the app's answer
             task.add_done_callback(lambda t: _abort_on_failure(t, upstream))
+        return await self._answer(conn, upstream, request, started, body, task)
+
+    async def _answer(
+        self, conn: _Connection, upstream: _Stream, request: RequestHead, started: float,
+        body: _BodyRelay | None, task: asyncio.Future[None] | None,
+    ) -> bool:
+        """Relay the app's answer to a forwarded request (its body, if any, moving in ``task``);
+        whether the client connection stays open."""
         try:
             status, sent, keep, app_keep = await self._relay_response(conn, upstream, request)
         except _Refused as exc:
@@ -732,9 +901,11 @@ class HttpsFront:
                 body_done = False
             else:
                 body_done = task.exception() is None
-        self._log(conn, request, status, body.moved, sent, started)
+        self._log(conn, request, status, 0 if body is None else body.moved, sent, started)
         if not (app_keep and body_done):
             self._close_upstream(conn)
+        else:  # kept: reading on, so the app's close (or stray bytes) is seen before reuse
+            upstream.resume()
         return keep and body_done
 
     async def _relay_response(
@@ -789,7 +960,7 @@ class HttpsFront:
 
 def _abort_on_failure(task: asyncio.Future[None], stream: _Stream) -> None:
     if not task.cancelled() and task.exception() is not None:
-        stream.close()
+        stream.abort()
 
 
 class _BodyRelay:
