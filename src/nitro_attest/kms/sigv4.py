@@ -10,6 +10,7 @@ dot segments and repeated slashes from the path, as every service but S3 expects
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -133,8 +134,11 @@ def string_to_sign(date_time: str, scope: str, request: str) -> str:
     return f"{ALGORITHM}\n{date_time}\n{scope}\n{digest}"
 
 
+@functools.lru_cache(maxsize=16)
 def signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
-    """The key derived for one day, region and service (the HMAC chain of SigV4)."""
+    """The key derived for one day, region and service (the HMAC chain of SigV4). Kept for the
+    few last (secret, day, region, service): a signer asks for the same one all day, four HMACs
+    saved a request; keyed on every input, so a new secret or day derives afresh."""
     key = ("AWS4" + secret_access_key).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
         key = hmac.digest(key, part.encode("utf-8"), "sha256")
