@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -15,6 +16,7 @@ import pytest
 from nitro_attest.errors import FormatError
 from nitro_attest.kms.sigv4 import (
     Credentials,
+    canonical_headers,
     canonical_request,
     expected_signature,
     parse_authorization,
@@ -193,3 +195,17 @@ def test_the_derived_key_is_kept_per_secret_day_region_and_service() -> None:
     info = signing_key.cache_info()
     assert info.misses == len(variants) and info.hits >= 2 * len(variants)
     assert info.maxsize is not None and info.maxsize <= 16  # a bound, not one entry per request
+
+
+def test_header_values_are_trimmed_and_white_space_runs_made_one_space() -> None:
+    """The canonical form of a header value: outer white space off, each inner run of it (any
+    kind str.isspace knows, as the regular expression ``\\s+`` does) one space; repeated headers
+    joined with commas in their order."""
+    rule = re.compile(r"\s+")
+    for space in (" ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003",
+                  "\u3000", "  \t "):
+        value = f"{space}a{space}b{space}{space}c{space}"
+        want = rule.sub(" ", value.strip())
+        assert canonical_headers([("X-A", value)], ["x-a"]) == f"x-a:{want}\n"
+    assert canonical_headers([("X-A", " 1 "), ("Host", "h"), ("x-a", "2  3")],
+                             ["host", "x-a", "x-b"]) == "host:h\nx-a:1,2 3\nx-b:\n"

@@ -22,7 +22,6 @@ from urllib.parse import quote
 from nitro_attest.errors import FormatError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-_SPACES = re.compile(r"\s+")
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/([0-9]{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,"
     r"\s*SignedHeaders=([a-z0-9\-;]+),\s*Signature=([0-9a-f]{64})\Z"
@@ -76,6 +75,8 @@ def _encode(text: str) -> str:
 
 def canonical_path(path: str, *, normalize: bool = True) -> str:
     """The canonical URI: ``path`` (decoded) normalized if asked, each segment encoded once."""
+    if path == "/":  # every JSON-protocol request (KMS's): nothing to normalize or encode
+        return path
     if normalize:
         segments: list[str] = []
         for segment in path.split("/"):
@@ -93,16 +94,20 @@ def canonical_path(path: str, *, normalize: bool = True) -> str:
 
 def canonical_query(query: Sequence[Header]) -> str:
     """The canonical query string: decoded pairs encoded, sorted, joined with ``&``."""
+    if not query:
+        return ""
     return "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query))
 
 
 def canonical_headers(headers: Sequence[Header], signed: Sequence[str]) -> str:
     """The canonical headers block for the ``signed`` names (lower-case, sorted): values
     trimmed, inner spaces collapsed, repeated headers joined with commas."""
-    values: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
     for name, value in headers:
-        values.setdefault(name.lower(), []).append(_SPACES.sub(" ", value.strip()))
-    return "".join(f"{name}:{','.join(values.get(name, []))}\n" for name in signed)
+        key = name.lower()
+        value = " ".join(value.split())  # trimmed, runs of white space made one space
+        values[key] = f"{values[key]},{value}" if key in values else value
+    return "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
 
 
 def canonical_request(
