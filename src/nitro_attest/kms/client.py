@@ -239,7 +239,7 @@ class KmsClient:
         """Send ``operation`` with ``body`` (KMS's JSON, binary fields base64). For the five
         Recipient operations a Recipient is added (replacing any given) and the envelope opened;
         other operations go as they are, signed."""
-        if not _OPERATION.match(operation):
+        if operation not in RECIPIENT_OPERATIONS and not _OPERATION.match(operation):
             raise UsageError(f"{operation[:64]!r} is not a KMS operation name")
         request = dict(body)
         if self.require_key_arn:
@@ -381,8 +381,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# Made once: json.dumps with options makes a new encoder every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(body).encode("utf-8")
 
 
 # The Recipient member as bytes around the document's base64 (which JSON needs no escape for):

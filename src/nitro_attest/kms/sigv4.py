@@ -102,12 +102,18 @@ def canonical_query(query: Sequence[Header]) -> str:
 def canonical_headers(headers: Sequence[Header], signed: Sequence[str]) -> str:
     """The canonical headers block for the ``signed`` names (lower-case, sorted): values
     trimmed, inner spaces collapsed, repeated headers joined with commas."""
+    values = _header_values(headers)
+    return "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
+
+
+def _header_values(headers: Sequence[Header]) -> dict[str, str]:
+    """Each header's canonical value by lower-case name, repeated ones joined with commas."""
     values: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
         value = " ".join(value.split())  # trimmed, runs of white space made one space
         values[key] = f"{values[key]},{value}" if key in values else value
-    return "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
+    return values
 
 
 def canonical_request(
@@ -180,12 +186,17 @@ def sign_request(
     token = credentials.session_token
     if token and not omit_session_token:
         added.append(("X-Amz-Security-Token", token))
-    every = [*headers, *added]
-    signed = sorted({name.lower() for name, _ in every})
+    values = _header_values([*headers, *added])  # every header signed
+    signed = sorted(values)
     scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
-    request = canonical_request(
-        method, path, query, every, signed, payload_hash, normalize=normalize
-    )
+    request = "\n".join((  # canonical_request, the header names lowered and sorted once
+        method.upper(),
+        canonical_path(path, normalize=normalize),
+        canonical_query(query),
+        "".join([f"{name}:{values[name]}\n" for name in signed]),
+        ";".join(signed),
+        payload_hash,
+    ))
     key = signing_key(credentials.secret_access_key, stamp[:8], region, service)
     signature = _signature(key, string_to_sign(stamp, scope, request))
     if token and omit_session_token:
