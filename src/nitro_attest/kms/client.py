@@ -139,6 +139,7 @@ class KmsClient:
         self.endpoint = parse_endpoint(endpoint or default_endpoint(region),
                                        insecure_http=insecure_http)
         self.route = via if isinstance(via, Route) else parse_route(via)
+        self._host_header = self.endpoint.host_header  # what every request names and signs
         if not self.endpoint.tls:
             _check_plain_http(self.endpoint.host, self.route)
         # Credentials from IMDS are the parent's to choose (it answers IMDS): they may be of an
@@ -288,7 +289,7 @@ class KmsClient:
 
     def _send(self, operation: str, payload: bytes) -> Answer:
         headers = [
-            ("Host", self.endpoint.host_header),
+            ("Host", self._host_header),
             ("Content-Type", "application/x-amz-json-1.1"),
             ("X-Amz-Target", f"TrentService.{operation}"),
         ]
