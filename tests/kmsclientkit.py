@@ -176,7 +176,8 @@ class FakeKms:
         target = handler.headers["X-Amz-Target"]
         op = target.removeprefix("TrentService.")
         request = json.loads(body)
-        self.seen.requests.append({"op": op, "body": request, "headers": dict(handler.headers)})
+        self.seen.requests.append({"op": op, "body": request, "raw": body,
+                                   "headers": dict(handler.headers)})
         auth = parse_authorization(handler.headers["Authorization"])
         headers = [(k, v) for k, v in handler.headers.items() if k.lower() in auth.signed_headers]
         want = expected_signature("POST", "/", [], headers, body, CREDS.secret_access_key, auth,

@@ -8,6 +8,7 @@ document names; the local KMS (emulator) runs in tests/test_kms_e2e.py.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nitro_attest.attestation.document import parse_document
 from nitro_attest.errors import TransportError
-from nitro_attest.kms.client import KmsClient, KmsError, KmsResponseError
+from nitro_attest.kms.client import (
+    KmsClient,
+    KmsError,
+    KmsResponseError,
+    _json,
+    _with_recipient,
+)
 from nitro_attest.kms.envelope import EnvelopeKeyError, seal_envelope
 from nitro_attest.kms.sigv4 import Credentials
 from nitro_attest.nsm import open_backend
@@ -244,6 +251,41 @@ def test_answers_kms_never_gives_are_refused(
             _client(nsm, pki, f"tcp://127.0.0.1:{kms.port}") as c, \
             pytest.raises(KmsResponseError, match=words):
         c.decrypt(BLOB_PREFIX + b"s")
+
+
+@pytest.mark.parametrize("text", ["QUFB\n", "QQ==QQ==", " QUFB", "QUF", "=QUFB", "QUFB\u00e9"])
+def test_an_envelope_in_loose_base64_is_refused(nsm: NsmBackend, pki: Pki, text: str) -> None:
+    """The envelope's base64 is decoded in one strict pass: a newline, a space, padding out of
+    place or missing, data after the padding, non-ASCII: each refused, never decoded leniently."""
+    with FakeKms(pki, tamper=lambda op, a: {**a, "CiphertextForRecipient": text}) as kms, \
+            _client(nsm, pki, f"tcp://127.0.0.1:{kms.port}") as c, \
+            pytest.raises(KmsResponseError, match="not base64"):
+        c.decrypt(BLOB_PREFIX + b"s")
+
+
+def test_the_recipient_is_ours_alone(nsm: NsmBackend, pki: Pki, kms: FakeKms) -> None:
+    """A Recipient the caller put in the body is replaced by the client's (one Recipient in the
+    bytes sent, naming the client's key), with or without other members beside it."""
+    with _client(nsm, pki, f"tcp://127.0.0.1:{kms.port}") as client:
+        planted = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "AAAA"}
+        result = client.call("Decrypt", {"CiphertextBlob": base64.b64encode(
+            BLOB_PREFIX + b"s").decode(), "Recipient": planted, "KeyId": "k\u00e9"})
+        assert result.secret == b"s"
+        assert client.call("GenerateRandom", {"Recipient": planted, "NumberOfBytes": 4}).secret
+        key = client._key
+    assert key is not None
+    for seen in kms.seen.requests:
+        assert seen["raw"].count(b'"Recipient"') == 1
+        recipient = seen["body"]["Recipient"]
+        assert recipient["KeyEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256"
+        doc = parse_document(base64.b64decode(recipient["AttestationDocument"], validate=True))
+        assert doc.public_key == key.spki
+    assert kms.seen.requests[0]["body"]["KeyId"] == "k\u00e9"
+    assert [r["op"] for r in kms.seen.requests] == ["Decrypt", "GenerateRandom"]
+    # an empty body: the Recipient is its only member
+    alone = json.loads(_with_recipient(_json({}), b"doc"))
+    assert alone == {"Recipient": {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                                   "AttestationDocument": base64.b64encode(b"doc").decode()}}
 
 
 def test_plain_http_needs_the_explicit_flag(nsm: NsmBackend) -> None:

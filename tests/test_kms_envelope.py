@@ -245,3 +245,128 @@ def test_fuzzed_envelopes_never_escape_the_tree(
 def test_random_bytes_are_format_errors(raw: bytes) -> None:
     with pytest.raises(EnvelopeFormatError):
         parse_envelope(raw)
+
+
+# --- the fast path for KMS's exact shape (envelope._kms_shape) ----------------------------------
+
+
+def _full_reader(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The general BER reader and walk, without the fast path."""
+    return envelope._walk(ber.decode(data, max_bytes=envelope.MAX_ENVELOPE_BYTES, max_depth=16,
+                                     max_items=envelope.MAX_ENVELOPE_BYTES // 2))
+
+
+def _plain(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + b"p" * (size % 256)
+
+
+def _sealed(key: rsa.RSAPrivateKey, size: int, chunk: int | None) -> bytes:
+    return seal_envelope(_plain(size), key.public_key(), chunk=chunk)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_responses_take_the_fast_path(name: str) -> None:
+    data = (KMS_VECTORS / name).read_bytes()
+    parts = envelope._kms_shape(data)
+    assert parts is not None
+    assert parts == _full_reader(data) == parse_envelope(data)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 15, 16, 127, 128, 300, 4096])
+@pytest.mark.parametrize("size", [0, 15, 16, 100, 111, 112, 4096])
+def test_sealed_envelopes_take_the_fast_path(
+    key: rsa.RSAPrivateKey, size: int, chunk: int | None
+) -> None:
+    data = _sealed(key, size, chunk)
+    parts = envelope._kms_shape(data)
+    assert parts is not None
+    assert parts == _full_reader(data)
+    assert open_envelope(data, key) == _plain(size)
+
+
+def test_other_shapes_are_left_to_the_full_reader(key: rsa.RSAPrivateKey) -> None:
+    big = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+    def definite(item: ber.Tlv) -> bytes:  # the same tree with definite lengths only
+        if not item.constructed:
+            return ber.encode_tlv(item.tag, item.content, cls=item.cls)
+        return ber.encode_tlv(item.tag, b"".join(definite(c) for c in item.children),
+                              cls=item.cls, constructed=True)
+
+    for data, opener in (
+        (seal_envelope(b"x" * 40, big.public_key()), big),  # a 384-byte encrypted key
+        (seal_envelope(b"x" * 40, key.public_key(), subject_key_id=b"k" * 20), key),  # SKI of 20
+        (definite(ber.decode(seal_envelope(b"x" * 40, key.public_key()))), key),
+    ):
+        assert envelope._kms_shape(data) is None
+        assert parse_envelope(data) == _full_reader(data)
+        assert open_envelope(data, opener) == b"x" * 40
+
+
+def test_the_fast_path_refuses_what_the_full_reader_refuses(key: rsa.RSAPrivateKey) -> None:
+    data = _sealed(key, 32, None)  # 48 bytes of content: 80 30, the content, then the trailer
+    at = envelope._CONTENT_AT
+    assert data[at:at + 2] == b"\x80\x30" and len(data) == at + 2 + 48 + 8
+    content, trailer = data[at + 2:-8], data[-8:]
+    head = data[:at]
+    chunked = head + b"\xa0\x80\x04\x30" + content + b"\x00\x00" + trailer
+    assert envelope._kms_shape(chunked) == _full_reader(chunked) == parse_envelope(data)
+    for bad in (
+        head + b"\x80\x80" + content + trailer,  # an indefinite primitive
+        head + b"\x80\x7f" + content + trailer,  # content longer than what follows
+        head + b"\x80\x30" + content + b"\x05\x00" + trailer,  # an item after the content
+        head + b"\x80\x30" + content + b"\x04\x0e" + bytes(14) + trailer,  # a block of it
+        head + b"\xa0\x80\x04\x30" + content + b"\x00\x00\x05\x00" + trailer,  # after chunks
+        head + b"\x80\x00" + trailer,  # empty content
+        head + b"\x80\x0f" + content[:15] + trailer,  # not whole blocks
+        data + b"\x00",  # a trailing byte
+        data[:-1],  # an end-of-contents cut
+        head + b"\xa0\x80\x04\x30" + content + trailer,  # the chunks' end-of-contents missing
+        head + b"\xa0\x80\x05\x30" + content + b"\x00\x00" + trailer,  # a chunk not 04
+        head + b"\xa0\x80\x04\x80" + content + b"\x00\x00\x00\x00" + trailer,  # indefinite
+    ):
+        assert envelope._kms_shape(bad) is None
+        with pytest.raises(EnvelopeFormatError):
+            parse_envelope(bad)
+    # well-formed but not the shape it knows: declined, and the full reader accepts it
+    longer = head + b"\x80\x83\x00\x00\x30" + content + trailer  # a three-octet length
+    assert envelope._kms_shape(longer) is None
+    assert parse_envelope(longer) == parse_envelope(data)
+
+
+_TAIL_BYTES = st.sampled_from([0x00, 0x01, 0x04, 0x10, 0x20, 0x7F, 0x80, 0x81, 0x82, 0x83,
+                               0xA0, 0x24, 0x30, 0xFF])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_fast_path_agrees_with_the_full_reader(
+    key: rsa.RSAPrivateKey, data: st.DataObject
+) -> None:
+    """Whatever the fast path accepts, the full reader accepts too, with the same parts: edits
+    anywhere (sealed and real envelopes), and content encodings made up byte by byte."""
+    base = data.draw(st.sampled_from([
+        _sealed(key, 48, None), _sealed(key, 48, 16), _sealed(key, 200, 7),
+        (KMS_VECTORS / REAL[0]).read_bytes(), (KMS_VECTORS / REAL[1]).read_bytes(),
+    ]))
+    raw = bytearray(base)
+    if data.draw(st.booleans()):  # a made-up content encoding between the IV and the trailer
+        tail = data.draw(st.lists(_TAIL_BYTES | st.integers(0, 255), max_size=60))
+        raw = bytearray(base[:envelope._CONTENT_AT]) + bytes(tail) + bytes(8)
+    for _ in range(data.draw(st.integers(0, 3))):
+        where = data.draw(st.integers(envelope._CONTENT_AT - 2, len(raw) - 1)
+                          | st.integers(0, len(raw) - 1))
+        how = data.draw(st.sampled_from(["set", "insert", "item", "delete"]))
+        if how == "set":
+            raw[where] = data.draw(_TAIL_BYTES | st.integers(0, 255))
+        elif how == "insert":
+            raw[where:where] = bytes([data.draw(_TAIL_BYTES)])
+        elif how == "item":  # a whole small item: an end-of-contents, a NULL, a string, a block
+            raw[where:where] = data.draw(st.sampled_from(
+                [b"\x00\x00", b"\x05\x00", b"\x04\x00", b"\x04\x0e" + bytes(14),
+                 b"\x04\x10" + bytes(16), b"\x80\x10" + bytes(16), b"\xa0\x80"]))
+        else:
+            del raw[where]
+    parts = envelope._kms_shape(bytes(raw))
+    if parts is not None:
+        assert parts == _full_reader(bytes(raw))

@@ -4,21 +4,34 @@ reuse, unsolicited bytes refused. The codec's own refusals: test_http1_answers.p
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from nitro_attest.errors import TransportError
-from nitro_attest.kms.https import MAX_ANSWER_HEAD, MAX_RESPONSE_BYTES, Connection, Endpoint
+from nitro_attest.kms.https import (
+    MAX_ANSWER_HEAD,
+    MAX_RESPONSE_BYTES,
+    Connection,
+    Endpoint,
+    tls_context,
+)
 from nitro_attest.kms.route import parse_route
+from tests.kmsclientkit import Pki, make_pki, server_context
 
 
 @contextmanager
-def server(answer: Callable[[socket.socket, int], None]) -> Iterator[Connection]:
-    """A raw TCP server: ``answer(conn, n)`` for the n-th request head received."""
+def server(
+    answer: Callable[[socket.socket, int], None], *, pki: Pki | None = None,
+    before_reading: float = 0.0,
+) -> Iterator[Connection]:
+    """A raw TCP server (TLS with ``pki``): ``answer(conn, n)`` for the n-th request head
+    received; ``before_reading`` seconds pass before it reads a connection at all."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     seen: list[int] = [0]
@@ -27,8 +40,11 @@ def server(answer: Callable[[socket.socket, int], None]) -> Iterator[Connection]
         while True:
             try:
                 conn, _ = listener.accept()
+                if pki is not None:
+                    conn = server_context(pki).wrap_socket(conn, server_side=True)
             except OSError:
                 return
+            time.sleep(before_reading)
             with conn:
                 buffer = b""
                 while True:
@@ -48,7 +64,8 @@ def server(answer: Callable[[socket.socket, int], None]) -> Iterator[Connection]
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    connection = Connection(Endpoint("http", "127.0.0.1", port), parse_route("direct"), None,
+    endpoint = Endpoint("https" if pki else "http", "127.0.0.1", port)
+    connection = Connection(endpoint, parse_route("direct"), tls_context(pki.ca) if pki else None,
                             timeout=5)
     try:
         yield connection
@@ -147,3 +164,79 @@ def test_a_server_that_never_answers_times_out() -> None:
         connection._timeout = 0.3
         with pytest.raises(TransportError, match="timed out"):
             _post(connection)
+
+
+# --- the non-blocking socket: every wait one poll within the deadline ---------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _echo_length(conn: socket.socket, n: int) -> None:
+    body = f"answer {n}".encode()
+    with contextlib.suppress(OSError):  # the client gave up first (the test where it times out)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_request_larger_than_the_socket_buffers_waits_and_is_sent_whole(
+    tls: bool, pki: Pki
+) -> None:
+    """The far side reads late: the send fills the buffers, waits for room (not an error, not a
+    partial request) and the answer comes back for the whole body, twice on one connection."""
+    body = bytes(range(256)) * (24 * 1024)  # 6 MiB, more than loopback's buffers hold
+    with server(_echo_length, pki=pki if tls else None, before_reading=0.3) as connection:
+        for n in (1, 2):
+            answer = connection.request("POST", "/", [("Host", "kms")], body)
+            assert answer.body == f"answer {n}".encode()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_far_side_that_never_reads_times_out_the_send(tls: bool, pki: Pki) -> None:
+    with server(_echo_length, pki=pki if tls else None, before_reading=3) as connection:
+        connection._timeout = 0.5
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="timed out"):
+            connection.request("POST", "/", [("Host", "kms")], bytes(16 * 1024 * 1024))
+        assert time.monotonic() - started < 5
+
+
+def test_a_tls_answer_in_one_byte_records(pki: Pki) -> None:
+    """Every byte its own TLS record (and the head and body apart): each read takes what is there
+    and the reader waits for the rest, on a kept-alive connection."""
+    def answer(conn: socket.socket, n: int) -> None:
+        body = f"answer {n}".encode()
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body):
+            conn.sendall(bytes([byte]))
+
+    with server(answer, pki=pki) as connection:
+        assert [_post(connection) for _ in range(3)] == [b"answer 1", b"answer 2", b"answer 3"]
+
+
+def test_a_tls_server_that_never_answers_times_out(pki: Pki) -> None:
+    with server(lambda conn, n: None, pki=pki) as connection:
+        connection._timeout = 0.3
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="timed out"):
+            _post(connection)
+        assert time.monotonic() - started < 3
+
+
+def test_a_tls_trickle_is_bounded_by_the_deadline(pki: Pki) -> None:
+    """A byte every 50 ms: each arrives in time, the whole answer does not."""
+    def answer(conn: socket.socket, n: int) -> None:
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    with server(answer, pki=pki) as connection:
+        connection._timeout = 0.5
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="timed out"):
+            _post(connection)
+        assert time.monotonic() - started < 3

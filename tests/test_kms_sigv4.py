@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -15,11 +16,13 @@ import pytest
 from nitro_attest.errors import FormatError
 from nitro_attest.kms.sigv4 import (
     Credentials,
+    canonical_headers,
     canonical_request,
     expected_signature,
     parse_authorization,
     presign_query,
     sign_request,
+    signing_key,
     string_to_sign,
 )
 
@@ -168,3 +171,41 @@ def test_malformed_authorization_is_a_format_error(value: str) -> None:
 def test_credentials_repr_hides_the_secret() -> None:
     shown = repr(Credentials("AKID", "SECRET", "TOKEN"))
     assert "AKID" in shown and "SECRET" not in shown and "TOKEN" not in shown
+
+
+def _derived(secret: str, date: str, region: str, service: str) -> bytes:
+    """SigV4's key derivation written out, for the cached one to be held to."""
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def test_the_derived_key_is_kept_per_secret_day_region_and_service() -> None:
+    """Derived once per (secret, day, region, service); any input changed derives afresh (a
+    rotated secret, the next day, another region or service never signs with a kept key)."""
+    signing_key.cache_clear()
+    base = ("secret-1", "20261206", "us-east-1", "kms")
+    variants = [base, ("secret-2", *base[1:]), (base[0], "20261207", *base[2:]),
+                (*base[:2], "eu-west-1", base[3]), (*base[:3], "sts")]
+    for _ in range(3):
+        for args in variants:
+            assert signing_key(*args) == _derived(*args)
+    assert len({signing_key(*args) for args in variants}) == len(variants)
+    info = signing_key.cache_info()
+    assert info.misses == len(variants) and info.hits >= 2 * len(variants)
+    assert info.maxsize is not None and info.maxsize <= 16  # a bound, not one entry per request
+
+
+def test_header_values_are_trimmed_and_white_space_runs_made_one_space() -> None:
+    """The canonical form of a header value: outer white space off, each inner run of it (any
+    kind str.isspace knows, as the regular expression ``\\s+`` does) one space; repeated headers
+    joined with commas in their order."""
+    rule = re.compile(r"\s+")
+    for space in (" ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003",
+                  "\u3000", "  \t "):
+        value = f"{space}a{space}b{space}{space}c{space}"
+        want = rule.sub(" ", value.strip())
+        assert canonical_headers([("X-A", value)], ["x-a"]) == f"x-a:{want}\n"
+    assert canonical_headers([("X-A", " 1 "), ("Host", "h"), ("x-a", "2  3")],
+                             ["host", "x-a", "x-b"]) == "host:h\nx-a:1,2 3\nx-b:\n"

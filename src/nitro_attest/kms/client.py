@@ -153,6 +153,7 @@ class KmsClient:
         self.endpoint = parse_endpoint(endpoint or default_endpoint(region),
                                        insecure_http=insecure_http)
         self.route = via if isinstance(via, Route) else parse_route(via)
+        self._host_header = self.endpoint.host_header  # what every request names and signs
         if not self.endpoint.tls:
             _check_plain_http(self.endpoint.host, self.route)
         # Credentials from IMDS are the parent's to choose (it answers IMDS): they may be of an
@@ -253,7 +254,7 @@ class KmsClient:
         """Send ``operation`` with ``body`` (KMS's JSON, binary fields base64). For the five
         Recipient operations a Recipient is added (replacing any given) and the envelope opened;
         other operations go as they are, signed."""
-        if not _OPERATION.match(operation):
+        if operation not in RECIPIENT_OPERATIONS and not _OPERATION.match(operation):
             raise UsageError(f"{operation[:64]!r} is not a KMS operation name")
         request = dict(body)
         if self.require_key_arn:
@@ -261,12 +262,11 @@ class KmsClient:
         field = RECIPIENT_OPERATIONS.get(operation)
         key = None
         if field is not None:
+            request.pop("Recipient", None)  # replaced by ours
+        payload = _json(request)
+        if field is not None:
             key = self._key or RecipientKey()
-            request["Recipient"] = {
-                "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
-                "AttestationDocument": _b64(self._document(key)),
-            }
-        payload = json.dumps(request, separators=(",", ":")).encode("utf-8")
+            payload = _with_recipient(payload, self._document(key))
         if len(payload) > MAX_REQUEST_BYTES:
             raise UsageError(f"{operation} request of {len(payload)} bytes, more than "
                              f"{MAX_REQUEST_BYTES}")
@@ -312,7 +312,7 @@ class KmsClient:
 
     def _send(self, operation: str, payload: bytes) -> Answer:
         headers = [
-            ("Host", self.endpoint.host_header),
+            ("Host", self._host_header),
             ("Content-Type", "application/x-amz-json-1.1"),
             ("X-Amz-Target", f"TrentService.{operation}"),
         ]
@@ -338,8 +338,8 @@ class KmsClient:
                                    f"{field} itself; KMS never does (refused)")
         if not isinstance(envelope_text, str) or not envelope_text:
             raise KmsResponseError(f"{operation}: the answer has no CiphertextForRecipient")
-        try:
-            envelope = base64.b64decode(envelope_text, validate=True)
+        try:  # one pass: the alphabet, the padding and nothing after it checked as it decodes
+            envelope = binascii.a2b_base64(envelope_text, strict_mode=True)
         except (binascii.Error, ValueError):
             raise KmsResponseError(f"{operation}: CiphertextForRecipient is not base64") from None
         secret = open_envelope(envelope, key.private_key)
@@ -406,6 +406,27 @@ def _check_plain_http(host: str, route: Route) -> None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+# Made once: json.dumps with options makes a new encoder every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _json(body: Mapping[str, Any]) -> bytes:
+    return _ENCODER.encode(body).encode("utf-8")
+
+
+# The Recipient member as bytes around the document's base64 (which JSON needs no escape for):
+# the document, ~6 KiB of base64, is written once, not scanned again by the JSON encoder.
+_RECIPIENT_HEAD = _json({"KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+                         "AttestationDocument": ""})[:-2]
+
+
+def _with_recipient(payload: bytes, document: bytes) -> bytes:
+    """``payload`` (a JSON object without a Recipient, as ``_json`` writes it) with
+    ``"Recipient":{...}`` naming ``document`` as its last member."""
+    return b"".join((payload[:-1], b"," if payload != b"{}" else b"", b'"Recipient":',
+                     _RECIPIENT_HEAD, binascii.b2a_base64(document, newline=False), b'"}}'))
 
 
 def _put(body: dict[str, Any], name: str, value: Any) -> None:

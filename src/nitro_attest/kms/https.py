@@ -8,11 +8,18 @@ written: ``connect`` completes the handshake first. One ``Connection`` is one ke
 connection; a request on a connection the far side has meanwhile closed is sent again once on a
 fresh one. Answers are capped before they are read whole: the head (``MAX_ANSWER_HEAD``,
 ``MAX_ANSWER_LINES``) and the body (``MAX_RESPONSE_BYTES``, declared or chunked).
+
+After the handshake the socket is non-blocking and every wait is one ``poll`` bounded by the
+exchange's deadline: a socket timeout would cost a mode switch per ``settimeout`` and a poll
+before every send and every read (nine system calls an exchange instead of four; docs/kms.md,
+"Speed").
 """
 
 from __future__ import annotations
 
+import math
 import re
+import select
 import socket
 import ssl
 import time
@@ -145,6 +152,8 @@ class Connection:
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._deadline = 0.0  # the whole answer must arrive by then (monotonic clock)
+        self._readable = select.poll()
+        self._writable = select.poll()
 
     def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
@@ -174,9 +183,14 @@ class Connection:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:  # the handshake completes here, before any request
                 sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host)
+            sock.settimeout(0.0)  # from here on our own waits, each bounded by the deadline
         except BaseException:
             sock.close()
             raise
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
         return sock
 
     def _exchange(self, method: str, data: bytes) -> Answer:
@@ -188,9 +202,9 @@ class Connection:
                 raise TransportError(f"{self.endpoint}: unsolicited bytes after the previous "
                                      "answer")
             sock = self._sock
-            sock.settimeout(self._timeout)
+            self._deadline = time.monotonic() + self._timeout
             try:
-                sock.sendall(data)
+                self._send(sock, data)
             except _CLOSED:
                 raise _Stale() from None
             # the timeout bounds the whole answer, not each recv: a far side sending a byte at a
@@ -233,15 +247,44 @@ class Connection:
             self.close()
             raise TransportError(f"{self.endpoint}: {exc.strerror or exc}") from None
 
-    def _recv(self, sock: socket.socket) -> bytes:
+    def _wait(self, poller: select.poll) -> None:
+        """Until the socket is ready (``poller`` says for what) or the deadline passes."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        sock.settimeout(remaining)
-        return sock.recv(65536)
+        poller.poll(math.ceil(remaining * 1000))  # nothing ready: the next try waits again
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)  # TLS: all of it, or "want" and retried with the same bytes
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                self._wait(self._writable)
+                continue
+            except ssl.SSLWantReadError:
+                self._wait(self._readable)
+                continue
+            view = view[sent:]
+
+    def _recv(self, sock: socket.socket, *, wait_first: bool = False) -> bytes:
+        """Some bytes (``b""`` at the end of the stream). ``wait_first``: the answer has just
+        been asked for, so it cannot be there yet unless TLS holds decrypted bytes already; one
+        poll instead of a read that would fail first."""
+        if wait_first and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            self._wait(self._readable)
+        while True:
+            if time.monotonic() >= self._deadline:
+                raise TimeoutError
+            try:
+                return sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                self._wait(self._readable)
+            except ssl.SSLWantWriteError:
+                self._wait(self._writable)
 
     def _fill(self, sock: socket.socket, *, stale_if_empty: bool = False) -> None:
-        chunk = self._recv(sock)
+        chunk = self._recv(sock, wait_first=stale_if_empty and not self._buffer)
         if not chunk:
             if stale_if_empty and not self._buffer:
                 raise _Stale()

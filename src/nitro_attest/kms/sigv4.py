@@ -10,6 +10,7 @@ dot segments and repeated slashes from the path, as every service but S3 expects
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -21,7 +22,6 @@ from urllib.parse import quote
 from nitro_attest.errors import FormatError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-_SPACES = re.compile(r"\s+")
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/([0-9]{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,"
     r"\s*SignedHeaders=([a-z0-9\-;]+),\s*Signature=([0-9a-f]{64})\Z"
@@ -75,6 +75,8 @@ def _encode(text: str) -> str:
 
 def canonical_path(path: str, *, normalize: bool = True) -> str:
     """The canonical URI: ``path`` (decoded) normalized if asked, each segment encoded once."""
+    if path == "/":  # every JSON-protocol request (KMS's): nothing to normalize or encode
+        return path
     if normalize:
         segments: list[str] = []
         for segment in path.split("/"):
@@ -92,16 +94,26 @@ def canonical_path(path: str, *, normalize: bool = True) -> str:
 
 def canonical_query(query: Sequence[Header]) -> str:
     """The canonical query string: decoded pairs encoded, sorted, joined with ``&``."""
+    if not query:
+        return ""
     return "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query))
 
 
 def canonical_headers(headers: Sequence[Header], signed: Sequence[str]) -> str:
     """The canonical headers block for the ``signed`` names (lower-case, sorted): values
     trimmed, inner spaces collapsed, repeated headers joined with commas."""
-    values: dict[str, list[str]] = {}
+    values = _header_values(headers)
+    return "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
+
+
+def _header_values(headers: Sequence[Header]) -> dict[str, str]:
+    """Each header's canonical value by lower-case name, repeated ones joined with commas."""
+    values: dict[str, str] = {}
     for name, value in headers:
-        values.setdefault(name.lower(), []).append(_SPACES.sub(" ", value.strip()))
-    return "".join(f"{name}:{','.join(values.get(name, []))}\n" for name in signed)
+        key = name.lower()
+        value = " ".join(value.split())  # trimmed, runs of white space made one space
+        values[key] = f"{values[key]},{value}" if key in values else value
+    return values
 
 
 def canonical_request(
@@ -133,8 +145,11 @@ def string_to_sign(date_time: str, scope: str, request: str) -> str:
     return f"{ALGORITHM}\n{date_time}\n{scope}\n{digest}"
 
 
+@functools.lru_cache(maxsize=16)
 def signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
-    """The key derived for one day, region and service (the HMAC chain of SigV4)."""
+    """The key derived for one day, region and service (the HMAC chain of SigV4). Kept for the
+    few last (secret, day, region, service): a signer asks for the same one all day, four HMACs
+    saved a request; keyed on every input, so a new secret or day derives afresh."""
     key = ("AWS4" + secret_access_key).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
         key = hmac.digest(key, part.encode("utf-8"), "sha256")
@@ -171,12 +186,17 @@ def sign_request(
     token = credentials.session_token
     if token and not omit_session_token:
         added.append(("X-Amz-Security-Token", token))
-    every = [*headers, *added]
-    signed = sorted({name.lower() for name, _ in every})
+    values = _header_values([*headers, *added])  # every header signed
+    signed = sorted(values)
     scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
-    request = canonical_request(
-        method, path, query, every, signed, payload_hash, normalize=normalize
-    )
+    request = "\n".join((  # canonical_request, the header names lowered and sorted once
+        method.upper(),
+        canonical_path(path, normalize=normalize),
+        canonical_query(query),
+        "".join([f"{name}:{values[name]}\n" for name in signed]),
+        ";".join(signed),
+        payload_hash,
+    ))
     key = signing_key(credentials.secret_access_key, stamp[:8], region, service)
     signature = _signature(key, string_to_sign(stamp, scope, request))
     if token and omit_session_token:
