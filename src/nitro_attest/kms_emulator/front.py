@@ -152,7 +152,13 @@ class _Connection(asyncio.Protocol):
         try:
             self._process()
         except HandshakeError as exc:
-            self._refuse(exc.status, exc.reason)
+            refused = (exc.status, exc.reason)
+        else:
+            return
+        # Refused outside the except block: the exception's traceback holds the chunked
+        # decoder's frame and its view of self.buffer, which _linger could not clear
+        # (BufferError, the connection reset instead of lingering).
+        self._refuse(*refused)
 
     def _process(self) -> None:
         limits = self.front.limits

@@ -1,0 +1,43 @@
+"""Red-team tests of the local KMS: what a hostile client on the port, or the parent relaying every
+byte, does to the HTTP front (kms_emulator/front.py), the JSON reader (app.py) and the state
+folder (store.py). Each test was written to fail against the code before its fix."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from .test_kms_emulator_front import closed, connect, read_answer, request, serving
+
+CHUNKED = request(extra=b"Transfer-Encoding: chunked\r\n", length=False).removesuffix(b"{}")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"2\n{}\r\n0\r\n\r\n", b"400"),  # a bare LF ends the size line
+        (b"fffffffffffffff\r\n", b"413"),  # over the body cap
+        (b"2\r\n{}\r\n0\r\nno colon\r\n\r\n", b"400"),  # a malformed trailer
+    ],
+)
+def test_refused_chunked_body_answered_then_lingers_without_an_error(
+    body: bytes, status: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chunked decoder refuses while reading a view of the connection's buffer; the refusal
+    must still drop input for a while (front._linger) rather than end in an exception that
+    resets the connection (a BufferError: the buffer could not be cleared while viewed)."""
+    caplog.set_level(logging.ERROR)
+    with serving() as (_, app, port), connect(port) as conn:
+        conn.sendall(CHUNKED + body)
+        answer, headers, _ = read_answer(conn, bytearray())
+        assert answer.startswith(b"HTTP/1.1 " + status) and headers[b"connection"] == b"close"
+        time.sleep(0.2)
+        for _ in range(3):  # still read and dropped: no reset
+            conn.sendall(b"x" * 1000)
+            time.sleep(0.05)
+        assert closed(conn)
+        assert not app.requests
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
