@@ -9,6 +9,9 @@ import time
 
 import pytest
 
+from nitro_attest.kms_emulator.app import parse_json
+from nitro_attest.kms_emulator.errors import KmsApiError
+
 from .test_kms_emulator_front import closed, connect, read_answer, request, serving
 
 CHUNKED = request(extra=b"Transfer-Encoding: chunked\r\n", length=False).removesuffix(b"{}")
@@ -41,3 +44,26 @@ def test_refused_chunked_body_answered_then_lingers_without_an_error(
         assert not app.requests
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"EncryptionContext": {"\\ud800": "x"}}',  # a lone high surrogate, as a key
+        b'{"Description": "a\\uDFFFb"}',  # a lone low one, upper-case hex
+        b'{"Tags": [{"TagKey": "k", "TagValue": "\\ude00\\ud83d"}]}',  # a pair in reverse order
+    ],
+)
+def test_lone_surrogate_is_a_serialization_exception(body: bytes) -> None:
+    """JSON's \\u escapes can spell half of a UTF-16 pair, which Python keeps as a str no UTF-8
+    encoder takes: Encrypt with such an EncryptionContext key answered 500 with a traceback in
+    the log (blob.seal encodes the context). Refused when read, as malformed input."""
+    with pytest.raises(KmsApiError) as info:
+        parse_json(body)
+    assert info.value.type_name == "SerializationException"
+    assert "surrogate" in info.value.message
+
+
+def test_surrogate_pairs_and_escaped_backslashes_still_read() -> None:
+    assert parse_json(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+    assert parse_json(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}  # a backslash, then text
