@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from nitro_attest.codec.http import HandshakeError
+from nitro_attest.codec.http1 import ChunkedDecoder
 from nitro_attest.kms_emulator.app import parse_json
 from nitro_attest.kms_emulator.errors import KmsApiError
 
@@ -67,3 +69,42 @@ def test_lone_surrogate_is_a_serialization_exception(body: bytes) -> None:
 def test_surrogate_pairs_and_escaped_backslashes_still_read() -> None:
     assert parse_json(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
     assert parse_json(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}  # a backslash, then text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2;a\rb",  # a bare CR: a line end to some parsers, part of the extension to this one
+        b"2;a\x00b",
+        b"2;\x01\x7f",
+        b"2;",  # an extension without a name
+        b"2;a=",
+        b'2;a="unterminated',
+        b"2;a=b c",
+        b"2;a b",
+    ],
+)
+def test_chunk_extension_outside_the_grammar_refused(line: bytes) -> None:
+    """RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ]).
+    Extensions are ignored, but one holding CR, NUL or other control bytes is how chunk-size
+    lines are read differently by two parsers: refused, as the head's fields are."""
+    with pytest.raises(HandshakeError) as info:
+        ChunkedDecoder(max_body=1024).feed(line + b"\r\n{}\r\n0\r\n\r\n")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"2", b"2 \t", b"2;a", b"2 ; a = b", b'2;a="q \\" s";b=c', b"2;a=\"\x80\"", b"002;x-y=1"],
+)
+def test_chunk_extensions_in_the_grammar_read(line: bytes) -> None:
+    decoder = ChunkedDecoder(max_body=1024)
+    pieces, rest = decoder.feed(line + b"\r\n{}\r\n0\r\n\r\nNEXT")
+    assert (b"".join(pieces), rest, decoder.done) == (b"{}", b"NEXT", True)
+
+
+def test_front_refuses_a_bare_cr_in_a_chunk_extension() -> None:
+    with serving() as (_, app, port), connect(port) as conn:
+        conn.sendall(CHUNKED + b"2;a\rb\r\n{}\r\n0\r\n\r\n")
+        assert read_answer(conn, bytearray())[0].startswith(b"HTTP/1.1 400")
+        assert closed(conn) and not app.requests
