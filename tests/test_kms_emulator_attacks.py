@@ -5,7 +5,9 @@ folder (store.py). Each test was written to fail against the code before its fix
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from nitro_attest.codec.http import HandshakeError
 from nitro_attest.codec.http1 import ChunkedDecoder
 from nitro_attest.kms_emulator.app import parse_json
 from nitro_attest.kms_emulator.errors import KmsApiError
+from nitro_attest.kms_emulator.store import StateError, StateStore
 
 from .test_kms_emulator_front import closed, connect, read_answer, request, serving
 
@@ -108,3 +111,43 @@ def test_front_refuses_a_bare_cr_in_a_chunk_extension() -> None:
         conn.sendall(CHUNKED + b"2;a\rb\r\n{}\r\n0\r\n\r\n")
         assert read_answer(conn, bytearray())[0].startswith(b"HTTP/1.1 400")
         assert closed(conn) and not app.requests
+
+
+def _state_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "deep", "not utf-8"])
+def test_state_file_that_is_not_a_state_file_refused(tmp_path: Path, kind: str) -> None:
+    """Whoever can write the folder (a previous run, a restore, another tool): state.json that is
+    a directory (an OSError escaped), a FIFO (the emulator hung at start), a symbolic link, JSON
+    nested past Python's recursion limit (a RecursionError escaped). Each a StateError."""
+    folder = _state_folder(tmp_path)
+    file = folder / "state.json"
+    if kind == "directory":
+        file.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(file, 0o600)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text('{"format": 1, "keys": [], "aliases": []}')
+        file.symlink_to(tmp_path / "elsewhere.json")
+    elif kind == "deep":
+        file.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    else:
+        file.write_bytes(b'{"format": 1, "keys": ["\xff"], "aliases": []}')
+    started = time.monotonic()
+    with pytest.raises(StateError) as info:
+        StateStore(folder)
+    assert time.monotonic() - started < 5
+    assert str(file) in str(info.value) and "\n" not in str(info.value)
+    StateStore(folder.parent / "fresh").close()  # the lock was released: nothing held open
+
+
+def test_lock_file_that_is_a_symlink_refused(tmp_path: Path) -> None:
+    folder = _state_folder(tmp_path)
+    (folder / ".lock").symlink_to(tmp_path / "lock-elsewhere")
+    with pytest.raises(StateError, match="lock file"):
+        StateStore(folder)
+    assert not (tmp_path / "lock-elsewhere").exists()

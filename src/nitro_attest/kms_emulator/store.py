@@ -145,19 +145,28 @@ class StateStore:
     def _load(self) -> State:
         file = self.path / STATE_FILE
         try:
-            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in its place opens at once (and is refused) instead of hanging
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return State()
         except OSError as exc:
             raise StateError(f"{file}: cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{file}: not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_STATE_BYTES + 1)
+            try:
+                data = fh.read(MAX_STATE_BYTES + 1)
+            except OSError as exc:
+                raise StateError(f"{file}: cannot read: {exc.strerror or exc}") from None
         if len(data) > MAX_STATE_BYTES:
             raise StateError(f"{file}: larger than {MAX_STATE_BYTES} bytes")
         try:
             return State.from_json(json.loads(data))
         except StateError:
             raise
+        except RecursionError:
+            raise StateError(f"{file}: unreadable state (nested too deep)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{file}: unreadable state ({type(exc).__name__}: {exc})") from None
 
