@@ -15,7 +15,7 @@ from nitro_attest.codec.http import HandshakeError
 from nitro_attest.codec.http1 import ChunkedDecoder
 from nitro_attest.kms_emulator.app import parse_json
 from nitro_attest.kms_emulator.errors import KmsApiError
-from nitro_attest.kms_emulator.store import StateError, StateStore
+from nitro_attest.kms_emulator.store import KeyRecord, StateError, StateStore
 
 from .test_kms_emulator_front import closed, connect, read_answer, request, serving
 
@@ -151,3 +151,30 @@ def test_lock_file_that_is_a_symlink_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="lock file"):
         StateStore(folder)
     assert not (tmp_path / "lock-elsewhere").exists()
+
+
+def test_store_whose_folder_was_swapped_does_not_write_into_the_new_one(tmp_path: Path) -> None:
+    """The folder moved aside and a new one made at its path (a restore, a test harness): a second
+    emulator locks the new folder; the first one's saves went by path into that same folder, the
+    two overwriting each other's keys, the lock notwithstanding. Its saves now fail (the
+    operation answers 500, undone) until it runs on the folder it locked."""
+    folder = _state_folder(tmp_path)
+    first = StateStore(folder)
+    try:
+        first.save()
+        folder.rename(tmp_path / "moved")
+        second = StateStore(folder)
+        try:
+            second.state.keys["k"] = KeyRecord(
+                "k", "111122223333", "us-east-1", 0.0, "", "SYMMETRIC_DEFAULT",
+                "ENCRYPT_DECRYPT", "{}", b"\0" * 32,
+            )
+            second.save()
+            kept = (folder / "state.json").read_bytes()
+            with pytest.raises(OSError, match="moved or replaced"):
+                first.save()
+            assert (folder / "state.json").read_bytes() == kept
+        finally:
+            second.close()
+    finally:
+        first.close()

@@ -10,6 +10,7 @@ Key material is stored unencrypted: the emulator is a test double, not a vault (
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -171,9 +172,25 @@ class StateStore:
             raise StateError(f"{file}: unreadable state ({type(exc).__name__}: {exc})") from None
 
     def save(self) -> None:
+        """Write the state; an OSError when it cannot, or when the folder at ``path`` is no longer
+        the one locked (moved aside, a new one made there, perhaps locked by another emulator)."""
+        self._check_still_locked()
         data = json.dumps(self.state.to_json(), indent=1, sort_keys=True).encode()
         # O_EXCL|O_NOFOLLOW temporary name, fsync, rename, the folder checked on its descriptor.
         write_file(self.path / STATE_FILE, data, mode=0o600)
+
+    def _check_still_locked(self) -> None:
+        held = os.fstat(self._lock_fd)
+        try:
+            now = os.stat(self.path / LOCK_FILE, follow_symlinks=False)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise OSError(
+                errno.ESTALE,
+                f"the state folder {self.path} was moved or replaced since this emulator locked "
+                "it; restart the emulator",
+            )
 
     def close(self) -> None:
         if self._lock_fd >= 0:
