@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from nitro_attest.kms_emulator.app import parse_json
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.store import KeyRecord, StateError, StateStore
 
+from . import kmsemukit as kit
 from .test_kms_emulator_front import closed, connect, read_answer, request, serving
 
 CHUNKED = request(extra=b"Transfer-Encoding: chunked\r\n", length=False).removesuffix(b"{}")
@@ -178,3 +182,39 @@ def test_store_whose_folder_was_swapped_does_not_write_into_the_new_one(tmp_path
             second.close()
     finally:
         first.close()
+
+
+def test_connections_beyond_the_open_file_limit_are_shed_not_locking_others_out(
+    tmp_path: Path,
+) -> None:
+    """With an open-file limit below what --max-connections needs (1024 by default, the usual
+    soft limit too), idle connections used up the descriptors before the table was full: accept
+    failed and every newcomer was reset, shedding never ran. The cap now fits the limit."""
+    creds = kit.write_credentials(tmp_path / "creds.json")
+    port = kit.free_port()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+
+    proc = subprocess.Popen(
+        [*kit.ENTRY, "kms", "emulator", "--listen", f"127.0.0.1:{port}",
+         "--state", str(tmp_path / "state"), "--credentials", str(creds),
+         "--idle-timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=low_limit,
+    )
+    hogs: list[socket.socket] = []
+    try:
+        kit.wait_listening(proc, port)
+        for _ in range(420):
+            hogs.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        with connect(port) as conn:
+            conn.sendall(request())
+            status, _, body = read_answer(conn, bytearray())
+            assert status == b"HTTP/1.1 400 Bad Request"  # unsigned: KMS's own refusal
+            assert b"MissingAuthenticationTokenException" in body
+    finally:
+        for hog in hogs:
+            hog.close()
+        out = kit.stop(proc)
+    assert "--max-connections lowered to" in out and "Traceback" not in out
