@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from nitro_attest.codec.http1 import ChunkedDecoder
 from nitro_attest.kms_emulator.app import parse_json
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.store import KeyRecord, StateError, StateStore
+from nitro_attest.server_limits import Limits
 
 from . import kmsemukit as kit
 from .test_kms_emulator_front import closed, connect, read_answer, request, serving
@@ -218,3 +220,29 @@ def test_connections_beyond_the_open_file_limit_are_shed_not_locking_others_out(
             hog.close()
         out = kit.stop(proc)
     assert "--max-connections lowered to" in out and "Traceback" not in out
+
+
+def test_tls_handshakes_that_never_finish_are_under_max_connections(tmp_path: Path) -> None:
+    """Connections that open TCP and never send a ClientHello held a descriptor each for the
+    whole handshake timeout, outside the table (asyncio hands a TLS connection to the protocol
+    only once the handshake is done): any number of them, never shed, and past the open-file
+    limit every newcomer was reset. They now count from the accept, and are shed first."""
+    cert, key, ca = kit.make_tls(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    limits = Limits(max_connections=4, header_timeout=30.0, idle_timeout=30.0)
+    with serving(limits, tls=server_tls) as (front, app, port):
+        squatters = [connect(port) for _ in range(30)]
+        try:
+            time.sleep(0.3)
+            assert front.active_connections <= 4
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    client_tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                conn.sendall(request())
+                assert read_answer(conn, bytearray())[0] == b"HTTP/1.1 200 OK"
+            assert sum(closed(s, 0.5) for s in squatters) >= 26
+            assert len(app.requests) == 1
+        finally:
+            for s in squatters:
+                s.close()
