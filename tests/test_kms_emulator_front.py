@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +36,9 @@ class Recorder:
 
 
 @contextmanager
-def serving(limits: Limits = EMULATOR_LIMITS) -> Iterator[tuple[EmulatorFront, Recorder, int]]:
+def serving(
+    limits: Limits = EMULATOR_LIMITS, *, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[EmulatorFront, Recorder, int]]:
     app = Recorder()
     front = EmulatorFront(app, limits)
     loop = asyncio.new_event_loop()
@@ -44,7 +47,7 @@ def serving(limits: Limits = EMULATOR_LIMITS) -> Iterator[tuple[EmulatorFront, R
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(front.start(sock))
+        loop.run_until_complete(front.start(sock, tls))
         ready.set()
         loop.run_forever()
 

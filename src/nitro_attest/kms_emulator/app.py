@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,11 @@ TARGET_PREFIX = "TrentService."
 CONTENT_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0")
 
 log = logging.getLogger("nitro_attest.kms_emulator")
+
+# A \u escape of a UTF-16 surrogate: JSON lets one stand alone, and Python then holds a str that
+# no UTF-8 encoder takes (a 500 wherever the value is encoded: blob.seal's context, say). Only a
+# body holding one is walked (a backslash before "u" may be an escaped backslash).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -45,8 +51,29 @@ def parse_json(body: bytes) -> dict[str, Any]:
     else:
         if not isinstance(value, dict):
             raise KmsApiError("SerializationException", "the body must be a JSON object")
+        if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+            raise KmsApiError(
+                "SerializationException",
+                "the body is not valid JSON: a string holds a lone UTF-16 surrogate",
+            )
         return value
     raise KmsApiError("SerializationException", f"the body is not valid JSON: {reason}")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` (keys included) cannot be encoded as UTF-8; the depth is
+    bounded by strict_json."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 class KmsApp:

@@ -16,11 +16,16 @@ newcomer beyond it sheds the least recently active connection), ``idle_timeout``
 allowed between requests, and a client that does not read its answers), ``header_timeout`` (a
 request, head and body, once its first byte arrived; the TLS handshake), ``max_header_bytes``,
 ``max_header_lines``, ``drain_timeout`` (how long a stop waits for answers to be written).
+
+With TLS the front accepts connections itself and starts each handshake with
+``connect_accepted_socket``: a connection is in the table (counted, and shed first being idle)
+from its accept, not from the end of its handshake as with ``create_server(ssl=...)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import socket
@@ -108,6 +113,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False  # the client does not read its answers: stop reading its requests
         self.discarding = False  # refused: what still arrives is dropped until the close
+        self.handshake: asyncio.Task[object] | None = None  # TLS: the handshake under way
 
     # -- asyncio's calls
 
@@ -115,7 +121,12 @@ class _Connection(asyncio.Protocol):
         # uvloop's TLS transport is not an asyncio.Transport subclass, only alike
         self.transport = cast(asyncio.Transport, transport)
         self.deadline = time.monotonic() + self.front.limits.idle_timeout
-        self.front.admit(self)
+        if self.handshake is None:
+            self.front.admit(self)
+        else:  # TLS: admitted at the accept
+            self.handshake = None
+            if self.closing:  # shed while its handshake was finishing
+                self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -152,7 +163,13 @@ class _Connection(asyncio.Protocol):
         try:
             self._process()
         except HandshakeError as exc:
-            self._refuse(exc.status, exc.reason)
+            refused = (exc.status, exc.reason)
+        else:
+            return
+        # Refused outside the except block: the exception's traceback holds the chunked
+        # decoder's frame and its view of self.buffer, which _linger could not clear
+        # (BufferError, the connection reset instead of lingering).
+        self._refuse(*refused)
 
     def _process(self) -> None:
         limits = self.front.limits
@@ -273,14 +290,23 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close once what was written is sent."""
-        if not self.closing and self.transport is not None:
+        if self.handshake is not None:
+            self.abort()
+        elif not self.closing and self.transport is not None:
             self.closing = True
             self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
-        if self.transport is not None:
+        if self.handshake is not None:  # cancelled, the handshake closes its socket
+            self.handshake.cancel()
+        elif self.transport is not None:
             self.transport.abort()
+
+
+def _same(conn: _Connection) -> _Connection:
+    """The protocol factory of one accepted TLS connection: the _Connection admitted for it."""
+    return conn
 
 
 class EmulatorFront:
@@ -294,6 +320,8 @@ class EmulatorFront:
         self.date = _DateHeader()
         self._connections: OrderedDict[_Connection, None] = OrderedDict()
         self._server: asyncio.AbstractServer | None = None
+        self._listening: socket.socket | None = None  # TLS: accepted here (_accept)
+        self._tls: ssl.SSLContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.shed = 0
         self._shed_log = RateLimitedCount(
@@ -313,19 +341,67 @@ class EmulatorFront:
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         factory: Callable[[], asyncio.Protocol] = self.protocol
-        self._server = await loop.create_server(
-            factory,
-            sock=sock,
-            ssl=tls,
-            ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None,
-        )
+        if tls is None:
+            self._server = await loop.create_server(factory, sock=sock)
+        else:
+            # Accepted here, so that a connection counts (and can be shed) from the accept:
+            # create_server(ssl=...) hands one over only once its handshake is done, and
+            # handshakes never finished held descriptors outside the table, never shed.
+            sock.setblocking(False)
+            self._listening = sock
+            self._tls = tls
+            loop.add_reader(sock.fileno(), self._accept)
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _accept(self) -> None:
+        assert self._listening is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(64):  # a batch, then the other connections get their turn
+            try:
+                raw, _ = self._listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: pause a moment, as asyncio does
+                log.warning("accept failed (%s); retrying in 1 s", exc.strerror or exc)
+                fd = self._listening.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(1.0, self._resume_accepting, fd)
+                return
+            raw.setblocking(False)
+            conn = _Connection(self)
+            conn.deadline = time.monotonic() + self.limits.header_timeout
+            conn.handshake = asyncio.ensure_future(
+                loop.connect_accepted_socket(
+                    functools.partial(_same, conn), raw, ssl=self._tls,
+                    ssl_handshake_timeout=self.limits.header_timeout,
+                )
+            )
+            conn.handshake.add_done_callback(functools.partial(self._handshaken, conn))
+            self.admit(conn)
+
+    def _resume_accepting(self, fd: int) -> None:
+        if self._listening is not None and self._listening.fileno() == fd:
+            asyncio.get_running_loop().add_reader(fd, self._accept)
+
+    def _handshaken(self, conn: _Connection, task: asyncio.Task[object]) -> None:
+        """A handshake ended; one that failed, timed out or was cancelled (shed) never reached
+        connection_made, and its socket is closed: forgotten here."""
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.debug("TLS handshake failed: %s", task.exception())
+            conn.handshake = None
+            conn.closing = True
+            self.forget(conn)
 
     async def stop(self) -> None:
         """Stop accepting and close every connection once its answers are written (at most
         ``drain_timeout``): requests are handled inline, so none is half-done."""
         if self._server is not None:
             self._server.close()
+        if self._listening is not None:
+            asyncio.get_running_loop().remove_reader(self._listening.fileno())
+            self._listening.close()
+            self._listening = None
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self._connections):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -21,6 +22,7 @@ from nitro_attest.kms_emulator.recipient import RecipientVerifier
 from nitro_attest.kms_emulator.store import StateStore
 from nitro_attest.logs import formatter
 from nitro_attest.server_limits import EMULATOR_LIMITS, Limits
+from nitro_attest.wire.admission import descriptor_budget
 
 log = logging.getLogger("nitro_attest.kms_emulator")
 
@@ -73,6 +75,20 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _fit_descriptors(limits: Limits) -> Limits:
+    """Raise the open-file limit toward what ``max_connections`` needs, else lower the cap to
+    fit it: with descriptors gone before the table is full, accept fails and every newcomer is
+    reset while idle connections hold theirs (shedding never runs)."""
+    cap, fd_limit = descriptor_budget(limits.max_connections)
+    if cap >= limits.max_connections:
+        return limits
+    log.warning(
+        "--max-connections lowered to %d to fit the open-file limit of %d (raise it: ulimit -n)",
+        cap, fd_limit,
+    )
+    return dataclasses.replace(limits, max_connections=cap)
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when installed (the kms-emulator extra brings it), asyncio's else."""
     try:
@@ -119,7 +135,7 @@ def serve(settings: EmulatorSettings) -> int:
     try:
         sock = _bind(settings.host, settings.port)
         _configure_logging(settings.log_format)
-        front = EmulatorFront(build(settings, store), settings.limits)
+        front = EmulatorFront(build(settings, store), _fit_descriptors(settings.limits))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run(front, sock, tls))
         return 0

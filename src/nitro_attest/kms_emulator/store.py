@@ -10,6 +10,7 @@ Key material is stored unencrypted: the emulator is a test double, not a vault (
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -145,26 +146,51 @@ class StateStore:
     def _load(self) -> State:
         file = self.path / STATE_FILE
         try:
-            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in its place opens at once (and is refused) instead of hanging
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return State()
         except OSError as exc:
             raise StateError(f"{file}: cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{file}: not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_STATE_BYTES + 1)
+            try:
+                data = fh.read(MAX_STATE_BYTES + 1)
+            except OSError as exc:
+                raise StateError(f"{file}: cannot read: {exc.strerror or exc}") from None
         if len(data) > MAX_STATE_BYTES:
             raise StateError(f"{file}: larger than {MAX_STATE_BYTES} bytes")
         try:
             return State.from_json(json.loads(data))
         except StateError:
             raise
+        except RecursionError:
+            raise StateError(f"{file}: unreadable state (nested too deep)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{file}: unreadable state ({type(exc).__name__}: {exc})") from None
 
     def save(self) -> None:
+        """Write the state; an OSError when it cannot, or when the folder at ``path`` is no longer
+        the one locked (moved aside, a new one made there, perhaps locked by another emulator)."""
+        self._check_still_locked()
         data = json.dumps(self.state.to_json(), indent=1, sort_keys=True).encode()
         # O_EXCL|O_NOFOLLOW temporary name, fsync, rename, the folder checked on its descriptor.
         write_file(self.path / STATE_FILE, data, mode=0o600)
+
+    def _check_still_locked(self) -> None:
+        held = os.fstat(self._lock_fd)
+        try:
+            now = os.stat(self.path / LOCK_FILE, follow_symlinks=False)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise OSError(
+                errno.ESTALE,
+                f"the state folder {self.path} was moved or replaced since this emulator locked "
+                "it; restart the emulator",
+            )
 
     def close(self) -> None:
         if self._lock_fd >= 0:
