@@ -182,3 +182,65 @@ def test_pinned_root_may_be_self_signed_with_another_hash() -> None:
     # The root is pinned by its bytes; its own self-signature is never relied upon.
     chain = _mutated(0, hash_alg=hashes.SHA512())
     _verify(chain)
+
+
+def _malleated(der: bytes) -> bytes:
+    """The same certificate with its ECDSA signature's s replaced by n - s: another DER that
+    verifies under the same issuer key (ECDSA signatures are malleable), as a parent can make."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    n384 = int(
+        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
+        "581a0db248b0a77aecec196accc52973",
+        16,
+    )
+    cert = x509.load_der_x509_certificate(der)
+    r, s = decode_dss_signature(cert.signature)
+    old, new = cert.signature, encode_dss_signature(r, n384 - s)
+    # The signature is the last element: its BIT STRING, then the outer SEQUENCE, change length.
+    tbs = cert.tbs_certificate_bytes
+    alg = der[der.index(tbs) + len(tbs) : der.rindex(old)]  # AlgorithmIdentifier + BIT STRING head
+    bits = b"\x00" + new
+    alg = alg[: alg.rindex(b"\x03")] + b"\x03" + _der_len(len(bits)) + bits
+    body = tbs + alg
+    out = b"\x30" + _der_len(len(body)) + body
+    assert x509.load_der_x509_certificate(out).signature == new
+    return out
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def test_remembered_paths_hold_a_bounded_number_of_bytes() -> None:
+    # The parent turns one genuine document into as many distinct valid paths as it likes: the
+    # pinned root repeated above the regional CA, or a copy of it with its self-signature's s
+    # replaced by n - s (ECDSA malleability), both chain. Each path it sends is remembered; the
+    # entry count is capped, so the bytes those paths hold must be too (no memory amplification).
+    from nitro_attest.attestation import chain as chain_mod
+
+    c = cf.chain()
+    root, *middle, leaf = c.ders
+    twin = _malleated(root)
+    validator = ChainValidator(root)
+    at = cf.T0.timestamp()
+    tops = [root, twin]
+    size = 0
+    for i in range(480):
+        extra = tuple(tops[(i >> bit) & 1] for bit in range(16))
+        bundle = (root, *extra, *middle)
+        validator.validate(leaf, bundle, at)
+        size += len(leaf) + sum(map(len, bundle))
+    assert size > 2 * chain_mod._PATH_BYTES  # the attack sent more than twice the budget
+    held = sum(len(lf) + sum(map(len, b)) for lf, b in validator._paths)
+    assert held <= chain_mod._PATH_BYTES
+    # and paths are still remembered, and still checked in full when not
+    validator.validate(leaf, (root, *middle), at)
+    assert (leaf, (root, *middle)) in validator._paths

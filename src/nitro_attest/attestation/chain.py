@@ -33,6 +33,11 @@ AWS_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f
 _AWS_ROOT_RESOURCE = "aws_nitro_root_g1.pem"
 _MAX_ROOT_PEM = 64 * 1024
 _CACHE_LIMIT = 4096
+# The bytes the remembered paths may hold (keys are whole bundles): a real path is about 3.5 KB,
+# but the parent can mint any number of distinct valid ones from one genuine document (the root
+# repeated above the regional CA, ECDSA-malleated copies of a certificate), each up to a whole
+# document, so the entry count alone would let it pin 4096 x 16 KiB.
+_PATH_BYTES = 2 * 1024 * 1024
 
 
 def fingerprint(der: bytes) -> str:
@@ -226,6 +231,7 @@ class ChainValidator:
         # on the path is valid. Every other check depends on those bytes and the root alone, so a
         # path seen before costs one lookup (documents from one enclave share leaf and bundle).
         self._paths: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, float]] = {}
+        self._path_bytes = 0  # what the keys of _paths hold, bounded by _PATH_BYTES
         self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
@@ -294,10 +300,16 @@ class ChainValidator:
             self._check_link(chain[depth], chain[depth + 1], depth, top)
         valid_from = max(info.not_before for info in chain)
         valid_to = min(info.not_after for info in chain)
+        cost = len(leaf_der) + sum(map(len, cabundle))
         with self._lock:
-            if len(self._paths) >= _CACHE_LIMIT:
+            if path in self._paths:
+                return
+            if len(self._paths) >= _CACHE_LIMIT or self._path_bytes + cost > _PATH_BYTES:
                 self._paths.clear()
-            self._paths[path] = (valid_from, valid_to)
+                self._path_bytes = 0
+            if cost <= _PATH_BYTES:
+                self._paths[path] = (valid_from, valid_to)
+                self._path_bytes += cost
 
     def _check_link(self, child: CertInfo, issuer: CertInfo, depth: int, top: int) -> None:
         key = (issuer.der, child.der)
