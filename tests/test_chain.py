@@ -219,28 +219,56 @@ def _der_len(n: int) -> bytes:
     return bytes((0x80 | len(raw),)) + raw
 
 
-def test_remembered_paths_hold_a_bounded_number_of_bytes() -> None:
-    # The parent turns one genuine document into as many distinct valid paths as it likes: the
-    # pinned root repeated above the regional CA, or a copy of it with its self-signature's s
-    # replaced by n - s (ECDSA malleability), both chain. Each path it sends is remembered; the
-    # entry count is capped, so the bytes those paths hold must be too (no memory amplification).
+def test_remembered_paths_hold_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The entry count is capped, so the bytes those paths hold must be too: a path's key is a
+    # whole bundle, up to a whole document (no memory amplification by many distinct paths).
     from nitro_attest.attestation import chain as chain_mod
 
+    monkeypatch.setattr(chain_mod, "_PATH_BYTES", 64 * 1024)
+    specs = cf.default_chain()
+    c = cf.chain(specs)
+    root = c.ders[0]
+    validator = ChainValidator(root)
+    at = cf.T0.timestamp()
+    size = 0
+    for _ in range(64):  # same leaf key, a fresh serial each: distinct valid paths
+        leaf = cf.make_cert(specs[4], specs[3])
+        validator.validate(leaf, tuple(c.ders[:-1]), at)
+        size += len(leaf) + sum(map(len, c.ders[:-1]))
+    assert size > 2 * chain_mod._PATH_BYTES  # more than twice the budget was sent
+    held = sum(len(lf) + sum(map(len, b)) for lf, b in validator._paths)
+    assert 0 < held <= chain_mod._PATH_BYTES
+    assert (leaf, tuple(c.ders[:-1])) in validator._paths  # the latest is still remembered
+
+
+def test_a_certificate_may_not_appear_twice_on_the_path() -> None:
+    # The parent repeats the pinned root above the regional CA, or a copy of it whose
+    # self-signature has s replaced by n - s (ECDSA malleability): each links, and each would
+    # mint another distinct valid path from one genuine document. AWS's chain never repeats one.
     c = cf.chain()
     root, *middle, leaf = c.ders
     twin = _malleated(root)
     validator = ChainValidator(root)
     at = cf.T0.timestamp()
-    tops = [root, twin]
-    size = 0
-    for i in range(480):
-        extra = tuple(tops[(i >> bit) & 1] for bit in range(16))
-        bundle = (root, *extra, *middle)
-        validator.validate(leaf, bundle, at)
-        size += len(leaf) + sum(map(len, bundle))
-    assert size > 2 * chain_mod._PATH_BYTES  # the attack sent more than twice the budget
-    held = sum(len(lf) + sum(map(len, b)) for lf, b in validator._paths)
-    assert held <= chain_mod._PATH_BYTES
-    # and paths are still remembered, and still checked in full when not
     validator.validate(leaf, (root, *middle), at)
-    assert (leaf, (root, *middle)) in validator._paths
+    for bundle in ((root, root, *middle), (root, twin, *middle), (root, twin, root, *middle)):
+        with pytest.raises(ChainError, match="appears twice"):
+            validator.validate(leaf, bundle, at)
+        with pytest.raises(ChainError, match="appears twice"):  # and never remembered as good
+            validator.validate(leaf, bundle, at)
+    assert len(validator._paths) == 1
+
+
+def test_tbs_slice_is_cryptographys_tbs_certificate() -> None:
+    from cryptography import x509
+
+    from nitro_attest.attestation.chain import _tbs
+
+    from .paths import REAL
+
+    ders = [*cf.chain().ders, _malleated(cf.chain().ders[0])]
+    for path in sorted(REAL.glob("*.cbor")):
+        payload = cbor2.loads(cbor2.loads(path.read_bytes().removeprefix(b"\xd2"))[2])
+        ders += [payload["certificate"], *payload["cabundle"]]
+    for der in ders:
+        assert _tbs(der) == x509.load_der_x509_certificate(der).tbs_certificate_bytes

@@ -204,6 +204,37 @@ def _issuer_label(cert: x509.Certificate) -> str:
         return "(undecodable issuer)"
 
 
+def _tbs(der: bytes) -> bytes:
+    """The tbsCertificate of a certificate cryptography already parsed (so well-formed DER):
+    sliced from the bytes, because cryptography's tbs_certificate_bytes re-encodes it (~5 us)."""
+    at = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)  # past the outer SEQUENCE's head
+    size = der[at + 1]
+    if size & 0x80:
+        width = size & 0x7F
+        size = 2 + width + int.from_bytes(der[at + 2 : at + 2 + width], "big")
+    else:
+        size += 2
+    return der[at : at + size]
+
+
+def _refuse_repeated_certificates(chain: list[CertInfo], top: int) -> None:
+    """No certificate appears twice on the path, not even with its signature re-encoded. The
+    pinned root repeated above the regional CA, or a copy of it whose signature has s replaced by
+    n - s (ECDSA malleability), still links (it issued itself), but lets the parent mint any
+    number of distinct valid paths from one genuine document; AWS's chain never repeats one.
+    Run only on a path not yet remembered; the leaf cannot be a CA, so only CAs are compared."""
+    seen: set[bytes] = set()
+    for depth in range(1, len(chain)):
+        tbs = _tbs(chain[depth].der)
+        if tbs in seen:
+            name = _name(depth, top) if depth < len(chain) - 1 else "the trusted root"
+            raise ChainError(
+                f"{name} ({chain[depth].label}) appears twice on the path (the same "
+                "certificate, however its signature is encoded, may appear once)"
+            )
+        seen.add(tbs)
+
+
 class Anchor(NamedTuple):  # not a dataclass: one costs about 1 ms to define on Python 3.11
     """A pinned root, parsed once per process: its facts never change."""
 
@@ -298,6 +329,7 @@ class ChainValidator:
                 )
         for depth in range(len(chain) - 1):
             self._check_link(chain[depth], chain[depth + 1], depth, top)
+        _refuse_repeated_certificates(chain, top)
         valid_from = max(info.not_before for info in chain)
         valid_to = min(info.not_after for info in chain)
         cost = len(leaf_der) + sum(map(len, cabundle))
