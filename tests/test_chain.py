@@ -272,3 +272,71 @@ def test_tbs_slice_is_cryptographys_tbs_certificate() -> None:
         ders += [payload["certificate"], *payload["cabundle"]]
     for der in ders:
         assert _tbs(der) == x509.load_der_x509_certificate(der).tbs_certificate_bytes
+
+
+def test_threads_racing_through_cache_clears_never_pass_a_bad_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tiny caches: every few calls one thread clears what another just read. A good path at a good
+    # time always passes; a bad one (expired intermediate, or a pathLen violation) never does.
+    import threading
+
+    from nitro_attest.attestation import chain as chain_mod
+
+    monkeypatch.setattr(chain_mod, "_CACHE_LIMIT", 2)
+    monkeypatch.setattr(chain_mod, "_PATH_BYTES", 4 * 1024)  # one path fits
+    specs = cf.default_chain()
+    good = cf.chain(specs)
+    narrow = cf.make_cert(replace(specs[2], not_after=cf.T0 + dt.timedelta(minutes=30)), specs[1])
+    badlen = cf.make_cert(replace(specs[2], path_len=0), specs[1])  # zonal CA, same key
+    short = cf.Chain(specs, [*good.ders[:2], narrow, *good.ders[3:]])
+    bad = cf.Chain(specs, [*good.ders[:2], badlen, *good.ders[3:]])
+    validator = ChainValidator(good.ders[0])
+    t0, late = cf.T0.timestamp(), cf.T0.timestamp() + 3600
+    cases = [
+        (good, t0, True),
+        (good, late, True),
+        (short, t0, True),
+        (short, late, False),  # zonal CA expired 30 minutes after T0
+        (bad, t0, False),
+    ]
+    wrong: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in range(150):
+            c, at, ok = cases[(i + offset) % len(cases)]
+            try:
+                validator.validate(c.ders[-1], tuple(c.ders[:-1]), at)
+                passed = True
+            except ChainError:
+                passed = False
+            if passed != ok:
+                wrong.append(f"{(i + offset) % len(cases)}: {passed}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_cached_path_window_is_the_narrowest_ca_not_the_leaf() -> None:
+    # The zonal CA lives T0-30s..T0+30min, inside the leaf's T0-1min..T0+3h: once the path is
+    # remembered at T0, either side of the CA's window is still refused, naming the CA.
+    specs = cf.default_chain()
+    good = cf.chain(specs)
+    zonal = replace(
+        specs[2],
+        not_before=cf.T0 - dt.timedelta(seconds=30),
+        not_after=cf.T0 + dt.timedelta(minutes=30),
+    )
+    ders = [*good.ders[:2], cf.make_cert(zonal, specs[1]), *good.ders[3:]]
+    validator = ChainValidator(ders[0])
+    leaf, bundle = ders[-1], tuple(ders[:-1])
+    validator.validate(leaf, bundle, cf.T0.timestamp())
+    assert (leaf, bundle) in validator._paths
+    validator.validate(leaf, bundle, (cf.T0 + dt.timedelta(minutes=30)).timestamp())  # inclusive
+    for outside in (dt.timedelta(seconds=-31), dt.timedelta(minutes=30, seconds=1)):
+        with pytest.raises(ExpiredError, match=r"cabundle\[2\]"):
+            validator.validate(leaf, bundle, (cf.T0 + outside).timestamp())
