@@ -182,3 +182,161 @@ def test_pinned_root_may_be_self_signed_with_another_hash() -> None:
     # The root is pinned by its bytes; its own self-signature is never relied upon.
     chain = _mutated(0, hash_alg=hashes.SHA512())
     _verify(chain)
+
+
+def _malleated(der: bytes) -> bytes:
+    """The same certificate with its ECDSA signature's s replaced by n - s: another DER that
+    verifies under the same issuer key (ECDSA signatures are malleable), as a parent can make."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    n384 = int(
+        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
+        "581a0db248b0a77aecec196accc52973",
+        16,
+    )
+    cert = x509.load_der_x509_certificate(der)
+    r, s = decode_dss_signature(cert.signature)
+    old, new = cert.signature, encode_dss_signature(r, n384 - s)
+    # The signature is the last element: its BIT STRING, then the outer SEQUENCE, change length.
+    tbs = cert.tbs_certificate_bytes
+    alg = der[der.index(tbs) + len(tbs) : der.rindex(old)]  # AlgorithmIdentifier + BIT STRING head
+    bits = b"\x00" + new
+    alg = alg[: alg.rindex(b"\x03")] + b"\x03" + _der_len(len(bits)) + bits
+    body = tbs + alg
+    out = b"\x30" + _der_len(len(body)) + body
+    assert x509.load_der_x509_certificate(out).signature == new
+    return out
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def test_remembered_paths_hold_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The entry count is capped, so the bytes those paths hold must be too: a path's key is a
+    # whole bundle, up to a whole document (no memory amplification by many distinct paths).
+    from nitro_attest.attestation import chain as chain_mod
+
+    monkeypatch.setattr(chain_mod, "_PATH_BYTES", 64 * 1024)
+    specs = cf.default_chain()
+    c = cf.chain(specs)
+    root = c.ders[0]
+    validator = ChainValidator(root)
+    at = cf.T0.timestamp()
+    size = 0
+    for _ in range(64):  # same leaf key, a fresh serial each: distinct valid paths
+        leaf = cf.make_cert(specs[4], specs[3])
+        validator.validate(leaf, tuple(c.ders[:-1]), at)
+        size += len(leaf) + sum(map(len, c.ders[:-1]))
+    assert size > 2 * chain_mod._PATH_BYTES  # more than twice the budget was sent
+    held = sum(len(lf) + sum(map(len, b)) for lf, b in validator._paths)
+    assert 0 < held <= chain_mod._PATH_BYTES
+    assert (leaf, tuple(c.ders[:-1])) in validator._paths  # the latest is still remembered
+
+
+def test_a_certificate_may_not_appear_twice_on_the_path() -> None:
+    # The parent repeats the pinned root above the regional CA, or a copy of it whose
+    # self-signature has s replaced by n - s (ECDSA malleability): each links, and each would
+    # mint another distinct valid path from one genuine document. AWS's chain never repeats one.
+    c = cf.chain()
+    root, *middle, leaf = c.ders
+    twin = _malleated(root)
+    validator = ChainValidator(root)
+    at = cf.T0.timestamp()
+    validator.validate(leaf, (root, *middle), at)
+    for bundle in ((root, root, *middle), (root, twin, *middle), (root, twin, root, *middle)):
+        with pytest.raises(ChainError, match="appears twice"):
+            validator.validate(leaf, bundle, at)
+        with pytest.raises(ChainError, match="appears twice"):  # and never remembered as good
+            validator.validate(leaf, bundle, at)
+    assert len(validator._paths) == 1
+
+
+def test_tbs_slice_is_cryptographys_tbs_certificate() -> None:
+    from cryptography import x509
+
+    from nitro_attest.attestation.chain import _tbs
+
+    from .paths import REAL
+
+    ders = [*cf.chain().ders, _malleated(cf.chain().ders[0])]
+    for path in sorted(REAL.glob("*.cbor")):
+        payload = cbor2.loads(cbor2.loads(path.read_bytes().removeprefix(b"\xd2"))[2])
+        ders += [payload["certificate"], *payload["cabundle"]]
+    for der in ders:
+        assert _tbs(der) == x509.load_der_x509_certificate(der).tbs_certificate_bytes
+
+
+def test_threads_racing_through_cache_clears_never_pass_a_bad_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tiny caches: every few calls one thread clears what another just read. A good path at a good
+    # time always passes; a bad one (expired intermediate, or a pathLen violation) never does.
+    import threading
+
+    from nitro_attest.attestation import chain as chain_mod
+
+    monkeypatch.setattr(chain_mod, "_CACHE_LIMIT", 2)
+    monkeypatch.setattr(chain_mod, "_PATH_BYTES", 4 * 1024)  # one path fits
+    specs = cf.default_chain()
+    good = cf.chain(specs)
+    narrow = cf.make_cert(replace(specs[2], not_after=cf.T0 + dt.timedelta(minutes=30)), specs[1])
+    badlen = cf.make_cert(replace(specs[2], path_len=0), specs[1])  # zonal CA, same key
+    short = cf.Chain(specs, [*good.ders[:2], narrow, *good.ders[3:]])
+    bad = cf.Chain(specs, [*good.ders[:2], badlen, *good.ders[3:]])
+    validator = ChainValidator(good.ders[0])
+    t0, late = cf.T0.timestamp(), cf.T0.timestamp() + 3600
+    cases = [
+        (good, t0, True),
+        (good, late, True),
+        (short, t0, True),
+        (short, late, False),  # zonal CA expired 30 minutes after T0
+        (bad, t0, False),
+    ]
+    wrong: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in range(150):
+            c, at, ok = cases[(i + offset) % len(cases)]
+            try:
+                validator.validate(c.ders[-1], tuple(c.ders[:-1]), at)
+                passed = True
+            except ChainError:
+                passed = False
+            if passed != ok:
+                wrong.append(f"{(i + offset) % len(cases)}: {passed}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_cached_path_window_is_the_narrowest_ca_not_the_leaf() -> None:
+    # The zonal CA lives T0-30s..T0+30min, inside the leaf's T0-1min..T0+3h: once the path is
+    # remembered at T0, either side of the CA's window is still refused, naming the CA.
+    specs = cf.default_chain()
+    good = cf.chain(specs)
+    zonal = replace(
+        specs[2],
+        not_before=cf.T0 - dt.timedelta(seconds=30),
+        not_after=cf.T0 + dt.timedelta(minutes=30),
+    )
+    ders = [*good.ders[:2], cf.make_cert(zonal, specs[1]), *good.ders[3:]]
+    validator = ChainValidator(ders[0])
+    leaf, bundle = ders[-1], tuple(ders[:-1])
+    validator.validate(leaf, bundle, cf.T0.timestamp())
+    assert (leaf, bundle) in validator._paths
+    validator.validate(leaf, bundle, (cf.T0 + dt.timedelta(minutes=30)).timestamp())  # inclusive
+    for outside in (dt.timedelta(seconds=-31), dt.timedelta(minutes=30, seconds=1)):
+        with pytest.raises(ExpiredError, match=r"cabundle\[2\]"):
+            validator.validate(leaf, bundle, (cf.T0 + outside).timestamp())

@@ -192,3 +192,39 @@ def test_entrypoint_resumes_the_collector_when_parsing_stops(argv: list[str]) ->
     code, lines = _gc_report(argv)
     assert code in (0, 2)
     assert lines == ["exit True"]
+
+
+_SERVERS = [
+    ("serve_cmd", "run", ["serve", "--listen", "tcp://127.0.0.1:9"]),
+    ("proxy_cmd", "run", ["proxy", "--listen", "tcp://127.0.0.1:9", "--to", "tcp://127.0.0.1:9"]),
+    ("service_cmd", "run", ["service", "--policies", "p.json"]),
+    ("https_cmd", "run_serve", ["https", "serve", "--listen", "tcp://127.0.0.1:9", "--to", "x"]),
+    ("kms_emulator_cmd", "run", ["kms", "emulator", "--state", "d", "--credentials", "c"]),
+    ("kms_client_cmd", "run_proxy", ["kms", "proxy", "--listen", "127.0.0.1:9"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "func", "argv"), _SERVERS, ids=[s[2][0] + s[1] for s in _SERVERS]
+)
+def test_every_long_running_command_runs_with_the_collector_on(
+    module: str, func: str, argv: list[str]
+) -> None:
+    # Servers run for days: whichever command the entrypoint runs, the collector it paused for the
+    # imports is back on (and the imports frozen) by the time the command's own code starts.
+    script = (
+        "import gc, importlib, sys\n"
+        "from nitro_attest import _cli\n"
+        f"mod = importlib.import_module('nitro_attest._cli.{module}')\n"
+        "def run(args):\n"
+        "    print('during', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "    return 0\n"
+        f"setattr(mod, {func!r}, run)\n"
+        "sys.argv = ['nitro-attest', *sys.argv[1:]]\n"
+        "_cli.entrypoint()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["during True True"]

@@ -33,6 +33,11 @@ AWS_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f
 _AWS_ROOT_RESOURCE = "aws_nitro_root_g1.pem"
 _MAX_ROOT_PEM = 64 * 1024
 _CACHE_LIMIT = 4096
+# The bytes the remembered paths may hold (keys are whole bundles): a real path is about 3.5 KB,
+# but the parent can mint any number of distinct valid ones from one genuine document (the root
+# repeated above the regional CA, ECDSA-malleated copies of a certificate), each up to a whole
+# document, so the entry count alone would let it pin 4096 x 16 KiB.
+_PATH_BYTES = 2 * 1024 * 1024
 
 
 def fingerprint(der: bytes) -> str:
@@ -199,6 +204,37 @@ def _issuer_label(cert: x509.Certificate) -> str:
         return "(undecodable issuer)"
 
 
+def _tbs(der: bytes) -> bytes:
+    """The tbsCertificate of a certificate cryptography already parsed (so well-formed DER):
+    sliced from the bytes, because cryptography's tbs_certificate_bytes re-encodes it (~5 us)."""
+    at = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)  # past the outer SEQUENCE's head
+    size = der[at + 1]
+    if size & 0x80:
+        width = size & 0x7F
+        size = 2 + width + int.from_bytes(der[at + 2 : at + 2 + width], "big")
+    else:
+        size += 2
+    return der[at : at + size]
+
+
+def _refuse_repeated_certificates(chain: list[CertInfo], top: int) -> None:
+    """No certificate appears twice on the path, not even with its signature re-encoded. The
+    pinned root repeated above the regional CA, or a copy of it whose signature has s replaced by
+    n - s (ECDSA malleability), still links (it issued itself), but lets the parent mint any
+    number of distinct valid paths from one genuine document; AWS's chain never repeats one.
+    Run only on a path not yet remembered; the leaf cannot be a CA, so only CAs are compared."""
+    seen: set[bytes] = set()
+    for depth in range(1, len(chain)):
+        tbs = _tbs(chain[depth].der)
+        if tbs in seen:
+            name = _name(depth, top) if depth < len(chain) - 1 else "the trusted root"
+            raise ChainError(
+                f"{name} ({chain[depth].label}) appears twice on the path (the same "
+                "certificate, however its signature is encoded, may appear once)"
+            )
+        seen.add(tbs)
+
+
 class Anchor(NamedTuple):  # not a dataclass: one costs about 1 ms to define on Python 3.11
     """A pinned root, parsed once per process: its facts never change."""
 
@@ -226,6 +262,7 @@ class ChainValidator:
         # on the path is valid. Every other check depends on those bytes and the root alone, so a
         # path seen before costs one lookup (documents from one enclave share leaf and bundle).
         self._paths: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, float]] = {}
+        self._path_bytes = 0  # what the keys of _paths hold, bounded by _PATH_BYTES
         self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
@@ -292,12 +329,19 @@ class ChainValidator:
                 )
         for depth in range(len(chain) - 1):
             self._check_link(chain[depth], chain[depth + 1], depth, top)
+        _refuse_repeated_certificates(chain, top)
         valid_from = max(info.not_before for info in chain)
         valid_to = min(info.not_after for info in chain)
+        cost = len(leaf_der) + sum(map(len, cabundle))
         with self._lock:
-            if len(self._paths) >= _CACHE_LIMIT:
+            if path in self._paths:
+                return
+            if len(self._paths) >= _CACHE_LIMIT or self._path_bytes + cost > _PATH_BYTES:
                 self._paths.clear()
-            self._paths[path] = (valid_from, valid_to)
+                self._path_bytes = 0
+            if cost <= _PATH_BYTES:
+                self._paths[path] = (valid_from, valid_to)
+                self._path_bytes += cost
 
     def _check_link(self, child: CertInfo, issuer: CertInfo, depth: int, top: int) -> None:
         key = (issuer.der, child.der)
