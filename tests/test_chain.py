@@ -340,3 +340,9 @@ def test_cached_path_window_is_the_narrowest_ca_not_the_leaf() -> None:
     for outside in (dt.timedelta(seconds=-31), dt.timedelta(minutes=30, seconds=1)):
         with pytest.raises(ExpiredError, match=r"cabundle\[2\]"):
             validator.validate(leaf, bundle, (cf.T0 + outside).timestamp())
+
+
+def test_an_empty_cabundle_is_a_chain_error_not_an_index_error() -> None:
+    validator = ChainValidator(cf.chain().ders[0])
+    with pytest.raises(ChainError, match="cabundle is empty"):
+        validator.validate(cf.chain().ders[-1], (), cf.T0.timestamp())

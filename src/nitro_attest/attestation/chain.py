@@ -292,6 +292,8 @@ class ChainValidator:
         window = self._paths.get(path)
         if window is not None and window[0] <= at <= window[1]:
             return
+        if not cabundle:  # parse_document refuses it first; a direct caller gets a ChainError
+            raise ChainError("cabundle is empty: no path to the trusted root")
         if cabundle[0] != self.root_der:
             first = self._label_or_hex(cabundle[0])
             raise ChainError(
