@@ -1,0 +1,154 @@
+"""The parent against the KMS client's speed changes: findings of the rt-kms2 red team.
+
+Each test is an attack that worked before its fix (docs/kms.md, "Red team (rt-kms2)").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from nitro_attest.errors import TransportError
+from nitro_attest.kms.https import Connection, Endpoint, tls_context
+from nitro_attest.kms.route import parse_route
+from tests.kmsclientkit import Pki, make_pki, server_context
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@contextmanager
+def parent(
+    handle: Callable[[socket.socket, int], None], *, pki: Pki | None = None,
+    before_handshake: float = 0.0, timeout: float = 1.0,
+) -> Iterator[Connection]:
+    """A far side the parent plays (TLS with ``pki``, after ``before_handshake`` seconds):
+    ``handle(conn, n)`` runs for the n-th connection; a Connection to it with ``timeout``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    count = [0]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            count[0] += 1
+            threading.Thread(target=run, args=(conn, count[0]), daemon=True).start()
+
+    def run(conn: socket.socket, n: int) -> None:
+        with contextlib.suppress(OSError), conn:
+            time.sleep(before_handshake)
+            if pki is not None:
+                conn = server_context(pki).wrap_socket(conn, server_side=True)
+            handle(conn, n)
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = Endpoint("https" if pki else "http", "127.0.0.1", listener.getsockname()[1])
+    connection = Connection(endpoint, parse_route("direct"),
+                            tls_context(pki.ca) if pki else None, timeout=timeout)
+    try:
+        yield connection
+    finally:
+        connection.close()
+        listener.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    """One request head and its Content-Length body."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r")[0])
+    while len(rest) < length:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            raise OSError("closed")
+        rest += chunk
+
+
+def _timed(connection: Connection, body: bytes = b"{}") -> float:
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="timed out"):
+        connection.request("POST", "/", [("Host", "kms")], body)
+    return time.monotonic() - started
+
+
+# --- 1. The deadline was set again after the send -----------------------------------------------
+# `--timeout` is "the whole answer within it", and docs/kms.md said the deadline bounds the whole
+# exchange, sending included. But `_exchange` set a fresh deadline after the send: a parent that
+# reads the request slowly and then answers slowly held the call for twice the timeout; a kept-
+# alive connection held until just before the deadline and then closed got a second, fresh
+# exchange (and connect) through the stale retry: up to six timeouts for one request.
+
+
+def test_a_slow_read_and_a_slow_answer_share_one_deadline() -> None:
+    """The parent takes 0.6 s to read the request, then 0.6 s to answer: 1.2 s in all, past
+    the 0.9 s timeout, though each half fits in it."""
+    def handle(conn: socket.socket, n: int) -> None:
+        time.sleep(0.6)  # the 16 MiB request waits in the socket buffers meanwhile
+        _read_request(conn)
+        time.sleep(0.6)
+        conn.sendall(ANSWER)
+
+    with parent(handle, timeout=0.9) as connection:
+        assert _timed(connection, bytes(16 * 1024 * 1024)) < 1.15
+
+
+def test_the_stale_retry_shares_the_deadline() -> None:
+    """A kept-alive connection: the parent holds the second request 0.6 s and closes it
+    unanswered, so the client sends it again on a fresh connection, which the parent holds 0.6 s
+    more before answering."""
+    def handle(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        if n == 1:
+            conn.sendall(ANSWER)
+            _read_request(conn)
+        time.sleep(0.6)
+        if n == 2:
+            conn.sendall(ANSWER)
+
+    with parent(handle, timeout=0.9) as connection:
+        assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"
+        assert _timed(connection) < 1.15
+
+
+def test_the_handshake_counts_against_the_deadline(pki: Pki) -> None:
+    """The parent holds the TLS handshake 0.6 s, then the answer 0.6 s."""
+    def handle(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        time.sleep(0.6)
+        conn.sendall(ANSWER)
+
+    with parent(handle, pki=pki, before_handshake=0.6, timeout=0.9) as connection:
+        assert _timed(connection) < 1.15
+
+
+def test_a_prompt_far_side_still_answers_within_the_deadline(pki: Pki) -> None:
+    """The single deadline leaves an ordinary exchange alone: a fresh TLS connection, a stale
+    one found and replaced, answers well within the timeout."""
+    def handle(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        conn.sendall(ANSWER)
+        if n == 1:  # then closed unannounced, as KMS does with an idle connection
+            return
+        _read_request(conn)
+        conn.sendall(ANSWER)
+
+    with parent(handle, pki=pki, timeout=2.0) as connection:
+        for _ in range(3):
+            assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"
