@@ -11,13 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from nitro_attest.errors import TransportError
+from nitro_attest.errors import ConfigurationError, TransportError
+from nitro_attest.kms.client import KmsClient
+from nitro_attest.kms.credentials import ImdsCredentials
 from nitro_attest.kms.https import Connection, Endpoint, tls_context
 from nitro_attest.kms.route import parse_route
-from tests.kmsclientkit import Pki, make_pki, server_context
+from tests.kmsclientkit import CREDS, REGION, Pki, make_pki, server_context
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -152,3 +155,33 @@ def test_a_prompt_far_side_still_answers_within_the_deadline(pki: Pki) -> None:
     with parent(handle, pki=pki, timeout=2.0) as connection:
         for _ in range(3):
             assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"
+
+
+# --- 2. A timeout poll() cannot take ------------------------------------------------------------
+# The operator's `--timeout` went unchecked: since the waits became poll(), a timeout over ~24.8
+# days (2**31 ms) raised OverflowError at the first wait, NaN a ValueError ("internal error"),
+# infinity an OverflowError; 0 or less timed out every request without trying.
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e9, 0.0, -1.0])
+def test_a_timeout_that_cannot_bound_a_wait_is_refused(timeout: float, sim_state: Path) -> None:
+    from nitro_attest.nsm import open_backend
+
+    endpoint = Endpoint("http", "127.0.0.1", 9)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        Connection(endpoint, parse_route("direct"), None, timeout=timeout)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        ImdsCredentials(parse_route("direct"), timeout=timeout)
+    backend = open_backend("simulator", state_dir=sim_state)
+    try:
+        with pytest.raises(ConfigurationError, match="timeout"):
+            KmsClient(region=REGION, nsm=backend, credentials=CREDS, timeout=timeout)
+    finally:
+        backend.close()
+
+
+def test_a_long_timeout_still_works() -> None:
+    """A day is allowed, and waits with it (poll's millisecond count stays in range)."""
+    with parent(lambda conn, n: (_read_request(conn), conn.sendall(ANSWER)),
+                timeout=86400.0) as connection:
+        assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"

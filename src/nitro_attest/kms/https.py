@@ -45,6 +45,7 @@ MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is 
 MAX_ANSWER_HEAD = 16 * 1024
 MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 86400.0  # a day; poll() takes at most 2**31 - 1 ms (~24.8 days)
 MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
 _CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -69,6 +70,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host_header}"
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it can bound a wait: a number of seconds above 0, at most ``MAX_TIMEOUT``
+    (NaN, infinity or a huge value would break poll(), 0 or less time out every request)."""
+    if not (isinstance(timeout, int | float) and 0 < timeout <= MAX_TIMEOUT):
+        raise ConfigurationError(f"--timeout {timeout!r}: expected seconds above 0, at most "
+                                 f"{MAX_TIMEOUT:g}")
+    return float(timeout)
 
 
 def default_endpoint(region: str) -> str:
@@ -151,7 +161,7 @@ class Connection:
         self.endpoint = endpoint
         self._route = route
         self._context = context if endpoint.tls else None
-        self._timeout = timeout
+        self._timeout = check_timeout(timeout)
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._deadline = 0.0  # the whole request must be done by then (monotonic clock)
