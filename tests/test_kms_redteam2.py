@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ from nitro_attest.kms.client import KmsClient
 from nitro_attest.kms.credentials import ImdsCredentials
 from nitro_attest.kms.https import Connection, Endpoint, tls_context
 from nitro_attest.kms.route import parse_route
+from nitro_attest.kms.sigv4 import sign_request
+from nitro_attest.kms_emulator.auth import Authenticator, Principal, SignedRequest
+from nitro_attest.kms_emulator.errors import KmsApiError
 from tests.kmsclientkit import CREDS, REGION, Pki, make_pki, server_context
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -185,3 +189,59 @@ def test_a_long_timeout_still_works() -> None:
     with parent(lambda conn, n: (_read_request(conn), conn.sendall(ANSWER)),
                 timeout=86400.0) as connection:
         assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"
+
+
+# --- Held: SigV4 with the derived key kept and values canonicalised by split/join -------------
+# The emulator checks requests with the signer's own code (kms.sigv4). A request the client signed
+# and then altered -- a value's case, a header repeated, a Content-Type parameter added, the date
+# moved across midnight with the previous day's key kept -- is refused; white space and a header
+# name's case are SigV4's own canonical form (botocore's too), accepted as AWS does.
+
+_SIGNED_AT = datetime(2026, 12, 6, 23, 59, 59, tzinfo=UTC)
+
+
+def _signed(when: datetime = _SIGNED_AT) -> list[tuple[str, str]]:
+    headers = [("Host", "kms.us-east-1.amazonaws.com"),
+               ("Content-Type", "application/x-amz-json-1.1"),
+               ("X-Amz-Target", "TrentService.Decrypt")]
+    headers += sign_request("POST", "/", [], headers, b"{}", CREDS, region=REGION,
+                            service="kms", when=when)
+    return headers
+
+
+def _verdict(headers: list[tuple[str, str]], now: datetime) -> str:
+    principal = Principal(CREDS.access_key_id, CREDS.secret_access_key,
+                          "arn:aws:iam::111122223333:role/app", CREDS.session_token)
+    request = SignedRequest("POST", "/", [], [(k.lower(), v) for k, v in headers], b"{}")
+    try:
+        Authenticator({CREDS.access_key_id: principal}, REGION).authenticate(request, now)
+    except KmsApiError as exc:
+        return exc.type_name
+    return "accepted"
+
+
+def _replace(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    return [(k, value if k == name else v) for k, v in headers]
+
+
+def test_altered_requests_are_refused_by_the_emulator() -> None:
+    after_midnight = _SIGNED_AT + timedelta(seconds=31)
+    headers = _signed()
+    assert _verdict(headers, after_midnight) == "accepted"  # signed on the 6th, checked on the 7th
+    bad = "InvalidSignatureException"
+    target = "TrentService.Decrypt"
+    assert _verdict(_replace(headers, "X-Amz-Target", target.lower()), after_midnight) == bad
+    assert _verdict([*headers, ("X-Amz-Target", target)], after_midnight) == bad
+    assert _verdict(_replace(headers, "Content-Type", "application/x-amz-json-1.1; charset=x"),
+                    after_midnight) == bad
+    # the date moved to the 7th, the scope with it: the 6th's key (kept) does not sign it
+    moved = _replace(headers, "X-Amz-Date", "20261207T000001Z")
+    auth = dict(headers)["Authorization"]
+    assert _verdict(moved, after_midnight) == bad  # scope still the 6th: refused
+    moved = _replace(moved, "Authorization", auth.replace("/20261206/", "/20261207/"))
+    assert _verdict(moved, after_midnight) == bad
+    # SigV4's canonical form: outer and repeated white space, a name's case
+    spaced = _replace(headers, "X-Amz-Target", " TrentService.Decrypt\t")
+    assert _verdict([(k.upper(), v) for k, v in spaced], after_midnight) == "accepted"
+    # and the 7th's own signature, made after the 6th's key was kept, is accepted on the 7th
+    assert _verdict(_signed(after_midnight), after_midnight) == "accepted"
