@@ -5,7 +5,9 @@ Each test is an attack that worked before its fix (docs/kms.md, "Red team (rt-km
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -13,18 +15,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nitro_attest.attestation.document import parse_document
 from nitro_attest.errors import ConfigurationError, TransportError
-from nitro_attest.kms.client import KmsClient
+from nitro_attest.kms.client import KmsClient, KmsError
 from nitro_attest.kms.credentials import ImdsCredentials
 from nitro_attest.kms.https import Connection, Endpoint, tls_context
 from nitro_attest.kms.route import parse_route
 from nitro_attest.kms.sigv4 import sign_request
 from nitro_attest.kms_emulator.auth import Authenticator, Principal, SignedRequest
 from nitro_attest.kms_emulator.errors import KmsApiError
-from tests.kmsclientkit import CREDS, REGION, Pki, make_pki, server_context
+from tests.kmsclientkit import (
+    BLOB_PREFIX,
+    CREDS,
+    KEY_ARN,
+    REGION,
+    FakeKms,
+    Pki,
+    make_pki,
+    server_context,
+)
+from tests.test_kms_wayout import ROLE_PATH, Imds
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -245,3 +259,67 @@ def test_altered_requests_are_refused_by_the_emulator() -> None:
     assert _verdict([(k.upper(), v) for k, v in spaced], after_midnight) == "accepted"
     # and the 7th's own signature, made after the 6th's key was kept, is accepted on the 7th
     assert _verdict(_signed(after_midnight), after_midnight) == "accepted"
+
+
+# --- Held: the retry on ExpiredToken/UnrecognizedClient, with the parent answering IMDS --------
+# The parent hands out credentials KMS refuses, then (asked again) others: the client sends the
+# very same bytes once more (one Recipient, the client's key; nothing rebuilt between the sends)
+# and stops there: two requests at most, whatever IMDS answers.
+
+
+class _ParentImds(dict[str, tuple[int, bytes]]):
+    """IMDS answers: the credentials of ``handed[i]`` for the i-th fetch (the last one after)."""
+
+    def __init__(self, handed: list[dict[str, str]]) -> None:
+        super().__init__()
+        self.handed = handed
+        self.fetches = 0
+
+    def get(self, path: str, default: Any = None) -> tuple[int, bytes]:  # type: ignore[override]
+        if path == "/latest/api/token":
+            self.fetches += 1
+            return 200, b"TOKEN"
+        if path == ROLE_PATH:
+            return 200, b"enclave-role"
+        chosen = self.handed[min(self.fetches, len(self.handed)) - 1]
+        return 200, json.dumps({"Code": "Success", "Expiration": "2999-01-01T00:00:00Z",
+                                **chosen}).encode()
+
+
+_PARENTS = {"AccessKeyId": "ASIAPARENT0000000001", "SecretAccessKey": "parent", "Token": "p"}
+_RIGHT = {"AccessKeyId": CREDS.access_key_id, "SecretAccessKey": CREDS.secret_access_key,
+          "Token": CREDS.session_token or ""}
+
+
+@pytest.mark.parametrize(("handed", "works"), [([_PARENTS, _RIGHT], True),
+                                               ([_PARENTS], False)])
+def test_the_credentials_retry_sends_the_same_bytes_once_more(
+    handed: list[dict[str, str]], works: bool, pki: Pki, sim_state: Path
+) -> None:
+    from nitro_attest.nsm import open_backend
+
+    answers = _ParentImds(handed)
+    imds = Imds(answers)
+    backend = open_backend("simulator", state_dir=sim_state)
+    try:
+        source = ImdsCredentials(parse_route("direct"), host="127.0.0.1", port=imds.port)
+        with FakeKms(pki) as kms, KmsClient(region=REGION, nsm=backend, credentials=source,
+                                             via=f"tcp://127.0.0.1:{kms.port}",
+                                             ca_bundle=pki.ca) as client:  # fmt: skip
+            if works:
+                assert client.decrypt(BLOB_PREFIX + b"s", key_id=KEY_ARN).secret == b"s"
+            else:
+                with pytest.raises(KmsError, match="UnrecognizedClientException"):
+                    client.decrypt(BLOB_PREFIX + b"s", key_id=KEY_ARN)
+            key = client._key
+        assert answers.fetches == 2 and len(kms.seen.requests) == 2
+        first, second = (seen["raw"] for seen in kms.seen.requests)
+        assert first == second and first.count(b'"Recipient"') == 1
+        assert [seen["headers"]["X-Amz-Security-Token"] for seen in kms.seen.requests] == [
+            "p", "tok+en/=" if works else "p"]
+        doc = json.loads(first)["Recipient"]["AttestationDocument"]
+        assert key is not None
+        assert parse_document(base64.b64decode(doc)).public_key == key.spki
+    finally:
+        backend.close()
+        imds.close()
