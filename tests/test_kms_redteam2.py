@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -323,3 +324,34 @@ def test_the_credentials_retry_sends_the_same_bytes_once_more(
     finally:
         backend.close()
         imds.close()
+
+
+# --- 3. A close-delimited answer cut by the parent ----------------------------------------------
+# TLS ends in the enclave, but the parent carries the TCP stream and can end it at any byte. The
+# socket was wrapped with ssl's default suppress_ragged_eofs=True, so an EOF without TLS's
+# close_notify read as a clean end: an answer framed by the connection's close, cut anywhere,
+# came back as a whole answer. (KMS frames its answers by length; the reader accepts close
+# framing, so the cut must not pass for an end.)
+
+
+def test_a_close_delimited_answer_cut_without_close_notify_is_refused(pki: Pki) -> None:
+    def cut(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"Plaintext":"AAAA')
+        # closed without close_notify: what the far side sees when the parent cuts the stream
+
+    with parent(cut, pki=pki) as connection, pytest.raises(TransportError,
+                                                           match="mid-answer, without TLS"):
+        connection.request("POST", "/", [("Host", "kms")], b"{}")
+
+
+def test_a_close_delimited_answer_ended_by_close_notify_is_whole(pki: Pki) -> None:
+    def whole(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"Plaintext":"AAAA"}')
+        assert isinstance(conn, ssl.SSLSocket)
+        conn.unwrap()  # close_notify: the end of the answer, said inside TLS
+
+    with parent(whole, pki=pki) as connection:
+        answer = connection.request("POST", "/", [("Host", "kms")], b"{}")
+        assert answer.body == b'{"Plaintext":"AAAA"}'

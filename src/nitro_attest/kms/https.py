@@ -200,7 +200,10 @@ class Connection:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:  # the handshake completes here, before any request
                 sock.settimeout(self._remaining())  # the whole handshake (ssl keeps a deadline)
-                sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host)
+                # An EOF without close_notify is the parent cutting the stream, not an end: not
+                # suppressed, it cannot pass for the end of an answer framed by the close.
+                sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host,
+                                                 suppress_ragged_eofs=False)
             sock.settimeout(0.0)  # from here on our own waits, each bounded by the deadline
         except BaseException:
             sock.close()
@@ -249,6 +252,13 @@ class Connection:
             self.close()
             raise TransportError(f"TLS to {self.endpoint}: the certificate is not trusted "
                                  f"({exc.verify_message}); nothing was sent") from None
+        except ssl.SSLEOFError as exc:
+            answering = self._sock is not None  # connected: the handshake was done
+            self.close()
+            if not answering:
+                raise TransportError(f"TLS to {self.endpoint}: {exc.reason or exc}") from None
+            raise TransportError(f"{self.endpoint} closed the connection mid-answer, without "
+                                 "TLS's close_notify (cut on the way?)") from None
         except ssl.SSLError as exc:
             self.close()
             raise TransportError(f"TLS to {self.endpoint}: {exc.reason or exc}") from None
