@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from nitro_attest.attestation.document import parse_document
+from nitro_attest.codec import ber
 from nitro_attest.errors import ConfigurationError, TransportError
+from nitro_attest.kms import envelope
 from nitro_attest.kms.client import KmsClient, KmsError
 from nitro_attest.kms.credentials import ImdsCredentials
+from nitro_attest.kms.envelope import EnvelopeKeyError, open_envelope, parse_envelope, seal_envelope
 from nitro_attest.kms.https import Connection, Endpoint, tls_context
 from nitro_attest.kms.route import parse_route
 from nitro_attest.kms.sigv4 import sign_request
@@ -355,3 +360,35 @@ def test_a_close_delimited_answer_ended_by_close_notify_is_whole(pki: Pki) -> No
     with parent(whole, pki=pki) as connection:
         answer = connection.request("POST", "/", [("Host", "kms")], b"{}")
         assert answer.body == b'{"Plaintext":"AAAA"}'
+
+
+# --- Held: no padding oracle on either path of the envelope reader ------------------------------
+
+
+def _definite(item: ber.Tlv) -> ber.Tlv:
+    """The same tree with every length definite: not KMS's byte shape, so the full reader's."""
+    item.indefinite = False
+    for child in item.children:
+        _definite(child)
+    return item
+
+
+def test_wrong_key_bad_padding_and_bad_oaep_are_one_error_on_both_paths() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fast = seal_envelope(b"short", key.public_key())
+    encrypted_key, iv, content = parse_envelope(fast)
+    content_key = key.decrypt(encrypted_key, envelope._OAEP)
+    encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
+    bad_block = encryptor.update(bytes(16)) + encryptor.finalize()
+    flipped = encrypted_key[:-1] + bytes([encrypted_key[-1] ^ 1])
+    errors: set[tuple[type, str]] = set()
+    for shape in (fast, ber.encode(_definite(ber.decode(fast)))):
+        assert (envelope._kms_shape(shape) is not None) == (shape is fast)
+        assert open_envelope(shape, key) == b"short"
+        for data, opener in ((shape, other), (shape.replace(content, bad_block), key),
+                             (shape.replace(encrypted_key, flipped), key)):
+            with pytest.raises(EnvelopeKeyError) as caught:
+                open_envelope(data, opener)
+            errors.add((type(caught.value), str(caught.value)))
+    assert len(errors) == 1
