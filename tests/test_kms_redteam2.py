@@ -109,6 +109,8 @@ def _read_request(conn: socket.socket) -> None:
 
 
 def _timed(connection: Connection, body: bytes = b"{}") -> float:
+    """Seconds until the request timed out (it must: before the fix each of these parents got
+    its answer through, 1.2 s after the request, under a 0.9 s timeout)."""
     started = time.monotonic()
     with pytest.raises(TransportError, match="timed out"):
         connection.request("POST", "/", [("Host", "kms")], body)
@@ -133,7 +135,7 @@ def test_a_slow_read_and_a_slow_answer_share_one_deadline() -> None:
         conn.sendall(ANSWER)
 
     with parent(handle, timeout=0.9) as connection:
-        assert _timed(connection, bytes(16 * 1024 * 1024)) < 1.15
+        assert _timed(connection, bytes(16 * 1024 * 1024)) < 1.4
 
 
 def test_the_stale_retry_shares_the_deadline() -> None:
@@ -151,7 +153,7 @@ def test_the_stale_retry_shares_the_deadline() -> None:
 
     with parent(handle, timeout=0.9) as connection:
         assert connection.request("POST", "/", [("Host", "kms")], b"{}").body == b"ok"
-        assert _timed(connection) < 1.15
+        assert _timed(connection) < 1.4
 
 
 def test_the_handshake_counts_against_the_deadline(pki: Pki) -> None:
@@ -162,7 +164,7 @@ def test_the_handshake_counts_against_the_deadline(pki: Pki) -> None:
         conn.sendall(ANSWER)
 
     with parent(handle, pki=pki, before_handshake=0.6, timeout=0.9) as connection:
-        assert _timed(connection) < 1.15
+        assert _timed(connection) < 1.4
 
 
 def test_a_prompt_far_side_still_answers_within_the_deadline(pki: Pki) -> None:
