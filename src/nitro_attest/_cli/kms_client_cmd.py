@@ -141,7 +141,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-per-call", action="store_true",
                    help="a new RSA key for every call (default: one per process)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="connect and read timeout (default 10)")
+                   help="seconds for each request, connect to whole answer (default 10)")
 
 
 def build_client(args: argparse.Namespace) -> tuple[Any, Any]:

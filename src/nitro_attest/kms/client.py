@@ -41,6 +41,7 @@ from nitro_attest.kms.https import (
     DEFAULT_TIMEOUT,
     Answer,
     Connection,
+    check_timeout,
     default_endpoint,
     parse_endpoint,
     tls_context,
@@ -149,6 +150,7 @@ class KmsClient:
     ) -> None:
         if not _REGION.match(region):
             raise ConfigurationError(f"--region {region[:40]!r}: not an AWS region name")
+        timeout = check_timeout(timeout)  # here, not at the first call's connection
         self.region = region
         self.endpoint = parse_endpoint(endpoint or default_endpoint(region),
                                        insecure_http=insecure_http)

@@ -9,10 +9,13 @@ connection; a request on a connection the far side has meanwhile closed is sent 
 fresh one. Answers are capped before they are read whole: the head (``MAX_ANSWER_HEAD``,
 ``MAX_ANSWER_LINES``) and the body (``MAX_RESPONSE_BYTES``, declared or chunked).
 
-After the handshake the socket is non-blocking and every wait is one ``poll`` bounded by the
-exchange's deadline: a socket timeout would cost a mode switch per ``settimeout`` and a poll
-before every send and every read (nine system calls an exchange instead of four; docs/kms.md,
-"Speed").
+One deadline, ``timeout`` after ``request`` is called, bounds the whole request: the dial, the
+handshake, the send, every read of the answer, and the one retry on a fresh connection. A parent
+that slows each step (or holds a kept-alive connection, then closes it unanswered) gets no fresh
+timeout for the next one. After the handshake the socket is non-blocking and every wait is one
+``poll`` bounded by that deadline: a socket timeout would cost a mode switch per ``settimeout``
+and a poll before every send and every read (nine system calls an exchange instead of four;
+docs/kms.md, "Speed").
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is 
 MAX_ANSWER_HEAD = 16 * 1024
 MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 86400.0  # a day; poll() takes at most 2**31 - 1 ms (~24.8 days)
 MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
 _CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -66,6 +70,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host_header}"
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it can bound a wait: a number of seconds above 0, at most ``MAX_TIMEOUT``
+    (NaN, infinity or a huge value would break poll(), 0 or less time out every request)."""
+    if not (isinstance(timeout, int | float) and 0 < timeout <= MAX_TIMEOUT):
+        raise ConfigurationError(f"--timeout {timeout!r}: expected seconds above 0, at most "
+                                 f"{MAX_TIMEOUT:g}")
+    return float(timeout)
 
 
 def default_endpoint(region: str) -> str:
@@ -148,19 +161,23 @@ class Connection:
         self.endpoint = endpoint
         self._route = route
         self._context = context if endpoint.tls else None
-        self._timeout = timeout
+        self._timeout = check_timeout(timeout)
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
-        self._deadline = 0.0  # the whole answer must arrive by then (monotonic clock)
+        self._deadline = 0.0  # the whole request must be done by then (monotonic clock)
         self._readable = select.poll()
         self._writable = select.poll()
 
     def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
     ) -> Answer:
-        """Send and read the whole answer. ``headers`` must hold Host (what was signed)."""
+        """Send and read the whole answer, all within ``timeout``. ``headers`` must hold Host
+        (what was signed)."""
         length = len(body) if body or method in ("POST", "PUT") else None
         data = checked_request_head(method, path, headers, length=length) + body
+        # One deadline for everything below, the retry included: a step the parent slows, or a
+        # kept-alive connection it holds and then closes, gets no fresh timeout after it.
+        self._deadline = time.monotonic() + self._timeout
         reused = self._sock is not None
         try:
             return self._exchange(method, data)
@@ -177,12 +194,16 @@ class Connection:
                                  ) from None
 
     def _connect(self) -> socket.socket:
-        sock = self._route.dial(self.endpoint.host, self.endpoint.port, timeout=self._timeout)
+        sock = self._route.dial(self.endpoint.host, self.endpoint.port, timeout=self._remaining())
         try:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:  # the handshake completes here, before any request
-                sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host)
+                sock.settimeout(self._remaining())  # the whole handshake (ssl keeps a deadline)
+                # An EOF without close_notify is the parent cutting the stream, not an end: not
+                # suppressed, it cannot pass for the end of an answer framed by the close.
+                sock = self._context.wrap_socket(sock, server_hostname=self.endpoint.host,
+                                                 suppress_ragged_eofs=False)
             sock.settimeout(0.0)  # from here on our own waits, each bounded by the deadline
         except BaseException:
             sock.close()
@@ -202,14 +223,12 @@ class Connection:
                 raise TransportError(f"{self.endpoint}: unsolicited bytes after the previous "
                                      "answer")
             sock = self._sock
-            self._deadline = time.monotonic() + self._timeout
             try:
                 self._send(sock, data)
             except _CLOSED:
                 raise _Stale() from None
-            # the timeout bounds the whole answer, not each recv: a far side sending a byte at a
-            # time, or interim answers without end, would otherwise hold the caller for hours
-            self._deadline = time.monotonic() + self._timeout
+            # the deadline bounds the whole answer, not each recv: a far side sending a byte at
+            # a time, or interim answers without end, would otherwise hold the caller for hours
             head = self._head(sock, method)
             interim = 0
             while head.status < 200:  # interim answers (100, 103): the real one follows
@@ -233,6 +252,13 @@ class Connection:
             self.close()
             raise TransportError(f"TLS to {self.endpoint}: the certificate is not trusted "
                                  f"({exc.verify_message}); nothing was sent") from None
+        except ssl.SSLEOFError as exc:
+            answering = self._sock is not None  # connected: the handshake was done
+            self.close()
+            if not answering:
+                raise TransportError(f"TLS to {self.endpoint}: {exc.reason or exc}") from None
+            raise TransportError(f"{self.endpoint} closed the connection mid-answer, without "
+                                 "TLS's close_notify (cut on the way?)") from None
         except ssl.SSLError as exc:
             self.close()
             raise TransportError(f"TLS to {self.endpoint}: {exc.reason or exc}") from None
@@ -247,12 +273,16 @@ class Connection:
             self.close()
             raise TransportError(f"{self.endpoint}: {exc.strerror or exc}") from None
 
-    def _wait(self, poller: select.poll) -> None:
-        """Until the socket is ready (``poller`` says for what) or the deadline passes."""
+    def _remaining(self) -> float:
+        """Seconds left before the deadline; ``TimeoutError`` once it has passed."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        poller.poll(math.ceil(remaining * 1000))  # nothing ready: the next try waits again
+        return remaining
+
+    def _wait(self, poller: select.poll) -> None:
+        """Until the socket is ready (``poller`` says for what) or the deadline passes."""
+        poller.poll(math.ceil(self._remaining() * 1000))  # nothing ready: the next try waits
 
     def _send(self, sock: socket.socket, data: bytes) -> None:
         view = memoryview(data)
