@@ -23,11 +23,12 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nitro_attest.codec.http import HandshakeError, find_head_end
+from nitro_attest.codec.http import HandshakeError, find_head_end, is_field_value, is_token
 from nitro_attest.codec.http1 import (
     ChunkedDecoder,
     Header,
@@ -124,6 +125,41 @@ class Answer:
     body: bytes
 
 
+class HeadTemplate:
+    """A request head whose request line and first fields are the same for every request (the
+    KMS client's ``POST /``, Host, Content-Type, X-Amz-Target): those are checked and encoded
+    once, by ``codec.http1.checked_request_head`` itself; ``head`` checks only the fields added
+    per request (the signature's, whose values may come from the parent through IMDS) with the
+    same rules, and gives the bytes ``checked_request_head`` gives for all of them together."""
+
+    __slots__ = ("_prefix", "fields", "method")
+
+    def __init__(self, method: str, path: str, fields: Sequence[tuple[str, str]]) -> None:
+        self.method = method
+        self.fields = tuple(fields)
+        # without its blank line: the per-request fields follow
+        self._prefix = checked_request_head(method, path, self.fields, length=None)[:-2]
+
+    def head(self, added: Sequence[tuple[str, str]], *, length: int | None) -> bytes:
+        """The whole head: the fixed part, ``added`` (each checked), Content-Length if
+        ``length`` is not None, the blank line. HandshakeError(400) as ``checked_request_head``."""
+        lines = [self._prefix]
+        for name, value in added:
+            try:
+                line = f"{name}: {value}\r\n".encode("ascii")
+            except UnicodeEncodeError:
+                raise HandshakeError(400, "non-ASCII request part") from None
+            split = len(name)
+            if not is_token(line[:split]) or not is_field_value(line[split + 2 : -2]):
+                raise HandshakeError(400, "a header that cannot be sent (bad name or control "
+                                     "character)")
+            lines.append(line)
+        if length is not None:
+            lines.append(b"Content-Length: %d\r\n" % length)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+
 class _Stale(TransportError):
     """The far side closed the connection before any byte of the answer (a kept-alive
     connection it had meanwhile dropped). Internal: ``request`` retries once or reports it."""
@@ -160,7 +196,12 @@ class Connection:
     ) -> Answer:
         """Send and read the whole answer. ``headers`` must hold Host (what was signed)."""
         length = len(body) if body or method in ("POST", "PUT") else None
-        data = checked_request_head(method, path, headers, length=length) + body
+        return self.send(method, checked_request_head(method, path, headers, length=length), body)
+
+    def send(self, method: str, head: bytes, body: bytes = b"") -> Answer:
+        """``request`` with its head already made and checked (``HeadTemplate.head``, or
+        ``checked_request_head``): never a head from elsewhere."""
+        data = head + body
         reused = self._sock is not None
         try:
             return self._exchange(method, data)
@@ -210,6 +251,9 @@ class Connection:
             # the timeout bounds the whole answer, not each recv: a far side sending a byte at a
             # time, or interim answers without end, would otherwise hold the caller for hours
             self._deadline = time.monotonic() + self._timeout
+            whole = self._whole_answer(sock, method)
+            if whole is not None:
+                return whole
             head = self._head(sock, method)
             interim = 0
             while head.status < 200:  # interim answers (100, 103): the real one follows
@@ -290,6 +334,27 @@ class Connection:
                 raise _Stale()
             raise TransportError(f"{self.endpoint} closed the connection mid-answer")
         self._buffer += chunk
+
+    def _whole_answer(self, sock: socket.socket, method: str) -> Answer | None:
+        """The answer's first read; the answer itself when that read holds exactly one final
+        answer framed by Content-Length (KMS writes its answer in one TLS record), else None with
+        the bytes left in the buffer for ``_head`` and ``_body``, which then read as if they had
+        read them themselves (the same head parse, the same checks, whichever path)."""
+        try:
+            chunk = self._recv(sock, wait_first=True)
+        except _CLOSED:
+            raise _Stale() from None
+        if not chunk:
+            raise _Stale()
+        end = chunk.find(b"\r\n\r\n", 0, MAX_ANSWER_HEAD) + 4  # as find_head_end looks
+        if end >= 4:
+            head = parse_response_head(chunk[:end], request_method=method, limit=MAX_ANSWER_HEAD,
+                                       max_lines=MAX_ANSWER_LINES, max_body=MAX_RESPONSE_BYTES)
+            if (head.status >= 200 and head.framing == "length" and head.keep_alive
+                    and len(chunk) - end == head.length):
+                return Answer(head.status, head.headers, chunk[end:])
+        self._buffer += chunk
+        return None
 
     def _head(self, sock: socket.socket, method: str) -> ResponseHead:
         first = True
