@@ -88,6 +88,18 @@ def test_each_bad_part_is_refused_where_checked_request_head_refuses_it(
         expected_fixed)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_FIELDS, min_size=1, max_size=30))
+def test_one_template_used_again_and_again_stays_exact(heads: list[list[tuple[str, str]]]) -> None:
+    """The names a template remembers as checked (bounded) never let a bad one through later."""
+    fixed = [("Host", "kms")]
+    template = HeadTemplate("POST", "/", fixed)
+    for added in heads:
+        expected = _outcome(lambda: checked_request_head("POST", "/", fixed + added, length=9))
+        assert _outcome(lambda: template.head(added, length=9)) == expected
+    assert len(template._names) <= 16
+
+
 def test_a_parent_chosen_credential_cannot_add_a_header() -> None:
     """IMDS is the parent's: a token or key id with CR LF must not become a header of its own."""
     template = HeadTemplate("POST", "/", [("Host", "kms")])

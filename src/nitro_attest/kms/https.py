@@ -43,6 +43,7 @@ MAX_RESPONSE_BYTES = 256 * 1024  # KMS's largest answer (a key pair, base64) is 
 MAX_ANSWER_HEAD = 16 * 1024
 MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
+MAX_TEMPLATE_NAMES = 16  # field names a HeadTemplate remembers as checked
 MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
 _CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -125,6 +126,10 @@ class Answer:
     body: bytes
 
 
+def _unsendable() -> HandshakeError:
+    return HandshakeError(400, "a header that cannot be sent (bad name or control character)")
+
+
 class HeadTemplate:
     """A request head whose request line and first fields are the same for every request (the
     KMS client's ``POST /``, Host, Content-Type, X-Amz-Target): those are checked and encoded
@@ -132,32 +137,42 @@ class HeadTemplate:
     per request (the signature's, whose values may come from the parent through IMDS) with the
     same rules, and gives the bytes ``checked_request_head`` gives for all of them together."""
 
-    __slots__ = ("_prefix", "fields", "method")
+    __slots__ = ("_names", "_prefix", "fields", "method")
 
     def __init__(self, method: str, path: str, fields: Sequence[tuple[str, str]]) -> None:
         self.method = method
         self.fields = tuple(fields)
         # without its blank line: the per-request fields follow
         self._prefix = checked_request_head(method, path, self.fields, length=None)[:-2]
+        self._names: dict[str, bytes] = {}  # added names checked already: "Name: " as bytes
 
     def head(self, added: Sequence[tuple[str, str]], *, length: int | None) -> bytes:
         """The whole head: the fixed part, ``added`` (each checked), Content-Length if
         ``length`` is not None, the blank line. HandshakeError(400) as ``checked_request_head``."""
         lines = [self._prefix]
         for name, value in added:
+            start = self._names.get(name)
             try:
-                line = f"{name}: {value}\r\n".encode("ascii")
+                if start is None:  # a name not seen yet (the signature adds the same few)
+                    start = self._name(name)
+                data = value.encode("ascii")
             except UnicodeEncodeError:
                 raise HandshakeError(400, "non-ASCII request part") from None
-            split = len(name)
-            if not is_token(line[:split]) or not is_field_value(line[split + 2 : -2]):
-                raise HandshakeError(400, "a header that cannot be sent (bad name or control "
-                                     "character)")
-            lines.append(line)
+            if not is_field_value(data):
+                raise _unsendable()
+            lines.append(start + data + b"\r\n")
         if length is not None:
             lines.append(b"Content-Length: %d\r\n" % length)
         lines.append(b"\r\n")
         return b"".join(lines)
+
+    def _name(self, name: str) -> bytes:
+        data = name.encode("ascii")
+        if not is_token(data):
+            raise _unsendable()
+        if len(self._names) < MAX_TEMPLATE_NAMES:
+            self._names[name] = data + b": "
+        return data + b": "
 
 
 class _Stale(TransportError):
