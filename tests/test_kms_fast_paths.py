@@ -95,8 +95,8 @@ def test_one_template_used_again_and_again_stays_exact(heads: list[list[tuple[st
     fixed = [("Host", "kms")]
     template = HeadTemplate("POST", "/", fixed)
     for added in heads:
-        expected = _outcome(lambda: checked_request_head("POST", "/", fixed + added, length=9))
-        assert _outcome(lambda: template.head(added, length=9)) == expected
+        expected = _outcome(lambda a=added: checked_request_head("POST", "/", fixed + a, length=9))
+        assert _outcome(lambda a=added: template.head(a, length=9)) == expected
     assert len(template._names) <= 16
 
 
