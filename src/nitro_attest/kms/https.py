@@ -12,7 +12,9 @@ fresh one. Answers are capped before they are read whole: the head (``MAX_ANSWER
 After the handshake the socket is non-blocking and every wait is one ``poll`` bounded by the
 exchange's deadline: a socket timeout would cost a mode switch per ``settimeout`` and a poll
 before every send and every read (nine system calls an exchange instead of four; docs/kms.md,
-"Speed").
+"Speed"). Per request, the head's fixed part comes from a ``HeadTemplate`` checked once, and an
+answer that arrives whole in the first read (KMS writes one TLS record) is parsed from that read
+without the piecewise reader; either way the same codec parse and checks decide it.
 """
 
 from __future__ import annotations
