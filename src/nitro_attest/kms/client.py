@@ -16,7 +16,6 @@ Results are ``KmsResult``: ``fields`` is the JSON KMS would have answered withou
 
 from __future__ import annotations
 
-import base64
 import binascii
 import ipaddress
 import json
@@ -41,6 +40,7 @@ from nitro_attest.kms.https import (
     DEFAULT_TIMEOUT,
     Answer,
     Connection,
+    HeadTemplate,
     check_timeout,
     default_endpoint,
     parse_endpoint,
@@ -71,6 +71,7 @@ OUTPUT_ORDER: dict[str, tuple[str, ...]] = {
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_IDLE_CONNECTIONS = 4
+MAX_TEMPLATES = 32  # request heads' fixed parts kept per client, one per operation name
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,4}\Z")
 # Operations that name a key; with require_key_arn they must name it by full key ARN.
 KEYED_OPERATIONS = frozenset({"Decrypt", "GenerateDataKey", "GenerateDataKeyPair",
@@ -186,6 +187,7 @@ class KmsClient:
         self._lock = threading.Lock()
         self._nsm_lock = threading.Lock()
         self._idle: list[Connection] = []
+        self._templates: dict[str, HeadTemplate] = {}
 
     # --- the five Recipient operations, shaped like boto3's ------------------------------------
 
@@ -199,6 +201,11 @@ class KmsClient:
         grant_tokens: list[str] | None = None,
     ) -> KmsResult:
         """Decrypt; ``secret`` is the Plaintext, opened from the envelope to this key."""
+        if (key_id is None and encryption_context is None and encryption_algorithm is None
+                and grant_tokens is None):  # the commonest call: its JSON written as bytes
+            blob = binascii.b2a_base64(ciphertext_blob, newline=False)
+            return self._call("Decrypt", {"CiphertextBlob": blob.decode("ascii")},
+                              b'{"CiphertextBlob":"' + blob + b'"}')
         body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext_blob)}
         _put(body, "KeyId", key_id)
         _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
@@ -259,13 +266,16 @@ class KmsClient:
         if operation not in RECIPIENT_OPERATIONS and not _OPERATION.match(operation):
             raise UsageError(f"{operation[:64]!r} is not a KMS operation name")
         request = dict(body)
+        if operation in RECIPIENT_OPERATIONS:
+            request.pop("Recipient", None)  # replaced by ours
+        return self._call(operation, request, _json(request))
+
+    def _call(self, operation: str, request: Mapping[str, Any], payload: bytes) -> KmsResult:
+        """``call`` once ``payload`` is ``request`` as JSON (without the Recipient)."""
         if self.require_key_arn:
             self._check_key_arns(operation, request)
         field = RECIPIENT_OPERATIONS.get(operation)
         key = None
-        if field is not None:
-            request.pop("Recipient", None)  # replaced by ours
-        payload = _json(request)
         if field is not None:
             key = self._key or RecipientKey()
             payload = _with_recipient(payload, self._document(key))
@@ -312,19 +322,30 @@ class KmsClient:
         with self._nsm_lock:  # one NSM (one /dev/nsm descriptor) for every thread
             return self._nsm.attestation(public_key=key.spki)
 
+    def _template(self, operation: str) -> HeadTemplate:
+        """The request head's fixed part for ``operation`` (request line, Host, Content-Type,
+        X-Amz-Target), checked once and kept (for the first few operations a client calls)."""
+        template = self._templates.get(operation)
+        if template is None:
+            template = HeadTemplate("POST", "/", (
+                ("Host", self._host_header),
+                ("Content-Type", "application/x-amz-json-1.1"),
+                ("X-Amz-Target", f"TrentService.{operation}"),
+            ))
+            if len(self._templates) < MAX_TEMPLATES:
+                self._templates[operation] = template
+        return template
+
     def _send(self, operation: str, payload: bytes) -> Answer:
-        headers = [
-            ("Host", self._host_header),
-            ("Content-Type", "application/x-amz-json-1.1"),
-            ("X-Amz-Target", f"TrentService.{operation}"),
-        ]
-        headers += sign_request(
-            "POST", "/", [], headers, payload, self._credentials(),
+        template = self._template(operation)
+        signature = sign_request(
+            "POST", "/", [], template.fields, payload, self._credentials(),
             region=self.region, service="kms", when=self._clock(),
         )
+        head = template.head(signature, length=len(payload))
         connection = self._acquire()
         try:
-            answer = connection.request("POST", "/", headers, payload)
+            answer = connection.send("POST", head, payload)
         except BaseException:
             connection.close()
             raise
@@ -346,9 +367,9 @@ class KmsClient:
             raise KmsResponseError(f"{operation}: CiphertextForRecipient is not base64") from None
         secret = open_envelope(envelope, key.private_key)
         fields[field] = _b64(secret)
-        order = OUTPUT_ORDER[operation]
-        rank = {name: i for i, name in enumerate(order)}
-        ordered = dict(sorted(fields.items(), key=lambda item: rank.get(item[0], len(order))))
+        # KMS's output order, then any other field as it came
+        ordered = {name: fields.pop(name) for name in OUTPUT_ORDER[operation] if name in fields}
+        ordered.update(fields)
         return KmsResult(operation, ordered, secret)
 
     # --- connections ---------------------------------------------------------------------------
@@ -407,11 +428,14 @@ def _check_plain_http(host: str, route: Route) -> None:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 # Made once: json.dumps with options makes a new encoder every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _json(body: Mapping[str, Any]) -> bytes:
@@ -438,8 +462,8 @@ def _put(body: dict[str, Any], name: str, value: Any) -> None:
 
 def _answer_fields(answer: Answer) -> dict[str, Any]:
     """The JSON object of a 200 answer; a ``KmsError`` for KMS's error answers."""
-    try:
-        decoded = json.loads(answer.body) if answer.body else None
+    try:  # UTF-8 only (RFC 8259 8.1), as KMS writes it
+        decoded = _DECODER.decode(answer.body.decode("utf-8")) if answer.body else None
     except (ValueError, RecursionError):
         decoded = None
     if answer.status != 200:

@@ -16,6 +16,9 @@ timeout for the next one. After the handshake the socket is non-blocking and eve
 ``poll`` bounded by that deadline: a socket timeout would cost a mode switch per ``settimeout``
 and a poll before every send and every read (nine system calls an exchange instead of four;
 docs/kms.md, "Speed").
+Per request, the head's fixed part comes from a ``HeadTemplate`` checked once, and an answer
+that arrives whole in the first read (KMS writes one TLS record) is parsed from that read without
+the piecewise reader; either way the same codec parse and checks decide it.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nitro_attest.codec.http import HandshakeError, find_head_end
+from nitro_attest.codec.http import HandshakeError, find_head_end, is_field_value, is_token
 from nitro_attest.codec.http1 import (
     ChunkedDecoder,
     Header,
@@ -46,6 +50,7 @@ MAX_ANSWER_HEAD = 16 * 1024
 MAX_ANSWER_LINES = 100
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 86400.0  # a day; poll() takes at most 2**31 - 1 ms (~24.8 days)
+MAX_TEMPLATE_NAMES = 16  # field names a HeadTemplate remembers as checked
 MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints: a few, not an endless stream
 # A kept-alive connection the far side closed meanwhile: the request is sent again, once, fresh.
 _CLOSED = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -137,6 +142,55 @@ class Answer:
     body: bytes
 
 
+def _unsendable() -> HandshakeError:
+    return HandshakeError(400, "a header that cannot be sent (bad name or control character)")
+
+
+class HeadTemplate:
+    """A request head whose request line and first fields are the same for every request (the
+    KMS client's ``POST /``, Host, Content-Type, X-Amz-Target): those are checked and encoded
+    once, by ``codec.http1.checked_request_head`` itself; ``head`` checks only the fields added
+    per request (the signature's, whose values may come from the parent through IMDS) with the
+    same rules, and gives the bytes ``checked_request_head`` gives for all of them together."""
+
+    __slots__ = ("_names", "_prefix", "fields", "method")
+
+    def __init__(self, method: str, path: str, fields: Sequence[tuple[str, str]]) -> None:
+        self.method = method
+        self.fields = tuple(fields)
+        # without its blank line: the per-request fields follow
+        self._prefix = checked_request_head(method, path, self.fields, length=None)[:-2]
+        self._names: dict[str, bytes] = {}  # added names checked already: "Name: " as bytes
+
+    def head(self, added: Sequence[tuple[str, str]], *, length: int | None) -> bytes:
+        """The whole head: the fixed part, ``added`` (each checked), Content-Length if
+        ``length`` is not None, the blank line. HandshakeError(400) as ``checked_request_head``."""
+        lines = [self._prefix]
+        for name, value in added:
+            start = self._names.get(name)
+            try:
+                if start is None:  # a name not seen yet (the signature adds the same few)
+                    start = self._name(name)
+                data = value.encode("ascii")
+            except UnicodeEncodeError:
+                raise HandshakeError(400, "non-ASCII request part") from None
+            if not is_field_value(data):
+                raise _unsendable()
+            lines.append(start + data + b"\r\n")
+        if length is not None:
+            lines.append(b"Content-Length: %d\r\n" % length)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _name(self, name: str) -> bytes:
+        data = name.encode("ascii")
+        if not is_token(data):
+            raise _unsendable()
+        if len(self._names) < MAX_TEMPLATE_NAMES:
+            self._names[name] = data + b": "
+        return data + b": "
+
+
 class _Stale(TransportError):
     """The far side closed the connection before any byte of the answer (a kept-alive
     connection it had meanwhile dropped). Internal: ``request`` retries once or reports it."""
@@ -174,7 +228,12 @@ class Connection:
         """Send and read the whole answer, all within ``timeout``. ``headers`` must hold Host
         (what was signed)."""
         length = len(body) if body or method in ("POST", "PUT") else None
-        data = checked_request_head(method, path, headers, length=length) + body
+        return self.send(method, checked_request_head(method, path, headers, length=length), body)
+
+    def send(self, method: str, head: bytes, body: bytes = b"") -> Answer:
+        """``request`` with its head already made and checked (``HeadTemplate.head``, or
+        ``checked_request_head``): never a head from elsewhere. All within ``timeout``."""
+        data = head + body
         # One deadline for everything below, the retry included: a step the parent slows, or a
         # kept-alive connection it holds and then closes, gets no fresh timeout after it.
         self._deadline = time.monotonic() + self._timeout
@@ -229,6 +288,9 @@ class Connection:
                 raise _Stale() from None
             # the deadline bounds the whole answer, not each recv: a far side sending a byte at
             # a time, or interim answers without end, would otherwise hold the caller for hours
+            whole = self._whole_answer(sock, method)
+            if whole is not None:
+                return whole
             head = self._head(sock, method)
             interim = 0
             while head.status < 200:  # interim answers (100, 103): the real one follows
@@ -320,6 +382,27 @@ class Connection:
                 raise _Stale()
             raise TransportError(f"{self.endpoint} closed the connection mid-answer")
         self._buffer += chunk
+
+    def _whole_answer(self, sock: socket.socket, method: str) -> Answer | None:
+        """The answer's first read; the answer itself when that read holds exactly one final
+        answer framed by Content-Length (KMS writes its answer in one TLS record), else None with
+        the bytes left in the buffer for ``_head`` and ``_body``, which then read as if they had
+        read them themselves (the same head parse, the same checks, whichever path)."""
+        try:
+            chunk = self._recv(sock, wait_first=True)
+        except _CLOSED:
+            raise _Stale() from None
+        if not chunk:
+            raise _Stale()
+        end = chunk.find(b"\r\n\r\n", 0, MAX_ANSWER_HEAD) + 4  # as find_head_end looks
+        if end >= 4:
+            head = parse_response_head(chunk[:end], request_method=method, limit=MAX_ANSWER_HEAD,
+                                       max_lines=MAX_ANSWER_LINES, max_body=MAX_RESPONSE_BYTES)
+            if (head.status >= 200 and head.framing == "length" and head.keep_alive
+                    and len(chunk) - end == head.length):
+                return Answer(head.status, head.headers, chunk[end:])
+        self._buffer += chunk
+        return None
 
     def _head(self, sock: socket.socket, method: str) -> ResponseHead:
         first = True
