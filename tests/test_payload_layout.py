@@ -179,6 +179,7 @@ def _hostile_payloads() -> list[tuple[str, bytes]]:
 
     add("re-encoded", _layout_payload(body))
     add("indefinite map", _layout_payload(body, indefinite=True))
+    add("indefinite map, 0x00 for the break", _layout_payload(body, indefinite=True)[:-1] + b"\0")
     add("indefinite map, no break", _layout_payload(body, indefinite=True)[:-1])
     add("definite head, a break after", real + b"\xff")
     add("definite head says 10", b"\xaa" + real[1:])
@@ -212,6 +213,7 @@ def _hostile_payloads() -> list[tuple[str, bytes]]:
     add("module_id empty", _replace_value(real, "module_id", b"\x60"))
     add("module_id not UTF-8", _replace_value(real, "module_id", b"\x62\xff\xfe"))
     add("module_id a surrogate", _replace_value(real, "module_id", b"\x63\xed\xa0\x80"))
+    add("module_id empty, 1-byte head", _replace_value(real, "module_id", b"\x78\x00"))
     add("module_id long head", _replace_value(real, "module_id", b"\x79\x00\x03abc"))
     add("module_id indefinite", _replace_value(real, "module_id", b"\x7f\x63abc\xff"))
     add("module_id bytes", _replace_value(real, "module_id", cbor2.dumps(b"i-0")))
@@ -270,6 +272,8 @@ def _hostile_payloads() -> list[tuple[str, bytes]]:
         add(label, _replace_value(real, "pcrs", cbor2.dumps(new)))
     entry = b"\x58\x30" + pcrs[0]
     add("pcr index as 0x18 0x00", _replace_value(real, "pcrs", b"\xa1\x18\x00" + entry))
+    add("pcr 20 bytes, 1-byte head", _replace_value(real, "pcrs", b"\xa1\x00\x58\x14" + bytes(20)))
+    add("pcr 0 bytes, 1-byte head", _replace_value(real, "pcrs", b"\xa1\x00\x58\x00"))
     add("pcr index true", _replace_value(real, "pcrs", b"\xa1\xf5" + entry))
     add("pcr index float", _replace_value(real, "pcrs", b"\xa1\xf9\x00\x00" + entry))
     add("pcr duplicate index", _replace_value(real, "pcrs", b"\xa2\x00" + entry + b"\x00" + entry))
@@ -286,6 +290,13 @@ def _hostile_payloads() -> list[tuple[str, bytes]]:
     add("cabundle short cert", _replace_value(real, "cabundle", cbor2.dumps([b"\x30" * 10])))
     add("cabundle empty cert", _replace_value(real, "cabundle", cbor2.dumps([b""])))
     add("cabundle 1025 cert", _replace_value(real, "cabundle", cbor2.dumps([b"\x30" * 1025])))
+    add("cabundle empty cert, 2-byte head", _replace_value(real, "cabundle", b"\x81\x59\x00\x00"))
+    add(
+        "cabundle 1025 cert, 2-byte head",
+        _replace_value(real, "cabundle", b"\x81\x59\x04\x01" + bytes(1025)),
+    )
+    add("certificate empty, 2-byte head", _replace_value(real, "certificate", b"\x59\x00\x00"))
+    add("nonce 1025, 2-byte head", _replace_value(real, "nonce", b"\x59\x04\x01" + bytes(1025)))
     add("cabundle 2-byte head, 5 bytes", _replace_value(real, "cabundle", b"\x81\x59\x00\x05abcde"))
     add(
         "cabundle indefinite",
@@ -358,6 +369,7 @@ _TAKEN = (
     "pcr 0 only", "pcr 32 bytes", "pcr 64 bytes", "user_data 1024", "nonce empty",
     "public_key 2-byte head for 3", "cabundle of one", "cabundle of 23",
     "timestamp at year 9999's end", "module_id non-ASCII", "certificate 1024 bytes",
+    "cabundle 2-byte head, 5 bytes",
 )  # fmt: skip
 # Anything the strict path rejects, and layouts this reader does not know: left to it.
 _LEFT = (
@@ -366,7 +378,10 @@ _LEFT = (
     "nonce 1025", "pcrs 0..24", "pcrs out of order", "pcr duplicate index", "pcr index true",
     "cabundle empty", "nonce twice, indefinite", "trailing byte", "without nonce",
     "an extra key", "both PCR keys", "keys reversed", "definite head, a break after",
-    "timestamp in 4 bytes", "key with a long head",
+    "timestamp in 4 bytes", "key with a long head", "module_id empty, 1-byte head",
+    "indefinite map, 0x00 for the break", "pcr 20 bytes, 1-byte head", "pcr 0 bytes, 1-byte head",
+    "cabundle empty cert, 2-byte head", "cabundle 1025 cert, 2-byte head",
+    "certificate empty, 2-byte head", "nonce 1025, 2-byte head",
 )  # fmt: skip
 
 
