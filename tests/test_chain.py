@@ -159,6 +159,23 @@ def test_cached_path_does_not_vouch_for_another_bundle_with_the_same_leaf() -> N
         Verifier(root_pem=other.root_pem).verify(chain.document(), at=cf.T0)
 
 
+def test_cached_path_does_not_vouch_for_a_bundle_one_byte_apart() -> None:
+    # The remembered path compares the bundle byte for byte: an intermediate with its last byte
+    # (inside its signature) changed, same length, same leaf, is validated in full and refused;
+    # the good path still verifies afterwards.
+    chain = cf.chain()
+    verifier = Verifier(root_pem=chain.root_pem)
+    verifier.verify(chain.document(), at=cf.T0)
+    bundle = list(chain.ders[:4])
+    bundle[2] = bundle[2][:-1] + bytes((bundle[2][-1] ^ 1,))
+    data = cf.sign_document(
+        cbor2.dumps(cf.payload_map(chain.ders, cabundle=bundle)), chain.leaf_key
+    )
+    with pytest.raises(ChainError, match="not signed by"):
+        verifier.verify(data, at=cf.T0)
+    verifier.verify(chain.document(), at=cf.T0)
+
+
 def test_root_pem_rules() -> None:
     chain = cf.chain()
     with pytest.raises(TrustRootError, match="exactly one"):
