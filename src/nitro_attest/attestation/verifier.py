@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import is_not
 from typing import Literal, TypedDict, Unpack
 
 from nitro_attest.attestation.chain import ChainValidator, aws_root_der, root_der_from_pem
@@ -216,12 +217,13 @@ def _policy(
     kind: DocumentKind | str | None = None,
     refuse_caller_keys: bool = False,
 ) -> Policy:
-    loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
+    # Whether any of these is given: map(is_not) is the `is not None` test without a generator.
+    loose = any(map(is_not, (expected_pcrs, nonce, user_data, public_key, max_age, kind), _NONES))
     if policy is not None:
-        if any(v is not None for v in loose) or allow_debug or refuse_caller_keys:
+        if loose or allow_debug or refuse_caller_keys:
             raise PolicyError("give either policy= or the individual expectations, not both")
         return policy
-    if isinstance(allow_debug, bool) and not refuse_caller_keys and all(v is None for v in loose):
+    if isinstance(allow_debug, bool) and not refuse_caller_keys and not loose:
         return _NO_EXPECTATIONS[allow_debug]
     return Policy.build(
         expected_pcrs=expected_pcrs,
@@ -235,6 +237,7 @@ def _policy(
     )
 
 
+_NONES = (None,) * 6
 # Policies are immutable: the two without expectations are built once, not per document.
 _NO_EXPECTATIONS = {
     debug: Policy.build(allow_debug=debug, kind=DocumentKind.ENCLAVE) for debug in (False, True)
