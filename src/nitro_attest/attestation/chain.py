@@ -74,6 +74,12 @@ def root_der_from_pem(pem: bytes) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+# Bound once: CertInfo reads them for every extension of every certificate.
+_BASIC_CONSTRAINTS = x509.BasicConstraints
+_KEY_USAGE = x509.KeyUsage
+_ECDSA_WITH_SHA384 = SignatureAlgorithmOID.ECDSA_WITH_SHA384
+
+
 class CertInfo:
     """A parsed certificate and the facts the chain check needs, computed once per DER.
 
@@ -119,9 +125,9 @@ class CertInfo:
             # and an isinstance check against its abstract base costs more than the rest here.
             value = ext.value
             ext_type = type(value)
-            if ext_type is x509.BasicConstraints:
+            if ext_type is _BASIC_CONSTRAINTS:
                 basic, basic_critical = value, ext.critical
-            elif ext_type is x509.KeyUsage:
+            elif ext_type is _KEY_USAGE:
                 usage = value
             elif ext.critical:  # any critical extension but those two is not understood here
                 unhandled.append(ext.oid.dotted_string)
@@ -132,7 +138,7 @@ class CertInfo:
             common = f"unsupported critical extension(s) {', '.join(unhandled)}"
         # Checked for every certificate but the pinned root, whose own signature is never used.
         self.sig_problem: str | None = None
-        if sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+        if sig_oid != _ECDSA_WITH_SHA384:
             self.sig_problem = f"signed with {sig_oid.dotted_string}, not ecdsa-with-SHA384"
 
         ca_problem = common

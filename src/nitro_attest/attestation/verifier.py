@@ -86,7 +86,6 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
-        self._chain_details: dict[int, str] = {}
 
     @property
     def root_sha256(self) -> str:
@@ -166,12 +165,15 @@ class Verifier:
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
         chain = self._chain
         chain.validate(doc.certificate, doc.cabundle, at)
-        detail = self._chain_details.get(len(doc.cabundle))
-        if detail is None:  # one string per bundle length, not one per document
-            detail = self._chain_details[len(doc.cabundle)] = (
+        key = (chain.root_sha256, len(doc.cabundle))
+        detail = _CHAIN_DETAILS.get(key)
+        if detail is None:  # one string per root and bundle length, not one per document
+            detail = (
                 f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
                 f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
             )
+            if len(_CHAIN_DETAILS) < _PASSED_MAX:
+                _CHAIN_DETAILS[key] = detail
         return detail
 
 
@@ -300,6 +302,10 @@ def _result(name: Check, detail: str | None) -> CheckResult:
 # document less than building ten).
 _PASSED: dict[tuple[Check, str], CheckResult] = {}
 _PASSED_MAX = 4096
+# The chain check's detail by (root fingerprint, bundle length): shared by every Verifier, so a
+# fresh one (the one-shot path) does not format it again. The label is the root's, which its
+# fingerprint names.
+_CHAIN_DETAILS: dict[tuple[str, int], str] = {}
 
 
 # Results are immutable: the "not checked" ones, most of a one-shot report, are built once.
