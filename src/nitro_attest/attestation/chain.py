@@ -89,6 +89,7 @@ class CertInfo:
 
     __slots__ = (
         "_key",
+        "_key_is_p384",
         "_label",
         "ca_problem",
         "cert",
@@ -114,6 +115,7 @@ class CertInfo:
         self.not_before = not_before
         self.not_after = not_after
         self._key: ec.EllipticCurvePublicKey | bool | None = False  # False: not loaded yet
+        self._key_is_p384: bool | None = None  # None: not decided yet
         self._label: str | None = None
 
         basic: x509.BasicConstraints | None = None
@@ -169,6 +171,15 @@ class CertInfo:
                 key = None
             self._key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
         return self._key if isinstance(self._key, ec.EllipticCurvePublicKey) else None
+
+    @property
+    def p384_key(self) -> ec.EllipticCurvePublicKey | None:
+        """The public key if it is ECDSA P-384 (what ES384 needs), else None; decided once per
+        certificate, not once per document (``key.curve`` builds a new object on every read)."""
+        key = self.public_key
+        if self._key_is_p384 is None:
+            self._key_is_p384 = key is not None and isinstance(key.curve, ec.SECP384R1)
+        return key if self._key_is_p384 else None
 
     @property
     def label(self) -> str:
@@ -252,8 +263,8 @@ class ChainValidator:
         leaf = self.cert_info(leaf_der)
         if leaf.leaf_problem is not None:
             raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
-        key = leaf.public_key
-        if key is None or not isinstance(key.curve, ec.SECP384R1):
+        key = leaf.p384_key
+        if key is None:
             raise ChainError(f"leaf certificate {leaf.label}: key is not ECDSA P-384 (ES384)")
         return key
 
