@@ -192,11 +192,27 @@ def _check_fields(body: dict[Any, Any], sign1: CoseSign1, data: bytes) -> Attest
 # object.__setattr__ per field): a new object and each slot set through its descriptor, half the
 # time. The result is the same object the constructor makes (tests/test_payload_layout.py).
 _new = object.__new__
-(_set_module_id, _set_digest, _set_timestamp, _set_timestamp_ms, _set_pcrs, _set_certificate,
- _set_cabundle, _set_public_key, _set_user_data, _set_nonce, _set_kind, _set_protected,
- _set_payload, _set_signature, _set_raw, _set_tagged) = (
-    getattr(AttestationDocument, name).__set__ for name in AttestationDocument.__slots__
-)  # fmt: skip
+_SETTERS = {
+    name: getattr(AttestationDocument, name).__set__ for name in AttestationDocument.__slots__
+}
+# By name, so a reordered field cannot shift them; a field added without its setter is caught
+# by that test (the built document would lack it).
+_set_module_id = _SETTERS["module_id"]
+_set_digest = _SETTERS["digest"]
+_set_timestamp = _SETTERS["timestamp"]
+_set_timestamp_ms = _SETTERS["timestamp_ms"]
+_set_pcrs = _SETTERS["pcrs"]
+_set_certificate = _SETTERS["certificate"]
+_set_cabundle = _SETTERS["cabundle"]
+_set_public_key = _SETTERS["public_key"]
+_set_user_data = _SETTERS["user_data"]
+_set_nonce = _SETTERS["nonce"]
+_set_kind = _SETTERS["kind"]
+_set_protected = _SETTERS["protected"]
+_set_payload = _SETTERS["payload"]
+_set_signature = _SETTERS["signature"]
+_set_raw = _SETTERS["raw"]
+_set_tagged = _SETTERS["tagged"]
 
 
 def _new_document(
