@@ -62,8 +62,10 @@ def test_leaf_key_must_be_p384() -> None:
     chain = cf.chain(specs)
     item = cbor2.loads(chain.document())
     item[3] = item[3] + bytes(32)  # ES256's 64-byte signature padded to pass the syntax check
-    with pytest.raises(ChainError, match="P-384"):
-        Verifier(root_pem=chain.root_pem).verify(cbor2.dumps(item), at=cf.T0)
+    verifier = Verifier(root_pem=chain.root_pem)
+    for _ in range(2):  # and again, with the leaf's parsed certificate (and key verdict) cached
+        with pytest.raises(ChainError, match="P-384"):
+            verifier.verify(cbor2.dumps(item), at=cf.T0)
 
 
 @pytest.mark.parametrize("level", [0, 1, 2, 3, 4])
@@ -159,6 +161,23 @@ def test_cached_path_does_not_vouch_for_another_bundle_with_the_same_leaf() -> N
         Verifier(root_pem=other.root_pem).verify(chain.document(), at=cf.T0)
 
 
+def test_cached_path_does_not_vouch_for_a_bundle_one_byte_apart() -> None:
+    # The remembered path compares the bundle byte for byte: an intermediate with its last byte
+    # (inside its signature) changed, same length, same leaf, is validated in full and refused;
+    # the good path still verifies afterwards.
+    chain = cf.chain()
+    verifier = Verifier(root_pem=chain.root_pem)
+    verifier.verify(chain.document(), at=cf.T0)
+    bundle = list(chain.ders[:4])
+    bundle[2] = bundle[2][:-1] + bytes((bundle[2][-1] ^ 1,))
+    data = cf.sign_document(
+        cbor2.dumps(cf.payload_map(chain.ders, cabundle=bundle)), chain.leaf_key
+    )
+    with pytest.raises(ChainError, match="not signed by"):
+        verifier.verify(data, at=cf.T0)
+    verifier.verify(chain.document(), at=cf.T0)
+
+
 def test_root_pem_rules() -> None:
     chain = cf.chain()
     with pytest.raises(TrustRootError, match="exactly one"):
@@ -236,9 +255,10 @@ def test_remembered_paths_hold_a_bounded_number_of_bytes(monkeypatch: pytest.Mon
         validator.validate(leaf, tuple(c.ders[:-1]), at)
         size += len(leaf) + sum(map(len, c.ders[:-1]))
     assert size > 2 * chain_mod._PATH_BYTES  # more than twice the budget was sent
-    held = sum(len(lf) + sum(map(len, b)) for lf, b in validator._paths)
+    held = sum(len(lf) + sum(map(len, known[0])) for lf, known in validator._paths.items())
     assert 0 < held <= chain_mod._PATH_BYTES
-    assert (leaf, tuple(c.ders[:-1])) in validator._paths  # the latest is still remembered
+    assert held == validator._path_bytes
+    assert validator._paths[leaf][0] == tuple(c.ders[:-1])  # the latest is still remembered
 
 
 def test_a_certificate_may_not_appear_twice_on_the_path() -> None:
@@ -335,7 +355,7 @@ def test_cached_path_window_is_the_narrowest_ca_not_the_leaf() -> None:
     validator = ChainValidator(ders[0])
     leaf, bundle = ders[-1], tuple(ders[:-1])
     validator.validate(leaf, bundle, cf.T0.timestamp())
-    assert (leaf, bundle) in validator._paths
+    assert validator._paths[leaf][0] == bundle
     validator.validate(leaf, bundle, (cf.T0 + dt.timedelta(minutes=30)).timestamp())  # inclusive
     for outside in (dt.timedelta(seconds=-31), dt.timedelta(minutes=30, seconds=1)):
         with pytest.raises(ExpiredError, match=r"cabundle\[2\]"):

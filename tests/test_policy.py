@@ -212,3 +212,35 @@ def test_unreadable_or_empty_measurement_files(tmp_path: Path) -> None:
     big.write_bytes(b" " * (1024 * 1024 + 1))
     with pytest.raises(PolicyError, match="larger than"):
         load_expected_measurements(big)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("expected_pcrs", {0: bytes(48)}),
+        ("nonce", b"n"),
+        ("user_data", b"u"),
+        ("public_key", b"k"),
+        ("max_age", 60.0),
+        ("kind", "enclave"),
+        ("kind", "nitrotpm"),
+    ],
+)
+def test_each_loose_expectation_counts_as_given(name: str, value: Any) -> None:
+    # verifier._policy's "any given?" test (one map over the six): any one of them given must
+    # build a policy that carries it, never fall back to the shared no-expectation policy, and
+    # must not be combined with policy=.
+    from nitro_attest.attestation import verifier as verifier_module
+
+    built = verifier_module._policy(**{name: value})
+    assert built is not verifier_module._NO_EXPECTATIONS[False]
+    if name == "expected_pcrs":
+        assert built.pcr_sets
+    elif name == "kind":
+        assert built.kind == value
+    else:
+        assert getattr(built, name) == value
+    with pytest.raises(PolicyError, match="either policy="):
+        verifier_module._policy(policy=built, **{name: value})
+    assert verifier_module._policy() is verifier_module._NO_EXPECTATIONS[False]
+    assert verifier_module._policy(allow_debug=True) is verifier_module._NO_EXPECTATIONS[True]

@@ -79,6 +79,12 @@ def root_der_from_pem(pem: bytes) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+# Bound once: CertInfo reads them for every extension of every certificate.
+_BASIC_CONSTRAINTS = x509.BasicConstraints
+_KEY_USAGE = x509.KeyUsage
+_ECDSA_WITH_SHA384 = SignatureAlgorithmOID.ECDSA_WITH_SHA384
+
+
 class CertInfo:
     """A parsed certificate and the facts the chain check needs, computed once per DER.
 
@@ -88,6 +94,7 @@ class CertInfo:
 
     __slots__ = (
         "_key",
+        "_key_is_p384",
         "_label",
         "ca_problem",
         "cert",
@@ -113,6 +120,7 @@ class CertInfo:
         self.not_before = not_before
         self.not_after = not_after
         self._key: ec.EllipticCurvePublicKey | bool | None = False  # False: not loaded yet
+        self._key_is_p384: bool | None = None  # None: not decided yet
         self._label: str | None = None
 
         basic: x509.BasicConstraints | None = None
@@ -124,9 +132,9 @@ class CertInfo:
             # and an isinstance check against its abstract base costs more than the rest here.
             value = ext.value
             ext_type = type(value)
-            if ext_type is x509.BasicConstraints:
+            if ext_type is _BASIC_CONSTRAINTS:
                 basic, basic_critical = value, ext.critical
-            elif ext_type is x509.KeyUsage:
+            elif ext_type is _KEY_USAGE:
                 usage = value
             elif ext.critical:  # any critical extension but those two is not understood here
                 unhandled.append(ext.oid.dotted_string)
@@ -137,7 +145,7 @@ class CertInfo:
             common = f"unsupported critical extension(s) {', '.join(unhandled)}"
         # Checked for every certificate but the pinned root, whose own signature is never used.
         self.sig_problem: str | None = None
-        if sig_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+        if sig_oid != _ECDSA_WITH_SHA384:
             self.sig_problem = f"signed with {sig_oid.dotted_string}, not ecdsa-with-SHA384"
 
         ca_problem = common
@@ -168,6 +176,15 @@ class CertInfo:
                 key = None
             self._key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
         return self._key if isinstance(self._key, ec.EllipticCurvePublicKey) else None
+
+    @property
+    def p384_key(self) -> ec.EllipticCurvePublicKey | None:
+        """The public key if it is ECDSA P-384 (what ES384 needs), else None; decided once per
+        certificate, not once per document (``key.curve`` builds a new object on every read)."""
+        key = self.public_key
+        if self._key_is_p384 is None:
+            self._key_is_p384 = key is not None and isinstance(key.curve, ec.SECP384R1)
+        return key if self._key_is_p384 else None
 
     @property
     def label(self) -> str:
@@ -258,11 +275,13 @@ class ChainValidator:
         self.root_sha256 = self.root.sha256
         self._certs: dict[bytes, CertInfo] = {root_der: self.root.info}
         self._links: set[tuple[bytes, bytes]] = set()
-        # Whole paths that validated, by (leaf, cabundle): the window in which every certificate
-        # on the path is valid. Every other check depends on those bytes and the root alone, so a
-        # path seen before costs one lookup (documents from one enclave share leaf and bundle).
-        self._paths: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, float]] = {}
-        self._path_bytes = 0  # what the keys of _paths hold, bounded by _PATH_BYTES
+        # Whole paths that validated: leaf -> (its cabundle, the window in which every
+        # certificate on the path is valid). Every other check depends on those bytes and the
+        # root alone, so a path seen before costs one lookup (documents from one enclave share
+        # leaf and bundle). Keyed by the leaf, whose hash the leaf_key lookup already computed,
+        # and the bundle compared byte for byte: hashing the bundle (2.7 KB) cost more.
+        self._paths: dict[bytes, tuple[tuple[bytes, ...], float, float]] = {}
+        self._path_bytes = 0  # what _paths holds (leaves and bundles), bounded by _PATH_BYTES
         self._lock = allocate_lock()
 
     def cert_info(self, der: bytes) -> CertInfo:
@@ -281,16 +300,16 @@ class ChainValidator:
         leaf = self.cert_info(leaf_der)
         if leaf.leaf_problem is not None:
             raise ChainError(f"leaf certificate {leaf.label}: {leaf.leaf_problem}")
-        key = leaf.public_key
-        if key is None or not isinstance(key.curve, ec.SECP384R1):
+        key = leaf.p384_key
+        if key is None:
             raise ChainError(f"leaf certificate {leaf.label}: key is not ECDSA P-384 (ES384)")
         return key
 
     def validate(self, leaf_der: bytes, cabundle: tuple[bytes, ...], at: float) -> None:
         """Raise ChainError (ExpiredError for time) unless leaf chains to the root at ``at``."""
-        path = (leaf_der, tuple(cabundle))
-        window = self._paths.get(path)
-        if window is not None and window[0] <= at <= window[1]:
+        cabundle = tuple(cabundle)
+        known = self._paths.get(leaf_der)
+        if known is not None and known[0] == cabundle and known[1] <= at <= known[2]:
             return
         if not cabundle:  # parse_document refuses it first; a direct caller gets a ChainError
             raise ChainError("cabundle is empty: no path to the trusted root")
@@ -336,13 +355,14 @@ class ChainValidator:
         valid_to = min(info.not_after for info in chain)
         cost = len(leaf_der) + sum(map(len, cabundle))
         with self._lock:
-            if path in self._paths:
-                return
+            old = self._paths.pop(leaf_der, None)
+            if old is not None:  # the same leaf with another bundle: the newest is kept
+                self._path_bytes -= len(leaf_der) + sum(map(len, old[0]))
             if len(self._paths) >= _CACHE_LIMIT or self._path_bytes + cost > _PATH_BYTES:
                 self._paths.clear()
                 self._path_bytes = 0
             if cost <= _PATH_BYTES:
-                self._paths[path] = (valid_from, valid_to)
+                self._paths[leaf_der] = (cabundle, valid_from, valid_to)
                 self._path_bytes += cost
 
     def _check_link(self, child: CertInfo, issuer: CertInfo, depth: int, top: int) -> None:

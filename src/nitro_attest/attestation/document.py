@@ -13,6 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from nitro_attest.attestation.payload_layout import read_nsm_payload
 from nitro_attest.codec.cbor import CborError, strict_loads
 from nitro_attest.codec.cose import CoseError, CoseSign1, decode_sign1
 from nitro_attest.errors import MalformedDocumentError
@@ -89,7 +90,7 @@ class AttestationDocument:
 
 def parse_document(data: bytes) -> AttestationDocument:
     """Decode and syntactically validate one attestation document (raw COSE_Sign1 bytes)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
         raise MalformedDocumentError(f"document must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > MAX_DOCUMENT_BYTES:
@@ -114,6 +115,16 @@ def parse_document(data: bytes) -> AttestationDocument:
         raise MalformedDocumentError(
             f"payload must be 1..{MAX_PAYLOAD_BYTES} bytes, got {len(sign1.payload)}"
         )
+    fields = read_nsm_payload(sign1.payload)  # the NSM's layout: no CBOR decoder, same rules
+    if fields is not None:
+        module_id, timestamp_ms, timestamp, pcrs, certificate, cabundle, pk, ud, nonce, pcr_key = (
+            fields
+        )
+        return _new_document(
+            module_id, "SHA384", timestamp, timestamp_ms, MappingProxyType(pcrs), certificate,
+            cabundle, pk, ud, nonce, _PCR_KEYS[pcr_key], sign1.protected, sign1.payload,
+            sign1.signature, data, sign1.tagged,
+        )  # fmt: skip
     try:
         body = strict_loads(sign1.payload)
     except CborError as exc:
@@ -157,8 +168,7 @@ def _check_fields(body: dict[Any, Any], sign1: CoseSign1, data: bytes) -> Attest
     except OverflowError:
         raise MalformedDocumentError(f"timestamp {timestamp_ms} ms is out of range") from None
 
-    # Built here, positionally, in the fields' order: no dict of keyword arguments per document.
-    return AttestationDocument(
+    return _new_document(
         module_id,
         digest,
         timestamp,
@@ -176,6 +186,71 @@ def _check_fields(body: dict[Any, Any], sign1: CoseSign1, data: bytes) -> Attest
         data,
         sign1.tagged,
     )
+
+
+# Every document is built here, without the frozen dataclass's __init__ (one
+# object.__setattr__ per field): a new object and each slot set through its descriptor, half the
+# time. The result is the same object the constructor makes (tests/test_payload_layout.py).
+_new = object.__new__
+_SETTERS = {
+    name: getattr(AttestationDocument, name).__set__ for name in AttestationDocument.__slots__
+}
+# By name, so a reordered field cannot shift them; a field added without its setter is caught
+# by that test (the built document would lack it).
+_set_module_id = _SETTERS["module_id"]
+_set_digest = _SETTERS["digest"]
+_set_timestamp = _SETTERS["timestamp"]
+_set_timestamp_ms = _SETTERS["timestamp_ms"]
+_set_pcrs = _SETTERS["pcrs"]
+_set_certificate = _SETTERS["certificate"]
+_set_cabundle = _SETTERS["cabundle"]
+_set_public_key = _SETTERS["public_key"]
+_set_user_data = _SETTERS["user_data"]
+_set_nonce = _SETTERS["nonce"]
+_set_kind = _SETTERS["kind"]
+_set_protected = _SETTERS["protected"]
+_set_payload = _SETTERS["payload"]
+_set_signature = _SETTERS["signature"]
+_set_raw = _SETTERS["raw"]
+_set_tagged = _SETTERS["tagged"]
+
+
+def _new_document(
+    module_id: str,
+    digest: str,
+    timestamp: datetime,
+    timestamp_ms: int,
+    pcrs: Mapping[int, bytes],
+    certificate: bytes,
+    cabundle: tuple[bytes, ...],
+    public_key: bytes | None,
+    user_data: bytes | None,
+    nonce: bytes | None,
+    kind: DocumentKind,
+    protected: bytes,
+    payload: bytes,
+    signature: bytes,
+    raw: bytes,
+    tagged: bool,
+) -> AttestationDocument:
+    doc: AttestationDocument = _new(AttestationDocument)
+    _set_module_id(doc, module_id)
+    _set_digest(doc, digest)
+    _set_timestamp(doc, timestamp)
+    _set_timestamp_ms(doc, timestamp_ms)
+    _set_pcrs(doc, pcrs)
+    _set_certificate(doc, certificate)
+    _set_cabundle(doc, cabundle)
+    _set_public_key(doc, public_key)
+    _set_user_data(doc, user_data)
+    _set_nonce(doc, nonce)
+    _set_kind(doc, kind)
+    _set_protected(doc, protected)
+    _set_payload(doc, payload)
+    _set_signature(doc, signature)
+    _set_raw(doc, raw)
+    _set_tagged(doc, tagged)
+    return doc
 
 
 def _check_pcrs(name: str, value: Any) -> Mapping[int, bytes]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import is_not
 from typing import Literal, TypedDict, Unpack
 
 from nitro_attest.attestation.chain import ChainValidator, aws_root_der, root_der_from_pem
@@ -85,7 +86,6 @@ class Verifier:
     def __init__(self, *, root_pem: bytes | None = None) -> None:
         root_der = aws_root_der() if root_pem is None else root_der_from_pem(root_pem)
         self._chain = ChainValidator(root_der)
-        self._chain_details: dict[int, str] = {}
 
     @property
     def root_sha256(self) -> str:
@@ -101,11 +101,23 @@ class Verifier:
         doc = parse_document(document)
         when = _resolve_at(at, doc)
         ts = when.timestamp()
-        results = [CheckResult(Check.FORMAT, True, _format_detail(doc))]
-        for name, step in _STEPS:
-            detail = step(self, doc, policy, ts)
-            results.append(_result(name, detail))
-        return VerifiedDocument(doc, when, self._chain.root_sha256, policy, tuple(results))
+        # The steps of _STEPS, written out (a tuple's items are evaluated left to right, so each
+        # runs only after the ones before it passed): no loop and no lambda frame per step.
+        # tests/test_verify_steps.py holds this to _STEPS' order and to evaluate's results.
+        results = (
+            CheckResult(Check.FORMAT, True, _format_detail(doc)),
+            _result(Check.COSE_SIGNATURE, self._check_signature(doc, policy, ts)),
+            _result(Check.CERTIFICATE_CHAIN, self._check_chain(doc, policy, ts)),
+            _result(Check.DOCUMENT_KIND, check_kind(doc, policy)),
+            _result(Check.DEBUG_MODE, check_debug(doc, policy)),
+            _result(Check.PCRS, check_pcrs(doc, policy)),
+            _result(Check.USER_DATA, check_user_data(doc, policy)),
+            _result(Check.NONCE, check_nonce(doc, policy)),
+            _result(Check.PUBLIC_KEY, check_public_key(doc, policy)),
+            _result(Check.CALLER_KEYS, check_caller_keys(doc, policy)),
+            _result(Check.FRESHNESS, check_freshness(doc, policy, ts)),
+        )
+        return VerifiedDocument(doc, when, self._chain.root_sha256, policy, results)
 
     def evaluate(
         self, document: bytes, *, at: At = None, **expectations: Unpack[Expectations]
@@ -165,12 +177,15 @@ class Verifier:
     def _check_chain(self, doc: AttestationDocument, policy: Policy, at: float) -> str:
         chain = self._chain
         chain.validate(doc.certificate, doc.cabundle, at)
-        detail = self._chain_details.get(len(doc.cabundle))
-        if detail is None:  # one string per bundle length, not one per document
-            detail = self._chain_details[len(doc.cabundle)] = (
+        key = (chain.root_sha256, len(doc.cabundle))
+        detail = _CHAIN_DETAILS.get(key)
+        if detail is None:  # one string per root and bundle length, not one per document
+            detail = (
                 f"leaf -> {len(doc.cabundle) - 1} intermediate(s) -> root {chain.root.label} "
                 f"(sha256 {chain.root_sha256[:16]}...), each valid at the verification time"
             )
+            if len(_CHAIN_DETAILS) < _PASSED_MAX:
+                _CHAIN_DETAILS[key] = detail
         return detail
 
 
@@ -216,12 +231,13 @@ def _policy(
     kind: DocumentKind | str | None = None,
     refuse_caller_keys: bool = False,
 ) -> Policy:
-    loose = (expected_pcrs, nonce, user_data, public_key, max_age, kind)
+    # Whether any of these is given: map(is_not) is the `is not None` test without a generator.
+    loose = any(map(is_not, (expected_pcrs, nonce, user_data, public_key, max_age, kind), _NONES))
     if policy is not None:
-        if any(v is not None for v in loose) or allow_debug or refuse_caller_keys:
+        if loose or allow_debug or refuse_caller_keys:
             raise PolicyError("give either policy= or the individual expectations, not both")
         return policy
-    if isinstance(allow_debug, bool) and not refuse_caller_keys and all(v is None for v in loose):
+    if isinstance(allow_debug, bool) and not refuse_caller_keys and not loose:
         return _NO_EXPECTATIONS[allow_debug]
     return Policy.build(
         expected_pcrs=expected_pcrs,
@@ -235,6 +251,7 @@ def _policy(
     )
 
 
+_NONES = (None,) * 6
 # Policies are immutable: the two without expectations are built once, not per document.
 _NO_EXPECTATIONS = {
     debug: Policy.build(allow_debug=debug, kind=DocumentKind.ENCLAVE) for debug in (False, True)
@@ -297,6 +314,10 @@ def _result(name: Check, detail: str | None) -> CheckResult:
 # document less than building ten).
 _PASSED: dict[tuple[Check, str], CheckResult] = {}
 _PASSED_MAX = 4096
+# The chain check's detail by (root fingerprint, bundle length): shared by every Verifier, so a
+# fresh one (the one-shot path) does not format it again. The label is the root's, which its
+# fingerprint names.
+_CHAIN_DETAILS: dict[tuple[str, int], str] = {}
 
 
 # Results are immutable: the "not checked" ones, most of a one-shot report, are built once.
