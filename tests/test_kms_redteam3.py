@@ -4,7 +4,9 @@ the single deadline. Findings' tests failed before their fix; the rest hold what
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import random
 import socket
 import ssl
@@ -12,14 +14,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nitro_attest.errors import TransportError
+from nitro_attest.kms.client import KmsClient
 from nitro_attest.kms.https import Connection, Endpoint, tls_context
 from nitro_attest.kms.route import parse_route
+from nitro_attest.kms.sigv4 import Credentials
+from nitro_attest.nsm import open_backend
+from nitro_attest.nsm.backend import NsmBackend
 from tests.kmsclientkit import Pki, make_pki, server_context
+from tests.test_kms_fast_paths import _captured
 
 ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n"
           b"Content-Length: 2\r\n\r\n{}")
@@ -301,3 +309,63 @@ def test_a_retry_refused_for_its_certificate_does_not_say_nothing_was_sent(
     assert not str(caught.value).endswith("; nothing was sent")
     assert "had been sent on the kept-alive connection" in str(caught.value)
 
+
+
+# --- Decrypt's JSON: written as bytes, or by the encoder for the optional arguments -------------
+
+
+@pytest.fixture
+def nsm(sim_state: Path) -> Iterator[NsmBackend]:
+    backend = open_backend("simulator", state_dir=sim_state)
+    yield backend
+    backend.close()
+
+
+_AWKWARD = ['a"b', "a\\b", "a/b", "caf\u00e9", "\u2028\u2029", "\U0001f511", "tab\there",
+            "nul\x00", "\x7f", '"},"Recipient":{"x":"', "Recipient"]
+
+
+@pytest.mark.parametrize("text", _AWKWARD)
+def test_decrypts_optional_arguments_are_json_as_the_encoder_writes_it(
+    nsm: NsmBackend, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """KeyId and EncryptionContext with quotes, backslashes, separators, non-ASCII and a
+    would-be Recipient: the bytes are json.dumps's (ASCII, escaped), read back as the same
+    values, with exactly one Recipient, the client's, last."""
+    blob = b"\x01\x02blob"
+    payload = _captured(nsm, monkeypatch, lambda c: c.decrypt(
+        blob, key_id=text, encryption_context={text: text, "k": text}))
+    expected = {"CiphertextBlob": base64.b64encode(blob).decode(), "KeyId": text,
+                "EncryptionContext": {text: text, "k": text}}
+    prefix = json.dumps(expected, separators=(",", ":")).encode()[:-1]
+    assert payload.startswith(prefix + b',"Recipient":{')
+    assert payload.isascii()
+    pairs = json.loads(payload, object_pairs_hook=lambda p: p)
+    assert [name for name, _ in pairs] == ["CiphertextBlob", "KeyId", "EncryptionContext",
+                                           "Recipient"]
+    decoded = json.loads(payload)
+    assert decoded["Recipient"]["AttestationDocument"] == base64.b64encode(
+        b"\x84the document\xff").decode()
+    del decoded["Recipient"]
+    assert decoded == expected
+
+
+@pytest.mark.parametrize(("call", "words"), [
+    (lambda c: c.call("GenerateRandom", {"NumberOfBytes": float("nan")}), "not JSON"),
+    (lambda c: c.call("GenerateRandom", {"NumberOfBytes": float("inf")}), "not JSON"),
+    (lambda c: c.call("Decrypt", {"CiphertextBlob": b"raw bytes"}), "not JSON"),
+    (lambda c: c.decrypt(b"blob", encryption_context={"k": {1, 2}}), "not JSON"),  # type: ignore[dict-item]
+    (lambda c: c.decrypt("text, not bytes"), "bytes"),  # type: ignore[arg-type]
+])
+def test_a_request_json_cannot_hold_is_a_usage_error_not_a_traceback(
+    nsm: NsmBackend, monkeypatch: pytest.MonkeyPatch, call: Any, words: str
+) -> None:
+    """Only the project's exceptions escape: a TypeError from the encoder, or NaN written as
+    ``NaN`` (not JSON; ``kms proxy`` passes on what an SDK's JSON parsed to, and json.loads
+    reads ``NaN``), was sent or raised as it was."""
+    from nitro_attest.errors import UsageError
+    client = KmsClient(region="us-east-1", nsm=nsm, credentials=Credentials("AK", "SK"),
+                       endpoint="http://127.0.0.1:9", insecure_http=True)
+    monkeypatch.setattr(client, "_send", lambda *a: pytest.fail("sent"))
+    with pytest.raises(UsageError, match=words):
+        call(client)
