@@ -201,12 +201,15 @@ class KmsClient:
         grant_tokens: list[str] | None = None,
     ) -> KmsResult:
         """Decrypt; ``secret`` is the Plaintext, opened from the envelope to this key."""
+        try:
+            blob = binascii.b2a_base64(ciphertext_blob, newline=False)
+        except TypeError:
+            raise UsageError("decrypt: the ciphertext blob must be bytes") from None
         if (key_id is None and encryption_context is None and encryption_algorithm is None
                 and grant_tokens is None):  # the commonest call: its JSON written as bytes
-            blob = binascii.b2a_base64(ciphertext_blob, newline=False)
             return self._call("Decrypt", {"CiphertextBlob": blob.decode("ascii")},
                               b'{"CiphertextBlob":"' + blob + b'"}')
-        body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext_blob)}
+        body: dict[str, Any] = {"CiphertextBlob": blob.decode("ascii")}
         _put(body, "KeyId", key_id)
         _put(body, "EncryptionContext", dict(encryption_context) if encryption_context else None)
         _put(body, "EncryptionAlgorithm", encryption_algorithm)
@@ -431,15 +434,19 @@ def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
-# Made once: json.dumps with options makes a new encoder every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# Made once: json.dumps with options makes a new encoder every call. NaN and infinities are not
+# JSON (the encoder would write them as Python's words).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 _DECODER = json.JSONDecoder()
 
 
 def _json(body: Mapping[str, Any]) -> bytes:
-    return _ENCODER.encode(body).encode("utf-8")
+    try:
+        return _ENCODER.encode(body).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # bytes, a set, NaN, a cycle...
+        raise UsageError(f"the request is not JSON: {str(exc)[:100]}") from None
 
 
 # The Recipient member as bytes around the document's base64 (which JSON needs no escape for):

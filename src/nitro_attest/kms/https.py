@@ -219,6 +219,7 @@ class Connection:
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._deadline = 0.0  # the whole request must be done by then (monotonic clock)
+        self._resending = False  # the one retry on a fresh connection is under way
         self._readable = select.poll()
         self._writable = select.poll()
 
@@ -245,12 +246,15 @@ class Connection:
             if not reused:
                 raise TransportError(f"{self.endpoint} closed the connection without answering"
                                      ) from None
+        self._resending = True  # the request went out on the closed one: KMS may have it
         try:  # the kept-alive connection had been closed by the far side: once more, fresh
             return self._exchange(method, data)
         except _Stale:
             self.close()
             raise TransportError(f"{self.endpoint} closed the connection without answering"
                                  ) from None
+        finally:
+            self._resending = False
 
     def _connect(self) -> socket.socket:
         sock = self._route.dial(self.endpoint.host, self.endpoint.port, timeout=self._remaining())
@@ -312,8 +316,11 @@ class Connection:
             raise TransportError(f"{self.endpoint}: malformed answer: {exc.reason}") from None
         except ssl.SSLCertVerificationError as exc:
             self.close()
+            sent = ("nothing was sent on this connection, but the request had been sent on the "
+                    "kept-alive connection, which closed unanswered" if self._resending
+                    else "nothing was sent")
             raise TransportError(f"TLS to {self.endpoint}: the certificate is not trusted "
-                                 f"({exc.verify_message}); nothing was sent") from None
+                                 f"({exc.verify_message}); {sent}") from None
         except ssl.SSLEOFError as exc:
             answering = self._sock is not None  # connected: the handshake was done
             self.close()
