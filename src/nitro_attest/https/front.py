@@ -627,6 +627,10 @@ class HttpsFront:
         while True:
             if conn.handoff is not None:
                 return None
+            if conn.inflight is not None:
+                # Woken while the callbacks relay a request (the client's input ended): what
+                # follows in the buffer must not be answered before it. Nothing more can be.
+                raise _Closed("input ended with a request in flight")
             if conn.served != served:  # the head begun before was served by the callbacks
                 served, deadline = conn.served, None
             try:
@@ -670,10 +674,15 @@ class HttpsFront:
         if conn.inflight is not None:  # an answer is awaited: keep what follows for later
             return not (client.closed or client.eof)
         upstream = conn.upstream
+        # The coroutine must be waiting, not woken yet: once woken (a poke, in the same turn
+        # of the loop as these bytes) it reads the buffer itself, and a request relayed here
+        # meanwhile would be answered after the one behind it.
+        waiting = client.readable
         # client.blocked: the client is not taking its answers; the coroutine's send waits
         # for it (back-pressure, under the idle deadline) where a callback cannot.
-        if (not conn.parked or conn.expired or client.closed or client.blocked
-                or upstream is None or not _still_open(upstream) or self._listener is None):
+        if (not conn.parked or waiting is None or waiting.done() or conn.expired
+                or client.closed or client.blocked or upstream is None
+                or not _still_open(upstream) or self._listener is None):
             return False
         buffer = client.buffer
         end = buffer.find(b"\r\n\r\n", 0, self._max_head)  # as find_head_end; no 431 here

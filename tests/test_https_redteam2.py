@@ -1,0 +1,187 @@
+"""Red team of the rewritten front (asyncio protocols, the callback path, the codec's fast path,
+the header-name memo): each test failed before its fix.
+
+Threat model: the parent and any client send anything, pipelined and timed as they like (the
+front's loop is busy when others load it, so events of several connections come in one batch);
+the app is trusted but answers in every legal shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from .httpskit import Front, running_front, sim, tls_connect
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+class HeldApp:
+    """An app whose one connection the test drives by hand: read a head, write an answer."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def accept(self) -> None:
+        self.sock, _ = self.listener.accept()
+        self.sock.settimeout(10)
+
+    def head(self) -> bytes:
+        assert self.sock is not None
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            assert data, "the front closed the app connection"
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        return head
+
+    def answer(self, body: bytes) -> None:
+        assert self.sock is not None
+        self.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.listener.close()
+
+
+@contextmanager
+def _held(sim_state: Path, loop: str, **config: object) -> Iterator[tuple[HeldApp, Front]]:
+    app = HeldApp()
+    new_loop = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    try:
+        with running_front(sim(sim_state), app.address, new_loop=new_loop,
+                           **config) as front:
+            yield app, front
+    finally:
+        app.close()
+
+
+def _answers(conn: ssl.SSLSocket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` whole answers (Content-Length bodies) from ``conn``."""
+    buffer = b""
+    out: list[tuple[bytes, bytes]] = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buffer:
+            data = conn.recv(65536)
+            assert data, out
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = int(head.lower().partition(b"content-length: ")[2].split(b"\r")[0])
+        while len(buffer) < length:
+            data = conn.recv(65536)
+            assert data, out
+            buffer += data
+        out.append((head, buffer[:length]))
+        buffer = buffer[length:]
+    return out
+
+
+def _in_one_batch(front: Front, *events: tuple[str, bytes]) -> None:
+    """Deliver ``events`` (("app" or "client", bytes)) to the front's only connection in one
+    turn of its loop, in that order: what a busy loop (other connections' work) sees when
+    both sockets became readable meanwhile. Returns once they were handled."""
+    loop = front.front._loop
+    assert loop is not None
+    (conn,) = list(front.front._connections)
+    done = threading.Event()
+
+    def deliver() -> None:
+        try:
+            for side, data in events:
+                stream = conn.upstream if side == "app" else conn.client
+                assert stream is not None
+                stream.data_received(data)
+        finally:
+            done.set()
+
+    loop.call_soon_threadsafe(deliver)
+    assert done.wait(5)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_answers_stay_in_order_when_an_answer_and_the_next_heads_arrive_together(
+    sim_state: Path, loop: str
+) -> None:
+    """The callbacks answer request 1 and find request 2's head begun: they wake the coroutine.
+    In the same batch of events the rest of request 2 arrives, with request 3 behind it. The
+    callbacks must not relay request 2 while the coroutine, woken, takes request 3: request 3
+    (here the attestation path, answered at once) would be answered before request 2, and a
+    pipelining client would read each answer as the other's."""
+    with _held(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        conn.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")  # opens the kept app connection
+        app.accept()
+        assert app.head().startswith(b"GET /warm ")
+        app.answer(b"warm")
+        assert _answers(conn, 1)[0][1] == b"warm"
+        conn.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n")
+        assert app.head().startswith(b"GET /one ")
+        time.sleep(0.1)  # the front holds request 2's beginning
+        _in_one_batch(
+            front,
+            ("app", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+            ("client", b"\r\nGET /.well-known/nitro-attestation?nonce=" + b"ab" * 16
+             + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+        assert app.head().startswith(b"GET /two ")
+        time.sleep(0.2)
+        app.answer(b"two")
+        answers = _answers(conn, 3)
+        assert answers[0][1] == b"one"
+        assert answers[1][1] == b"two", answers[1][0]
+        assert b"attestation-document+cose" in answers[2][0]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_nothing_behind_a_request_in_flight_is_relayed_when_the_client_input_ends(
+    sim_state: Path, loop: str
+) -> None:
+    """Request 2 goes out from the callbacks; request 3 and the end of the client's input
+    come in one read (TLS close_notify right behind it). The end wakes the coroutine while
+    request 2 is in flight: it must not take request 3 (sent to the app beside request 2,
+    answered in any order), but drop the connection, whose answers can no longer be sent."""
+    with _held(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        conn.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        app.accept()
+        assert app.head().startswith(b"GET /warm ")
+        app.answer(b"warm")
+        assert _answers(conn, 1)[0][1] == b"warm"
+        conn.sendall(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert app.head().startswith(b"GET /two ")
+        loop_ = front.front._loop
+        assert loop_ is not None
+        (held,) = list(front.front._connections)
+        client = held.client
+        assert client is not None
+        done = threading.Event()
+
+        def deliver() -> None:
+            client.data_received(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.eof_received()
+            done.set()
+
+        loop_.call_soon_threadsafe(deliver)
+        assert done.wait(5)
+        assert app.sock is not None
+        app.sock.settimeout(1)
+        with contextlib.suppress(TimeoutError, OSError):
+            while data := app.sock.recv(65536):
+                app.buffer += data
+        assert b"/three" not in app.buffer
