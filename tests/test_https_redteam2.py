@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
+
+from nitro_attest.codec import http1
 
 from .httpskit import Front, running_front, sim, tls_connect
 
@@ -59,7 +62,7 @@ class HeldApp:
 
 
 @contextmanager
-def _held(sim_state: Path, loop: str, **config: object) -> Iterator[tuple[HeldApp, Front]]:
+def _held(sim_state: Path, loop: str, **config: Any) -> Iterator[tuple[HeldApp, Front]]:
     app = HeldApp()
     new_loop = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
     try:
@@ -185,3 +188,26 @@ def test_nothing_behind_a_request_in_flight_is_relayed_when_the_client_input_end
             while data := app.sock.recv(65536):
                 app.buffer += data
         assert b"/three" not in app.buffer
+
+
+def test_the_header_name_memo_holds_little_whatever_names_clients_send() -> None:
+    """The memo of which header names the front owns is capped by count (4096), and names are
+    the client's choice, each up to a whole head (16 KiB): 4096 long names pinned 64 MiB of
+    enclave memory for the process's life. Names past a real name's length are not kept."""
+    saved = dict(http1._OWNED)
+    http1._OWNED.clear()
+    try:
+        for i in range(http1._OWNED_MAX):
+            name = b"X-%05d-" % i + b"n" * 16000
+            request = http1.parse_request_head(
+                b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\nX_Forwarded_For: 6\r\n\r\n",
+                limit=16384, max_lines=100,
+            )
+            forwarded = http1.forward_request_head(request, client="1.2.3.4", host_fallback=b"e")
+            assert name.lower() in forwarded and b"x_forwarded_for" not in forwarded
+        held = sum(len(name) for name in http1._OWNED)
+        assert held < 1 << 20, held
+        assert http1._front_owned(b"x_forwarded_" + b"f" * 16000)  # still judged, not kept
+    finally:
+        http1._OWNED.clear()
+        http1._OWNED.update(saved)
