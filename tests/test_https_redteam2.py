@@ -211,3 +211,32 @@ def test_the_header_name_memo_holds_little_whatever_names_clients_send() -> None
     finally:
         http1._OWNED.clear()
         http1._OWNED.update(saved)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_expect_on_a_request_without_body_is_answered_alike_on_either_path(
+    sim_state: Path, loop: str
+) -> None:
+    """The callback path is to answer as the coroutine does (docs/https.md: Expect is the
+    coroutine's): a body-less request with Expect: 100-continue gets the same bytes whether
+    it opens the app connection (the coroutine) or reuses it (the callbacks' case)."""
+    request = b"GET /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"
+    with _held(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        conn.sendall(request)
+        app.accept()
+        app.head()
+        app.answer(b"e")
+        conn.settimeout(5)
+        first = b""
+        while not first.endswith(b"\r\n\r\ne"):
+            first += conn.recv(65536)
+        conn.sendall(request)
+        app.head()
+        app.answer(b"e")
+        second = b""
+        while not second.endswith(b"\r\n\r\ne"):
+            second += conn.recv(65536)
+    assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert second == first

@@ -695,7 +695,7 @@ class HttpsFront:
             )
         except HandshakeError:
             return False
-        if (request.framing != "none" or not request.keep_alive
+        if (request.framing != "none" or not request.keep_alive or request.expect_continue
                 or is_attestation_path(request.path)):
             return False
         del buffer[:end]
