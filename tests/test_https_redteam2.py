@@ -240,3 +240,28 @@ def test_expect_on_a_request_without_body_is_answered_alike_on_either_path(
             second += conn.recv(65536)
     assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
     assert second == first
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/.well-known/nitro-attestation#x",
+        "/.well-known/nitro-attestation#?nonce=" + "ab" * 16,
+        "/.well-known/nitro-attestation/#/x",
+        "/.WELL-KNOWN/nitro-attestation;p#x",
+    ],
+)
+def test_a_fragment_does_not_take_the_attestation_path_to_the_app(target: str) -> None:
+    """'#' has no place in a request target, and the servers apps run on drop what follows it
+    (werkzeug's and wsgiref's urlsplit, uvicorn's httptools): the app would route this target
+    as the attestation path, which only the front answers."""
+    from urllib.parse import urlsplit
+
+    from nitro_attest.https.front import is_attestation_path
+
+    assert urlsplit(target).path.rstrip("/").lower().partition(";")[0] == (
+        "/.well-known/nitro-attestation"
+    )
+    head = http1.parse_request_head(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target.encode(),
+                                    limit=16384, max_lines=100)
+    assert is_attestation_path(head.path)

@@ -128,8 +128,9 @@ class _Refused(TransportError):
 
 def is_attestation_path(path: str) -> bool:
     """The front's own path, however it is spelled, so no variant of it reaches the app: percent-
-    encoding (decoded up to three times), backslashes, case, doubled slashes, ``;`` parameters
-    and dot segments, all of which some server or framework behind the front normalizes away."""
+    encoding (decoded up to three times), backslashes, case, doubled slashes, ``;`` parameters,
+    dot segments and a ``#`` fragment, all of which some server or framework behind the front
+    normalizes away."""
     if "%" not in path and _WELL_KNOWN_NAME not in path.lower():
         return False  # the common case: no spelling of the name at all
     decoded = path
@@ -137,6 +138,8 @@ def is_attestation_path(path: str) -> bool:
         if "%" not in decoded:
             break
         decoded = unquote(decoded)
+    # A fragment has no place in a target, and servers drop it (urlsplit, httptools).
+    decoded = decoded.partition("#")[0]
     segments: list[str] = []
     for segment in decoded.replace("\\", "/").lower().split("/"):
         segment = segment.partition(";")[0]
