@@ -265,3 +265,55 @@ def test_a_fragment_does_not_take_the_attestation_path_to_the_app(target: str) -
     head = http1.parse_request_head(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target.encode(),
                                     limit=16384, max_lines=100)
     assert is_attestation_path(head.path)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(
+    "first, answer",
+    [
+        # two answers to one request
+        (b"GET /one", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\noneHTTP/1.1 200 OK\r\n"
+                      b"Content-Length: 6\r\n\r\nFORGED"),
+        # a body on a HEAD answer, and on a 204 and a 304
+        (b"HEAD /one", b"HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\nHTTP/1.1 200 OK\r\n"
+                       b"Content-Length: 6\r\n\r\nFORGED"),
+        (b"GET /one", b"HTTP/1.1 204 No Content\r\nContent-Length: 38\r\n\r\nHTTP/1.1 200 OK\r\n"
+                      b"Content-Length: 6\r\n\r\nFORGED"),
+        (b"GET /one", b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\n"
+                      b"Content-Length: 6\r\n\r\nFORGED"),
+        # a Content-Length shorter than the body
+        (b"GET /one", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\noneFORGED"),
+    ],
+)
+def test_an_answer_with_stray_bytes_is_not_read_as_the_next_requests(
+    sim_state: Path, loop: str, first: bytes, answer: bytes
+) -> None:
+    """The app's answer to request 1 comes with more than it frames, while request 2 is
+    buffered behind it: the callbacks relay answer 1 and must not send request 2 on that app
+    connection (the stray bytes would be its answer), but on a new one."""
+    with _held(sim_state, loop) as (app, front), contextlib.closing(
+        tls_connect(front.address)
+    ) as conn:
+        conn.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        app.accept()
+        app.head()
+        app.answer(b"warm")
+        assert _answers(conn, 1)[0][1] == b"warm"
+        conn.sendall(first + b" HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert app.head().startswith(first + b" ")
+        time.sleep(0.1)
+        old = app.sock
+        _in_one_batch(front, ("app", answer))
+        app.accept()  # request 2 comes on a new app connection
+        assert app.sock is not old
+        app.buffer = b""
+        assert app.head().startswith(b"GET /two ")
+        app.answer(b"two")
+        conn.settimeout(5)
+        data = b""
+        while not data.endswith(b"two"):
+            chunk = conn.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b"FORGED" not in data
+        assert data.count(b"HTTP/1.1 ") == 2
