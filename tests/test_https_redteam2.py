@@ -317,3 +317,48 @@ def test_an_answer_with_stray_bytes_is_not_read_as_the_next_requests(
             data += chunk
         assert b"FORGED" not in data
         assert data.count(b"HTTP/1.1 ") == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_client_that_does_not_read_holds_little_of_an_endless_answer(
+    sim_state: Path, loop: str, framing: str
+) -> None:
+    """A client (or the parent, for as many connections as --max-connections allows) asks for
+    a big answer and reads nothing. The TLS transport's own write limit decides what the front
+    holds for it: the loop's default (512 KiB before pausing, plus the write that crossed it:
+    about 750 KB a connection, 750 MB for 1024 of them) rather than the relay's 64 KiB pieces."""
+    with _held(sim_state, loop) as (app, front):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(10)
+        raw.connect((front.address.host, front.address.port))
+        from nitro_attest.https.client import client_context
+
+        conn = client_context().wrap_socket(raw, server_hostname=None)
+        conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        app.accept()
+        app.head()
+        sock = app.sock
+        assert sock is not None
+
+        def endless() -> None:
+            with contextlib.suppress(OSError):
+                if framing == "length":
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+                    while True:
+                        sock.sendall(b"z" * 65536)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                while True:
+                    sock.sendall(b"10000\r\n" + b"z" * 65536 + b"\r\n")
+
+        threading.Thread(target=endless, daemon=True).start()
+        most = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for c in list(front.front._connections):
+                if c.client is not None and c.client.transport is not None:
+                    most = max(most, c.client.transport.get_write_buffer_size())
+            time.sleep(0.005)
+        conn.close()
+        assert 0 < most < 512 * 1024, most

@@ -248,6 +248,9 @@ class _Stream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        # Writing pauses past one piece, as the relay moves them: a TLS transport's default
+        # (512 KiB) let a client that reads nothing hold some 750 KB of the enclave's memory.
+        self.transport.set_write_buffer_limits(high=PIECE)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
