@@ -431,6 +431,9 @@ class _FakeTransport:
     def pause_reading(self) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None) -> None:
+        pass
+
     def resume_reading(self) -> None:
         self.stream.data_received(b"more")  # type: ignore[attr-defined]
 

@@ -128,8 +128,9 @@ class _Refused(TransportError):
 
 def is_attestation_path(path: str) -> bool:
     """The front's own path, however it is spelled, so no variant of it reaches the app: percent-
-    encoding (decoded up to three times), backslashes, case, doubled slashes, ``;`` parameters
-    and dot segments, all of which some server or framework behind the front normalizes away."""
+    encoding (decoded up to three times), backslashes, case, doubled slashes, ``;`` parameters,
+    dot segments and a ``#`` fragment, all of which some server or framework behind the front
+    normalizes away."""
     if "%" not in path and _WELL_KNOWN_NAME not in path.lower():
         return False  # the common case: no spelling of the name at all
     decoded = path
@@ -137,6 +138,8 @@ def is_attestation_path(path: str) -> bool:
         if "%" not in decoded:
             break
         decoded = unquote(decoded)
+    # A fragment has no place in a target, and servers drop it (urlsplit, httptools).
+    decoded = decoded.partition("#")[0]
     segments: list[str] = []
     for segment in decoded.replace("\\", "/").lower().split("/"):
         segment = segment.partition(";")[0]
@@ -245,6 +248,9 @@ class _Stream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        # Writing pauses past one piece, as the relay moves them: a TLS transport's default
+        # (512 KiB) let a client that reads nothing hold some 750 KB of the enclave's memory.
+        self.transport.set_write_buffer_limits(high=PIECE)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -627,6 +633,10 @@ class HttpsFront:
         while True:
             if conn.handoff is not None:
                 return None
+            if conn.inflight is not None:
+                # Woken while the callbacks relay a request (the client's input ended): what
+                # follows in the buffer must not be answered before it. Nothing more can be.
+                raise _Closed("input ended with a request in flight")
             if conn.served != served:  # the head begun before was served by the callbacks
                 served, deadline = conn.served, None
             try:
@@ -670,10 +680,15 @@ class HttpsFront:
         if conn.inflight is not None:  # an answer is awaited: keep what follows for later
             return not (client.closed or client.eof)
         upstream = conn.upstream
+        # The coroutine must be waiting, not woken yet: once woken (a poke, in the same turn
+        # of the loop as these bytes) it reads the buffer itself, and a request relayed here
+        # meanwhile would be answered after the one behind it.
+        waiting = client.readable
         # client.blocked: the client is not taking its answers; the coroutine's send waits
         # for it (back-pressure, under the idle deadline) where a callback cannot.
-        if (not conn.parked or conn.expired or client.closed or client.blocked
-                or upstream is None or not _still_open(upstream) or self._listener is None):
+        if (not conn.parked or waiting is None or waiting.done() or conn.expired
+                or client.closed or client.blocked or upstream is None
+                or not _still_open(upstream) or self._listener is None):
             return False
         buffer = client.buffer
         end = buffer.find(b"\r\n\r\n", 0, self._max_head)  # as find_head_end; no 431 here
@@ -686,7 +701,7 @@ class HttpsFront:
             )
         except HandshakeError:
             return False
-        if (request.framing != "none" or not request.keep_alive
+        if (request.framing != "none" or not request.keep_alive or request.expect_continue
                 or is_attestation_path(request.path)):
             return False
         del buffer[:end]
