@@ -366,3 +366,20 @@ def test_an_empty_cabundle_is_a_chain_error_not_an_index_error() -> None:
     validator = ChainValidator(cf.chain().ders[0])
     with pytest.raises(ChainError, match="cabundle is empty"):
         validator.validate(cf.chain().ders[-1], (), cf.T0.timestamp())
+
+
+def test_a_remembered_path_holds_its_own_copy_of_a_mutable_bundle() -> None:
+    # A direct caller of ChainValidator.validate may hand the bundle's certificates as
+    # bytearrays (a reused read buffer). The path cache must remember the bytes that validated,
+    # not the caller's buffer: rewriting the buffer afterwards must not turn a cache hit into a
+    # pass for bytes that were never validated.
+    chain = cf.chain()
+    validator = ChainValidator(chain.ders[0])
+    at = cf.T0.timestamp()
+    buffer = bytearray(chain.ders[0])
+    bundle = (buffer, *chain.ders[1:4])
+    validator.validate(chain.ders[4], bundle, at)  # type: ignore[arg-type]
+    buffer[:] = cf.chain().ders[0]  # another root: the bundle no longer starts at the trusted one
+    with pytest.raises(ChainError, match="not the trusted root"):
+        validator.validate(chain.ders[4], bundle, at)  # type: ignore[arg-type]
+    validator.validate(chain.ders[4], tuple(chain.ders[:4]), at)  # the genuine path still passes

@@ -252,6 +252,15 @@ def _refuse_repeated_certificates(chain: list[CertInfo], top: int) -> None:
         seen.add(tbs)
 
 
+def _immutable_bundle(cabundle: tuple[object, ...]) -> tuple[bytes, ...]:
+    copies = []
+    for i, der in enumerate(cabundle):
+        if not isinstance(der, (bytes, bytearray, memoryview)):
+            raise ChainError(f"cabundle[{i}] must be bytes, got {type(der).__name__}")
+        copies.append(bytes(der))
+    return tuple(copies)
+
+
 class Anchor(NamedTuple):  # not a dataclass: one costs about 1 ms to define on Python 3.11
     """A pinned root, parsed once per process: its facts never change."""
 
@@ -313,6 +322,11 @@ class ChainValidator:
             return
         if not cabundle:  # parse_document refuses it first; a direct caller gets a ChainError
             raise ChainError("cabundle is empty: no path to the trusted root")
+        # What is validated and remembered is an immutable copy, never the caller's objects: a
+        # bytearray (or a view of one) rewritten after this call would otherwise make a later
+        # cache hit vouch for bytes that were never validated. Documents carry bytes already.
+        if not all(type(der) is bytes for der in cabundle):
+            cabundle = _immutable_bundle(cabundle)
         if cabundle[0] != self.root_der:
             first = self._label_or_hex(cabundle[0])
             raise ChainError(
