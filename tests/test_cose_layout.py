@@ -103,3 +103,15 @@ def test_raw_to_der_refuses_a_wrong_length() -> None:
 
     with pytest.raises(CoseError, match="96 bytes"):
         raw_to_der(bytes(95), ES384)
+
+
+def test_each_decoded_document_has_its_own_protected_header() -> None:
+    """A caller that changes one decoded header must not change what later decodes report."""
+    from nitro_attest.codec.cose import HEADER_ALG, decode_sign1
+
+    raw = _documents()[0]
+    first = decode_sign1(raw)
+    first.protected_header[HEADER_ALG] = -7
+    second = decode_sign1(raw)
+    assert second.protected_header[HEADER_ALG] == -35 and second.algorithm_id == -35
+    assert first.protected_header is not second.protected_header

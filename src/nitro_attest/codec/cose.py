@@ -78,20 +78,21 @@ def _strip_tag(data: bytes) -> tuple[bytes, bool]:
 # Every Nitro document starts: array(4), bstr(4) {1: -35}, map(0), bstr with a 2-byte length.
 _NITRO_HEAD = b"\x84\x44" + _ES384_ONLY + b"\xa0\x59"
 _NITRO_SIGNATURE_HEAD = b"\x58\x60"  # bstr(96): ES384's r||s
-_ES384_HEADER = {HEADER_ALG: ES384.cose_id}
 
 
 def _nitro_layout(body: bytes, tagged: bool) -> CoseSign1 | None:
     """The one layout the NSM emits, sliced without a CBOR decoder; None for any other layout,
     which then goes through the strict decoder. It accepts exactly what the strict decoder would
-    for this layout: the lengths must add up to the whole input. The header dict is shared, so
-    callers must not mutate ``protected_header`` (none does)."""
+    for this layout: the lengths must add up to the whole input. Each result has its own header
+    dicts: one a caller changed must not change what later documents say."""
     if body[:8] != _NITRO_HEAD:
         return None
     end = 10 + int.from_bytes(body[8:10], "big")
     if body[end : end + 2] != _NITRO_SIGNATURE_HEAD or len(body) != end + 98:
         return None
-    return CoseSign1(_ES384_ONLY, _ES384_HEADER, {}, body[10:end], body[end + 2 :], tagged)
+    return CoseSign1(
+        _ES384_ONLY, {HEADER_ALG: ES384.cose_id}, {}, body[10:end], body[end + 2 :], tagged
+    )
 
 
 def decode_sign1(data: bytes) -> CoseSign1:
