@@ -115,3 +115,15 @@ def test_each_decoded_document_has_its_own_protected_header() -> None:
     second = decode_sign1(raw)
     assert second.protected_header[HEADER_ALG] == -35 and second.algorithm_id == -35
     assert first.protected_header is not second.protected_header
+
+
+@pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32])
+def test_bstr_head_is_the_shortest_head_cbor2_writes(n: int) -> None:
+    from nitro_attest.codec.cbor import bstr_head
+
+    head = bstr_head(n)
+    if n < 70000:  # small enough to let cbor2 encode it
+        assert head == cbor2.dumps(b"\x00" * n)[: len(cbor2.dumps(b"\x00" * n)) - n]
+    else:  # the 4- and 8-byte forms, by their definition (RFC 8949 3.1)
+        width = 4 if n < 2**32 else 8
+        assert head == bytes((0x5A if width == 4 else 0x5B,)) + n.to_bytes(width, "big")

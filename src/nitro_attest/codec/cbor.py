@@ -82,3 +82,17 @@ def _error_text(exc: Exception) -> str:
     if "premature end" in text.lower() or "end of stream" in text.lower():
         return "truncated CBOR"
     return f"invalid CBOR: {text}"
+
+
+def bstr_head(n: int) -> bytes:
+    """The shortest CBOR head of a byte string of ``n`` bytes (what cbor2 writes): for the
+    encoders that write a known layout by hand (COSE's Sig_structure, the attestation answer)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from nitro_attest.codec.cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, bstr_head, strict_loads
 from nitro_attest.errors import FormatError
 
 HEADER_ALG = 1
@@ -131,19 +131,6 @@ def decode_sign1(data: bytes) -> CoseSign1:
     return CoseSign1(protected, header, unprotected, payload, signature, tagged)
 
 
-def _bstr_head(n: int) -> bytes:
-    """The shortest CBOR head of a byte string of ``n`` bytes (what cbor2 writes)."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\x5a" + n.to_bytes(4, "big")
-    return b"\x5b" + n.to_bytes(8, "big")
-
-
 _SIG1_HEAD = b"\x84\x6aSignature1"  # array(4), text(10) "Signature1"
 
 
@@ -155,11 +142,11 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
     return b"".join(
         (
             _SIG1_HEAD,
-            _bstr_head(len(protected)),
+            bstr_head(len(protected)),
             protected,
-            _bstr_head(len(external_aad)),
+            bstr_head(len(external_aad)),
             external_aad,
-            _bstr_head(len(payload)),
+            bstr_head(len(payload)),
             payload,
         )
     )

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import cbor2
 
-from nitro_attest.codec.cbor import CborError, strict_loads
+from nitro_attest.codec.cbor import CborError, bstr_head, strict_loads
 from nitro_attest.errors import TransportError
 from nitro_attest.limits import MAX_FRAME_BYTES, NSM_FIELD_BYTES
 from nitro_attest.nsm.backend import NsmDescription, PcrDescription
@@ -154,17 +154,6 @@ def _fields(obj: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
     extra = set(obj) - allowed - {"v", "type"}
     if extra:
         raise ProtocolError(f"{what}: unexpected field(s) {', '.join(sorted(extra))}")
-
-
-def _bstr_head(n: int) -> bytes:
-    """The CBOR head of a byte string of ``n`` bytes, in the shortest form (as cbor2 writes it)."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    return b"\x5a" + n.to_bytes(4, "big")
 
 
 def _opt_bytes(
@@ -371,7 +360,7 @@ class AttestationResponse(Response):
         # The server's answer to nearly every request: a constant prefix (the bytes cbor2 writes
         # for this map's other keys) and one copy of the document, instead of a dict for cbor2.
         document = self.document
-        head = _bstr_head(len(document))
+        head = bstr_head(len(document))
         size = len(_ATTESTATION_PREFIX) + len(head) + len(document)
         if size > MAX_FRAME_BYTES:
             raise FrameTooLargeError(
