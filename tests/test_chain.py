@@ -383,3 +383,121 @@ def test_a_remembered_path_holds_its_own_copy_of_a_mutable_bundle() -> None:
     with pytest.raises(ChainError, match="not the trusted root"):
         validator.validate(chain.ders[4], bundle, at)  # type: ignore[arg-type]
     validator.validate(chain.ders[4], tuple(chain.ders[:4]), at)  # the genuine path still passes
+
+
+def _every_test_certificate() -> list[bytes]:
+    from .paths import REAL
+
+    ders = [*cf.chain().ders, _malleated(cf.chain().ders[0])]
+    for path in sorted(REAL.glob("*.cbor")):
+        payload = cbor2.loads(cbor2.loads(path.read_bytes().removeprefix(b"\xd2"))[2])
+        ders += [payload["certificate"], *payload["cabundle"]]
+    return ders
+
+
+def test_name_slices_are_cryptographys_issuer_and_subject() -> None:
+    from cryptography import x509
+
+    from nitro_attest.attestation.chain import _names
+
+    for der in _every_test_certificate():
+        cert = x509.load_der_x509_certificate(der)
+        assert _names(der) == (cert.issuer.public_bytes(), cert.subject.public_bytes(), True)
+
+
+def test_link_check_agrees_with_verify_directly_issued_by_on_mutated_certificates() -> None:
+    # The link check reads the names and the signed bytes from the DER itself; on any
+    # certificate cryptography still parses, it must accept exactly what
+    # verify_directly_issued_by accepts. Every byte of the child flipped in turn (a bounded
+    # sample of positions), the issuer kept, and the reverse.
+    import random
+
+    from cryptography import x509
+
+    from nitro_attest.attestation.chain import CertInfo
+
+    ders = cf.chain().ders  # [root, regional, zonal, instance, leaf]
+    validator = ChainValidator(root_der=ders[0])
+    rng = random.Random(24)
+    checked = 0
+    for child_at in range(1, 5):
+        child, issuer = ders[child_at], ders[child_at - 1]
+        positions = rng.sample(range(len(child)), 60)
+        for at in positions:
+            mutated = bytearray(child)
+            mutated[at] ^= 1 << rng.randrange(8)
+            try:
+                info = CertInfo(bytes(mutated))
+            except Exception:
+                continue  # cryptography refuses it: never reaches a link
+            if info.sig_problem is not None:
+                continue  # validate() refuses it before any link
+            try:
+                info.cert.verify_directly_issued_by(x509.load_der_x509_certificate(issuer))
+                expected = True
+            except Exception:
+                expected = False
+            try:
+                validator._check_link(info, CertInfo(issuer), 0, 4)
+                got = True
+            except ChainError:
+                got = False
+            assert got is expected, (child_at, at)
+            checked += 1
+    assert checked > 100  # most single-bit edits still parse
+
+
+def test_an_issuer_without_an_ec_key_breaks_the_link() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from nitro_attest.attestation.chain import CertInfo
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ders = cf.chain().ders
+    regional = x509.load_der_x509_certificate(ders[1])
+    swapped = (
+        x509.CertificateBuilder()
+        .subject_name(regional.subject)
+        .issuer_name(regional.issuer)
+        .public_key(rsa_key.public_key())
+        .serial_number(regional.serial_number)
+        .not_valid_before(regional.not_valid_before_utc)
+        .not_valid_after(regional.not_valid_after_utc)
+        .sign(cf.key("test-root.nitro-enclaves"), hashes.SHA384())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    validator = ChainValidator(root_der=ders[0])
+    with pytest.raises(ChainError, match="does not hold an EC key"):
+        validator._check_link(CertInfo(ders[2]), CertInfo(swapped), 1, 4)
+
+
+def test_a_tbs_naming_another_algorithm_breaks_the_link_even_when_signed() -> None:
+    # A CA could sign a tbsCertificate whose inner signature algorithm (ecdsa-with-SHA256) is
+    # not the certificate's outer one (ecdsa-with-SHA384). verify_directly_issued_by refuses it
+    # (RFC 5280 4.1.1.2); so must the link check that replaced it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec as ec_
+
+    from nitro_attest.attestation.chain import CertInfo, _tbs
+
+    ders = cf.chain().ders
+    zonal = ders[2]
+    sha384_oid = bytes.fromhex("06082a8648ce3d040303")
+    tbs = _tbs(zonal)
+    inner = tbs.replace(sha384_oid, bytes.fromhex("06082a8648ce3d040302"), 1)
+    assert inner != tbs
+    signature = cf.key("regional.test.aws.nitro-enclaves").sign(inner, ec_.ECDSA(hashes.SHA384()))
+    outer_alg = b"\x30\x0a" + sha384_oid
+    bits = b"\x00" + signature
+    body = inner + outer_alg + b"\x03" + _der_len(len(bits)) + bits
+    forged = b"\x30" + _der_len(len(body)) + body
+    cert = x509.load_der_x509_certificate(forged)
+    with pytest.raises(ValueError, match="Inner and outer"):
+        cert.verify_directly_issued_by(x509.load_der_x509_certificate(ders[1]))
+    info = CertInfo(forged)
+    assert info.sig_problem is None  # the outer algorithm is the expected one
+    validator = ChainValidator(root_der=ders[0])
+    with pytest.raises(ChainError, match="another signature algorithm"):
+        validator._check_link(info, CertInfo(ders[1]), 2, 4)
