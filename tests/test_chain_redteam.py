@@ -244,7 +244,7 @@ def _mutate_tree(rng: random.Random, tree: _Node, other_names: list[bytes]) -> s
         i, j = rng.sample(range(len(node.children)), 2)
         node.children[i], node.children[j] = node.children[j], node.children[i]
     elif kind == "name":
-        at = 3 if tbs.children[0].tag == 0xA0 else 2  # type: ignore[index]
+        at = 2 if tbs.children[0].tag == 0xA0 else 1  # type: ignore[index]  # the algorithm
         which = rng.choice([at + 1, at + 3])  # issuer or subject
         tbs.children[which] = _load(rng.choice(other_names))  # type: ignore[index]
     elif kind == "alg":
@@ -393,10 +393,11 @@ def test_link_check_agrees_with_verify_directly_issued_by_on_structured_mutation
         if new:  # a second time from the link cache: the same answer
             assert _new_accepts(validator, child, issuer)
         try:
-            x509.load_der_x509_certificate(child)
+            cert = x509.load_der_x509_certificate(child)
         except Exception:  # ValueError, InvalidVersion: cryptography refuses it
             pass
-        else:
+        else:  # the bytes the signature is checked over are the ones cryptography parsed
+            assert chain_mod._tbs(child) == cert.tbs_certificate_bytes, what
             assert chain_mod._names(child) == _expected_slices(child), what
         checked += 1
         accepted += new
@@ -521,3 +522,54 @@ def test_the_slicer_never_raises_on_any_prefix_or_garbage() -> None:
                 junk[rng.randrange(len(junk))] = rng.randrange(256)
             result = chain_mod._names(bytes(junk))
             assert result is None or isinstance(result, tuple)
+
+
+def _old_link(
+    self: ChainValidator, child: CertInfo, issuer: CertInfo, depth: int, top: int
+) -> None:
+    try:
+        child.cert.verify_directly_issued_by(issuer.cert)
+    except Exception:
+        raise ChainError("refused by verify_directly_issued_by") from None
+
+
+def test_verifier_decides_as_before_on_documents_with_edited_certificates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whole documents, signed by the leaf key the parent holds, with one certificate of the
+    path edited (and re-signed by its issuer's key, the parent's, or not at all): Verifier.verify
+    raises the same error class as with verify_directly_issued_by, and nothing but the project's
+    errors escapes."""
+    from nitro_attest import Verifier
+
+    rng = random.Random(384)
+    base = cf.chain()
+    ders = base.ders
+    signers = [cf.key(spec.cn) for spec in cf.default_chain()]
+    names = [_expected_slices(d)[1] for d in ders] + [_expected_slices(d)[0] for d in ders]
+    at = cf.T0
+    cases = []
+    for _ in range(800):
+        i = rng.randrange(1, 5)
+        tree = _load(ders[i])
+        _mutate_tree(rng, tree, names)
+        edited = _signed(tree, rng.choice([signers[i - 1], cf.key("parent-owned"), None]))
+        path = [*ders[:i], edited, *ders[i + 1 :]]
+        cases.append(base.document(certificate=path[-1], cabundle=path[:-1]))
+
+    def outcomes() -> list[str]:
+        verifier = Verifier(root_pem=base.root_pem)
+        out = []
+        for doc in cases:
+            try:
+                verifier.verify(doc, at=at)
+                out.append("ok")
+            except NitroAttestError as exc:
+                out.append(type(exc).__name__)
+        return out
+
+    new = outcomes()
+    monkeypatch.setattr(ChainValidator, "_check_link", _old_link)
+    old = outcomes()
+    assert new == old
+    assert new.count("ok") > 50 and new.count("ChainError") > 50, new
