@@ -207,7 +207,6 @@ class CertInfo:
         return self._label
 
 
-
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -245,7 +244,6 @@ def _tbs(der: bytes) -> bytes:
     return der[at : at + size]
 
 
-
 def _element(der: bytes, at: int) -> int:
     """Where the DER element (one-byte tag) starting at ``at`` ends."""
     size = der[at + 1]
@@ -259,9 +257,17 @@ def _names(der: bytes) -> tuple[bytes, bytes, bool] | None:
     """(issuer, subject, same_algorithm) of a certificate cryptography already parsed: the two
     names as their DER bytes, and whether the tbsCertificate's signature algorithm is the
     certificate's (RFC 5280 4.1.1.2, as verify_directly_issued_by checks it); None if the
-    layout is not the one expected. Comparing these bytes is what linking needs: DER is
-    canonical, so equal names are equal bytes; reading them as x509.Name objects costs ~6 us
-    each on a certificate seen for the first time."""
+    layout is not the one expected (the link check then falls back to cryptography's own).
+    Comparing these bytes is what linking needs: DER is canonical, so equal names are equal
+    bytes; reading them as x509.Name objects costs ~6 us each on a certificate seen for the
+    first time."""
+    try:
+        return _read_names(der)
+    except IndexError:  # a layout misread runs off the end: not one this reader knows
+        return None
+
+
+def _read_names(der: bytes) -> tuple[bytes, bytes, bool] | None:
     tbs = _tbs(der)
     at = 2 + (tbs[1] & 0x7F if tbs[1] & 0x80 else 0)  # past the tbsCertificate's head
     if tbs[at] == 0xA0:  # [0] version
@@ -282,6 +288,26 @@ def _names(der: bytes) -> tuple[bytes, bytes, bool] | None:
     if tbs[subject_at] != 0x30:  # subject Name
         return None
     return tbs[at:issuer_end], tbs[subject_at : _element(tbs, subject_at)], same_algorithm
+
+
+def _check_link_by_cryptography(
+    child: CertInfo, issuer: CertInfo, child_name: str, issuer_name: str
+) -> None:
+    """verify_directly_issued_by (inner/outer algorithm, encoded names, signature), as every
+    link was checked before the DER slicer; ChainError on any failure."""
+    try:
+        child.cert.verify_directly_issued_by(issuer.cert)
+    except Exception as exc:  # InvalidSignature, ValueError, UnsupportedAlgorithm, ...
+        if _names_differ(child.cert, issuer.cert):
+            raise ChainError(
+                f"{child_name} names issuer {_issuer_label(child.cert)}, but the "
+                f"next certificate up ({issuer_name}) is {issuer.label}"
+            ) from None
+        detail = str(exc) or "signature does not verify"
+        raise ChainError(
+            f"{child_name} ({child.label}) is not signed by {issuer_name}: {detail}"
+        ) from None
+
 
 def _refuse_repeated_certificates(chain: list[CertInfo], top: int) -> None:
     """No certificate appears twice on the path, not even with its signature re-encoded. The
@@ -439,33 +465,34 @@ class ChainValidator:
         # The child's algorithm is ecdsa-with-SHA384, checked in validate() before any link.
         child_name, issuer_name = _name(depth, top), _name(depth + 1, top)
         child_names, issuer_names = child.names, issuer.names
-        if child_names is not None and not child_names[2]:
-            raise ChainError(
-                f"{child_name} ({child.label}) is not signed by {issuer_name}: its "
-                "tbsCertificate names another signature algorithm than the certificate"
-            )
-        if child_names is None or issuer_names is None:  # never seen: names read as objects
-            differ = _names_differ(child.cert, issuer.cert)
+        if child_names is None or issuer_names is None:
+            # A layout the slicer does not read: cryptography's own check, whole. Not x509.Name
+            # equality, which ignores the string type, and not without the inner/outer check.
+            _check_link_by_cryptography(child, issuer, child_name, issuer_name)
         else:
-            differ = child_names[0] != issuer_names[1]
-        if differ:
-            raise ChainError(
-                f"{child_name} names issuer {_issuer_label(child.cert)}, but the "
-                f"next certificate up ({issuer_name}) is {issuer.label}"
-            )
-        issuer_key = issuer.public_key
-        if issuer_key is None:
-            raise ChainError(
-                f"{child_name} ({child.label}) is not signed by {issuer_name}: "
-                f"{issuer_name} does not hold an EC key"
-            )
-        try:
-            issuer_key.verify(child.cert.signature, _tbs(child.der), _ECDSA_SHA384)
-        except Exception as exc:  # InvalidSignature, ValueError, ...
-            detail = str(exc) or "signature does not verify"
-            raise ChainError(
-                f"{child_name} ({child.label}) is not signed by {issuer_name}: {detail}"
-            ) from None
+            if not child_names[2]:
+                raise ChainError(
+                    f"{child_name} ({child.label}) is not signed by {issuer_name}: its "
+                    "tbsCertificate names another signature algorithm than the certificate"
+                )
+            if child_names[0] != issuer_names[1]:
+                raise ChainError(
+                    f"{child_name} names issuer {_issuer_label(child.cert)}, but the "
+                    f"next certificate up ({issuer_name}) is {issuer.label}"
+                )
+            issuer_key = issuer.public_key
+            if issuer_key is None:
+                raise ChainError(
+                    f"{child_name} ({child.label}) is not signed by {issuer_name}: "
+                    f"{issuer_name} does not hold an EC key"
+                )
+            try:
+                issuer_key.verify(child.cert.signature, _tbs(child.der), _ECDSA_SHA384)
+            except Exception as exc:  # InvalidSignature, ValueError, ...
+                detail = str(exc) or "signature does not verify"
+                raise ChainError(
+                    f"{child_name} ({child.label}) is not signed by {issuer_name}: {detail}"
+                ) from None
         with self._lock:
             if len(self._links) >= _CACHE_LIMIT:
                 self._links.clear()
