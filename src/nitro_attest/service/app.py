@@ -326,7 +326,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return problem(400, "Bad Request", "empty evidence")
         if len(session_id) > 64:
             return problem(404, "Not Found", "no such session (unknown or expired)")
-        outcome, session = await store_call(state.store.claim(session_id))
+        # A session already settled is refused here, before any appraisal. One still waiting is
+        # appraised, and the outcome is stored only if it is still waiting then (settle, one
+        # atomic step in the store): of concurrent submissions, each is appraised and one wins.
+        outcome, session = await store_call(state.store.take(session_id))
         if outcome == "taken":
             return problem(409, "Conflict", "this session already took its evidence")
         if session is None:
@@ -344,11 +347,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 )
         except Exception:
             log.exception("appraisal failed unexpectedly for session %s", session_id)
-            await store_call(state.store.finish(session.finished("failed", evidence, None)))
+            await store_call(state.store.settle(session.finished("failed", evidence, None)))
             raise
         done = session.finished("complete", evidence, ear)
-        if not await store_call(state.store.finish(done)):
-            return problem(404, "Not Found", "the session expired during the appraisal")
+        settled = await store_call(state.store.settle(done))
+        if settled == "taken":  # another submission won: this one's EAR is never shown
+            return problem(409, "Conflict", "this session already took its evidence")
+        if settled == "missing":
+            return problem(404, "Not Found", "no such session (unknown or expired)")
         state.metrics.results.labels(status).inc()
         evidence_latency.observe(time.perf_counter() - started)
         return SessionResponse(done.to_api())
