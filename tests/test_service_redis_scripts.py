@@ -142,3 +142,24 @@ def test_remembered_session_is_handed_out_once_and_expires(url: str) -> None:
 
     assert _within(run()) == ["waiting", "done", ("taken", None), ("taken", None), 2,
                               ("taken", None), "waiting"]  # fmt: skip
+
+
+def test_session_claimed_by_an_earlier_version_is_taken(url: str) -> None:
+    """A rolling upgrade: a replica of the version that claimed sessions before the appraisal
+    (hash state ``processing``) holds this one; this version neither appraises it nor writes
+    over it."""
+    admin = redis.Redis(port=redis_port(url))
+
+    async def run() -> tuple[object, str]:
+        store, other = RedisStore(url), RedisStore(url)
+        try:
+            assert await store.create(_session("u-1"))
+            admin.hset("nitro-attest:session:u-1", "state", "processing")  # the old claim
+            done = _session("u-1").finished("complete", {}, "e")
+            return await other.take("u-1"), await store.settle(done)
+        finally:
+            await store.close()
+            await other.close()
+
+    assert _within(run()) == (("taken", None), "taken")
+    assert admin.hget("nitro-attest:session:u-1", "state") == b"processing"
