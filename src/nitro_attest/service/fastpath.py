@@ -69,8 +69,8 @@ class ServiceApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         if self.fast is not None:
-            # Counted once sent, without a wrapper around every message (as the wrapper below
-            # counts: an exception before the response reaches uvicorn, whose 500 is not counted).
+            # Counted once sent, without a wrapper around every message. As with the wrapper, a
+            # handler's exception reaches uvicorn, whose own 500 is not counted.
             status = await self.fast(scope, receive, send)
             if status is not None:
                 if self.responses is not None:
