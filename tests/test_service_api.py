@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nitro_attest.nsm.simulator import SimulatedNsm
-from nitro_attest.service.app import ServiceConfig, create_app
+from nitro_attest.service.app import INLINE_APPRAISAL_MAX, ServiceConfig, create_app
 from nitro_attest.service.ear import EarSigner
 from nitro_attest.service.sessions import MemoryStore
 
@@ -214,6 +214,28 @@ def test_concurrent_submissions_one_wins(client: TestClient, sims: dict[str, Sim
         return sorted(r.status_code for r in rs)
 
     assert asyncio.run(race()) == [200] + [409] * 7
+
+
+def test_concurrent_large_submissions_one_wins(client: TestClient) -> None:
+    """Evidence over INLINE_APPRAISAL_MAX is appraised in the worker's thread, so concurrent
+    submissions for one session overlap their appraisals: one outcome is stored, the others are
+    409 without a result."""
+    location, _ = _session(client)
+    junk = b"\xa0" * (INLINE_APPRAISAL_MAX + 1)
+
+    async def race() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            return await asyncio.gather(*(ac.post(location, content=junk,
+                                                  headers={"Content-Type": MEDIA})
+                                          for _ in range(6)))  # fmt: skip
+
+    answers = asyncio.run(race())
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 5
+    winner = next(r for r in answers if r.status_code == 200).json()
+    assert all("result" not in r.json() for r in answers if r.status_code == 409)
+    stored = client.get(location).json()
+    assert stored["state"] == "complete" and stored["result"] == winner["result"]
 
 
 def test_new_session_parameters(client: TestClient) -> None:

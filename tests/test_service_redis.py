@@ -121,6 +121,42 @@ def test_concurrent_submissions_to_both_replicas(
     assert asyncio.run(race()) == [200] + [409] * 9
 
 
+def _appraisals(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    found = re.search(r"^nitro_attest_appraisal_seconds_count (\S+)$", text, re.M)
+    assert found is not None
+    return float(found.group(1))
+
+
+def test_concurrent_and_replayed_submissions_to_the_creating_replica(
+    replicas: tuple[str, str], setup: dict[str, Any]
+) -> None:
+    """The replica that made the session remembers it (no read from Redis): of the parent's
+    concurrent copies of the evidence, those that arrive before the first is settled are
+    appraised too, and all but one refused by the store's atomic settle (none shows its EAR); a
+    replay after that is refused from Redis's record before any appraisal."""
+    a, _ = replicas
+    r = httpx.post(f"{a}{NEW}?nonceSize=16")
+    location = r.headers["location"]
+    doc = setup["sim"].attestation(nonce=_b64d(r.json()["nonce"]))
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient() as client:
+            return await asyncio.gather(*(
+                client.post(f"{a}{location}", content=doc, headers={"Content-Type": MEDIA})
+                for _ in range(10)))  # fmt: skip
+
+    answers = asyncio.run(race())
+    assert sorted(x.status_code for x in answers) == [200] + [409] * 9
+    winner = next(x for x in answers if x.status_code == 200).json()["result"]
+    assert all("result" not in x.json() for x in answers if x.status_code == 409)
+    assert httpx.get(f"{a}{location}").json()["result"] == winner
+    before = _appraisals(a)
+    again = httpx.post(f"{a}{location}", content=doc, headers={"Content-Type": MEDIA})
+    assert again.status_code == 409 and "result" not in again.json()
+    assert _appraisals(a) == before  # refused before any appraisal
+
+
 def test_expired_session_is_gone_from_both(
     replicas: tuple[str, str], setup: dict[str, Any]
 ) -> None:
@@ -142,7 +178,7 @@ def test_relying_party_nonce_reuse_across_replicas(replicas: tuple[str, str]) ->
     assert httpx.post(f"{b}{NEW}?nonce={nonce.decode()}").status_code == 409
 
 
-def test_redis_claim_is_atomic(setup: dict[str, Any]) -> None:
+def test_redis_settle_is_atomic(setup: dict[str, Any]) -> None:
     async def run() -> list[str]:
         stores = [RedisStore(setup["url"]) for _ in range(4)]
         session = Session("race-1", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
@@ -150,20 +186,26 @@ def test_redis_claim_is_atomic(setup: dict[str, Any]) -> None:
         again = Session("race-2", "bm9uY2U", time.time() + 30, time.time(), "prod", (MEDIA,))
         assert not await stores[1].create(again, nonce_digest="d1", nonce_ttl=30)
         assert await stores[1].get("race-2") is None  # a reused nonce stores nothing
-        claims = await asyncio.gather(*(s.claim("race-1") for s in stores * 10))
-        outcomes = [outcome for outcome, _ in claims]
-        claimed = [s for outcome, s in claims if outcome == "claimed"]
-        assert claimed[0] is not None and claimed[0].state == "processing"
-        assert (await stores[0].get("race-1")).state == "processing"  # type: ignore[union-attr]
-        # A finish must not resurrect a deleted key (it would live without a TTL).
+        # Every replica may take the waiting session (the creator from memory, the others
+        # from Redis); only one settle, of 40 racing, writes its outcome.
+        taken = [await s.take("race-1") for s in stores]
+        assert [outcome for outcome, _ in taken] == ["waiting"] * 4
+        results = await asyncio.gather(*(
+            s.settle(session.finished("complete", {}, f"ear-{i}"))
+            for i, s in enumerate(stores * 10)))  # fmt: skip
+        stored = await stores[3].get("race-1")
+        assert stored is not None and stored.state == "complete"
+        assert stored.result == f"ear-{results.index('done')}"  # the winner's, nobody else's
+        assert [await s.take("race-1") for s in stores] == [("taken", None)] * 4
+        # A settle must not resurrect a deleted key (it would live without a TTL).
         await stores[1].delete("race-1")
-        assert not await stores[2].finish(session.finished("complete", {}, "x"))
+        assert await stores[2].settle(session.finished("complete", {}, "x")) == "missing"
         assert await stores[3].get("race-1") is None
         for s in stores:
             await s.close()
-        return sorted(outcomes)
+        return sorted(results)
 
-    assert asyncio.run(run()) == ["claimed"] + ["taken"] * 39
+    assert asyncio.run(run()) == ["done"] + ["taken"] * 39
 
 
 def test_sighup_reloads_and_bad_file_keeps_old(setup: dict[str, Any], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -160,6 +161,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     sessions_created = state.metrics.sessions
     new_session_latency = state.metrics.latency.labels("newSession")
     evidence_latency = state.metrics.latency.labels("evidence")
+    results_by_status: dict[str, Any] = {}
+
+    def result_counter(status: str) -> Any:
+        child = results_by_status.get(status)
+        if child is None:  # bounded: the three EAR statuses
+            child = results_by_status[status] = state.metrics.results.labels(status)
+        return child
 
     async def store_call(awaitable: Awaitable[T]) -> T:
         try:
@@ -232,8 +240,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         # Query parsed by hand (documented in openapi_extra): this is a hot path, and
         # FastAPI's parameter machinery costs more here than the rest of the handler.
         started = time.perf_counter()
-        query = request.query_params
-        if any(len(query.getlist(k)) > 1 for k in query) or set(query) - _NEW_SESSION_PARAMS:
+        # As Starlette's QueryParams parses it, without building its multidict.
+        pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) != len(pairs) or query.keys() - _NEW_SESSION_PARAMS:
             return problem(400, "Bad Request", "repeated or unknown query parameter")
         nonce, policy, size_text = query.get("nonce"), query.get("policy"), query.get("nonceSize")
         if nonce is not None and size_text is not None:
@@ -326,34 +336,40 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return problem(400, "Bad Request", "empty evidence")
         if len(session_id) > 64:
             return problem(404, "Not Found", "no such session (unknown or expired)")
-        outcome, session = await store_call(state.store.claim(session_id))
+        # A session already settled is refused here, before any appraisal. One still waiting is
+        # appraised, and the outcome is stored only if it is still waiting then (settle, one
+        # atomic step in the store): of concurrent submissions, each is appraised and one wins.
+        outcome, session = await store_call(state.store.take(session_id))
         if outcome == "taken":
             return problem(409, "Conflict", "this session already took its evidence")
         if session is None:
             return problem(404, "Not Found", "no such session (unknown or expired)")
         # What the result needs of the evidence, not the bytes: 64 KiB of junk per session
         # would otherwise sit in the store for the session's lifetime.
-        evidence = {"type": EVIDENCE_MEDIA_TYPE, "sha256": hashlib.sha256(body).hexdigest(),
-                    "size": len(body)}  # fmt: skip
+        digest = hashlib.sha256(body).hexdigest()  # once: the EAR repeats it
+        evidence = {"type": EVIDENCE_MEDIA_TYPE, "sha256": digest, "size": len(body)}
         try:
             if len(body) <= INLINE_APPRAISAL_MAX:
-                ear, status = _appraise_and_sign(session, body)
+                ear, status = _appraise_and_sign(session, body, digest)
             else:
                 ear, status = await asyncio.get_running_loop().run_in_executor(
-                    state.appraiser, _appraise_and_sign, session, body
+                    state.appraiser, _appraise_and_sign, session, body, digest
                 )
         except Exception:
             log.exception("appraisal failed unexpectedly for session %s", session_id)
-            await store_call(state.store.finish(session.finished("failed", evidence, None)))
+            await store_call(state.store.settle(session.finished("failed", evidence, None)))
             raise
         done = session.finished("complete", evidence, ear)
-        if not await store_call(state.store.finish(done)):
-            return problem(404, "Not Found", "the session expired during the appraisal")
-        state.metrics.results.labels(status).inc()
+        settled = await store_call(state.store.settle(done))
+        if settled == "taken":  # another submission won: this one's EAR is never shown
+            return problem(409, "Conflict", "this session already took its evidence")
+        if settled == "missing":
+            return problem(404, "Not Found", "no such session (unknown or expired)")
+        result_counter(status).inc()
         evidence_latency.observe(time.perf_counter() - started)
         return SessionResponse(done.to_api())
 
-    def _appraise_and_sign(session: Session, body: bytes) -> tuple[str, str]:
+    def _appraise_and_sign(session: Session, body: bytes, digest: str) -> tuple[str, str]:
         started = time.perf_counter()
         policy = state.policies.get(session.policy)
         if policy is None:  # removed by a reload since the session began: fail closed
@@ -363,8 +379,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 annotated=policy_missing)  # fmt: skip
             return state.signer.sign(claims), "contraindicated"
         nonce = b64url_decode(session.nonce) or b""
-        result = appraise_evidence(state.verifier, policy, nonce, body,
-                          not_before=session.created_at - config.clock_skew)  # fmt: skip
+        result = appraise_evidence(state.verifier, policy, nonce, body, document_sha256=digest,
+                                   not_before=session.created_at - config.clock_skew)  # fmt: skip
         claims = ear_claims(
             nonce=session.nonce,
             status=result.status,

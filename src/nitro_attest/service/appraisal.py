@@ -60,9 +60,12 @@ class Appraisal:
 
 
 def appraise_evidence(
-    verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes, *, not_before: float
+    verifier: Verifier, policy: NamedPolicy, nonce: bytes, document: bytes, *, not_before: float,
+    document_sha256: str | None = None,
 ) -> Appraisal:
-    """``not_before``: the session's start less the clock skew (seconds since the epoch)."""
+    """``not_before``: the session's start less the clock skew (seconds since the epoch).
+    ``document_sha256``: the hex SHA-256 of ``document`` when the caller already computed it
+    (the service records it with the session), so a session hashes its evidence once."""
     report = verifier.evaluate(document, policy=policy.with_nonce(nonce))
     results = (*report.checks, *service_checks(report.document, not_before))
     required = (*REQUIRED, Check.FRESHNESS) if policy.max_age is not None else REQUIRED
@@ -91,7 +94,7 @@ def appraise_evidence(
         "kind": doc.kind.value if doc else None,
         "timestamp": doc.timestamp.isoformat().replace("+00:00", "Z") if doc else None,
         "pcrs": {str(i): v.hex() for i, v in doc.pcrs.items()} if doc else None,
-        "document_sha256": hashlib.sha256(document).hexdigest(),
+        "document_sha256": document_sha256 or hashlib.sha256(document).hexdigest(),
         "checks": [c.to_json() for c in results],
         "error": error,
         "verified_at": report.at.isoformat() if report.at else None,

@@ -15,6 +15,7 @@ from nitro_attest.service.api_shapes import API, SESSION_PREFIX
 from nitro_attest.service.sessions import StoreError
 
 Handler = Callable[..., Awaitable[Response]]
+_NEW_SESSION = f"{API}/newSession"
 
 
 class FastPath:
@@ -25,27 +26,27 @@ class FastPath:
         self.submit = submit
         self.store_down = store_down
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Serve the request and return True, or return False to let FastAPI serve it."""
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return False
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+        """Serve the request and return the status code sent, or None to let FastAPI serve it."""
+        if scope["method"] != "POST":
+            return None
         path: str = scope["path"]
         request = Request(scope, receive)
-        if path == f"{API}/newSession":
+        if path == _NEW_SESSION:
             call = self.new_session(request)
         elif path.startswith(SESSION_PREFIX) and "/" not in path[len(SESSION_PREFIX):]:
             session_id = path[len(SESSION_PREFIX):]
             if not session_id:
-                return False
+                return None
             call = self.submit(session_id, request)
         else:
-            return False
+            return None
         try:
             response = await call
         except StoreError as exc:
             response = await self.store_down(request, exc)
         await response(scope, receive, send)
-        return True
+        return response.status_code
 
 
 class ServiceApp(FastAPI):
@@ -64,24 +65,35 @@ class ServiceApp(FastAPI):
         self._children: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        counter = self.responses
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if self.fast is not None:
+            # Counted once sent, without a wrapper around every message. As with the wrapper, a
+            # handler's exception reaches uvicorn, whose own 500 is not counted.
+            status = await self.fast(scope, receive, send)
+            if status is not None:
+                if self.responses is not None:
+                    self._count(scope["path"], status)
+                return
         answer = send
-        if counter is not None and scope["type"] == "http":
-            endpoint = endpoint_label(scope["path"])
-            children = self._children
+        if self.responses is not None:
+            endpoint = scope["path"]
 
             async def counted(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    key = (endpoint, message["status"])
-                    child = children.get(key)
-                    if child is None:  # bounded: fixed endpoint names times status codes
-                        child = children[key] = counter.labels(endpoint, str(key[1]))
-                    child.inc()
+                    self._count(endpoint, message["status"])
                 await send(message)
 
             answer = counted
-        if self.fast is None or not await self.fast(scope, receive, answer):
-            await super().__call__(scope, receive, answer)
+        await super().__call__(scope, receive, answer)
+
+    def _count(self, path: str, status: int) -> None:
+        key = (endpoint_label(path), status)
+        child = self._children.get(key)
+        if child is None:  # bounded: fixed endpoint names times status codes
+            child = self._children[key] = self.responses.labels(key[0], str(status))
+        child.inc()
 
 
 def endpoint_label(path: str) -> str:

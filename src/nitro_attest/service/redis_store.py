@@ -1,13 +1,21 @@
 """Sessions in Redis, shared by every replica: one hash per session, expiring with the session.
 
 The hash holds ``state`` and ``session`` (the JSON). State changes run as Lua scripts, so the
-check and the write are one atomic step on the server: two replicas racing to claim a session
-cannot both see ``waiting``, and a late ``finish`` cannot resurrect an expired key without a TTL.
+check and the write are one atomic step on the server: two replicas racing to settle a session
+cannot both see ``waiting``, and a late ``settle`` cannot resurrect an expired key without a TTL.
+
+Two calls per session when the evidence reaches the replica that created the session (a
+keep-alive client, a load balancer with affinity): that replica remembers what it stored, so
+``take`` reads nothing from Redis; the settle script alone decides whether the session is still
+waiting. A remembered session is handed out once, then forgotten: a second submission on this
+replica reads the store, so it is refused before any appraisal.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +23,14 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.exceptions import RedisError
 
-from nitro_attest.service.sessions import ClaimOutcome, Session, StoreError, StoreFullError
+from nitro_attest.service.sessions import (
+    Session,
+    SettleOutcome,
+    StoreError,
+    StoreFullError,
+    TakeOutcome,
+    take_outcome,
+)
 
 PREFIX = "nitro-attest:"
 HEALTH_KEY = f"{PREFIX}health"
@@ -34,16 +49,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-_CLAIM = """
-local v = redis.call('HMGET', KEYS[1], 'state', 'session')
-if not v[1] then return 0 end
-if v[1] ~= 'waiting' then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'processing')
-return v[2]
-"""
-
-_FINISH = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+# KEYS: the session. ARGV: its final state, its JSON. Writes only over a waiting session (HSET
+# keeps the key's TTL); never creates the key, so an expired or deleted session stays gone.
+_SETTLE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+if state ~= 'waiting' then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'session', ARGV[2])
 return 1
 """
@@ -99,15 +110,35 @@ def _store_error(exc: RedisError) -> StoreError:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, password: str | None = None, timeout: float = 2.0) -> None:
+    MAX_REMEMBERED = 10_000
+    """Sessions this replica created and still remembers (the oldest is forgotten first; a
+    forgotten one is read from Redis instead)."""
+
+    def __init__(
+        self, url: str, *, password: str | None = None, timeout: float = 2.0,
+        clock: Any = time.monotonic,
+    ) -> None:  # fmt: skip
         """``password`` applies when the URL carries none (it comes from the environment)."""
         options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         if password is not None and urlsplit(url).password is None:
             options["password"] = password
         self._redis: Any = aioredis.from_url(check_redis_url(url), **options)
         self._create = self._redis.register_script(_CREATE)
-        self._claim = self._redis.register_script(_CLAIM)
-        self._finish = self._redis.register_script(_FINISH)
+        self._settle = self._redis.register_script(_SETTLE)
+        # id -> (deadline on the monotonic clock, the session as stored), in creation order.
+        # Only spares a read: Redis's settle script still decides whether it is waiting.
+        self._remembered: OrderedDict[str, tuple[float, Session]] = OrderedDict()
+        self._clock = clock
+
+    def _remember(self, session: Session) -> None:
+        now = self._clock()
+        remembered = self._remembered
+        while remembered:  # one lifetime per process: the expired ones are at the front
+            deadline, _ = next(iter(remembered.values()))
+            if deadline > now and len(remembered) < self.MAX_REMEMBERED:
+                break
+            remembered.popitem(last=False)
+        remembered[session.id] = (now + session.lifetime, session)
 
     @staticmethod
     def _key(session_id: str) -> str:
@@ -125,7 +156,10 @@ class RedisStore:
             )  # fmt: skip
         except RedisError as exc:
             raise _store_error(exc) from None
-        return int(done) == 1
+        if int(done) != 1:
+            return False
+        self._remember(session)
+        return True
 
     async def get(self, session_id: str) -> Session | None:
         try:
@@ -140,25 +174,22 @@ class RedisStore:
             session = session.processing()
         return session
 
-    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
-        try:
-            outcome = await self._claim(keys=[self._key(session_id)])
-        except RedisError as exc:
-            raise _store_error(exc) from None
-        if isinstance(outcome, bytes):
-            return "claimed", Session.loads(outcome).processing()
-        return ("missing", None) if int(outcome) == 0 else ("taken", None)
+    async def take(self, session_id: str) -> tuple[TakeOutcome, Session | None]:
+        entry = self._remembered.pop(session_id, None)  # handed out once
+        if entry is not None and entry[0] > self._clock():
+            return "waiting", entry[1]
+        return take_outcome(await self.get(session_id))
 
-    async def finish(self, session: Session) -> bool:
+    async def settle(self, session: Session) -> SettleOutcome:
         try:
-            done = await self._finish(
-                keys=[self._key(session.id)], args=[session.state, session.dumps()]
-            )
+            done = int(await self._settle(
+                keys=[self._key(session.id)], args=[session.state, session.dumps()]))  # fmt: skip
         except RedisError as exc:
             raise _store_error(exc) from None
-        return int(done) == 1
+        return "done" if done == 1 else "missing" if done == 0 else "taken"
 
     async def delete(self, session_id: str) -> bool:
+        self._remembered.pop(session_id, None)
         try:
             return int(await self._redis.delete(self._key(session_id))) == 1
         except RedisError as exc:
@@ -176,4 +207,5 @@ class RedisStore:
         return None
 
     async def close(self) -> None:
+        self._remembered.clear()
         await self._redis.aclose()

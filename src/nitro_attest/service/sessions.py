@@ -1,8 +1,10 @@
 """Challenge-response sessions and the store interface, with the in-process (memory) store.
 
-A session is waiting -> processing -> complete (or failed). Moving out of ``waiting`` is one atomic
-compare-and-set in the store (``claim``), so one piece of evidence, on one replica, is ever
-appraised per session; every later submission is a conflict. Sessions vanish at their expiry.
+A session is waiting -> complete (or failed). Leaving ``waiting`` is one atomic compare-and-set
+in the store (``settle``) made with the appraisal's outcome, so one piece of evidence, on one
+replica, ever gets a result per session; every other submission is a conflict (a concurrent one
+is appraised first and then refused; a later one is refused by ``take`` before any appraisal).
+Sessions vanish at their expiry.
 
 A session records when it began (``created_at``): the appraisal refuses a document made before
 that, less the stated clock skew, so an old document fails even after the store lost every
@@ -23,7 +25,10 @@ import orjson
 from nitro_attest.errors import TransportError
 
 State = Literal["waiting", "processing", "complete", "failed"]
-ClaimOutcome = Literal["claimed", "missing", "taken"]
+"""``processing`` is only read (a record a replica of an earlier version claimed): the stores
+here go from waiting straight to the outcome."""
+TakeOutcome = Literal["waiting", "missing", "taken"]
+SettleOutcome = Literal["done", "missing", "taken"]
 
 
 class StoreError(TransportError):
@@ -100,6 +105,15 @@ class Session:
                        self.accept, "processing", self.evidence, self.result)  # fmt: skip
 
 
+def take_outcome(session: Session | None) -> tuple[TakeOutcome, Session | None]:
+    """What ``take`` answers for a session as the store holds it."""
+    if session is None:
+        return "missing", None
+    if session.state != "waiting":
+        return "taken", None
+    return "waiting", session
+
+
 class SessionStore(Protocol):
     async def create(
         self, session: Session, *, nonce_digest: str | None = None, nonce_ttl: float = 0.0
@@ -111,11 +125,15 @@ class SessionStore(Protocol):
     async def get(self, session_id: str) -> Session | None:
         """The session, or None when unknown or expired."""
 
-    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
-        """Atomically move a waiting session to processing; the session when claimed."""
+    async def take(self, session_id: str) -> tuple[TakeOutcome, Session | None]:
+        """The session to appraise evidence for, when it is still waiting; changes nothing (the
+        outcome is written by ``settle``, which alone decides). ``missing``: unknown or
+        expired; ``taken``: it already has its outcome."""
 
-    async def finish(self, session: Session) -> bool:
-        """Store a processed session's outcome; False when it expired or was deleted meanwhile."""
+    async def settle(self, session: Session) -> SettleOutcome:
+        """Store an appraised session's outcome, atomically, only if the session is still
+        waiting: ``done``; ``taken`` when another submission settled it first; ``missing`` when
+        it expired or was deleted (nothing is written then)."""
 
     async def delete(self, session_id: str) -> bool: ...
 
@@ -208,23 +226,18 @@ class MemoryStore:
     async def get(self, session_id: str) -> Session | None:
         return self._live(session_id)
 
-    async def claim(self, session_id: str) -> tuple[ClaimOutcome, Session | None]:
-        # No await between the read and the write: atomic on the event loop.
-        session = self._live(session_id)
-        if session is None:
-            return "missing", None
-        if session.state != "waiting":
-            return "taken", None
-        claimed = session.processing()
-        self._sessions[session_id] = (self._sessions[session_id][0], claimed)
-        return "claimed", claimed
+    async def take(self, session_id: str) -> tuple[TakeOutcome, Session | None]:
+        return take_outcome(self._live(session_id))
 
-    async def finish(self, session: Session) -> bool:
+    async def settle(self, session: Session) -> SettleOutcome:
+        # No await between the read and the write: atomic on the event loop.
         current = self._live(session.id)
-        if current is None or current.state != "processing":
-            return False
+        if current is None:
+            return "missing"
+        if current.state != "waiting":
+            return "taken"
         self._sessions[session.id] = (self._sessions[session.id][0], session)
-        return True
+        return "done"
 
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
