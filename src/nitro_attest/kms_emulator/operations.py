@@ -261,7 +261,8 @@ def _secret(
     if recipient is None:
         response[field_name] = _b64(secret)
     else:
-        response["CiphertextForRecipient"] = _b64(seal_for_recipient(secret, recipient.public_key))
+        envelope = seal_for_recipient(secret, recipient.public_key, ski=recipient.subject_key_id)
+        response["CiphertextForRecipient"] = _b64(envelope)
     return response
 
 

@@ -27,11 +27,13 @@ from nitro_attest.errors import (
     ExpiredError,
     VerificationError,
 )
+from nitro_attest.kms.envelope import subject_key_identifier
 from nitro_attest.kms_emulator.errors import KmsApiError, validation
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MIN_RSA_BITS = 2048
+MAX_KEYS = 256  # recipient keys remembered (by their exact DER bytes); all forgotten when full
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class Recipient:
     public_key: rsa.RSAPublicKey
     condition_keys: Mapping[str, tuple[str, ...]]
     document: VerifiedDocument
+    subject_key_id: bytes  # SHA-256 of the key's SubjectPublicKeyInfo, the envelope's rid
 
 
 def invalid_document(reason: str) -> KmsApiError:
@@ -56,6 +59,10 @@ class RecipientVerifier:
         if not roots:
             raise ValueError("at least one root is needed")
         self._verifiers = tuple(Verifier(root_pem=root) for root in roots)
+        # A document's public_key bytes -> the RSA key they load as and its identifier: the
+        # load and the checks below are a function of those bytes alone, and only a key that
+        # passed them is kept. The document itself is verified on every request.
+        self._keys: dict[bytes, tuple[rsa.RSAPublicKey, bytes]] = {}
 
     def parse(self, value: Any) -> Recipient:
         """Check the request's ``Recipient`` member and its document; raise KmsApiError."""
@@ -91,8 +98,17 @@ class RecipientVerifier:
         doc = verified.document
         if doc.public_key is None:
             raise invalid_document("it carries no public_key to encrypt the response to")
+        key, ski = self._recipient_key(doc.public_key)
+        return Recipient(key, condition_keys(verified), verified, ski)
+
+    def _recipient_key(self, spki: bytes) -> tuple[rsa.RSAPublicKey, bytes]:
+        """The RSA key (at least MIN_RSA_BITS) of a verified document's ``public_key`` and its
+        subjectKeyIdentifier; raise KmsApiError naming what is wrong."""
+        known = self._keys.get(spki)
+        if known is not None:
+            return known
         try:
-            key = load_der_public_key(doc.public_key)
+            key = load_der_public_key(spki)
         except (ValueError, TypeError):
             raise invalid_document("its public_key is not a DER SubjectPublicKeyInfo") from None
         if not isinstance(key, rsa.RSAPublicKey):
@@ -103,7 +119,11 @@ class RecipientVerifier:
             raise invalid_document(
                 f"its public_key is RSA-{key.key_size}; at least {MIN_RSA_BITS} bits are required"
             )
-        return Recipient(key, condition_keys(verified), verified)
+        known = (key, subject_key_identifier(key))
+        if len(self._keys) >= MAX_KEYS:
+            self._keys.clear()
+        self._keys[bytes(spki)] = known
+        return known
 
     def _verify_any_root(self, document: bytes) -> VerifiedDocument:
         chain_errors: list[ChainError] = []
