@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nitro_attest.kms import envelope as shared
 from nitro_attest.kms.envelope import seal_envelope
 from nitro_attest.kms.keypolicy import RequestContext, evaluate
-from nitro_attest.kms_emulator import access
+from nitro_attest.kms_emulator import access, blob
 from nitro_attest.kms_emulator.auth import Principal
 from nitro_attest.kms_emulator.envelope import seal_for_recipient, subject_key_identifier
 from nitro_attest.kms_emulator.errors import KmsApiError
+from nitro_attest.kms_emulator.front import _RequestIds
 from nitro_attest.kms_emulator.recipient import MAX_KEYS, RecipientVerifier
 from nitro_attest.kms_emulator.store import KeyRecord
 
@@ -238,3 +240,24 @@ def test_remembered_keys_are_bounded(sim_state: Path) -> None:
     private = kit.rsa_key()
     verifier.verify(kit.document(sim_state, kit.spki(private)))
     assert len(verifier._keys) == 1
+
+
+# --- request ids -----------------------------------------------------------------------------
+
+
+def test_request_ids_are_distinct_version_4_uuids_and_wrap_in_their_counter() -> None:
+    ids = _RequestIds()
+    taken = [ids.take() for _ in range(1000)]
+    assert len(set(taken)) == 1000
+    for value in taken[:3]:
+        parsed = uuid.UUID(value.decode("ascii"))
+        assert parsed.version == 4 and str(parsed).encode() == value
+    assert _RequestIds().take()[:24] != ids.take()[:24]  # another process' prefix
+    ids._next = 0xFFFF_FFFF_FFFF
+    assert ids.take().endswith(b"-ffffffffffff") and ids.take().endswith(b"-000000000000")
+
+
+def test_context_bytes_is_what_json_dumps_writes() -> None:
+    for context in ({}, {"b": "2", "a": "1"}, {"é": "\u2603", "x": "\"\\"}, {"k": "v" * 100}):
+        expected = json.dumps(dict(context), sort_keys=True, separators=(",", ":")).encode()
+        assert blob.context_bytes(context) == expected

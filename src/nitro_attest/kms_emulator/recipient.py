@@ -149,6 +149,25 @@ class RecipientVerifier:
         )
 
 
+class _Names(dict[int, str]):
+    """Condition key names by PCR index, each made once (the same str every request, its hash
+    kept: the policy decision cache hashes them)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, index: int) -> str:
+        name = f"{self.prefix}{index}"
+        if len(self) < 64:  # an enclave has 32 PCRs, a NitroTPM 24
+            self[index] = name
+        return name
+
+
+_PCR = _Names("kms:recipientattestation:pcr")
+_NITROTPM_PCR = _Names("kms:recipientattestation:nitrotpmpcr")
+
+
 def condition_keys(verified: VerifiedDocument) -> dict[str, tuple[str, ...]]:
     """KMS's RecipientAttestation condition keys (lower-cased names, lower-case hex values)."""
     doc = verified.document
@@ -157,9 +176,9 @@ def condition_keys(verified: VerifiedDocument) -> dict[str, tuple[str, ...]]:
         pcr0 = doc.pcrs.get(0)
         if pcr0 is not None:
             keys["kms:recipientattestation:imagesha384"] = (pcr0.hex(),)
-        for index, value in doc.pcrs.items():
-            keys[f"kms:recipientattestation:pcr{index}"] = (value.hex(),)
+        names = _PCR
     else:
-        for index, value in doc.pcrs.items():
-            keys[f"kms:recipientattestation:nitrotpmpcr{index}"] = (value.hex(),)
+        names = _NITROTPM_PCR
+    for index, value in doc.pcrs.items():
+        keys[names[index]] = (value.hex(),)
     return keys
