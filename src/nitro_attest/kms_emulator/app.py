@@ -51,7 +51,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     else:
         if not isinstance(value, dict):
             raise KmsApiError("SerializationException", "the body must be a JSON object")
-        if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+        if b"\\" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
             raise KmsApiError(
                 "SerializationException",
                 "the body is not valid JSON: a string holds a lone UTF-16 surrogate",
