@@ -10,7 +10,6 @@ not verify, so no condition key can come from unauthenticated bytes.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from nitro_attest.errors import (
     VerificationError,
 )
 from nitro_attest.kms.envelope import subject_key_identifier
+from nitro_attest.kms_emulator import b64
 from nitro_attest.kms_emulator.errors import KmsApiError, validation
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
@@ -86,7 +86,7 @@ class RecipientVerifier:
         if len(encoded) > (MAX_DOCUMENT_BYTES + 2) // 3 * 4:
             raise invalid_document(f"larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            document = base64.b64decode(encoded, validate=True)
+            document = b64.decode(encoded)
         except (binascii.Error, ValueError):
             raise KmsApiError(
                 "SerializationException", "Recipient.AttestationDocument is not valid base64"
