@@ -22,7 +22,7 @@ from nitro_attest.kms_emulator.auth import Principal
 from nitro_attest.kms_emulator.envelope import seal_for_recipient, subject_key_identifier
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.front import _RequestIds
-from nitro_attest.kms_emulator.recipient import MAX_KEYS, RecipientVerifier
+from nitro_attest.kms_emulator.recipient import MAX_KEYS, RecipientVerifier, condition_keys
 from nitro_attest.kms_emulator.store import KeyRecord
 
 from . import kmsemukit as kit
@@ -199,8 +199,8 @@ def test_a_decision_is_what_evaluate_gives() -> None:
         policy = cache.get(key)
         assert not isinstance(policy, Exception)
         fresh = evaluate(policy, request)
-        assert cache.decide(key, request) == fresh
-        assert cache.decide(key, request) == fresh
+        assert cache.decide(key, "kms:Decrypt", ENCLAVE.arn, keys) == fresh
+        assert cache.decide(key, "kms:Decrypt", ENCLAVE.arn, keys) == fresh
 
 
 # --- remembered recipient keys ---------------------------------------------------------------
@@ -294,3 +294,22 @@ def test_member_base64_is_never_looser_than_the_standard_librarys() -> None:
     for bad in ("QUJ", "QU=D", "QUJD\n", "QUJ\u00e9", "QU JD", "Q-JD"):
         with pytest.raises(ValueError):
             b64.decode(bad)
+
+
+def test_remembered_condition_keys_follow_each_documents_pcrs(
+    sim_state: Path, sim_debug_state: Path
+) -> None:
+    verifier = RecipientVerifier(
+        [(sim_state / "root.pem").read_bytes(), (sim_debug_state / "root.pem").read_bytes()]
+    )
+    spki = kit.spki(kit.rsa_key())
+    real = kit.document(sim_state, spki)
+    debug = kit.document(sim_debug_state, spki)
+    seen = []
+    for doc in (real, debug, real, debug):
+        recipient = verifier.verify(doc)
+        assert dict(recipient.condition_keys) == condition_keys(recipient.document)
+        seen.append(recipient.condition_keys["kms:recipientattestation:pcr0"])
+    assert seen[0] == seen[2] != seen[1] == seen[3] == ("00" * 48,)
+    with pytest.raises(TypeError):
+        recipient.condition_keys["kms:recipientattestation:pcr0"] = ("ab",)  # type: ignore[index]

@@ -99,26 +99,34 @@ class PolicyCache:
         return self._parse(key.key_id, key.policy)
 
     def decide(
-        self, key: KeyRecord, request: RequestContext
+        self,
+        key: KeyRecord,
+        action: str,
+        principal_arn: str,
+        condition_keys: Mapping[str, tuple[str, ...]],
     ) -> Decision | KeyPolicyError:
-        """``evaluate(policy of key, request)``, or the KeyPolicyError of an unreadable policy."""
+        """``evaluate`` of ``key``'s policy for this request (its ``RequestContext`` made only
+        when the decision is not remembered), or the KeyPolicyError of an unreadable policy."""
         # key.policy is the text the decision is for: read once, so that a policy replaced
         # meanwhile cannot pair one text's key with another text's decision
         text = key.policy
-        slot = (
-            text,
-            request.action,
-            request.principal_arn,
-            request.key_arn,
-            tuple(request.condition_keys.items()),
-        )
+        key_arn = key.arn
+        slot = (text, action, principal_arn, key_arn, tuple(condition_keys.items()))
         decision = self._decisions.get(slot)
         if decision is not None:
             return decision
         policy = self._parse(key.key_id, text)
         if isinstance(policy, KeyPolicyError):
             return policy
-        decision = evaluate(policy, request)
+        decision = evaluate(
+            policy,
+            RequestContext(
+                action=action,
+                principal_arn=principal_arn,
+                key_arn=key_arn,
+                condition_keys=condition_keys,
+            ),
+        )
         with self._lock:
             if len(self._decisions) >= MAX_DECISIONS:
                 self._decisions.clear()
@@ -148,15 +156,7 @@ def authorize(
     keys: Mapping[str, tuple[str, ...]],
 ) -> None:
     """Raise AccessDeniedException unless ``key``'s policy allows ``action`` in this context."""
-    decision = policies.decide(
-        key,
-        RequestContext(
-            action=action,
-            principal_arn=principal.arn,
-            key_arn=key.arn,
-            condition_keys=keys,
-        ),
-    )
+    decision = policies.decide(key, action, principal.arn, keys)
     if isinstance(decision, KeyPolicyError):  # fail closed on a stored policy we cannot read
         log.warning(
             "key %s: stored policy unreadable, every request denied: %s",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -63,6 +64,10 @@ class RecipientVerifier:
         # load and the checks below are a function of those bytes alone, and only a key that
         # passed them is kept. The document itself is verified on every request.
         self._keys: dict[bytes, tuple[rsa.RSAPublicKey, bytes]] = {}
+        # A verified document's kind and PCRs (index, value) -> its condition keys, read-only:
+        # condition_keys is a function of those alone. The same strs every request also keep
+        # their hashes for the policy decision cache.
+        self._condition_keys: dict[object, Mapping[str, tuple[str, ...]]] = {}
 
     def parse(self, value: Any) -> Recipient:
         """Check the request's ``Recipient`` member and its document; raise KmsApiError."""
@@ -99,7 +104,14 @@ class RecipientVerifier:
         if doc.public_key is None:
             raise invalid_document("it carries no public_key to encrypt the response to")
         key, ski = self._recipient_key(doc.public_key)
-        return Recipient(key, condition_keys(verified), verified, ski)
+        slot = (doc.kind, tuple(doc.pcrs.items()))
+        keys = self._condition_keys.get(slot)
+        if keys is None:
+            keys = MappingProxyType(condition_keys(verified))
+            if len(self._condition_keys) >= MAX_KEYS:
+                self._condition_keys.clear()
+            self._condition_keys[slot] = keys
+        return Recipient(key, keys, verified, ski)
 
     def _recipient_key(self, spki: bytes) -> tuple[rsa.RSAPublicKey, bytes]:
         """The RSA key (at least MIN_RSA_BITS) of a verified document's ``public_key`` and its
