@@ -8,6 +8,7 @@ import base64
 import json
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nitro_attest.kms import envelope as shared
 from nitro_attest.kms.envelope import seal_envelope
 from nitro_attest.kms.keypolicy import RequestContext, evaluate
+from nitro_attest.kms.sigv4 import Credentials, sign_request
 from nitro_attest.kms_emulator import access, b64, blob
-from nitro_attest.kms_emulator.auth import Principal
+from nitro_attest.kms_emulator.auth import Authenticator, Principal, SignedRequest
 from nitro_attest.kms_emulator.envelope import seal_for_recipient, subject_key_identifier
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.front import _RequestIds
@@ -313,3 +315,35 @@ def test_remembered_condition_keys_follow_each_documents_pcrs(
     assert seen[0] == seen[2] != seen[1] == seen[3] == ("00" * 48,)
     with pytest.raises(TypeError):
         recipient.condition_keys["kms:recipientattestation:pcr0"] = ("ab",)  # type: ignore[index]
+
+
+# --- the remembered X-Amz-Date ---------------------------------------------------------------
+
+
+def test_one_authenticator_checks_each_requests_own_date() -> None:
+    creds = Credentials("AKIADATE000000000001", "date-secret-0000000000000000000000000000")
+    principal = Principal(creds.access_key_id, creds.secret_access_key, ENCLAVE.arn, None)
+    authenticator = Authenticator({creds.access_key_id: principal}, "us-east-1")
+    now = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+
+    def verdict(when: datetime | None, date_text: str | None = None) -> str:
+        headers = [("host", "kms"), ("x-amz-target", "TrentService.Decrypt")]
+        headers += sign_request("POST", "/", [], headers, b"{}", creds, region="us-east-1",
+                                service="kms", when=when or now)
+        headers = [(k.lower(), v) for k, v in headers]
+        if date_text is not None:  # altered after signing
+            headers = [(k, date_text if k == "x-amz-date" else v) for k, v in headers]
+        try:
+            authenticator.authenticate(SignedRequest("POST", "/", [], headers, b"{}"), now)
+        except KmsApiError as exc:
+            return exc.type_name
+        return "accepted"
+
+    stale = now - timedelta(minutes=6)
+    for _ in range(2):
+        assert verdict(now) == "accepted"
+        assert verdict(stale) == "InvalidSignatureException"  # expired, after a fresh one
+        assert verdict(now + timedelta(minutes=6)) == "InvalidSignatureException"
+        assert verdict(now, "20261206T120001Z") == "InvalidSignatureException"  # altered
+        assert verdict(now, "20261306T120000Z") == "IncompleteSignatureException"  # no date
+        assert verdict(now) == "accepted"
