@@ -347,3 +347,13 @@ def test_one_authenticator_checks_each_requests_own_date() -> None:
         assert verdict(now, "20261206T120001Z") == "InvalidSignatureException"  # altered
         assert verdict(now, "20261306T120000Z") == "IncompleteSignatureException"  # no date
         assert verdict(now) == "accepted"
+
+
+def test_header_values_join_repeated_headers_as_header_does() -> None:
+    headers = [("host", "a"), ("x-amz-date", "1"), ("host", "b"), ("authorization", "x"),
+               ("x-amz-date", ""), ("host", "c")]
+    request = SignedRequest("POST", "/", [], headers, b"")
+    values = request.header_values()
+    assert values == {name: request.header(name) for name, _ in headers}
+    assert values["host"] == "a,b,c" and values["x-amz-date"] == "1,"
+    assert request.header("x-amz-target") is None and "x-amz-target" not in values

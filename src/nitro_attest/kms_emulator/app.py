@@ -103,11 +103,12 @@ class KmsApp:
             return 500, error_body("KMSInternalException", "internal error (see the log)")
 
     def _dispatch(self, request: SignedRequest) -> dict[str, Any]:
-        principal = self.authenticator.authenticate(request, self.now())
-        target = request.header("x-amz-target") or ""
+        headers = request.header_values()
+        principal = self.authenticator.authenticate(request, self.now(), headers)
+        target = headers.get("x-amz-target") or ""
         if request.method != "POST" or not target.startswith(TARGET_PREFIX):
             raise KmsApiError("UnknownOperationException", "")
-        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
         if content_type not in CONTENT_TYPES:
             raise KmsApiError("SerializationException", f"Content-Type must be {CONTENT_TYPES[0]}")
         operation = target[len(TARGET_PREFIX) :]
