@@ -357,3 +357,15 @@ def test_header_values_join_repeated_headers_as_header_does() -> None:
     assert values == {name: request.header(name) for name, _ in headers}
     assert values["host"] == "a,b,c" and values["x-amz-date"] == "1,"
     assert request.header("x-amz-target") is None and "x-amz-target" not in values
+
+
+def test_a_remembered_decision_is_for_its_own_key() -> None:
+    cache = access.PolicyCache()
+    first = _key("")
+    statement = json.loads(_policy())
+    statement["Statement"][0]["Resource"] = first.arn
+    first.policy = json.dumps(statement)
+    second = _key(first.policy, "ffffffff-12ab-34cd-56ef-1234567890ab")  # the same text
+    assert _allowed(cache, ENCLAVE, first, _keys())
+    assert not _allowed(cache, ENCLAVE, second, _keys())
+    assert _allowed(cache, ENCLAVE, first, _keys())
