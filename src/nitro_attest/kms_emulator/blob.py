@@ -40,9 +40,15 @@ class BlobHeader:
     body: bytes  # nonce | ciphertext | tag
 
 
+# json.dumps(..., sort_keys=True, separators=(",", ":")) builds this encoder on every call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def context_bytes(context: Mapping[str, str]) -> bytes:
     """The canonical encryption context: order-independent, as AWS treats it."""
-    return json.dumps(dict(context), sort_keys=True, separators=(",", ":")).encode()
+    if not context:
+        return b"{}"
+    return _CANONICAL.encode(dict(context)).encode()
 
 
 def seal(key: bytes, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:

@@ -85,13 +85,34 @@ class _DateHeader:
         return self._value
 
 
+class _RequestIds:
+    """``x-amzn-requestid`` values shaped like KMS's (a version-4 UUID): a random prefix drawn
+    once per process and a 48-bit counter from a random start, so unique without a getrandom
+    call and a UUID object per answer. An id only names a request in logs; nothing trusts it."""
+
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self) -> None:
+        first = uuid.uuid4()
+        self._prefix = str(first)[:24].encode("ascii")  # 8-4-4-4 and the last dash
+        self._next = first.int & 0xFFFF_FFFF_FFFF
+
+    def take(self) -> bytes:
+        value = self._next
+        self._next = (value + 1) & 0xFFFF_FFFF_FFFF
+        return self._prefix + b"%012x" % value
+
+
+_REQUEST_IDS = _RequestIds()
+
+
 def answer_bytes(status: int, payload: bytes, date: bytes, *, close: bool = False) -> bytes:
     """A JSON answer as KMS sends it, head and body in one piece."""
     reason = _REASONS.get(status, b"")
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: %d\r\n"
         b"x-amzn-requestid: %s\r\ndate: %s\r\n"
-        % (status, reason, len(payload), str(uuid.uuid4()).encode("ascii"), date)
+        % (status, reason, len(payload), _REQUEST_IDS.take(), date)
     )
     if close:
         head += b"connection: close\r\n"
@@ -240,12 +261,11 @@ class _Connection(asyncio.Protocol):
         return body
 
     def _answer(self, head: RequestHead, body: bytes) -> None:
-        target = head.target
-        path, _, query = target.partition("?")
+        path, _, query = head.target.partition("?")
         request = SignedRequest(
             method=head.method,
-            path=unquote(path),
-            query=parse_qsl(query, keep_blank_values=True),
+            path=unquote(path) if "%" in path else path,  # (unquote's own shortcut, sooner)
+            query=parse_qsl(query, keep_blank_values=True) if query else [],
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
             body=body,
         )

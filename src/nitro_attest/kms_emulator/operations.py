@@ -9,7 +9,6 @@ CiphertextForRecipient and the plaintext field is absent.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from nitro_attest.kms_emulator import access
+from nitro_attest.kms_emulator import access, b64
 from nitro_attest.kms_emulator.auth import Principal
 from nitro_attest.kms_emulator.blob import MAX_BLOB_BYTES, BlobError, open_blob, read_header, seal
 from nitro_attest.kms_emulator.envelope import seal_for_recipient
@@ -54,7 +53,7 @@ _RSA_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return b64.encode(data)
 
 
 # --- request members ------------------------------------------------------------------------
@@ -101,7 +100,7 @@ def _blob(params: Params, name: str, *, max_len: int, required: bool = True) -> 
             "SerializationException", f"{name} must be base64 of at most {max_len} bytes"
         )
     try:
-        data = base64.b64decode(value, validate=True)
+        data = b64.decode(value)
     except (binascii.Error, ValueError):
         raise KmsApiError("SerializationException", f"{name} is not valid base64") from None
     if not 1 <= len(data) <= max_len:
@@ -261,7 +260,8 @@ def _secret(
     if recipient is None:
         response[field_name] = _b64(secret)
     else:
-        response["CiphertextForRecipient"] = _b64(seal_for_recipient(secret, recipient.public_key))
+        envelope = seal_for_recipient(secret, recipient.public_key, ski=recipient.subject_key_id)
+        response["CiphertextForRecipient"] = _b64(envelope)
     return response
 
 

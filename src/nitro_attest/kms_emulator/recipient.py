@@ -10,10 +10,10 @@ not verify, so no condition key can come from unauthenticated bytes.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -27,11 +27,14 @@ from nitro_attest.errors import (
     ExpiredError,
     VerificationError,
 )
+from nitro_attest.kms.envelope import subject_key_identifier
+from nitro_attest.kms_emulator import b64
 from nitro_attest.kms_emulator.errors import KmsApiError, validation
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MIN_RSA_BITS = 2048
+MAX_KEYS = 256  # recipient keys remembered (by their exact DER bytes); all forgotten when full
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Recipient:
     public_key: rsa.RSAPublicKey
     condition_keys: Mapping[str, tuple[str, ...]]
     document: VerifiedDocument
+    subject_key_id: bytes  # SHA-256 of the key's SubjectPublicKeyInfo, the envelope's rid
 
 
 def invalid_document(reason: str) -> KmsApiError:
@@ -56,6 +60,14 @@ class RecipientVerifier:
         if not roots:
             raise ValueError("at least one root is needed")
         self._verifiers = tuple(Verifier(root_pem=root) for root in roots)
+        # A document's public_key bytes -> the RSA key they load as and its identifier: the
+        # load and the checks below are a function of those bytes alone, and only a key that
+        # passed them is kept. The document itself is verified on every request.
+        self._keys: dict[bytes, tuple[rsa.RSAPublicKey, bytes]] = {}
+        # A verified document's kind and PCRs (index, value) -> its condition keys, read-only:
+        # condition_keys is a function of those alone. The same strs every request also keep
+        # their hashes for the policy decision cache.
+        self._condition_keys: dict[object, Mapping[str, tuple[str, ...]]] = {}
 
     def parse(self, value: Any) -> Recipient:
         """Check the request's ``Recipient`` member and its document; raise KmsApiError."""
@@ -79,7 +91,7 @@ class RecipientVerifier:
         if len(encoded) > (MAX_DOCUMENT_BYTES + 2) // 3 * 4:
             raise invalid_document(f"larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            document = base64.b64decode(encoded, validate=True)
+            document = b64.decode(encoded)
         except (binascii.Error, ValueError):
             raise KmsApiError(
                 "SerializationException", "Recipient.AttestationDocument is not valid base64"
@@ -91,8 +103,24 @@ class RecipientVerifier:
         doc = verified.document
         if doc.public_key is None:
             raise invalid_document("it carries no public_key to encrypt the response to")
+        key, ski = self._recipient_key(doc.public_key)
+        slot = (doc.kind, tuple(doc.pcrs.items()))
+        keys = self._condition_keys.get(slot)
+        if keys is None:
+            keys = MappingProxyType(condition_keys(verified))
+            if len(self._condition_keys) >= MAX_KEYS:
+                self._condition_keys.clear()
+            self._condition_keys[slot] = keys
+        return Recipient(key, keys, verified, ski)
+
+    def _recipient_key(self, spki: bytes) -> tuple[rsa.RSAPublicKey, bytes]:
+        """The RSA key (at least MIN_RSA_BITS) of a verified document's ``public_key`` and its
+        subjectKeyIdentifier; raise KmsApiError naming what is wrong."""
+        known = self._keys.get(spki)
+        if known is not None:
+            return known
         try:
-            key = load_der_public_key(doc.public_key)
+            key = load_der_public_key(spki)
         except (ValueError, TypeError):
             raise invalid_document("its public_key is not a DER SubjectPublicKeyInfo") from None
         if not isinstance(key, rsa.RSAPublicKey):
@@ -103,7 +131,11 @@ class RecipientVerifier:
             raise invalid_document(
                 f"its public_key is RSA-{key.key_size}; at least {MIN_RSA_BITS} bits are required"
             )
-        return Recipient(key, condition_keys(verified), verified)
+        known = (key, subject_key_identifier(key))
+        if len(self._keys) >= MAX_KEYS:
+            self._keys.clear()
+        self._keys[bytes(spki)] = known
+        return known
 
     def _verify_any_root(self, document: bytes) -> VerifiedDocument:
         chain_errors: list[ChainError] = []
@@ -129,6 +161,25 @@ class RecipientVerifier:
         )
 
 
+class _Names(dict[int, str]):
+    """Condition key names by PCR index, each made once (the same str every request, its hash
+    kept: the policy decision cache hashes them)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, index: int) -> str:
+        name = f"{self.prefix}{index}"
+        if len(self) < 64:  # an enclave has 32 PCRs, a NitroTPM 24
+            self[index] = name
+        return name
+
+
+_PCR = _Names("kms:recipientattestation:pcr")
+_NITROTPM_PCR = _Names("kms:recipientattestation:nitrotpmpcr")
+
+
 def condition_keys(verified: VerifiedDocument) -> dict[str, tuple[str, ...]]:
     """KMS's RecipientAttestation condition keys (lower-cased names, lower-case hex values)."""
     doc = verified.document
@@ -137,9 +188,9 @@ def condition_keys(verified: VerifiedDocument) -> dict[str, tuple[str, ...]]:
         pcr0 = doc.pcrs.get(0)
         if pcr0 is not None:
             keys["kms:recipientattestation:imagesha384"] = (pcr0.hex(),)
-        for index, value in doc.pcrs.items():
-            keys[f"kms:recipientattestation:pcr{index}"] = (value.hex(),)
+        names = _PCR
     else:
-        for index, value in doc.pcrs.items():
-            keys[f"kms:recipientattestation:nitrotpmpcr{index}"] = (value.hex(),)
+        names = _NITROTPM_PCR
+    for index, value in doc.pcrs.items():
+        keys[names[index]] = (value.hex(),)
     return keys
