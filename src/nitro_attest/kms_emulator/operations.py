@@ -9,6 +9,7 @@ CiphertextForRecipient and the plaintext field is absent.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from nitro_attest.kms_emulator import access, b64
+from nitro_attest.kms_emulator import access
 from nitro_attest.kms_emulator.auth import Principal
 from nitro_attest.kms_emulator.blob import MAX_BLOB_BYTES, BlobError, open_blob, read_header, seal
 from nitro_attest.kms_emulator.envelope import seal_for_recipient
@@ -53,7 +54,7 @@ _RSA_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 
 
 def _b64(data: bytes) -> str:
-    return b64.encode(data)
+    return base64.b64encode(data).decode()
 
 
 # --- request members ------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def _blob(params: Params, name: str, *, max_len: int, required: bool = True) -> 
             "SerializationException", f"{name} must be base64 of at most {max_len} bytes"
         )
     try:
-        data = b64.decode(value)
+        data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise KmsApiError("SerializationException", f"{name} is not valid base64") from None
     if not 1 <= len(data) <= max_len:

@@ -10,6 +10,7 @@ not verify, so no condition key can come from unauthenticated bytes.
 
 from __future__ import annotations
 
+import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from nitro_attest.errors import (
     VerificationError,
 )
 from nitro_attest.kms.envelope import subject_key_identifier
-from nitro_attest.kms_emulator import b64
 from nitro_attest.kms_emulator.errors import KmsApiError, validation
 from nitro_attest.limits import MAX_DOCUMENT_BYTES
 
@@ -91,7 +91,7 @@ class RecipientVerifier:
         if len(encoded) > (MAX_DOCUMENT_BYTES + 2) // 3 * 4:
             raise invalid_document(f"larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            document = b64.decode(encoded)
+            document = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise KmsApiError(
                 "SerializationException", "Recipient.AttestationDocument is not valid base64"
