@@ -1,0 +1,359 @@
+"""Red team of take + settle (two Redis calls a session), against a real redis-server.
+
+The parent (it relays the evidence, calls every endpoint of every replica) and the operator (Redis
+restarts empty, sessions expire mid-appraisal, a fleet runs two versions during an upgrade):
+
+- a model-checked fuzz of three replicas of this version and one of the version that claimed
+  sessions before the appraisal, over one Redis: every answer is the model's, one outcome per
+  session at most, a settle never creates a key, every session key keeps a TTL;
+- the memory store against one Redis replica: the same answers for the same operations;
+- the service in process, two replicas over one Redis, the Redis interfered with between the
+  take and the settle (from inside the appraisal): no result shown that is not the one stored,
+  no session resurrected, no second EAR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from nitro_attest.service.redis_store import RedisStore
+from nitro_attest.service.sessions import MemoryStore, Session
+
+from .servicekit import MEDIA, redis_port, redis_server
+
+NEW = "/challenge-response/v1/newSession"
+KEY = "nitro-attest:session:"
+
+# The version before take + settle (git 20812c4): it claimed a session before the appraisal.
+_OLD_CLAIM = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'session')
+if not v[1] then return 0 end
+if v[1] ~= 'waiting' then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'processing')
+return v[2]
+"""
+_OLD_FINISH = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'session', ARGV[2])
+return 1
+"""
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redteam2")) as found:
+        yield found
+
+
+def _session(session_id: str, lifetime: float = 60.0) -> Session:
+    now = time.time()
+    return Session(session_id, "bm9uY2U", now + lifetime, now, "prod", (MEDIA,))
+
+
+class OldReplica:
+    """A replica of the earlier version: claim (waiting -> processing), then finish."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis: Any = aioredis.from_url(url)
+        self._claim = self._redis.register_script(_OLD_CLAIM)
+        self._finish = self._redis.register_script(_OLD_FINISH)
+
+    async def claim(self, session_id: str) -> tuple[str, Session | None]:
+        out = await self._claim(keys=[KEY + session_id])
+        if isinstance(out, bytes):
+            return "claimed", Session.loads(out).processing()
+        return ("missing", None) if int(out) == 0 else ("taken", None)
+
+    async def finish(self, session: Session) -> bool:
+        done = await self._finish(keys=[KEY + session.id], args=[session.state, session.dumps()])
+        return int(done) == 1
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+# --- a model of the fleet over one Redis -------------------------------------------------------
+
+
+class Fleet:
+    """What every answer must be: the truth (Redis) and what each replica remembers."""
+
+    def __init__(self, replicas: int) -> None:
+        self.truth: dict[str, str] = {}  # id -> waiting | processing | complete | failed
+        self.result: dict[str, str] = {}  # id -> the one result stored
+        self.remembered: list[set[str]] = [set() for _ in range(replicas)]
+
+    def take(self, r: int, sid: str) -> str:
+        if sid in self.remembered[r]:
+            self.remembered[r].discard(sid)
+            return "waiting"
+        state = self.truth.get(sid)
+        return "missing" if state is None else "waiting" if state == "waiting" else "taken"
+
+    def settle(self, sid: str, state: str, result: str) -> str:
+        now = self.truth.get(sid)
+        if now is None:
+            return "missing"
+        if now != "waiting":
+            return "taken"
+        self.truth[sid], self.result[sid] = state, result
+        return "done"
+
+
+def test_fleet_model_fuzz(url: str) -> None:
+    """Random interleavings of creates, takes, settles, deletes, expiries, Redis emptied and an
+    old-version replica's claim and finish, on three replicas: each answer is the model's."""
+    admin = redis.Redis(port=redis_port(url))
+    rounds, ops_per_round = 60, 40
+    checked = {"ops": 0}
+
+    async def one_round(seed: int) -> None:
+        rng = random.Random(seed)
+        admin.flushall()
+        stores = [RedisStore(url) for _ in range(3)]
+        old = OldReplica(url)
+        model = Fleet(len(stores))
+        ids: list[str] = []
+        pending: list[tuple[int, Session]] = []  # (replica, taken copy) awaiting its settle
+        old_claims: list[Session] = []
+        shown: dict[str, set[str]] = {}
+        try:
+            for step in range(ops_per_round):
+                op = rng.choices(
+                    ["create", "take", "settle", "delete", "expire", "flush", "old_claim",
+                     "old_finish"], weights=[6, 8, 8, 1, 1, 0.3, 2, 2])[0]  # fmt: skip
+                r = rng.randrange(len(stores))
+                sid = rng.choice(ids) if ids else None
+                if op == "create" or sid is None:
+                    sid = f"s{seed}-{step}"
+                    assert await stores[r].create(_session(sid))
+                    ids.append(sid)
+                    model.truth[sid] = "waiting"
+                    model.remembered[r].add(sid)
+                elif op == "take":
+                    outcome, copy = await stores[r].take(sid)
+                    assert outcome == model.take(r, sid), (seed, step, op, sid)
+                    if copy is not None:
+                        assert copy.id == sid and copy.state == "waiting"
+                        pending.append((r, copy))
+                elif op == "settle" and pending:
+                    r, copy = pending.pop(rng.randrange(len(pending)))
+                    state = rng.choice(["complete", "complete", "failed"])
+                    result = f"ear-{seed}-{step}" if state == "complete" else None
+                    got = await stores[r].settle(copy.finished(state, {"n": step}, result))
+                    assert got == model.settle(copy.id, state, result or ""), (seed, step, op)
+                    checked[f"settle {got}"] = checked.get(f"settle {got}", 0) + 1
+                    if got == "done" and result:
+                        shown.setdefault(copy.id, set()).add(result)
+                elif op == "delete":
+                    expected = sid in model.truth
+                    assert await stores[r].delete(sid) == expected, (seed, step, op)
+                    model.truth.pop(sid, None)
+                    model.remembered[r].discard(sid)
+                elif op == "expire":  # Redis's TTL ran out; the replicas' memories did not
+                    admin.pexpire(KEY + sid, 1)
+                    time.sleep(0.003)
+                    model.truth.pop(sid, None)
+                elif op == "flush":  # restarted empty (scripts too); replicas remember
+                    admin.flushall()
+                    admin.script_flush()
+                    model.truth.clear()
+                elif op == "old_claim":
+                    outcome, claimed = await old.claim(sid)
+                    now = model.truth.get(sid)
+                    want = "missing" if now is None else "claimed" if now == "waiting" else "taken"
+                    assert outcome == want, (seed, step, op)
+                    if claimed is not None:
+                        model.truth[sid] = "processing"
+                        old_claims.append(claimed)
+                elif op == "old_finish" and old_claims:
+                    claimed = old_claims.pop(0)
+                    result = f"old-{seed}-{step}"
+                    ok = await old.finish(claimed.finished("complete", {}, result))
+                    assert ok == (model.truth.get(claimed.id) == "processing"), (seed, step, op)
+                    if ok:
+                        model.truth[claimed.id] = "complete"
+                        model.result[claimed.id] = result
+                        shown.setdefault(claimed.id, set()).add(result)
+                checked["ops"] += 1
+            # The store as every replica reads it, against the model; TTLs on every key.
+            for sid in ids:
+                stored = await stores[0].get(sid)
+                want = model.truth.get(sid)
+                assert (stored.state if stored else None) == want, (seed, sid)
+                if want is None:
+                    assert admin.pttl(KEY + sid) == -2, (seed, sid)  # never resurrected
+                    continue
+                assert 0 < admin.pttl(KEY + sid) <= 60_000, (seed, sid)
+                if want == "complete":
+                    assert stored is not None and stored.result == model.result[sid]
+            for sid, results in shown.items():  # one outcome a session, flushes or not
+                assert len(results) == 1, (seed, sid, results)
+            for store in stores:
+                assert len(store._remembered) <= store.MAX_REMEMBERED
+        finally:
+            for store in stores:
+                await store.close()
+            await old.close()
+
+    async def run() -> None:
+        for seed in range(rounds):
+            await one_round(seed)
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+    assert checked["ops"] == rounds * ops_per_round
+    # The fuzz reached every outcome of a settle, often.
+    assert min(checked.get(f"settle {x}", 0) for x in ("done", "taken", "missing")) > rounds // 2
+
+
+def test_one_outcome_per_session_without_flush(url: str) -> None:
+    """Without Redis losing data, every session shows at most one result, whatever the mix of
+    replicas, versions, concurrency and deletes."""
+    admin = redis.Redis(port=redis_port(url))
+    admin.flushall()
+
+    async def run() -> int:
+        stores = [RedisStore(url) for _ in range(3)]
+        old = OldReplica(url)
+        rng = random.Random(7)
+        winners = 0
+        try:
+            for n in range(150):
+                sid = f"c-{n}"
+                creator = rng.randrange(3)
+                assert await stores[creator].create(_session(sid))
+
+                async def new_submit(sid: str, r: int, tag: str) -> str | None:
+                    _, copy = await stores[r].take(sid)
+                    if copy is None:
+                        return None
+                    await asyncio.sleep(rng.random() / 1000)
+                    got = await stores[r].settle(copy.finished("complete", {}, tag))
+                    return tag if got == "done" else None
+
+                async def old_submit(sid: str, tag: str) -> str | None:
+                    _, copy = await old.claim(sid)
+                    if copy is None:
+                        return None
+                    await asyncio.sleep(rng.random() / 1000)
+                    return tag if await old.finish(copy.finished("complete", {}, tag)) else None
+
+                news, olds = rng.randint(1, 5), rng.randint(0, 2)
+                calls: list[Awaitable[str | None]] = [
+                    new_submit(sid, rng.randrange(3), f"{n}-new-{i}") for i in range(news)
+                ]
+                calls += [old_submit(sid, f"{n}-old-{i}") for i in range(olds)]
+                rng.shuffle(calls)
+                shown = [x for x in await asyncio.gather(*calls) if x is not None]
+                stored = await stores[rng.randrange(3)].get(sid)
+                assert stored is not None
+                if shown:
+                    assert len(shown) == 1 and stored.result == shown[0], (n, shown)
+                    winners += 1
+                else:
+                    raise AssertionError(f"session {n}: no submission got a result")
+        finally:
+            for store in stores:
+                await store.close()
+            await old.close()
+        return winners
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == 150
+
+
+# --- the memory store against one Redis replica ------------------------------------------------
+
+
+def test_memory_and_redis_stores_answer_alike(url: str) -> None:
+    """One replica (what --sessions memory is): the same operations give the same HTTP answer on
+    both stores (a submission's take then settle: 200, 404 or 409; a delete: 204 or 404)."""
+    admin = redis.Redis(port=redis_port(url))
+    rounds, ops_per_round = 60, 30
+    compared = [0]
+
+    def answer(outcome: str, settled: str | None) -> int:
+        if outcome == "missing":
+            return 404
+        if outcome == "taken":
+            return 409
+        return {"done": 200, "taken": 409, "missing": 404}[settled or ""]
+
+    async def one_round(seed: int) -> None:
+        rng = random.Random(1000 + seed)
+        admin.flushall()
+        clock = [0.0]
+        memory = MemoryStore(clock=lambda: clock[0])
+        red = RedisStore(url)
+        ids: list[str] = []
+        pending: list[tuple[Session, Session]] = []
+        try:
+            for step in range(ops_per_round):
+                op = rng.choice(["create", "submit", "begin", "end", "delete", "expire", "get"])
+                sid = rng.choice(ids) if ids else None
+                if op == "create" or sid is None:
+                    sid = f"m{seed}-{step}"
+                    assert await memory.create(_session(sid))
+                    assert await red.create(_session(sid))
+                    ids.append(sid)
+                    continue
+                if op in ("submit", "begin"):
+                    (mo, mc), (ro, rc) = await memory.take(sid), await red.take(sid)
+                    if op == "begin" and mc is not None and rc is not None:
+                        pending.append((mc, rc))
+                        continue
+                    ms = await memory.settle(mc.finished("complete", {}, "e")) if mc else None
+                    rs = await red.settle(rc.finished("complete", {}, "e")) if rc else None
+                    assert answer(mo, ms) == answer(ro, rs), (seed, step, op, mo, ms, ro, rs)
+                elif op == "end" and pending:
+                    mc, rc = pending.pop(0)
+                    ms = await memory.settle(mc.finished("failed", {}, None))
+                    rs = await red.settle(rc.finished("failed", {}, None))
+                    assert ms == rs, (seed, step, op)
+                elif op == "delete":
+                    assert await memory.delete(sid) == await red.delete(sid), (seed, step, op)
+                elif op == "expire":  # this session's lifetime ran out in both
+                    _, kept = memory._sessions.get(sid, (0.0, None))
+                    if kept is not None:
+                        memory._sessions[sid] = (clock[0], kept)
+                    red._remembered.pop(sid, None)
+                    admin.pexpire(KEY + sid, 1)
+                    time.sleep(0.003)
+                if rng.random() < 0.5:  # not always: a read sweeps an expired session away
+                    continue
+                m, r = await memory.get(sid), await red.get(sid)
+                assert (m and (m.state, m.result)) == (r and (r.state, r.result)), (seed, step, op)
+                compared[0] += 1
+        finally:
+            await memory.close()
+            await red.close()
+
+    async def run() -> None:
+        for seed in range(rounds):
+            await one_round(seed)
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+    assert compared[0] > rounds * 5
+
+
+def test_deleting_an_expired_session_is_404_in_memory_too() -> None:
+    """A session past its lifetime is gone: DELETE answers 404 from the memory store as from
+    Redis (whose key expired), not 204 because the sweep had not reached it yet."""
+    clock = [0.0]
+    memory = MemoryStore(clock=lambda: clock[0])
+
+    async def run() -> tuple[bool, bool]:
+        assert await memory.create(_session("e-1", lifetime=5))
+        assert await memory.create(_session("e-2", lifetime=5))
+        clock[0] = 6.0
+        return await memory.delete("e-1"), await memory.get("e-2") is None
+
+    assert asyncio.run(run()) == (False, True)
