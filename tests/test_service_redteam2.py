@@ -15,18 +15,25 @@ restarts empty, sessions expire mid-appraisal, a fleet runs two versions during 
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
+import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
+from nitro_attest.nsm.simulator import SimulatedNsm
+from nitro_attest.service.app import INLINE_APPRAISAL_MAX, ServiceConfig, create_app
+from nitro_attest.service.ear import EarSigner
 from nitro_attest.service.redis_store import RedisStore
 from nitro_attest.service.sessions import MemoryStore, Session
 
-from .servicekit import MEDIA, redis_port, redis_server
+from .servicekit import MEDIA, check_ear, redis_port, redis_server, submod, write_policies
 
 NEW = "/challenge-response/v1/newSession"
 KEY = "nitro-attest:session:"
@@ -357,3 +364,329 @@ def test_deleting_an_expired_session_is_404_in_memory_too() -> None:
         return await memory.delete("e-1"), await memory.get("e-2") is None
 
     assert asyncio.run(run()) == (False, True)
+
+
+# --- the service in process: two replicas over one Redis ---------------------------------------
+
+
+class HookedSigner:
+    """The replica's signer, calling ``hook`` first: the appraisal is done, the settle not yet
+    made (the parent's or the operator's moment to interfere)."""
+
+    def __init__(self, inner: EarSigner) -> None:
+        self.inner = inner
+        self.hook: Callable[[], None] | None = None
+
+    def public_jwk(self) -> dict[str, Any]:
+        return self.inner.public_jwk()
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return self.inner.sign(claims)
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Replicas:
+    """Two service replicas (A and B) over one Redis, one signing key, in one event loop."""
+
+    def __init__(self, url: str, policies: Path, sim: SimulatedNsm, timeout: float) -> None:
+        self.sim = sim
+        signer = EarSigner.generate()
+        self.apps = [create_app(ServiceConfig(policies, HookedSigner(signer),  # type: ignore[arg-type]
+                                              lambda: RedisStore(url, timeout=timeout),
+                                              root_pem=sim.root_pem))
+                     for _ in range(2)]  # fmt: skip
+        self.clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                          base_url="http://t") for app in self.apps]  # fmt: skip
+        self.jwk = signer.public_jwk()
+        self.shown: dict[str, set[str]] = {}  # location -> every result a POST answered with
+
+    def signer(self, replica: int) -> HookedSigner:
+        found: HookedSigner = self.apps[replica].state.service.signer
+        return found
+
+    def store(self, replica: int) -> RedisStore:
+        found: RedisStore = self.apps[replica].state.service.store
+        return found
+
+    async def new(self, replica: int = 0, query: str = "nonceSize=32") -> tuple[str, str]:
+        r = await self.clients[replica].post(f"{NEW}?{query}")
+        assert r.status_code == 201, r.text
+        return r.headers["location"], r.json()["nonce"]
+
+    async def submit(self, replica: int, location: str, body: bytes) -> httpx.Response:
+        r = await self.clients[replica].post(location, content=body,
+                                             headers={"Content-Type": MEDIA})  # fmt: skip
+        if r.status_code == 200:
+            self.shown.setdefault(location, set()).add(r.json()["result"])
+        else:
+            assert "result" not in r.json(), r.text
+        return r
+
+    async def stored(self, location: str) -> dict[str, Any] | None:
+        """The session as both replicas read it (they must agree)."""
+        got = [await c.get(location) for c in self.clients]
+        assert got[0].status_code == got[1].status_code, location
+        if got[0].status_code == 404:
+            return None
+        assert got[0].json() == got[1].json()
+        body: dict[str, Any] = got[0].json()
+        return body
+
+    def appraisals(self, replica: int) -> float:
+        metric = self.apps[replica].state.service.metrics.appraisal
+        return float(metric.collect()[0].samples[-2].value)  # the _count sample
+
+    async def check_one_result_each(self) -> None:
+        for location, results in self.shown.items():
+            assert len(results) == 1, location
+            stored = await self.stored(location)
+            assert stored is not None and stored["result"] in results, location
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+        for replica in range(2):
+            await self.store(replica).close()
+            self.apps[replica].state.service.appraiser.shutdown(wait=False)
+
+
+@pytest.fixture(scope="module")
+def files(sim_state: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SimulatedNsm]:
+    tmp = tmp_path_factory.mktemp("redteam2-app")
+    return write_policies(tmp / "policies.json"), SimulatedNsm.open(sim_state)
+
+
+def _run(
+    url: str,
+    files: tuple[Path, SimulatedNsm],
+    scenario: Callable[[Replicas], Awaitable[None]],
+    timeout: float = 2.0,
+) -> None:
+    async def run() -> None:
+        fleet = Replicas(url, *files, timeout)
+        try:
+            await scenario(fleet)
+            await fleet.check_one_result_each()
+        finally:
+            await fleet.close()
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def test_redis_interfered_with_between_take_and_settle(
+    url: str, files: tuple[Path, SimulatedNsm]
+) -> None:
+    """During the appraisal the session expires, is deleted through the other replica, or Redis
+    is emptied (data and scripts): the submission is 404 on the replica that remembers the
+    session and on the one that read it, nothing is written back, no result is shown."""
+    admin = redis.Redis(port=redis_port(url))
+
+    def expire(sid: str) -> None:
+        admin.pexpire(KEY + sid, 1)
+        time.sleep(0.005)
+
+    def emptied(sid: str) -> None:
+        admin.flushall()
+        admin.script_flush()
+
+    interferences: dict[str, Callable[[str], None]] = {
+        "expired": expire,
+        "deleted": lambda sid: admin.delete(KEY + sid),
+        "emptied": emptied,
+    }
+
+    async def scenario(fleet: Replicas) -> None:
+        for name, interfere in interferences.items():
+            for submitter in (0, 1):  # A remembers the session, B reads it from Redis
+                location, nonce = await fleet.new(0)
+                sid = location.rsplit("/", 1)[1]
+                doc = fleet.sim.attestation(nonce=_b64d(nonce))
+                fleet.signer(submitter).hook = lambda s=sid, f=interfere: f(s)  # type: ignore[misc]
+                r = await fleet.submit(submitter, location, doc)
+                assert r.status_code == 404, (name, submitter, r.text)
+                assert admin.pttl(KEY + sid) == -2, (name, submitter)  # not resurrected
+                assert await fleet.stored(location) is None
+                for replica in (0, 1):  # and it stays gone
+                    assert (await fleet.submit(replica, location, doc)).status_code == 404
+
+        # DELETE through B while A remembers: A's remembered copy is appraised, then refused.
+        location, nonce = await fleet.new(0)
+        assert (await fleet.clients[1].delete(location)).status_code == 204
+        doc = fleet.sim.attestation(nonce=_b64d(nonce))
+        assert (await fleet.submit(0, location, doc)).status_code == 404
+        assert admin.pttl(KEY + location.rsplit("/", 1)[1]) == -2
+        assert fleet.shown == {}
+
+    _run(url, files, scenario)
+
+
+def test_racing_across_replicas_one_result(url: str, files: tuple[Path, SimulatedNsm]) -> None:
+    """A's remembered copy against B's read of Redis, each side settling first in turn (B's
+    submission made while A's appraisal is held in A's thread, and the reverse); then a session
+    settled on B before the evidence reaches A: A appraises its remembered copy once, 409."""
+    big = b"\xa0" * (INLINE_APPRAISAL_MAX + 1)  # appraised in the replica's thread
+
+    async def scenario(fleet: Replicas) -> None:
+        loop = asyncio.get_running_loop()
+        for slow in (0, 1):
+            fast = 1 - slow
+            location, nonce = await fleet.new(0)
+            doc = fleet.sim.attestation(nonce=_b64d(nonce))
+            released = threading.Event()
+            fleet.signer(slow).hook = lambda e=released: e.wait(10)  # type: ignore[misc]
+            held = loop.create_task(fleet.submit(slow, location, big))
+            await asyncio.sleep(0.05)
+            won = await fleet.submit(fast, location, doc)
+            released.set()
+            lost = await held
+            assert (won.status_code, lost.status_code) == (200, 409), (slow, lost.text)
+            stored = await fleet.stored(location)
+            assert stored is not None and stored["result"] == won.json()["result"]
+            claims = check_ear(stored["result"], fleet.jwk, nonce)
+            assert submod(claims)["ear.status"] == "affirming"
+
+        location, nonce = await fleet.new(0)
+        doc = fleet.sim.attestation(nonce=_b64d(nonce))
+        assert (await fleet.submit(1, location, doc)).status_code == 200
+        before = fleet.appraisals(0)
+        assert (await fleet.submit(0, location, doc)).status_code == 409  # remembered copy
+        assert fleet.appraisals(0) == before + 1
+        assert (await fleet.submit(0, location, doc)).status_code == 409  # now from Redis
+        assert fleet.appraisals(0) == before + 1
+
+    _run(url, files, scenario)
+
+
+def test_evidence_for_another_sessions_nonce(url: str, files: tuple[Path, SimulatedNsm]) -> None:
+    async def scenario(fleet: Replicas) -> None:
+        first, first_nonce = await fleet.new(0)
+        second, second_nonce = await fleet.new(1)
+        doc = fleet.sim.attestation(nonce=_b64d(first_nonce))
+        wrong = await fleet.submit(0, second, doc)
+        assert wrong.status_code == 200
+        sub = submod(check_ear(wrong.json()["result"], fleet.jwk, second_nonce))
+        assert sub["ear.status"] == "contraindicated"
+        assert sub["ear.veraison.annotated-evidence"]["error"]["check"] == "nonce"
+        right = await fleet.submit(1, first, doc)
+        assert submod(check_ear(right.json()["result"], fleet.jwk, first_nonce))[
+            "ear.status"] == "affirming"  # fmt: skip
+        for replica in (0, 1):
+            for location in (first, second):
+                assert (await fleet.submit(replica, location, doc)).status_code == 409
+
+    _run(url, files, scenario)
+
+
+def test_remembered_sessions_are_bounded_and_never_decide(
+    url: str, files: tuple[Path, SimulatedNsm]
+) -> None:
+    """Many sessions on A (over its bound): A forgets the oldest, which are then read from
+    Redis; every session still takes its evidence once."""
+
+    async def scenario(fleet: Replicas) -> None:
+        store = fleet.store(0)
+        store.MAX_REMEMBERED = 8
+        made = [await fleet.new(0) for _ in range(30)]
+        assert len(store._remembered) == 8
+        for location, nonce in made:
+            doc = fleet.sim.attestation(nonce=_b64d(nonce))
+            assert (await fleet.submit(0, location, doc)).status_code == 200
+            assert (await fleet.submit(0, location, doc)).status_code == 409
+            assert (await fleet.submit(1, location, doc)).status_code == 409
+        assert len(store._remembered) == 0
+
+    _run(url, files, scenario)
+
+
+def test_an_old_replica_claims_during_the_appraisal(
+    url: str, files: tuple[Path, SimulatedNsm]
+) -> None:
+    """A fleet mid-upgrade: an old replica claims the session while this one appraises it (from
+    its remembered copy, or read from Redis); this one is 409, the old one's result is stored."""
+
+    async def scenario(fleet: Replicas) -> None:
+        old = OldReplica(url)
+        loop = asyncio.get_running_loop()
+        try:
+            for submitter in (0, 1):
+                location, _ = await fleet.new(0)
+                sid = location.rsplit("/", 1)[1]
+                claimed: list[Session] = []
+
+                def claim(s: str = sid, claimed: list[Session] = claimed) -> None:
+                    found = asyncio.run_coroutine_threadsafe(old.claim(s), loop).result(10)[1]
+                    assert found is not None
+                    claimed.append(found)
+
+                fleet.signer(submitter).hook = claim
+                big = b"\xa0" * (INLINE_APPRAISAL_MAX + 1)  # so the hook runs off the loop
+                lost = await fleet.submit(submitter, location, big)
+                assert lost.status_code == 409, lost.text
+                assert await old.finish(claimed[0].finished("complete", {}, "old-ear"))
+                stored = await fleet.stored(location)
+                assert stored is not None and stored["result"] == "old-ear"
+        finally:
+            await old.close()
+
+    _run(url, files, scenario)
+
+
+def test_a_refused_settle_leaves_the_session_waiting(
+    url: str, files: tuple[Path, SimulatedNsm]
+) -> None:
+    """Redis refuses the settle (a failover left it a read-only replica): 503, nothing written,
+    the session still waiting; the evidence sent again once Redis takes writes is appraised and
+    its result stored, and only that one is shown."""
+    admin = redis.Redis(port=redis_port(url))
+
+    async def scenario(fleet: Replicas) -> None:
+        for submitter in (0, 1):
+            location, nonce = await fleet.new(0)
+            doc = fleet.sim.attestation(nonce=_b64d(nonce))
+            fleet.signer(submitter).hook = lambda: admin.replicaof("127.0.0.1", "1")
+            try:
+                refused = await fleet.submit(submitter, location, doc)
+            finally:
+                admin.replicaof("NO", "ONE")
+            assert refused.status_code == 503, refused.text
+            stored = await fleet.stored(location)
+            assert stored is not None and stored["state"] == "waiting"
+            again = await fleet.submit(submitter, location, doc)
+            assert again.status_code == 200
+            assert (await fleet.stored(location) or {}).get("result") == again.json()["result"]
+
+    _run(url, files, scenario)
+
+
+def test_a_settle_that_times_out(url: str, files: tuple[Path, SimulatedNsm]) -> None:
+    """Redis is paused (CLIENT PAUSE 1.5 s) when the settle is sent, and the replica gives up
+    (0.5 s timeout): 503. Whether Redis then ran the settle is the limit of any store call (an
+    answer can be lost after the write): the session is either still waiting, and the evidence
+    sent again gets the one result, or complete with an EAR no POST answered with, which the GET
+    shows, and sent again it is 409. Never a second result (docs/service.md says so)."""
+    admin = redis.Redis(port=redis_port(url))
+
+    async def scenario(fleet: Replicas) -> None:
+        location, nonce = await fleet.new(0)
+        doc = fleet.sim.attestation(nonce=_b64d(nonce))
+        fleet.signer(0).hook = lambda: admin.client_pause(1500)  # every client, 1.5 s
+        lost = await fleet.submit(0, location, doc)
+        time.sleep(1.5)
+        assert lost.status_code == 503
+        stored = await fleet.stored(location)
+        assert stored is not None and stored["state"] in ("waiting", "complete")
+        again = [await fleet.submit(replica, location, doc) for replica in (0, 1)]
+        if stored["state"] == "complete":  # written, its answer lost
+            assert check_ear(stored["result"], fleet.jwk, nonce)
+            assert [r.status_code for r in again] == [409, 409]
+            assert location not in fleet.shown
+        else:
+            assert [r.status_code for r in again] == [200, 409]
+
+    _run(url, files, scenario, timeout=0.5)
