@@ -405,6 +405,7 @@ class Replicas:
                                           base_url="http://t") for app in self.apps]  # fmt: skip
         self.jwk = signer.public_jwk()
         self.shown: dict[str, set[str]] = {}  # location -> every result a POST answered with
+        self.bodies: dict[str, dict[str, Any]] = {}  # location -> the 200 answer's body
 
     def signer(self, replica: int) -> HookedSigner:
         found: HookedSigner = self.apps[replica].state.service.signer
@@ -424,6 +425,7 @@ class Replicas:
                                              headers={"Content-Type": MEDIA})  # fmt: skip
         if r.status_code == 200:
             self.shown.setdefault(location, set()).add(r.json()["result"])
+            self.bodies[location] = r.json()
         else:
             assert "result" not in r.json(), r.text
         return r
@@ -446,7 +448,7 @@ class Replicas:
         for location, results in self.shown.items():
             assert len(results) == 1, location
             stored = await self.stored(location)
-            assert stored is not None and stored["result"] in results, location
+            assert stored == self.bodies[location], location  # what the POST answered, exactly
 
     async def close(self) -> None:
         for client in self.clients:
@@ -690,3 +692,71 @@ def test_a_settle_that_times_out(url: str, files: tuple[Path, SimulatedNsm]) -> 
             assert [r.status_code for r in again] == [200, 409]
 
     _run(url, files, scenario, timeout=0.5)
+
+
+def test_an_appraisal_that_crashes(url: str, files: tuple[Path, SimulatedNsm]) -> None:
+    """The appraisal raises (a bug, a signer that fails): the session is settled ``failed`` with
+    no result, on the replica that remembers it and on the other; every later submission is
+    409; a crash in a racing copy after another settled writes nothing over the winner."""
+
+    def crash() -> None:
+        raise RuntimeError("appraisal crashed")
+
+    async def scenario(fleet: Replicas) -> None:
+        for submitter in (0, 1):
+            location, nonce = await fleet.new(0)
+            doc = fleet.sim.attestation(nonce=_b64d(nonce))
+            fleet.signer(submitter).hook = crash
+            with pytest.raises(RuntimeError, match="appraisal crashed"):
+                await fleet.submit(submitter, location, doc)
+            stored = await fleet.stored(location)
+            assert stored is not None and stored["state"] == "failed" and "result" not in stored
+            assert [(await fleet.submit(r, location, doc)).status_code for r in (0, 1)] == [409] * 2
+
+        location, nonce = await fleet.new(0)
+        doc = fleet.sim.attestation(nonce=_b64d(nonce))
+        loop = asyncio.get_running_loop()
+        released = threading.Event()
+
+        def late_crash() -> None:
+            released.wait(10)
+            crash()
+
+        fleet.signer(0).hook = late_crash
+        held = loop.create_task(fleet.submit(0, location, b"\xa0" * (INLINE_APPRAISAL_MAX + 1)))
+        await asyncio.sleep(0.05)
+        won = await fleet.submit(1, location, doc)
+        released.set()
+        with pytest.raises(RuntimeError, match="appraisal crashed"):
+            await held
+        assert won.status_code == 200
+        assert await fleet.stored(location) == won.json()
+
+    _run(url, files, scenario)
+
+
+def test_new_session_query_parsed_as_starlette_parses_it() -> None:
+    """newSession's query by parse_qsl, as Starlette's QueryParams: the same pairs and the same
+    verdict on repeated or unknown names, over random queries of the characters that matter."""
+    from urllib.parse import parse_qsl
+
+    from starlette.datastructures import QueryParams
+
+    rng = random.Random(5)
+    parts = ["nonce", "nonceSize", "policy", "=", "&", ";", "%", "%26", "%3D", "+", "%00", "x",
+             "32", "\xe9", "%C3%A9", "%ZZ", "nonce%53ize", " "]  # fmt: skip
+    allowed = {"nonce", "nonceSize", "policy"}
+    verdicts = set()
+    for _ in range(20_000):
+        raw = "".join(rng.choice(parts) for _ in range(rng.randint(0, 8))).encode("latin-1")
+        pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        new = len(query) != len(pairs) or bool(query.keys() - allowed)
+        old_params = QueryParams(raw)
+        old = any(len(old_params.getlist(k)) > 1 for k in old_params) or bool(
+            set(old_params) - allowed)  # fmt: skip
+        assert new == old, raw
+        if not new:
+            assert {k: old_params.get(k) for k in allowed} == {k: query.get(k) for k in allowed}
+        verdicts.add(new)
+    assert verdicts == {True, False}
