@@ -240,7 +240,11 @@ class MemoryStore:
         return "done"
 
     async def delete(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+        # One past its lifetime is already gone (404, as Redis's expired key), swept or not.
+        if self._live(session_id) is None:
+            return False
+        del self._sessions[session_id]
+        return True
 
     async def health(self) -> str | None:
         self._sweep(self._clock())
