@@ -167,42 +167,19 @@ def attest_connection(
         raise TransportError(f"{authority}: the server sent no certificate")
     nonce = new_nonce()
     send(attestation_request(authority, nonce))
-    where = f"https://{authority}"
-    # While the front makes the document (a round trip and an NSM call, some 0.5 ms), this side
-    # takes what the check needs from the certificate: once the answer is in, only the
-    # verification is left. A refusal here waits for the answer, so the errors and their
-    # order are those of check_document.
-    try:
-        expected: Policy | AttestationRefused = expected_policy(
-            policy, certificate_der=certificate_der, nonce=nonce, where=where
-        )
-    except AttestationRefused as exc:
-        expected = exc
     try:
         document = read_document(recv)
     except TransportError as exc:
         named = exc.message.startswith(authority)
         raise TransportError(exc.message if named else f"{authority}: {exc.message}") from None
-    if isinstance(expected, AttestationRefused):
-        raise expected
-    return verify_expected(document, verifier=verifier, expected=expected, where=where)
-
-
-def expected_policy(
-    policy: Policy, *, certificate_der: bytes, nonce: bytes, where: str
-) -> Policy:
-    """The caller's policy for this connection: its nonce, and the certificate's key
-    (SubjectPublicKeyInfo DER) as the only key a document may name; AttestationRefused when
-    the certificate has no readable key."""
-    try:
-        spki = spki_of(certificate_der)
-    except (ValueError, UnsupportedAlgorithm):
-        # The server chose the certificate: OpenSSL took it, the strict DER parser did not (a
-        # BER length, an unsupported key). No key, so no document can name it.
-        raise AttestationRefused(
-            where, PublicKeyMismatchError("the server's certificate does not parse as DER")
-        ) from None
-    return dataclasses.replace(policy, nonce=nonce, public_key=spki)
+    return check_document(
+        document,
+        certificate_der=certificate_der,
+        nonce=nonce,
+        verifier=verifier,
+        policy=policy,
+        where=f"https://{authority}",
+    )
 
 
 def check_document(
@@ -215,17 +192,15 @@ def check_document(
     where: str,
 ) -> VerifiedDocument:
     """Verify ``document`` for this connection, or raise AttestationRefused naming the check."""
-    expected = expected_policy(policy, certificate_der=certificate_der, nonce=nonce, where=where)
-    return verify_expected(document, verifier=verifier, expected=expected, where=where)
-
-
-def verify_expected(
-    document: bytes, *, verifier: Verifier, expected: Policy, where: str
-) -> VerifiedDocument:
-    """Verify ``document`` under ``expected`` (expected_policy's), then the PCR16 rule; or raise
-    AttestationRefused naming the check."""
-    if expected.nonce is None or expected.public_key is None:
-        raise UsageError("verify_expected needs the connection's nonce and key in the policy")
+    try:
+        spki = spki_of(certificate_der)
+    except (ValueError, UnsupportedAlgorithm):
+        # The server chose the certificate: OpenSSL took it, the strict DER parser did not (a
+        # BER length, an unsupported key). No key, so no document can name it.
+        raise AttestationRefused(
+            where, PublicKeyMismatchError("the server's certificate does not parse as DER")
+        ) from None
+    expected = dataclasses.replace(policy, nonce=nonce, public_key=spki)
     try:
         verified = verifier.verify(document, policy=expected)
         if signs_caller_keys(verified.document.pcrs):
