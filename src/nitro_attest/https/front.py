@@ -398,7 +398,8 @@ class _Stream(asyncio.Protocol):
         if self.closed or transport is None or transport.is_closing():
             raise _Closed("closed")
         transport.write(data)
-        await self.drained(timeout)
+        if self.blocked:  # no coroutine made per send when there is room
+            await self.drained(timeout)
 
     def write_now(self, data: bytes) -> bool:
         """Write ``data`` from a callback (no waiting); False when the stream is closed.
@@ -876,7 +877,8 @@ class HttpsFront:
         if not written:  # made on the loop: answer here
             await client.send(_document_answer(document, close=close), self.config.idle_timeout)
         elif written[0]:
-            await client.drained(self.config.idle_timeout)
+            if client.blocked:
+                await client.drained(self.config.idle_timeout)
         else:
             raise _Closed("closed")
         self._log(conn, request, 200, 0, len(document), started)
