@@ -385,5 +385,6 @@ def main() -> None:
           f"{spread(floors, min(floors)):.0f}%); the attested connection costs "
           f"{a - (t + x + v):+.2f} ms beyond them (the best round's)")
 
+
 if __name__ == "__main__":
     main()

@@ -189,7 +189,7 @@ class Attester:
     writes its answer there) and then settles the caller's future. Against
     ``run_in_executor`` (its work item and locks, a concurrent future chained to an asyncio
     one, and the answer written only once the coroutine resumed, a turn of the loop later):
-    0.03-0.09 ms less per attested connection, paired A/B (docs/https.md).
+    0.03-0.05 ms less per attested connection, paired A/B (docs/https.md).
 
     ``on_loop`` makes them on the event loop instead, for the software NSM (about 0.2 ms of
     signing): the loop stalls for the signing, which is acceptable for a development NSM only
