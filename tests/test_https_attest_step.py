@@ -8,7 +8,12 @@ import pytest
 
 from nitro_attest.attestation.verifier import Verifier
 from nitro_attest.errors import TransportError
-from nitro_attest.https.attest import WELL_KNOWN, attest_connection
+from nitro_attest.https.attest import (
+    WELL_KNOWN,
+    AttestationRefused,
+    attest_connection,
+)
+from nitro_attest.https.well_known import DOCUMENT_TYPE
 
 from .httpskit import POLICY
 
@@ -41,3 +46,22 @@ def test_a_bad_answer_names_the_server(answer: bytes, message: str) -> None:
     (request,) = sent  # the attestation request only, for this authority, with a fresh nonce
     assert request.startswith(f"GET {WELL_KNOWN}?nonce=".encode())
     assert b"\r\nhost: enclave.example:8443\r\n" in request
+
+
+def test_a_certificate_without_a_key_is_refused_once_the_answer_is_in() -> None:
+    """A certificate without a readable key is refused (public_key) once a well-formed answer
+    is in, with only the attestation request sent."""
+    sent: list[bytes] = []
+    body = b"\x84" + b"x" * 40  # never verified: the certificate has no key to expect
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: " + DOCUMENT_TYPE + b"\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+    pieces = iter([answer, b""])
+    with pytest.raises(AttestationRefused) as info:
+        attest_connection(sent.append, lambda: next(pieces), b"not DER",
+                          authority="enclave.example:8443", verifier=Verifier(), policy=POLICY)
+    assert info.value.check == "public_key"
+    assert "does not parse as DER" in info.value.message
+    assert next(pieces) == b""  # the answer was read first
+    (request,) = sent
+    assert request.startswith(f"GET {WELL_KNOWN}?nonce=".encode())
+
