@@ -22,11 +22,18 @@ from joserfc.jwk import ECKey
 
 from nitro_attest.nsm.simulator import SimulatedNsm
 from nitro_attest.nsm.simulator.state import SimulatorConfig, init_state
+from nitro_attest.service.sessions import Session
 
 from .fakes import INSTANCE_ID, MEASUREMENTS
 
 ENTRY = [sys.executable, "-c", "from nitro_attest._cli import entrypoint; entrypoint()"]
 MEDIA = "application/vnd.aws.nitro-enclaves.attestation-document+cose"
+
+
+def waiting_session(session_id: str, lifetime: float) -> Session:
+    """A session of the "prod" policy for a document, waiting, ``lifetime`` seconds from now."""
+    now = time.time()
+    return Session(session_id, "bm9uY2U", now + lifetime, now, "prod", (MEDIA,))
 
 
 def make_sim(path: Path, *, debug: bool = False) -> SimulatedNsm:

@@ -16,7 +16,7 @@ import redis
 from nitro_attest.service.redis_store import RedisStore
 from nitro_attest.service.sessions import Session
 
-from .servicekit import MEDIA, redis_port, redis_server
+from .servicekit import redis_port, redis_server, waiting_session
 
 T = TypeVar("T")
 
@@ -28,8 +28,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _session(session_id: str, lifetime: float = 30.0) -> Session:
-    now = time.time()
-    return Session(session_id, "bm9uY2U", now + lifetime, now, "prod", (MEDIA,))
+    return waiting_session(session_id, lifetime)
 
 
 def _within(coro: Coroutine[Any, Any, T]) -> T:

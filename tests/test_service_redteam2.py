@@ -33,7 +33,15 @@ from nitro_attest.service.ear import EarSigner
 from nitro_attest.service.redis_store import RedisStore
 from nitro_attest.service.sessions import MemoryStore, Session
 
-from .servicekit import MEDIA, check_ear, redis_port, redis_server, submod, write_policies
+from .servicekit import (
+    MEDIA,
+    check_ear,
+    redis_port,
+    redis_server,
+    submod,
+    waiting_session,
+    write_policies,
+)
 
 NEW = "/challenge-response/v1/newSession"
 KEY = "nitro-attest:session:"
@@ -60,8 +68,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _session(session_id: str, lifetime: float = 60.0) -> Session:
-    now = time.time()
-    return Session(session_id, "bm9uY2U", now + lifetime, now, "prod", (MEDIA,))
+    return waiting_session(session_id, lifetime)
 
 
 class OldReplica:
