@@ -19,6 +19,8 @@
               rounds: what being woken by a request and serving it costs the unavoidable work
               itself (colder caches, the syscalls), which no implementation avoids either.
               served / served floor is the like-for-like ratio (docs/kms.md, "Speed").
+Target (issue 20): at most 1.5x, each ratio taken between figures measured the same way
+(in-process / floor, paced / paced, served / served floor); served / the hot floor is printed too.
 
 Best of --rounds rounds; the spread (worst/best) is printed beside each figure.
 Usage: python bench/kms_emulator.py [--rounds 5] [--seconds 2]
@@ -309,10 +311,21 @@ def main() -> None:
         f"served / served floor (same rounds): best {min(like):.2f}x, "
         f"rounds {min(like):.2f}..{max(like):.2f}x"
     )
-    ratio = min(inproc) / best_floor
-    print(f"target: in-process <= 1.50x the floor -> {'met' if ratio <= 1.5 else 'NOT met'}")
-    ratio = min(served) / best_floor
-    print(f"        served <= 1.50x the floor -> {'met' if ratio <= 1.5 else 'NOT met'}")
+    # The target compares like with like: a process woken by a lone request runs every step,
+    # the crypto included, slower than a hot loop does (the served floor shows by how much), so
+    # served CPU is held to the served floor, not to the hot loop (docs/kms.md, "Speed").
+    print("target (issue 20): at most 1.5x the unavoidable crypto, both measured the same way")
+    for label, ratio in (
+        ("in-process / floor (both hot)", min(inproc) / best_floor),
+        ("in-process paced / floor paced", min(slept["handle"]) / paced_floor),
+        ("served / served floor (both woken per request)", min(like)),
+    ):
+        print(f"  {label:<48} {ratio:.2f}x -> {'met' if ratio <= 1.5 else 'NOT met'}")
+    print(
+        f"  (served / hot floor, a woken process against a hot loop: "
+        f"{min(served) / best_floor:.2f}x; the bare server alone is "
+        f"{min(served_floor) / best_floor:.2f}x)"
+    )
 
 
 def _request(body: bytes, headers: list[tuple[str, str]]) -> SignedRequest:
