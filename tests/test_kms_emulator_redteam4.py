@@ -14,6 +14,7 @@ import random
 import subprocess
 import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.kms import envelope as shared
+from nitro_attest.kms.keypolicy import RequestContext, evaluate
+from nitro_attest.kms.sigv4 import Credentials, sign_request
 from nitro_attest.kms_emulator import access
 from nitro_attest.kms_emulator import envelope as writer
-from nitro_attest.kms_emulator.auth import Principal
+from nitro_attest.kms_emulator.auth import Authenticator, Principal, SignedRequest
 from nitro_attest.kms_emulator.errors import KmsApiError
 from nitro_attest.kms_emulator.operations import Emulator
 from nitro_attest.kms_emulator.recipient import RecipientVerifier
@@ -237,8 +240,6 @@ def _allow(condition: dict[str, object] | None = None, principal: str = "*") -> 
 
 def _verdicts(cache: access.PolicyCache, key: KeyRecord, cases: list[
         tuple[str, dict[str, tuple[str, ...]]]]) -> list[bool]:
-    from nitro_attest.kms.keypolicy import RequestContext, evaluate
-
     out = []
     for principal_arn, keys in cases:
         policy = cache.get(key)
@@ -309,3 +310,40 @@ def test_a_recipient_kind_is_part_of_its_remembered_condition_keys(
     assert "kms:recipientattestation:imagesha384" in names[0]
     assert all("nitrotpmpcr" in n for n in names[1])
 
+
+
+def test_a_remembered_date_is_checked_against_each_requests_clock() -> None:
+    """The parent replays one signed request (its X-Amz-Date the remembered one) as the clock
+    moves, and steps the clock back: the window is checked on every request, on the remembered
+    parse as on a fresh one."""
+    creds = Credentials("AKIADATE000000000002", "date-secret-0000000000000000000000000001")
+    principal = Principal(creds.access_key_id, creds.secret_access_key, STRANGER.arn, None)
+    authenticator = Authenticator({creds.access_key_id: principal}, "us-east-1")
+    signed_at = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+    headers = [("host", "kms"), ("x-amz-target", "TrentService.Decrypt")]
+    headers += sign_request("POST", "/", [], headers, b"{}", creds, region="us-east-1",
+                            service="kms", when=signed_at)
+    request = SignedRequest("POST", "/", [], [(k.lower(), v) for k, v in headers], b"{}")
+
+    def verdict(offset_seconds: int) -> str:
+        try:
+            authenticator.authenticate(request, signed_at + timedelta(seconds=offset_seconds))
+        except KmsApiError as exc:
+            return exc.message[:24]
+        return "accepted"
+
+    outcomes = [verdict(s) for s in (0, 299, 300, 301, 0, -300, -301, 3600, -3600, 0)]
+    assert outcomes == [
+        "accepted", "accepted", "accepted", "Signature expired: 20261",
+        "accepted", "accepted", "Signature not yet curren",
+        "Signature expired: 20261", "Signature not yet curren", "accepted",
+    ]
+
+
+def test_the_empty_body_shortcut_is_strip() -> None:
+    """``not body or body.isspace()`` for ``not body.strip()``: the same for every body of up
+    to two bytes (the two agree on what whitespace is byte by byte)."""
+    singles = [bytes((b,)) for b in range(256)]
+    bodies = [b"", *singles, *(a + b for a in singles for b in singles)]
+    assert [not b or b.isspace() for b in bodies] == [not b.strip() for b in bodies]
+    assert len(bodies) == 65793
