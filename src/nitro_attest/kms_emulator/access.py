@@ -86,12 +86,12 @@ MAX_DECISIONS = 1024  # remembered decisions; all forgotten at once when full
 # some 7 KiB); past MAX_DECISION_BYTES together, all are forgotten at once.
 MAX_SLOT_BYTES = 64 * 1024
 MAX_DECISION_BYTES = 16 * 1024 * 1024
-_SLOT_OVERHEAD = 1024  # the slot's tuples, the Decision and its reason, the dict's entry
+_SLOT_OVERHEAD = 1024  # the slot's tuples, the Decision, the dict's entry
 
 
-def _weight(slot: DecisionKey) -> int:
+def _weight(slot: DecisionKey, decision: Decision) -> int:
     """An upper estimate of the bytes ``slot`` and its decision keep alive."""
-    size = _SLOT_OVERHEAD + sum(map(sys.getsizeof, slot[1:4]))
+    size = _SLOT_OVERHEAD + sys.getsizeof(decision.reason) + sum(map(sys.getsizeof, slot[1:4]))
     for name, values in slot[4]:
         size += 64 + sys.getsizeof(name) + sys.getsizeof(values) + sum(
             map(sys.getsizeof, values))
@@ -150,7 +150,7 @@ class PolicyCache:
                 condition_keys=condition_keys,
             ),
         )
-        weight = _weight(slot)
+        weight = _weight(slot, decision)
         if weight <= MAX_SLOT_BYTES:
             with self._lock:
                 if (len(self._decisions) >= MAX_DECISIONS
