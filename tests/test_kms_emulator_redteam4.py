@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nitro_attest.attestation.document import DocumentKind
 from nitro_attest.kms import envelope as shared
-from nitro_attest.kms.keypolicy import RequestContext, evaluate
+from nitro_attest.kms.keypolicy import Decision, RequestContext, evaluate
 from nitro_attest.kms.sigv4 import Credentials, sign_request
 from nitro_attest.kms_emulator import access
 from nitro_attest.kms_emulator import envelope as writer
@@ -191,7 +192,8 @@ def test_remembered_decisions_stay_within_their_byte_budget(
         nonlocal most
         for n in range(600):
             names = _names(sizes[n % len(sizes)])
-            context = {name: f"{n}-{name}" for name in names}
+            astral = "\U0001f600" * (n % 3)  # 4 bytes a character in a str, when present
+            context = {name: f"{n}-{name}{astral}" for name in names}
             keys = access.request_keys(ADMIN, context)
             decision = cache.decide(key, "kms:Encrypt", ADMIN.arn, keys)
             assert not isinstance(decision, Exception) and decision.allowed
@@ -348,3 +350,28 @@ def test_the_empty_body_shortcut_is_strip() -> None:
     bodies = [b"", *singles, *(a + b for a in singles for b in singles)]
     assert [not b or b.isspace() for b in bodies] == [not b.strip() for b in bodies]
     assert len(bodies) == 65793
+
+
+def test_a_decisions_weight_is_never_below_what_getsizeof_counts() -> None:
+    """The estimate from lengths against sys.getsizeof of every object a slot keeps (its
+    strings, the pairs and values tuples, the items tuple), on random slots with ASCII, Latin-1,
+    BMP and astral characters."""
+    rng = random.Random(4)
+    alphabet = ["a", "Z", "0", "\u00e9", "\u2603", "\U0001f600"]
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(most)))
+
+    for _ in range(5000):
+        items = tuple(
+            (text(40), tuple(text(60) for _ in range(rng.randrange(4))))
+            for _ in range(rng.randrange(8))
+        )
+        slot = (object(), text(20), text(40), text(80), items)
+        decision = Decision(rng.random() < 0.5, text(300))
+        kept = sys.getsizeof(slot) + sys.getsizeof(items) + sys.getsizeof(decision.reason)
+        kept += sum(sys.getsizeof(s) for s in slot[1:4])
+        for pair in items:
+            kept += sys.getsizeof(pair) + sys.getsizeof(pair[0]) + sys.getsizeof(pair[1])
+            kept += sum(sys.getsizeof(v) for v in pair[1])
+        assert access._weight(slot, decision) >= kept
