@@ -15,8 +15,8 @@ fixed by the RSA key's size: ``seal_for_recipient`` writes the fixed bytes cut o
 from ``seal_envelope``'s own output (``_layout``) around the holes, instead of some 14 BER
 encodings per answer (about 10 us hot, 25 served: docs/kms.md, "Speed"). Its output is
 byte-identical to ``seal_envelope``'s with the same randomness (tests/test_kms_emulator_speed.py,
-every content length 0-4096 and the three RSA sizes); any other identifier length goes to
-``seal_envelope`` itself.
+every content length 0-4096 and the three RSA sizes; tests/test_kms_emulator_redteam4.py, every
+modulus length 2048-16384 bits); any other identifier length goes to ``seal_envelope`` itself.
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ def _layout(key_bytes: int) -> tuple[bytes, bytes, bytes]:
         b"", cast(rsa.RSAPublicKey, _Placeholder(key_bytes)), subject_key_id=ski
     )
     at_ski = sample.index(ski)
-    at_key = sample.index(b"\xbb" * key_bytes, at_ski + SKI_BYTES)
+    # the encrypted key found as the whole OCTET STRING, tag and length with it: a length whose
+    # last byte is the placeholder's (443, 699, 955... bytes: 82 01 bb) would otherwise start
+    # the run one byte early
+    encrypted_key = ber.encode_octets(b"\xbb" * key_bytes)
+    at_key = sample.index(encrypted_key, at_ski + SKI_BYTES) + len(encrypted_key) - key_bytes
     at_iv = len(sample) - len(_EOC_4) - 16 - 2 - 16
     if sample[at_iv + 16 : at_iv + 18] != b"\x80\x10" or not sample.endswith(_EOC_4):
         raise AssertionError("seal_envelope's layout changed; _layout must follow it")
