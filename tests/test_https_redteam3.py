@@ -222,3 +222,97 @@ def test_shed_connections_calls_do_not_delay_a_newcomer(sim_state: Path, loop: s
             for conn in socks:
                 with contextlib.suppress(OSError):
                     conn.close()
+
+
+# --- SIGTERM drain with calls in flight and queued
+
+
+def _shutdown(front: Any, drain: float) -> float:
+    """``front.shutdown(drain)`` on its loop, from the test's thread; the seconds it took."""
+    started = time.monotonic()
+    asyncio.run_coroutine_threadsafe(front.shutdown(drain), front._loop).result(drain + 10)
+    return time.monotonic() - started
+
+
+def _rest(conn: ssl.SSLSocket) -> bytes:
+    """All the connection still gives, to its end (a reset counts as the end)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while piece := conn.recv(65536):
+            data += piece
+    return data
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_document_in_the_making_at_sigterm_is_answered_within_the_drain(
+    sim_state: Path, loop: str
+) -> None:
+    import uvloop
+
+    new_loop = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    nsm = _GatedNsm(sim(sim_state), delay=0.3)
+    with running_app() as app, running_front(nsm, app.address,  # type: ignore[arg-type]
+                                             new_loop=new_loop) as front, \
+            contextlib.closing(tls_connect(front.address)) as conn:
+        conn.settimeout(10)
+        conn.sendall(_attestation_request(b"d" * 16))
+        _wait(lambda: nsm.entered == 1, "the call never reached the NSM")
+        took = _shutdown(front.front, 3.0)
+        assert took < 2.0, f"the drain took {took:.2f} s for a 0.3 s call"
+        answer = _rest(conn)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"attestation-document+cose" in answer
+        assert front.front.active_connections == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_calls_in_flight_and_queued_past_the_drain_write_nothing_and_cost_nothing(
+    sim_state: Path, loop: str
+) -> None:
+    """The NSM holds its call past the drain: SIGTERM cuts both connections at the drain
+    timeout (none waits for the NSM), nothing is written on them afterwards, the call queued
+    behind is never made, and the front logged no traceback."""
+    import uvloop
+
+    new_loop = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    nsm = _GatedNsm(sim(sim_state))
+    with running_app() as app, running_front(nsm, app.address,  # type: ignore[arg-type]
+                                             new_loop=new_loop) as front, \
+            contextlib.closing(tls_connect(front.address)) as first, \
+            contextlib.closing(tls_connect(front.address)) as second:
+        nsm.release.clear()
+        first.sendall(_attestation_request(b"1" * 16))
+        _wait(lambda: nsm.entered == 1, "the first call never reached the NSM")
+        second.sendall(_attestation_request(b"2" * 16))
+        _wait(lambda: front.front._attester._calls.qsize() == 1, "the second never queued")
+        for conn in (first, second):
+            conn.settimeout(10)
+        took = _shutdown(front.front, 0.3)
+        assert took < 1.5, f"the drain took {took:.2f} s"
+        nsm.release.set()
+        _wait(lambda: len(nsm.made) == 1, "the call in the NSM never ended")
+        time.sleep(0.1)  # its document back on the loop meanwhile
+        assert _rest(first) == b"" and _rest(second) == b""
+        assert nsm.made == [b"1" * 16]
+        assert not any("Traceback" in line or "exception" in line.lower()
+                       for line in front.logs.lines()), front.logs.lines()
+
+
+# --- the answer written from the NSM's callback, the coroutine a turn later
+
+
+def test_waiting_for_room_on_a_stream_closed_meanwhile_ends_at_once() -> None:
+    """The attestation answer is written from the NSM's callback and the coroutine waits for
+    room a turn of the loop later: if the connection is cut in between (the sweep's deadline,
+    in the same turn), ``drained`` must not wait on a closed stream until the next deadline."""
+
+    class Owner:
+        deadline = 0.0
+
+    async def scenario() -> None:
+        stream = front_module._Stream(Owner())  # type: ignore[arg-type]
+        stream.blocked = True  # the answer filled the write buffer
+        stream.closed = True  # cut before the coroutine resumed: nothing will wake it
+        with pytest.raises(front_module._Closed):
+            await asyncio.wait_for(stream.drained(30.0), 2.0)
+
+    asyncio.run(scenario())

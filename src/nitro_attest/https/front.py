@@ -442,6 +442,10 @@ class _Stream(asyncio.Protocol):
         """Wait while the transport's buffer is full; a peer that takes nothing for
         ``timeout`` seconds is cut."""
         while self.blocked:
+            # Closed before the wait began (the NSM's callback wrote the answer and the
+            # connection was cut before its coroutine resumed): nothing would wake the wait.
+            if self.closed:
+                raise _Closed("closed")
             owner = self.owner
             owner.deadline = max(owner.deadline, time.monotonic() + timeout)
             waiter = self.loop.create_future()
