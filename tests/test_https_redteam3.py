@@ -316,3 +316,57 @@ def test_waiting_for_room_on_a_stream_closed_meanwhile_ends_at_once() -> None:
             await asyncio.wait_for(stream.drained(30.0), 2.0)
 
     asyncio.run(scenario())
+
+
+# --- the NSM thread cannot start, or its call raises what is not an Exception
+
+
+def test_a_thread_that_cannot_start_is_a_503_and_the_next_call_starts_one(
+    sim_state: Path,
+) -> None:
+    """Starting a thread fails when the enclave is out of memory or threads (the operator's
+    limits, a flood of connections): that attestation is a 503, not a traceback and a dropped
+    connection, and the next one starts the thread, instead of queuing for a thread that never
+    ran (every attestation after it hung, with no answer, until shed)."""
+    real_start = threading.Thread.start
+    failed: list[str] = []
+
+    def start_once_failing(thread: threading.Thread) -> None:
+        if thread.name.startswith("nsm") and not failed:
+            failed.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    with running_app() as app, running_front(sim(sim_state), app.address) as front, \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threading.Thread, "start", start_once_failing)
+        for status in (b"503", b"200", b"200"):
+            with contextlib.closing(tls_connect(front.address, timeout=5)) as conn:
+                conn.sendall(_attestation_request(b"t" * 16))
+                assert _read_answer(conn).startswith(b"HTTP/1.1 " + status)
+        assert failed
+
+
+def test_a_call_raising_what_is_not_an_exception_does_not_kill_the_nsm_thread() -> None:
+    """A BaseException out of the backend (what the executor's worker caught and handed to
+    its caller) must neither end the thread, leaving every later call waiting for good, nor
+    reach the loop as such (a SystemExit out of a task stops the loop): the caller gets an
+    NsmError (a 503) and the calls behind it are made."""
+
+    class Exiting(_Signer):
+        def attestation(self, *, nonce: bytes, public_key: bytes, **fields: Any) -> bytes:
+            if nonce == b"x" * 16:
+                raise SystemExit(3)
+            return super().attestation(nonce=nonce, public_key=public_key)
+
+    attester = Attester(Exiting(), b"spki")  # type: ignore[arg-type]
+
+    async def go() -> bytes:
+        with pytest.raises(NsmError):
+            await asyncio.wait_for(attester.document(b"x" * 16), 5)
+        return await asyncio.wait_for(attester.document(b"y" * 16), 5)
+
+    try:
+        assert asyncio.run(go()) == b"doc:" + b"y" * 16
+    finally:
+        attester.close()

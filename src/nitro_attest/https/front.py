@@ -223,8 +223,12 @@ class Attester:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         if self._thread is None:  # started by the first call: a front never asked makes none
-            self._thread = threading.Thread(target=self._work, name="nsm", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._work, name="nsm", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # out of memory or threads: this call fails, the next
+                raise NsmError("InternalError", f"cannot start the NSM thread: {exc}") from None
+            self._thread = thread
         call = _NsmCall(loop, future, nonce, on_ready)
         self._calls.put(call)
         try:
@@ -246,6 +250,9 @@ class Attester:
                     outcome = self._backend.attestation(nonce=call.nonce, public_key=self._spki)
                 except Exception as exc:  # the caller's to raise, as from an executor
                     outcome = exc
+                except BaseException as exc:  # SystemExit and kin: neither end this thread
+                    # (every later call would wait for good) nor stop the caller's loop
+                    outcome = NsmError("InternalError", f"the NSM call raised {exc!r:.80}")
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                 call.loop.call_soon_threadsafe(_settle, call, outcome)
 
