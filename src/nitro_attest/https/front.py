@@ -194,7 +194,13 @@ class Attester:
     ``on_loop`` makes them on the event loop instead, for the software NSM (about 0.2 ms of
     signing): the loop stalls for the signing, which is acceptable for a development NSM only
     (tests). The real /dev/nsm stays off the loop: its ioctl waits on the hypervisor and must
-    not stall the other connections."""
+    not stall the other connections.
+
+    A caller dropped while its call waits in the queue (its connection shed, cut or drained)
+    costs the NSM nothing, as the executor's cancelled work items did, and the queue lets go
+    of its ``on_ready`` (the connection's stream and buffers) at once: else a parent that asks
+    and drops connection after connection holds the NSM busy for nothing, ahead of everyone,
+    and the enclave's memory with it (tests/test_https_redteam3.py)."""
 
     def __init__(self, backend: NsmBackend, spki_der: bytes, *, on_loop: bool = False) -> None:
         self._backend = backend
@@ -217,45 +223,74 @@ class Attester:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         if self._thread is None:  # started by the first call: a front never asked makes none
-            self._thread = threading.Thread(target=self._work, name="nsm", daemon=True)
-            self._thread.start()
-        self._calls.put((loop, future, nonce, on_ready))
-        return await future
+            thread = threading.Thread(target=self._work, name="nsm", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # out of memory or threads: this call fails, the next
+                raise NsmError("InternalError", f"cannot start the NSM thread: {exc}") from None
+            self._thread = thread
+        call = _NsmCall(loop, future, nonce, on_ready)
+        self._calls.put(call)
+        try:
+            return await future
+        finally:
+            call.on_ready = None  # answered, failed or dropped: the queue holds no connection
 
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
-            loop, future, nonce, on_ready = call
-            try:
-                document = self._backend.attestation(nonce=nonce, public_key=self._spki)
-            except Exception as exc:  # the caller's to raise, as from an executor
-                outcome: bytes | Exception = exc
+            # The loop's future read from this thread: at worst a caller dropped just now has
+            # its call made, and _settle throws the document away.
+            if call.future.done():  # the caller was dropped while its call waited: none
+                continue
+            outcome: bytes | Exception
+            if self._closed:  # queued before close: refused, as calls after it are
+                outcome = NsmError("InternalError", "the front is shutting down")
             else:
-                outcome = document
+                try:
+                    outcome = self._backend.attestation(nonce=call.nonce, public_key=self._spki)
+                except Exception as exc:  # the caller's to raise, as from an executor
+                    outcome = exc
+                except BaseException as exc:  # SystemExit and kin: neither end this thread
+                    # (every later call would wait for good) nor stop the caller's loop
+                    outcome = NsmError("InternalError", f"the NSM call raised {exc!r:.80}")
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(_settle, future, outcome, on_ready)
+                call.loop.call_soon_threadsafe(_settle, call, outcome)
 
     def close(self) -> None:
-        """No new calls; the thread ends after the call it is in (not waited for: a /dev/nsm
-        ioctl that hangs must not hang the shutdown)."""
+        """No new calls, and calls still queued are refused (NsmError); the thread ends after
+        the call it is in (not waited for: a /dev/nsm ioctl that hangs must not hang the
+        shutdown)."""
         self._closed = True
         self._calls.put(None)
 
 
-_NsmCall = tuple[
-    asyncio.AbstractEventLoop, "asyncio.Future[bytes]", bytes, Callable[[bytes], None] | None
-]
+class _NsmCall:
+    """One queued call: the loop and future to answer on, the nonce, and the caller's
+    ``on_ready`` (cleared once the caller resumes or is dropped)."""
+
+    __slots__ = ("future", "loop", "nonce", "on_ready")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[bytes],
+        nonce: bytes,
+        on_ready: Callable[[bytes], None] | None,
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.nonce = nonce
+        self.on_ready = on_ready
 
 
-def _settle(
-    future: asyncio.Future[bytes],
-    outcome: bytes | Exception,
-    on_ready: Callable[[bytes], None] | None,
-) -> None:
+def _settle(call: _NsmCall, outcome: bytes | Exception) -> None:
+    future = call.future
     if future.done():  # the connection's task was cancelled (dropped, shed) during the call
         return
     if isinstance(outcome, Exception):
         future.set_exception(outcome)
         return
+    on_ready = call.on_ready
     if on_ready is not None:
         try:
             on_ready(outcome)
@@ -414,6 +449,10 @@ class _Stream(asyncio.Protocol):
         """Wait while the transport's buffer is full; a peer that takes nothing for
         ``timeout`` seconds is cut."""
         while self.blocked:
+            # Closed before the wait began (the NSM's callback wrote the answer and the
+            # connection was cut before its coroutine resumed): nothing would wake the wait.
+            if self.closed:
+                raise _Closed("closed")
             owner = self.owner
             owner.deadline = max(owner.deadline, time.monotonic() + timeout)
             waiter = self.loop.create_future()
