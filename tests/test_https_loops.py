@@ -17,8 +17,8 @@ from typing import Any
 
 import uvloop
 
-from nitro_attest._cli.https_cmd import _loop_factory
 from nitro_attest.attestation.verifier import Verifier
+from nitro_attest.event_loop import fast_loop_factory
 from nitro_attest.https.client import fetch
 from nitro_attest.https.front import Attester
 
@@ -58,7 +58,7 @@ def test_the_nsm_is_called_off_the_loop_unless_told() -> None:
 
 
 def test_serve_runs_on_uvloop_when_installed() -> None:
-    assert _loop_factory() is uvloop.new_event_loop
+    assert fast_loop_factory() is uvloop.new_event_loop
 
 
 def test_attested_requests_and_bodies_on_uvloop(sim_state: Path) -> None:

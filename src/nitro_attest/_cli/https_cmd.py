@@ -9,12 +9,12 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from nitro_attest._cli import expectations
 from nitro_attest._cli.common import EXIT_OK, CliError, read_bytes
+from nitro_attest.event_loop import fast_loop_factory
 
 if TYPE_CHECKING:
     from nitro_attest._cli.serve_log import ServerLogHandler
@@ -179,7 +179,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _raise_fd_limit(limits.max_connections, log)
     front = HttpsFront(config, identity, attester, request_log=handler)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
             runner.run(_serve(front, listen, limits.drain_timeout, log))
     except AddressError as exc:
         raise CliError(str(exc)) from None
@@ -189,17 +189,6 @@ def run_serve(args: argparse.Namespace) -> int:
         handler.flush()
         backend.close()
     return EXIT_OK
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the `https` extra brings it): some 5% less CPU
-    per relayed request than asyncio's own (bench/https.py); asyncio's otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:

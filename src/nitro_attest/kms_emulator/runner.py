@@ -9,11 +9,11 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nitro_attest.errors import ConfigurationError
+from nitro_attest.event_loop import fast_loop_factory
 from nitro_attest.kms_emulator.app import KmsApp
 from nitro_attest.kms_emulator.auth import Authenticator, Principal
 from nitro_attest.kms_emulator.front import EmulatorFront
@@ -89,16 +89,6 @@ def _fit_descriptors(limits: Limits) -> Limits:
     return dataclasses.replace(limits, max_connections=cap)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when installed (the kms-emulator extra brings it), asyncio's else."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def _configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(log_format))
@@ -136,7 +126,7 @@ def serve(settings: EmulatorSettings) -> int:
         sock = _bind(settings.host, settings.port)
         _configure_logging(settings.log_format)
         front = EmulatorFront(build(settings, store), _fit_descriptors(settings.limits))
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
             runner.run(_run(front, sock, tls))
         return 0
     finally:
